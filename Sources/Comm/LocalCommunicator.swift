@@ -1,0 +1,47 @@
+// MARK: - LocalCommunicator
+
+/// The world of one process: every collective is complete as soon as it starts.
+public final class LocalCommunicator: Communicator {
+    public let rank = 0
+    public let size = 1
+    public var timeoutSeconds: Double = 300
+    public var context: String = ""
+    public var sentElements = 0
+
+    /// Creates the single-rank world.
+    public init() {}
+
+    private func done(_ label: String) -> CommRequest { CommRequest(label: label, sentElements: 0, handle: nil, done: true) }
+
+    public func startAllReduce(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, op: ReduceOp,
+                               label: String) -> CommRequest { done(label) }
+
+    public func startReduceScatter(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
+                                   dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
+        if UnsafeRawPointer(recv) != send { recv.copyMemory(from: send, byteCount: countPerRank * dtype.size) }
+        return done(label)
+    }
+
+    public func startAllGather(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
+                               dtype: CommDType, label: String) -> CommRequest {
+        if UnsafeRawPointer(recv) != send { recv.copyMemory(from: send, byteCount: countPerRank * dtype.size) }
+        return done(label)
+    }
+
+    public func startBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, root: Int,
+                               label: String) -> CommRequest { done(label) }
+
+    public func startBarrier(label: String) -> CommRequest { done(label) }
+
+    public func test(_ request: CommRequest) -> Bool { true }
+
+    public func wait(_ request: CommRequest) throws(CommError) {}
+
+    public func abort(code: Int32) -> Never { exit(code) }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

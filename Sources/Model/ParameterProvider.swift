@@ -1,0 +1,48 @@
+// MARK: - ParameterProvider
+
+/// How the model reaches its parameters and gradients, one unit at a time.
+///
+/// The model never assumes the whole flat buffer is resident: before a unit computes it asks
+/// for the unit's parameters and says when it is done with them, and after backward has
+/// finished a unit's gradients it says so. Replicated training (DDP) answers from full
+/// buffers; a fully sharded strategy gathers the unit on `acquireParameters` and frees it on
+/// `releaseParameters`; both start gradient communication from `gradientsProduced`.
+public protocol ParameterProvider: AnyObject {
+    /// The first element of `unit`'s parameters; valid until `releaseParameters(unit:)`.
+    func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float>
+    /// The model no longer reads `unit`'s parameters until it acquires them again.
+    func releaseParameters(unit: Int)
+    /// Where `unit`'s gradients accumulate (same layout as its parameters).
+    func gradients(unit: Int) -> UnsafeMutablePointer<Float>
+    /// Backward of the current micro-batch has written all of `unit`'s gradients.
+    func gradientsProduced(unit: Int)
+}
+
+/// Full, resident parameter and gradient buffers: single process and DDP.
+public final class FlatParameters: ParameterProvider {
+    /// The layout the buffers follow.
+    public let layout: ParameterLayout
+    /// Base of the parameter buffer (`layout.count` floats).
+    public let parameters: UnsafeMutablePointer<Float>
+    /// Base of the gradient buffer (`layout.count` floats).
+    public let gradientBase: UnsafeMutablePointer<Float>
+    /// Called after each unit's gradients are complete (DDP starts bucket reductions here).
+    public var onGradientsProduced: ((Int) -> Void)?
+
+    /// Wraps existing buffers; the caller keeps them alive.
+    public init(layout: ParameterLayout, parameters: UnsafeMutablePointer<Float>,
+                gradients: UnsafeMutablePointer<Float>) {
+        self.layout = layout
+        self.parameters = parameters
+        self.gradientBase = gradients
+    }
+
+    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> {
+        parameters + layout.units[unit].lowerBound
+    }
+    public func releaseParameters(unit: Int) {}
+    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> {
+        gradientBase + layout.units[unit].lowerBound
+    }
+    public func gradientsProduced(unit: Int) { onGradientsProduced?(unit) }
+}

@@ -1,0 +1,52 @@
+// MARK: - AdamW
+
+/// AdamW with decoupled weight decay, matching `torch.optim.AdamW`.
+///
+/// Works on any contiguous slice of the flat buffers, so replicated training updates the
+/// whole buffer and a ZeRO rank updates only its shard with the same code.
+public struct AdamW: Codable, Equatable, Sendable {
+    /// First-moment decay.
+    public var beta1: Float
+    /// Second-moment decay.
+    public var beta2: Float
+    /// Denominator guard.
+    public var eps: Float
+    /// Decoupled weight decay applied to decaying (2-D) tensors only.
+    public var weightDecay: Float
+
+    /// Creates the optimizer's hyper-parameters (the learning rate is passed per step).
+    public init(beta1: Float = 0.9, beta2: Float = 0.95, eps: Float = 1e-8, weightDecay: Float = 0.1) {
+        self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay
+    }
+
+    /// Applies update number `step` (1-based) to `count` elements.
+    ///
+    /// `p ← p·(1 − lr·wd)` when `decay`; then Adam with bias correction:
+    /// `p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`.
+    public func update(step: Int, lr: Float, decay: Bool,
+                       param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>,
+                       m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int) {
+        let t = Double(step)
+        let bc1 = 1 - Float(pow(Double(beta1), t))
+        let bc2 = 1 - Float(pow(Double(beta2), t))
+        let stepSize = lr / bc1
+        let bc2Sqrt = bc2.squareRoot()
+        let shrink: Float = decay ? 1 - lr * weightDecay : 1
+        let b1 = beta1, b2 = beta2, e = eps
+        for i in 0..<count {
+            let g = grad[i]
+            let mi = b1 * m[i] + (1 - b1) * g
+            let vi = b2 * v[i] + (1 - b2) * g * g
+            m[i] = mi
+            v[i] = vi
+            let denom = vi.squareRoot() / bc2Sqrt + e
+            param[i] = param[i] * shrink - stepSize * mi / denom
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

@@ -1,0 +1,119 @@
+import Comm
+import Kernels
+import Model
+import Optim
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MARK: - DataParallel (DDP)
+
+/// Replicated training: every rank holds all parameters, gradients and AdamW states.
+///
+/// Gradients are grouped into buckets of whole units taken from the end of the flat buffer
+/// (the order backward finishes them). On the last micro-step, when backward reports the
+/// lowest unit of a bucket done, that bucket's all-reduce starts; every later hook tests the
+/// requests in flight so Open MPI progresses them while the next layers compute.
+public final class DataParallel: TrainingStrategy {
+    public let layout: ParameterLayout
+    let comm: Communicator
+    let adam: AdamW
+    let mask: DecayMask
+    /// Full parameters, gradients, moments.
+    public let params: FloatBuffer, grads: FloatBuffer, m: FloatBuffer, v: FloatBuffer
+    let flat: FlatParameters
+    /// Bucket ranges (elements) in the order they are reduced.
+    public let buckets: [Range<Int>]
+    private let bucketFirstUnit: [Int]      // lowest unit index in each bucket
+    private var inFlight: [CommRequest] = []
+    private var isLastMicroStep = true
+    public var commWaitSeconds: Double = 0
+
+    public var provider: ParameterProvider { flat }
+
+    /// Creates the strategy; `initial` fills the parameters (identical on every rank).
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int) {
+        self.layout = layout
+        self.comm = comm
+        self.adam = adam
+        self.mask = decayMask(for: layout)
+        params = FloatBuffer(count: layout.count)
+        grads = FloatBuffer(count: layout.count)
+        m = FloatBuffer(count: layout.count)
+        v = FloatBuffer(count: layout.count)
+        flat = FlatParameters(layout: layout, parameters: params.pointer, gradients: grads.pointer)
+        (buckets, bucketFirstUnit) = Self.makeBuckets(layout: layout, bucketBytes: bucketBytes)
+        flat.onGradientsProduced = { [unowned self] unit in self.unitDone(unit) }
+    }
+
+    /// Groups units, last first, into buckets of at least `bucketBytes` (a unit is never split).
+    static func makeBuckets(layout: ParameterLayout, bucketBytes: Int) -> ([Range<Int>], [Int]) {
+        var ranges: [Range<Int>] = [], firsts: [Int] = []
+        var hi = layout.count
+        var lo = hi
+        for u in stride(from: layout.units.count - 1, through: 0, by: -1) {
+            lo = layout.units[u].lowerBound
+            if (hi - lo) * 4 >= bucketBytes || u == 0 {
+                ranges.append(lo..<hi); firsts.append(u)
+                hi = lo
+            }
+        }
+        return (ranges, firsts)
+    }
+
+    public func beginStep() { grads.zero() }
+
+    public func beginMicroStep(isLast: Bool) { isLastMicroStep = isLast }
+
+    private func unitDone(_ unit: Int) {
+        guard comm.size > 1 else { return }
+        for r in inFlight { _ = comm.test(r) }
+        guard isLastMicroStep else { return }
+        for (i, first) in bucketFirstUnit.enumerated() where first == unit {
+            let b = buckets[i]
+            inFlight.append(comm.startAllReduce(UnsafeMutableRawPointer(grads.pointer + b.lowerBound),
+                                                count: b.count, dtype: .float32, op: .sum,
+                                                label: "all-reduce of gradient bucket \(i)"))
+        }
+    }
+
+    public func finishGradients() throws(CommError) {
+        let t0 = MPIClock.now()
+        for r in inFlight { try comm.wait(r) }
+        inFlight.removeAll(keepingCapacity: true)
+        commWaitSeconds += MPIClock.now() - t0
+    }
+
+    public func gradientSquaredNorm() throws(CommError) -> Double {
+        Vector.sumOfSquares(grads.pointer, layout.count)
+    }
+
+    public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
+        if clip != 1 { Vector.scale(grads.pointer, layout.count, by: clip) }
+        mask.forEach(in: 0..<layout.count) { range, decays in
+            let o = range.lowerBound
+            adam.update(step: step, lr: lr, decay: decays, param: params.pointer + o, grad: grads.pointer + o,
+                        m: m.pointer + o, v: v.pointer + o, count: range.count)
+        }
+    }
+
+    public var memory: MemoryReport {
+        MemoryReport(parameters: params.byteCount, gradients: grads.byteCount,
+                     optimizer: m.byteCount + v.byteCount, working: [:])
+    }
+
+    public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
+        out.update(from: params.pointer, count: layout.count)
+    }
+}
+
+/// Monotonic clock in seconds.
+public enum MPIClock {
+    /// Seconds since an arbitrary start.
+    public static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+}

@@ -1,0 +1,52 @@
+import Comm
+import Model
+import Optim
+
+// MARK: - Strategy
+
+/// Bytes one rank holds for training state, by kind (what ZeRO divides).
+public struct MemoryReport: Codable, Equatable, Sendable {
+    /// Parameters resident between steps.
+    public var parameters: Int
+    /// Gradients.
+    public var gradients: Int
+    /// Optimizer states (AdamW m and v).
+    public var optimizer: Int
+    /// Named working buffers (communication buckets, gathered units), by name.
+    public var working: [String: Int]
+
+    /// Sum of all of the above.
+    public var total: Int { parameters + gradients + optimizer + working.values.reduce(0, +) }
+}
+
+/// How parameters, gradients and optimizer states are held and synchronised across ranks.
+///
+/// One training step under any strategy is: `beginStep`, then for each micro-batch
+/// `beginMicroStep` + model forward/backward through `provider`, then `finishGradients`,
+/// `gradientSquaredNorm` (global), and `optimizerStep`.
+public protocol TrainingStrategy: AnyObject {
+    /// What the model reads parameters from and writes gradients to.
+    var provider: ParameterProvider { get }
+    /// Zeroes gradients for a new optimizer step.
+    func beginStep()
+    /// Tells the strategy whether the coming backward is the last of this step (gradients are
+    /// communicated only then).
+    func beginMicroStep(isLast: Bool)
+    /// Completes all gradient communication of the step.
+    func finishGradients() throws(CommError)
+    /// Squared L2 norm of the full (global) gradient, identical on every rank.
+    func gradientSquaredNorm() throws(CommError) -> Double
+    /// Scales gradients by `clip` and applies AdamW update `step` (1-based) with `lr`.
+    func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError)
+    /// Bytes held now, by kind.
+    var memory: MemoryReport { get }
+    /// Copies the full parameter vector into `out` (`layout.count` floats), gathering if sharded.
+    func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError)
+    /// Elements of time spent waiting for communication since the last reset, in seconds.
+    var commWaitSeconds: Double { get set }
+}
+
+/// Decay mask of a GPT layout: 2-D tensors decay.
+public func decayMask(for layout: ParameterLayout) -> DecayMask {
+    DecayMask(layout.tensors.map { ($0.offset..<($0.offset + $0.count), $0.decays) })
+}

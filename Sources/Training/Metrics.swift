@@ -1,0 +1,53 @@
+import Foundation
+
+// MARK: - Metrics
+
+/// One line of `RUN/metrics.jsonl`.
+public struct StepMetrics: Codable, Equatable, Sendable {
+    public var step: Int
+    public var loss: Double
+    public var val_loss: Double?
+    public var lr: Double
+    public var grad_norm: Double
+    public var tokens_per_s: Double
+    public var ms_per_step: Double
+    public var ms_forward: Double
+    public var ms_backward: Double
+    public var ms_comm_wait: Double
+    public var ms_optimizer: Double
+    public var world_size: Int
+    public var params: Int
+    public var sent_elements: Int
+}
+
+/// Appends JSON lines to a file (rank 0 only).
+final class MetricsWriter {
+    private let handle: FileHandle
+    private let encoder = JSONEncoder()
+
+    init(path: String) throws {
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        guard let h = FileHandle(forWritingAtPath: path) else {
+            throw ConfigError(flag: "--out", problem: "cannot write \(path)", fix: "choose a writable run directory")
+        }
+        handle = h
+        encoder.outputFormatting = [.sortedKeys]
+    }
+
+    func write(_ m: StepMetrics) {
+        guard var d = try? encoder.encode(m) else { return }
+        d.append(0x0A)
+        handle.write(d)
+    }
+
+    deinit { try? handle.close() }
+}
+
+/// Human-readable duration: "1m49s", "12s".
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite, s >= 0 else { return "?" }
+    let t = Int(s.rounded())
+    if t >= 3600 { return "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m" }
+    if t >= 60 { return "\(t / 60)m\(String(format: "%02d", t % 60))s" }
+    return "\(t)s"
+}

@@ -1,0 +1,60 @@
+import Data
+import Foundation
+import Kernels
+import Model
+
+// MARK: - ModelFile
+//
+// The trained weights of a run, for inspection and sampling (not a resumable checkpoint:
+// it has no optimizer state). Layout:
+//   bytes 0..<8   magic "TSRAMDL\0"
+//   bytes 8..<16  little-endian UInt64 length H of the JSON header
+//   H bytes       JSON: {"config": GPTConfig, "tokenizer": Tokenizer, "count": Int}
+//   4·count bytes fp32 parameters in ParameterLayout order, little-endian
+
+/// Weights plus what is needed to use them.
+public struct ModelFile {
+    static let magic: [UInt8] = Array("TSRAMDL".utf8) + [0]
+    struct Header: Codable { var config: GPTConfig; var tokenizer: Tokenizer; var count: Int }
+
+    public let config: GPTConfig
+    public let tokenizer: Tokenizer
+    public let parameters: FloatBuffer
+
+    public init(config: GPTConfig, tokenizer: Tokenizer, parameters: FloatBuffer) {
+        self.config = config; self.tokenizer = tokenizer; self.parameters = parameters
+    }
+
+    /// Writes atomically (temporary file, then rename).
+    public func write(to path: String) throws {
+        let header = try JSONEncoder().encode(Header(config: config, tokenizer: tokenizer, count: parameters.count))
+        var d = Data(Self.magic)
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { d.append(contentsOf: $0) }
+        d.append(header)
+        d.append(Data(bytes: parameters.pointer, count: parameters.byteCount))
+        try d.write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+
+    /// Reads and checks a model file.
+    public static func read(from path: String) throws -> ModelFile {
+        guard let d = FileManager.default.contents(atPath: path) else {
+            throw DataError.missing(path: path, fix: "pass the model.bin a training run wrote")
+        }
+        guard d.count >= 16, Array(d.prefix(8)) == magic else {
+            throw DataError.malformed(path: path, problem: "not a tessera model file")
+        }
+        let h = d.subdata(in: 8..<16).withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
+        guard 16 + h <= d.count, let header = try? JSONDecoder().decode(Header.self, from: d.subdata(in: 16..<(16 + h))) else {
+            throw DataError.malformed(path: path, problem: "header is damaged")
+        }
+        guard d.count == 16 + h + 4 * header.count,
+              header.count == ParameterLayout(header.config).count else {
+            throw DataError.malformed(path: path, problem: "size does not match its header (truncated?)")
+        }
+        let buf = FloatBuffer(count: header.count)
+        d.withUnsafeBytes { raw in
+            UnsafeMutableRawPointer(buf.pointer).copyMemory(from: raw.baseAddress! + 16 + h, byteCount: 4 * header.count)
+        }
+        return ModelFile(config: header.config, tokenizer: header.tokenizer, parameters: buf)
+    }
+}

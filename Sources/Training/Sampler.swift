@@ -1,0 +1,77 @@
+import Data
+import Kernels
+import Model
+
+// MARK: - Sampler
+
+/// Autoregressive sampling from trained weights, as nanoGPT's `generate`: crop the context
+/// to `block_size`, take the last position's logits, divide by temperature, keep the top-k
+/// and the top-p nucleus, and draw (greedy argmax when temperature is 0).
+public final class Sampler {
+    /// Sampling controls.
+    public struct Options: Sendable {
+        public var temperature: Double, topK: Int, topP: Double, seed: UInt64
+        public init(temperature: Double, topK: Int, topP: Double, seed: UInt64) {
+            self.temperature = temperature; self.topK = topK; self.topP = topP; self.seed = seed
+        }
+    }
+
+    let file: ModelFile
+    let model: GPT
+    let flat: FlatParameters
+    let grads: FloatBuffer
+
+    /// Prepares a model for inference.
+    public init(file: ModelFile) {
+        self.file = file
+        model = GPT(config: file.config)
+        grads = FloatBuffer(count: 0)
+        flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: grads.pointer)
+    }
+
+    /// Generates `maxNewTokens` tokens after `prompt` and returns them decoded.
+    public func generate(prompt: String, maxNewTokens: Int, options: Options) throws -> String {
+        var ids = try file.tokenizer.encode(prompt).map(Int32.init)
+        if ids.isEmpty { ids = [0] }
+        var rng = SplitMix64(seed: options.seed)
+        var out: [Int] = []
+        let V = file.config.vocabSize
+        var probs = [Double](repeating: 0, count: V)
+        for _ in 0..<maxNewTokens {
+            let ctx = Array(ids.suffix(file.config.blockSize))
+            _ = ctx.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: ctx.count, params: flat) }
+            let logits = model.logitsRow(b: 0, t: ctx.count - 1)
+            let next: Int
+            if options.temperature == 0 {
+                var best = 0
+                for j in 1..<V where logits[j] > logits[best] { best = j }
+                next = best
+            } else {
+                var order = Array(0..<V)
+                order.sort { logits[$0] > logits[$1] }
+                let keep = options.topK > 0 ? min(options.topK, V) : V
+                let mx = Double(logits[order[0]])
+                var total = 0.0
+                for r in 0..<keep { let p = _exp((Double(logits[order[r]]) - mx) / options.temperature); probs[r] = p; total += p }
+                var cum = 0.0, cut = keep
+                for r in 0..<keep {
+                    cum += probs[r] / total
+                    if cum >= options.topP { cut = r + 1; break }
+                }
+                let mass = probs[0..<cut].reduce(0, +)
+                var u = rng.nextUniform() * mass
+                var pick = cut - 1
+                for r in 0..<cut { u -= probs[r]; if u <= 0 { pick = r; break } }
+                next = order[pick]
+            }
+            ids.append(Int32(next))
+            out.append(next)
+        }
+        return file.tokenizer.decode(out)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+@inline(__always) private func _exp(_ x: Double) -> Double { exp(x) }

@@ -1,0 +1,81 @@
+import Foundation
+import Model
+
+// MARK: - TrainConfig
+
+/// Everything that defines a training run. Flags map 1:1 to fields (nanoGPT names with
+/// dashes); a JSON file with the same keys can supply them too. The effective config is
+/// written to `RUN/config.json`.
+public struct TrainConfig: Codable, Equatable, Sendable {
+    // Model
+    public var nLayer = 4, nHead = 4, nEmbd = 128, blockSize = 64
+    public var bias = true
+    public var dropout = 0.0
+    // Optimisation
+    public var batchSize = 12
+    public var microBatch = 0            // 0: as large as the rank's share allows
+    public var maxSteps = 2000
+    public var lr = 1e-3, minLR = 1e-4
+    public var warmupSteps = 100
+    public var beta1 = 0.9, beta2 = 0.99
+    public var weightDecay = 0.1
+    public var gradClip = 1.0
+    // Evaluation and logging
+    public var evalEvery = 250
+    public var evalSteps = 20
+    public var logEvery = 10
+    // Run
+    public var seed: UInt64 = 1337
+    public var data = ""
+    public var out = "runs/default"
+    public var threads = 0               // 0: the rank's share of the cores
+    // Parallelism
+    public var zero = 0
+    public var bucketMB = 25.0
+    public var commTimeout = 300.0
+
+    public init() {}
+
+    /// The model shape for a vocabulary.
+    public func model(vocabSize: Int) -> GPTConfig {
+        GPTConfig(nLayer: nLayer, nHead: nHead, nEmbd: nEmbd, blockSize: blockSize, vocabSize: vocabSize, bias: bias)
+    }
+
+    /// Checks everything that does not need the data; errors name the flag and the fix.
+    public func validate(worldSize: Int = 1) throws(ConfigError) {
+        func need(_ ok: Bool, _ flag: String, _ what: String, _ fix: String) throws(ConfigError) {
+            if !ok { throw ConfigError(flag: flag, problem: what, fix: fix) }
+        }
+        try need(nLayer >= 1, "--n-layer", "is \(nLayer)", "use at least 1")
+        try need(nHead >= 1, "--n-head", "is \(nHead)", "use at least 1")
+        try need(nEmbd >= 1 && nEmbd % nHead == 0, "--n-embd",
+                 "\(nEmbd) is not divisible by n_head \(nHead)", "choose n_embd a multiple of n_head")
+        try need(blockSize >= 1, "--block-size", "is \(blockSize)", "use at least 1")
+        try need(dropout == 0, "--dropout", "is \(dropout)", "dropout is not implemented yet; use --dropout 0")
+        try need(batchSize >= 1, "--batch-size", "is \(batchSize)", "use at least 1")
+        try need(microBatch >= 0, "--micro-batch", "is \(microBatch)", "use 0 (automatic) or a positive size")
+        try need(maxSteps >= 0, "--max-steps", "is \(maxSteps)", "use 0 or more")
+        try need(lr > 0 && lr.isFinite, "--lr", "is \(lr)", "use a positive learning rate")
+        try need(minLR >= 0 && minLR <= lr, "--min-lr", "is \(minLR)", "use a value in [0, lr]")
+        try need(warmupSteps >= 0, "--warmup-steps", "is \(warmupSteps)", "use 0 or more")
+        try need(beta1 >= 0 && beta1 < 1, "--beta1", "is \(beta1)", "use a value in [0, 1)")
+        try need(beta2 >= 0 && beta2 < 1, "--beta2", "is \(beta2)", "use a value in [0, 1)")
+        try need(weightDecay >= 0, "--weight-decay", "is \(weightDecay)", "use 0 or more")
+        try need(gradClip >= 0, "--grad-clip", "is \(gradClip)", "use 0 (off) or a positive norm")
+        try need(evalEvery >= 0, "--eval-every", "is \(evalEvery)", "use 0 (only at the end) or more")
+        try need(evalSteps >= 1, "--eval-steps", "is \(evalSteps)", "use at least 1")
+        try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
+        try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
+        try need(zero == 0, "--zero", "is \(zero)", "only 0 (DDP) is implemented in this build; ZeRO stages 1-3 are not yet")
+        try need(bucketMB > 0, "--bucket-mb", "is \(bucketMB)", "use a positive size in MiB")
+        try need(commTimeout > 0, "--comm-timeout", "is \(commTimeout)", "use a positive number of seconds")
+        try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
+    }
+}
+
+/// A configuration problem: exit status 2, restarting will not help.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public let flag: String, problem: String, fix: String
+    public init(flag: String, problem: String, fix: String) { self.flag = flag; self.problem = problem; self.fix = fix }
+    public var description: String { "error: \(flag) \(problem) (config): \(fix)" }
+}

@@ -1,0 +1,207 @@
+import Comm
+import Data
+import Foundation
+import Kernels
+import Model
+import Optim
+import Parallel
+
+// MARK: - Trainer
+
+/// Losses and timings of a finished run (rank 0's view; workers see the same numbers).
+public struct TrainResult: Sendable {
+    public var losses: [Double] = []
+    public var valLosses: [(step: Int, loss: Double)] = []
+    public var modelPath: String = ""
+    public var seconds: Double = 0
+}
+
+/// Runs one training job on every rank of a communicator.
+///
+/// Rank 0 is the coordinator: it alone prints progress and writes files, from numbers
+/// reduced over all ranks. Every rank computes the same schedule, so no control messages
+/// are needed beyond the collectives of each step.
+public final class Trainer {
+    public let config: TrainConfig
+    let comm: Communicator
+    let data: Dataset
+    public let model: GPT
+    public let strategy: TrainingStrategy
+    let sampler: BatchSampler
+    let schedule: CosineSchedule
+    /// Where progress lines go (rank 0 only); tests silence it.
+    public var log: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+
+    private var isCoordinator: Bool { comm.rank == 0 }
+    // Per-rank sample plan: indices of the global batch this rank owns, in micro-batches.
+    private let myIndices: [Int]
+    private let micro: Int
+    private var x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
+
+    /// Loads the data, builds the model and the strategy, and initialises parameters.
+    public init(config: TrainConfig, comm: Communicator) throws {
+        self.config = config
+        self.comm = comm
+        try config.validate(worldSize: comm.size)
+        data = try Dataset.load(directory: config.data)
+        let vocab = data.tokenizer.vocabSize
+        guard data.observedVocab <= vocab else {
+            throw DataError.malformed(path: config.data, problem: "token id \(data.observedVocab - 1) exceeds vocabulary \(vocab)")
+        }
+        for (name, shard) in [("train.bin", data.train), ("val.bin", data.val)] where shard.tokens.count <= config.blockSize {
+            throw DataError.tooShort(path: config.data + "/" + name, tokens: shard.tokens.count, needed: config.blockSize + 1)
+        }
+        let gpt = config.model(vocabSize: vocab)
+        do { try gpt.validate() } catch { throw ConfigError(flag: "model", problem: error.description, fix: "adjust the model flags") }
+        model = GPT(config: gpt)
+        sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize)
+        schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
+                                  decaySteps: config.maxSteps)
+        let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
+                         weightDecay: Float(config.weightDecay))
+        let ddp = DataParallel(layout: model.layout, comm: comm, adam: adam,
+                               bucketBytes: Int(config.bucketMB * 1_048_576))
+        strategy = ddp
+        GPT.initialize(ddp.params.pointer, layout: model.layout, config: gpt, seed: config.seed)
+        // Like PyTorch DDP, start every replica from rank 0's parameters.
+        if comm.size > 1 {
+            let n = model.layout.count
+            try comm.wait(comm.startBroadcast(UnsafeMutableRawPointer(ddp.params.pointer), count: n,
+                                              dtype: .float32, root: 0, label: "broadcast of initial parameters"))
+        }
+        myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
+        let share = (config.batchSize + comm.size - 1) / comm.size
+        micro = max(1, config.microBatch > 0 ? min(config.microBatch, share) : share)
+        x = .allocate(capacity: micro * config.blockSize)
+        y = .allocate(capacity: micro * config.blockSize)
+        model.reserve(B: micro, T: config.blockSize)
+    }
+
+    deinit { x.deallocate(); y.deallocate() }
+
+    /// Total tokens of one global batch.
+    var tokensPerStep: Int { config.batchSize * config.blockSize }
+
+    // MARK: Loop
+
+    /// Trains for `config.maxSteps` steps; returns the loss trajectory.
+    public func run() throws -> TrainResult {
+        var result = TrainResult()
+        let outDir = URL(fileURLWithPath: config.out)
+        var metrics: MetricsWriter?
+        if isCoordinator {
+            do {
+                try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+                let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try enc.encode(config).write(to: outDir.appendingPathComponent("config.json"), options: .atomic)
+            } catch {
+                throw ConfigError(flag: "--out", problem: "cannot create \(outDir.path)", fix: "choose a writable run directory")
+            }
+            metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path)
+            let p = model.layout.count
+            log("tessera: \(comm.size) rank(s), \(p) parameters (\(String(format: "%.2f", Double(p) / 1e6))M), "
+                + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(micro) × "
+                + "\((myIndices.count + micro - 1) / max(micro, 1)) accumulation step(s) on rank 0")
+        }
+        let start = MPIClock.now()
+        for step in 0..<config.maxSteps {
+            comm.context = "step \(step)"
+            let m = try trainStep(step)
+            result.losses.append(m.loss)
+            var line = m
+            let lastStep = step == config.maxSteps - 1
+            if (config.evalEvery > 0 && step > 0 && step % config.evalEvery == 0) || lastStep {
+                let v = try evaluate(batchOffset: 0)
+                line.val_loss = v
+                result.valLosses.append((step + 1, v))
+            }
+            if isCoordinator {
+                metrics?.write(line)
+                if step % config.logEvery == 0 || lastStep || line.val_loss != nil {
+                    let elapsed = MPIClock.now() - start
+                    let eta = elapsed / Double(step + 1) * Double(config.maxSteps - step - 1)
+                    var s = String(format: "step %5d/%d | loss %.4f | lr %.2e | %8.0f tok/s | %7.1f ms/step | ETA %@",
+                                   step + 1, config.maxSteps, m.loss, m.lr, m.tokens_per_s, m.ms_per_step,
+                                   formatDuration(eta))
+                    if let v = line.val_loss { s += String(format: " | val %.4f", v) }
+                    log(s)
+                }
+            }
+        }
+        result.seconds = MPIClock.now() - start
+        result.modelPath = try saveModel(to: outDir.appendingPathComponent("model.bin").path)
+        return result
+    }
+
+    /// One optimizer step over the global batch.
+    func trainStep(_ step: Int) throws -> StepMetrics {
+        let t0 = MPIClock.now()
+        let T = config.blockSize
+        let lossScale = Float(1.0 / Double(tokensPerStep))
+        strategy.beginStep()
+        strategy.commWaitSeconds = 0
+        comm.sentElements = 0
+        var lossSum = 0.0
+        var fwd = 0.0, bwd = 0.0
+        var i = 0
+        while i < myIndices.count {
+            let chunk = myIndices[i..<min(i + micro, myIndices.count)]
+            i += chunk.count
+            sampler.fill(x: x, y: y, shard: data.train, split: .train, batch: step, indices: chunk)
+            strategy.beginMicroStep(isLast: i >= myIndices.count)
+            let a = MPIClock.now()
+            lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
+            let b = MPIClock.now()
+            model.backward(lossScale: lossScale, params: strategy.provider)
+            bwd += MPIClock.now() - b
+            fwd += b - a
+        }
+        if myIndices.isEmpty { strategy.beginMicroStep(isLast: true) }
+        try strategy.finishGradients()
+        let o0 = MPIClock.now()
+        var reduced = [lossSum, try strategy.gradientSquaredNorm()]
+        try comm.allReduce(&reduced, label: "all-reduce of loss and gradient norm")
+        // DDP ranks each hold the full gradient: the norm is local, so undo the sum.
+        let normSq = reduced[1] / Double(comm.size)
+        let norm = normSq.squareRoot()
+        let lr = schedule.lr(at: step)
+        let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip)
+        try strategy.optimizerStep(step: step + 1, lr: Float(lr), clip: clip)
+        let t1 = MPIClock.now()
+        let ms = (t1 - t0) * 1000
+        return StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
+                           grad_norm: norm, tokens_per_s: Double(tokensPerStep) / (t1 - t0), ms_per_step: ms,
+                           ms_forward: fwd * 1000, ms_backward: bwd * 1000,
+                           ms_comm_wait: strategy.commWaitSeconds * 1000, ms_optimizer: (t1 - o0) * 1000,
+                           world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements)
+    }
+
+    /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
+    public func evaluate(batchOffset: Int) throws -> Double {
+        let T = config.blockSize
+        var sum = 0.0
+        for j in 0..<config.evalSteps {
+            var i = 0
+            while i < myIndices.count {
+                let chunk = myIndices[i..<min(i + micro, myIndices.count)]
+                i += chunk.count
+                sampler.fill(x: x, y: y, shard: data.val, split: .val, batch: batchOffset + j, indices: chunk)
+                sum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
+            }
+        }
+        var r = [sum]
+        try comm.allReduce(&r, label: "all-reduce of validation loss")
+        return r[0] / Double(config.evalSteps * tokensPerStep)
+    }
+
+    /// Writes the trained weights (rank 0) and returns the path.
+    func saveModel(to path: String) throws -> String {
+        let n = model.layout.count
+        let buf = FloatBuffer(count: n)
+        try strategy.gatherParameters(into: buf.pointer)
+        if isCoordinator {
+            try ModelFile(config: model.config, tokenizer: data.tokenizer, parameters: buf).write(to: path)
+        }
+        return path
+    }
+}

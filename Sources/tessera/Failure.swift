@@ -1,0 +1,26 @@
+import Comm
+import Data
+import Foundation
+import Training
+
+// MARK: - Exit statuses (DESIGN.md): 0 done, 2 configuration or data error, 64 usage, 1 other.
+
+/// Prints one error line (prefixed with the rank on workers) and exits with the status the
+/// error class calls for.
+func fail(_ error: Error, rank: Int = 0) -> Never {
+    let prefix = rank > 0 ? "[rank \(rank)] " : ""
+    switch error {
+    case let e as ConfigError:
+        writeStandardError(prefix + e.description)
+        exit(2)
+    case let e as DataError:
+        writeStandardError(prefix + "error: " + e.description)
+        exit(2)
+    case let e as CommError:
+        writeStandardError(e.description)
+        exit(1)
+    default:
+        writeStandardError(prefix + "error: \(error)")
+        exit(1)
+    }
+}

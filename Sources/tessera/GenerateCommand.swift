@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import Model
+import Training
+
+/// `tessera generate`: sample text from a trained model.
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Sample text from a trained model.bin.")
+
+    @Option(help: "A model.bin written by `tessera train`.") var model: String
+    @Option(help: "Text to continue.") var prompt: String = "\n"
+    @Option(help: "Tokens to generate.") var maxNewTokens: Int = 200
+    @Option(help: "Softmax temperature; 0 is greedy.") var temperature: Double = 0.8
+    @Option(help: "Keep only the K most likely tokens (0: all).") var topK: Int = 0
+    @Option(help: "Keep the smallest set of tokens whose probability reaches P (1: all).") var topP: Double = 1
+    @Option(help: "Sampling seed.") var seed: UInt64 = 1337
+
+    func validate() throws {
+        guard maxNewTokens >= 0 else { throw ValidationError("--max-new-tokens must be >= 0") }
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be >= 0") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be >= 0") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+    }
+
+    func run() throws {
+        do {
+            let file = try ModelFile.read(from: model)
+            let sampler = Sampler(file: file)
+            let text = try sampler.generate(prompt: prompt, maxNewTokens: maxNewTokens,
+                                            options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed))
+            print(prompt + text)
+        } catch { fail(error) }
+    }
+}
