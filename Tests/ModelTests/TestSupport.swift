@@ -1,0 +1,50 @@
+import Kernels
+import Model
+
+/// A model plus owned parameter/gradient buffers for tests.
+final class Harness {
+    let model: GPT
+    let params: FloatBuffer
+    let grads: FloatBuffer
+    let flat: FlatParameters
+
+    init(_ config: GPTConfig) {
+        model = GPT(config: config)
+        params = FloatBuffer(count: model.layout.count)
+        grads = FloatBuffer(count: model.layout.count)
+        flat = FlatParameters(layout: model.layout, parameters: params.pointer, gradients: grads.pointer)
+    }
+
+    /// Mean loss over counted positions.
+    func loss(_ tokens: [Int32], _ targets: [Int32], B: Int, T: Int) -> Double {
+        let r = tokens.withUnsafeBufferPointer { tk in
+            targets.withUnsafeBufferPointer { tg in
+                model.forward(tokens: tk.baseAddress!, targets: tg.baseAddress!, B: B, T: T, params: flat)
+            }
+        }
+        return r.sum / Double(r.count)
+    }
+
+    /// Loss and gradients of the mean loss (gradients overwritten).
+    func lossAndGradients(_ tokens: [Int32], _ targets: [Int32], B: Int, T: Int) -> Double {
+        grads.zero()
+        let r = tokens.withUnsafeBufferPointer { tk in
+            targets.withUnsafeBufferPointer { tg in
+                model.forward(tokens: tk.baseAddress!, targets: tg.baseAddress!, B: B, T: T, params: flat)
+            }
+        }
+        model.backward(lossScale: Float(1.0 / Double(r.count)), params: flat)
+        return r.sum / Double(r.count)
+    }
+}
+
+/// ‖a − b‖∞ / ‖b‖∞ (with a floor so all-zero references compare absolutely).
+func relativeError(_ a: [Float], _ b: [Double]) -> Double {
+    precondition(a.count == b.count)
+    var diff = 0.0, scale = 1e-12
+    for i in 0..<a.count {
+        diff = max(diff, abs(Double(a[i]) - b[i]))
+        scale = max(scale, abs(b[i]))
+    }
+    return diff / scale
+}
