@@ -36,6 +36,41 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     public init() {}
 
+    // MARK: Decoding with defaults
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, evalEvery, evalSteps, logEvery, seed, data, out,
+             threads, zero, bucketMB, commTimeout
+    }
+
+    /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
+    /// would otherwise be silently ignored).
+    public init(from decoder: Decoder) throws {
+        self.init()
+        struct AnyKey: CodingKey {
+            var stringValue: String; var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+        let all = try decoder.container(keyedBy: AnyKey.self)
+        let known = Set(CodingKeys.allCases.map(\.rawValue))
+        if let unknown = all.allKeys.first(where: { !known.contains($0.stringValue) }) {
+            throw ConfigError(flag: "--config", problem: "has unknown key '\(unknown.stringValue)'",
+                              fix: "use the keys of a run's config.json (\(known.sorted().joined(separator: ", ")))")
+        }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func get<T: Decodable>(_ k: CodingKeys, _ v: inout T) throws { if let x = try c.decodeIfPresent(T.self, forKey: k) { v = x } }
+        try get(.nLayer, &nLayer); try get(.nHead, &nHead); try get(.nEmbd, &nEmbd); try get(.blockSize, &blockSize)
+        try get(.bias, &bias); try get(.dropout, &dropout); try get(.batchSize, &batchSize)
+        try get(.microBatch, &microBatch); try get(.maxSteps, &maxSteps); try get(.lr, &lr); try get(.minLR, &minLR)
+        try get(.warmupSteps, &warmupSteps); try get(.beta1, &beta1); try get(.beta2, &beta2)
+        try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
+        try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.seed, &seed); try get(.data, &data)
+        try get(.out, &out); try get(.threads, &threads); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
+        try get(.commTimeout, &commTimeout)
+    }
+
     /// The model shape for a vocabulary.
     public func model(vocabSize: Int) -> GPTConfig {
         GPTConfig(nLayer: nLayer, nHead: nHead, nEmbd: nEmbd, blockSize: blockSize, vocabSize: vocabSize, bias: bias)

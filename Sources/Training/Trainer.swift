@@ -110,7 +110,7 @@ public final class Trainer {
             result.losses.append(m.loss)
             var line = m
             let lastStep = step == config.maxSteps - 1
-            if (config.evalEvery > 0 && step > 0 && step % config.evalEvery == 0) || lastStep {
+            if (config.evalEvery > 0 && (step + 1) % config.evalEvery == 0) || lastStep {
                 let v = try evaluate(batchOffset: 0)
                 line.val_loss = v
                 result.valLosses.append((step + 1, v))

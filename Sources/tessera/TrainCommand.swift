@@ -44,7 +44,7 @@ struct Train: ParsableCommand {
             guard let d = FileManager.default.contents(atPath: config) else {
                 throw ConfigError(flag: "--config", problem: "file \(config) not found", fix: "pass an existing JSON file")
             }
-            do { c = try JSONDecoder().decode(TrainConfig.self, from: d) } catch {
+            do { c = try JSONDecoder().decode(TrainConfig.self, from: d) } catch let e as ConfigError { throw e } catch {
                 throw ConfigError(flag: "--config", problem: "\(config) is not a valid config (\(error))",
                                   fix: "use the keys of a run's config.json")
             }

@@ -1,0 +1,113 @@
+import Foundation
+import XCTest
+
+/// Multi-rank behaviour under mpirun (through launch/local.sh), against the release binary.
+final class MPITests: XCTestCase {
+    /// DDP at 1–4 ranks (3 gives uneven splits of a batch of 10) matches one process: losses
+    /// at every step within 1e-5 relative, final parameters within 1e-5.
+    func testDDPParityAcrossWorldSizes() throws {
+        let data = try Repo.dataDirectory()
+        let ref = try Repo.temporaryDirectory("ref")
+        let args = { (out: String) in tinyArgs(data: data, out: out) + ["--batch-size", "10"] }
+        XCTAssertEqual(try tessera(args(ref)).status, 0)
+        let refLoss = try losses(ref), refParams = try modelParameters(ref)
+        XCTAssertEqual(refLoss.count, 20)
+        for n in 1...4 {
+            let out = try Repo.temporaryDirectory("ddp\(n)")
+            let r = try mpirun(n, args(out))
+            XCTAssertEqual(r.status, 0, "np \(n): \(r.stderr)")
+            let l = try losses(out)
+            XCTAssertEqual(l.count, refLoss.count, "np \(n)")
+            for (i, (a, b)) in zip(l, refLoss).enumerated() {
+                XCTAssertLessThan(abs(a - b) / abs(b), 1e-5, "np \(n) step \(i + 1): \(a) vs \(b)")
+            }
+            let p = try modelParameters(out)
+            XCTAssertEqual(p.count, refParams.count)
+            var worst: Float = 0
+            for i in 0..<p.count { worst = max(worst, abs(p[i] - refParams[i])) }
+            XCTAssertLessThan(worst, 1e-5, "np \(n): largest parameter difference")
+            let m = try metrics(out)
+            XCTAssertEqual(m[0]["world_size"] as? Int, n)
+        }
+    }
+
+    /// Gradient accumulation (micro-batch 2 → several micro-steps per rank) gives the same run.
+    func testAccumulationMatchesOneMicroStep() throws {
+        let data = try Repo.dataDirectory()
+        let a = try Repo.temporaryDirectory("acc"), b = try Repo.temporaryDirectory("acc")
+        XCTAssertEqual(try mpirun(2, tinyArgs(data: data, out: a)).status, 0)
+        XCTAssertEqual(try mpirun(2, tinyArgs(data: data, out: b) + ["--micro-batch", "2"]).status, 0)
+        for (x, y) in zip(try losses(a), try losses(b)) { XCTAssertLessThan(abs(x - y) / y, 1e-5) }
+    }
+
+    /// Only rank 0 prints progress.
+    func testWorkersAreQuiet() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("quiet")
+        let r = try mpirun(2, tinyArgs(data: data, out: out, steps: 3) + ["--log-every", "1"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.components(separatedBy: "step     1/3").count - 1, 1, "one progress line per step")
+        XCTAssertTrue(r.stdout.contains("2 rank(s)"))
+    }
+
+    /// kill -9 of a worker mid-run: the job ends non-zero within 30 s and names the rank.
+    func testKilledRankEndsTheJob() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("kill")
+        let job = try start(Repo.launcher, ["-n", "2", "--"] + tinyArgs(data: data, out: out, steps: 100_000))
+        try waitForSteps(out, 3)
+        let pids = rankPIDs()
+        let victim = try XCTUnwrap(pids[1], "rank 1 process not found: \(pids)")
+        let killedAt = Date()
+        kill(victim, SIGKILL)
+        let r = job.finish()
+        let elapsed = Date().timeIntervalSince(killedAt)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertLessThan(elapsed, 30, "job must end within 30 s of the kill")
+        XCTAssertTrue((r.stdout + r.stderr).contains("rank 1"), "names the dead rank: \(r.stderr)")
+    }
+
+    /// A rank stopped longer than --comm-timeout is reported by the watchdog; a shorter stall
+    /// is survived.
+    func testWatchdogReportsStalledRank() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("stall")
+        let job = try start(Repo.launcher, ["-n", "2", "--"] + tinyArgs(data: data, out: out, steps: 100_000)
+                            + ["--comm-timeout", "3"])
+        try waitForSteps(out, 3)
+        let victim = try XCTUnwrap(rankPIDs()[1])
+        let stoppedAt = Date()
+        kill(victim, SIGSTOP)
+        let r = job.finish()
+        kill(victim, SIGCONT)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(stoppedAt), 3 + 20)
+        XCTAssertTrue(r.stderr.contains("did not complete within 3 s"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("[rank 0]"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("step "), "names the step: \(r.stderr)")
+    }
+
+    func testShortStallIsSurvived() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("pause")
+        let job = try start(Repo.launcher, ["-n", "2", "--"] + tinyArgs(data: data, out: out, steps: 60)
+                            + ["--comm-timeout", "10"])
+        try waitForSteps(out, 3)
+        let victim = try XCTUnwrap(rankPIDs()[1])
+        kill(victim, SIGSTOP)
+        Thread.sleep(forTimeInterval: 2)
+        kill(victim, SIGCONT)
+        let r = job.finish()
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try losses(out).count, 60)
+    }
+
+    func waitForSteps(_ out: String, _ n: Int, timeout: Double = 60) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let m = try? metrics(out), m.count >= n { return }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        XCTFail("run did not reach step \(n) within \(timeout) s")
+    }
+}

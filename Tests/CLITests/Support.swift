@@ -1,0 +1,141 @@
+import Foundation
+import XCTest
+
+// MARK: - Running the built executable
+// These tests run the release binary, as a user would (swift-argument-parser's style).
+// `make test` builds it first.
+
+enum Repo {
+    /// The package root, from this file's location.
+    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static var binary: URL { root.appendingPathComponent(".build/release/tessera") }
+    static var launcher: URL { root.appendingPathComponent("launch/local.sh") }
+
+    /// Text for tests: the shared Tiny Shakespeare copy beside the repo.
+    static var corpus: URL { root.deletingLastPathComponent().appendingPathComponent("shared/data/tinyshakespeare.txt") }
+
+    nonisolated(unsafe) private static var prepared: String?
+    private static let lock = NSLock()
+
+    /// A prepared data directory (made once per test process).
+    static func dataDirectory() throws -> String {
+        lock.lock(); defer { lock.unlock() }
+        if let p = prepared { return p }
+        let dir = try temporaryDirectory("data")
+        let r = try tessera(["prepare", "--input", corpus.path, "--out", dir])
+        guard r.status == 0 else { throw NSError(domain: "prepare failed: \(r.stderr)", code: 1) }
+        prepared = dir
+        return dir
+    }
+
+    static func temporaryDirectory(_ tag: String) throws -> String {
+        let u = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-\(tag)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
+        return u.path
+    }
+}
+
+struct RunResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var seconds: Double
+}
+
+/// Runs a command to completion, capturing output.
+func runProcess(_ exe: URL, _ args: [String], environment: [String: String] = [:]) throws -> RunResult {
+    let p = try start(exe, args, environment: environment)
+    return p.finish()
+}
+
+/// Runs the tessera binary.
+func tessera(_ args: [String]) throws -> RunResult {
+    guard FileManager.default.isExecutableFile(atPath: Repo.binary.path) else {
+        throw NSError(domain: "\(Repo.binary.path) is missing: run `make build` (make test does)", code: 1)
+    }
+    return try runProcess(Repo.binary, args)
+}
+
+/// Runs tessera under mpirun through launch/local.sh.
+func mpirun(_ n: Int, _ args: [String]) throws -> RunResult {
+    try runProcess(Repo.launcher, ["-n", "\(n)", "--"] + args)
+}
+
+/// A started process whose output is collected to temporary files.
+final class Running {
+    let process: Process
+    let out: URL, err: URL
+    let started = Date()
+
+    init(process: Process, out: URL, err: URL) { self.process = process; self.out = out; self.err = err }
+
+    func finish() -> RunResult {
+        process.waitUntilExit()
+        let o = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+        let e = (try? String(contentsOf: err, encoding: .utf8)) ?? ""
+        try? FileManager.default.removeItem(at: out); try? FileManager.default.removeItem(at: err)
+        return RunResult(status: process.terminationStatus, stdout: o, stderr: e, seconds: Date().timeIntervalSince(started))
+    }
+}
+
+func start(_ exe: URL, _ args: [String], environment: [String: String] = [:]) throws -> Running {
+    let p = Process()
+    p.executableURL = exe
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    p.environment = env
+    let tmp = FileManager.default.temporaryDirectory
+    let out = tmp.appendingPathComponent("tessera-out-\(UUID().uuidString)")
+    let err = tmp.appendingPathComponent("tessera-err-\(UUID().uuidString)")
+    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: err.path, contents: nil)
+    p.standardOutput = try FileHandle(forWritingTo: out)
+    p.standardError = try FileHandle(forWritingTo: err)
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    return Running(process: p, out: out, err: err)
+}
+
+/// Losses (and val losses) per step from a run's metrics.jsonl.
+func metrics(_ runDir: String) throws -> [[String: Any]] {
+    let text = try String(contentsOfFile: runDir + "/metrics.jsonl", encoding: .utf8)
+    return text.split(separator: "\n").compactMap {
+        try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+    }
+}
+
+func losses(_ runDir: String) throws -> [Double] { try metrics(runDir).map { $0["loss"] as! Double } }
+
+/// The fp32 parameters of a run's model.bin (after the header).
+func modelParameters(_ runDir: String) throws -> [Float] {
+    let d = try Data(contentsOf: URL(fileURLWithPath: runDir + "/model.bin"))
+    let h = d.subdata(in: 8..<16).withUnsafeBytes { Int($0.loadUnaligned(as: UInt64.self)) }
+    let body = d.subdata(in: (16 + h)..<d.count)
+    return body.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+}
+
+/// The tiny nanoGPT CPU-recipe model for fast runs.
+func tinyArgs(data: String, out: String, steps: Int = 20) -> [String] {
+    ["train", "--data", data, "--out", out, "--n-layer", "4", "--n-head", "4", "--n-embd", "128",
+     "--block-size", "64", "--batch-size", "12", "--max-steps", "\(steps)", "--eval-every", "0",
+     "--eval-steps", "2", "--no-bias", "--log-every", "1000"]
+}
+
+/// Process ids of tessera ranks (by OMPI_COMM_WORLD_RANK) that are children of this test.
+func rankPIDs() -> [Int: Int32] {
+    var out: [Int: Int32] = [:]
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return out }
+    for e in entries {
+        guard let pid = Int32(e),
+              let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(e)/exe"),
+              exe.hasSuffix("/tessera"),
+              let env = FileManager.default.contents(atPath: "/proc/\(e)/environ") else { continue }
+        for kv in env.split(separator: 0) {
+            let s = String(decoding: kv, as: UTF8.self)
+            if s.hasPrefix("OMPI_COMM_WORLD_RANK="), let r = Int(s.dropFirst("OMPI_COMM_WORLD_RANK=".count)) { out[r] = pid }
+        }
+    }
+    return out
+}

@@ -1,0 +1,127 @@
+import Foundation
+import XCTest
+
+/// Single-process behaviour of `tessera train` and `tessera prepare`, through the binary.
+final class TrainCLITests: XCTestCase {
+    func testSameSeedGivesIdenticalLossTrajectory() throws {
+        let data = try Repo.dataDirectory()
+        let a = try Repo.temporaryDirectory("run"), b = try Repo.temporaryDirectory("run")
+        XCTAssertEqual(try tessera(tinyArgs(data: data, out: a)).status, 0)
+        XCTAssertEqual(try tessera(tinyArgs(data: data, out: b)).status, 0)
+        let la = try losses(a), lb = try losses(b)
+        XCTAssertEqual(la.count, 20)
+        XCTAssertEqual(la, lb, "bit-identical losses for the same seed")
+        XCTAssertEqual(try modelParameters(a), try modelParameters(b))
+        let c = try Repo.temporaryDirectory("run")
+        XCTAssertEqual(try tessera(tinyArgs(data: data, out: c) + ["--seed", "7"]).status, 0)
+        XCTAssertNotEqual(try losses(c), la, "a different seed changes the run")
+    }
+
+    /// Without mpirun the binary trains on one process and prints nothing on stderr.
+    func testRunsWithoutMPIAndWritesRunFiles() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("run")
+        let r = try tessera(tinyArgs(data: data, out: out, steps: 5))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stderr, "", "no MPI (or other) warnings without mpirun")
+        XCTAssertTrue(r.stdout.contains("1 rank(s)"))
+        XCTAssertTrue(r.stdout.contains("model written to"))
+        for f in ["config.json", "metrics.jsonl", "model.bin"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + f), f)
+        }
+        let m = try metrics(out)
+        XCTAssertEqual(m.count, 5)
+        for key in ["step", "loss", "lr", "grad_norm", "tokens_per_s", "ms_per_step"] { XCTAssertNotNil(m[0][key], key) }
+        XCTAssertNotNil(m[4]["val_loss"], "the last step is evaluated")
+        XCTAssertEqual(m[0]["loss"] as! Double, log(65.0), accuracy: 0.15, "starts near ln(vocab)")
+    }
+
+    /// A short run of the nanoGPT CPU recipe must already have learned the character
+    /// statistics (the full 2000 steps reach ≤ 1.92; see README).
+    func testShortRecipeLearns() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("run")
+        let args = ["train", "--data", data, "--out", out, "--n-layer", "4", "--n-head", "4", "--n-embd", "128",
+                    "--block-size", "64", "--batch-size", "12", "--max-steps", "250", "--lr", "1e-3", "--min-lr", "1e-4",
+                    "--warmup-steps", "100", "--beta2", "0.99", "--weight-decay", "0.1", "--grad-clip", "1.0",
+                    "--no-bias", "--eval-every", "0", "--eval-steps", "10", "--log-every", "1000"]
+        let r = try tessera(args)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let val = try metrics(out).last!["val_loss"] as! Double
+        XCTAssertLessThan(val, 2.6, "val loss after 250 steps")
+    }
+
+    func testConfigFileAndFlagsOverride() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("run")
+        let cfg = out + "/in.json"
+        try #"{"nLayer":1,"nHead":2,"nEmbd":32,"blockSize":16,"batchSize":4,"maxSteps":3,"evalEvery":0,"evalSteps":1}"#
+            .write(toFile: cfg, atomically: true, encoding: .utf8)
+        let r = try tessera(["train", "--config", cfg, "--data", data, "--out", out, "--max-steps", "2"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let written = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/config.json"))) as! [String: Any]
+        XCTAssertEqual(written["nEmbd"] as? Int, 32)
+        XCTAssertEqual(written["maxSteps"] as? Int, 2, "flags override the file")
+        try #"{"nLayers":2}"#.write(toFile: cfg, atomically: true, encoding: .utf8)
+        try assertFails(["train", "--config", cfg, "--data", data, "--out", out], status: 2, mentions: ["unknown key 'nLayers'"])
+    }
+
+    // MARK: Bad input: one clear line, non-zero exit
+
+    func assertFails(_ args: [String], status: Int32, mentions: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try tessera(args)
+        XCTAssertEqual(r.status, status, "stderr: \(r.stderr)", file: file, line: line)
+        for m in mentions { XCTAssertTrue(r.stderr.contains(m), "expected '\(m)' in: \(r.stderr)", file: file, line: line) }
+    }
+
+    func testBadInputGetsClearErrors() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("run")
+        try assertFails(["train", "--data", "/nonexistent/dir", "--out", out], status: 2, mentions: ["error:", "tessera prepare"])
+        try assertFails(["train", "--data", data, "--out", out, "--n-embd", "130", "--n-head", "4"], status: 2,
+                        mentions: ["--n-embd", "not divisible by n_head"])
+        try assertFails(["train", "--data", data, "--out", out, "--zero", "7"], status: 2, mentions: ["--zero"])
+        try assertFails(["train", "--data", data, "--out", out, "--bucket-mb", "0"], status: 2, mentions: ["--bucket-mb"])
+        try assertFails(["train", "--data", data, "--out", out, "--lr=-1"], status: 2, mentions: ["--lr"])
+        try assertFails(["train", "--data", data, "--bogus-flag"], status: 64, mentions: ["bogus-flag"])
+        try assertFails(["train", "--data", data, "--n-layer", "two"], status: 64, mentions: ["n-layer"])
+        try assertFails(["prepare", "--input", "/nonexistent.txt", "--out", out], status: 2, mentions: ["--input"])
+        try assertFails(["prepare", "--input", Repo.corpus.path, "--out", out, "--tokenizer", "bpe"], status: 64,
+                        mentions: ["tokenizer"])
+    }
+
+    /// A shard whose ids exceed its vocabulary, and a truncated shard, are refused.
+    func testMalformedDataIsRefused() throws {
+        let dir = try Repo.temporaryDirectory("bad")
+        let tok = #"{"kind":"char","symbols":["a","b","c","d"]}"#
+        try tok.write(toFile: dir + "/tokenizer.json", atomically: true, encoding: .utf8)
+        func shard(_ tokens: [UInt16], vocab: UInt32) -> Data {
+            var d = Data("TSRATOK".utf8) + [0]
+            func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { d.append(contentsOf: $0) } }
+            put(UInt32(1)); put(UInt32(2)); put(UInt64(tokens.count)); put(vocab); put(UInt32(0))
+            for t in tokens { put(t) }
+            return d
+        }
+        let big = shard((0..<200).map { UInt16($0 % 10) }, vocab: 4)
+        try big.write(to: URL(fileURLWithPath: dir + "/train.bin"))
+        try big.write(to: URL(fileURLWithPath: dir + "/val.bin"))
+        let out = try Repo.temporaryDirectory("run")
+        try assertFails(["train", "--data", dir, "--out", out, "--block-size", "8"], status: 2, mentions: ["exceeds vocabulary"])
+        try big.prefix(big.count - 3).write(to: URL(fileURLWithPath: dir + "/val.bin"))
+        try assertFails(["train", "--data", dir, "--out", out, "--block-size", "8"], status: 2, mentions: ["val.bin", "truncated"])
+    }
+
+    func testGenerateFromTrainedModel() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("run")
+        XCTAssertEqual(try tessera(tinyArgs(data: data, out: out, steps: 3)).status, 0)
+        let g1 = try tessera(["generate", "--model", out + "/model.bin", "--prompt", "KING", "--max-new-tokens", "40", "--seed", "5"])
+        XCTAssertEqual(g1.status, 0, g1.stderr)
+        XCTAssertTrue(g1.stdout.hasPrefix("KING"))
+        XCTAssertEqual(g1.stdout.count, "KING".count + 40 + 1, "prompt, 40 characters, newline")
+        let g2 = try tessera(["generate", "--model", out + "/model.bin", "--prompt", "KING", "--max-new-tokens", "40", "--seed", "5"])
+        XCTAssertEqual(g1.stdout, g2.stdout, "same seed, same sample")
+        let bad = try tessera(["generate", "--model", out + "/missing.bin"])
+        XCTAssertEqual(bad.status, 2)
+    }
+}
