@@ -27,6 +27,8 @@ public final class CommRequest: @unchecked Sendable {
     var handle: AnyObject?
     /// Whether it has completed.
     public internal(set) var done: Bool
+    /// Arguments the transport reads until completion (count arrays of V collectives).
+    var keepAlive: AnyObject?
 
     init(label: String, sentElements: Int, handle: AnyObject?, done: Bool) {
         self.label = label
@@ -83,6 +85,14 @@ public protocol Communicator: AnyObject {
     /// Starts an all-gather: every rank's `countPerRank` elements end up in `recv`, in rank order.
     func startAllGather(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
                         dtype: CommDType, label: String) -> CommRequest
+    /// Starts a reduce-scatter with uneven blocks: `send` holds `counts.reduce(+)` elements in
+    /// rank order; `recv` gets this rank's `counts[rank]` reduced elements.
+    func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                             dtype: CommDType, op: ReduceOp, label: String) -> CommRequest
+    /// Starts an all-gather with uneven blocks: this rank's `counts[rank]` elements from `send`
+    /// land in `recv` at the sum of the earlier ranks' counts.
+    func startAllGatherV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                         dtype: CommDType, label: String) -> CommRequest
     /// Starts a broadcast of `count` elements from `root`.
     func startBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, root: Int,
                         label: String) -> CommRequest

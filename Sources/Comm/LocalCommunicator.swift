@@ -28,6 +28,16 @@ public final class LocalCommunicator: Communicator {
         return done(label)
     }
 
+    public func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                                    dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
+        startReduceScatter(send: send, recv: recv, countPerRank: counts[0], dtype: dtype, op: op, label: label)
+    }
+
+    public func startAllGatherV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                                dtype: CommDType, label: String) -> CommRequest {
+        startAllGather(send: send, recv: recv, countPerRank: counts[0], dtype: dtype, label: label)
+    }
+
     public func startBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, root: Int,
                                label: String) -> CommRequest { done(label) }
 

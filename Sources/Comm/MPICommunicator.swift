@@ -82,9 +82,47 @@ public final class MPICommunicator: Communicator {
 
     public func startAllGather(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
                                dtype: CommDType, label: String) -> CommRequest {
-        request(label, sent: countPerRank * (size - 1)) {
-            MPI_Iallgather(send, Int32(countPerRank), Self.type(dtype), recv, Int32(countPerRank), Self.type(dtype), world, $0)
+        // A send block already at this rank's place in `recv` is gathered in place.
+        let inPlace = send == UnsafeRawPointer(recv + rank * countPerRank * dtype.size)
+        return request(label, sent: countPerRank * (size - 1)) {
+            MPI_Iallgather(inPlace ? UnsafeRawPointer(tessera_mpi_in_place()) : send, Int32(countPerRank),
+                           Self.type(dtype), recv, Int32(countPerRank), Self.type(dtype), world, $0)
         }
+    }
+
+    public func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                                    dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
+        let box = Counts(counts)
+        let total = counts.reduce(0, +)
+        let r = request(label, sent: total * (size - 1) / size) {
+            MPI_Ireduce_scatter(send, recv, box.counts, Self.type(dtype), Self.op(op), world, $0)
+        }
+        r.keepAlive = box
+        return r
+    }
+
+    public func startAllGatherV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                                dtype: CommDType, label: String) -> CommRequest {
+        let box = Counts(counts)
+        let total = counts.reduce(0, +)
+        let r = request(label, sent: total * (size - 1) / size) {
+            MPI_Iallgatherv(send, Int32(counts[rank]), Self.type(dtype), recv, box.counts, box.displacements,
+                            Self.type(dtype), world, $0)
+        }
+        r.keepAlive = box
+        return r
+    }
+
+    /// Count and displacement arrays that must outlive a nonblocking V collective.
+    private final class Counts {
+        let counts: UnsafeMutablePointer<Int32>, displacements: UnsafeMutablePointer<Int32>
+        init(_ c: [Int]) {
+            counts = .allocate(capacity: c.count)
+            displacements = .allocate(capacity: c.count)
+            var off = 0
+            for (i, n) in c.enumerated() { counts[i] = Int32(n); displacements[i] = Int32(off); off += n }
+        }
+        deinit { counts.deallocate(); displacements.deallocate() }
     }
 
     public func startBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, root: Int,

@@ -126,6 +126,7 @@ public final class GPT {
         let lay = layout
         let dres = a.dres.pointer, dln = a.dln.pointer
 
+        params.beginBackward()
         Layers.softmaxCrossEntropyBackward(probs: a.logits.pointer, targets: targets, N: BT, V: V, scale: lossScale)
         let wte = params.acquireParameters(unit: 0)
         let gEmb = params.gradients(unit: 0)

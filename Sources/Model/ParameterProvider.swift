@@ -16,6 +16,12 @@ public protocol ParameterProvider: AnyObject {
     func gradients(unit: Int) -> UnsafeMutablePointer<Float>
     /// Backward of the current micro-batch has written all of `unit`'s gradients.
     func gradientsProduced(unit: Int)
+    /// Backward of the current micro-batch is starting (units are now visited last to first).
+    func beginBackward()
+}
+
+extension ParameterProvider {
+    public func beginBackward() {}
 }
 
 /// Full, resident parameter and gradient buffers: single process and DDP.

@@ -103,6 +103,10 @@ public final class DataParallel: TrainingStrategy {
                      optimizer: m.byteCount + v.byteCount, working: [:])
     }
 
+    public func loadParameters(from full: UnsafePointer<Float>) {
+        params.pointer.update(from: full, count: layout.count)
+    }
+
     public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
         out.update(from: params.pointer, count: layout.count)
     }

@@ -34,12 +34,16 @@ public protocol TrainingStrategy: AnyObject {
     func beginMicroStep(isLast: Bool)
     /// Completes all gradient communication of the step.
     func finishGradients() throws(CommError)
-    /// Squared L2 norm of the full (global) gradient, identical on every rank.
+    /// Squared L2 norm of the full (global) gradient, identical on every rank (sharded
+    /// strategies sum their shards with one all-reduce).
     func gradientSquaredNorm() throws(CommError) -> Double
     /// Scales gradients by `clip` and applies AdamW update `step` (1-based) with `lr`.
     func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError)
     /// Bytes held now, by kind.
     var memory: MemoryReport { get }
+    /// Sets parameters from a full vector (identical on every rank): replicated strategies copy
+    /// it, sharded ones keep their shard.
+    func loadParameters(from full: UnsafePointer<Float>)
     /// Copies the full parameter vector into `out` (`layout.count` floats), gathering if sharded.
     func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError)
     /// Elements of time spent waiting for communication since the last reset, in seconds.
@@ -49,4 +53,15 @@ public protocol TrainingStrategy: AnyObject {
 /// Decay mask of a GPT layout: 2-D tensors decay.
 public func decayMask(for layout: ParameterLayout) -> DecayMask {
     DecayMask(layout.tensors.map { ($0.offset..<($0.offset + $0.count), $0.decays) })
+}
+
+/// The strategy for a ZeRO stage (0 = DDP).
+public func makeStrategy(stage: Int, layout: ParameterLayout, comm: Communicator, adam: AdamW,
+                         bucketBytes: Int) -> TrainingStrategy {
+    switch stage {
+    case 1: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes)
+    case 2: return ZeRO2(layout: layout, comm: comm, adam: adam)
+    case 3: return ZeRO3(layout: layout, comm: comm, adam: adam)
+    default: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes)
+    }
 }

@@ -51,3 +51,12 @@ func formatDuration(_ s: Double) -> String {
     if t >= 60 { return "\(t / 60)m\(String(format: "%02d", t % 60))s" }
     return "\(t)s"
 }
+
+/// `RUN/memory.json`: what rank 0 holds, by kind, for comparison with the ZeRO formulas
+/// (every rank holds the same amounts: shards are equal-sized, padding included).
+public struct MemoryFile: Codable, Sendable {
+    public var psi: Int, world: Int, zero: Int, rank: Int
+    public var parameters: Int, gradients: Int, optimizer: Int
+    public var working: [String: Int]
+    public var activations: Int
+}

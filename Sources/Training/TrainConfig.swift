@@ -101,7 +101,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(evalSteps >= 1, "--eval-steps", "is \(evalSteps)", "use at least 1")
         try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
         try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
-        try need(zero == 0, "--zero", "is \(zero)", "only 0 (DDP) is implemented in this build; ZeRO stages 1-3 are not yet")
+        try need((0...3).contains(zero), "--zero", "is \(zero)", "use 0 (DDP), 1, 2 or 3")
         try need(bucketMB > 0, "--bucket-mb", "is \(bucketMB)", "use a positive size in MiB")
         try need(commTimeout > 0, "--comm-timeout", "is \(commTimeout)", "use a positive number of seconds")
         try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")

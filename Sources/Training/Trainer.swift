@@ -59,16 +59,16 @@ public final class Trainer {
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
                          weightDecay: Float(config.weightDecay))
-        let ddp = DataParallel(layout: model.layout, comm: comm, adam: adam,
-                               bucketBytes: Int(config.bucketMB * 1_048_576))
-        strategy = ddp
-        GPT.initialize(ddp.params.pointer, layout: model.layout, config: gpt, seed: config.seed)
+        strategy = makeStrategy(stage: config.zero, layout: model.layout, comm: comm, adam: adam,
+                                bucketBytes: Int(config.bucketMB * 1_048_576))
+        let initial = FloatBuffer(count: model.layout.count)
+        GPT.initialize(initial.pointer, layout: model.layout, config: gpt, seed: config.seed)
         // Like PyTorch DDP, start every replica from rank 0's parameters.
         if comm.size > 1 {
-            let n = model.layout.count
-            try comm.wait(comm.startBroadcast(UnsafeMutableRawPointer(ddp.params.pointer), count: n,
+            try comm.wait(comm.startBroadcast(UnsafeMutableRawPointer(initial.pointer), count: initial.count,
                                               dtype: .float32, root: 0, label: "broadcast of initial parameters"))
         }
+        strategy.loadParameters(from: initial.pointer)
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
         let share = (config.batchSize + comm.size - 1) / comm.size
         micro = max(1, config.microBatch > 0 ? min(config.microBatch, share) : share)
@@ -98,7 +98,17 @@ public final class Trainer {
                 throw ConfigError(flag: "--out", problem: "cannot create \(outDir.path)", fix: "choose a writable run directory")
             }
             metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path)
+            let mem = strategy.memory
+            let report = MemoryFile(psi: model.layout.count, world: comm.size, zero: config.zero, rank: 0,
+                                    parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,
+                                    working: mem.working, activations: model.activations?.totalBytes ?? 0)
+            let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try enc.encode(report).write(to: outDir.appendingPathComponent("memory.json"), options: .atomic)
             let p = model.layout.count
+            func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
+            log("tessera: \(config.zero == 0 ? "DDP" : "ZeRO-\(config.zero)"), per-rank state: parameters \(mib(mem.parameters)), "
+                + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
+                + "activations \(mib(model.activations?.totalBytes ?? 0))")
             log("tessera: \(comm.size) rank(s), \(p) parameters (\(String(format: "%.2f", Double(p) / 1e6))M), "
                 + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(micro) × "
                 + "\((myIndices.count + micro - 1) / max(micro, 1)) accumulation step(s) on rank 0")
@@ -159,11 +169,9 @@ public final class Trainer {
         if myIndices.isEmpty { strategy.beginMicroStep(isLast: true) }
         try strategy.finishGradients()
         let o0 = MPIClock.now()
-        var reduced = [lossSum, try strategy.gradientSquaredNorm()]
-        try comm.allReduce(&reduced, label: "all-reduce of loss and gradient norm")
-        // DDP ranks each hold the full gradient: the norm is local, so undo the sum.
-        let normSq = reduced[1] / Double(comm.size)
-        let norm = normSq.squareRoot()
+        var reduced = [lossSum]
+        try comm.allReduce(&reduced, label: "all-reduce of the loss")
+        let norm = try strategy.gradientSquaredNorm().squareRoot()
         let lr = schedule.lr(at: step)
         let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip)
         try strategy.optimizerStep(step: step + 1, lr: Float(lr), clip: clip)

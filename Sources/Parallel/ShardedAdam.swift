@@ -1,0 +1,47 @@
+import Comm
+import Kernels
+import Optim
+
+// MARK: - ShardedAdam
+
+/// AdamW states for one rank's shard, and the shard-local half of clipping: what every ZeRO
+/// stage shares.
+final class ShardedAdam {
+    let shard: ShardLayout
+    let adam: AdamW
+    let mask: DecayMask
+    /// First and second moments of this rank's shard (`shardSize` slots each).
+    let m: FloatBuffer, v: FloatBuffer
+
+    init(shard: ShardLayout, adam: AdamW, mask: DecayMask) {
+        self.shard = shard; self.adam = adam; self.mask = mask
+        m = FloatBuffer(count: shard.shardSize)
+        v = FloatBuffer(count: shard.shardSize)
+    }
+
+    /// Global squared gradient norm: local sum over the shard, one all-reduce.
+    func globalNormSquared(gradShard: UnsafePointer<Float>, comm: Communicator) throws(CommError) -> Double {
+        var s = [Vector.sumOfSquares(gradShard, shard.mine.count)]
+        try comm.allReduce(&s, label: "all-reduce of the gradient norm")
+        return s[0]
+    }
+
+    /// Clips and updates the shard. Pointers address the first element of this rank's shard.
+    func update(params: UnsafeMutablePointer<Float>, grads: UnsafeMutablePointer<Float>,
+                step: Int, lr: Float, clip: Float) {
+        let mine = shard.mine
+        if clip != 1 { Vector.scale(grads, mine.count, by: clip) }
+        mask.forEach(in: mine) { range, decays in
+            let o = range.lowerBound - mine.lowerBound
+            adam.update(step: step, lr: lr, decay: decays, param: params + o, grad: grads + o,
+                        m: m.pointer + o, v: v.pointer + o, count: range.count)
+        }
+    }
+
+    var bytes: Int { m.byteCount + v.byteCount }
+}
+
+/// Largest unit of a layout, in elements.
+func largestUnit(_ units: [Range<Int>], from first: Int) -> Int {
+    units[first...].map(\.count).max() ?? 0
+}

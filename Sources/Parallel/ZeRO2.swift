@@ -1,0 +1,78 @@
+import Comm
+import Kernels
+import Model
+import Optim
+
+// MARK: - ZeRO stage 2
+
+/// Optimizer-state and gradient sharding: full parameters on every rank; gradients exist in
+/// full only one unit at a time (see `UnitGradientReducer`); each rank keeps the reduced
+/// gradient and AdamW moments of its shard, updates it, and all-gathers the parameters.
+public final class ZeRO2: TrainingStrategy, ParameterProvider {
+    let layout: ParameterLayout
+    let comm: Communicator
+    let shard: ShardLayout
+    let optimizer: ShardedAdam
+    let params: FloatBuffer
+    let reducer: UnitGradientReducer
+    public var commWaitSeconds: Double = 0
+    public var provider: ParameterProvider { self }
+
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW) {
+        self.layout = layout; self.comm = comm
+        shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
+        optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
+        params = FloatBuffer(count: shard.padded)
+        reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm)
+    }
+
+    // MARK: ParameterProvider
+    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> { params.pointer + layout.units[unit].lowerBound }
+    public func releaseParameters(unit: Int) {}
+    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> {
+        do { return try reducer.buffer(for: unit) } catch { abortJob(comm, error) }
+    }
+    public func gradientsProduced(unit: Int) { reducer.produced(unit: unit) }
+
+    // MARK: TrainingStrategy
+    public func beginStep() { reducer.zeroShard() }
+    public func beginMicroStep(isLast: Bool) {}
+
+    public func finishGradients() throws(CommError) {
+        let t0 = MPIClock.now()
+        try reducer.finish()
+        commWaitSeconds += MPIClock.now() - t0
+    }
+
+    public func gradientSquaredNorm() throws(CommError) -> Double {
+        try optimizer.globalNormSquared(gradShard: reducer.gradShard.pointer, comm: comm)
+    }
+
+    public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
+        optimizer.update(params: params.pointer + shard.mine.lowerBound, grads: reducer.gradShard.pointer,
+                         step: step, lr: lr, clip: clip)
+        try allGatherParameters(comm: comm, shard: shard, params: params.pointer, seconds: &commWaitSeconds)
+    }
+
+    public var memory: MemoryReport {
+        var w = reducer.workingBytes
+        w["parameter padding"] = 4 * (shard.padded - layout.count)
+        return MemoryReport(parameters: 4 * layout.count, gradients: reducer.gradShard.byteCount,
+                            optimizer: optimizer.bytes, working: w)
+    }
+
+    public func loadParameters(from full: UnsafePointer<Float>) {
+        params.pointer.update(from: full, count: layout.count)
+    }
+
+    public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
+        out.update(from: params.pointer, count: layout.count)
+    }
+}
+
+/// A collective failed inside a model hook, which cannot throw: report it and end the job
+/// (the watchdog's contract).
+func abortJob(_ comm: Communicator, _ error: CommError) -> Never {
+    writeStandardError(error.description)
+    comm.abort(code: 1)
+}
