@@ -30,10 +30,11 @@ let package = Package(
         .target(name: "Optim", dependencies: ["Kernels"], swiftSettings: release),
         .target(name: "Parallel", dependencies: ["Comm", "Model", "Optim", "Kernels"], swiftSettings: release),
         .target(name: "Data", dependencies: ["Kernels"], swiftSettings: release),
-        .target(name: "Training", dependencies: ["Model", "Optim", "Data", "Comm", "Parallel", "Kernels"],
+        .target(name: "Training", dependencies: ["Model", "Optim", "Data", "Comm", "Parallel", "Kernels", "Scaling"],
                 swiftSettings: release),
         .target(name: "Scaling"),
         .executableTarget(name: "tessera", dependencies: [
+            "Parallel",
             "Training", "Scaling", "Data", "Model", "Comm",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: release),
@@ -44,7 +45,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "OptimTests", dependencies: ["Optim"]),
-        .testTarget(name: "ScalingTests", dependencies: ["Scaling"]),
+        .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model"]),
         .testTarget(name: "CLITests", dependencies: []),
     ]
 )

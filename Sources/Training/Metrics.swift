@@ -1,4 +1,5 @@
 import Foundation
+import Scaling
 
 // MARK: - Metrics
 
@@ -59,4 +60,6 @@ public struct MemoryFile: Codable, Sendable {
     public var parameters: Int, gradients: Int, optimizer: Int
     public var working: [String: Int]
     public var activations: Int
+    /// What `tessera scaling memory` predicts for the same run (the formulas of the ZeRO paper).
+    public var predicted: MemoryEstimate
 }

@@ -5,6 +5,7 @@ import Kernels
 import Model
 import Optim
 import Parallel
+import Scaling
 
 // MARK: - Trainer
 
@@ -99,9 +100,12 @@ public final class Trainer {
             }
             metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path)
             let mem = strategy.memory
+            let predicted = try MemoryModel.perRank(params: model.layout.count, world: comm.size, zero: config.zero,
+                                                    precision: .fp32)
             let report = MemoryFile(psi: model.layout.count, world: comm.size, zero: config.zero, rank: 0,
                                     parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,
-                                    working: mem.working, activations: model.activations?.totalBytes ?? 0)
+                                    working: mem.working, activations: model.activations?.totalBytes ?? 0,
+                                    predicted: predicted)
             let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             try enc.encode(report).write(to: outDir.appendingPathComponent("memory.json"), options: .atomic)
             let p = model.layout.count

@@ -59,6 +59,9 @@ final class ZeROTests: XCTestCase {
                     XCTAssertNotNil(working["gathered unit buffers (current + prefetch)"])
                 }
                 XCTAssertEqual(m["optimizer"] as? Int, 8 * S, "stage \(stage): 8Ψ/N optimizer bytes")
+                // The calculator's prediction is the measurement.
+                let predicted = m["predicted"] as! [String: Int]
+                for key in ["parameters", "gradients", "optimizer"] { XCTAssertEqual(predicted[key], m[key] as? Int, key) }
 
                 // Traffic per step (elements sent by a rank).
                 if n > 1 {

@@ -1,0 +1,71 @@
+// MARK: - Training compute
+
+/// FLOP counts and wall-clock estimates.
+public enum Compute {
+    /// 6ND: forward 2N + backward 4N FLOPs per token.
+    public static func flops6ND(params n: Double, tokens d: Double) -> Double { 6 * n * d }
+
+    /// FLOPs per trained token including attention: 6N + 12·n_layer·n_embd·seq (the
+    /// attention score and weighted-sum matmuls, forward and backward; PaLM appendix B).
+    public static func flopsPerToken(params n: Double, nLayer: Int, nEmbd: Int, seq: Int) -> Double {
+        6 * n + 12 * Double(nLayer) * Double(nEmbd) * Double(seq)
+    }
+
+    /// PF-days for a FLOP count.
+    public static func pfDays(_ flops: Double) -> Double { flops / flopsPerPFDay }
+
+    /// Seconds to process `tokens` at `tokensPerSecond`.
+    public static func seconds(tokens: Double, tokensPerSecond: Double) -> Double { tokens / tokensPerSecond }
+
+    /// Seconds to spend `flops` on hardware of `peak` FLOP/s at model-FLOPs utilisation `mfu`.
+    public static func seconds(flops: Double, peak: Double, mfu: Double) -> Double { flops / (peak * mfu) }
+}
+
+// MARK: - Per-rank memory
+
+/// Numeric formats of training.
+public enum Precision: String, CaseIterable, Codable, Sendable {
+    case fp32, bf16, fp16
+    /// Bytes of a compute-precision element.
+    public var bytes: Int { self == .fp32 ? 4 : 2 }
+}
+
+/// Bytes one rank holds, by kind.
+public struct MemoryEstimate: Codable, Equatable, Sendable {
+    public var parameters: Int, gradients: Int, optimizer: Int, activations: Int
+    public var total: Int { parameters + gradients + optimizer + activations }
+}
+
+/// The ZeRO paper's accounting (Rajbhandari et al. 2020, section 3): Ψ parameters, N ranks.
+///
+/// fp32: 4Ψ parameters, 4Ψ gradients, 8Ψ AdamW moments. Mixed precision: 2Ψ low-precision
+/// parameters, 2Ψ gradients, and K = 12 bytes per parameter of optimizer state (fp32
+/// master copy, m and v). Stage 1 divides the optimizer states by N, stage 2 also the
+/// gradients, stage 3 also the parameters. A divided quantity is one equal shard,
+/// ⌈Ψ/N⌉ elements, as the trainer allocates it (padding included).
+public enum MemoryModel {
+    public static func perRank(params psi: Int, world n: Int, zero: Int, precision: Precision,
+                               activations: Int = 0) throws(ScalingError) -> MemoryEstimate {
+        guard psi > 0 else { throw ScalingError("--params", "is \(psi)", "pass a positive parameter count") }
+        guard n > 0 else { throw ScalingError("--world", "is \(n)", "pass a positive number of ranks") }
+        guard (0...3).contains(zero) else { throw ScalingError("--zero", "is \(zero)", "use 0 (DDP), 1, 2 or 3") }
+        let shard = (psi + n - 1) / n
+        let p = precision.bytes
+        let k = precision == .fp32 ? 8 : 12
+        return MemoryEstimate(parameters: p * (zero >= 3 ? shard : psi),
+                              gradients: p * (zero >= 2 ? shard : psi),
+                              optimizer: k * (zero >= 1 ? shard : psi),
+                              activations: activations)
+    }
+
+    /// Bytes of activations tessera keeps for backward for a micro-batch of `batch` × `seq`
+    /// tokens: per token, each block keeps 15 widths (LN outputs, QKV, attention output,
+    /// residual, MLP pre- and post-GELU), 4 LayerNorm statistics and one attention row per
+    /// head; plus the residual stream at every block boundary, the final LayerNorm and the
+    /// logits. `elementBytes` is 4 in fp32.
+    public static func activations(shape s: ModelShape, batch: Int, seq: Int, elementBytes: Int = 4) -> Int {
+        let C = s.nEmbd, L = s.nLayer
+        let perToken = L * (15 * C + 4 + s.nHead * seq) + (L + 1) * C + C + 2 + s.vocabSize
+        return elementBytes * batch * seq * perToken
+    }
+}
