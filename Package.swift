@@ -30,11 +30,13 @@ let package = Package(
         .target(name: "Optim", dependencies: ["Kernels"], swiftSettings: release),
         .target(name: "Parallel", dependencies: ["Comm", "Model", "Optim", "Kernels"], swiftSettings: release),
         .target(name: "Data", dependencies: ["Kernels"], swiftSettings: release),
-        .target(name: "Training", dependencies: ["Model", "Optim", "Data", "Comm", "Parallel", "Kernels", "Scaling"],
+        .target(name: "Checkpoint", dependencies: ["CZstd"], swiftSettings: release),
+        .target(name: "Training", dependencies: ["Model", "Optim", "Data", "Comm", "Parallel", "Kernels", "Scaling",
+                                                 "Checkpoint"],
                 swiftSettings: release),
         .target(name: "Scaling"),
         .executableTarget(name: "tessera", dependencies: [
-            "Parallel",
+            "Parallel", "Checkpoint",
             "Training", "Scaling", "Data", "Model", "Comm",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: release),
@@ -46,6 +48,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "OptimTests", dependencies: ["Optim"]),
         .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
         .testTarget(name: "CLITests", dependencies: []),
     ]
 )

@@ -103,6 +103,19 @@ public final class DataParallel: TrainingStrategy {
                      optimizer: m.byteCount + v.byteCount, working: [:])
     }
 
+    public func statePieces() -> [StatePiece] {
+        let shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
+        let o = shard.mine.lowerBound
+        return pieces(shard, params: params.pointer + o, m: m.pointer + o, v: v.pointer + o)
+    }
+
+    public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
+        let all = 0..<layout.count
+        try read("params", all, params.pointer)
+        try read("adam.m", all, m.pointer)
+        try read("adam.v", all, v.pointer)
+    }
+
     public func loadParameters(from full: UnsafePointer<Float>) {
         params.pointer.update(from: full, count: layout.count)
     }

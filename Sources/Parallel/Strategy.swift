@@ -44,6 +44,12 @@ public protocol TrainingStrategy: AnyObject {
     /// Sets parameters from a full vector (identical on every rank): replicated strategies copy
     /// it, sharded ones keep their shard.
     func loadParameters(from full: UnsafePointer<Float>)
+    /// This rank's part of the training state in checkpoint order: elements `shard.mine` of
+    /// the flat vectors "params", "adam.m" and "adam.v" (ShardLayout over the world), whatever
+    /// the stage, so every rank writes an equal share and any stage can read any other's.
+    func statePieces() -> [StatePiece]
+    /// Loads parameters and AdamW moments; `read(vector, range, dest)` fills elements.
+    func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows
     /// Copies the full parameter vector into `out` (`layout.count` floats), gathering if sharded.
     func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError)
     /// Elements of time spent waiting for communication since the last reset, in seconds.
@@ -64,4 +70,18 @@ public func makeStrategy(stage: Int, layout: ParameterLayout, comm: Communicator
     case 3: return ZeRO3(layout: layout, comm: comm, adam: adam)
     default: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes)
     }
+}
+
+/// A contiguous piece of a flat state vector held by this rank.
+public struct StatePiece: @unchecked Sendable {
+    public var name: String, start: Int, count: Int
+    public var pointer: UnsafePointer<Float>
+}
+
+/// The three pieces of `shard.mine` given base pointers that address element `mine.lowerBound`.
+func pieces(_ shard: ShardLayout, params: UnsafePointer<Float>, m: UnsafePointer<Float>, v: UnsafePointer<Float>) -> [StatePiece] {
+    let r = shard.mine
+    return [StatePiece(name: "params", start: r.lowerBound, count: r.count, pointer: params),
+            StatePiece(name: "adam.m", start: r.lowerBound, count: r.count, pointer: m),
+            StatePiece(name: "adam.v", start: r.lowerBound, count: r.count, pointer: v)]
 }

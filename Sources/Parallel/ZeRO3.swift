@@ -43,6 +43,17 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
     }
 
     /// Takes this rank's shard from a full parameter vector (initialisation, loading).
+    public func statePieces() -> [StatePiece] {
+        pieces(shard, params: paramShard.pointer, m: optimizer.m.pointer, v: optimizer.v.pointer)
+    }
+
+    public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
+        try read("params", shard.mine, paramShard.pointer)
+        try read("adam.m", shard.mine, optimizer.m.pointer)
+        try read("adam.v", shard.mine, optimizer.v.pointer)
+        embeddingResident = false
+    }
+
     public func loadParameters(from full: UnsafePointer<Float>) {
         let mine = shard.mine
         paramShard.pointer.update(from: full + mine.lowerBound, count: mine.count)

@@ -26,12 +26,24 @@ final class MetricsWriter {
     private let handle: FileHandle
     private let encoder = JSONEncoder()
 
-    init(path: String) throws {
-        _ = FileManager.default.createFile(atPath: path, contents: nil)
+    /// Opens the metrics file; after a resume at step k, lines of later steps (from the
+    /// interrupted attempt) are dropped so the file reads as one run.
+    init(path: String, keepThrough step: Int) throws {
+        var kept = Data()
+        if step > 0, let old = FileManager.default.contents(atPath: path) {
+            for line in old.split(separator: 0x0A) {
+                if let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                   let s = obj["step"] as? Int, s <= step {
+                    kept.append(Data(line)); kept.append(0x0A)
+                }
+            }
+        }
+        _ = FileManager.default.createFile(atPath: path, contents: kept)
         guard let h = FileHandle(forWritingAtPath: path) else {
             throw ConfigError(flag: "--out", problem: "cannot write \(path)", fix: "choose a writable run directory")
         }
         handle = h
+        handle.seekToEndOfFile()
         encoder.outputFormatting = [.sortedKeys]
     }
 

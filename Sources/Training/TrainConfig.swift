@@ -33,6 +33,12 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var zero = 0
     public var bucketMB = 25.0
     public var commTimeout = 300.0
+    // Checkpoints
+    public var saveEvery = 0             // 0: only at the end
+    public var keepLast = 0              // 0: keep all
+    public var asyncSave = false
+    public var ckptLevel = 3
+    public var resume = ""               // resolved checkpoint directory, "" for a fresh run
 
     public init() {}
 
@@ -41,7 +47,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, evalEvery, evalSteps, logEvery, seed, data, out,
-             threads, zero, bucketMB, commTimeout
+             threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume
     }
 
     /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
@@ -69,11 +75,18 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.seed, &seed); try get(.data, &data)
         try get(.out, &out); try get(.threads, &threads); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
         try get(.commTimeout, &commTimeout)
+        try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
+        try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
     }
 
     /// The model shape for a vocabulary.
     public func model(vocabSize: Int) -> GPTConfig {
         GPTConfig(nLayer: nLayer, nHead: nHead, nEmbd: nEmbd, blockSize: blockSize, vocabSize: vocabSize, bias: bias)
+    }
+
+    /// Whether two configs describe the same model (what a checkpoint's parameters mean).
+    public func sameModel(as o: TrainConfig) -> Bool {
+        nLayer == o.nLayer && nHead == o.nHead && nEmbd == o.nEmbd && blockSize == o.blockSize && bias == o.bias
     }
 
     /// Checks everything that does not need the data; errors name the flag and the fix.
@@ -104,6 +117,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need((0...3).contains(zero), "--zero", "is \(zero)", "use 0 (DDP), 1, 2 or 3")
         try need(bucketMB > 0, "--bucket-mb", "is \(bucketMB)", "use a positive size in MiB")
         try need(commTimeout > 0, "--comm-timeout", "is \(commTimeout)", "use a positive number of seconds")
+        try need(saveEvery >= 0, "--save-every", "is \(saveEvery)", "use 0 (only at the end) or more")
+        try need(keepLast >= 0, "--keep-last", "is \(keepLast)", "use 0 (keep all) or more")
+        try need((1...19).contains(ckptLevel), "--ckpt-level", "is \(ckptLevel)", "use a zstd level from 1 to 19")
         try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
     }
 }

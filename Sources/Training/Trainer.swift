@@ -1,3 +1,4 @@
+import Checkpoint
 import Comm
 import Data
 import Foundation
@@ -15,6 +16,8 @@ public struct TrainResult: Sendable {
     public var valLosses: [(step: Int, loss: Double)] = []
     public var modelPath: String = ""
     public var seconds: Double = 0
+    /// Seconds the loop was blocked by each save (and async commit).
+    public var saveStalls: [Double] = []
 }
 
 /// Runs one training job on every rank of a communicator.
@@ -38,6 +41,9 @@ public final class Trainer {
     private let myIndices: [Int]
     private let micro: Int
     private var x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
+    /// First step to run (> 0 after a resume).
+    public private(set) var startStep = 0
+    private var checkpointer: Checkpointer!
 
     /// Loads the data, builds the model and the strategy, and initialises parameters.
     public init(config: TrainConfig, comm: Communicator) throws {
@@ -70,6 +76,12 @@ public final class Trainer {
                                               dtype: .float32, root: 0, label: "broadcast of initial parameters"))
         }
         strategy.loadParameters(from: initial.pointer)
+        if !config.resume.isEmpty {
+            let dir = URL(fileURLWithPath: config.resume)
+            let manifest = try CheckpointReader.manifest(directory: dir)
+            try Checkpointer.load(directory: dir, manifest: manifest, layout: model.layout, strategy: strategy)
+            startStep = manifest.step
+        }
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
         let share = (config.batchSize + comm.size - 1) / comm.size
         micro = max(1, config.microBatch > 0 ? min(config.microBatch, share) : share)
@@ -98,7 +110,7 @@ public final class Trainer {
             } catch {
                 throw ConfigError(flag: "--out", problem: "cannot create \(outDir.path)", fix: "choose a writable run directory")
             }
-            metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path)
+            metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path, keepThrough: startStep)
             let mem = strategy.memory
             let predicted = try MemoryModel.perRank(params: model.layout.count, world: comm.size, zero: config.zero,
                                                     precision: .fp32)
@@ -117,8 +129,11 @@ public final class Trainer {
                 + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(micro) × "
                 + "\((myIndices.count + micro - 1) / max(micro, 1)) accumulation step(s) on rank 0")
         }
+        checkpointer = Checkpointer(comm: comm, runDirectory: config.out, level: config.ckptLevel, keepLast: config.keepLast,
+                                    async: config.asyncSave, log: log)
+        if isCoordinator && startStep > 0 { log("tessera: resumed from \(config.resume) at step \(startStep)") }
         let start = MPIClock.now()
-        for step in 0..<config.maxSteps {
+        for step in startStep..<max(config.maxSteps, startStep) {
             comm.context = "step \(step)"
             let m = try trainStep(step)
             result.losses.append(m.loss)
@@ -141,8 +156,14 @@ public final class Trainer {
                     log(s)
                 }
             }
+            if lastStep { continue }
+            try checkpointer.finishPending(wait: false)
+            if config.saveEvery > 0 && (step + 1) % config.saveEvery == 0 { try saveCheckpoint(completedSteps: step + 1) }
         }
+        try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
+        try checkpointer.finishPending(wait: true)
         result.seconds = MPIClock.now() - start
+        result.saveStalls = checkpointer.stallSeconds
         result.modelPath = try saveModel(to: outDir.appendingPathComponent("model.bin").path)
         return result
     }
@@ -204,6 +225,29 @@ public final class Trainer {
         var r = [sum]
         try comm.allReduce(&r, label: "all-reduce of validation loss")
         return r[0] / Double(config.evalSteps * tokensPerStep)
+    }
+
+    /// Saves the full training state after `completedSteps` optimizer steps.
+    func saveCheckpoint(completedSteps: Int) throws {
+        let enc = JSONEncoder()
+        let cfg = try JSONDecoder().decode([String: JSONValue].self, from: enc.encode(config))
+        let g = model.config
+        var shape: [String: JSONValue] = [:]
+        shape["nLayer"] = .unsigned(UInt64(g.nLayer))
+        shape["nHead"] = .unsigned(UInt64(g.nHead))
+        shape["nEmbd"] = .unsigned(UInt64(g.nEmbd))
+        shape["blockSize"] = .unsigned(UInt64(g.blockSize))
+        shape["vocabSize"] = .unsigned(UInt64(g.vocabSize))
+        shape["bias"] = .bool(g.bias)
+        let tensors = model.layout.tensors.map { TensorEntry(name: $0.name, shape: $0.shape, dtype: "f32", offset: $0.offset) }
+        let manifest = Manifest(
+            formatVersion: Manifest.currentVersion, step: completedSteps, config: cfg,
+            model: shape,
+            worldSize: comm.size, zeroStage: config.zero, precision: "fp32", parameterCount: model.layout.count,
+            dataPosition: completedSteps, seed: config.seed, scheduleStep: completedSteps, adamStep: completedSteps,
+            lossScale: nil, lossScaleGoodSteps: nil, skippedSteps: 0, compressionLevel: config.ckptLevel,
+            tensors: tensors, files: [])
+        try checkpointer.save(manifest: manifest, strategy: strategy)
     }
 
     /// Writes the trained weights (rank 0) and returns the path.

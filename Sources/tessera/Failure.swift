@@ -1,3 +1,4 @@
+import Checkpoint
 import Comm
 import Data
 import Foundation
@@ -16,6 +17,13 @@ func fail(_ error: Error, rank: Int = 0) -> Never {
     case let e as DataError:
         writeStandardError(prefix + "error: " + e.description)
         exit(2)
+    case let e as CheckpointError:
+        writeStandardError(prefix + e.description)
+        exit(2)
+    case let e as SaveFailure:
+        let text = e.description
+        writeStandardError(prefix + (text.hasPrefix("error:") ? text : "error: " + text))
+        exit(1)
     case let e as CommError:
         writeStandardError(e.description)
         exit(1)

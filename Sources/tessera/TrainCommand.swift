@@ -1,4 +1,5 @@
 import ArgumentParser
+import Checkpoint
 import Comm
 import Foundation
 import Kernels
@@ -36,10 +37,33 @@ struct Train: ParsableCommand {
     @Option(help: "ZeRO stage: 0 = DDP.") var zero: Int?
     @Option(help: "DDP gradient bucket size in MiB.") var bucketMb: Double?
     @Option(help: "Seconds a collective may wait before the watchdog aborts the job.") var commTimeout: Double?
+    @Option(help: "Save a checkpoint every N steps (0: only at the end).") var saveEvery: Int?
+    @Option(help: "Keep only the newest K checkpoints (0: all).") var keepLast: Int?
+    @Flag(help: "Write checkpoints on a background thread while training goes on.") var asyncSave = false
+    @Option(help: "zstd level for checkpoints (1-19).") var ckptLevel: Int?
+    @Option(help: "Resume from 'latest' (in --out), a run directory or a checkpoint directory.") var resume: String?
 
-    /// The effective configuration: JSON file, then flags.
+    /// The effective configuration: defaults, or the checkpoint's config when resuming, or a
+    /// JSON file; then flags.
     func effectiveConfig() throws -> TrainConfig {
         var c = TrainConfig()
+        if let resume {
+            guard config == nil else {
+                throw ConfigError(flag: "--config", problem: "cannot be combined with --resume",
+                                  fix: "a resumed run takes its config from the checkpoint; override single flags instead")
+            }
+            let store = CheckpointStore(runDirectory: out ?? c.out)
+            let (dir, manifest) = try store.resolve(resume) { writeStandardError($0) }
+            let base = try JSONDecoder().decode(TrainConfig.self, from: JSONEncoder().encode(manifest.config))
+            c = try apply(to: base)
+            guard c.sameModel(as: base) else {
+                throw ConfigError(flag: "--resume", problem: "checkpoint \(dir.path) holds a different model (mismatched model config: "
+                                  + "n_layer \(base.nLayer), n_head \(base.nHead), n_embd \(base.nEmbd), block_size \(base.blockSize), bias \(base.bias))",
+                                  fix: "drop the model flags when resuming")
+            }
+            c.resume = dir.path
+            return c
+        }
         if let config {
             guard let d = FileManager.default.contents(atPath: config) else {
                 throw ConfigError(flag: "--config", problem: "file \(config) not found", fix: "pass an existing JSON file")
@@ -49,6 +73,13 @@ struct Train: ParsableCommand {
                                   fix: "use the keys of a run's config.json")
             }
         }
+        c.resume = ""
+        return try apply(to: c)
+    }
+
+    /// Flags given on the command line override `base`.
+    func apply(to base: TrainConfig) throws -> TrainConfig {
+        var c = base
         if let data { c.data = data }
         if let out { c.out = out }
         if let nLayer { c.nLayer = nLayer }
@@ -75,6 +106,10 @@ struct Train: ParsableCommand {
         if let zero { c.zero = zero }
         if let bucketMb { c.bucketMB = bucketMb }
         if let commTimeout { c.commTimeout = commTimeout }
+        if let saveEvery { c.saveEvery = saveEvery }
+        if let keepLast { c.keepLast = keepLast }
+        if asyncSave { c.asyncSave = true }
+        if let ckptLevel { c.ckptLevel = ckptLevel }
         return c
     }
 
@@ -98,6 +133,7 @@ struct Train: ParsableCommand {
                 print("done: \(config.maxSteps) steps in \(String(format: "%.1f", result.seconds)) s; "
                       + "final val loss \(result.valLosses.last.map { String(format: "%.4f", $0.loss) } ?? "n/a")")
                 print("model written to \(result.modelPath)")
+                print("checkpoint: \(config.out)/checkpoints/latest; continue with: tessera train --out \(config.out) --resume latest --max-steps N")
                 print("metrics in \(config.out)/metrics.jsonl; sample with: tessera generate --model \(result.modelPath) --prompt \"...\"")
             }
         } catch { finish(comm, error) }
@@ -112,7 +148,9 @@ struct Train: ParsableCommand {
             writeStandardError(e.description)
             comm.abort(code: 1)
         }
-        if comm.rank == 0 || !(error is ConfigError) { fail(error, rank: comm.rank) }
-        Foundation.exit(2)
+        // Errors every rank meets identically are printed once, by the coordinator.
+        let shared = error is ConfigError || error is SaveFailure || error is CheckpointError
+        if comm.rank == 0 || !shared { fail(error, rank: comm.rank) }
+        Foundation.exit(error is SaveFailure ? 1 : 2)
     }
 }

@@ -1,0 +1,140 @@
+import Foundation
+
+// MARK: - Checkpoint directory layout
+//
+//   RUN/checkpoints/step-00000123/manifest.json
+//   RUN/checkpoints/step-00000123/rank-00000-of-00002.bin
+//   RUN/checkpoints/latest                      (holds "step-00000123", replaced by rename)
+//
+// A save writes into `.step-00000123.partial/`: data files under temporary names, fsync,
+// rename; the manifest last; then the directory is renamed into place and `latest` is
+// replaced. A crash at any point leaves every committed checkpoint as it was.
+
+/// A checkpoint problem; every message names the file and what is wrong.
+public struct CheckpointError: Error, CustomStringConvertible, Equatable {
+    public let path: String, problem: String, fix: String
+    public init(_ path: String, _ problem: String, _ fix: String) { self.path = path; self.problem = problem; self.fix = fix }
+    public var description: String { "error: checkpoint \(problem) (\(path)): \(fix)" }
+}
+
+/// Paths and directory operations of a run's checkpoints.
+public struct CheckpointStore: Sendable {
+    /// `RUN/checkpoints`.
+    public let root: URL
+
+    public init(runDirectory: String) {
+        root = URL(fileURLWithPath: runDirectory).appendingPathComponent("checkpoints")
+    }
+
+    public static func stepName(_ step: Int) -> String { "step-" + String(format: "%08d", step) }
+    public static func fileName(rank: Int, world: Int) -> String {
+        "rank-" + String(format: "%05d", rank) + "-of-" + String(format: "%05d", world) + ".bin"
+    }
+
+    public func directory(step: Int) -> URL { root.appendingPathComponent(Self.stepName(step)) }
+    public func partialDirectory(step: Int) -> URL { root.appendingPathComponent("." + Self.stepName(step) + ".partial") }
+    public var latestPointer: URL { root.appendingPathComponent("latest") }
+
+    /// Committed step directories (with a manifest), newest first.
+    public func committed() -> [URL] {
+        let fm = FileManager.default
+        guard let names = try? fm.contentsOfDirectory(atPath: root.path) else { return [] }
+        return names.filter { $0.hasPrefix("step-") }.sorted(by: >)
+            .map { root.appendingPathComponent($0) }
+            .filter { fm.fileExists(atPath: $0.appendingPathComponent("manifest.json").path) }
+    }
+
+    /// Replaces `latest` atomically.
+    public func pointLatest(at step: Int) throws {
+        let tmp = root.appendingPathComponent(".latest.tmp-\(getpid())")
+        try Data((Self.stepName(step) + "\n").utf8).write(to: tmp)
+        try Durable.fsync(path: tmp.path)
+        guard rename(tmp.path, latestPointer.path) == 0 else {
+            throw CheckpointError(latestPointer.path, "pointer could not be replaced (\(String(cString: strerror(errno))))",
+                                  "check permissions and free space")
+        }
+        try Durable.fsync(path: root.path)
+    }
+
+    /// Deletes committed checkpoints beyond the newest `keep` (never the one `latest` names).
+    public func prune(keep: Int) {
+        guard keep > 0 else { return }
+        let latest = (try? String(contentsOf: latestPointer, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        for dir in committed().dropFirst(keep) where dir.lastPathComponent != latest {
+            try? FileManager.default.removeItem(at: dir)
+        }
+    }
+
+    /// Resolves `--resume` values: "latest", a step directory, a checkpoints directory or a run
+    /// directory. With "latest", falls back to the newest valid checkpoint, calling `warn`.
+    public func resolve(_ spec: String, warn: (String) -> Void) throws -> (URL, Manifest) {
+        if spec == "latest" {
+            var candidates = committed()
+            if let name = (try? String(contentsOf: latestPointer, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) {
+                let named = root.appendingPathComponent(name)
+                candidates.removeAll { $0 == named }
+                candidates.insert(named, at: 0)
+            }
+            guard !candidates.isEmpty else {
+                throw CheckpointError(root.path, "directory has no checkpoint to resume", "train without --resume first, or pass a checkpoint path")
+            }
+            var firstError: Error?
+            for dir in candidates {
+                do {
+                    let m = try CheckpointReader.verify(directory: dir)
+                    if let e = firstError { warn("warning: \(e); resuming from the newest valid checkpoint, \(dir.path)") }
+                    return (dir, m)
+                } catch { if firstError == nil { firstError = error } }
+            }
+            throw firstError!
+        }
+        var dir = URL(fileURLWithPath: spec)
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: dir.appendingPathComponent("manifest.json").path) {
+            for sub in ["latest", "checkpoints/latest"] {
+                let p = dir.appendingPathComponent(sub)
+                if let name = try? String(contentsOf: p, encoding: .utf8) {
+                    dir = p.deletingLastPathComponent().appendingPathComponent(name.trimmingCharacters(in: .whitespacesAndNewlines))
+                    break
+                }
+            }
+        }
+        return (dir, try CheckpointReader.verify(directory: dir))
+    }
+}
+
+/// fsync helpers: data must be on disk before the rename that publishes it.
+public enum Durable {
+    public static func fsync(path: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw CheckpointError(path, "cannot be opened for fsync", "check permissions") }
+        defer { close(fd) }
+        guard Foundation.fsync(fd) == 0 else {
+            throw CheckpointError(path, "fsync failed (\(String(cString: strerror(errno))))", "check the disk")
+        }
+    }
+
+    /// Writes bytes to a new file with POSIX calls, so a full disk or a permission problem is
+    /// reported (Foundation's `write(to:)` alone would not fsync).
+    public static func write(_ bytes: UnsafeRawBufferPointer, to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else {
+            throw CheckpointError(path, "cannot be created (\(String(cString: strerror(errno))))", "check permissions and free space")
+        }
+        defer { close(fd) }
+        var done = 0
+        while done < bytes.count {
+            let n = Foundation.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CheckpointError(path, "write failed (\(String(cString: strerror(errno))))",
+                                      "free disk space or choose another --out; the previous checkpoint is intact")
+            }
+            done += n
+        }
+        guard Foundation.fsync(fd) == 0 else {
+            throw CheckpointError(path, "fsync failed (\(String(cString: strerror(errno))))",
+                                  "free disk space or choose another --out; the previous checkpoint is intact")
+        }
+    }
+}

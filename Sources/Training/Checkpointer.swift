@@ -1,0 +1,188 @@
+import Checkpoint
+import Comm
+import Foundation
+import Kernels
+import Model
+import Parallel
+
+// MARK: - Checkpointer
+
+/// Saves and restores the full training state across ranks.
+///
+/// Every rank compresses its equal share of the flat vectors into its own file; the sizes and
+/// checksums meet on rank 0 through one all-reduce; rank 0 writes the manifest and commits.
+/// With `--async-save` the share is copied to memory and written on a background thread;
+/// each later step asks (one small all-reduce) whether every rank has finished, and then
+/// commits, so the save costs training only the copy and the commit.
+final class Checkpointer {
+    let comm: Communicator
+    let store: CheckpointStore
+    let level: Int32
+    let keepLast: Int
+    let async: Bool
+    let log: (String) -> Void
+    /// Seconds the training loop spent blocked in saves (for the stall figure).
+    private(set) var stallSeconds: [Double] = []
+
+    private final class Job: @unchecked Sendable {
+        let manifest: Manifest
+        let snapshot: [FloatBuffer]
+        let pieces: [StatePiece]
+        var entry: ShardFileEntry?
+        var error: String?
+        let done = NSCondition()
+        var finished = false
+        init(manifest: Manifest, snapshot: [FloatBuffer], pieces: [StatePiece]) {
+            self.manifest = manifest; self.snapshot = snapshot; self.pieces = pieces
+        }
+    }
+    private var pending: Job?
+
+    init(comm: Communicator, runDirectory: String, level: Int, keepLast: Int, async: Bool, log: @escaping (String) -> Void) {
+        self.comm = comm
+        store = CheckpointStore(runDirectory: runDirectory)
+        self.level = Int32(level); self.keepLast = keepLast; self.async = async; self.log = log
+    }
+
+    // MARK: Save
+
+    /// Starts (async) or performs (sync) a save of `strategy`'s state described by `manifest`.
+    func save(manifest: Manifest, strategy: TrainingStrategy) throws {
+        do { try performSave(manifest: manifest, strategy: strategy) } catch let e as CommError { throw e } catch {
+            throw SaveFailure(underlying: error)
+        }
+    }
+
+    private func performSave(manifest: Manifest, strategy: TrainingStrategy) throws {
+        let t0 = MPIClock.now()
+        try performFinish(wait: true)
+        let partial = store.partialDirectory(step: manifest.step)
+        if comm.rank == 0 {
+            try? FileManager.default.removeItem(at: partial)
+            do { try FileManager.default.createDirectory(at: partial, withIntermediateDirectories: true) } catch {
+                throw CheckpointError(partial.path, "cannot be created (\(error.localizedDescription))",
+                                      "check permissions and free space; the previous checkpoint is intact")
+            }
+        }
+        try comm.barrier(label: "barrier before checkpoint write")
+        var pieces = strategy.statePieces()
+        var snapshot: [FloatBuffer] = []
+        if async {
+            // Copy the shard now; training may change the live buffers from the next step.
+            for (i, p) in pieces.enumerated() {
+                let b = FloatBuffer(count: p.count)
+                b.pointer.update(from: p.pointer, count: p.count)
+                snapshot.append(b)
+                pieces[i].pointer = UnsafePointer(b.pointer)
+            }
+        }
+        let job = Job(manifest: manifest, snapshot: snapshot, pieces: pieces)
+        if async {
+            pending = job
+            let (rank, size, level) = (comm.rank, comm.size, level)
+            Thread { Checkpointer.write(job, into: partial, rank: rank, world: size, level: level) }.start()
+        } else {
+            Checkpointer.write(job, into: partial, rank: comm.rank, world: comm.size, level: level)
+            try commit(job)
+        }
+        stallSeconds.append(MPIClock.now() - t0)
+    }
+
+    private static func write(_ job: Job, into dir: URL, rank: Int, world: Int, level: Int32) {
+        do {
+            job.entry = try CheckpointWriter.writeRankFile(
+                directory: dir, rank: rank, world: world,
+                pieces: job.pieces.map { VectorPiece(name: $0.name, start: $0.start, count: $0.count, pointer: $0.pointer) },
+                level: level)
+        } catch {
+            job.error = "\(error)"
+        }
+        job.done.lock(); job.finished = true; job.done.signal(); job.done.unlock()
+    }
+
+    /// For async saves: commits once every rank's file is written. `wait` blocks for this
+    /// rank's writer first (before the next save and at the end of training).
+    func finishPending(wait: Bool) throws {
+        do { try performFinish(wait: wait) } catch let e as CommError { throw e } catch let e as SaveFailure { throw e } catch {
+            throw SaveFailure(underlying: error)
+        }
+    }
+
+    private func performFinish(wait: Bool) throws {
+        guard let job = pending else { return }
+        let t0 = MPIClock.now()
+        if wait {
+            job.done.lock(); while !job.finished { job.done.wait() }; job.done.unlock()
+        }
+        job.done.lock(); let mine = job.finished ? 1.0 : 0.0; job.done.unlock()
+        var all = [mine]
+        try comm.allReduce(&all, label: "all-reduce of checkpoint progress")
+        guard Int(all[0]) == comm.size else { return }
+        pending = nil
+        try commit(job)
+        stallSeconds.append(MPIClock.now() - t0)
+    }
+
+    /// Gathers every rank's file record; rank 0 writes the manifest and publishes it.
+    private func commit(_ job: Job) throws {
+        let n = comm.size, k = 6
+        var records = [Double](repeating: 0, count: n * k)
+        if let e = job.entry {
+            records[comm.rank * k] = Double(e.bytes)
+            records[comm.rank * k + 1] = Double(e.crc32)
+            for (i, f) in e.frames.enumerated() { records[comm.rank * k + 3 + i] = Double(f.length) }
+        } else {
+            records[comm.rank * k + 2] = 1
+        }
+        try comm.allReduce(&records, label: "all-reduce of checkpoint file records")
+        let failed = (0..<n).filter { records[$0 * k + 2] != 0 }
+        let partial = store.partialDirectory(step: job.manifest.step)
+        if !failed.isEmpty {
+            if comm.rank == 0 { try? FileManager.default.removeItem(at: partial) }
+            throw CheckpointError(partial.path,
+                                  "save of step \(job.manifest.step) failed on rank(s) \(failed.map(String.init).joined(separator: ", "))"
+                                    + (job.error.map { ": \($0)" } ?? ""),
+                                  "free disk space or fix permissions; the previous checkpoint is intact")
+        }
+        guard comm.rank == 0 else { return }
+        var manifest = job.manifest
+        let shard = ShardLayout(total: manifest.parameterCount, ranks: n, rank: 0)
+        let names = ["params", "adam.m", "adam.v"]
+        manifest.files = (0..<n).map { r in
+            let range = shard.shard(of: r)
+            var offset = 0
+            let frames = names.enumerated().map { i, name -> Frame in
+                let len = Int(records[r * k + 3 + i])
+                defer { offset += len }
+                return Frame(vector: name, start: range.lowerBound, count: range.count, offset: offset, length: len)
+            }
+            return ShardFileEntry(file: CheckpointStore.fileName(rank: r, world: n), rank: r,
+                                  bytes: Int(records[r * k]), crc32: UInt32(records[r * k + 1]), frames: frames)
+        }
+        let dir = try CheckpointWriter.commit(manifest: manifest, store: store, keepLast: keepLast)
+        let raw = 3 * 4 * manifest.parameterCount
+        let stored = manifest.files.reduce(0) { $0 + $1.bytes }
+        log(String(format: "checkpoint: step %d -> %@ (%.2f MB, %.2f× of raw %.2f MB)", manifest.step, dir.path,
+                   Double(stored) / 1e6, Double(stored) / Double(raw), Double(raw) / 1e6))
+    }
+
+    // MARK: Load
+
+    /// Loads the state of a verified checkpoint into `strategy`.
+    static func load(directory: URL, manifest: Manifest, layout: ParameterLayout, strategy: TrainingStrategy) throws {
+        guard manifest.parameterCount == layout.count else {
+            throw CheckpointError(directory.appendingPathComponent("manifest.json").path,
+                                  "holds \(manifest.parameterCount) parameters but the model has \(layout.count) (mismatched model config)",
+                                  "resume with the checkpoint's model flags")
+        }
+        let reader = CheckpointReader.VectorReader(directory: directory, manifest: manifest)
+        try strategy.loadState { name, range, dest in try reader.read(name, range: range, into: dest) }
+    }
+}
+
+/// A checkpoint could not be written (disk full, permissions). The previous checkpoint is
+/// untouched; the job stops with status 1.
+public struct SaveFailure: Error, CustomStringConvertible {
+    public let underlying: Error
+    public var description: String { "\(underlying)" }
+}
