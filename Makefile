@@ -33,7 +33,7 @@ run: build $(DATA_DIR)/train.bin
 	  --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --max-steps 600 \
 	  --lr 1e-3 --min-lr 1e-4 --warmup-steps 50 --beta2 0.99 --no-bias --eval-every 200 --log-every 50
 	@echo "--- a sample from the trained model:"
-	$(BIN) generate --model $(RUN_DIR)/model.bin --prompt "The " --max-new-tokens 200 --seed 1
+	$(BIN) generate --checkpoint $(RUN_DIR) --prompt "The " --max-new-tokens 200 --seed 1
 
 # Regenerates the PyTorch reference fixture (needs network access to PyPI; never run by CI).
 fixture:

@@ -90,7 +90,12 @@ public struct CheckpointStore: Sendable {
         }
         var dir = URL(fileURLWithPath: spec)
         let fm = FileManager.default
-        if !fm.fileExists(atPath: dir.appendingPathComponent("manifest.json").path) {
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: dir.path, isDirectory: &isDir), !isDir.boolValue,
+           let name = try? String(contentsOf: dir, encoding: .utf8) {
+            // A `latest` pointer file.
+            dir = dir.deletingLastPathComponent().appendingPathComponent(name.trimmingCharacters(in: .whitespacesAndNewlines))
+        } else if !fm.fileExists(atPath: dir.appendingPathComponent("manifest.json").path) {
             for sub in ["latest", "checkpoints/latest"] {
                 let p = dir.appendingPathComponent(sub)
                 if let name = try? String(contentsOf: p, encoding: .utf8) {

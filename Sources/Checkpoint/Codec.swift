@@ -34,7 +34,12 @@ public enum FloatCodec {
         shuffle(src, count: count, width: width, into: tmp)
         let cap = ZSTD_compressBound(n)
         var out = [UInt8](repeating: 0, count: cap)
-        let written = out.withUnsafeMutableBytes { ZSTD_compress($0.baseAddress, cap, tmp, n, level) }
+        // Frame checksums let zstd itself catch a damaged frame, beside the file CRC.
+        guard let cctx = ZSTD_createCCtx() else { throw CodecError("cannot create a compression context") }
+        defer { ZSTD_freeCCtx(cctx) }
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1)
+        let written = out.withUnsafeMutableBytes { ZSTD_compress2(cctx, $0.baseAddress, cap, tmp, n) }
         if ZSTD_isError(written) != 0 { throw CodecError(String(cString: ZSTD_getErrorName(written))) }
         out.removeSubrange(written...)
         return out

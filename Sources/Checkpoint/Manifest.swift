@@ -72,6 +72,8 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var lossScaleGoodSteps: Int?
     public var skippedSteps: Int
     public var compressionLevel: Int
+    /// The tokenizer the run was trained with (its JSON), so the checkpoint alone can sample.
+    public var tokenizer: String?
     public var tensors: [TensorEntry]
     public var files: [ShardFileEntry]
 
@@ -85,6 +87,7 @@ public struct Manifest: Codable, Equatable, Sendable {
         self.scheduleStep = scheduleStep; self.adamStep = adamStep; self.lossScale = lossScale
         self.lossScaleGoodSteps = lossScaleGoodSteps; self.skippedSteps = skippedSteps
         self.compressionLevel = compressionLevel; self.tensors = tensors; self.files = files
+        tokenizer = nil
     }
 }
 

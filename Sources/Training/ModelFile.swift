@@ -27,7 +27,8 @@ public struct ModelFile {
 
     /// Writes atomically (temporary file, then rename).
     public func write(to path: String) throws {
-        let header = try JSONEncoder().encode(Header(config: config, tokenizer: tokenizer, count: parameters.count))
+        let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+        let header = try enc.encode(Header(config: config, tokenizer: tokenizer, count: parameters.count))
         var d = Data(Self.magic)
         withUnsafeBytes(of: UInt64(header.count).littleEndian) { d.append(contentsOf: $0) }
         d.append(header)

@@ -240,13 +240,15 @@ public final class Trainer {
         shape["vocabSize"] = .unsigned(UInt64(g.vocabSize))
         shape["bias"] = .bool(g.bias)
         let tensors = model.layout.tensors.map { TensorEntry(name: $0.name, shape: $0.shape, dtype: "f32", offset: $0.offset) }
-        let manifest = Manifest(
+        var manifest = Manifest(
             formatVersion: Manifest.currentVersion, step: completedSteps, config: cfg,
             model: shape,
             worldSize: comm.size, zeroStage: config.zero, precision: "fp32", parameterCount: model.layout.count,
             dataPosition: completedSteps, seed: config.seed, scheduleStep: completedSteps, adamStep: completedSteps,
             lossScale: nil, lossScaleGoodSteps: nil, skippedSteps: 0, compressionLevel: config.ckptLevel,
             tensors: tensors, files: [])
+        let enc2 = JSONEncoder(); enc2.outputFormatting = [.sortedKeys]
+        manifest.tokenizer = String(decoding: try enc2.encode(data.tokenizer), as: UTF8.self)
         try checkpointer.save(manifest: manifest, strategy: strategy)
     }
 

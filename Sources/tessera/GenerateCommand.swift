@@ -7,7 +7,8 @@ import Training
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Sample text from a trained model.bin.")
 
-    @Option(help: "A model.bin written by `tessera train`.") var model: String
+    @Option(help: "A checkpoint directory (or run directory, or RUN/checkpoints).") var checkpoint: String?
+    @Option(help: "Or a model.bin written by `tessera train`.") var model: String?
     @Option(help: "Text to continue.") var prompt: String = "\n"
     @Option(help: "Tokens to generate.") var maxNewTokens: Int = 200
     @Option(help: "Softmax temperature; 0 is greedy.") var temperature: Double = 0.8
@@ -16,6 +17,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Sampling seed.") var seed: UInt64 = 1337
 
     func validate() throws {
+        guard (checkpoint == nil) != (model == nil) else { throw ValidationError("pass exactly one of --checkpoint and --model") }
         guard maxNewTokens >= 0 else { throw ValidationError("--max-new-tokens must be >= 0") }
         guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be >= 0") }
         guard topK >= 0 else { throw ValidationError("--top-k must be >= 0") }
@@ -24,7 +26,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         do {
-            let file = try ModelFile.read(from: model)
+            let file = try checkpoint.map { try ModelFile.fromCheckpoint($0) } ?? ModelFile.read(from: model!)
             let sampler = Sampler(file: file)
             let text = try sampler.generate(prompt: prompt, maxNewTokens: maxNewTokens,
                                             options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed))

@@ -1,0 +1,39 @@
+import Checkpoint
+import Data
+import Foundation
+import Kernels
+import Model
+
+// MARK: - Loading trained weights
+
+extension ModelFile {
+    /// The weights of a committed checkpoint (any world size or stage), verified first.
+    public static func fromCheckpoint(_ path: String) throws -> ModelFile {
+        let (dir, manifest) = try CheckpointStore(runDirectory: path).resolve(path) { writeWarning($0) }
+        func int(_ k: String) throws -> Int {
+            switch manifest.model[k] {
+            case .unsigned(let u): return Int(u)
+            case .signed(let i): return Int(i)
+            case .number(let d): return Int(d)
+            default: throw CheckpointError(dir.path, "manifest lacks model.\(k)", "use a checkpoint written by tessera")
+            }
+        }
+        var bias = true
+        if case .bool(let b) = manifest.model["bias"] { bias = b }
+        let config = GPTConfig(nLayer: try int("nLayer"), nHead: try int("nHead"), nEmbd: try int("nEmbd"),
+                               blockSize: try int("blockSize"), vocabSize: try int("vocabSize"), bias: bias)
+        guard let tokText = manifest.tokenizer,
+              let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: Foundation.Data(tokText.utf8)) else {
+            throw CheckpointError(dir.path, "manifest has no tokenizer", "use a checkpoint written by tessera train")
+        }
+        guard ParameterLayout(config).count == manifest.parameterCount else {
+            throw CheckpointError(dir.path, "model shape does not match its parameter count", "the manifest is inconsistent")
+        }
+        let params = FloatBuffer(count: manifest.parameterCount)
+        try CheckpointReader.VectorReader(directory: dir, manifest: manifest)
+            .read("params", range: 0..<manifest.parameterCount, into: params.pointer)
+        return ModelFile(config: config, tokenizer: tokenizer, parameters: params)
+    }
+}
+
+func writeWarning(_ s: String) { FileHandle.standardError.write(Foundation.Data((s + "\n").utf8)) }

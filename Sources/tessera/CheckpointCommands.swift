@@ -1,0 +1,72 @@
+import ArgumentParser
+import Checkpoint
+import Comm
+import Foundation
+import Training
+
+/// `tessera ckpt`: look inside checkpoints.
+struct Ckpt: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ckpt", abstract: "Inspect or verify a checkpoint.",
+                                                    subcommands: [Inspect.self, Verify.self])
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Tensors, shapes, sizes raw and compressed, and the ratio.")
+        @Argument(help: "A checkpoint directory, a run directory or RUN/checkpoints.") var path: String
+
+        func run() throws {
+            do {
+                let (dir, m) = try CheckpointStore(runDirectory: path).resolve(path) { writeStandardError($0) }
+                print("checkpoint \(dir.path)")
+                print("format \(m.formatVersion), step \(m.step), world size \(m.worldSize), ZeRO \(m.zeroStage), \(m.precision), zstd level \(m.compressionLevel)")
+                let raw = 3 * 4 * m.parameterCount, stored = m.files.reduce(0) { $0 + $1.bytes }
+                print(String(format: "state: %d parameters × (params, adam.m, adam.v); %.2f MB raw, %.2f MB stored, ratio %.3f",
+                             m.parameterCount, Double(raw) / 1e6, Double(stored) / 1e6, Double(stored) / Double(raw)))
+                print("files:")
+                for f in m.files {
+                    let frames = f.frames.map { String(format: "%@ %.3f", $0.vector, Double($0.length) / Double(4 * max($0.count, 1))) }
+                    print("  \(f.file)  \(f.bytes) bytes  crc32 \(String(format: "%08x", f.crc32))  [\(frames.joined(separator: ", "))]")
+                }
+                print("tensors:")
+                for t in m.tensors { print("  \(t.name)  \(t.shape)  \(t.dtype)  offset \(t.offset)") }
+            } catch { fail(error) }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Check every file's size and CRC-32 against the manifest.")
+        @Argument(help: "A checkpoint directory, a run directory or RUN/checkpoints.") var path: String
+
+        func run() throws {
+            do {
+                var dir = URL(fileURLWithPath: path)
+                if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("manifest.json").path) {
+                    dir = try CheckpointStore(runDirectory: path).resolve(path) { writeStandardError($0) }.0
+                }
+                let m = try CheckpointReader.verify(directory: dir)
+                print("ok: \(dir.path): \(m.files.count) file(s), \(m.files.reduce(0) { $0 + $1.bytes }) bytes, all checksums match")
+            } catch { fail(error) }
+        }
+    }
+}
+
+/// `tessera export`: weights for other tools.
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Export weights as Hugging Face GPT-2 safetensors.")
+    @Argument(help: "A checkpoint (or run) directory, or a model.bin.") var path: String
+    @Option(help: "Output format (safetensors).") var format: String = "safetensors"
+    @Option(help: "Directory for model.safetensors and config.json.") var out: String
+    @Option(help: "f32 or bf16.") var dtype: String = "f32"
+
+    func validate() throws {
+        guard format == "safetensors" else { throw ValidationError("--format: only 'safetensors' is supported, got '\(format)'") }
+        guard SafetensorsExport.DType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32 or bf16") }
+    }
+
+    func run() throws {
+        do {
+            let model = path.hasSuffix(".bin") ? try ModelFile.read(from: path) : try ModelFile.fromCheckpoint(path)
+            let names = try SafetensorsExport.write(model, to: out, dtype: SafetensorsExport.DType(rawValue: dtype)!)
+            print("exported \(names.count) tensors to \(out)/model.safetensors (\(dtype)) and \(out)/config.json")
+        } catch { fail(error) }
+    }
+}

@@ -1,0 +1,189 @@
+import Checkpoint
+import Foundation
+import XCTest
+
+/// Resume, reshard, corruption and failed saves, through the binary and mpirun.
+final class CheckpointCLITests: XCTestCase {
+    func args(_ data: String, _ out: String, steps: Int) -> [String] {
+        tinyArgs(data: data, out: out, steps: steps) + ["--batch-size", "12"]
+    }
+
+    /// Launches on `n` ranks (1 = plain process, no mpirun).
+    func launch(_ n: Int, _ a: [String]) throws -> RunResult { n == 1 ? try tessera(a) : try mpirun(n, a) }
+
+    func checkpointVectors(_ dir: String) throws -> [String: [Float]] {
+        let (url, m) = try CheckpointStore(runDirectory: dir).resolve(dir) { _ in }
+        let reader = CheckpointReader.VectorReader(directory: url, manifest: m)
+        var out: [String: [Float]] = [:]
+        for v in ["params", "adam.m", "adam.v"] {
+            var buf = [Float](repeating: 0, count: m.parameterCount)
+            try buf.withUnsafeMutableBufferPointer { try reader.read(v, range: 0..<m.parameterCount, into: $0.baseAddress!) }
+            out[v] = buf
+        }
+        return out
+    }
+
+    /// Stopped at step 10 and resumed: the same losses and final state, bit for bit, as 20
+    /// uninterrupted steps, for every parallel mode (and async saving).
+    func testBitExactResume() throws {
+        let data = try Repo.dataDirectory()
+        let modes: [(ranks: Int, extra: [String])] = [
+            (1, []), (2, ["--zero", "0"]), (2, ["--zero", "1"]), (2, ["--zero", "2"]), (2, ["--zero", "3"]),
+            (2, ["--zero", "3", "--async-save", "--save-every", "4"]),
+        ]
+        for (n, extra) in modes {
+            let full = try Repo.temporaryDirectory("full"), part = try Repo.temporaryDirectory("part")
+            XCTAssertEqual(try launch(n, args(data, full, steps: 20) + extra).status, 0)
+            XCTAssertEqual(try launch(n, args(data, part, steps: 10) + extra).status, 0)
+            let r = try launch(n, ["train", "--out", part, "--resume", "latest", "--max-steps", "20"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.contains("resumed from"), "\(n) \(extra)")
+            XCTAssertEqual(try losses(part), try losses(full), "losses, np \(n) \(extra)")
+            XCTAssertEqual(try modelParameters(part), try modelParameters(full), "parameters, np \(n) \(extra)")
+            let a = try checkpointVectors(part), b = try checkpointVectors(full)
+            for v in ["params", "adam.m", "adam.v"] { XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v) np \(n) \(extra)") }
+        }
+    }
+
+    /// A checkpoint written at world size N / stage S loads at N′ / S′ with identical state.
+    func testReshard() throws {
+        let data = try Repo.dataDirectory()
+        let cases: [(Int, Int, Int, Int)] = [(2, 0, 3, 0), (4, 0, 2, 0), (1, 0, 4, 0), (2, 3, 2, 0), (2, 0, 2, 2), (3, 2, 2, 3)]
+        for (n, s, n2, s2) in cases {
+            let src = try Repo.temporaryDirectory("src"), dst = try Repo.temporaryDirectory("dst")
+            XCTAssertEqual(try launch(n, args(data, src, steps: 6) + ["--zero", "\(s)"]).status, 0)
+            // Resume into another run directory with no further steps: it loads, then saves
+            // the same step again at the new world size and stage.
+            let r = try launch(n2, ["train", "--out", dst, "--resume", src + "/checkpoints/latest", "--max-steps", "6", "--zero", "\(s2)"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let m = try CheckpointReader.manifest(directory: URL(fileURLWithPath: dst + "/checkpoints/step-00000006"))
+            XCTAssertEqual(m.worldSize, n2); XCTAssertEqual(m.zeroStage, s2)
+            let a = try checkpointVectors(src), b = try checkpointVectors(dst)
+            for v in ["params", "adam.m", "adam.v"] {
+                XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v): \(n)/ZeRO-\(s) → \(n2)/ZeRO-\(s2)")
+            }
+        }
+    }
+
+    func testCorruptCheckpointsAreRefusedAndLatestFallsBack() throws {
+        let data = try Repo.dataDirectory()
+        let run = try Repo.temporaryDirectory("corrupt")
+        XCTAssertEqual(try mpirun(2, args(data, run, steps: 6) + ["--save-every", "3"]).status, 0)
+        let ck = run + "/checkpoints"
+        let newest = ck + "/step-00000006", older = ck + "/step-00000003"
+        let file = newest + "/rank-00001-of-00002.bin"
+        let original = try Data(contentsOf: URL(fileURLWithPath: file))
+        let manifestPath = newest + "/manifest.json"
+        let manifest = try Data(contentsOf: URL(fileURLWithPath: manifestPath))
+
+        func expectError(_ mention: [String], _ label: String) throws {
+            let v = try tessera(["ckpt", "verify", newest])
+            XCTAssertEqual(v.status, 2, "\(label): \(v.stderr)")
+            for m in mention { XCTAssertTrue(v.stderr.contains(m), "\(label): expected '\(m)' in \(v.stderr)") }
+            let r = try tessera(["train", "--out", run, "--resume", newest, "--max-steps", "8"])
+            XCTAssertEqual(r.status, 2, "\(label): resume of the damaged checkpoint must fail")
+            // 'latest' falls back to the newest valid one, with a warning.
+            let l = try mpirun(2, ["train", "--out", run, "--resume", "latest", "--max-steps", "6"])
+            XCTAssertEqual(l.status, 0, "\(label): \(l.stderr)")
+            XCTAssertTrue(l.stderr.contains("warning:") && l.stderr.contains(older), "\(label): \(l.stderr)")
+            XCTAssertTrue(l.stdout.contains("at step 3"), "\(label): \(l.stdout)")
+        }
+
+        try original.prefix(original.count - 100).write(to: URL(fileURLWithPath: file))
+        try expectError([file, "truncated"], "truncated")
+        var flipped = original; flipped[flipped.count / 3] ^= 0x10
+        try flipped.write(to: URL(fileURLWithPath: file))
+        try expectError([file, "checksum"], "flipped byte")
+        try FileManager.default.removeItem(atPath: file)
+        try expectError([file, "missing"], "missing shard")
+        try original.write(to: URL(fileURLWithPath: file))
+        let newer = String(decoding: manifest, as: UTF8.self).replacingOccurrences(of: "\"formatVersion\" : 1", with: "\"formatVersion\" : 99")
+        try newer.write(toFile: manifestPath, atomically: true, encoding: .utf8)
+        try expectError([manifestPath, "version 99"], "newer format")
+        try manifest.write(to: URL(fileURLWithPath: manifestPath))
+        XCTAssertEqual(try tessera(["ckpt", "verify", newest]).status, 0, "restored")
+
+        let wrongModel = try tessera(["train", "--out", run, "--resume", newest, "--max-steps", "8", "--n-embd", "64"])
+        XCTAssertEqual(wrongModel.status, 2)
+        XCTAssertTrue(wrongModel.stderr.contains("mismatched model config") && wrongModel.stderr.contains(newest), wrongModel.stderr)
+    }
+
+    /// Saving into a full filesystem: a clear error, the previous checkpoint intact and
+    /// loadable, and a resumed run (elsewhere) works.
+    func testFullDiskKeepsThePreviousCheckpoint() throws {
+        let data = try Repo.dataDirectory()
+        let mnt = try Repo.temporaryDirectory("tmpfs")
+        let mount = try runProcess(URL(fileURLWithPath: "/bin/mount"), ["-t", "tmpfs", "-o", "size=12m", "tmpfs", mnt])
+        guard mount.status == 0 else { throw XCTSkip("SKIPPED: cannot mount a tmpfs here (\(mount.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))") }
+        defer { _ = try? runProcess(URL(fileURLWithPath: "/bin/umount"), [mnt]) }
+        let run = mnt + "/run"
+        // Each checkpoint of the tiny model is ~8 MB: the first fits, the second cannot.
+        let r = try tessera(args(data, run, steps: 8) + ["--save-every", "4"])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("error:") && r.stderr.contains("No space left on device"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("previous checkpoint is intact"), r.stderr)
+        let v = try tessera(["ckpt", "verify", run + "/checkpoints/step-00000004"])
+        XCTAssertEqual(v.status, 0, v.stderr)
+        let latest = try String(contentsOfFile: run + "/checkpoints/latest", encoding: .utf8)
+        XCTAssertEqual(latest.trimmingCharacters(in: .whitespacesAndNewlines), "step-00000004")
+        let elsewhere = try Repo.temporaryDirectory("resumed")
+        let resumed = try tessera(["train", "--out", elsewhere, "--resume", run + "/checkpoints/latest", "--max-steps", "8"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        let ref = try Repo.temporaryDirectory("ref")
+        XCTAssertEqual(try tessera(args(data, ref, steps: 8)).status, 0)
+        XCTAssertEqual(try losses(elsewhere).suffix(4), try losses(ref).suffix(4))
+    }
+
+    func testKeepLastPrunesOnlyAfterCommit() throws {
+        let data = try Repo.dataDirectory()
+        let run = try Repo.temporaryDirectory("keep")
+        XCTAssertEqual(try tessera(args(data, run, steps: 8) + ["--save-every", "2", "--keep-last", "2"]).status, 0)
+        let names = try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").sorted()
+        XCTAssertEqual(names, ["latest", "step-00000006", "step-00000008"])
+    }
+
+    /// The exported safetensors file, read by a parser written here from the format's spec.
+    func testSafetensorsExport() throws {
+        let data = try Repo.dataDirectory()
+        let run = try Repo.temporaryDirectory("export")
+        XCTAssertEqual(try tessera(args(data, run, steps: 2)).status, 0)
+        let params = try checkpointVectors(run)["params"]!
+        for dtype in ["f32", "bf16"] {
+            let out = try Repo.temporaryDirectory("st")
+            let r = try tessera(["export", run, "--format", "safetensors", "--out", out, "--dtype", dtype])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: out + "/model.safetensors"))
+            let n = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+            let header = try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + n))) as! [String: Any]
+            let body = bytes.subdata(in: (8 + n)..<bytes.count)
+            func tensor(_ name: String) throws -> (shape: [Int], values: [Float]) {
+                let t = try XCTUnwrap(header[name] as? [String: Any], name)
+                let off = t["data_offsets"] as! [Int]
+                let raw = body.subdata(in: off[0]..<off[1])
+                let values: [Float] = dtype == "f32"
+                    ? raw.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+                    : raw.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }.map { Float(bitPattern: UInt32($0) << 16) }
+                XCTAssertEqual(t["dtype"] as? String, dtype == "f32" ? "F32" : "BF16")
+                return (t["shape"] as! [Int], values)
+            }
+            let C = 128
+            XCTAssertEqual(header.count, 1 + 2 + 4 * 12 + 2, "metadata + wte/wpe + 4 blocks × 12 + ln_f")
+            let wte = try tensor("transformer.wte.weight")
+            XCTAssertEqual(wte.shape, [65, C])
+            // c_attn is Conv1D: (in, out) = transpose of tessera's (3C, C), which sits right
+            // after ln_1.weight in block 0 (no biases): offset (65 + 64)·C + C.
+            let attn = try tensor("transformer.h.0.attn.c_attn.weight")
+            XCTAssertEqual(attn.shape, [C, 3 * C])
+            let base = (65 + 64) * C + C
+            for (o, i) in [(0, 0), (5, 7), (300, 100), (3 * C - 1, C - 1)] {
+                let expected = params[base + o * C + i]
+                let got = attn.values[i * 3 * C + o]
+                if dtype == "f32" { XCTAssertEqual(got, expected) } else { XCTAssertEqual(got, expected, accuracy: abs(expected) / 128) }
+            }
+            XCTAssertEqual(try tensor("transformer.h.3.mlp.c_proj.bias").values, [Float](repeating: 0, count: C), "zero biases for a no-bias model")
+            let cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/config.json"))) as! [String: Any]
+            XCTAssertEqual(cfg["model_type"] as? String, "gpt2")
+            XCTAssertEqual(cfg["n_embd"] as? Int, C)
+        }
+    }
+}
