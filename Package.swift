@@ -23,8 +23,11 @@ let package = Package(
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
 
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])],
+                linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
+
         // MARK: Layers
-        .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: release),
+        .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: release),
         .target(name: "Model", dependencies: ["Kernels"], swiftSettings: release),
         .target(name: "Comm", dependencies: ["CMPI"], swiftSettings: release),
         .target(name: "Optim", dependencies: ["Kernels"], swiftSettings: release),

@@ -15,6 +15,20 @@ public struct Dataset: Sendable {
     /// The tokenizer the shards were written with.
     public let tokenizer: Tokenizer
 
+    /// Wraps shards already in memory.
+    public init(train: TokenShard, val: TokenShard, tokenizer: Tokenizer) {
+        self.train = train; self.val = val; self.tokenizer = tokenizer
+    }
+
+    /// Uniformly random tokens over `vocab` ids (benchmarks: timing does not depend on text).
+    public static func synthetic(vocab: Int, tokens: Int, seed: UInt64) -> Dataset {
+        var rng = SplitMix64(seed: seed)
+        let t = (0..<tokens).map { _ in UInt16(rng.next(below: vocab)) }
+        let v = (0..<max(tokens / 10, 1)).map { _ in UInt16(rng.next(below: vocab)) }
+        let tok = Tokenizer(kind: .char, symbols: (0..<vocab).map { String(UnicodeScalar(0x4E00 + $0)!) })
+        return Dataset(train: TokenShard(tokens: t, vocabSize: vocab), val: TokenShard(tokens: v, vocabSize: vocab), tokenizer: tok)
+    }
+
     /// File names inside a data directory.
     public static let trainFile = "train.bin", valFile = "val.bin", tokenizerFile = "tokenizer.json"
 

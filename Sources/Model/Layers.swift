@@ -1,3 +1,4 @@
+import CKernels
 import Kernels
 
 // MARK: - Layers
@@ -132,27 +133,15 @@ public enum Layers {
 
     // MARK: GELU (tanh approximation)
 
-    @usableFromInline static let geluK: Float = 0.797_884_560_802_865_4  // sqrt(2/pi)
-
     /// `out = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
     public static func geluForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int) {
-        for i in 0..<n {
-            let x = inp[i]
-            out[i] = 0.5 * x * (1 + ftanh(geluK * (x + 0.044715 * x * x * x)))
-        }
+        tessera_gelu_forward(out, inp, Int64(n))
     }
 
     /// Writes `dinp = dout · gelu'(inp)`.
     public static func geluBackward(dinp: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                     dout: UnsafePointer<Float>, n: Int) {
-        for i in 0..<n {
-            let x = inp[i]
-            let u = geluK * (x + 0.044715 * x * x * x)
-            let th = ftanh(u)
-            let sech2 = 1 - th * th
-            let grad = 0.5 * (1 + th) + 0.5 * x * sech2 * geluK * (1 + 3 * 0.044715 * x * x)
-            dinp[i] = dout[i] * grad
-        }
+        tessera_gelu_backward(dinp, inp, dout, Int64(n))
     }
 
     // MARK: Causal self-attention
@@ -186,8 +175,7 @@ public enum Layers {
             let row = p + t * T
             var mx = -Float.infinity
             for j in 0...t where row[j] > mx { mx = row[j] }
-            var sum: Float = 0
-            for j in 0...t { let e = fexp(row[j] - mx); row[j] = e; sum += e }
+            let sum = tessera_exp_shift_sum(row, Int64(t + 1), mx)
             let inv = 1 / sum
             for j in 0...t { row[j] *= inv }
             for j in (t + 1)..<max(T, t + 1) { row[j] = 0 }
@@ -244,8 +232,7 @@ public enum Layers {
             let row = logits + r * V
             var mx = -Float.infinity
             for j in 0..<V where row[j] > mx { mx = row[j] }
-            var sum: Float = 0
-            for j in 0..<V { let e = fexp(row[j] - mx); row[j] = e; sum += e }
+            let sum = tessera_exp_shift_sum(row, Int64(V), mx)
             let inv = 1 / sum
             for j in 0..<V { row[j] *= inv }
             let tgt = Int(targets[r])

@@ -46,11 +46,16 @@ public final class Trainer {
     private var checkpointer: Checkpointer!
 
     /// Loads the data, builds the model and the strategy, and initialises parameters.
-    public init(config: TrainConfig, comm: Communicator) throws {
+    public convenience init(config: TrainConfig, comm: Communicator) throws {
+        try config.validate(worldSize: comm.size)
+        try self.init(config: config, comm: comm, dataset: try Dataset.load(directory: config.data))
+    }
+
+    /// Builds a trainer over an in-memory dataset (benchmarks use synthetic tokens).
+    public init(config: TrainConfig, comm: Communicator, dataset: Dataset) throws {
         self.config = config
         self.comm = comm
-        try config.validate(worldSize: comm.size)
-        data = try Dataset.load(directory: config.data)
+        data = dataset
         let vocab = data.tokenizer.vocabSize
         guard data.observedVocab <= vocab else {
             throw DataError.malformed(path: config.data, problem: "token id \(data.observedVocab - 1) exceeds vocabulary \(vocab)")
@@ -169,7 +174,7 @@ public final class Trainer {
     }
 
     /// One optimizer step over the global batch.
-    func trainStep(_ step: Int) throws -> StepMetrics {
+    public func trainStep(_ step: Int) throws -> StepMetrics {
         let t0 = MPIClock.now()
         let T = config.blockSize
         let lossScale = Float(1.0 / Double(tokensPerStep))

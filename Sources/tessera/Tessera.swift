@@ -6,5 +6,5 @@ struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Distributed GPT training on CPU clusters over MPI.",
-        subcommands: [Prepare.self, Train.self, Generate.self, Ckpt.self, Export.self, Scaling.self])
+        subcommands: [Prepare.self, Train.self, Generate.self, Ckpt.self, Export.self, Scaling.self, Bench.self])
 }

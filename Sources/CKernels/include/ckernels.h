@@ -1,0 +1,42 @@
+// Small C kernels behind the Swift `Kernels` module: oneDNN GEMMs (fp32 and bf16) and
+// vectorised element-wise math with runtime CPU dispatch (AVX-512 when present).
+#ifndef TESSERA_CKERNELS_H
+#define TESSERA_CKERNELS_H
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Row-major C = alpha·op(A)·op(B) + beta·C in fp32 through oneDNN. Returns 0 on success.
+int tessera_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/// Row-major C = op(A)·op(B) + beta·C with bf16 operands and fp32 accumulation/output,
+/// through a cached oneDNN matmul primitive. Returns 0 on success.
+int tessera_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                      const uint16_t *a, int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/// Threads used by oneDNN (OpenMP) in this process.
+void tessera_set_threads(int n);
+int tessera_get_threads(void);
+
+/// 1 when the CPU has AVX-512 F/BW/VL (the fast element-wise paths), 2 when it also has
+/// AVX512-BF16 (native bf16 dot products in oneDNN), 0 otherwise.
+int tessera_cpu_level(void);
+
+/// GELU (tanh approximation) forward: out[i] = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
+void tessera_gelu_forward(float *out, const float *x, int64_t n);
+/// GELU backward: dx[i] = dy[i]·gelu'(x[i]); dx may alias dy.
+void tessera_gelu_backward(float *dx, const float *x, const float *dy, int64_t n);
+/// In place e^(x[i] − shift), returning the sum (softmax numerators).
+float tessera_exp_shift_sum(float *x, int64_t n, float shift);
+
+/// fp32 → bf16 (round to nearest even, NaN kept) and back, vectorised.
+void tessera_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
+void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,91 @@
+import Comm
+import Data
+import Foundation
+import Kernels
+import Parallel
+import Model
+import Scaling
+
+// MARK: - Benchmark
+
+/// One benchmark configuration (the shapes of issue #10 / nanoGPT).
+public struct BenchShape: Codable, Sendable {
+    public var name: String
+    public var nLayer: Int, nHead: Int, nEmbd: Int, blockSize: Int, batch: Int, vocab: Int, bias: Bool
+
+    public static let all: [BenchShape] = [
+        BenchShape(name: "tiny", nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 64, batch: 12, vocab: 65, bias: false),
+        BenchShape(name: "small", nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 256, batch: 64, vocab: 65, bias: false),
+        BenchShape(name: "gpt2", nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 256, batch: 4, vocab: 50257, bias: true),
+    ]
+}
+
+/// What one configuration measured (rank 0's view; times are per optimizer step).
+public struct BenchResult: Codable, Sendable {
+    public var config: String, precision: String, zero: Int
+    public var ranks: Int, threadsPerRank: Int
+    public var params: Int, tokensPerStep: Int
+    public var tokensPerSecond: Double, msPerStep: Double
+    public var msForward: Double, msBackward: Double, msOptimizer: Double, msCommWait: Double
+    public var flopsPerToken: Double
+    /// Achieved model FLOP/s per rank, and as a fraction of the measured GEMM peak for the
+    /// threads this rank uses.
+    public var gflopsPerRank: Double, mfu: Double, peakGflops: Double
+    public var peakRSSMB: Double
+    public var activationMB: Double
+}
+
+public enum Benchmark {
+    /// Best-of-`reps` single-precision GEMM rate at n³ on the current thread setting.
+    public static func sgemmPeakGFLOPS(n: Int = 2048, reps: Int = 5) -> Double {
+        let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
+        var rng = SplitMix64(seed: 1)
+        for i in 0..<(n * n) { a[i] = Float(rng.nextUniform()) - 0.5; b[i] = Float(rng.nextUniform()) - 0.5 }
+        var best = Double.infinity
+        for _ in 0..<reps {
+            let t0 = MPIClock.now()
+            Gemm.sgemm(.none, .none, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
+            best = min(best, MPIClock.now() - t0)
+        }
+        return 2 * Double(n * n * n) / best / 1e9
+    }
+
+    /// Peak resident set size of this process so far, in MB.
+    public static func peakRSSMB() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_maxrss) / 1024
+    }
+
+    /// Warm-up then timed steps of one configuration with synthetic tokens.
+    public static func run(_ shape: BenchShape, precision: String, zero: Int, comm: Communicator, threads: Int,
+                           perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
+        var c = TrainConfig()
+        c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
+        c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
+        c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
+        c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
+        let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
+        let trainer = try Trainer(config: c, comm: comm, dataset: data)
+        trainer.log = { _ in }
+        var timed: [StepMetrics] = []
+        for s in 0..<(warmup + steps) {
+            let m = try trainer.trainStep(s)
+            if s >= warmup { timed.append(m) }
+        }
+        func mean(_ f: (StepMetrics) -> Double) -> Double { timed.map(f).reduce(0, +) / Double(timed.count) }
+        let ms = mean(\.ms_per_step)
+        let tokens = c.batchSize * c.blockSize
+        let params = trainer.model.layout.count
+        let fpt = Compute.flopsPerToken(params: Double(params), nLayer: c.nLayer, nEmbd: c.nEmbd, seq: c.blockSize)
+        let perRank = fpt * Double(tokens) / (ms / 1000) / Double(comm.size) / 1e9
+        var rss = [peakRSSMB()]
+        try comm.allReduce(&rss, op: .max, label: "bench rss")
+        return BenchResult(config: shape.name, precision: precision, zero: zero, ranks: comm.size, threadsPerRank: threads,
+                           params: params, tokensPerStep: tokens, tokensPerSecond: Double(tokens) / (ms / 1000), msPerStep: ms,
+                           msForward: mean(\.ms_forward), msBackward: mean(\.ms_backward), msOptimizer: mean(\.ms_optimizer),
+                           msCommWait: mean(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,
+                           mfu: perRank / peakGflops, peakGflops: peakGflops, peakRSSMB: rss[0],
+                           activationMB: Double(trainer.model.activations?.savedBytes ?? 0) / 1_048_576)
+    }
+}

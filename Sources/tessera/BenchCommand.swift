@@ -1,0 +1,58 @@
+import ArgumentParser
+import Comm
+import Foundation
+import Kernels
+import Training
+
+/// `tessera bench`: throughput, step-time breakdown, MFU and memory per configuration.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmark training steps (synthetic tokens); run under mpirun for several ranks.")
+    @Option(help: "Configurations: tiny, small, gpt2 (repeatable).") var config: [String] = ["tiny", "small"]
+    @Option(help: "Precisions (repeatable): fp32.") var precision: [String] = ["fp32"]
+    @Option(help: "ZeRO stage.") var zero: Int = 0
+    @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
+    @Flag(help: "Keep the per-rank batch fixed (global batch × ranks): weak scaling.") var perRankBatch = false
+    @Option(help: "Untimed steps first.") var warmup: Int = 3
+    @Option(help: "Timed steps.") var steps: Int = 10
+    @Option(help: "Append results as JSON lines to this file.") var json: String?
+
+    func validate() throws {
+        for c in config where !BenchShape.all.contains(where: { $0.name == c }) {
+            throw ValidationError("--config '\(c)' is not one of tiny, small, gpt2")
+        }
+        for p in precision where p != "fp32" { throw ValidationError("--precision '\(p)' is not supported by this build (fp32)") }
+        guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
+    }
+
+    func run() throws {
+        let comm: Communicator = MPICommunicator.launchedByMPI ? MPICommunicator() : LocalCommunicator()
+        let t = threads > 0 ? threads : Coordinator.defaultThreads()
+        Gemm.setThreads(t)
+        do {
+            let peak = Benchmark.sgemmPeakGFLOPS()
+            if comm.rank == 0 {
+                print(String(format: "sgemm 2048³ peak (OpenBLAS, %d thread(s)): %.1f GFLOP/s", t, peak))
+                print("config  prec  ranks×thr  tokens/s  ms/step  fwd    bwd    optim  comm   GFLOP/s/rank  MFU    RSS MB  act MB")
+            }
+            for name in config {
+                for p in precision {
+                    let shape = BenchShape.all.first { $0.name == name }!
+                    let r = try Benchmark.run(shape, precision: p, zero: zero, comm: comm, threads: t, perRankBatch: perRankBatch,
+                                              warmup: warmup, steps: steps, peakGflops: peak)
+                    guard comm.rank == 0 else { continue }
+                    print(String(format: "%-6@  %-4@  %d×%d        %8.0f  %7.1f  %5.1f  %5.1f  %5.1f  %5.1f  %12.1f  %4.1f%%  %6.0f  %6.1f",
+                                 name, p, r.ranks, r.threadsPerRank, r.tokensPerSecond, r.msPerStep, r.msForward, r.msBackward,
+                                 r.msOptimizer, r.msCommWait, r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB))
+                    if let json {
+                        let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+                        var line = try e.encode(r); line.append(0x0A)
+                        if let h = FileHandle(forWritingAtPath: json) { h.seekToEndOfFile(); h.write(line); try h.close() }
+                        else { try line.write(to: URL(fileURLWithPath: json)) }
+                    }
+                }
+            }
+        } catch { fail(error, rank: comm.rank) }
+        (comm as? MPICommunicator)?.finalize()
+    }
+}
