@@ -23,14 +23,14 @@ let package = Package(
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
 
-        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])],
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])],
                 linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
 
         // MARK: Layers
         .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: release),
         .target(name: "Model", dependencies: ["Kernels"], swiftSettings: release),
         .target(name: "Comm", dependencies: ["CMPI"], swiftSettings: release),
-        .target(name: "Optim", dependencies: ["Kernels"], swiftSettings: release),
+        .target(name: "Optim", dependencies: ["Kernels", "CKernels"], swiftSettings: release),
         .target(name: "Parallel", dependencies: ["Comm", "Model", "Optim", "Kernels"], swiftSettings: release),
         .target(name: "Data", dependencies: ["Kernels"], swiftSettings: release),
         .target(name: "Checkpoint", dependencies: ["CZstd"], swiftSettings: release),

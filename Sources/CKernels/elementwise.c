@@ -41,6 +41,8 @@ static inline float fast_tanh(float u) {
         }                                                                                         \
     }                                                                                             \
     ATTR static void gelu_bwd_##SUFFIX(float *dx, const float *x, const float *dy, int64_t n) {   \
+        /* dx may alias dy; each element reads only its own inputs, so vectorising is safe. */    \
+        _Pragma("clang loop vectorize(assume_safety)")                                            \
         for (int64_t i = 0; i < n; i++) {                                                         \
             float v = x[i];                                                                       \
             float th = fast_tanh(GELU_K * (v + 0.044715f * v * v * v));                           \
@@ -49,6 +51,8 @@ static inline float fast_tanh(float u) {
         }                                                                                         \
     }                                                                                             \
     ATTR static float exp_shift_sum_##SUFFIX(float *x, int64_t n, float shift) {                  \
+        /* Lane-wise partial sums: a fixed order for a given n, so still deterministic. */         \
+        _Pragma("clang fp reassociate(on)")                                                       \
         float s = 0.0f;                                                                           \
         for (int64_t i = 0; i < n; i++) { float e = fast_exp(x[i] - shift); x[i] = e; s += e; }   \
         return s;                                                                                 \
@@ -64,6 +68,28 @@ static inline float fast_tanh(float u) {
     ATTR static void from_bf16_##SUFFIX(float *dst, const uint16_t *src, int64_t n) {             \
         for (int64_t i = 0; i < n; i++) dst[i] = bits_to_float((uint32_t)src[i] << 16);           \
     }
+
+#define DEFINE_OPTIM(SUFFIX, ATTR)                                                                 \
+    ATTR static void adamw_##SUFFIX(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2, \
+                                    float step_size, float inv_bc2_sqrt, float eps, float shrink) {          \
+        for (int64_t i = 0; i < n; i++) {                                                         \
+            float gi = g[i];                                                                      \
+            float mi = b1 * m[i] + (1.0f - b1) * gi;                                              \
+            float vi = b2 * v[i] + (1.0f - b2) * gi * gi;                                         \
+            m[i] = mi; v[i] = vi;                                                                 \
+            float denom = __builtin_sqrtf(vi) * inv_bc2_sqrt + eps;                               \
+            p[i] = p[i] * shrink - step_size * mi / denom;                                        \
+        }                                                                                         \
+    }                                                                                             \
+    ATTR static double sumsq_##SUFFIX(const float *x, int64_t n) {                                \
+        double s = 0.0;                                                                           \
+        _Pragma("clang loop vectorize(enable) interleave(enable)")                                \
+        for (int64_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];                         \
+        return s;                                                                                 \
+    }
+
+DEFINE_OPTIM(generic, )
+DEFINE_OPTIM(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
 
 DEFINE_KERNELS(generic, )
 DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
@@ -90,3 +116,12 @@ float tessera_exp_shift_sum(float *x, int64_t n, float shift) {
 }
 void tessera_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(to_bf16, dst, src, n); }
 void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_bf16, dst, src, n); }
+
+void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
+                   float step_size, float inv_bc2_sqrt, float eps, float shrink) {
+    DISPATCH(adamw, p, g, m, v, n, b1, b2, step_size, inv_bc2_sqrt, eps, shrink);
+}
+
+double tessera_sum_of_squares(const float *x, int64_t n) {
+    return tessera_cpu_level() >= 1 ? sumsq_avx512(x, n) : sumsq_generic(x, n);
+}

@@ -1,3 +1,5 @@
+import CKernels
+
 // MARK: - AdamW
 
 /// AdamW with decoupled weight decay, matching `torch.optim.AdamW`.
@@ -32,16 +34,7 @@ public struct AdamW: Codable, Equatable, Sendable {
         let stepSize = lr / bc1
         let bc2Sqrt = bc2.squareRoot()
         let shrink: Float = decay ? 1 - lr * weightDecay : 1
-        let b1 = beta1, b2 = beta2, e = eps
-        for i in 0..<count {
-            let g = grad[i]
-            let mi = b1 * m[i] + (1 - b1) * g
-            let vi = b2 * v[i] + (1 - b2) * g * g
-            m[i] = mi
-            v[i] = vi
-            let denom = vi.squareRoot() / bc2Sqrt + e
-            param[i] = param[i] * shrink - stepSize * mi / denom
-        }
+        tessera_adamw(param, grad, m, v, Int64(count), beta1, beta2, stepSize, 1 / bc2Sqrt, eps, shrink)
     }
 }
 

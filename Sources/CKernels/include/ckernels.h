@@ -36,6 +36,13 @@ float tessera_exp_shift_sum(float *x, int64_t n, float shift);
 void tessera_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
 void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
 
+/// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW).
+void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
+                   float step_size, float inv_bc2_sqrt, float eps, float shrink);
+
+/// Σ x² accumulated in double. Summation order is fixed for a given n (deterministic).
+double tessera_sum_of_squares(const float *x, int64_t n);
+
 #ifdef __cplusplus
 }
 #endif
