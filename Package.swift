@@ -39,7 +39,7 @@ let package = Package(
                 swiftSettings: release),
         .target(name: "Scaling"),
         .executableTarget(name: "tessera", dependencies: [
-            "Parallel", "Checkpoint",
+            "Parallel", "Checkpoint", "Optim",
             "Training", "Scaling", "Data", "Model", "Comm",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: release),

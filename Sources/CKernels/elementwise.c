@@ -35,6 +35,8 @@ static inline float fast_tanh(float u) {
 
 #define DEFINE_KERNELS(SUFFIX, ATTR)                                                              \
     ATTR static void gelu_fwd_##SUFFIX(float *out, const float *x, int64_t n) {                   \
+        /* out may alias x (in place); element i reads only x[i]. */                              \
+        _Pragma("clang loop vectorize(assume_safety)")                                            \
         for (int64_t i = 0; i < n; i++) {                                                         \
             float v = x[i];                                                                       \
             out[i] = 0.5f * v * (1.0f + fast_tanh(GELU_K * (v + 0.044715f * v * v * v)));         \
@@ -58,7 +60,7 @@ static inline float fast_tanh(float u) {
         return s;                                                                                 \
     }                                                                                             \
     ATTR static void to_bf16_##SUFFIX(uint16_t *dst, const float *src, int64_t n) {               \
-        for (int64_t i = 0; i < n; i++) {                                                         \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) {                                                         \
             uint32_t b = float_to_bits(src[i]);                                                   \
             uint32_t nan = (b & 0x7fffffffu) > 0x7f800000u;                                       \
             uint32_t r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;                                  \
@@ -66,7 +68,18 @@ static inline float fast_tanh(float u) {
         }                                                                                         \
     }                                                                                             \
     ATTR static void from_bf16_##SUFFIX(float *dst, const uint16_t *src, int64_t n) {             \
-        for (int64_t i = 0; i < n; i++) dst[i] = bits_to_float((uint32_t)src[i] << 16);           \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = bits_to_float((uint32_t)src[i] << 16);           \
+    }                                                                                             \
+    ATTR static void to_f16_##SUFFIX(uint16_t *dst, const float *src, int64_t n) {                \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) { _Float16 h = (_Float16)src[i]; memcpy(&dst[i], &h, 2); } \
+    }                                                                                             \
+    ATTR static void from_f16_##SUFFIX(float *dst, const uint16_t *src, int64_t n) {              \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) { _Float16 h; memcpy(&h, &src[i], 2); dst[i] = (float)h; } \
+    }                                                                                             \
+    ATTR static int all_finite_##SUFFIX(const float *x, int64_t n) {                              \
+        uint32_t bad = 0;                                                                         \
+        for (int64_t i = 0; i < n; i++) bad |= ((float_to_bits(x[i]) & 0x7f800000u) == 0x7f800000u); \
+        return bad == 0;                                                                          \
     }
 
 #define DEFINE_OPTIM(SUFFIX, ATTR)                                                                 \
@@ -92,7 +105,7 @@ DEFINE_OPTIM(generic, )
 DEFINE_OPTIM(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
 
 DEFINE_KERNELS(generic, )
-DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
+DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
 static int level = -1;
 
@@ -124,4 +137,10 @@ void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, floa
 
 double tessera_sum_of_squares(const float *x, int64_t n) {
     return tessera_cpu_level() >= 1 ? sumsq_avx512(x, n) : sumsq_generic(x, n);
+}
+
+void tessera_f32_to_f16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(to_f16, dst, src, n); }
+void tessera_f16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_f16, dst, src, n); }
+int tessera_all_finite(const float *x, int64_t n) {
+    return tessera_cpu_level() >= 1 ? all_finite_avx512(x, n) : all_finite_generic(x, n);
 }

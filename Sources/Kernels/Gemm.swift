@@ -53,6 +53,7 @@ public enum Gemm {
     public static func setThreads(_ n: Int) {
         openblas_set_num_threads(Int32(max(1, n)))
         tessera_set_threads(Int32(max(1, n)))
+        ParallelFor.threads = max(1, n)
     }
 
     /// Threads the GEMM backend currently uses.

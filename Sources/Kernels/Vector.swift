@@ -21,13 +21,12 @@ public enum Vector {
     /// `y += x` over `n` elements.
     @inlinable
     public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
-        for i in 0..<n { y[i] += x[i] }
+        ParallelFor.chunks(n) { lo, hi in for i in lo..<hi { y[i] += x[i] } }
     }
 
     /// True when every element is finite (no NaN, no ±inf).
     @inlinable
     public static func allFinite(_ x: UnsafePointer<Float>, _ n: Int) -> Bool {
-        for i in 0..<n where !x[i].isFinite { return false }
-        return true
+        tessera_all_finite(x, Int64(n)) != 0
     }
 }

@@ -13,8 +13,14 @@ public final class GPT {
     public let config: GPTConfig
     /// Where each parameter lives.
     public let layout: ParameterLayout
-    /// Activation storage (sized by the largest micro-batch seen so far).
+    /// Format of matrix-multiply operands; parameters and gradients stay fp32.
+    public let precision: Precision
+    /// Activation storage (sized by the largest micro-batch seen so far): fp32 models.
     public private(set) var activations: Activations?
+    /// Activation storage of bf16/fp16 models.
+    public private(set) var lowActivations: LowPrecisionActivations?
+    /// 16-bit copies of the weights being computed with (one block unit; the tied embedding).
+    var lowBlock = HalfBuffer(count: 0), lowEmbedding = HalfBuffer(count: 0)
 
     private var lastB = 0, lastT = 0
     private var tokens: UnsafeMutablePointer<Int32>
@@ -22,20 +28,37 @@ public final class GPT {
     private var tokenCapacity = 0
 
     /// Creates a model for a validated configuration.
-    public init(config: GPTConfig) {
+    public init(config: GPTConfig, precision: Precision = .fp32) {
         self.config = config
+        self.precision = precision
         self.layout = ParameterLayout(config)
+        if precision.isLow {
+            lowBlock = HalfBuffer(count: layout.units[1...].map(\.count).max() ?? 0)
+            lowEmbedding = HalfBuffer(count: config.vocabSize * config.nEmbd)
+        }
         tokens = .allocate(capacity: 1)
         targets = .allocate(capacity: 1)
     }
 
     deinit { tokens.deallocate(); targets.deallocate() }
 
+    /// Bytes of activations kept for backward, and of all activation buffers with scratch.
+    public var activationBytes: (saved: Int, total: Int) {
+        if let a = lowActivations { return (a.savedBytes, a.totalBytes) }
+        if let a = activations { return (a.savedBytes, a.totalBytes) }
+        return (0, 0)
+    }
+
     /// Makes sure activations hold a `B`×`T` micro-batch (allocates only when it grows).
     public func reserve(B: Int, T: Int) {
-        if let a = activations, a.maxB >= B, a.maxT >= T { return }
-        activations = Activations(config: config, maxB: max(B, activations?.maxB ?? 0),
-                                  maxT: max(T, activations?.maxT ?? 0))
+        let (haveB, haveT) = precision.isLow ? (lowActivations?.maxB ?? 0, lowActivations?.maxT ?? 0)
+                                              : (activations?.maxB ?? 0, activations?.maxT ?? 0)
+        if haveB >= B, haveT >= T { return }
+        if precision.isLow {
+            lowActivations = LowPrecisionActivations(config: config, maxB: max(B, haveB), maxT: max(T, haveT))
+        } else {
+            activations = Activations(config: config, maxB: max(B, haveB), maxT: max(T, haveT))
+        }
         if B * T > tokenCapacity {
             tokens.deallocate(); targets.deallocate()
             tokenCapacity = B * T
@@ -56,12 +79,15 @@ public final class GPT {
                         B: Int, T: Int, params: ParameterProvider) -> (sum: Double, count: Int) {
         precondition(T <= config.blockSize, "sequence length \(T) exceeds block_size \(config.blockSize)")
         reserve(B: B, T: T)
-        let a = activations!
         let C = config.nEmbd, NH = config.nHead, V = config.vocabSize, BT = B * T
         let lay = layout
         tokens.update(from: inTokens, count: BT)
         if let inTargets { targets.update(from: inTargets, count: BT) }
         lastB = B; lastT = T
+        if precision.isLow {
+            return lowForward(tokens: tokens, targets: inTargets == nil ? nil : UnsafePointer(targets), B: B, T: T, params: params)
+        }
+        let a = activations!
 
         let emb = params.acquireParameters(unit: 0)
         Layers.embeddingForward(out: a.residual[0].pointer, tokens: tokens, wte: emb, wpe: emb + lay.wpe,
@@ -110,7 +136,8 @@ public final class GPT {
 
     /// Logits of sequence `b` at position `t` after a forward without targets.
     public func logitsRow(b: Int, t: Int) -> UnsafePointer<Float> {
-        UnsafePointer(activations!.logits.pointer + (b * lastT + t) * config.vocabSize)
+        let logits = precision.isLow ? lowActivations!.logits.pointer : activations!.logits.pointer
+        return UnsafePointer(logits + (b * lastT + t) * config.vocabSize)
     }
 
     // MARK: Backward
@@ -120,6 +147,10 @@ public final class GPT {
     /// Must follow a `forward` with targets. The trainer passes `1 / (tokens in the global
     /// batch)` so that micro-batches and ranks sum to the gradient of the global mean loss.
     public func backward(lossScale: Float, params: ParameterProvider) {
+        if precision.isLow {
+            params.beginBackward()
+            return lowBackward(lossScale: lossScale, tokens: tokens, targets: targets, B: lastB, T: lastT, params: params)
+        }
         let a = activations!
         let B = lastB, T = lastT, BT = B * T
         let C = config.nEmbd, NH = config.nHead, V = config.vocabSize

@@ -48,7 +48,8 @@ public enum Layers {
                                         rstd: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                         N: Int, C: Int) {
-        for r in 0..<N {
+        ParallelFor.chunks(N, minimum: max(1, 32_768 / C)) { lo, hi in
+        for r in lo..<hi {
             let x = inp + r * C
             var m: Float = 0
             for i in 0..<C { m += x[i] }
@@ -65,6 +66,7 @@ public enum Layers {
             }
             mean[r] = m
             rstd[r] = s
+        }
         }
     }
 
@@ -105,8 +107,13 @@ public enum Layers {
                                      N: Int, IC: Int, OC: Int) {
         Gemm.sgemm(.none, .transpose, m: N, n: OC, k: IC, a: inp, lda: IC, b: weight, ldb: IC,
                    beta: 0, c: out, ldc: OC)
-        if let bias {
-            for r in 0..<N {
+        if let bias { addBias(out, bias, N: N, OC: OC) }
+    }
+
+    /// `out[r, :] += bias` for every row.
+    public static func addBias(_ out: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, N: Int, OC: Int) {
+        ParallelFor.chunks(N, minimum: max(1, 32_768 / OC)) { lo, hi in
+            for r in lo..<hi {
                 let o = out + r * OC
                 for j in 0..<OC { o[j] += bias[j] }
             }
@@ -135,13 +142,13 @@ public enum Layers {
 
     /// `out = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
     public static func geluForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int) {
-        tessera_gelu_forward(out, inp, Int64(n))
+        ParallelFor.chunks(n) { lo, hi in tessera_gelu_forward(out + lo, inp + lo, Int64(hi - lo)) }
     }
 
     /// Writes `dinp = dout · gelu'(inp)`.
     public static func geluBackward(dinp: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                     dout: UnsafePointer<Float>, n: Int) {
-        tessera_gelu_backward(dinp, inp, dout, Int64(n))
+        ParallelFor.chunks(n) { lo, hi in tessera_gelu_backward(dinp + lo, inp + lo, dout + lo, Int64(hi - lo)) }
     }
 
     // MARK: Causal self-attention

@@ -89,6 +89,9 @@ public final class DataParallel: TrainingStrategy {
         Vector.sumOfSquares(grads.pointer, layout.count)
     }
 
+    public func localGradientsFinite() -> Bool { Vector.allFinite(grads.pointer, layout.count) }
+    public func poisonGradientForTesting() { grads[0] = .infinity }
+
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
         if clip != 1 { Vector.scale(grads.pointer, layout.count, by: clip) }
         mask.forEach(in: 0..<layout.count) { range, decays in

@@ -37,6 +37,10 @@ public protocol TrainingStrategy: AnyObject {
     /// Squared L2 norm of the full (global) gradient, identical on every rank (sharded
     /// strategies sum their shards with one all-reduce).
     func gradientSquaredNorm() throws(CommError) -> Double
+    /// Whether every gradient element this rank holds (after `finishGradients`) is finite.
+    func localGradientsFinite() -> Bool
+    /// Writes +inf into one gradient element this rank holds (tests of overflow handling).
+    func poisonGradientForTesting()
     /// Scales gradients by `clip` and applies AdamW update `step` (1-based) with `lr`.
     func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError)
     /// Bytes held now, by kind.

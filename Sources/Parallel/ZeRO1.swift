@@ -68,6 +68,9 @@ public final class ZeRO1: TrainingStrategy {
         try optimizer.globalNormSquared(gradShard: gradShard.pointer, comm: comm)
     }
 
+    public func localGradientsFinite() -> Bool { Vector.allFinite(gradShard.pointer, shard.mine.count) }
+    public func poisonGradientForTesting() { gradShard[0] = .infinity }
+
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
         optimizer.update(params: params.pointer + shard.mine.lowerBound, grads: gradShard.pointer,
                          step: step, lr: lr, clip: clip)

@@ -48,6 +48,9 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
         try optimizer.globalNormSquared(gradShard: reducer.gradShard.pointer, comm: comm)
     }
 
+    public func localGradientsFinite() -> Bool { Vector.allFinite(reducer.gradShard.pointer, shard.mine.count) }
+    public func poisonGradientForTesting() { reducer.gradShard[0] = .infinity }
+
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
         optimizer.update(params: params.pointer + shard.mine.lowerBound, grads: reducer.gradShard.pointer,
                          step: step, lr: lr, clip: clip)

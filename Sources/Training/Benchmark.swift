@@ -64,6 +64,7 @@ public enum Benchmark {
         c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
         c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
         c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
+        c.precision = precision
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
         let trainer = try Trainer(config: c, comm: comm, dataset: data)
@@ -86,6 +87,6 @@ public enum Benchmark {
                            msForward: mean(\.ms_forward), msBackward: mean(\.ms_backward), msOptimizer: mean(\.ms_optimizer),
                            msCommWait: mean(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,
                            mfu: perRank / peakGflops, peakGflops: peakGflops, peakRSSMB: rss[0],
-                           activationMB: Double(trainer.model.activations?.savedBytes ?? 0) / 1_048_576)
+                           activationMB: Double(trainer.model.activationBytes.saved) / 1_048_576)
     }
 }

@@ -19,6 +19,9 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     public var world_size: Int
     public var params: Int
     public var sent_elements: Int
+    /// fp16 only: the loss scale used this step, and whether the update was skipped.
+    public var loss_scale: Double?
+    public var skipped: Bool?
 }
 
 /// Appends JSON lines to a file (rank 0 only).

@@ -39,6 +39,10 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var asyncSave = false
     public var ckptLevel = 3
     public var resume = ""               // resolved checkpoint directory, "" for a fresh run
+    // Precision
+    public var precision = "fp32"        // fp32 | bf16 | fp16
+    /// Testing aid: "STEP:RANK" writes +inf into that rank's gradient at that (1-based) step.
+    public var debugInjectInf = ""
 
     public init() {}
 
@@ -47,7 +51,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, evalEvery, evalSteps, logEvery, seed, data, out,
-             threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume
+             threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
+             precision, debugInjectInf
     }
 
     /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
@@ -77,11 +82,18 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
+        try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf)
     }
 
     /// The model shape for a vocabulary.
     public func model(vocabSize: Int) -> GPTConfig {
         GPTConfig(nLayer: nLayer, nHead: nHead, nEmbd: nEmbd, blockSize: blockSize, vocabSize: vocabSize, bias: bias)
+    }
+
+    /// Parsed `debugInjectInf`.
+    public var injectAt: (step: Int, rank: Int)? {
+        let parts = debugInjectInf.split(separator: ":").compactMap { Int($0) }
+        return parts.count == 2 ? (parts[0], parts[1]) : nil
     }
 
     /// Whether two configs describe the same model (what a checkpoint's parameters mean).
@@ -120,6 +132,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(saveEvery >= 0, "--save-every", "is \(saveEvery)", "use 0 (only at the end) or more")
         try need(keepLast >= 0, "--keep-last", "is \(keepLast)", "use 0 (keep all) or more")
         try need((1...19).contains(ckptLevel), "--ckpt-level", "is \(ckptLevel)", "use a zstd level from 1 to 19")
+        try need(["fp32", "bf16", "fp16"].contains(precision), "--precision", "is \(precision)", "use fp32, bf16 or fp16")
+        try need(debugInjectInf.isEmpty || injectAt != nil, "--debug-inject-inf", "is \(debugInjectInf)", "use STEP:RANK")
         try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
     }
 }

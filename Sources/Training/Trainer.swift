@@ -41,6 +41,8 @@ public final class Trainer {
     private let myIndices: [Int]
     private let micro: Int
     private var x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
+    /// fp16's dynamic loss scaler (restored on resume).
+    public private(set) var scaler: DynamicLossScaler?
     /// First step to run (> 0 after a resume).
     public private(set) var startStep = 0
     private var checkpointer: Checkpointer!
@@ -65,7 +67,7 @@ public final class Trainer {
         }
         let gpt = config.model(vocabSize: vocab)
         do { try gpt.validate() } catch { throw ConfigError(flag: "model", problem: error.description, fix: "adjust the model flags") }
-        model = GPT(config: gpt)
+        model = GPT(config: gpt, precision: Kernels.Precision(rawValue: config.precision) ?? .fp32)
         sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize)
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
                                   decaySteps: config.maxSteps)
@@ -86,7 +88,12 @@ public final class Trainer {
             let manifest = try CheckpointReader.manifest(directory: dir)
             try Checkpointer.load(directory: dir, manifest: manifest, layout: model.layout, strategy: strategy)
             startStep = manifest.step
+            if config.precision == "fp16" {
+                scaler = DynamicLossScaler(scale: manifest.lossScale ?? 65_536, goodSteps: manifest.lossScaleGoodSteps ?? 0,
+                                           skippedSteps: manifest.skippedSteps)
+            }
         }
+        if config.precision == "fp16" && scaler == nil { scaler = DynamicLossScaler() }
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
         let share = (config.batchSize + comm.size - 1) / comm.size
         micro = max(1, config.microBatch > 0 ? min(config.microBatch, share) : share)
@@ -121,7 +128,7 @@ public final class Trainer {
                                                     precision: .fp32)
             let report = MemoryFile(psi: model.layout.count, world: comm.size, zero: config.zero, rank: 0,
                                     parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,
-                                    working: mem.working, activations: model.activations?.totalBytes ?? 0,
+                                    working: mem.working, activations: model.activationBytes.total,
                                     predicted: predicted)
             let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             try enc.encode(report).write(to: outDir.appendingPathComponent("memory.json"), options: .atomic)
@@ -129,7 +136,7 @@ public final class Trainer {
             func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
             log("tessera: \(config.zero == 0 ? "DDP" : "ZeRO-\(config.zero)"), per-rank state: parameters \(mib(mem.parameters)), "
                 + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
-                + "activations \(mib(model.activations?.totalBytes ?? 0))")
+                + "activations \(mib(model.activationBytes.total))")
             log("tessera: \(comm.size) rank(s), \(p) parameters (\(String(format: "%.2f", Double(p) / 1e6))M), "
                 + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(micro) × "
                 + "\((myIndices.count + micro - 1) / max(micro, 1)) accumulation step(s) on rank 0")
@@ -177,7 +184,8 @@ public final class Trainer {
     public func trainStep(_ step: Int) throws -> StepMetrics {
         let t0 = MPIClock.now()
         let T = config.blockSize
-        let lossScale = Float(1.0 / Double(tokensPerStep))
+        let scale = scaler?.scale ?? 1
+        let lossScale = Float(scale / Double(tokensPerStep))
         strategy.beginStep()
         strategy.commWaitSeconds = 0
         comm.sentElements = 0
@@ -198,20 +206,33 @@ public final class Trainer {
         }
         if myIndices.isEmpty { strategy.beginMicroStep(isLast: true) }
         try strategy.finishGradients()
+        if let inject = config.injectAt, inject.step == step + 1, inject.rank == comm.rank { strategy.poisonGradientForTesting() }
         let o0 = MPIClock.now()
-        var reduced = [lossSum]
-        try comm.allReduce(&reduced, label: "all-reduce of the loss")
-        let norm = try strategy.gradientSquaredNorm().squareRoot()
+        // One all-reduce carries the loss and, under fp16, whether any rank overflowed.
+        let overflowHere = scaler != nil && !strategy.localGradientsFinite()
+        var reduced = [lossSum, overflowHere ? 1 : 0]
+        try comm.allReduce(&reduced, label: "all-reduce of the loss and overflow flag")
         let lr = schedule.lr(at: step)
-        let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip)
-        try strategy.optimizerStep(step: step + 1, lr: Float(lr), clip: clip)
+        var norm = 0.0
+        var skipped: Bool?
+        if var s = scaler {
+            skipped = try s.update(overflow: reduced[1] > 0)
+            scaler = s
+        }
+        if skipped != true {
+            norm = try strategy.gradientSquaredNorm().squareRoot() / scale
+            let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale)
+            // The AdamW step count is the number of updates applied (skipped steps excluded).
+            try strategy.optimizerStep(step: step + 1 - (scaler?.skippedSteps ?? 0), lr: Float(lr), clip: clip)
+        }
         let t1 = MPIClock.now()
         let ms = (t1 - t0) * 1000
         return StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
                            grad_norm: norm, tokens_per_s: Double(tokensPerStep) / (t1 - t0), ms_per_step: ms,
                            ms_forward: fwd * 1000, ms_backward: bwd * 1000,
                            ms_comm_wait: strategy.commWaitSeconds * 1000, ms_optimizer: (t1 - o0) * 1000,
-                           world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements)
+                           world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements,
+                           loss_scale: scaler.map { _ in scale }, skipped: skipped)
     }
 
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
@@ -248,9 +269,11 @@ public final class Trainer {
         var manifest = Manifest(
             formatVersion: Manifest.currentVersion, step: completedSteps, config: cfg,
             model: shape,
-            worldSize: comm.size, zeroStage: config.zero, precision: "fp32", parameterCount: model.layout.count,
-            dataPosition: completedSteps, seed: config.seed, scheduleStep: completedSteps, adamStep: completedSteps,
-            lossScale: nil, lossScaleGoodSteps: nil, skippedSteps: 0, compressionLevel: config.ckptLevel,
+            worldSize: comm.size, zeroStage: config.zero, precision: config.precision, parameterCount: model.layout.count,
+            dataPosition: completedSteps, seed: config.seed, scheduleStep: completedSteps,
+            adamStep: completedSteps - (scaler?.skippedSteps ?? 0),
+            lossScale: scaler?.scale, lossScaleGoodSteps: scaler?.goodSteps, skippedSteps: scaler?.skippedSteps ?? 0,
+            compressionLevel: config.ckptLevel,
             tensors: tensors, files: [])
         let enc2 = JSONEncoder(); enc2.outputFormatting = [.sortedKeys]
         manifest.tokenizer = String(decoding: try enc2.encode(data.tokenizer), as: UTF8.self)

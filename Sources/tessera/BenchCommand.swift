@@ -21,7 +21,7 @@ struct Bench: ParsableCommand {
         for c in config where !BenchShape.all.contains(where: { $0.name == c }) {
             throw ValidationError("--config '\(c)' is not one of tiny, small, gpt2")
         }
-        for p in precision where p != "fp32" { throw ValidationError("--precision '\(p)' is not supported by this build (fp32)") }
+        for p in precision where !["fp32", "bf16", "fp16"].contains(p) { throw ValidationError("--precision '\(p)' is not fp32, bf16 or fp16") }
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
     }
 

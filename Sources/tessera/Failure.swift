@@ -2,6 +2,7 @@ import Checkpoint
 import Comm
 import Data
 import Foundation
+import Optim
 import Training
 
 // MARK: - Exit statuses (DESIGN.md): 0 done, 2 configuration or data error, 64 usage, 1 other.
@@ -23,6 +24,9 @@ func fail(_ error: Error, rank: Int = 0) -> Never {
     case let e as SaveFailure:
         let text = e.description
         writeStandardError(prefix + (text.hasPrefix("error:") ? text : "error: " + text))
+        exit(1)
+    case let e as LossScaleCollapse:
+        writeStandardError(prefix + e.description)
         exit(1)
     case let e as CommError:
         writeStandardError(e.description)

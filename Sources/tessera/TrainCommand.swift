@@ -3,6 +3,7 @@ import Checkpoint
 import Comm
 import Foundation
 import Kernels
+import Optim
 import Training
 
 /// `tessera train`: one training job; under `mpirun` every rank runs this command.
@@ -41,6 +42,9 @@ struct Train: ParsableCommand {
     @Option(help: "Keep only the newest K checkpoints (0: all).") var keepLast: Int?
     @Flag(help: "Write checkpoints on a background thread while training goes on.") var asyncSave = false
     @Option(help: "zstd level for checkpoints (1-19).") var ckptLevel: Int?
+    @Option(help: "Matmul precision: fp32, bf16 or fp16 (fp32 master weights and optimizer).") var precision: String?
+    @Option(help: ArgumentHelp("Testing aid: STEP:RANK writes +inf into that rank's gradient.", visibility: .hidden))
+    var debugInjectInf: String?
     @Option(help: "Resume from 'latest' (in --out), a run directory or a checkpoint directory.") var resume: String?
 
     /// The effective configuration: defaults, or the checkpoint's config when resuming, or a
@@ -110,6 +114,8 @@ struct Train: ParsableCommand {
         if let keepLast { c.keepLast = keepLast }
         if asyncSave { c.asyncSave = true }
         if let ckptLevel { c.ckptLevel = ckptLevel }
+        if let precision { c.precision = precision }
+        if let debugInjectInf { c.debugInjectInf = debugInjectInf }
         return c
     }
 
@@ -149,8 +155,8 @@ struct Train: ParsableCommand {
             comm.abort(code: 1)
         }
         // Errors every rank meets identically are printed once, by the coordinator.
-        let shared = error is ConfigError || error is SaveFailure || error is CheckpointError
+        let shared = error is ConfigError || error is SaveFailure || error is CheckpointError || error is LossScaleCollapse
         if comm.rank == 0 || !shared { fail(error, rank: comm.rank) }
-        Foundation.exit(error is SaveFailure ? 1 : 2)
+        Foundation.exit(error is SaveFailure || error is LossScaleCollapse ? 1 : 2)
     }
 }

@@ -1,0 +1,80 @@
+import CKernels
+
+// MARK: - Precision
+
+/// The numeric format of matrix-multiply operands (accumulation is always fp32).
+public enum Precision: String, CaseIterable, Codable, Sendable {
+    case fp32, bf16, fp16
+
+    /// Whether operands are 16-bit.
+    public var isLow: Bool { self != .fp32 }
+
+    /// Converts `n` floats to this 16-bit format.
+    @inlinable public func narrow(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, _ n: Int) {
+        let bf = self == .bf16
+        ParallelFor.chunks(n) { lo, hi in
+            if bf { tessera_f32_to_bf16(dst + lo, src + lo, Int64(hi - lo)) } else { tessera_f32_to_f16(dst + lo, src + lo, Int64(hi - lo)) }
+        }
+    }
+
+    /// Converts `n` 16-bit values of this format to floats.
+    @inlinable public func widen(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
+        let bf = self == .bf16
+        ParallelFor.chunks(n) { lo, hi in
+            if bf { tessera_bf16_to_f32(dst + lo, src + lo, Int64(hi - lo)) } else { tessera_f16_to_f32(dst + lo, src + lo, Int64(hi - lo)) }
+        }
+    }
+}
+
+/// A fixed-size, zeroed buffer of 16-bit values (bf16 or fp16 bit patterns).
+public final class HalfBuffer: @unchecked Sendable {
+    public let count: Int
+    public let pointer: UnsafeMutablePointer<UInt16>
+
+    public init(count: Int) {
+        self.count = count
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 2, alignment: 64)
+        pointer = raw.bindMemory(to: UInt16.self, capacity: max(count, 1))
+        pointer.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+
+    public var byteCount: Int { count * 2 }
+}
+
+// MARK: - Low-precision GEMM
+
+extension Gemm {
+    /// Whether the native bf16 path (oneDNN matmul) works on this machine; found out on first use.
+    nonisolated(unsafe) static var bf16Native: Bool? = nil
+    nonisolated(unsafe) static var scratchA = FloatBuffer(count: 0)
+    nonisolated(unsafe) static var scratchB = FloatBuffer(count: 0)
+
+    /// `C = op(A)·op(B) + beta·C` with 16-bit operands and fp32 accumulation and output.
+    ///
+    /// bf16 runs on oneDNN's matmul (AVX512-BF16 dot products where the CPU has them). fp16,
+    /// and bf16 where oneDNN cannot run it, widen the operands to fp32 and use `sgemm`: the
+    /// product of two 16-bit values is exact in fp32, so this computes the same function,
+    /// only not faster than fp32.
+    public static func lowGemm(_ precision: Precision, _ transA: Transpose, _ transB: Transpose,
+                               m: Int, n: Int, k: Int,
+                               a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
+                               beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if precision == .bf16 && bf16Native != false && tessera_cpu_level() >= 1 {
+            let rc = tessera_bf16_gemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
+                                       b, Int64(ldb), beta, c, Int64(ldc))
+            if rc == 0 { bf16Native = true; return }
+            bf16Native = false
+        }
+        // Widen the stored region of each operand to a contiguous fp32 copy.
+        let (ra, ca) = transA == .none ? (m, k) : (k, m)
+        let (rb, cb) = transB == .none ? (k, n) : (n, k)
+        if scratchA.count < ra * ca { scratchA = FloatBuffer(count: ra * ca) }
+        if scratchB.count < rb * cb { scratchB = FloatBuffer(count: rb * cb) }
+        for r in 0..<ra { precision.widen(a + r * lda, into: scratchA.pointer + r * ca, ca) }
+        for r in 0..<rb { precision.widen(b + r * ldb, into: scratchB.pointer + r * cb, cb) }
+        sgemm(transA, transB, m: m, n: n, k: k, a: scratchA.pointer, lda: ca, b: scratchB.pointer, ldb: cb,
+              beta: beta, c: c, ldc: ldc)
+    }
+}

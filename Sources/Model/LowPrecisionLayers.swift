@@ -1,0 +1,88 @@
+import Kernels
+
+// MARK: - Low-precision layers
+// The matmul layers with 16-bit operands (fp32 accumulation) that a bf16/fp16 model uses;
+// everything else (LayerNorm, softmax, GELU, the loss) runs in fp32 from `Layers`.
+
+extension Layers {
+    /// `db += Σ_rows dout` for an N×OC gradient.
+    public static func biasBackward(_ dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>, N: Int, OC: Int) {
+        guard let dbias else { return }
+        for r in 0..<N {
+            let d = dout + r * OC
+            for j in 0..<OC { dbias[j] += d[j] }
+        }
+    }
+
+    /// `out (N×OC) = inp·Wᵀ + b` from 16-bit operands.
+    public static func lowLinearForward(_ p: Precision, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<UInt16>,
+                                        weight: UnsafePointer<UInt16>, bias: UnsafePointer<Float>?, N: Int, IC: Int, OC: Int) {
+        Gemm.lowGemm(p, .none, .transpose, m: N, n: OC, k: IC, a: inp, lda: IC, b: weight, ldb: IC, c: out, ldc: OC)
+        if let bias { addBias(out, bias, N: N, OC: OC) }
+    }
+
+    /// `dinp = dout·W` (written) and `dW += doutᵀ·inp`, with `dout` already narrowed to
+    /// `doutLow`; the bias gradient comes from the fp32 `dout`.
+    public static func lowLinearBackward(_ p: Precision, dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>,
+                                         dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
+                                         doutLow: UnsafePointer<UInt16>, inp: UnsafePointer<UInt16>,
+                                         weight: UnsafePointer<UInt16>, N: Int, IC: Int, OC: Int) {
+        Gemm.lowGemm(p, .none, .none, m: N, n: IC, k: OC, a: doutLow, lda: OC, b: weight, ldb: IC, c: dinp, ldc: IC)
+        Gemm.lowGemm(p, .transpose, .none, m: OC, n: IC, k: N, a: doutLow, lda: OC, b: inp, ldb: IC, beta: 1,
+                     c: dweight, ldc: IC)
+        biasBackward(dbias, dout: dout, N: N, OC: OC)
+    }
+
+    /// Causal attention from a 16-bit QKV: scores and softmax in fp32 (`scores`, T×T), the
+    /// probabilities stored in 16 bits for backward, the output in fp32.
+    public static func lowAttentionForward(_ p: Precision, out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<UInt16>,
+                                           qkv: UnsafePointer<UInt16>, scores: UnsafeMutablePointer<Float>,
+                                           B: Int, T: Int, C: Int, NH: Int) {
+        let hs = C / NH
+        let scale = 1 / Float(hs).squareRoot()
+        for b in 0..<B {
+            for h in 0..<NH {
+                let q = qkv + b * T * 3 * C + h * hs
+                let probs = att + (b * NH + h) * T * T
+                Gemm.lowGemm(p, .none, .transpose, m: T, n: T, k: hs, a: q, lda: 3 * C, b: q + C, ldb: 3 * C,
+                             c: scores, ldc: T)
+                Vector.scale(scores, T * T, by: scale)
+                causalSoftmaxRows(scores, T)
+                p.narrow(scores, into: probs, T * T)
+                Gemm.lowGemm(p, .none, .none, m: T, n: hs, k: T, a: probs, lda: T, b: q + 2 * C, ldb: 3 * C,
+                             c: out + b * T * C + h * hs, ldc: C)
+            }
+        }
+    }
+
+    /// Writes `dqkv` (fp32, B×T×3C) from `doutLow` (the narrowed output gradient).
+    public static func lowAttentionBackward(_ p: Precision, dqkv: UnsafeMutablePointer<Float>, doutLow: UnsafePointer<UInt16>,
+                                            qkv: UnsafePointer<UInt16>, att: UnsafePointer<UInt16>,
+                                            scores: UnsafeMutablePointer<Float>, probs32: UnsafeMutablePointer<Float>,
+                                            scoresLow: UnsafeMutablePointer<UInt16>, B: Int, T: Int, C: Int, NH: Int) {
+        let hs = C / NH
+        let scale = 1 / Float(hs).squareRoot()
+        for b in 0..<B {
+            for h in 0..<NH {
+                let q = qkv + b * T * 3 * C + h * hs
+                let k = q + C, v = q + 2 * C
+                let dq = dqkv + b * T * 3 * C + h * hs
+                let probs = att + (b * NH + h) * T * T
+                let dy = doutLow + b * T * C + h * hs
+                Gemm.lowGemm(p, .none, .transpose, m: T, n: T, k: hs, a: dy, lda: C, b: v, ldb: 3 * C, c: scores, ldc: T)
+                Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: probs, lda: T, b: dy, ldb: C, c: dq + 2 * C, ldc: 3 * C)
+                p.widen(probs, into: probs32, T * T)
+                for t in 0..<T {
+                    let pr = probs32 + t * T, dr = scores + t * T
+                    var dot: Float = 0
+                    for j in 0...t { dot += pr[j] * dr[j] }
+                    for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) * scale }
+                    for j in (t + 1)..<max(T, t + 1) { dr[j] = 0 }
+                }
+                p.narrow(scores, into: scoresLow, T * T)
+                Gemm.lowGemm(p, .none, .none, m: T, n: hs, k: T, a: scoresLow, lda: T, b: k, ldb: 3 * C, c: dq, ldc: 3 * C)
+                Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: scoresLow, lda: T, b: q, ldb: 3 * C, c: dq + C, ldc: 3 * C)
+            }
+        }
+    }
+}
