@@ -30,6 +30,8 @@ final class CheckpointCLITests: XCTestCase {
         let modes: [(ranks: Int, extra: [String])] = [
             (1, []), (2, ["--zero", "0"]), (2, ["--zero", "1"]), (2, ["--zero", "2"]), (2, ["--zero", "3"]),
             (2, ["--zero", "3", "--async-save", "--save-every", "4"]),
+            (1, ["--precision", "bf16"]), (2, ["--precision", "bf16", "--zero", "2"]),
+            (2, ["--precision", "fp16", "--zero", "3"]),
         ]
         for (n, extra) in modes {
             let full = try Repo.temporaryDirectory("full"), part = try Repo.temporaryDirectory("part")

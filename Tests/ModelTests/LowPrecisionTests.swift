@@ -1,0 +1,41 @@
+import Kernels
+import Model
+import XCTest
+
+/// bf16/fp16 models compute the same loss and gradients as fp32 within 16-bit tolerances.
+final class LowPrecisionTests: XCTestCase {
+    func testLowPrecisionGradientsTrackFP32() {
+        let config = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 11, bias: true)
+        var rng = SplitMix64(seed: 3)
+        let B = 3, T = 16
+        let tokens: [Int32] = (0..<(B * T)).map { _ in Int32(rng.next(below: 11)) }
+        let targets: [Int32] = (0..<(B * T)).map { _ in Int32(rng.next(below: 11)) }
+        func run(_ p: Precision) -> (Double, [Float]) {
+            let model = GPT(config: config, precision: p)
+            let params = FloatBuffer(count: model.layout.count), grads = FloatBuffer(count: model.layout.count)
+            GPT.initialize(params.pointer, layout: model.layout, config: config, seed: 5)
+            let flat = FlatParameters(layout: model.layout, parameters: params.pointer, gradients: grads.pointer)
+            let r = tokens.withUnsafeBufferPointer { tk in targets.withUnsafeBufferPointer { tg in
+                model.forward(tokens: tk.baseAddress!, targets: tg.baseAddress!, B: B, T: T, params: flat) } }
+            model.backward(lossScale: Float(1.0 / Double(r.count)), params: flat)
+            return (r.sum / Double(r.count), grads.toArray())
+        }
+        let (l32, g32) = run(.fp32)
+        for p in [Precision.bf16, .fp16] {
+            let (l, g) = run(p)
+            XCTAssertEqual(l, l32, accuracy: 0.01 * l32, "\(p) loss")
+            var num = 0.0, den = 0.0
+            for i in 0..<g.count { num += Double(g[i] - g32[i]) * Double(g[i] - g32[i]); den += Double(g32[i]) * Double(g32[i]) }
+            XCTAssertLessThan((num / den).squareRoot(), p == .bf16 ? 0.05 : 0.01, "\(p) gradient relative error")
+            XCTAssertNotEqual(g, g32, "\(p) really computes in 16 bits")
+        }
+    }
+
+    /// Saved activations in 16 bits take at most 60% of fp32's at the benchmark's small shape.
+    func testActivationMemory() {
+        let c = GPTConfig(nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 256, vocabSize: 65, bias: false)
+        let full = Activations(config: c, maxB: 2, maxT: 256).savedBytes
+        let low = LowPrecisionActivations(config: c, maxB: 2, maxT: 256).savedBytes
+        XCTAssertLessThanOrEqual(Double(low) / Double(full), 0.60)
+    }
+}
