@@ -32,7 +32,6 @@ else
   # More ranks than cores: do not pin, and let waiting ranks yield the CPU.
   args+=(--bind-to none --mca mpi_yield_when_idle 1)
 fi
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-exec mpirun "${args[@]}" "$bin" "$@"
+. "$here/launch/lib.sh"
+allow_root
+run_forwarding_stop mpirun "${args[@]}" "$bin" "$@"

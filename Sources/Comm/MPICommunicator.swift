@@ -161,6 +161,13 @@ public final class MPICommunicator: Communicator {
     }
 
     public func abort(code: Int32) -> Never {
+        // Tell the launcher (which may have to end a hung mpirun), and never hang here: if
+        // MPI_Abort cannot reach the other hosts, SIGALRM ends this process.
+        if let path = getenv("TESSERA_ABORT_FILE") {
+            let fd = open(path, O_WRONLY | O_CREAT, 0o644)
+            if fd >= 0 { close(fd) }
+        }
+        alarm(10)
         MPI_Abort(world, code)
         exit(code)
     }

@@ -43,6 +43,8 @@ public final class Trainer {
     private var x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
     /// fp16's dynamic loss scaler (restored on resume).
     public private(set) var scaler: DynamicLossScaler?
+    /// Set when some rank received a stop signal during the last step.
+    private var stopRequested: Int32 = 0
     /// First step to run (> 0 after a resume).
     public private(set) var startStep = 0
     private var checkpointer: Checkpointer!
@@ -168,6 +170,16 @@ public final class Trainer {
                     log(s)
                 }
             }
+            if stopRequested != 0 && !lastStep {
+                try saveCheckpoint(completedSteps: step + 1)
+                try checkpointer.finishPending(wait: true)
+                result.modelPath = try saveModel(to: outDir.appendingPathComponent("model.bin").path)
+                // No rank may exit before rank 0 has committed: mpirun ends the whole job as
+                // soon as one rank exits with a non-zero status.
+                try comm.barrier(label: "barrier after the pre-emption checkpoint")
+                throw Preempted(step: step + 1, signal: stopRequested,
+                                checkpoint: CheckpointStore(runDirectory: config.out).directory(step: step + 1).path)
+            }
             if lastStep { continue }
             try checkpointer.finishPending(wait: false)
             if config.saveEvery > 0 && (step + 1) % config.saveEvery == 0 { try saveCheckpoint(completedSteps: step + 1) }
@@ -210,8 +222,11 @@ public final class Trainer {
         let o0 = MPIClock.now()
         // One all-reduce carries the loss and, under fp16, whether any rank overflowed.
         let overflowHere = scaler != nil && !strategy.localGradientsFinite()
-        var reduced = [lossSum, overflowHere ? 1 : 0]
-        try comm.allReduce(&reduced, label: "all-reduce of the loss and overflow flag")
+        // ... and whether any rank has been asked to stop (a signal reaches ranks at different
+        // times; agreeing here makes every rank stop after the same step).
+        var reduced = [lossSum, overflowHere ? 1 : 0, Double(Preemption.pending)]
+        try comm.allReduce(&reduced, op: .sum, label: "all-reduce of the loss, overflow and stop flags")
+        stopRequested = reduced[2] > 0 ? Int32(Preemption.pending == 0 ? SIGTERM : Preemption.pending) : 0
         let lr = schedule.lr(at: step)
         var norm = 0.0
         var skipped: Bool?

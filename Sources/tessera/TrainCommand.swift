@@ -130,6 +130,7 @@ struct Train: ParsableCommand {
             }, comm: comm)
         } catch { finish(comm, error) }
         comm.timeoutSeconds = config.commTimeout
+        Preemption.install()
         Gemm.setThreads(config.threads > 0 ? config.threads : Coordinator.defaultThreads())
         do {
             let trainer = try Trainer(config: config, comm: comm)
@@ -150,6 +151,11 @@ struct Train: ParsableCommand {
     /// peers may be blocked in a collective); a config/data error found identically on every
     /// rank exits with 2 everywhere.
     private func finish(_ comm: Communicator, _ error: Error) -> Never {
+        if let p = error as? Preempted {
+            if comm.rank == 0 { print(p.description) }
+            (comm as? MPICommunicator)?.finalize()
+            Foundation.exit(Preemption.exitStatus)
+        }
         if let e = error as? CommError {
             writeStandardError(e.description)
             comm.abort(code: 1)

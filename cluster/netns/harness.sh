@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A multi-host test bed on one machine: N network namespaces ("hosts") joined by veth links
+# to a bridge in a switch namespace. Addresses exist only inside these namespaces; nothing
+# here talks to any other address.
+#
+#   cluster/netns/harness.sh up N           create tsr-h1..tsr-hN (10.213.0.1..N) + switch
+#   cluster/netns/harness.sh hostfile       print the hostfile path (one slot per host)
+#   cluster/netns/harness.sh run -n N -- <tessera args>   mpirun from host 1 over TCP
+#   cluster/netns/harness.sh cut K | restore K            take host K's link down / up
+#   cluster/netns/harness.sh delay K MS                   add latency on host K's link (tc netem)
+#   cluster/netns/harness.sh down           remove everything (safe to repeat)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+prefix="${TSR_NETNS_PREFIX:-tsr}"
+state="/tmp/${prefix}-netns"
+net="10.213.0"
+
+sw="${prefix}-sw"
+host_ns() { echo "${prefix}-h$1"; }
+
+up() {
+  local n="$1"
+  down
+  mkdir -p "$state"
+  ip netns add "$sw"
+  ip -n "$sw" link set lo up
+  ip -n "$sw" link add br0 type bridge
+  ip -n "$sw" link set br0 up
+  : > "$state/hostfile"
+  for k in $(seq 1 "$n"); do
+    local ns; ns=$(host_ns "$k")
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip link add "${prefix}-e$k" type veth peer name "${prefix}-p$k"
+    ip link set "${prefix}-e$k" netns "$ns"
+    ip link set "${prefix}-p$k" netns "$sw"
+    ip -n "$ns" link set "${prefix}-e$k" name eth0
+    ip -n "$ns" addr add "$net.$k/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$sw" link set "${prefix}-p$k" master br0
+    ip -n "$sw" link set "${prefix}-p$k" up
+    echo "$net.$k slots=1" >> "$state/hostfile"
+  done
+  echo "$n" > "$state/hosts"
+}
+
+down() {
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${prefix}-(h[0-9]+|sw)$" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$state"
+}
+
+case "${1:-}" in
+  up) up "${2:?usage: harness.sh up N}" ;;
+  down) down ;;
+  hostfile) echo "$state/hostfile" ;;
+  cut) ip -n "$sw" link set "${prefix}-p${2:?host}" down ;;
+  restore) ip -n "$sw" link set "${prefix}-p${2:?host}" up ;;
+  delay) ip netns exec "$(host_ns "${2:?host}")" tc qdisc replace dev eth0 root netem delay "${3:?ms}ms" ;;
+  run)
+    shift
+    [ "${1:-}" = "-n" ] || { echo "usage: harness.sh run -n N -- <tessera args>" >&2; exit 64; }
+    n="$2"; shift 2; [ "${1:-}" = "--" ] && shift
+    exec ip netns exec "$(host_ns 1)" "$here/launch/multinode.sh" --hostfile "$state/hostfile" -n "$n" \
+      --if "$net.0/24" --agent "$here/cluster/netns/agent.sh" -- "$@" ;;
+  *) sed -n '2,13p' "$0" >&2; exit 64 ;;
+esac
