@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "Data", dependencies: ["Kernels"], swiftSettings: release),
         .target(name: "Checkpoint", dependencies: ["CZstd"], swiftSettings: release),
         .target(name: "Training", dependencies: ["Model", "Optim", "Data", "Comm", "Parallel", "Kernels", "Scaling",
-                                                 "Checkpoint"],
+                                                 "Checkpoint", "CKernels"],
                 swiftSettings: release),
         .target(name: "Scaling"),
         .executableTarget(name: "tessera", dependencies: [

@@ -1,11 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import CKernels
 
 // MARK: - Pre-emption
-
-/// Set from a signal handler when SIGTERM, SIGINT or SIGUSR1 arrives; read at step boundaries.
-nonisolated(unsafe) private var stopSignal: Int32 = 0
 
 /// Graceful stop on a signal: the current step finishes, every rank writes a checkpoint, and
 /// the job exits with `Preemption.exitStatus` (EX_TEMPFAIL, 75), which the resilient launcher
@@ -15,14 +10,10 @@ public enum Preemption {
     public static let exitStatus: Int32 = 75
 
     /// Installs the handlers (call once, before training).
-    public static func install() {
-        for s in [SIGTERM, SIGINT, SIGUSR1] {
-            signal(s) { sig in stopSignal = sig }
-        }
-    }
+    public static func install() { tessera_install_stop_handlers() }
 
-    /// The signal received, or 0.
-    public static var pending: Int32 { stopSignal }
+    /// The signal received, or 0 (set by a C handler that only stores the number).
+    public static var pending: Int32 { tessera_stop_signal() }
 }
 
 /// Thrown after the checkpoint of a signalled job is committed.

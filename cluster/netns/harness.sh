@@ -6,7 +6,8 @@
 #   cluster/netns/harness.sh up N           create tsr-h1..tsr-hN (10.213.0.1..N) + switch
 #   cluster/netns/harness.sh hostfile       print the hostfile path (one slot per host)
 #   cluster/netns/harness.sh run -n N -- <tessera args>   mpirun from host 1 over TCP
-#   cluster/netns/harness.sh cut K | restore K            take host K's link down / up
+#   cluster/netns/harness.sh cut K | restore K            take host K's link down / up (restore
+#                                                         also ends host K's leftover processes)
 #   cluster/netns/harness.sh delay K MS                   add latency on host K's link (tc netem)
 #   cluster/netns/harness.sh down           remove everything (safe to repeat)
 set -euo pipefail
@@ -57,7 +58,16 @@ case "${1:-}" in
   down) down ;;
   hostfile) echo "$state/hostfile" ;;
   cut) ip -n "$sw" link set "${prefix}-p${2:?host}" down ;;
-  restore) ip -n "$sw" link set "${prefix}-p${2:?host}" up ;;
+  restore)
+    # A host that comes back has no processes left from before the cut (as after a reboot).
+    ip netns pids "$(host_ns "${2:?host}")" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip -n "$sw" link set "${prefix}-p$2" up
+    # Ready when the bridge forwards on the port again; forget neighbours that failed meanwhile.
+    for _ in $(seq 1 50); do
+      ip -n "$sw" -d link show "${prefix}-p$2" | grep -q "state forwarding" && break
+      sleep 0.2
+    done
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^${prefix}-h[0-9]+$"); do ip -n "$ns" neigh flush all 2>/dev/null || true; done ;;
   delay) ip netns exec "$(host_ns "${2:?host}")" tc qdisc replace dev eth0 root netem delay "${3:?ms}ms" ;;
   run)
     shift
