@@ -1,11 +1,11 @@
 # Tessera: `make run` trains a small model on 2 ranks; `make test` runs every test.
 SHELL := /bin/bash
-APT_PACKAGES := libopenblas-dev libopenmpi-dev openmpi-bin libzstd-dev pkg-config fortunes
+APT_PACKAGES := libopenblas-dev libopenmpi-dev openmpi-bin libzstd-dev libdnnl-dev pkg-config fortunes iproute2
 BIN := .build/release/tessera
 RUN_DIR ?= runs/demo
 DATA_DIR ?= data/default
 
-.PHONY: setup build test run bench fixture clean
+.PHONY: setup build test run bench bench-reference-setup fixture clean
 
 # Installs only what is missing; a second call does nothing.
 setup:
@@ -35,9 +35,36 @@ run: build $(DATA_DIR)/train.bin
 	@echo "--- a sample from the trained model:"
 	$(BIN) generate --checkpoint $(RUN_DIR) --prompt "The " --max-new-tokens 200 --seed 1
 
-# Regenerates the PyTorch reference fixture (needs network access to PyPI; never run by CI).
-fixture:
+# Benchmarks: tessera's configurations on 1 rank × 2 threads and 2 ranks × 1 thread, weak
+# scaling (1 vs 2 ranks, same per-rank batch), and the PyTorch eager reference when
+# `make bench-reference-setup` has installed it. JSON lines go to bench/results.jsonl.
+BENCH_CONFIGS ?= --config tiny --config small --config gpt2
+BENCH_STEPS ?= --warmup 2 --steps 5
+REF_PY := .venv-ref/bin/python
+bench: build
+	@mkdir -p bench; rm -f bench/results.jsonl bench/reference.jsonl
+	@echo "machine: $$(lscpu | sed -n 's/^Model name: *//p'), $$(nproc) cores, $$(free -g | awk '/Mem:/{print $$2}') GiB"
+	@if [ -x $(REF_PY) ]; then echo "--- PyTorch eager reference (2 threads)"; \
+	  $(REF_PY) Benchmarks/reference/torch_gpt.py --threads 2 $(BENCH_CONFIGS) \
+	    --precision fp32 --precision bf16 $(BENCH_STEPS) | tee bench/reference.jsonl; \
+	else echo "--- (no PyTorch reference: run 'make bench-reference-setup' to compare)"; fi
+	@echo "--- 1 rank × 2 threads"
+	$(BIN) bench $(BENCH_CONFIGS) --precision fp32 --precision bf16 $(BENCH_STEPS) --threads 2 \
+	  --json bench/results.jsonl --reference bench/reference.jsonl
+	@echo "--- 2 ranks × 1 thread (same global batch)"
+	launch/local.sh -n 2 -- bench $(BENCH_CONFIGS) --precision fp32 --precision bf16 $(BENCH_STEPS) --threads 1 \
+	  --json bench/results.jsonl
+	@echo "--- weak scaling: 1 rank × 1 thread vs 2 ranks × 1 thread, same per-rank batch (DDP)"
+	$(BIN) bench --config small --precision fp32 $(BENCH_STEPS) --threads 1 --json bench/results.jsonl
+	launch/local.sh -n 2 -- bench --config small --precision fp32 $(BENCH_STEPS) --threads 1 --per-rank-batch --json bench/results.jsonl
+	@echo "results: bench/results.jsonl"
+
+# PyTorch for the benchmark reference only (never needed by tessera or CI).
+bench-reference-setup:
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q torch numpy
+
+# Regenerates the PyTorch reference fixture (needs network access to PyPI; never run by CI).
+fixture: bench-reference-setup
 	.venv-ref/bin/python Tests/reference/make_fixture.py
 
 clean:

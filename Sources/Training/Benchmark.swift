@@ -17,6 +17,8 @@ public struct BenchShape: Codable, Sendable {
         BenchShape(name: "tiny", nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 64, batch: 12, vocab: 65, bias: false),
         BenchShape(name: "small", nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 256, batch: 64, vocab: 65, bias: false),
         BenchShape(name: "gpt2", nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 256, batch: 4, vocab: 50257, bias: true),
+        // 59M parameters: the ZeRO memory comparison (issue #5) on 4 ranks.
+        BenchShape(name: "m59", nLayer: 12, nHead: 10, nEmbd: 640, blockSize: 256, batch: 8, vocab: 65, bias: false),
     ]
 }
 
@@ -45,6 +47,19 @@ public enum Benchmark {
         for _ in 0..<reps {
             let t0 = MPIClock.now()
             Gemm.sgemm(.none, .none, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
+            best = min(best, MPIClock.now() - t0)
+        }
+        return 2 * Double(n * n * n) / best / 1e9
+    }
+
+    /// Best-of-`reps` bf16 GEMM rate (fp32 accumulation) at n³.
+    public static func bf16PeakGFLOPS(n: Int = 2048, reps: Int = 5) -> Double {
+        let a = HalfBuffer(count: n * n), b = HalfBuffer(count: n * n), c = FloatBuffer(count: n * n)
+        for i in 0..<(n * n) { a.pointer[i] = Convert.bf16(Float(i % 13) * 0.01); b.pointer[i] = Convert.bf16(Float(i % 7) * 0.01) }
+        var best = Double.infinity
+        for _ in 0..<reps {
+            let t0 = MPIClock.now()
+            Gemm.lowGemm(.bf16, .none, .none, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
             best = min(best, MPIClock.now() - t0)
         }
         return 2 * Double(n * n * n) / best / 1e9

@@ -8,7 +8,7 @@ import Training
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmark training steps (synthetic tokens); run under mpirun for several ranks.")
-    @Option(help: "Configurations: tiny, small, gpt2 (repeatable).") var config: [String] = ["tiny", "small"]
+    @Option(help: "Configurations: tiny, small, gpt2, m59 (repeatable).") var config: [String] = ["tiny", "small"]
     @Option(help: "Precisions (repeatable): fp32.") var precision: [String] = ["fp32"]
     @Option(help: "ZeRO stage.") var zero: Int = 0
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
@@ -16,10 +16,12 @@ struct Bench: ParsableCommand {
     @Option(help: "Untimed steps first.") var warmup: Int = 3
     @Option(help: "Timed steps.") var steps: Int = 10
     @Option(help: "Append results as JSON lines to this file.") var json: String?
+    @Option(help: "PyTorch reference results (JSON lines from Benchmarks/reference/torch_gpt.py) to compare with.")
+    var reference: String?
 
     func validate() throws {
         for c in config where !BenchShape.all.contains(where: { $0.name == c }) {
-            throw ValidationError("--config '\(c)' is not one of tiny, small, gpt2")
+            throw ValidationError("--config '\(c)' is not one of tiny, small, gpt2, m59")
         }
         for p in precision where !["fp32", "bf16", "fp16"].contains(p) { throw ValidationError("--precision '\(p)' is not fp32, bf16 or fp16") }
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
@@ -30,20 +32,38 @@ struct Bench: ParsableCommand {
         let t = threads > 0 ? threads : Coordinator.defaultThreads()
         Gemm.setThreads(t)
         do {
+            let backend = Gemm.backend
+            Gemm.backend = .openblas
+            let openblasPeak = Benchmark.sgemmPeakGFLOPS()
+            Gemm.backend = backend
             let peak = Benchmark.sgemmPeakGFLOPS()
+            let bf16Peak = Benchmark.bf16PeakGFLOPS()
+            var refs: [String: Double] = [:]
+            if let reference, let text = try? String(contentsOfFile: reference, encoding: .utf8) {
+                for line in text.split(separator: "\n") {
+                    guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                          let c = o["config"] as? String, let p = o["precision"] as? String, let tps = o["tokensPerSecond"] as? Double
+                    else { continue }
+                    refs["\(c)/\(p)"] = tps
+                }
+            }
             if comm.rank == 0 {
-                print(String(format: "sgemm 2048³ peak (OpenBLAS, %d thread(s)): %.1f GFLOP/s", t, peak))
-                print("config  prec  ranks×thr  tokens/s  ms/step  fwd    bwd    optim  comm   GFLOP/s/rank  MFU    RSS MB  act MB")
+                print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
+                             t, peak, openblasPeak, bf16Peak))
+                print("config  prec  ranks×thr  tokens/s  ms/step    fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  vs PyTorch")
             }
             for name in config {
                 for p in precision {
                     let shape = BenchShape.all.first { $0.name == name }!
                     let r = try Benchmark.run(shape, precision: p, zero: zero, comm: comm, threads: t, perRankBatch: perRankBatch,
-                                              warmup: warmup, steps: steps, peakGflops: peak)
+                                              warmup: warmup, steps: steps, peakGflops: p == "bf16" ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }
-                    print(String(format: "%-6@  %-4@  %d×%d        %8.0f  %7.1f  %5.1f  %5.1f  %5.1f  %5.1f  %12.1f  %4.1f%%  %6.0f  %6.1f",
-                                 name, p, r.ranks, r.threadsPerRank, r.tokensPerSecond, r.msPerStep, r.msForward, r.msBackward,
-                                 r.msOptimizer, r.msCommWait, r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB))
+                    let ratio = refs["\(name)/\(p)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
+                    func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
+                    print(pad(name, 6) + "  " + pad(p, 4) + "  " + pad("\(r.ranks)×\(r.threadsPerRank)", 9)
+                          + String(format: "  %8.0f  %7.1f  %6.1f  %6.1f  %6.1f  %5.1f  %12.1f  %5.1f%%  %6.0f  %6.1f  ",
+                                   r.tokensPerSecond, r.msPerStep, r.msForward, r.msBackward, r.msOptimizer, r.msCommWait,
+                                   r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB) + ratio)
                     if let json {
                         let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
                         var line = try e.encode(r); line.append(0x0A)
