@@ -30,8 +30,8 @@ $(DATA_DIR)/train.bin: | build
 
 run: build $(DATA_DIR)/train.bin
 	launch/local.sh -n 2 -- train --data $(DATA_DIR) --out $(RUN_DIR) \
-	  --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --max-steps 600 \
-	  --lr 1e-3 --min-lr 1e-4 --warmup-steps 50 --beta2 0.99 --no-bias --eval-every 200 --log-every 50
+	  --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --max-steps 3000 \
+	  --lr 1e-3 --min-lr 1e-4 --warmup-steps 100 --beta2 0.99 --no-bias --eval-every 500 --log-every 250
 	@echo "--- a sample from the trained model:"
 	$(BIN) generate --checkpoint $(RUN_DIR) --prompt "The " --max-new-tokens 200 --seed 1
 

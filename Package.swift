@@ -29,7 +29,7 @@ let package = Package(
         // MARK: Layers
         .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: release),
         .target(name: "Model", dependencies: ["Kernels"], swiftSettings: release),
-        .target(name: "Comm", dependencies: ["CMPI"], swiftSettings: release),
+        .target(name: "Comm", dependencies: ["CMPI", "CKernels"], swiftSettings: release),
         .target(name: "Optim", dependencies: ["Kernels", "CKernels"], swiftSettings: release),
         .target(name: "Parallel", dependencies: ["Comm", "Model", "Optim", "Kernels"], swiftSettings: release),
         .target(name: "Data", dependencies: ["Kernels"], swiftSettings: release),

@@ -6,6 +6,7 @@ static inline MPI_Comm tessera_mpi_comm_world(void) { return MPI_COMM_WORLD; }
 static inline MPI_Datatype tessera_mpi_float(void) { return MPI_FLOAT; }
 static inline MPI_Datatype tessera_mpi_double(void) { return MPI_DOUBLE; }
 static inline MPI_Datatype tessera_mpi_byte(void) { return MPI_BYTE; }
+static inline MPI_Datatype tessera_mpi_uint16(void) { return MPI_UINT16_T; }
 static inline MPI_Datatype tessera_mpi_int64(void) { return MPI_INT64_T; }
 static inline MPI_Op tessera_mpi_sum(void) { return MPI_SUM; }
 static inline MPI_Op tessera_mpi_max(void) { return MPI_MAX; }

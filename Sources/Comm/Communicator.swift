@@ -3,6 +3,8 @@
 /// Element types a collective can carry.
 public enum CommDType: Sendable {
     case float32, float64, int64, byte
+    /// 16-bit floats; reductions convert each pair to fp32, add, and round back.
+    case bfloat16, float16
 
     /// Bytes per element.
     public var size: Int {
@@ -10,6 +12,7 @@ public enum CommDType: Sendable {
         case .float32: return 4
         case .float64, .int64: return 8
         case .byte: return 1
+        case .bfloat16, .float16: return 2
         }
     }
 }

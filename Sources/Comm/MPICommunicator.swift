@@ -1,3 +1,4 @@
+import CKernels
 import CMPI
 #if canImport(Glibc)
 import Glibc
@@ -48,10 +49,33 @@ public final class MPICommunicator: Communicator {
         case .float64: return tessera_mpi_double()
         case .int64: return tessera_mpi_int64()
         case .byte: return tessera_mpi_byte()
+        case .bfloat16, .float16: return tessera_mpi_uint16()
         }
     }
 
-    private static func op(_ o: ReduceOp) -> MPI_Op { o == .sum ? tessera_mpi_sum() : tessera_mpi_max() }
+    private func op(_ o: ReduceOp, _ d: CommDType) -> MPI_Op {
+        switch d {
+        case .bfloat16:
+            precondition(o == .sum, "only sums are defined for 16-bit reductions")
+            return bf16Sum
+        case .float16:
+            precondition(o == .sum, "only sums are defined for 16-bit reductions")
+            return fp16Sum
+        default: return o == .sum ? tessera_mpi_sum() : tessera_mpi_max()
+        }
+    }
+
+    // MPI has no bf16/fp16 arithmetic: user-defined sums that widen to fp32, add and round
+    // to nearest even, created once after MPI_Init.
+    private lazy var bf16Sum: MPI_Op = Self.makeOp(sumBF16)
+    private lazy var fp16Sum: MPI_Op = Self.makeOp(sumFP16)
+
+    private static func makeOp(_ f: @escaping @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?,
+                                                               UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<MPI_Datatype?>?) -> Void) -> MPI_Op {
+        var op: MPI_Op?
+        MPI_Op_create(f, 1, &op)
+        return op!
+    }
 
     private func request(_ label: String, sent: Int, _ start: (UnsafeMutablePointer<MPI_Request?>) -> Int32) -> CommRequest {
         var r: MPI_Request? = tessera_mpi_request_null()
@@ -69,14 +93,14 @@ public final class MPICommunicator: Communicator {
     public func startAllReduce(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, op: ReduceOp,
                                label: String) -> CommRequest {
         request(label, sent: 2 * count * (size - 1) / size) {
-            MPI_Iallreduce(tessera_mpi_in_place(), buffer, Int32(count), Self.type(dtype), Self.op(op), world, $0)
+            MPI_Iallreduce(tessera_mpi_in_place(), buffer, Int32(count), Self.type(dtype), self.op(op, dtype), world, $0)
         }
     }
 
     public func startReduceScatter(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
                                    dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
         request(label, sent: countPerRank * (size - 1)) {
-            MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), Self.type(dtype), Self.op(op), world, $0)
+            MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), Self.type(dtype), self.op(op, dtype), world, $0)
         }
     }
 
@@ -95,7 +119,7 @@ public final class MPICommunicator: Communicator {
         let box = Counts(counts)
         let total = counts.reduce(0, +)
         let r = request(label, sent: total * (size - 1) / size) {
-            MPI_Ireduce_scatter(send, recv, box.counts, Self.type(dtype), Self.op(op), world, $0)
+            MPI_Ireduce_scatter(send, recv, box.counts, Self.type(dtype), self.op(op, dtype), world, $0)
         }
         r.keepAlive = box
         return r
@@ -177,4 +201,38 @@ public final class MPICommunicator: Communicator {
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
+}
+
+// MARK: - 16-bit reduction operators
+
+/// inout[i] = round16(widen(in[i]) + widen(inout[i])), in chunks through fp32 scratch.
+private func reduce16(_ a: UnsafeMutableRawPointer?, _ b: UnsafeMutableRawPointer?, _ len: UnsafeMutablePointer<Int32>?,
+                      widen: (UnsafeMutablePointer<Float>, UnsafePointer<UInt16>, Int64) -> Void,
+                      narrow: (UnsafeMutablePointer<UInt16>, UnsafePointer<Float>, Int64) -> Void) {
+    guard let a, let b, let len else { return }
+    let x = a.assumingMemoryBound(to: UInt16.self), y = b.assumingMemoryBound(to: UInt16.self)
+    let n = Int(len.pointee)
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 1024) { fa in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 1024) { fb in
+            var i = 0
+            while i < n {
+                let c = min(1024, n - i)
+                widen(fa.baseAddress!, x + i, Int64(c))
+                widen(fb.baseAddress!, y + i, Int64(c))
+                for j in 0..<c { fb[j] += fa[j] }
+                narrow(y + i, fb.baseAddress!, Int64(c))
+                i += c
+            }
+        }
+    }
+}
+
+private let sumBF16: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int32>?,
+                                     UnsafeMutablePointer<MPI_Datatype?>?) -> Void = { a, b, len, _ in
+    reduce16(a, b, len, widen: { tessera_bf16_to_f32($0, $1, $2) }, narrow: { tessera_f32_to_bf16($0, $1, $2) })
+}
+
+private let sumFP16: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int32>?,
+                                     UnsafeMutablePointer<MPI_Datatype?>?) -> Void = { a, b, len, _ in
+    reduce16(a, b, len, widen: { tessera_f16_to_f32($0, $1, $2) }, narrow: { tessera_f32_to_f16($0, $1, $2) })
 }

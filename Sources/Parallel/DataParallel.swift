@@ -26,6 +26,10 @@ public final class DataParallel: TrainingStrategy {
     /// Bucket ranges (elements) in the order they are reduced.
     public let buckets: [Range<Int>]
     private let bucketFirstUnit: [Int]      // lowest unit index in each bucket
+    /// Gradients travel in this format; 16-bit formats halve the bytes sent.
+    let reduce: Precision
+    /// 16-bit staging copy of the gradients for the reduction.
+    private let lowGrads: HalfBuffer?
     private var inFlight: [CommRequest] = []
     private var isLastMicroStep = true
     public var commWaitSeconds: Double = 0
@@ -33,7 +37,9 @@ public final class DataParallel: TrainingStrategy {
     public var provider: ParameterProvider { flat }
 
     /// Creates the strategy; `initial` fills the parameters (identical on every rank).
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int) {
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32) {
+        self.reduce = reduce
+        lowGrads = reduce.isLow && comm.size > 1 ? HalfBuffer(count: layout.count) : nil
         self.layout = layout
         self.comm = comm
         self.adam = adam
@@ -72,17 +78,24 @@ public final class DataParallel: TrainingStrategy {
         guard isLastMicroStep else { return }
         for (i, first) in bucketFirstUnit.enumerated() where first == unit {
             let b = buckets[i]
-            inFlight.append(comm.startAllReduce(UnsafeMutableRawPointer(grads.pointer + b.lowerBound),
-                                                count: b.count, dtype: .float32, op: .sum,
+            var buffer = UnsafeMutableRawPointer(grads.pointer + b.lowerBound), dtype = CommDType.float32
+            if let low = lowGrads {
+                reduce.narrow(grads.pointer + b.lowerBound, into: low.pointer + b.lowerBound, b.count)
+                buffer = UnsafeMutableRawPointer(low.pointer + b.lowerBound)
+                dtype = reduce.commDType
+            }
+            inFlight.append(comm.startAllReduce(buffer, count: b.count, dtype: dtype, op: .sum,
                                                 label: "all-reduce of gradient bucket \(i)"))
         }
     }
 
     public func finishGradients() throws(CommError) {
         let t0 = MPIClock.now()
+        let reduced = !inFlight.isEmpty
         for r in inFlight { try comm.wait(r) }
         inFlight.removeAll(keepingCapacity: true)
         commWaitSeconds += MPIClock.now() - t0
+        if let low = lowGrads, reduced { reduce.widen(low.pointer, into: grads.pointer, layout.count) }
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
@@ -103,7 +116,8 @@ public final class DataParallel: TrainingStrategy {
 
     public var memory: MemoryReport {
         MemoryReport(parameters: params.byteCount, gradients: grads.byteCount,
-                     optimizer: m.byteCount + v.byteCount, working: [:])
+                     optimizer: m.byteCount + v.byteCount,
+                     working: lowGrads.map { ["16-bit gradient staging": $0.byteCount] } ?? [:])
     }
 
     public func statePieces() -> [StatePiece] {

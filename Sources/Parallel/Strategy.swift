@@ -1,4 +1,5 @@
 import Comm
+import Kernels
 import Model
 import Optim
 
@@ -65,15 +66,20 @@ public func decayMask(for layout: ParameterLayout) -> DecayMask {
     DecayMask(layout.tensors.map { ($0.offset..<($0.offset + $0.count), $0.decays) })
 }
 
-/// The strategy for a ZeRO stage (0 = DDP).
+/// The strategy for a ZeRO stage (0 = DDP); `reduce` is the format gradients travel in.
 public func makeStrategy(stage: Int, layout: ParameterLayout, comm: Communicator, adam: AdamW,
-                         bucketBytes: Int) -> TrainingStrategy {
+                         bucketBytes: Int, reduce: Precision = .fp32) -> TrainingStrategy {
     switch stage {
-    case 1: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes)
-    case 2: return ZeRO2(layout: layout, comm: comm, adam: adam)
-    case 3: return ZeRO3(layout: layout, comm: comm, adam: adam)
-    default: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes)
+    case 1: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
+    case 2: return ZeRO2(layout: layout, comm: comm, adam: adam, reduce: reduce)
+    case 3: return ZeRO3(layout: layout, comm: comm, adam: adam, reduce: reduce)
+    default: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
     }
+}
+
+extension Precision {
+    /// The wire type of gradients reduced in this format (16-bit formats only).
+    var commDType: CommDType { self == .bf16 ? .bfloat16 : .float16 }
 }
 
 /// A contiguous piece of a flat state vector held by this rank.

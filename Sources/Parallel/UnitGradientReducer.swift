@@ -23,24 +23,31 @@ final class UnitGradientReducer {
     let gradShard: FloatBuffer
     private let buffers: [FloatBuffer]          // 0, 1: rotating; 2: embedding unit
     private let receives: [FloatBuffer]
+    /// The format gradients travel in, and 16-bit send/receive staging per slot.
+    let reduce: Precision
+    private let lowSend: [HalfBuffer], lowRecv: [HalfBuffer]
     private var pending: [Pending?] = [nil, nil, nil]
     private var slotOfUnit: [Int: Int] = [:]
     private var nextSlot = 0
 
-    init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator) {
-        self.layout = layout; self.shard = shard; self.comm = comm
+    init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, reduce: Precision = .fp32) {
+        self.layout = layout; self.shard = shard; self.comm = comm; self.reduce = reduce
         gradShard = FloatBuffer(count: shard.shardSize)
         let big = largestUnit(layout.units, from: 1)
         let u0 = layout.units[0].count
         buffers = [FloatBuffer(count: big), FloatBuffer(count: big), FloatBuffer(count: u0)]
         receives = [FloatBuffer(count: min(big, shard.shardSize)), FloatBuffer(count: min(big, shard.shardSize)),
                     FloatBuffer(count: min(u0, shard.shardSize))]
+        let sizes = [big, big, u0]
+        lowSend = reduce.isLow ? sizes.map { HalfBuffer(count: $0) } : []
+        lowRecv = reduce.isLow ? sizes.map { HalfBuffer(count: min($0, shard.shardSize)) } : []
     }
 
     /// Bytes of working buffers, by name.
     var workingBytes: [String: Int] {
         ["gradient unit buffers": buffers.reduce(0) { $0 + $1.byteCount },
-         "gradient receive buffers": receives.reduce(0) { $0 + $1.byteCount }]
+         "gradient receive buffers": receives.reduce(0) { $0 + $1.byteCount },
+         "16-bit gradient staging": (lowSend + lowRecv).reduce(0) { $0 + $1.byteCount }]
     }
 
     func zeroShard() { gradShard.zero() }
@@ -62,9 +69,18 @@ final class UnitGradientReducer {
         let range = layout.units[unit]
         let part = shard.myPart(of: range)
         let recv = receives[slot].pointer
-        let r = comm.startReduceScatterV(send: UnsafeRawPointer(buffers[slot].pointer), recv: UnsafeMutableRawPointer(recv),
+        let r: CommRequest
+        if reduce.isLow {
+            reduce.narrow(buffers[slot].pointer, into: lowSend[slot].pointer, range.count)
+            r = comm.startReduceScatterV(send: UnsafeRawPointer(lowSend[slot].pointer),
+                                         recv: UnsafeMutableRawPointer(lowRecv[slot].pointer),
+                                         counts: shard.pieces(of: range), dtype: reduce.commDType, op: .sum,
+                                         label: "reduce-scatter of unit \(unit) gradients")
+        } else {
+            r = comm.startReduceScatterV(send: UnsafeRawPointer(buffers[slot].pointer), recv: UnsafeMutableRawPointer(recv),
                                          counts: shard.pieces(of: range), dtype: .float32, op: .sum,
                                          label: "reduce-scatter of unit \(unit) gradients")
+        }
         pending[slot] = Pending(request: r, recv: recv, dest: part.lowerBound - shard.mine.lowerBound, count: part.count)
         progress()
     }
@@ -82,6 +98,7 @@ final class UnitGradientReducer {
     private func complete(_ slot: Int, wait: Bool) throws(CommError) {
         guard let p = pending[slot] else { return }
         if wait { try comm.wait(p.request) } else if !comm.test(p.request) { return }
+        if reduce.isLow { reduce.widen(lowRecv[slot].pointer, into: p.recv, p.count) }
         Vector.add(p.recv, into: gradShard.pointer + p.dest, p.count)
         pending[slot] = nil
     }

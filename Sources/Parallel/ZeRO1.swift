@@ -24,14 +24,20 @@ public final class ZeRO1: TrainingStrategy {
     let gradShard: FloatBuffer
     let flat: FlatParameters
     let buckets: [Range<Int>], bucketFirstUnit: [Int]
+    let reduce: Precision
+    /// 16-bit staging of the gradients and of this rank's reduced shard.
+    private let lowGrads: HalfBuffer?, lowShard: HalfBuffer?
     private var inFlight: [CommRequest] = []
     private var isLastMicroStep = true
     public var commWaitSeconds: Double = 0
     public var provider: ParameterProvider { flat }
 
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int) {
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32) {
         self.layout = layout; self.comm = comm
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
+        self.reduce = reduce
+        lowGrads = reduce.isLow ? HalfBuffer(count: layout.count) : nil
+        lowShard = reduce.isLow ? HalfBuffer(count: shard.shardSize) : nil
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
         params = FloatBuffer(count: shard.padded)
         grads = FloatBuffer(count: layout.count)
@@ -50,10 +56,17 @@ public final class ZeRO1: TrainingStrategy {
         for (i, first) in bucketFirstUnit.enumerated() where first == unit {
             let b = buckets[i]
             let part = shard.myPart(of: b)
-            inFlight.append(comm.startReduceScatterV(
-                send: UnsafeRawPointer(grads.pointer + b.lowerBound),
-                recv: UnsafeMutableRawPointer(gradShard.pointer + (part.lowerBound - shard.mine.lowerBound)),
-                counts: shard.pieces(of: b), dtype: .float32, op: .sum, label: "reduce-scatter of gradient bucket \(i)"))
+            let at = part.lowerBound - shard.mine.lowerBound
+            var send = UnsafeRawPointer(grads.pointer + b.lowerBound)
+            var recv = UnsafeMutableRawPointer(gradShard.pointer + at), dtype = CommDType.float32
+            if let lg = lowGrads, let ls = lowShard {
+                reduce.narrow(grads.pointer + b.lowerBound, into: lg.pointer + b.lowerBound, b.count)
+                send = UnsafeRawPointer(lg.pointer + b.lowerBound)
+                recv = UnsafeMutableRawPointer(ls.pointer + at)
+                dtype = reduce.commDType
+            }
+            inFlight.append(comm.startReduceScatterV(send: send, recv: recv, counts: shard.pieces(of: b), dtype: dtype,
+                                                     op: .sum, label: "reduce-scatter of gradient bucket \(i)"))
         }
     }
 
@@ -62,6 +75,7 @@ public final class ZeRO1: TrainingStrategy {
         for r in inFlight { try comm.wait(r) }
         inFlight.removeAll(keepingCapacity: true)
         commWaitSeconds += MPIClock.now() - t0
+        if let ls = lowShard { reduce.widen(ls.pointer, into: gradShard.pointer, shard.mine.count) }
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
@@ -80,7 +94,8 @@ public final class ZeRO1: TrainingStrategy {
     public var memory: MemoryReport {
         MemoryReport(parameters: 4 * layout.count, gradients: grads.byteCount, optimizer: optimizer.bytes,
                      working: ["parameter padding": 4 * (shard.padded - layout.count),
-                               "gradient shard (reduce-scatter target)": gradShard.byteCount])
+                               "gradient shard (reduce-scatter target)": gradShard.byteCount,
+                               "16-bit gradient staging": (lowGrads?.byteCount ?? 0) + (lowShard?.byteCount ?? 0)])
     }
 
     public func statePieces() -> [StatePiece] {

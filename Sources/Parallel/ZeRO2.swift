@@ -18,12 +18,12 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
     public var commWaitSeconds: Double = 0
     public var provider: ParameterProvider { self }
 
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW) {
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32) {
         self.layout = layout; self.comm = comm
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
         params = FloatBuffer(count: shard.padded)
-        reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm)
+        reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
     }
 
     // MARK: ParameterProvider

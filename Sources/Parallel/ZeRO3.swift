@@ -31,12 +31,12 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
     public var commWaitSeconds: Double = 0
     public var provider: ParameterProvider { self }
 
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW) {
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32) {
         self.layout = layout; self.comm = comm
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
         paramShard = FloatBuffer(count: shard.shardSize)
-        reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm)
+        reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
         embedding = FloatBuffer(count: layout.units[0].count)
         let big = largestUnit(layout.units, from: 1)
         slots = [FloatBuffer(count: big), FloatBuffer(count: big)]

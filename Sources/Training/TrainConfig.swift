@@ -41,6 +41,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var resume = ""               // resolved checkpoint directory, "" for a fresh run
     // Precision
     public var precision = "fp32"        // fp32 | bf16 | fp16
+    public var reduceDtype = ""          // gradient wire format; "": the compute precision
     /// Testing aid: "STEP:RANK" writes +inf into that rank's gradient at that (1-based) step.
     public var debugInjectInf = ""
 
@@ -52,7 +53,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, evalEvery, evalSteps, logEvery, seed, data, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
-             precision, debugInjectInf
+             precision, reduceDtype, debugInjectInf
     }
 
     /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
@@ -82,13 +83,16 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
-        try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf)
+        try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf); try get(.reduceDtype, &reduceDtype)
     }
 
     /// The model shape for a vocabulary.
     public func model(vocabSize: Int) -> GPTConfig {
         GPTConfig(nLayer: nLayer, nHead: nHead, nEmbd: nEmbd, blockSize: blockSize, vocabSize: vocabSize, bias: bias)
     }
+
+    /// The format gradients are communicated in: `reduceDtype`, else the compute precision.
+    public var effectiveReduceDtype: String { reduceDtype.isEmpty ? precision : reduceDtype }
 
     /// Parsed `debugInjectInf`.
     public var injectAt: (step: Int, rank: Int)? {
@@ -133,6 +137,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(keepLast >= 0, "--keep-last", "is \(keepLast)", "use 0 (keep all) or more")
         try need((1...19).contains(ckptLevel), "--ckpt-level", "is \(ckptLevel)", "use a zstd level from 1 to 19")
         try need(["fp32", "bf16", "fp16"].contains(precision), "--precision", "is \(precision)", "use fp32, bf16 or fp16")
+        try need(["", "fp32", "bf16", "fp16"].contains(reduceDtype), "--reduce-dtype", "is \(reduceDtype)",
+                 "use fp32, bf16 or fp16")
         try need(debugInjectInf.isEmpty || injectAt != nil, "--debug-inject-inf", "is \(debugInjectInf)", "use STEP:RANK")
         try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
     }

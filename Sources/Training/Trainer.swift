@@ -76,7 +76,8 @@ public final class Trainer {
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
                          weightDecay: Float(config.weightDecay))
         strategy = makeStrategy(stage: config.zero, layout: model.layout, comm: comm, adam: adam,
-                                bucketBytes: Int(config.bucketMB * 1_048_576))
+                                bucketBytes: Int(config.bucketMB * 1_048_576),
+                                reduce: Kernels.Precision(rawValue: config.effectiveReduceDtype) ?? .fp32)
         let initial = FloatBuffer(count: model.layout.count)
         GPT.initialize(initial.pointer, layout: model.layout, config: gpt, seed: config.seed)
         // Like PyTorch DDP, start every replica from rank 0's parameters.

@@ -43,6 +43,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Write checkpoints on a background thread while training goes on.") var asyncSave = false
     @Option(help: "zstd level for checkpoints (1-19).") var ckptLevel: Int?
     @Option(help: "Matmul precision: fp32, bf16 or fp16 (fp32 master weights and optimizer).") var precision: String?
+    @Option(help: "Gradient communication format: fp32, bf16 or fp16 (default: the --precision).") var reduceDtype: String?
     @Option(help: ArgumentHelp("Testing aid: STEP:RANK writes +inf into that rank's gradient.", visibility: .hidden))
     var debugInjectInf: String?
     @Option(help: "Resume from 'latest' (in --out), a run directory or a checkpoint directory.") var resume: String?
@@ -115,6 +116,7 @@ struct Train: ParsableCommand {
         if asyncSave { c.asyncSave = true }
         if let ckptLevel { c.ckptLevel = ckptLevel }
         if let precision { c.precision = precision }
+        if let reduceDtype { c.reduceDtype = reduceDtype }
         if let debugInjectInf { c.debugInjectInf = debugInjectInf }
         return c
     }

@@ -42,6 +42,24 @@ final class PrecisionCLITests: XCTestCase {
         XCTAssertEqual(man.precision, "fp16")
     }
 
+    /// Gradients reduced in bf16 (the default under --precision bf16) train like an fp32
+    /// reduction, but are not the same numbers: the wire format really is 16-bit.
+    func testLowPrecisionGradientReduction() throws {
+        let data = try Repo.dataDirectory()
+        for zero in ["0", "1", "2", "3"] {
+            let wide = try Repo.temporaryDirectory("rw"), narrow = try Repo.temporaryDirectory("rn")
+            let base = tinyArgs(data: data, out: wide, steps: 10) + ["--precision", "bf16", "--zero", zero]
+            XCTAssertEqual(try mpirun(2, base + ["--reduce-dtype", "fp32"]).status, 0)
+            let r = try mpirun(2, tinyArgs(data: data, out: narrow, steps: 10) + ["--precision", "bf16", "--zero", zero])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let a = try losses(wide), b = try losses(narrow)
+            XCTAssertNotEqual(a, b, "ZeRO-\(zero): bf16 reduction changes the numbers")
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 0.02 * x, "ZeRO-\(zero)") }
+            let written = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: narrow + "/config.json"))) as! [String: Any]
+            XCTAssertEqual(written["reduceDtype"] as? String, "")
+        }
+    }
+
     func testBadPrecisionIsRejected() throws {
         let data = try Repo.dataDirectory()
         let r = try tessera(["train", "--data", data, "--out", try Repo.temporaryDirectory("p"), "--precision", "fp8"])
