@@ -30,6 +30,7 @@ final class Checkpointer {
         let pieces: [StatePiece]
         var entry: ShardFileEntry?
         var error: String?
+        var writeSeconds = 0.0
         let done = NSCondition()
         var finished = false
         init(manifest: Manifest, snapshot: [FloatBuffer], pieces: [StatePiece]) {
@@ -48,9 +49,12 @@ final class Checkpointer {
 
     /// Starts (async) or performs (sync) a save of `strategy`'s state described by `manifest`.
     func save(manifest: Manifest, strategy: TrainingStrategy) throws {
+        let t0 = MPIClock.now()
         do { try performSave(manifest: manifest, strategy: strategy) } catch let e as CommError { throw e } catch {
             throw SaveFailure(underlying: error)
         }
+        log(String(format: "checkpoint: step %d: training blocked %.0f ms by the save (%@)", manifest.step,
+                   (MPIClock.now() - t0) * 1000, async ? "async: snapshot only" : "sync"))
     }
 
     private func performSave(manifest: Manifest, strategy: TrainingStrategy) throws {
@@ -89,6 +93,8 @@ final class Checkpointer {
     }
 
     private static func write(_ job: Job, into dir: URL, rank: Int, world: Int, level: Int32) {
+        let t0 = MPIClock.now()
+        defer { job.writeSeconds = MPIClock.now() - t0 }
         do {
             job.entry = try CheckpointWriter.writeRankFile(
                 directory: dir, rank: rank, world: world,
@@ -162,8 +168,10 @@ final class Checkpointer {
         let dir = try CheckpointWriter.commit(manifest: manifest, store: store, keepLast: keepLast)
         let raw = 3 * 4 * manifest.parameterCount
         let stored = manifest.files.reduce(0) { $0 + $1.bytes }
-        log(String(format: "checkpoint: step %d -> %@ (%.2f MB, %.2f× of raw %.2f MB)", manifest.step, dir.path,
-                   Double(stored) / 1e6, Double(stored) / Double(raw), Double(raw) / 1e6))
+        let perRank = Double(raw) / Double(n) / 1e6
+        log(String(format: "checkpoint: step %d -> %@ (%.2f MB, %.2f× of raw %.2f MB; rank 0 wrote %.0f MB/s of raw state)",
+                   manifest.step, dir.path, Double(stored) / 1e6, Double(stored) / Double(raw), Double(raw) / 1e6,
+                   perRank / max(job.writeSeconds, 1e-9)))
     }
 
     // MARK: Load
