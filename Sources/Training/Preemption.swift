@@ -9,10 +9,10 @@ public enum Preemption {
     /// Exit status of a job stopped by a signal after committing its checkpoint.
     public static let exitStatus: Int32 = 75
 
-    /// Installs the handlers (call once, before training).
-    public static func install() { tessera_install_stop_handlers() }
+    /// Holds stop signals for polling: call first thing, before MPI_Init starts threads.
+    public static func install() { tessera_block_stop_signals() }
 
-    /// The signal received, or 0 (set by a C handler that only stores the number).
+    /// The stop signal received, or 0 (polled between steps; no handler runs).
     public static var pending: Int32 { tessera_stop_signal() }
 }
 

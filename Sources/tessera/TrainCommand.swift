@@ -122,6 +122,7 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
+        Preemption.install()
         let comm: Communicator = MPICommunicator.launchedByMPI ? MPICommunicator() : LocalCommunicator()
         let config: TrainConfig
         do {
@@ -132,7 +133,6 @@ struct Train: ParsableCommand {
             }, comm: comm)
         } catch { finish(comm, error) }
         comm.timeoutSeconds = config.commTimeout
-        Preemption.install()
         Gemm.setThreads(config.threads > 0 ? config.threads : Coordinator.defaultThreads())
         do {
             let trainer = try Trainer(config: config, comm: comm)
@@ -154,9 +154,9 @@ struct Train: ParsableCommand {
     /// rank exits with 2 everywhere.
     private func finish(_ comm: Communicator, _ error: Error) -> Never {
         if let p = error as? Preempted {
-            if comm.rank == 0 { print(p.description) }
+            if comm.rank == 0 { FileHandle.standardOutput.write(Data((p.description + "\n").utf8)) }
             (comm as? MPICommunicator)?.finalize()
-            Foundation.exit(Preemption.exitStatus)
+            Foundation._exit(Preemption.exitStatus)
         }
         if let e = error as? CommError {
             writeStandardError(e.description)
