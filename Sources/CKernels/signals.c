@@ -1,14 +1,28 @@
-// Stop requests from signals, without signal handlers: SIGTERM, SIGINT and SIGUSR1 are
-// blocked in the main thread before any library starts threads (so every thread inherits the
-// block), and the training loop asks between steps whether one is pending. No signal frame is
-// ever pushed onto a library thread's stack; delivering one to Open MPI's threads through a
-// handler corrupted the heap on these AVX-512 machines.
+// Stop requests from signals. SIGTERM, SIGINT and SIGUSR1 are blocked from program load, before
+// any library starts threads (so Open MPI's threads inherit the block: a handler running on one
+// of them corrupted the heap on these AVX-512 machines), and the training loop asks between
+// steps whether one is pending.
 #include "ckernels.h"
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
 
-static int stop_signal = 0;
+static volatile sig_atomic_t stop_signal = 0;
+
+// Some runtime threads (the OpenMP worker, here) start with an empty signal mask whatever the
+// creator blocked; a signal that lands on one of them is recorded by this handler instead of
+// taking the default action. It only stores the number.
+static void on_stop(int sig) { stop_signal = sig; }
+
+void tessera_install_stop_handler(void) {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
 
 static void stop_set(sigset_t *set) {
     sigemptyset(set);
@@ -21,6 +35,16 @@ void tessera_block_stop_signals(void) {
     sigset_t set;
     stop_set(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+// Runs when the program is loaded, before any runtime or library thread exists, so every
+// thread inherits the block; commands other than `train` unblock in their main thread.
+__attribute__((constructor)) static void block_at_load(void) { tessera_block_stop_signals(); }
+
+void tessera_unblock_stop_signals(void) {
+    sigset_t set;
+    stop_set(&set);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
 int tessera_stop_signal(void) {
