@@ -1,5 +1,5 @@
-// Stop requests from signals. SIGTERM, SIGINT and SIGUSR1 are blocked from program load, before
-// any library starts threads (so Open MPI's threads inherit the block: a handler running on one
+// Stop requests from signals. SIGTERM, SIGINT and SIGUSR1 are blocked at the top of `tessera train`'s
+// main, before any library starts threads (so Open MPI's threads inherit the block: a handler running on one
 // of them corrupted the heap on these AVX-512 machines), and the training loop asks between
 // steps whether one is pending.
 #include "ckernels.h"
@@ -37,15 +37,6 @@ void tessera_block_stop_signals(void) {
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
-// Runs when the program is loaded, before any runtime or library thread exists, so every
-// thread inherits the block; commands other than `train` unblock in their main thread.
-__attribute__((constructor)) static void block_at_load(void) { tessera_block_stop_signals(); }
-
-void tessera_unblock_stop_signals(void) {
-    sigset_t set;
-    stop_set(&set);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-}
 
 int tessera_stop_signal(void) {
     if (stop_signal) return stop_signal;

@@ -9,16 +9,13 @@ public enum Preemption {
     /// Exit status of a job stopped by a signal after committing its checkpoint.
     public static let exitStatus: Int32 = 75
 
-    /// Holds stop signals for polling. They are already blocked in every thread from program
-    /// load (a C constructor); this makes sure of it for the calling thread.
+    /// Holds stop signals for polling; call at the top of main, before MPI_Init or any other
+    /// library starts threads, so they inherit the block.
     public static func install() {
         tessera_block_stop_signals()
         tessera_install_stop_handler()
     }
 
-    /// Default signal behaviour for commands that are not training runs: the main thread takes
-    /// the signal and the process ends as usual.
-    public static func restoreDefault() { tessera_unblock_stop_signals() }
 
     /// The stop signal received, or 0 (polled between steps; no handler runs).
     public static var pending: Int32 { tessera_stop_signal() }

@@ -9,10 +9,10 @@ struct Tessera: ParsableCommand {
         abstract: "Distributed GPT training on CPU clusters over MPI.",
         subcommands: [Prepare.self, Train.self, Generate.self, Ckpt.self, Export.self, Scaling.self, Bench.self])
 
-    /// Stop signals are held from program load for `train` (which checkpoints and exits 75
-    /// when one arrives); every other command gets the usual behaviour back.
+    /// `train` holds stop signals from the very start (it checkpoints and exits 75 when one
+    /// arrives); every other command keeps the usual behaviour.
     static func main() {
-        if CommandLine.arguments.dropFirst().first != "train" { Preemption.restoreDefault() }
+        if CommandLine.arguments.dropFirst().first == "train" { Preemption.install() }
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -42,17 +42,17 @@ final class FaultToleranceTests: XCTestCase {
     func testSigtermCheckpointsAndExitsResumable() throws {
         let data = try Repo.dataDirectory()
         let ref = try Repo.temporaryDirectory("ref"), out = try Repo.temporaryDirectory("term")
-        XCTAssertEqual(try mpirun(2, tinyArgs(data: data, out: ref, steps: 60)).status, 0)
-        let job = try start(Repo.launcher, ["-n", "2", "--"] + tinyArgs(data: data, out: out, steps: 60))
+        XCTAssertEqual(try mpirun(2, tinyArgs(data: data, out: ref, steps: 400)).status, 0)
+        let job = try start(Repo.launcher, ["-n", "2", "--"] + tinyArgs(data: data, out: out, steps: 400))
         try waitFor("training to start") { ((try? metrics(out))?.count ?? 0) >= 5 }
         kill(job.process.processIdentifier, SIGTERM)
         let r = job.finish()
         XCTAssertEqual(r.status, 75, r.stderr)
         let done = try losses(out).count
-        XCTAssertLessThan(done, 60)
+        XCTAssertLessThan(done, 400)
         XCTAssertEqual(latest(out), "step-" + String(format: "%08d", done), "checkpoint at the step it stopped")
         XCTAssertTrue(r.stdout.contains("stopped by signal"), r.stdout)
-        let resumed = try mpirun(2, ["train", "--out", out, "--resume", "latest", "--max-steps", "60"])
+        let resumed = try mpirun(2, ["train", "--out", out, "--resume", "latest", "--max-steps", "400"])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertEqual(try losses(out), try losses(ref))
         XCTAssertEqual(try modelParameters(out), try modelParameters(ref))

@@ -53,8 +53,6 @@ double tessera_sum_of_squares(const float *x, int64_t n);
 void tessera_block_stop_signals(void);
 /// Records stop signals that reach threads which do not block them.
 void tessera_install_stop_handler(void);
-/// Undoes the block in the calling thread (commands that are not training runs).
-void tessera_unblock_stop_signals(void);
 /// The stop signal that arrived (consumed from the pending set), or 0.
 int tessera_stop_signal(void);
 
