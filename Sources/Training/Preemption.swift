@@ -16,8 +16,7 @@ public enum Preemption {
         tessera_install_stop_handler()
     }
 
-
-    /// The stop signal received, or 0 (polled between steps; no handler runs).
+    /// The stop signal received, or 0 (polled between steps).
     public static var pending: Int32 { tessera_stop_signal() }
 }
 
