@@ -39,6 +39,21 @@ final class ShardedAdam {
     }
 
     var bytes: Int { m.byteCount + v.byteCount }
+
+    // MARK: State of the stages that replicate parameters (ZeRO-1 and ZeRO-2)
+
+    /// This rank's checkpoint pieces: its shard of the replicated `params` and its moments.
+    func replicatedPieces(params: UnsafePointer<Float>) -> [StatePiece] {
+        pieces(shard, params: params + shard.mine.lowerBound, m: m.pointer, v: v.pointer)
+    }
+
+    /// Reads the full parameter vector into `params` and this rank's shard of the moments.
+    func loadReplicated(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void,
+                        params: UnsafeMutablePointer<Float>) rethrows {
+        try read("params", 0..<shard.total, params)
+        try read("adam.m", shard.mine, m.pointer)
+        try read("adam.v", shard.mine, v.pointer)
+    }
 }
 
 /// Largest unit of a layout, in elements.

@@ -64,14 +64,10 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
                             optimizer: optimizer.bytes, working: w)
     }
 
-    public func statePieces() -> [StatePiece] {
-        pieces(shard, params: params.pointer + shard.mine.lowerBound, m: optimizer.m.pointer, v: optimizer.v.pointer)
-    }
+    public func statePieces() -> [StatePiece] { optimizer.replicatedPieces(params: params.pointer) }
 
     public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try read("params", 0..<layout.count, params.pointer)
-        try read("adam.m", shard.mine, optimizer.m.pointer)
-        try read("adam.v", shard.mine, optimizer.v.pointer)
+        try optimizer.loadReplicated(read, params: params.pointer)
     }
 
     public func loadParameters(from full: UnsafePointer<Float>) {
