@@ -189,6 +189,19 @@ public enum Layers {
         }
     }
 
+    /// Causal softmax backward in place over a T×T block: `grad` holds dP on entry and
+    /// `scale · P ⊙ (dP − rowsum(P ⊙ dP))` on exit, zero above the diagonal.
+    @inlinable static func causalSoftmaxBackwardRows(probs: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>,
+                                                     _ T: Int, scale: Float) {
+        for t in 0..<T {
+            let pr = probs + t * T, dr = grad + t * T
+            var dot: Float = 0
+            for j in 0...t { dot += pr[j] * dr[j] }
+            for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) * scale }
+            for j in (t + 1)..<max(T, t + 1) { dr[j] = 0 }
+        }
+    }
+
     /// Writes `dqkv` (B, T, 3C) from `dout` (B, T, C); `scratch` holds T×T floats.
     public static func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                                          qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
@@ -209,14 +222,7 @@ public enum Layers {
                            beta: 0, c: scratch, ldc: T)
                 Gemm.sgemm(.transpose, .none, m: T, n: hs, k: T, a: p, lda: T, b: dy, ldb: C,
                            beta: 0, c: dv, ldc: 3 * C)
-                // Softmax backward in place: dS = P ⊙ (dP − rowsum(P ⊙ dP)).
-                for t in 0..<T {
-                    let pr = p + t * T, dr = scratch + t * T
-                    var dot: Float = 0
-                    for j in 0...t { dot += pr[j] * dr[j] }
-                    for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) }
-                    for j in (t + 1)..<max(T, t + 1) { dr[j] = 0 }
-                }
+                causalSoftmaxBackwardRows(probs: p, grad: scratch, T, scale: 1)
                 // dQ = dS · K · scale ; dK = dSᵀ · Q · scale
                 Gemm.sgemm(.none, .none, m: T, n: hs, k: T, alpha: scale, a: scratch, lda: T,
                            b: k, ldb: 3 * C, beta: 0, c: dq, ldc: 3 * C)

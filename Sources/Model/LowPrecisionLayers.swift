@@ -72,13 +72,7 @@ extension Layers {
                 Gemm.lowGemm(p, .none, .transpose, m: T, n: T, k: hs, a: dy, lda: C, b: v, ldb: 3 * C, c: scores, ldc: T)
                 Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: probs, lda: T, b: dy, ldb: C, c: dq + 2 * C, ldc: 3 * C)
                 p.widen(probs, into: probs32, T * T)
-                for t in 0..<T {
-                    let pr = probs32 + t * T, dr = scores + t * T
-                    var dot: Float = 0
-                    for j in 0...t { dot += pr[j] * dr[j] }
-                    for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) * scale }
-                    for j in (t + 1)..<max(T, t + 1) { dr[j] = 0 }
-                }
+                causalSoftmaxBackwardRows(probs: probs32, grad: scores, T, scale: scale)
                 p.narrow(scores, into: scoresLow, T * T)
                 Gemm.lowGemm(p, .none, .none, m: T, n: hs, k: T, a: scoresLow, lda: T, b: k, ldb: 3 * C, c: dq, ldc: 3 * C)
                 Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: scoresLow, lda: T, b: q, ldb: 3 * C, c: dq + C, ldc: 3 * C)

@@ -90,10 +90,15 @@ final class UnitGradientReducer {
         for slot in 0..<pending.count { try? complete(slot, wait: false) }
     }
 
-    /// Waits for every reduction of the micro-step.
-    func finish() throws(CommError) {
+    /// Waits for every reduction of the micro-step, adding the time waited to `seconds`.
+    func finish(seconds: inout Double) throws(CommError) {
+        let t0 = MPIClock.now()
         for slot in 0..<pending.count { try complete(slot, wait: true) }
+        seconds += MPIClock.now() - t0
     }
+
+    /// Whether this rank's reduced gradient is finite.
+    var shardFinite: Bool { Vector.allFinite(gradShard.pointer, shard.mine.count) }
 
     private func complete(_ slot: Int, wait: Bool) throws(CommError) {
         guard let p = pending[slot] else { return }

@@ -126,16 +126,14 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
 
     public func finishGradients() throws(CommError) {
         backwardPass = false
-        let t0 = MPIClock.now()
-        try reducer.finish()
-        commWaitSeconds += MPIClock.now() - t0
+        try reducer.finish(seconds: &commWaitSeconds)
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
         try optimizer.globalNormSquared(gradShard: reducer.gradShard.pointer, comm: comm)
     }
 
-    public func localGradientsFinite() -> Bool { Vector.allFinite(reducer.gradShard.pointer, shard.mine.count) }
+    public func localGradientsFinite() -> Bool { reducer.shardFinite }
     public func poisonGradientForTesting() { reducer.gradShard[0] = .infinity }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
