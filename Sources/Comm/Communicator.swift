@@ -77,6 +77,8 @@ public protocol Communicator: AnyObject {
     var context: String { get set }
     /// Elements this rank has sent since the counter was last reset.
     var sentElements: Int { get set }
+    /// Bytes this rank has sent since the counter was last reset (elements × element size).
+    var sentBytes: Int { get set }
 
     /// Starts an in-place all-reduce of `count` elements.
     func startAllReduce(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, op: ReduceOp,

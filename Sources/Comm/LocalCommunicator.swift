@@ -7,6 +7,7 @@ public final class LocalCommunicator: Communicator {
     public var timeoutSeconds: Double = 300
     public var context: String = ""
     public var sentElements = 0
+    public var sentBytes = 0
 
     /// Creates the single-rank world.
     public init() {}

@@ -18,6 +18,7 @@ public final class MPICommunicator: Communicator {
     public var timeoutSeconds: Double = 300
     public var context: String = "start-up"
     public var sentElements = 0
+    public var sentBytes = 0
     private let world: MPI_Comm
 
     private final class Box { var request: MPI_Request?; init(_ r: MPI_Request?) { request = r } }
@@ -77,7 +78,7 @@ public final class MPICommunicator: Communicator {
         return op!
     }
 
-    private func request(_ label: String, sent: Int, _ start: (UnsafeMutablePointer<MPI_Request?>) -> Int32) -> CommRequest {
+    private func request(_ label: String, sent: Int, dtype: CommDType, _ start: (UnsafeMutablePointer<MPI_Request?>) -> Int32) -> CommRequest {
         var r: MPI_Request? = tessera_mpi_request_null()
         let rc = start(&r)
         if rc != MPI_SUCCESS {
@@ -85,6 +86,7 @@ public final class MPICommunicator: Communicator {
             abort(code: 1)
         }
         sentElements += sent
+        sentBytes += sent * dtype.size
         return CommRequest(label: label, sentElements: sent, handle: Box(r), done: false)
     }
 
@@ -92,14 +94,14 @@ public final class MPICommunicator: Communicator {
     // all-reduce = reduce-scatter + all-gather = 2·n·(N−1)/N.
     public func startAllReduce(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, op: ReduceOp,
                                label: String) -> CommRequest {
-        request(label, sent: 2 * count * (size - 1) / size) {
+        request(label, sent: 2 * count * (size - 1) / size, dtype: dtype) {
             MPI_Iallreduce(tessera_mpi_in_place(), buffer, Int32(count), Self.type(dtype), self.op(op, dtype), world, $0)
         }
     }
 
     public func startReduceScatter(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
                                    dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
-        request(label, sent: countPerRank * (size - 1)) {
+        request(label, sent: countPerRank * (size - 1), dtype: dtype) {
             MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), Self.type(dtype), self.op(op, dtype), world, $0)
         }
     }
@@ -108,7 +110,7 @@ public final class MPICommunicator: Communicator {
                                dtype: CommDType, label: String) -> CommRequest {
         // A send block already at this rank's place in `recv` is gathered in place.
         let inPlace = send == UnsafeRawPointer(recv + rank * countPerRank * dtype.size)
-        return request(label, sent: countPerRank * (size - 1)) {
+        return request(label, sent: countPerRank * (size - 1), dtype: dtype) {
             MPI_Iallgather(inPlace ? UnsafeRawPointer(tessera_mpi_in_place()) : send, Int32(countPerRank),
                            Self.type(dtype), recv, Int32(countPerRank), Self.type(dtype), world, $0)
         }
@@ -118,7 +120,7 @@ public final class MPICommunicator: Communicator {
                                     dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
         let box = Counts(counts)
         let total = counts.reduce(0, +)
-        let r = request(label, sent: total * (size - 1) / size) {
+        let r = request(label, sent: total * (size - 1) / size, dtype: dtype) {
             MPI_Ireduce_scatter(send, recv, box.counts, Self.type(dtype), self.op(op, dtype), world, $0)
         }
         r.keepAlive = box
@@ -129,7 +131,7 @@ public final class MPICommunicator: Communicator {
                                 dtype: CommDType, label: String) -> CommRequest {
         let box = Counts(counts)
         let total = counts.reduce(0, +)
-        let r = request(label, sent: total * (size - 1) / size) {
+        let r = request(label, sent: total * (size - 1) / size, dtype: dtype) {
             MPI_Iallgatherv(send, Int32(counts[rank]), Self.type(dtype), recv, box.counts, box.displacements,
                             Self.type(dtype), world, $0)
         }
@@ -151,13 +153,13 @@ public final class MPICommunicator: Communicator {
 
     public func startBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, root: Int,
                                label: String) -> CommRequest {
-        request(label, sent: rank == root ? count : 0) {
+        request(label, sent: rank == root ? count : 0, dtype: dtype) {
             MPI_Ibcast(buffer, Int32(count), Self.type(dtype), Int32(root), world, $0)
         }
     }
 
     public func startBarrier(label: String) -> CommRequest {
-        request(label, sent: 0) { MPI_Ibarrier(world, $0) }
+        request(label, sent: 0, dtype: .byte) { MPI_Ibarrier(world, $0) }
     }
 
     public func test(_ request: CommRequest) -> Bool {

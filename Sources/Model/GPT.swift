@@ -19,8 +19,12 @@ public final class GPT {
     public private(set) var activations: Activations?
     /// Activation storage of bf16/fp16 models.
     public private(set) var lowActivations: LowPrecisionActivations?
-    /// 16-bit copies of the weights being computed with (one block unit; the tied embedding).
+    /// 16-bit compute copies of the parameters being used (one block or final unit; the
+    /// embedding unit, whose `wte` is also the tied LM head), when the provider has none.
     var lowBlock = HalfBuffer(count: 0), lowEmbedding = HalfBuffer(count: 0)
+    /// The compute copy's LayerNorm and bias vectors widened to fp32 (bf16/fp16 models).
+    lazy var blockVectors = RoundedVectors(layout: layout, unit: layout.blockUnit(0))
+    lazy var finalVectors = RoundedVectors(layout: layout, unit: layout.finalUnit)
 
     private var lastB = 0, lastT = 0
     private var tokens: UnsafeMutablePointer<Int32>
@@ -34,7 +38,7 @@ public final class GPT {
         self.layout = ParameterLayout(config)
         if precision.isLow {
             lowBlock = HalfBuffer(count: layout.units[1...].map(\.count).max() ?? 0)
-            lowEmbedding = HalfBuffer(count: config.vocabSize * config.nEmbd)
+            lowEmbedding = HalfBuffer(count: layout.units[0].count)
         }
         tokens = .allocate(capacity: 1)
         targets = .allocate(capacity: 1)

@@ -80,3 +80,21 @@ extension Layers {
         }
     }
 }
+
+extension Layers {
+    /// `out[b,t] = wte[token] + wpe[t]` from the 16-bit compute copy of the embeddings.
+    public static func lowEmbeddingForward(_ p: Precision, out: UnsafeMutablePointer<Float>, tokens: UnsafePointer<Int32>,
+                                           wte: UnsafePointer<UInt16>, wpe: UnsafePointer<UInt16>, B: Int, T: Int, C: Int) {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: C) { row in
+            let position = row.baseAddress!
+            for t in 0..<T {
+                p.widen(wpe + t * C, into: position, C)
+                for b in 0..<B {
+                    let o = out + (b * T + t) * C
+                    p.widen(wte + Int(tokens[b * T + t]) * C, into: o, C)
+                    for i in 0..<C { o[i] += position[i] }
+                }
+            }
+        }
+    }
+}

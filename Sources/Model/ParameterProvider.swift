@@ -1,3 +1,5 @@
+import Kernels
+
 // MARK: - ParameterProvider
 
 /// How the model reaches its parameters and gradients, one unit at a time.
@@ -18,10 +20,16 @@ public protocol ParameterProvider: AnyObject {
     func gradientsProduced(unit: Int)
     /// Backward of the current micro-batch is starting (units are now visited last to first).
     func beginBackward()
+    /// `unit`'s parameters already rounded to the 16-bit format `precision`, when the provider
+    /// holds that compute copy itself (ZeRO-3 gathers it instead of the fp32 values); `nil`
+    /// when the model should narrow `acquireParameters(unit:)` on its own. Released, like the
+    /// fp32 form, by `releaseParameters(unit:)`.
+    func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>?
 }
 
 extension ParameterProvider {
     public func beginBackward() {}
+    public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? { nil }
 }
 
 /// Full, resident parameter and gradient buffers: single process and DDP.

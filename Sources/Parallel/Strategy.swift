@@ -66,13 +66,14 @@ public func decayMask(for layout: ParameterLayout) -> DecayMask {
     DecayMask(layout.tensors.map { ($0.offset..<($0.offset + $0.count), $0.decays) })
 }
 
-/// The strategy for a ZeRO stage (0 = DDP); `reduce` is the format gradients travel in.
+/// The strategy for a ZeRO stage (0 = DDP); `reduce` is the format gradients travel in,
+/// `compute` the model's (ZeRO-3 gathers parameters in it).
 public func makeStrategy(stage: Int, layout: ParameterLayout, comm: Communicator, adam: AdamW,
-                         bucketBytes: Int, reduce: Precision = .fp32) -> TrainingStrategy {
+                         bucketBytes: Int, reduce: Precision = .fp32, compute: Precision = .fp32) -> TrainingStrategy {
     switch stage {
     case 1: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
     case 2: return ZeRO2(layout: layout, comm: comm, adam: adam, reduce: reduce)
-    case 3: return ZeRO3(layout: layout, comm: comm, adam: adam, reduce: reduce)
+    case 3: return ZeRO3(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
     default: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
     }
 }

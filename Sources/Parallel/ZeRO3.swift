@@ -13,6 +13,11 @@ import Optim
 /// gathered until the next optimizer step, because the tied LM head needs it right after the
 /// forward pass and again at the start of backward. Gradients go through the same per-unit
 /// reduce-scatter as stage 2.
+///
+/// Under bf16/fp16 the rank also keeps its shard of the 16-bit compute copy, narrowed after
+/// every optimizer step and load, and gathers that instead of the fp32 values (FSDP's
+/// `param_dtype`): half the gather traffic and half the gathered buffers. The model then
+/// takes units through `acquireLowParameters` and never sees fp32 weights.
 public final class ZeRO3: TrainingStrategy, ParameterProvider {
     let layout: ParameterLayout
     let comm: Communicator
@@ -21,9 +26,13 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
     /// This rank's parameters (`shardSize` slots).
     let paramShard: FloatBuffer
     let reducer: UnitGradientReducer
-    private let embedding: FloatBuffer
+    /// The format parameters travel and are gathered in: fp32, or the 16-bit compute format.
+    let gatherPrecision: Precision
+    // Gathered units live in the fp32 buffers or in the 16-bit ones, never both (the other
+    // set is empty).
+    private let wideEmbedding: FloatBuffer, wideSlots: [FloatBuffer]
+    private let lowShard: HalfBuffer, lowEmbedding: HalfBuffer, lowSlots: [HalfBuffer]
     private var embeddingResident = false
-    private let slots: [FloatBuffer]
     private var slotUnit: [Int?] = [nil, nil]        // unit gathered (or gathering) in each slot
     private var gathers: [CommRequest?] = [nil, nil]
     private var backwardPass = false
@@ -31,15 +40,22 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
     public var commWaitSeconds: Double = 0
     public var provider: ParameterProvider { self }
 
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32) {
+    /// `compute` is the model's precision: a 16-bit one makes the rank gather its compute copy.
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32,
+                compute: Precision = .fp32) {
         self.layout = layout; self.comm = comm
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
         paramShard = FloatBuffer(count: shard.shardSize)
         reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
-        embedding = FloatBuffer(count: layout.units[0].count)
-        let big = largestUnit(layout.units, from: 1)
-        slots = [FloatBuffer(count: big), FloatBuffer(count: big)]
+        gatherPrecision = compute
+        let big = largestUnit(layout.units, from: 1), u0 = layout.units[0].count
+        let wide = compute.isLow ? 0 : 1, low = 1 - wide
+        wideEmbedding = FloatBuffer(count: wide * u0)
+        wideSlots = [FloatBuffer(count: wide * big), FloatBuffer(count: wide * big)]
+        lowShard = HalfBuffer(count: low * shard.shardSize)
+        lowEmbedding = HalfBuffer(count: low * u0)
+        lowSlots = [HalfBuffer(count: low * big), HalfBuffer(count: low * big)]
     }
 
     /// Takes this rank's shard from a full parameter vector (initialisation, loading).
@@ -51,23 +67,40 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
         try read("params", shard.mine, paramShard.pointer)
         try read("adam.m", shard.mine, optimizer.m.pointer)
         try read("adam.v", shard.mine, optimizer.v.pointer)
-        embeddingResident = false
+        parametersChanged()
     }
 
     public func loadParameters(from full: UnsafePointer<Float>) {
         let mine = shard.mine
         paramShard.pointer.update(from: full + mine.lowerBound, count: mine.count)
+        parametersChanged()
+    }
+
+    /// Re-derives everything computed from the parameter shard: the 16-bit compute copy, and
+    /// the embedding unit kept gathered across a step.
+    private func parametersChanged() {
+        if gatherPrecision.isLow { gatherPrecision.narrow(paramShard.pointer, into: lowShard.pointer, shard.shardSize) }
         embeddingResident = false
     }
 
     // MARK: Gathering
 
-    private func startGather(_ unit: Int, into buffer: UnsafeMutablePointer<Float>) -> CommRequest {
+    private var embeddingBuffer: UnsafeMutableRawPointer {
+        gatherPrecision.isLow ? UnsafeMutableRawPointer(lowEmbedding.pointer) : UnsafeMutableRawPointer(wideEmbedding.pointer)
+    }
+
+    private func slot(_ s: Int) -> UnsafeMutableRawPointer {
+        gatherPrecision.isLow ? UnsafeMutableRawPointer(lowSlots[s].pointer) : UnsafeMutableRawPointer(wideSlots[s].pointer)
+    }
+
+    private func startGather(_ unit: Int, into buffer: UnsafeMutableRawPointer) -> CommRequest {
         let range = layout.units[unit]
-        let part = shard.myPart(of: range)
-        return comm.startAllGatherV(send: UnsafeRawPointer(paramShard.pointer + (part.lowerBound - shard.mine.lowerBound)),
-                                    recv: UnsafeMutableRawPointer(buffer), counts: shard.pieces(of: range),
-                                    dtype: .float32, label: "all-gather of unit \(unit) parameters")
+        let offset = shard.myPart(of: range).lowerBound - shard.mine.lowerBound
+        let low = gatherPrecision.isLow
+        let send = low ? UnsafeRawPointer(lowShard.pointer + offset) : UnsafeRawPointer(paramShard.pointer + offset)
+        return comm.startAllGatherV(send: send, recv: buffer, counts: shard.pieces(of: range),
+                                    dtype: low ? gatherPrecision.commDType : .float32,
+                                    label: "all-gather of unit \(unit) parameters")
     }
 
     private func wait(_ r: CommRequest) {
@@ -80,29 +113,40 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
         guard unit >= 1, unit < layout.units.count, !slotUnit.contains(unit),
               let free = slotUnit.firstIndex(where: { $0 == nil }) else { return }
         slotUnit[free] = unit
-        gathers[free] = startGather(unit, into: slots[free].pointer)
+        gathers[free] = startGather(unit, into: slot(free))
     }
 
     // MARK: ParameterProvider
 
     public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> {
+        precondition(!gatherPrecision.isLow, "ZeRO-3 gathers the \(gatherPrecision) compute copy; use acquireLowParameters")
+        return acquire(unit: unit).assumingMemoryBound(to: Float.self)
+    }
+
+    public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? {
+        guard gatherPrecision.isLow else { return nil }
+        precondition(precision == gatherPrecision, "model computes in \(precision), ZeRO-3 gathers \(gatherPrecision)")
+        return acquire(unit: unit).assumingMemoryBound(to: UInt16.self)
+    }
+
+    private func acquire(unit: Int) -> UnsafeMutableRawPointer {
         reducer.progress()
         defer { lastAcquired = unit }
         if unit == 0 {
             if !embeddingResident {
-                wait(startGather(0, into: embedding.pointer))
+                wait(startGather(0, into: embeddingBuffer))
                 embeddingResident = true
             }
             // Forward's embedding lookup is followed by block 0; the LM head (acquired right
             // after the final unit) is followed by backward or the next forward.
             if !backwardPass && lastAcquired != layout.finalUnit { prefetch(1) }
-            return embedding.pointer
+            return embeddingBuffer
         }
         if !slotUnit.contains(unit) { prefetch(unit) }
         let s = slotUnit.firstIndex(of: unit)!
         if let g = gathers[s] { wait(g); gathers[s] = nil }
         prefetch(backwardPass ? unit - 1 : unit + 1)
-        return slots[s].pointer
+        return slot(s)
     }
 
     public func releaseParameters(unit: Int) {
@@ -138,13 +182,15 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
         optimizer.update(params: paramShard.pointer, grads: reducer.gradShard.pointer, step: step, lr: lr, clip: clip)
-        embeddingResident = false
+        parametersChanged()
     }
 
     public var memory: MemoryReport {
         var w = reducer.workingBytes
-        w["gathered embedding unit"] = embedding.byteCount
-        w["gathered unit buffers (current + prefetch)"] = slots.reduce(0) { $0 + $1.byteCount }
+        if gatherPrecision.isLow { w["16-bit parameter shard (compute copy)"] = lowShard.byteCount }
+        w["gathered embedding unit"] = wideEmbedding.byteCount + lowEmbedding.byteCount
+        w["gathered unit buffers (current + prefetch)"] = wideSlots.reduce(0) { $0 + $1.byteCount }
+            + lowSlots.reduce(0) { $0 + $1.byteCount }
         return MemoryReport(parameters: paramShard.byteCount, gradients: reducer.gradShard.byteCount,
                             optimizer: optimizer.bytes, working: w)
     }

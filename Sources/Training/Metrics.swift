@@ -19,6 +19,8 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     public var world_size: Int
     public var params: Int
     public var sent_elements: Int
+    /// Bytes sent by this rank (elements times their wire size: 2 for bf16/fp16).
+    public var sent_bytes: Int
     /// fp16 only: the loss scale used this step, and whether the update was skipped.
     public var loss_scale: Double?
     public var skipped: Bool?

@@ -77,7 +77,8 @@ public final class Trainer {
                          weightDecay: Float(config.weightDecay))
         strategy = makeStrategy(stage: config.zero, layout: model.layout, comm: comm, adam: adam,
                                 bucketBytes: Int(config.bucketMB * 1_048_576),
-                                reduce: Kernels.Precision(rawValue: config.effectiveReduceDtype) ?? .fp32)
+                                reduce: Kernels.Precision(rawValue: config.effectiveReduceDtype) ?? .fp32,
+                                compute: model.precision)
         let initial = FloatBuffer(count: model.layout.count)
         GPT.initialize(initial.pointer, layout: model.layout, config: gpt, seed: config.seed)
         // Like PyTorch DDP, start every replica from rank 0's parameters.
@@ -202,6 +203,7 @@ public final class Trainer {
         strategy.beginStep()
         strategy.commWaitSeconds = 0
         comm.sentElements = 0
+        comm.sentBytes = 0
         var lossSum = 0.0
         var fwd = 0.0, bwd = 0.0
         var i = 0
@@ -248,6 +250,7 @@ public final class Trainer {
                            ms_forward: fwd * 1000, ms_backward: bwd * 1000,
                            ms_comm_wait: strategy.commWaitSeconds * 1000, ms_optimizer: (t1 - o0) * 1000,
                            world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements,
+                           sent_bytes: comm.sentBytes,
                            loss_scale: scaler.map { _ in scale }, skipped: skipped)
     }
 

@@ -106,6 +106,11 @@ func metrics(_ runDir: String) throws -> [[String: Any]] {
     }
 }
 
+/// A run's memory.json (rank 0's bytes by kind).
+func memoryFile(_ runDir: String) throws -> [String: Any] {
+    try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: runDir + "/memory.json"))) as! [String: Any]
+}
+
 func losses(_ runDir: String) throws -> [Double] { try metrics(runDir).map { $0["loss"] as! Double } }
 
 /// The fp32 parameters of a run's model.bin (after the header).

@@ -7,10 +7,6 @@ final class ZeROTests: XCTestCase {
         tinyArgs(data: data, out: out) + ["--batch-size", "10", "--zero", "\(zero)"]
     }
 
-    func memoryFile(_ out: String) throws -> [String: Any] {
-        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/memory.json"))) as! [String: Any]
-    }
-
     func testStagesMatchDDPAndFormulas() throws {
         let data = try Repo.dataDirectory()
         for n in 1...4 {
