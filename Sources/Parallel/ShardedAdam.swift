@@ -40,17 +40,15 @@ final class ShardedAdam {
 
     var bytes: Int { m.byteCount + v.byteCount }
 
-    // MARK: State of the stages that replicate parameters (ZeRO-1 and ZeRO-2)
+    // MARK: Checkpoint state
 
-    /// This rank's checkpoint pieces: its shard of the replicated `params` and its moments.
-    func replicatedPieces(params: UnsafePointer<Float>) -> [StatePiece] {
-        pieces(shard, params: params + shard.mine.lowerBound, m: m.pointer, v: v.pointer)
+    /// This rank's checkpoint pieces, given the fp32 values of its parameter shard.
+    func statePieces(paramShard: UnsafePointer<Float>) -> [StatePiece] {
+        pieces(shard, params: paramShard, m: m.pointer, v: v.pointer)
     }
 
-    /// Reads the full parameter vector into `params` and this rank's shard of the moments.
-    func loadReplicated(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void,
-                        params: UnsafeMutablePointer<Float>) rethrows {
-        try read("params", 0..<shard.total, params)
+    /// Reads this rank's shard of the moments.
+    func loadMoments(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
         try read("adam.m", shard.mine, m.pointer)
         try read("adam.v", shard.mine, v.pointer)
     }

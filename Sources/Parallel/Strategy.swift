@@ -67,12 +67,13 @@ public func decayMask(for layout: ParameterLayout) -> DecayMask {
 }
 
 /// The strategy for a ZeRO stage (0 = DDP); `reduce` is the format gradients travel in,
-/// `compute` the model's (ZeRO-3 gathers parameters in it).
+/// `compute` the model's (ZeRO stages replicate or gather parameters in it).
 public func makeStrategy(stage: Int, layout: ParameterLayout, comm: Communicator, adam: AdamW,
                          bucketBytes: Int, reduce: Precision = .fp32, compute: Precision = .fp32) -> TrainingStrategy {
     switch stage {
-    case 1: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
-    case 2: return ZeRO2(layout: layout, comm: comm, adam: adam, reduce: reduce)
+    case 1: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
+                         compute: compute)
+    case 2: return ZeRO2(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
     case 3: return ZeRO3(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
     default: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
     }
@@ -95,4 +96,19 @@ func pieces(_ shard: ShardLayout, params: UnsafePointer<Float>, m: UnsafePointer
     return [StatePiece(name: "params", start: r.lowerBound, count: r.count, pointer: params),
             StatePiece(name: "adam.m", start: r.lowerBound, count: r.count, pointer: m),
             StatePiece(name: "adam.v", start: r.lowerBound, count: r.count, pointer: v)]
+}
+
+/// The full fp32 vector from every rank's `shardSize` values (collective; allocates a padded
+/// buffer, so only for saving and evaluation, not per step).
+func gatherShards(_ values: UnsafePointer<Float>, shard: ShardLayout, comm: Communicator,
+                  into out: UnsafeMutablePointer<Float>) throws(CommError) {
+    let full = FloatBuffer(count: shard.padded)
+    let mine = full.pointer + shard.rank * shard.shardSize
+    mine.update(from: values, count: shard.shardSize)
+    if comm.size > 1 {
+        try comm.wait(comm.startAllGather(send: UnsafeRawPointer(mine), recv: UnsafeMutableRawPointer(full.pointer),
+                                          countPerRank: shard.shardSize, dtype: .float32,
+                                          label: "all-gather of parameters for saving"))
+    }
+    out.update(from: full.pointer, count: shard.total)
 }

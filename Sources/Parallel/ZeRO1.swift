@@ -12,17 +12,16 @@ import Optim
 /// micro-steps); on the last micro-step each bucket is reduce-scattered as soon as backward
 /// finishes it, so a rank receives the summed gradient of exactly its shard. It updates that
 /// shard, and an all-gather brings every rank the new parameters: 2Ψ(N−1)/N elements sent,
-/// the same as DDP's all-reduce.
-public final class ZeRO1: TrainingStrategy {
+/// the same as DDP's all-reduce. Under bf16/fp16 the replicated parameters are the 16-bit
+/// compute copy and the fp32 master values are sharded (see `ReplicatedParameters`).
+public final class ZeRO1: TrainingStrategy, ParameterProvider {
     let layout: ParameterLayout
     let comm: Communicator
     let shard: ShardLayout
     let optimizer: ShardedAdam
-    /// Full parameters (padded to `ranks × shardSize` for the all-gather) and gradients.
-    let params: FloatBuffer, grads: FloatBuffer
-    /// This rank's reduced gradient.
-    let gradShard: FloatBuffer
-    let flat: FlatParameters
+    let replica: ReplicatedParameters
+    /// Full fp32 gradients (accumulated over micro-steps) and this rank's reduced shard.
+    let grads: FloatBuffer, gradShard: FloatBuffer
     let buckets: [Range<Int>], bucketFirstUnit: [Int]
     let reduce: Precision
     /// 16-bit staging of the gradients and of this rank's reduced shard.
@@ -30,22 +29,36 @@ public final class ZeRO1: TrainingStrategy {
     private var inFlight: [CommRequest] = []
     private var isLastMicroStep = true
     public var commWaitSeconds: Double = 0
-    public var provider: ParameterProvider { flat }
+    public var provider: ParameterProvider { self }
 
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32) {
+    /// `compute` is the model's precision: a 16-bit one replicates the 16-bit compute copy.
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32,
+                compute: Precision = .fp32) {
         self.layout = layout; self.comm = comm
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
         self.reduce = reduce
         lowGrads = reduce.isLow ? HalfBuffer(count: layout.count) : nil
         lowShard = reduce.isLow ? HalfBuffer(count: shard.shardSize) : nil
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
-        params = FloatBuffer(count: shard.padded)
+        replica = ReplicatedParameters(shard: shard, precision: compute)
         grads = FloatBuffer(count: layout.count)
         gradShard = FloatBuffer(count: shard.shardSize)
-        flat = FlatParameters(layout: layout, parameters: params.pointer, gradients: grads.pointer)
         (buckets, bucketFirstUnit) = DataParallel.makeBuckets(layout: layout, bucketBytes: bucketBytes)
-        flat.onGradientsProduced = { [unowned self] unit in self.unitDone(unit) }
     }
+
+    // MARK: ParameterProvider
+
+    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> {
+        replica.wideParameters(at: layout.units[unit].lowerBound)
+    }
+    public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? {
+        replica.lowParameters(at: layout.units[unit].lowerBound, precision: precision)
+    }
+    public func releaseParameters(unit: Int) {}
+    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> { grads.pointer + layout.units[unit].lowerBound }
+    public func gradientsProduced(unit: Int) { unitDone(unit) }
+
+    // MARK: TrainingStrategy
 
     public func beginStep() { grads.zero() }
     public func beginMicroStep(isLast: Bool) { isLastMicroStep = isLast }
@@ -86,41 +99,28 @@ public final class ZeRO1: TrainingStrategy {
     public func poisonGradientForTesting() { gradShard[0] = .infinity }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
-        optimizer.update(params: params.pointer + shard.mine.lowerBound, grads: gradShard.pointer,
-                         step: step, lr: lr, clip: clip)
-        try allGatherParameters(comm: comm, shard: shard, params: params.pointer, seconds: &commWaitSeconds)
+        optimizer.update(params: replica.masterShard, grads: gradShard.pointer, step: step, lr: lr, clip: clip)
+        try replica.allGather(comm: comm, seconds: &commWaitSeconds)
     }
 
     public var memory: MemoryReport {
-        MemoryReport(parameters: 4 * layout.count, gradients: grads.byteCount, optimizer: optimizer.bytes,
-                     working: ["parameter padding": 4 * (shard.padded - layout.count),
+        MemoryReport(parameters: replica.replicaBytes, gradients: grads.byteCount,
+                     optimizer: optimizer.bytes + replica.masterBytes,
+                     working: ["parameter padding": replica.paddingBytes,
                                "gradient shard (reduce-scatter target)": gradShard.byteCount,
                                "16-bit gradient staging": (lowGrads?.byteCount ?? 0) + (lowShard?.byteCount ?? 0)])
     }
 
-    public func statePieces() -> [StatePiece] { optimizer.replicatedPieces(params: params.pointer) }
+    public func statePieces() -> [StatePiece] { optimizer.statePieces(paramShard: replica.masterShard) }
 
     public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try optimizer.loadReplicated(read, params: params.pointer)
+        try replica.load(read, chunk: largestUnit(layout.units, from: 0))
+        try optimizer.loadMoments(read)
     }
 
-    public func loadParameters(from full: UnsafePointer<Float>) {
-        params.pointer.update(from: full, count: layout.count)
-    }
+    public func loadParameters(from full: UnsafePointer<Float>) { replica.load(from: full) }
 
     public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
-        out.update(from: params.pointer, count: layout.count)
+        try replica.gather(into: out, comm: comm)
     }
-}
-
-/// In-place all-gather of a padded, replicated parameter buffer from each rank's shard.
-func allGatherParameters(comm: Communicator, shard: ShardLayout, params: UnsafeMutablePointer<Float>,
-                         seconds: inout Double) throws(CommError) {
-    guard comm.size > 1 else { return }
-    let t0 = MPIClock.now()
-    let mineStart = UnsafeRawPointer(params + comm.rank * shard.shardSize)
-    try comm.wait(comm.startAllGather(send: mineStart, recv: UnsafeMutableRawPointer(params),
-                                      countPerRank: shard.shardSize, dtype: .float32,
-                                      label: "all-gather of updated parameters"))
-    seconds += MPIClock.now() - t0
 }

@@ -8,26 +8,35 @@ import Optim
 /// Optimizer-state and gradient sharding: full parameters on every rank; gradients exist in
 /// full only one unit at a time (see `UnitGradientReducer`); each rank keeps the reduced
 /// gradient and AdamW moments of its shard, updates it, and all-gathers the parameters.
+/// Under bf16/fp16 the replicated parameters are the 16-bit compute copy and the fp32 master
+/// values are sharded (see `ReplicatedParameters`).
 public final class ZeRO2: TrainingStrategy, ParameterProvider {
     let layout: ParameterLayout
     let comm: Communicator
     let shard: ShardLayout
     let optimizer: ShardedAdam
-    let params: FloatBuffer
+    let replica: ReplicatedParameters
     let reducer: UnitGradientReducer
     public var commWaitSeconds: Double = 0
     public var provider: ParameterProvider { self }
 
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32) {
+    /// `compute` is the model's precision: a 16-bit one replicates the 16-bit compute copy.
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32,
+                compute: Precision = .fp32) {
         self.layout = layout; self.comm = comm
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
-        params = FloatBuffer(count: shard.padded)
+        replica = ReplicatedParameters(shard: shard, precision: compute)
         reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
     }
 
     // MARK: ParameterProvider
-    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> { params.pointer + layout.units[unit].lowerBound }
+    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> {
+        replica.wideParameters(at: layout.units[unit].lowerBound)
+    }
+    public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? {
+        replica.lowParameters(at: layout.units[unit].lowerBound, precision: precision)
+    }
     public func releaseParameters(unit: Int) {}
     public func gradients(unit: Int) -> UnsafeMutablePointer<Float> {
         do { return try reducer.buffer(for: unit) } catch { abortJob(comm, error) }
@@ -50,30 +59,28 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
     public func poisonGradientForTesting() { reducer.gradShard[0] = .infinity }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
-        optimizer.update(params: params.pointer + shard.mine.lowerBound, grads: reducer.gradShard.pointer,
-                         step: step, lr: lr, clip: clip)
-        try allGatherParameters(comm: comm, shard: shard, params: params.pointer, seconds: &commWaitSeconds)
+        optimizer.update(params: replica.masterShard, grads: reducer.gradShard.pointer, step: step, lr: lr, clip: clip)
+        try replica.allGather(comm: comm, seconds: &commWaitSeconds)
     }
 
     public var memory: MemoryReport {
         var w = reducer.workingBytes
-        w["parameter padding"] = 4 * (shard.padded - layout.count)
-        return MemoryReport(parameters: 4 * layout.count, gradients: reducer.gradShard.byteCount,
-                            optimizer: optimizer.bytes, working: w)
+        w["parameter padding"] = replica.paddingBytes
+        return MemoryReport(parameters: replica.replicaBytes, gradients: reducer.gradShard.byteCount,
+                            optimizer: optimizer.bytes + replica.masterBytes, working: w)
     }
 
-    public func statePieces() -> [StatePiece] { optimizer.replicatedPieces(params: params.pointer) }
+    public func statePieces() -> [StatePiece] { optimizer.statePieces(paramShard: replica.masterShard) }
 
     public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try optimizer.loadReplicated(read, params: params.pointer)
+        try replica.load(read, chunk: largestUnit(layout.units, from: 0))
+        try optimizer.loadMoments(read)
     }
 
-    public func loadParameters(from full: UnsafePointer<Float>) {
-        params.pointer.update(from: full, count: layout.count)
-    }
+    public func loadParameters(from full: UnsafePointer<Float>) { replica.load(from: full) }
 
     public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
-        out.update(from: params.pointer, count: layout.count)
+        try replica.gather(into: out, comm: comm)
     }
 }
 

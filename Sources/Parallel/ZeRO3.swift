@@ -60,13 +60,12 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
 
     /// Takes this rank's shard from a full parameter vector (initialisation, loading).
     public func statePieces() -> [StatePiece] {
-        pieces(shard, params: paramShard.pointer, m: optimizer.m.pointer, v: optimizer.v.pointer)
+        optimizer.statePieces(paramShard: paramShard.pointer)
     }
 
     public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
         try read("params", shard.mine, paramShard.pointer)
-        try read("adam.m", shard.mine, optimizer.m.pointer)
-        try read("adam.v", shard.mine, optimizer.v.pointer)
+        try optimizer.loadMoments(read)
         parametersChanged()
     }
 
@@ -187,19 +186,18 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
 
     public var memory: MemoryReport {
         var w = reducer.workingBytes
-        if gatherPrecision.isLow { w["16-bit parameter shard (compute copy)"] = lowShard.byteCount }
         w["gathered embedding unit"] = wideEmbedding.byteCount + lowEmbedding.byteCount
         w["gathered unit buffers (current + prefetch)"] = wideSlots.reduce(0) { $0 + $1.byteCount }
             + lowSlots.reduce(0) { $0 + $1.byteCount }
-        return MemoryReport(parameters: paramShard.byteCount, gradients: reducer.gradShard.byteCount,
-                            optimizer: optimizer.bytes, working: w)
+        // Mixed precision follows the ZeRO paper: the parameters are the 16-bit shard, the
+        // fp32 master shard is optimizer state (K = 12 with m and v).
+        let mixed = gatherPrecision.isLow
+        return MemoryReport(parameters: mixed ? lowShard.byteCount : paramShard.byteCount,
+                            gradients: reducer.gradShard.byteCount,
+                            optimizer: optimizer.bytes + (mixed ? paramShard.byteCount : 0), working: w)
     }
 
     public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
-        let full = FloatBuffer(count: shard.padded)
-        full.pointer.advanced(by: comm.rank * shard.shardSize).update(from: paramShard.pointer, count: shard.shardSize)
-        var ignored = 0.0
-        try allGatherParameters(comm: comm, shard: shard, params: full.pointer, seconds: &ignored)
-        out.update(from: full.pointer, count: layout.count)
+        try gatherShards(paramShard.pointer, shard: shard, comm: comm, into: out)
     }
 }

@@ -44,8 +44,12 @@ public struct MemoryEstimate: Codable, Equatable, Sendable {
 /// gradients, stage 3 also the parameters. A divided quantity is one equal shard,
 /// ⌈Ψ/N⌉ elements, as the trainer allocates it (padding included).
 public enum MemoryModel {
+    /// Bytes per rank for Ψ = `psi` parameters on `n` ranks at ZeRO stage `zero`.
+    /// `gradientBytes` overrides the bytes of a gradient element (the paper's accounting keeps
+    /// mixed-precision gradients in 16 bits; a trainer that accumulates them in fp32, as
+    /// tessera and PyTorch AMP do, passes 4).
     public static func perRank(params psi: Int, world n: Int, zero: Int, precision: Precision,
-                               activations: Int = 0) throws(ScalingError) -> MemoryEstimate {
+                               activations: Int = 0, gradientBytes: Int? = nil) throws(ScalingError) -> MemoryEstimate {
         guard psi > 0 else { throw ScalingError("--params", "is \(psi)", "pass a positive parameter count") }
         guard n > 0 else { throw ScalingError("--world", "is \(n)", "pass a positive number of ranks") }
         guard (0...3).contains(zero) else { throw ScalingError("--zero", "is \(zero)", "use 0 (DDP), 1, 2 or 3") }
@@ -53,7 +57,7 @@ public enum MemoryModel {
         let p = precision.bytes
         let k = precision == .fp32 ? 8 : 12
         return MemoryEstimate(parameters: p * (zero >= 3 ? shard : psi),
-                              gradients: p * (zero >= 2 ? shard : psi),
+                              gradients: (gradientBytes ?? p) * (zero >= 2 ? shard : psi),
                               optimizer: k * (zero >= 1 ? shard : psi),
                               activations: activations)
     }

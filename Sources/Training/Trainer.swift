@@ -128,8 +128,12 @@ public final class Trainer {
             }
             metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path, keepThrough: startStep)
             let mem = strategy.memory
+            // Sharded stages hold parameters as the ZeRO paper's mixed precision does (16-bit
+            // copy, fp32 master with the optimizer); DDP keeps fp32 parameters as PyTorch AMP
+            // does. Gradients accumulate in fp32 everywhere.
+            let held: Scaling.Precision = config.zero >= 1 ? Scaling.Precision(rawValue: config.precision) ?? .fp32 : .fp32
             let predicted = try MemoryModel.perRank(params: model.layout.count, world: comm.size, zero: config.zero,
-                                                    precision: .fp32)
+                                                    precision: held, gradientBytes: 4)
             let report = MemoryFile(psi: model.layout.count, world: comm.size, zero: config.zero, rank: 0,
                                     parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,
                                     working: mem.working, activations: model.activationBytes.total,

@@ -50,16 +50,20 @@ final class CheckpointCLITests: XCTestCase {
     /// A checkpoint written at world size N / stage S loads at N′ / S′ with identical state.
     func testReshard() throws {
         let data = try Repo.dataDirectory()
-        let cases: [(Int, Int, Int, Int)] = [(2, 0, 3, 0), (4, 0, 2, 0), (1, 0, 4, 0), (2, 3, 2, 0), (2, 0, 2, 2), (3, 2, 2, 3)]
-        for (n, s, n2, s2) in cases {
+        // (ranks, stage) → (ranks, stage), in a precision; bf16 sharded stages hold a 16-bit
+        // replica or shard beside the fp32 master values, which is what the checkpoint keeps.
+        let cases: [(Int, Int, Int, Int, String)] = [(2, 0, 3, 0, "fp32"), (4, 0, 2, 0, "fp32"), (1, 0, 4, 0, "fp32"),
+                                                     (2, 3, 2, 0, "fp32"), (2, 0, 2, 2, "fp32"), (3, 2, 2, 3, "fp32"),
+                                                     (2, 1, 3, 3, "bf16"), (3, 3, 2, 2, "bf16")]
+        for (n, s, n2, s2, precision) in cases {
             let src = try Repo.temporaryDirectory("src"), dst = try Repo.temporaryDirectory("dst")
-            XCTAssertEqual(try launch(n, args(data, src, steps: 6) + ["--zero", "\(s)"]).status, 0)
+            XCTAssertEqual(try launch(n, args(data, src, steps: 6) + ["--zero", "\(s)", "--precision", precision]).status, 0)
             // Resume into another run directory with no further steps: it loads, then saves
             // the same step again at the new world size and stage.
             let r = try launch(n2, ["train", "--out", dst, "--resume", src + "/checkpoints/latest", "--max-steps", "6", "--zero", "\(s2)"])
             XCTAssertEqual(r.status, 0, r.stderr)
             let m = try CheckpointReader.manifest(directory: URL(fileURLWithPath: dst + "/checkpoints/step-00000006"))
-            XCTAssertEqual(m.worldSize, n2); XCTAssertEqual(m.zeroStage, s2)
+            XCTAssertEqual(m.worldSize, n2); XCTAssertEqual(m.zeroStage, s2); XCTAssertEqual(m.precision, precision)
             let a = try checkpointVectors(src), b = try checkpointVectors(dst)
             for v in ["params", "adam.m", "adam.v"] {
                 XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v): \(n)/ZeRO-\(s) → \(n2)/ZeRO-\(s2)")

@@ -60,47 +60,60 @@ final class PrecisionCLITests: XCTestCase {
         }
     }
 
-    /// ZeRO-3 under bf16/fp16 gathers the 16-bit compute copy of its parameter shard: every
-    /// byte it sends is 16-bit, its gathered buffers are half of fp32's, and because every
-    /// strategy computes with the same rounded parameters it matches ZeRO-2 (same 16-bit
-    /// gradient reduction) and DDP (fp32 reduction, exact on 2 ranks) bit for bit. Biases
-    /// are on so LayerNorm and bias vectors go through the 16-bit copy too.
-    func testStage3GathersTheComputeCopyIn16Bits() throws {
+    /// Under bf16/fp16 the sharded stages hold parameters as the ZeRO paper's mixed precision:
+    /// ZeRO-1/2 replicate the 16-bit compute copy and shard the fp32 master values, ZeRO-3
+    /// shards both and gathers the 16-bit copy. Every byte they send is then 16-bit, memory is
+    /// 2Ψ (or 2Ψ/N) parameters + 12Ψ/N optimizer state as the calculator predicts (gradients
+    /// stay fp32), and since every strategy computes with the same rounded parameters, all
+    /// stages and DDP end bit-identical on 2 ranks (one 16-bit add reduces either way).
+    /// Biases are on so LayerNorm and bias vectors go through the 16-bit copy too.
+    func testShardedStagesKeepTheComputeCopyIn16Bits() throws {
         let data = try Repo.dataDirectory()
         func run(_ extra: [String]) throws -> String {
-            let out = try Repo.temporaryDirectory("z3low")
+            let out = try Repo.temporaryDirectory("lowzero")
             let args = tinyArgs(data: data, out: out, steps: 6).filter { $0 != "--no-bias" } + extra
             let r = try mpirun(2, args)
             XCTAssertEqual(r.status, 0, r.stderr)
             return out
         }
         let wide = try run(["--zero", "3"])
-        let psi = try memoryFile(wide)["psi"] as! Int
-        let ring = Double(psi) / 2                                  // Ψ(N−1)/N on 2 ranks
+        let psi = try memoryFile(wide)["psi"] as! Int, S = (psi + 1) / 2
         for precision in ["bf16", "fp16"] {
-            let z3 = try run(["--zero", "3", "--precision", precision])
-            let z2 = try run(["--zero", "2", "--precision", precision])
-            XCTAssertEqual(try losses(z3), try losses(z2), precision)
-            XCTAssertEqual(try modelParameters(z3).map(\.bitPattern), try modelParameters(z2).map(\.bitPattern), precision)
+            let ddp = try run(["--zero", "0", "--precision", precision])
+            let ddpParams = try modelParameters(ddp).map(\.bitPattern)
+            for stage in 1...3 {
+                let what = "\(precision) ZeRO-\(stage)"
+                let out = try run(["--zero", "\(stage)", "--precision", precision])
+                XCTAssertEqual(try losses(out), try losses(ddp), what)
+                XCTAssertEqual(try modelParameters(out).map(\.bitPattern), ddpParams, what)
 
-            // Parameters (two gathers) and gradients (one reduce-scatter) all travel in 16 bits.
-            let sent = Double(try metrics(z3)[1]["sent_bytes"] as! Int)
-            XCTAssertEqual(sent / (2 * 3 * ring), 1, accuracy: 0.01, "\(precision): \(sent) bytes")
-            let m = try memoryFile(z3), w = try memoryFile(wide)
-            let lowWorking = m["working"] as! [String: Int], wideWorking = w["working"] as! [String: Int]
-            for buffer in ["gathered embedding unit", "gathered unit buffers (current + prefetch)"] {
-                XCTAssertEqual(2 * lowWorking[buffer]!, wideWorking[buffer]!, "\(precision): \(buffer)")
+                // Gradients (reduce-scatter) and parameters (all-gather) travel in 16 bits.
+                let step = try metrics(out)[1]
+                let bytes = Double(step["sent_bytes"] as! Int), elements = Double(step["sent_elements"] as! Int)
+                XCTAssertEqual(bytes / (2 * elements), 1, accuracy: 0.001, what)
+                XCTAssertEqual(elements / (Double(stage == 3 ? 3 : 2) * Double(psi) / 2), 1, accuracy: 0.01, what)
+
+                let m = try memoryFile(out)
+                XCTAssertEqual(m["parameters"] as? Int, 2 * (stage == 3 ? S : psi), what)
+                XCTAssertEqual(m["gradients"] as? Int, 4 * (stage >= 2 ? S : psi), what)
+                XCTAssertEqual(m["optimizer"] as? Int, 12 * S, what)
+                let predicted = m["predicted"] as! [String: Int]
+                for key in ["parameters", "gradients", "optimizer"] { XCTAssertEqual(predicted[key], m[key] as? Int, "\(what) \(key)") }
+                if stage == 3 {
+                    let low = m["working"] as! [String: Int], full = try memoryFile(wide)["working"] as! [String: Int]
+                    for buffer in ["gathered embedding unit", "gathered unit buffers (current + prefetch)"] {
+                        XCTAssertEqual(2 * low[buffer]!, full[buffer]!, "\(what): \(buffer)")
+                    }
+                }
             }
-            XCTAssertEqual(lowWorking["16-bit parameter shard (compute copy)"], 2 * ((psi + 1) / 2))
-            XCTAssertEqual(m["parameters"] as? Int, w["parameters"] as? Int, "the fp32 master shard stays")
         }
-        // With gradients reduced in fp32, only the gathers are 16-bit: 4Ψ + 2·2Ψ bytes × (N−1)/N.
+        // Gradients reduced in fp32 leave only ZeRO-3's gathers 16-bit: 4Ψ + 2·2Ψ bytes × (N−1)/N.
         let z3 = try run(["--zero", "3", "--precision", "bf16", "--reduce-dtype", "fp32"])
         let ddp = try run(["--zero", "0", "--precision", "bf16", "--reduce-dtype", "fp32"])
         XCTAssertEqual(try losses(z3), try losses(ddp))
         XCTAssertEqual(try modelParameters(z3).map(\.bitPattern), try modelParameters(ddp).map(\.bitPattern))
-        let sent = Double(try metrics(z3)[1]["sent_bytes"] as! Int)
-        XCTAssertEqual(sent / (8 * ring), 1, accuracy: 0.01, "\(sent) bytes")
+        let ring = Double(psi) / 2
+        XCTAssertEqual(Double(try metrics(z3)[1]["sent_bytes"] as! Int) / (8 * ring), 1, accuracy: 0.01)
         XCTAssertEqual(Double(try metrics(wide)[1]["sent_bytes"] as! Int) / (4 * 3 * ring), 1, accuracy: 0.01, "fp32 ZeRO-3")
     }
 
