@@ -26,8 +26,10 @@ done
 allow_root
 args=(--hostfile "$hostfile" -np "$ranks" --bind-to none --mca btl tcp,self --mca btl_tcp_links 1)
 # A lost host must end the job, not hang it: TCP keepalive on mpirun's links to its
-# daemons notices an unreachable host within seconds (the default waits 5 minutes).
-args+=(--mca oob_tcp_keepalive_time 5 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3)
+# daemons notices an unreachable host within 15-20 s (the default waits 5 minutes). The
+# probes alone take 10 s, so a rank's watchdog with a short --comm-timeout (5 s) reports the
+# stalled collective first, naming it, instead of Open MPI's generic lost-daemon message.
+args+=(--mca oob_tcp_keepalive_time 5 --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes 5)
 if [ -n "$iface" ]; then args+=(--mca btl_tcp_if_include "$iface" --mca oob_tcp_if_include "$iface"); fi
 if [ -n "$agent" ]; then args+=(--mca plm_rsh_agent "$agent"); fi
 # Remote ranks need the same environment switches.

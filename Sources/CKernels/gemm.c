@@ -1,11 +1,16 @@
 // oneDNN GEMMs. fp32 goes through dnnl_sgemm (row-major, AVX-512 kernels). bf16 has no
 // BLAS-style entry point in oneDNN 2.x, so a matmul primitive is built per shape/stride/beta
 // and kept in a small cache: creating one costs far more than running it.
+//
+// The cache, its memory objects and the stream are per thread: tessera_parallel_tasks runs
+// GEMMs from several OpenMP threads at once, and with Debian's oneDNN (built with
+// DNNL_ENABLE_CONCURRENT_EXEC=OFF) a primitive must run on the thread that created it.
 #include "ckernels.h"
 #include <dnnl.h>
 // OpenMP runtime (libgomp, which Debian's oneDNN uses); declared here so clang needs no omp.h.
 extern void omp_set_num_threads(int);
 extern int omp_get_max_threads(void);
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,16 +31,21 @@ typedef struct {
 } cached_matmul;
 
 #define CACHE_SIZE 64
-static cached_matmul cache[CACHE_SIZE];
-static int cache_used = 0, cache_next = 0;
+static _Thread_local cached_matmul cache[CACHE_SIZE];
+static _Thread_local int cache_used = 0, cache_next = 0;
+static _Thread_local dnnl_stream_t stream = NULL;
 static dnnl_engine_t engine = NULL;
-static dnnl_stream_t stream = NULL;
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+
+static void create_engine(void) {
+    if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) engine = NULL;
+}
 
 static int ensure_engine(void) {
-    if (engine) return 0;
-    if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) return 1;
-    if (dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success) return 1;
-    return 0;
+    pthread_once(&engine_once, create_engine);
+    if (!engine) return 1;
+    if (stream) return 0;
+    return dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success;
 }
 
 // A (m×k) row-major with leading dimension lda, optionally given transposed (stored k×m).

@@ -49,6 +49,11 @@ public enum Gemm {
         }
     }
 
+    /// Whether `sgemm` may run from several `ParallelFor.tasks` at once: oneDNN's does (it
+    /// keeps no per-call state and runs single-threaded inside the task); OpenBLAS would
+    /// start threads of its own in every task.
+    public static var sgemmIsReentrant: Bool { backend == .onednn }
+
     /// Sets how many threads the GEMM backends may use (one rank's share of the cores).
     public static func setThreads(_ n: Int) {
         openblas_set_num_threads(Int32(max(1, n)))

@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 
 // MARK: - Element-wise parallelism
@@ -6,7 +7,8 @@ import Dispatch
 ///
 /// The split is a fixed function of (count, threads), so results are reproducible run to run;
 /// loops that accumulate across rows are not split here. GEMMs parallelise themselves and are
-/// never called from inside a split.
+/// never called from inside a split; `tasks` is the exception, running independent pieces of
+/// work (attention heads) that each call single-threaded GEMMs.
 public enum ParallelFor {
     /// Threads to use (set with the GEMM thread count).
     public nonisolated(unsafe) static var threads = 1
@@ -15,7 +17,8 @@ public enum ParallelFor {
     /// large enough to pay for the hand-off.
     @inlinable
     public static func chunks(_ count: Int, minimum: Int = 32_768, _ body: (Int, Int) -> Void) {
-        let k = min(threads, max(1, count / minimum))
+        // Inside `tasks` every thread is already busy with a task of its own.
+        let k = tessera_in_parallel() != 0 ? 1 : min(threads, max(1, count / minimum))
         if k <= 1 { body(0, count); return }
         let step = (count + k - 1) / k
         // The chunks touch disjoint memory; the closure only runs until concurrentPerform returns.
@@ -24,6 +27,28 @@ public enum ParallelFor {
             DispatchQueue.concurrentPerform(iterations: k) { i in
                 let lo = i * step, hi = min(count, lo + step)
                 if lo < hi { run(lo, hi) }
+            }
+        }
+    }
+
+    /// Calls `body(index, worker)` for every index in 0..<count, spread over up to `workers`
+    /// threads of the rank's OpenMP team (`worker` < `workers` names per-thread scratch).
+    ///
+    /// GEMMs inside run single-threaded on their task's thread and `chunks` runs inline, so
+    /// many small products cost no fork/join each. Tasks must touch disjoint memory. Which
+    /// thread runs which index varies, so a task's result must not depend on its worker.
+    public static func tasks(_ count: Int, workers: Int, _ body: (Int, Int) -> Void) {
+        if workers <= 1 || count <= 1 {
+            for i in 0..<count { body(i, 0) }
+            return
+        }
+        withoutActuallyEscaping(body) { run in
+            var job = run
+            withUnsafeMutablePointer(to: &job) { context in
+                tessera_parallel_tasks(Int64(count), Int64(workers), { context, index, worker in
+                    let run = context!.assumingMemoryBound(to: ((Int, Int) -> Void).self).pointee
+                    run(Int(index), Int(worker))
+                }, context)
             }
         }
     }

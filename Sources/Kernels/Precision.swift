@@ -51,6 +51,11 @@ extension Gemm {
     nonisolated(unsafe) static var scratchA = FloatBuffer(count: 0)
     nonisolated(unsafe) static var scratchB = FloatBuffer(count: 0)
 
+    /// Whether `lowGemm` in `precision` may run from several `ParallelFor.tasks` at once: only
+    /// on the native bf16 path (per-thread oneDNN primitives), once it is known to work; the
+    /// widening fallback shares its scratch buffers.
+    public static func lowGemmIsReentrant(_ precision: Precision) -> Bool { precision == .bf16 && bf16Native == true }
+
     /// `C = op(A)·op(B) + beta·C` with 16-bit operands and fp32 accumulation and output.
     ///
     /// bf16 runs on oneDNN's matmul (AVX512-BF16 dot products where the CPU has them). fp16,

@@ -17,7 +17,10 @@ public final class Activations {
     let lnf: FloatBuffer, lnfMean: FloatBuffer, lnfRstd: FloatBuffer
     let logits: FloatBuffer
     // Backward scratch, reused by every layer.
-    let dres: FloatBuffer, dln: FloatBuffer, dqkv: FloatBuffer, dfc: FloatBuffer, dattScratch: FloatBuffer
+    let dres: FloatBuffer, dln: FloatBuffer, dqkv: FloatBuffer, dfc: FloatBuffer
+    /// T×T per attention worker (heads run as parallel tasks).
+    let dattScratch: FloatBuffer
+    let attentionWorkers: Int
 
     /// Allocates for a configuration and a maximum micro-batch.
     public init(config c: GPTConfig, maxB: Int, maxT: Int) {
@@ -35,7 +38,8 @@ public final class Activations {
         logits = FloatBuffer(count: BT * c.vocabSize)
         dres = FloatBuffer(count: BT * C); dln = FloatBuffer(count: BT * C)
         dqkv = FloatBuffer(count: BT * 3 * C); dfc = FloatBuffer(count: BT * 4 * C)
-        dattScratch = FloatBuffer(count: maxT * maxT)
+        attentionWorkers = max(1, ParallelFor.threads)
+        dattScratch = FloatBuffer(count: maxT * maxT * attentionWorkers)
     }
 
     /// Bytes held by activations kept for backward (not counting backward scratch).

@@ -33,7 +33,7 @@ extension GPT {
                                     N: BT, IC: C, OC: 3 * C)
             p.narrow(wide, into: a.qkv[l].pointer, BT * 3 * C)
             Layers.lowAttentionForward(p, out: wide, att: a.att[l].pointer, qkv: a.qkv[l].pointer, scores: a.scores.pointer,
-                                       B: B, T: T, C: C, NH: NH)
+                                       B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             p.narrow(wide, into: a.atty[l].pointer, BT * C)
             let r2 = a.res2[l].pointer
             Layers.lowLinearForward(p, out: r2, inp: a.atty[l].pointer, weight: h + lay.projw, bias: lay.projb.map { w[$0] },
@@ -120,7 +120,7 @@ extension GPT {
             p.narrow(dln, into: narrow, BT * C)
             Layers.lowAttentionBackward(p, dqkv: a.dqkv.pointer, doutLow: narrow, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
                                         scores: a.scores.pointer, probs32: a.scores2.pointer, scoresLow: a.scoresHalf.pointer,
-                                        B: B, T: T, C: C, NH: NH)
+                                        B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             p.narrow(a.dqkv.pointer, into: narrow, BT * 3 * C)
             Layers.lowLinearBackward(p, dinp: dln, dweight: g + lay.qkvw, dbias: lay.qkvb.map { g + $0 }, dout: a.dqkv.pointer,
                                      doutLow: narrow, inp: a.ln1[l].pointer, weight: h + lay.qkvw, N: BT, IC: C, OC: 3 * C)

@@ -107,7 +107,7 @@ public final class GPT {
             Layers.linearForward(out: a.qkv[l].pointer, inp: a.ln1[l].pointer, weight: p + lay.qkvw,
                                  bias: lay.qkvb.map { p + $0 }, N: BT, IC: C, OC: 3 * C)
             Layers.attentionForward(out: a.atty[l].pointer, att: a.att[l].pointer, qkv: a.qkv[l].pointer,
-                                    B: B, T: T, C: C, NH: NH)
+                                    B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             let r2 = a.res2[l].pointer
             Layers.linearForward(out: r2, inp: a.atty[l].pointer, weight: p + lay.projw,
                                  bias: lay.projb.map { p + $0 }, N: BT, IC: C, OC: C)
@@ -197,7 +197,8 @@ public final class GPT {
             Layers.linearBackward(dinp: dln, dweight: g + lay.projw, dbias: lay.projb.map { g + $0 }, dout: dres,
                                   inp: a.atty[l].pointer, weight: p + lay.projw, N: BT, IC: C, OC: C)
             Layers.attentionBackward(dqkv: dqkv, dout: dln, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
-                                     scratch: a.dattScratch.pointer, B: B, T: T, C: C, NH: NH)
+                                     scratch: a.dattScratch.pointer, B: B, T: T, C: C, NH: NH,
+                                     workers: a.attentionWorkers)
             Layers.linearBackward(dinp: dln, dweight: g + lay.qkvw, dbias: lay.qkvb.map { g + $0 }, dout: dqkv,
                                   inp: a.ln1[l].pointer, weight: p + lay.qkvw, N: BT, IC: C, OC: 3 * C)
             Layers.layerNormBackward(dinp: dres, dweight: g + lay.ln1w, dbias: lay.ln1b.map { g + $0 }, dout: dln,

@@ -159,20 +159,19 @@ public enum Layers {
     /// `out` = P·V. `att` (B, NH, T, T) keeps the probabilities for backward; entries above the
     /// diagonal are zero.
     public static func attentionForward(out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>,
-                                        qkv: UnsafePointer<Float>, B: Int, T: Int, C: Int, NH: Int) {
+                                        qkv: UnsafePointer<Float>, B: Int, T: Int, C: Int, NH: Int, workers: Int) {
         let hs = C / NH
         let scale = 1 / Float(hs).squareRoot()
-        for b in 0..<B {
-            for h in 0..<NH {
-                let q = qkv + b * T * 3 * C + h * hs
-                let k = q + C, v = q + 2 * C
-                let p = att + (b * NH + h) * T * T
-                Gemm.sgemm(.none, .transpose, m: T, n: T, k: hs, alpha: scale, a: q, lda: 3 * C,
-                           b: k, ldb: 3 * C, beta: 0, c: p, ldc: T)
-                causalSoftmaxRows(p, T)
-                Gemm.sgemm(.none, .none, m: T, n: hs, k: T, a: p, lda: T, b: v, ldb: 3 * C,
-                           beta: 0, c: out + b * T * C + h * hs, ldc: C)
-            }
+        ParallelFor.tasks(B * NH, workers: Gemm.sgemmIsReentrant ? workers : 1) { task, _ in
+            let b = task / NH, h = task % NH
+            let q = qkv + b * T * 3 * C + h * hs
+            let k = q + C, v = q + 2 * C
+            let p = att + task * T * T
+            Gemm.sgemm(.none, .transpose, m: T, n: T, k: hs, alpha: scale, a: q, lda: 3 * C,
+                       b: k, ldb: 3 * C, beta: 0, c: p, ldc: T)
+            causalSoftmaxRows(p, T)
+            Gemm.sgemm(.none, .none, m: T, n: hs, k: T, a: p, lda: T, b: v, ldb: 3 * C,
+                       beta: 0, c: out + b * T * C + h * hs, ldc: C)
         }
     }
 
@@ -202,33 +201,34 @@ public enum Layers {
         }
     }
 
-    /// Writes `dqkv` (B, T, 3C) from `dout` (B, T, C); `scratch` holds T×T floats.
+    /// Writes `dqkv` (B, T, 3C) from `dout` (B, T, C); heads run as tasks over `workers`
+    /// threads, and `scratch` holds T×T floats per worker.
     public static func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                                          qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
                                          scratch: UnsafeMutablePointer<Float>,
-                                         B: Int, T: Int, C: Int, NH: Int) {
+                                         B: Int, T: Int, C: Int, NH: Int, workers: Int) {
         let hs = C / NH
         let scale = 1 / Float(hs).squareRoot()
-        for b in 0..<B {
-            for h in 0..<NH {
-                let q = qkv + b * T * 3 * C + h * hs
-                let k = q + C, v = q + 2 * C
-                let dq = dqkv + b * T * 3 * C + h * hs
-                let dk = dq + C, dv = dq + 2 * C
-                let p = att + (b * NH + h) * T * T
-                let dy = dout + b * T * C + h * hs
-                // dP = dY · Vᵀ ; dV = Pᵀ · dY
-                Gemm.sgemm(.none, .transpose, m: T, n: T, k: hs, a: dy, lda: C, b: v, ldb: 3 * C,
-                           beta: 0, c: scratch, ldc: T)
-                Gemm.sgemm(.transpose, .none, m: T, n: hs, k: T, a: p, lda: T, b: dy, ldb: C,
-                           beta: 0, c: dv, ldc: 3 * C)
-                causalSoftmaxBackwardRows(probs: p, grad: scratch, T, scale: 1)
-                // dQ = dS · K · scale ; dK = dSᵀ · Q · scale
-                Gemm.sgemm(.none, .none, m: T, n: hs, k: T, alpha: scale, a: scratch, lda: T,
-                           b: k, ldb: 3 * C, beta: 0, c: dq, ldc: 3 * C)
-                Gemm.sgemm(.transpose, .none, m: T, n: hs, k: T, alpha: scale, a: scratch, lda: T,
-                           b: q, ldb: 3 * C, beta: 0, c: dk, ldc: 3 * C)
-            }
+        ParallelFor.tasks(B * NH, workers: Gemm.sgemmIsReentrant ? workers : 1) { task, worker in
+            let b = task / NH, h = task % NH
+            let ds = scratch + worker * T * T
+            let q = qkv + b * T * 3 * C + h * hs
+            let k = q + C, v = q + 2 * C
+            let dq = dqkv + b * T * 3 * C + h * hs
+            let dk = dq + C, dv = dq + 2 * C
+            let p = att + task * T * T
+            let dy = dout + b * T * C + h * hs
+            // dP = dY · Vᵀ ; dV = Pᵀ · dY
+            Gemm.sgemm(.none, .transpose, m: T, n: T, k: hs, a: dy, lda: C, b: v, ldb: 3 * C,
+                       beta: 0, c: ds, ldc: T)
+            Gemm.sgemm(.transpose, .none, m: T, n: hs, k: T, a: p, lda: T, b: dy, ldb: C,
+                       beta: 0, c: dv, ldc: 3 * C)
+            causalSoftmaxBackwardRows(probs: p, grad: ds, T, scale: 1)
+            // dQ = dS · K · scale ; dK = dSᵀ · Q · scale
+            Gemm.sgemm(.none, .none, m: T, n: hs, k: T, alpha: scale, a: ds, lda: T,
+                       b: k, ldb: 3 * C, beta: 0, c: dq, ldc: 3 * C)
+            Gemm.sgemm(.transpose, .none, m: T, n: hs, k: T, alpha: scale, a: ds, lda: T,
+                       b: q, ldb: 3 * C, beta: 0, c: dk, ldc: 3 * C)
         }
     }
 

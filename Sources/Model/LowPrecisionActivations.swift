@@ -19,8 +19,10 @@ public final class LowPrecisionActivations {
     let wide: FloatBuffer          // BT×4C fp32 (conversions, GELU input/output, QKV before narrowing)
     let wide2: FloatBuffer         // BT×4C fp32 (backward: dfc)
     let narrow: HalfBuffer         // max(BT×4C, BT×V) 16-bit (gradients narrowed for matmuls)
-    let scores: FloatBuffer, scores2: FloatBuffer   // T×T fp32
-    let scoresHalf: HalfBuffer     // T×T 16-bit
+    let scores: FloatBuffer, scores2: FloatBuffer   // T×T fp32 per attention worker
+    let scoresHalf: HalfBuffer     // T×T 16-bit per attention worker
+    /// Threads attention heads are spread over (each has its own T×T scratch).
+    let attentionWorkers: Int
     let dres: FloatBuffer, dln: FloatBuffer, dqkv: FloatBuffer
 
     public init(config c: GPTConfig, maxB: Int, maxT: Int) {
@@ -36,8 +38,10 @@ public final class LowPrecisionActivations {
         logits = FloatBuffer(count: BT * c.vocabSize)
         wide = FloatBuffer(count: BT * 4 * C); wide2 = FloatBuffer(count: BT * 4 * C)
         narrow = HalfBuffer(count: max(BT * 4 * C, BT * c.vocabSize))
-        scores = FloatBuffer(count: maxT * maxT); scores2 = FloatBuffer(count: maxT * maxT)
-        scoresHalf = HalfBuffer(count: maxT * maxT)
+        attentionWorkers = max(1, ParallelFor.threads)
+        let square = maxT * maxT * attentionWorkers
+        scores = FloatBuffer(count: square); scores2 = FloatBuffer(count: square)
+        scoresHalf = HalfBuffer(count: square)
         dres = FloatBuffer(count: BT * C); dln = FloatBuffer(count: BT * C); dqkv = FloatBuffer(count: BT * 3 * C)
     }
 

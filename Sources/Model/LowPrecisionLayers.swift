@@ -33,50 +33,53 @@ extension Layers {
         biasBackward(dbias, dout: dout, N: N, OC: OC)
     }
 
-    /// Causal attention from a 16-bit QKV: scores and softmax in fp32 (`scores`, T×T), the
-    /// probabilities stored in 16 bits for backward, the output in fp32.
+    /// Causal attention from a 16-bit QKV: scores and softmax in fp32 (`scores`, T×T per
+    /// worker), the probabilities stored in 16 bits for backward, the output in fp32. Heads
+    /// run as independent tasks over `workers` threads when the GEMM allows it (native bf16).
     public static func lowAttentionForward(_ p: Precision, out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<UInt16>,
                                            qkv: UnsafePointer<UInt16>, scores: UnsafeMutablePointer<Float>,
-                                           B: Int, T: Int, C: Int, NH: Int) {
+                                           B: Int, T: Int, C: Int, NH: Int, workers: Int) {
         let hs = C / NH
         let scale = 1 / Float(hs).squareRoot()
-        for b in 0..<B {
-            for h in 0..<NH {
-                let q = qkv + b * T * 3 * C + h * hs
-                let probs = att + (b * NH + h) * T * T
-                Gemm.lowGemm(p, .none, .transpose, m: T, n: T, k: hs, a: q, lda: 3 * C, b: q + C, ldb: 3 * C,
-                             c: scores, ldc: T)
-                Vector.scale(scores, T * T, by: scale)
-                causalSoftmaxRows(scores, T)
-                p.narrow(scores, into: probs, T * T)
-                Gemm.lowGemm(p, .none, .none, m: T, n: hs, k: T, a: probs, lda: T, b: q + 2 * C, ldb: 3 * C,
-                             c: out + b * T * C + h * hs, ldc: C)
-            }
+        ParallelFor.tasks(B * NH, workers: Gemm.lowGemmIsReentrant(p) ? workers : 1) { task, worker in
+            let b = task / NH, h = task % NH
+            let s = scores + worker * T * T
+            let q = qkv + b * T * 3 * C + h * hs
+            let probs = att + task * T * T
+            Gemm.lowGemm(p, .none, .transpose, m: T, n: T, k: hs, a: q, lda: 3 * C, b: q + C, ldb: 3 * C, c: s, ldc: T)
+            Vector.scale(s, T * T, by: scale)
+            causalSoftmaxRows(s, T)
+            p.narrow(s, into: probs, T * T)
+            Gemm.lowGemm(p, .none, .none, m: T, n: hs, k: T, a: probs, lda: T, b: q + 2 * C, ldb: 3 * C,
+                         c: out + b * T * C + h * hs, ldc: C)
         }
     }
 
-    /// Writes `dqkv` (fp32, B×T×3C) from `doutLow` (the narrowed output gradient).
+    /// Writes `dqkv` (fp32, B×T×3C) from `doutLow` (the narrowed output gradient); heads run
+    /// as tasks as in the forward pass, with T×T scratch per worker in `scores`, `probs32`
+    /// and `scoresLow`.
     public static func lowAttentionBackward(_ p: Precision, dqkv: UnsafeMutablePointer<Float>, doutLow: UnsafePointer<UInt16>,
                                             qkv: UnsafePointer<UInt16>, att: UnsafePointer<UInt16>,
                                             scores: UnsafeMutablePointer<Float>, probs32: UnsafeMutablePointer<Float>,
-                                            scoresLow: UnsafeMutablePointer<UInt16>, B: Int, T: Int, C: Int, NH: Int) {
+                                            scoresLow: UnsafeMutablePointer<UInt16>, B: Int, T: Int, C: Int, NH: Int,
+                                            workers: Int) {
         let hs = C / NH
         let scale = 1 / Float(hs).squareRoot()
-        for b in 0..<B {
-            for h in 0..<NH {
-                let q = qkv + b * T * 3 * C + h * hs
-                let k = q + C, v = q + 2 * C
-                let dq = dqkv + b * T * 3 * C + h * hs
-                let probs = att + (b * NH + h) * T * T
-                let dy = doutLow + b * T * C + h * hs
-                Gemm.lowGemm(p, .none, .transpose, m: T, n: T, k: hs, a: dy, lda: C, b: v, ldb: 3 * C, c: scores, ldc: T)
-                Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: probs, lda: T, b: dy, ldb: C, c: dq + 2 * C, ldc: 3 * C)
-                p.widen(probs, into: probs32, T * T)
-                causalSoftmaxBackwardRows(probs: probs32, grad: scores, T, scale: scale)
-                p.narrow(scores, into: scoresLow, T * T)
-                Gemm.lowGemm(p, .none, .none, m: T, n: hs, k: T, a: scoresLow, lda: T, b: k, ldb: 3 * C, c: dq, ldc: 3 * C)
-                Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: scoresLow, lda: T, b: q, ldb: 3 * C, c: dq + C, ldc: 3 * C)
-            }
+        ParallelFor.tasks(B * NH, workers: Gemm.lowGemmIsReentrant(p) ? workers : 1) { task, worker in
+            let b = task / NH, h = task % NH
+            let s = scores + worker * T * T, p32 = probs32 + worker * T * T, sLow = scoresLow + worker * T * T
+            let q = qkv + b * T * 3 * C + h * hs
+            let k = q + C, v = q + 2 * C
+            let dq = dqkv + b * T * 3 * C + h * hs
+            let probs = att + task * T * T
+            let dy = doutLow + b * T * C + h * hs
+            Gemm.lowGemm(p, .none, .transpose, m: T, n: T, k: hs, a: dy, lda: C, b: v, ldb: 3 * C, c: s, ldc: T)
+            Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: probs, lda: T, b: dy, ldb: C, c: dq + 2 * C, ldc: 3 * C)
+            p.widen(probs, into: p32, T * T)
+            causalSoftmaxBackwardRows(probs: p32, grad: s, T, scale: scale)
+            p.narrow(s, into: sLow, T * T)
+            Gemm.lowGemm(p, .none, .none, m: T, n: hs, k: T, a: sLow, lda: T, b: k, ldb: 3 * C, c: dq, ldc: 3 * C)
+            Gemm.lowGemm(p, .transpose, .none, m: T, n: hs, k: T, a: sLow, lda: T, b: q, ldb: 3 * C, c: dq + C, ldc: 3 * C)
         }
     }
 }

@@ -21,6 +21,14 @@ int tessera_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 void tessera_set_threads(int n);
 int tessera_get_threads(void);
 
+/// A task of tessera_parallel_tasks: `index` in 0..<count, `worker` in 0..<workers.
+typedef void (*tessera_task_fn)(void *context, int64_t index, int64_t worker);
+/// Runs fn(context, i, worker) for every i in 0..<count on up to `workers` OpenMP threads
+/// (dynamic order; each task's oneDNN calls run single-threaded on its thread).
+void tessera_parallel_tasks(int64_t count, int64_t workers, tessera_task_fn fn, void *context);
+/// 1 inside a tessera_parallel_tasks (OpenMP) region.
+int tessera_in_parallel(void);
+
 /// 1 when the CPU has AVX-512 F/BW/VL (the fast element-wise paths), 2 when it also has
 /// AVX512-BF16 (native bf16 dot products in oneDNN), 0 otherwise.
 int tessera_cpu_level(void);

@@ -1,0 +1,71 @@
+import Kernels
+import Model
+import XCTest
+
+/// Attention heads run as parallel tasks, each with single-threaded GEMMs and its own
+/// scratch. The result must not depend on which thread ran which head: two parallel runs are
+/// bit-identical, and they match the serial loop (whose GEMMs use both threads) to rounding.
+final class AttentionTasksTests: XCTestCase {
+    let B = 3, T = 48, C = 64, NH = 4
+
+    override func setUp() { Gemm.setThreads(2) }
+    override func tearDown() { Gemm.setThreads(1) }
+
+    func random(_ n: Int, seed: UInt64) -> [Float] {
+        var rng = SplitMix64(seed: seed)
+        return (0..<n).map { _ in Float(rng.nextUniform() * 2 - 1) }
+    }
+
+    func assertClose(_ a: [Float], _ b: [Float], _ what: String, tolerance: Float) {
+        var worst: Float = 0
+        for (x, y) in zip(a, b) { worst = max(worst, abs(x - y)) }
+        XCTAssertLessThan(worst, tolerance, what)
+    }
+
+    func testFP32AttentionTasksAreDeterministicAndMatchTheSerialLoop() {
+        let qkv = random(B * T * 3 * C, seed: 1), dout = random(B * T * C, seed: 2)
+        func run(workers: Int) -> (out: [Float], dqkv: [Float]) {
+            var out = [Float](repeating: 0, count: B * T * C), att = [Float](repeating: 0, count: B * NH * T * T)
+            var dqkv = [Float](repeating: 0, count: B * T * 3 * C)
+            var scratch = [Float](repeating: 0, count: T * T * workers)
+            Layers.attentionForward(out: &out, att: &att, qkv: qkv, B: B, T: T, C: C, NH: NH, workers: workers)
+            Layers.attentionBackward(dqkv: &dqkv, dout: dout, qkv: qkv, att: att, scratch: &scratch,
+                                     B: B, T: T, C: C, NH: NH, workers: workers)
+            return (out, dqkv)
+        }
+        let a = run(workers: 2), b = run(workers: 2), serial = run(workers: 1)
+        XCTAssertEqual(a.out.map(\.bitPattern), b.out.map(\.bitPattern))
+        XCTAssertEqual(a.dqkv.map(\.bitPattern), b.dqkv.map(\.bitPattern))
+        assertClose(a.out, serial.out, "forward", tolerance: 1e-5)
+        assertClose(a.dqkv, serial.dqkv, "backward", tolerance: 1e-5)
+        XCTAssertGreaterThan(a.dqkv.map(abs).max()!, 0.01, "the gradient is not trivially zero")
+    }
+
+    func testBF16AttentionTasksAreDeterministicAndMatchTheSerialLoop() throws {
+        let p = Precision.bf16
+        func narrow(_ x: [Float]) -> [UInt16] { x.map(Convert.bf16) }
+        let qkv = narrow(random(B * T * 3 * C, seed: 3)), dout = narrow(random(B * T * C, seed: 4))
+        // One call decides whether the native bf16 path works here (the tasks need it).
+        var probe = [Float](repeating: 0, count: 4)
+        Gemm.lowGemm(p, .none, .none, m: 2, n: 2, k: 2, a: [1, 1, 1, 1].map(Convert.bf16), lda: 2,
+                     b: [1, 1, 1, 1].map(Convert.bf16), ldb: 2, c: &probe, ldc: 2)
+        try XCTSkipUnless(Gemm.lowGemmIsReentrant(p), "no native bf16 GEMM on this CPU: attention runs serially")
+        func run(workers: Int) -> (out: [Float], dqkv: [Float]) {
+            var out = [Float](repeating: 0, count: B * T * C), att = [UInt16](repeating: 0, count: B * NH * T * T)
+            var dqkv = [Float](repeating: 0, count: B * T * 3 * C)
+            var s1 = [Float](repeating: 0, count: T * T * workers), s2 = s1
+            var s3 = [UInt16](repeating: 0, count: T * T * workers)
+            Layers.lowAttentionForward(p, out: &out, att: &att, qkv: qkv, scores: &s1, B: B, T: T, C: C, NH: NH,
+                                       workers: workers)
+            Layers.lowAttentionBackward(p, dqkv: &dqkv, doutLow: dout, qkv: qkv, att: att, scores: &s1, probs32: &s2,
+                                        scoresLow: &s3, B: B, T: T, C: C, NH: NH, workers: workers)
+            return (out, dqkv)
+        }
+        let a = run(workers: 2), b = run(workers: 2), serial = run(workers: 1)
+        XCTAssertEqual(a.out.map(\.bitPattern), b.out.map(\.bitPattern))
+        XCTAssertEqual(a.dqkv.map(\.bitPattern), b.dqkv.map(\.bitPattern))
+        assertClose(a.out, serial.out, "forward", tolerance: 1e-5)
+        assertClose(a.dqkv, serial.dqkv, "backward", tolerance: 1e-5)
+        XCTAssertGreaterThan(a.dqkv.map(abs).max()!, 0.01, "the gradient is not trivially zero")
+    }
+}
