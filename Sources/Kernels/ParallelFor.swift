@@ -1,5 +1,4 @@
 import CKernels
-import Dispatch
 
 // MARK: - Element-wise parallelism
 
@@ -21,13 +20,11 @@ public enum ParallelFor {
         let k = tessera_in_parallel() != 0 ? 1 : min(threads, max(1, count / minimum))
         if k <= 1 { body(0, count); return }
         let step = (count + k - 1) / k
-        // The chunks touch disjoint memory; the closure only runs until concurrentPerform returns.
-        withoutActuallyEscaping(body) { run in
-            nonisolated(unsafe) let run = run
-            DispatchQueue.concurrentPerform(iterations: k) { i in
-                let lo = i * step, hi = min(count, lo + step)
-                if lo < hi { run(lo, hi) }
-            }
+        // On the OpenMP team the GEMMs use, not a second thread pool: right after a GEMM its
+        // threads spin waiting for more work and would take the cores from other threads.
+        tasks(k, workers: k) { i, _ in
+            let lo = i * step, hi = min(count, lo + step)
+            if lo < hi { body(lo, hi) }
         }
     }
 
@@ -52,4 +49,16 @@ public enum ParallelFor {
             }
         }
     }
+
+    /// Calls `body(lo, hi, block)` for fixed blocks of `size` rows covering 0..<count, spread
+    /// over the rank's threads. The blocks do not depend on the thread count, so per-block
+    /// partial sums added in block order give the same bits with any number of threads.
+    public static func blocks(_ count: Int, size: Int, _ body: (Int, Int, Int) -> Void) {
+        let n = (count + size - 1) / size
+        let workers = tessera_in_parallel() != 0 ? 1 : threads
+        tasks(n, workers: workers) { b, _ in body(b * size, min(count, (b + 1) * size), b) }
+    }
+
+    /// Number of blocks `blocks(count, size:)` uses.
+    public static func blockCount(_ count: Int, size: Int) -> Int { (count + size - 1) / size }
 }

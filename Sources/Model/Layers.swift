@@ -76,26 +76,41 @@ public enum Layers {
                                          inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                                          mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
                                          N: Int, C: Int) {
-        for r in 0..<N {
-            let x = inp + r * C, dy = dout + r * C, dx = dinp + r * C
-            let m = mean[r], s = rstd[r]
-            var dnormMean: Float = 0
-            var dnormNormMean: Float = 0
-            for i in 0..<C {
-                let norm = (x[i] - m) * s
-                let dnorm = weight[i] * dy[i]
-                dnormMean += dnorm
-                dnormNormMean += dnorm * norm
+        // Rows are independent for dinp; the weight and bias gradients sum over rows, so each
+        // fixed block of rows sums into its own partial and the partials are added in order.
+        let blockRows = 256
+        let blocks = ParallelFor.blockCount(N, size: blockRows)
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * blocks * C) { partial in
+            let pw = partial.baseAddress!, pb = pw + blocks * C
+            pw.initialize(repeating: 0, count: 2 * blocks * C)
+            ParallelFor.blocks(N, size: blockRows) { lo, hi, block in
+                let dw = pw + block * C, db = pb + block * C
+                for r in lo..<hi {
+                    let x = inp + r * C, dy = dout + r * C, dx = dinp + r * C
+                    let m = mean[r], s = rstd[r]
+                    var dnormMean: Float = 0
+                    var dnormNormMean: Float = 0
+                    for i in 0..<C {
+                        let norm = (x[i] - m) * s
+                        let dnorm = weight[i] * dy[i]
+                        dnormMean += dnorm
+                        dnormNormMean += dnorm * norm
+                    }
+                    dnormMean /= Float(C)
+                    dnormNormMean /= Float(C)
+                    for i in 0..<C {
+                        let norm = (x[i] - m) * s
+                        let dnorm = weight[i] * dy[i]
+                        dx[i] += (dnorm - dnormMean - norm * dnormNormMean) * s
+                        dw[i] += norm * dy[i]
+                        db[i] += dy[i]
+                    }
+                }
             }
-            dnormMean /= Float(C)
-            dnormNormMean /= Float(C)
-            for i in 0..<C {
-                let norm = (x[i] - m) * s
-                let dnorm = weight[i] * dy[i]
-                dx[i] += (dnorm - dnormMean - norm * dnormNormMean) * s
-                dweight[i] += norm * dy[i]
+            for block in 0..<blocks {
+                Vector.add(pw + block * C, into: dweight, C)
+                if let dbias { Vector.add(pb + block * C, into: dbias, C) }
             }
-            if let dbias { for i in 0..<C { dbias[i] += dy[i] } }
         }
     }
 
@@ -239,37 +254,50 @@ public enum Layers {
     public static func softmaxCrossEntropyForward(logits: UnsafeMutablePointer<Float>,
                                                   targets: UnsafePointer<Int32>,
                                                   N: Int, V: Int) -> (sum: Double, count: Int) {
-        var total = 0.0
-        var counted = 0
-        for r in 0..<N {
-            let row = logits + r * V
-            var mx = -Float.infinity
-            for j in 0..<V where row[j] > mx { mx = row[j] }
-            let sum = tessera_exp_shift_sum(row, Int64(V), mx)
-            let inv = 1 / sum
-            for j in 0..<V { row[j] *= inv }
-            let tgt = Int(targets[r])
-            if tgt >= 0 {
-                total -= Double(flog(max(row[tgt], Float.leastNormalMagnitude)))
-                counted += 1
+        // Rows in parallel; the loss sums per fixed block of rows, then in block order.
+        let blockRows = 64
+        let blocks = ParallelFor.blockCount(N, size: blockRows)
+        return withUnsafeTemporaryAllocation(of: (Double, Int).self, capacity: blocks) { partial in
+            let sums = partial.baseAddress!
+            sums.initialize(repeating: (0, 0), count: blocks)
+            ParallelFor.blocks(N, size: blockRows) { lo, hi, block in
+                var total = 0.0, counted = 0
+                for r in lo..<hi {
+                    let row = logits + r * V
+                    var mx = -Float.infinity
+                    for j in 0..<V where row[j] > mx { mx = row[j] }
+                    let sum = tessera_exp_shift_sum(row, Int64(V), mx)
+                    let inv = 1 / sum
+                    for j in 0..<V { row[j] *= inv }
+                    let tgt = Int(targets[r])
+                    if tgt >= 0 {
+                        total -= Double(flog(max(row[tgt], Float.leastNormalMagnitude)))
+                        counted += 1
+                    }
+                }
+                sums[block] = (total, counted)
             }
+            var total = 0.0, counted = 0
+            for b in 0..<blocks { total += sums[b].0; counted += sums[b].1 }
+            return (total, counted)
         }
-        return (total, counted)
     }
 
     /// Overwrites the probabilities with `dlogits = (p − onehot)·scale`; ignored rows get 0.
     public static func softmaxCrossEntropyBackward(probs: UnsafeMutablePointer<Float>,
                                                    targets: UnsafePointer<Int32>,
                                                    N: Int, V: Int, scale: Float) {
-        for r in 0..<N {
-            let row = probs + r * V
-            let tgt = Int(targets[r])
-            if tgt < 0 {
-                row.update(repeating: 0, count: V)
-                continue
+        ParallelFor.chunks(N, minimum: max(1, 32_768 / V)) { lo, hi in
+            for r in lo..<hi {
+                let row = probs + r * V
+                let tgt = Int(targets[r])
+                if tgt < 0 {
+                    row.update(repeating: 0, count: V)
+                    continue
+                }
+                for j in 0..<V { row[j] *= scale }
+                row[tgt] -= scale
             }
-            for j in 0..<V { row[j] *= scale }
-            row[tgt] -= scale
         }
     }
 }

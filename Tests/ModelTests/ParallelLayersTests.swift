@@ -2,10 +2,12 @@ import Kernels
 import Model
 import XCTest
 
-/// Attention heads run as parallel tasks, each with single-threaded GEMMs and its own
-/// scratch. The result must not depend on which thread ran which head: two parallel runs are
-/// bit-identical, and they match the serial loop (whose GEMMs use both threads) to rounding.
-final class AttentionTasksTests: XCTestCase {
+/// Layers that split their work over threads. Attention heads run as parallel tasks, each
+/// with single-threaded GEMMs and its own scratch: the result must not depend on which thread
+/// ran which head (two parallel runs are bit-identical) and matches the serial loop (whose
+/// GEMMs use both threads) to rounding. Reductions over rows (LayerNorm's weight gradient, the
+/// loss) sum fixed blocks in order, so they give the same bits on any number of threads.
+final class ParallelLayersTests: XCTestCase {
     let B = 3, T = 48, C = 64, NH = 4
 
     override func setUp() { Gemm.setThreads(2) }
@@ -67,5 +69,28 @@ final class AttentionTasksTests: XCTestCase {
         assertClose(a.out, serial.out, "forward", tolerance: 1e-5)
         assertClose(a.dqkv, serial.dqkv, "backward", tolerance: 1e-5)
         XCTAssertGreaterThan(a.dqkv.map(abs).max()!, 0.01, "the gradient is not trivially zero")
+    }
+
+    func testRowReductionsGiveTheSameBitsOnAnyThreadCount() {
+        let N = 1000, C = 96, V = 77
+        let x = random(N * C, seed: 5), dy = random(N * C, seed: 6), w = random(C, seed: 7)
+        let logits = random(N * V, seed: 8).map { $0 * 4 }
+        let targets = (0..<N).map { Int32($0 % 7 == 3 ? -1 : ($0 * 31) % V) }
+        func run(threads: Int) -> [[UInt32]] {
+            Gemm.setThreads(threads)
+            var out = [Float](repeating: 0, count: N * C), mean = [Float](repeating: 0, count: N), rstd = mean
+            Layers.layerNormForward(out: &out, mean: &mean, rstd: &rstd, inp: x, weight: w, bias: w, N: N, C: C)
+            var dx = [Float](repeating: 0, count: N * C), dw = [Float](repeating: 0, count: C), db = dw
+            Layers.layerNormBackward(dinp: &dx, dweight: &dw, dbias: &db, dout: dy, inp: x, weight: w,
+                                     mean: mean, rstd: rstd, N: N, C: C)
+            var probs = logits
+            let (loss, counted) = Layers.softmaxCrossEntropyForward(logits: &probs, targets: targets, N: N, V: V)
+            Layers.softmaxCrossEntropyBackward(probs: &probs, targets: targets, N: N, V: V, scale: 0.5)
+            XCTAssertEqual(counted, N - N / 7 - (N % 7 > 3 ? 1 : 0))
+            return [dx, dw, db, probs].map { $0.map(\.bitPattern) } + [[UInt32(truncatingIfNeeded: loss.bitPattern), UInt32(loss.bitPattern >> 32)]]
+        }
+        let one = run(threads: 1), two = run(threads: 2)
+        for (i, name) in ["dinp", "dweight", "dbias", "dlogits", "loss"].enumerated() { XCTAssertEqual(one[i], two[i], name) }
+        XCTAssertGreaterThan(one[1].map { abs(Float(bitPattern: $0)) }.max()!, 0.1, "the weight gradient is not trivially zero")
     }
 }
