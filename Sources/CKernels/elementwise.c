@@ -101,6 +101,63 @@ static inline float fast_tanh(float u) {
         return s;                                                                                 \
     }
 
+// 16-bit formats element by element (the vector loops above do the same per lane).
+static inline uint16_t round_bf16(float f) {
+    uint32_t b = float_to_bits(f);
+    uint32_t nan = (b & 0x7fffffffu) > 0x7f800000u;
+    return (uint16_t)(nan ? ((b >> 16) | 0x40u) : ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16));
+}
+static inline float widen_bf16(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
+static inline float gelu_value(float v) { return 0.5f * v * (1.0f + fast_tanh(GELU_K * (v + 0.044715f * v * v * v))); }
+static inline float gelu_slope(float v) {
+    float th = fast_tanh(GELU_K * (v + 0.044715f * v * v * v));
+    return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * v * v);
+}
+
+// GELU of a 16-bit model in one pass: the pre-activation is rounded and stored (backward
+// reads it), GELU is taken of the rounded value, and the output is rounded; and backward
+// from the stored pre-activation, writing the input gradient in fp32 and rounded.
+#define DEFINE_LOW_GELU(SUFFIX, ATTR)                                                             \
+    ATTR static void gelu_fwd_bf16_##SUFFIX(uint16_t *pre, uint16_t *out, const float *x, int64_t n) { \
+        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        for (int64_t i = 0; i < n; i++) {                                                         \
+            uint16_t h = round_bf16(x[i]);                                                        \
+            pre[i] = h;                                                                           \
+            out[i] = round_bf16(gelu_value(widen_bf16(h)));                                       \
+        }                                                                                         \
+    }                                                                                             \
+    ATTR static void gelu_fwd_f16_##SUFFIX(uint16_t *pre, uint16_t *out, const float *x, int64_t n) { \
+        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        for (int64_t i = 0; i < n; i++) {                                                         \
+            _Float16 h = (_Float16)x[i];                                                          \
+            memcpy(&pre[i], &h, 2);                                                               \
+            _Float16 g = (_Float16)gelu_value((float)h);                                          \
+            memcpy(&out[i], &g, 2);                                                               \
+        }                                                                                         \
+    }                                                                                             \
+    ATTR static void gelu_bwd_bf16_##SUFFIX(float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
+        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        for (int64_t i = 0; i < n; i++) {                                                         \
+            float d = dy[i] * gelu_slope(widen_bf16(pre[i]));                                     \
+            dx[i] = d;                                                                            \
+            dx16[i] = round_bf16(d);                                                              \
+        }                                                                                         \
+    }                                                                                             \
+    ATTR static void gelu_bwd_f16_##SUFFIX(float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
+        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        for (int64_t i = 0; i < n; i++) {                                                         \
+            _Float16 h;                                                                           \
+            memcpy(&h, &pre[i], 2);                                                               \
+            float d = dy[i] * gelu_slope((float)h);                                               \
+            dx[i] = d;                                                                            \
+            _Float16 r = (_Float16)d;                                                             \
+            memcpy(&dx16[i], &r, 2);                                                              \
+        }                                                                                         \
+    }
+
+DEFINE_LOW_GELU(generic, )
+DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
+
 DEFINE_OPTIM(generic, )
 DEFINE_OPTIM(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
 
@@ -143,4 +200,11 @@ void tessera_f32_to_f16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(t
 void tessera_f16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_f16, dst, src, n); }
 int tessera_all_finite(const float *x, int64_t n) {
     return tessera_cpu_level() >= 1 ? all_finite_avx512(x, n) : all_finite_generic(x, n);
+}
+
+void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n) {
+    if (bf16) DISPATCH(gelu_fwd_bf16, pre, out, x, n); else DISPATCH(gelu_fwd_f16, pre, out, x, n);
+}
+void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) {
+    if (bf16) DISPATCH(gelu_bwd_bf16, dx, dx16, pre, dy, n); else DISPATCH(gelu_bwd_f16, dx, dx16, pre, dy, n);
 }

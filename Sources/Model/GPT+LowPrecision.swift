@@ -45,10 +45,7 @@ extension GPT {
             Layers.lowLinearForward(p, out: wide, inp: a.ln2[l].pointer, weight: h + lay.fcw, bias: lay.fcb.map { w[$0] },
                                     N: BT, IC: C, OC: 4 * C)
             // GELU reads the stored (rounded) pre-activation, as its backward will.
-            p.narrow(wide, into: a.fch[l].pointer, BT * 4 * C)
-            p.widen(a.fch[l].pointer, into: wide, BT * 4 * C)
-            Layers.geluForward(out: wide, inp: wide, n: BT * 4 * C)
-            p.narrow(wide, into: a.fcg[l].pointer, BT * 4 * C)
+            Layers.lowGeluForward(p, pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: wide, n: BT * 4 * C)
             let out = a.residual[l + 1].pointer
             Layers.lowLinearForward(p, out: out, inp: a.fcg[l].pointer, weight: h + lay.fcprojw,
                                     bias: lay.fcprojb.map { w[$0] }, N: BT, IC: 4 * C, OC: C)
@@ -77,7 +74,7 @@ extension GPT {
         let BT = B * T, C = config.nEmbd, NH = config.nHead, V = config.vocabSize
         let lay = layout
         let dres = a.dres.pointer, dln = a.dln.pointer, narrow = a.narrow.pointer
-        let wide = a.wide.pointer, wide2 = a.wide2.pointer
+        let wide2 = a.wide2.pointer
 
         Layers.softmaxCrossEntropyBackward(probs: a.logits.pointer, targets: targets, N: BT, V: V, scale: lossScale)
         p.narrow(a.logits.pointer, into: narrow, BT * V)
@@ -105,9 +102,7 @@ extension GPT {
             p.narrow(dres, into: narrow, BT * C)
             Layers.lowLinearBackward(p, dinp: wide2, dweight: g + lay.fcprojw, dbias: lay.fcprojb.map { g + $0 }, dout: dres,
                                      doutLow: narrow, inp: a.fcg[l].pointer, weight: h + lay.fcprojw, N: BT, IC: 4 * C, OC: C)
-            p.widen(a.fch[l].pointer, into: wide, BT * 4 * C)
-            Layers.geluBackward(dinp: wide2, inp: wide, dout: wide2, n: BT * 4 * C)
-            p.narrow(wide2, into: narrow, BT * 4 * C)
+            Layers.lowGeluBackward(p, dinp: wide2, dinpLow: narrow, pre: a.fch[l].pointer, dout: wide2, n: BT * 4 * C)
             Layers.lowLinearBackward(p, dinp: dln, dweight: g + lay.fcw, dbias: lay.fcb.map { g + $0 }, dout: wide2,
                                      doutLow: narrow, inp: a.ln2[l].pointer, weight: h + lay.fcw, N: BT, IC: C, OC: 4 * C)
             Layers.layerNormBackward(dinp: dres, dweight: g + lay.ln2w, dbias: lay.ln2b.map { g + $0 }, dout: dln,

@@ -1,3 +1,4 @@
+import CKernels
 import Kernels
 
 // MARK: - Low-precision layers
@@ -85,6 +86,24 @@ extension Layers {
 }
 
 extension Layers {
+    /// GELU of a 16-bit model: stores the rounded pre-activation `inp` in `pre` (backward
+    /// reads it), and GELU of that rounded value, rounded, in `out`; one pass.
+    public static func lowGeluForward(_ p: Precision, pre: UnsafeMutablePointer<UInt16>, out: UnsafeMutablePointer<UInt16>,
+                                      inp: UnsafePointer<Float>, n: Int) {
+        let bf = p == .bf16 ? Int32(1) : 0
+        ParallelFor.chunks(n) { lo, hi in tessera_gelu_forward_low(bf, pre + lo, out + lo, inp + lo, Int64(hi - lo)) }
+    }
+
+    /// `dinp = dout · gelu'(pre)` from the stored 16-bit pre-activation, in fp32 and rounded
+    /// into `dinpLow` (the next matmul's operand); `dinp` may alias `dout`.
+    public static func lowGeluBackward(_ p: Precision, dinp: UnsafeMutablePointer<Float>, dinpLow: UnsafeMutablePointer<UInt16>,
+                                       pre: UnsafePointer<UInt16>, dout: UnsafePointer<Float>, n: Int) {
+        let bf = p == .bf16 ? Int32(1) : 0
+        ParallelFor.chunks(n) { lo, hi in
+            tessera_gelu_backward_low(bf, dinp + lo, dinpLow + lo, pre + lo, dout + lo, Int64(hi - lo))
+        }
+    }
+
     /// `out[b,t] = wte[token] + wpe[t]` from the 16-bit compute copy of the embeddings.
     public static func lowEmbeddingForward(_ p: Precision, out: UnsafeMutablePointer<Float>, tokens: UnsafePointer<Int32>,
                                            wte: UnsafePointer<UInt16>, wpe: UnsafePointer<UInt16>, B: Int, T: Int, C: Int) {

@@ -38,4 +38,35 @@ final class LowPrecisionTests: XCTestCase {
         let low = LowPrecisionActivations(config: c, maxB: 2, maxT: 256).savedBytes
         XCTAssertLessThanOrEqual(Double(low) / Double(full), 0.60)
     }
+
+    /// The one-pass 16-bit GELU computes exactly what round → widen → GELU → round does, and
+    /// its backward what widen → GELU' → (fp32, round) does, including NaN, ±inf and values
+    /// that overflow fp16.
+    func testFusedLowGeluMatchesTheStepByStepComputation() {
+        var rng = SplitMix64(seed: 11)
+        var x: [Float] = (0..<4099).map { _ in Float(rng.nextNormal() * 3) }
+        x += [0, -0, .nan, .infinity, -.infinity, 70_000, -70_000, 1e-9, 65_519, 65_520]
+        let dy: [Float] = x.indices.map { _ in Float(rng.nextNormal()) }
+        let n = x.count
+        for p in [Precision.bf16, .fp16] {
+            var pre = [UInt16](repeating: 0, count: n), out = pre, dLow = pre
+            var d = [Float](repeating: 0, count: n)
+            Layers.lowGeluForward(p, pre: &pre, out: &out, inp: x, n: n)
+            Layers.lowGeluBackward(p, dinp: &d, dinpLow: &dLow, pre: pre, dout: dy, n: n)
+
+            var refPre = [UInt16](repeating: 0, count: n), refOut = refPre, refLow = refPre
+            var wide = [Float](repeating: 0, count: n), refD = wide
+            p.narrow(x, into: &refPre, n)
+            p.widen(refPre, into: &wide, n)
+            Layers.geluForward(out: &wide, inp: wide, n: n)
+            p.narrow(wide, into: &refOut, n)
+            p.widen(refPre, into: &wide, n)
+            Layers.geluBackward(dinp: &refD, inp: wide, dout: dy, n: n)
+            p.narrow(refD, into: &refLow, n)
+            XCTAssertEqual(pre, refPre, "\(p) pre-activation")
+            XCTAssertEqual(out, refOut, "\(p) output")
+            XCTAssertEqual(d.map(\.bitPattern), refD.map(\.bitPattern), "\(p) input gradient")
+            XCTAssertEqual(dLow, refLow, "\(p) rounded input gradient")
+        }
+    }
 }

@@ -37,6 +37,11 @@ int tessera_cpu_level(void);
 void tessera_gelu_forward(float *out, const float *x, int64_t n);
 /// GELU backward: dx[i] = dy[i]·gelu'(x[i]); dx may alias dy.
 void tessera_gelu_backward(float *dx, const float *x, const float *dy, int64_t n);
+/// GELU for 16-bit models (bf16 when `bf16`, else fp16): pre[i] = round(x[i]),
+/// out[i] = round(gelu(pre[i])), in one pass.
+void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n);
+/// dx[i] = dy[i]·gelu'(pre[i]) and dx16[i] = round(dx[i]); dx may alias dy.
+void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n);
 /// In place e^(x[i] − shift), returning the sum (softmax numerators).
 float tessera_exp_shift_sum(float *x, int64_t n, float shift);
 
