@@ -24,9 +24,19 @@ final class ParallelLayersTests: XCTestCase {
         XCTAssertLessThan(worst, tolerance, what)
     }
 
+    /// Two runs on 2 workers are bit-identical and match the serial loop to rounding.
+    func checkTasks(_ run: (Int) -> (out: [Float], dqkv: [Float])) {
+        let a = run(2), b = run(2), serial = run(1)
+        XCTAssertEqual(a.out.map(\.bitPattern), b.out.map(\.bitPattern))
+        XCTAssertEqual(a.dqkv.map(\.bitPattern), b.dqkv.map(\.bitPattern))
+        assertClose(a.out, serial.out, "forward", tolerance: 1e-5)
+        assertClose(a.dqkv, serial.dqkv, "backward", tolerance: 1e-5)
+        XCTAssertGreaterThan(a.dqkv.map(abs).max()!, 0.01, "the gradient is not trivially zero")
+    }
+
     func testFP32AttentionTasksAreDeterministicAndMatchTheSerialLoop() {
         let qkv = random(B * T * 3 * C, seed: 1), dout = random(B * T * C, seed: 2)
-        func run(workers: Int) -> (out: [Float], dqkv: [Float]) {
+        func run(_ workers: Int) -> (out: [Float], dqkv: [Float]) {
             var out = [Float](repeating: 0, count: B * T * C), att = [Float](repeating: 0, count: B * NH * T * T)
             var dqkv = [Float](repeating: 0, count: B * T * 3 * C)
             var scratch = [Float](repeating: 0, count: T * T * workers)
@@ -35,12 +45,7 @@ final class ParallelLayersTests: XCTestCase {
                                      B: B, T: T, C: C, NH: NH, workers: workers)
             return (out, dqkv)
         }
-        let a = run(workers: 2), b = run(workers: 2), serial = run(workers: 1)
-        XCTAssertEqual(a.out.map(\.bitPattern), b.out.map(\.bitPattern))
-        XCTAssertEqual(a.dqkv.map(\.bitPattern), b.dqkv.map(\.bitPattern))
-        assertClose(a.out, serial.out, "forward", tolerance: 1e-5)
-        assertClose(a.dqkv, serial.dqkv, "backward", tolerance: 1e-5)
-        XCTAssertGreaterThan(a.dqkv.map(abs).max()!, 0.01, "the gradient is not trivially zero")
+        checkTasks(run)
     }
 
     func testBF16AttentionTasksAreDeterministicAndMatchTheSerialLoop() throws {
@@ -52,7 +57,7 @@ final class ParallelLayersTests: XCTestCase {
         Gemm.lowGemm(p, .none, .none, m: 2, n: 2, k: 2, a: [1, 1, 1, 1].map(Convert.bf16), lda: 2,
                      b: [1, 1, 1, 1].map(Convert.bf16), ldb: 2, c: &probe, ldc: 2)
         try XCTSkipUnless(Gemm.lowGemmIsReentrant(p), "no native bf16 GEMM on this CPU: attention runs serially")
-        func run(workers: Int) -> (out: [Float], dqkv: [Float]) {
+        func run(_ workers: Int) -> (out: [Float], dqkv: [Float]) {
             var out = [Float](repeating: 0, count: B * T * C), att = [UInt16](repeating: 0, count: B * NH * T * T)
             var dqkv = [Float](repeating: 0, count: B * T * 3 * C)
             var s1 = [Float](repeating: 0, count: T * T * workers), s2 = s1
@@ -63,12 +68,7 @@ final class ParallelLayersTests: XCTestCase {
                                         scoresLow: &s3, B: B, T: T, C: C, NH: NH, workers: workers)
             return (out, dqkv)
         }
-        let a = run(workers: 2), b = run(workers: 2), serial = run(workers: 1)
-        XCTAssertEqual(a.out.map(\.bitPattern), b.out.map(\.bitPattern))
-        XCTAssertEqual(a.dqkv.map(\.bitPattern), b.dqkv.map(\.bitPattern))
-        assertClose(a.out, serial.out, "forward", tolerance: 1e-5)
-        assertClose(a.dqkv, serial.dqkv, "backward", tolerance: 1e-5)
-        XCTAssertGreaterThan(a.dqkv.map(abs).max()!, 0.01, "the gradient is not trivially zero")
+        checkTasks(run)
     }
 
     func testRowReductionsGiveTheSameBitsOnAnyThreadCount() {
