@@ -12,12 +12,15 @@ public enum ParallelFor {
     /// Threads to use (set with the GEMM thread count).
     public nonisolated(unsafe) static var threads = 1
 
+    /// Threads a new split may use: just the caller's own inside a `tasks` region, where
+    /// every thread of the team is already running a task.
+    @usableFromInline static var freeThreads: Int { tessera_in_parallel() != 0 ? 1 : threads }
+
     /// Calls `body(lo, hi)` on disjoint chunks covering 0..<count, in parallel when the work is
     /// large enough to pay for the hand-off.
     @inlinable
     public static func chunks(_ count: Int, minimum: Int = 32_768, _ body: (Int, Int) -> Void) {
-        // Inside `tasks` every thread is already busy with a task of its own.
-        let k = tessera_in_parallel() != 0 ? 1 : min(threads, max(1, count / minimum))
+        let k = min(freeThreads, max(1, count / minimum))
         if k <= 1 { body(0, count); return }
         let step = (count + k - 1) / k
         // On the OpenMP team the GEMMs use, not a second thread pool: right after a GEMM its
@@ -31,11 +34,13 @@ public enum ParallelFor {
     /// Calls `body(index, worker)` for every index in 0..<count, spread over up to `workers`
     /// threads of the rank's OpenMP team (`worker` < `workers` names per-thread scratch).
     ///
-    /// GEMMs inside run single-threaded on their task's thread and `chunks` runs inline, so
-    /// many small products cost no fork/join each. Tasks must touch disjoint memory. Which
-    /// thread runs which index varies, so a task's result must not depend on its worker.
+    /// GEMMs inside run single-threaded on their task's thread, and splits started inside a
+    /// task (`chunks`, `blocks`, nested `tasks`) run inline on it, since every thread is
+    /// already busy; so many small products cost no fork/join each. Tasks must touch disjoint
+    /// memory. Which thread runs which index varies, so a task's result must not depend on its
+    /// worker.
     public static func tasks(_ count: Int, workers: Int, _ body: (Int, Int) -> Void) {
-        if workers <= 1 || count <= 1 {
+        if min(workers, freeThreads) <= 1 || count <= 1 {
             for i in 0..<count { body(i, 0) }
             return
         }
@@ -54,9 +59,7 @@ public enum ParallelFor {
     /// over the rank's threads. The blocks do not depend on the thread count, so per-block
     /// partial sums added in block order give the same bits with any number of threads.
     public static func blocks(_ count: Int, size: Int, _ body: (Int, Int, Int) -> Void) {
-        let n = (count + size - 1) / size
-        let workers = tessera_in_parallel() != 0 ? 1 : threads
-        tasks(n, workers: workers) { b, _ in body(b * size, min(count, (b + 1) * size), b) }
+        tasks(blockCount(count, size: size), workers: threads) { b, _ in body(b * size, min(count, (b + 1) * size), b) }
     }
 
     /// Number of blocks `blocks(count, size:)` uses.

@@ -60,7 +60,7 @@ extension GPT {
         p.narrow(wide, into: a.lnf.pointer, BT * C)
         params.releaseParameters(unit: lay.finalUnit)
 
-        let wte = acquireLow(params, unit: 0)
+        let wte = acquireLow(params, unit: 0, narrowed: true)
         Layers.lowLinearForward(p, out: a.logits.pointer, inp: a.lnf.pointer, weight: wte, bias: nil,
                                 N: BT, IC: C, OC: V)
         params.releaseParameters(unit: 0)
@@ -78,7 +78,7 @@ extension GPT {
 
         Layers.softmaxCrossEntropyBackward(probs: a.logits.pointer, targets: targets, N: BT, V: V, scale: lossScale)
         p.narrow(a.logits.pointer, into: narrow, BT * V)
-        let wte = acquireLow(params, unit: 0)
+        let wte = acquireLow(params, unit: 0, narrowed: true)
         let gEmb = params.gradients(unit: 0)
         Layers.lowLinearBackward(p, dinp: dln, dweight: gEmb, dbias: nil, dout: a.logits.pointer, doutLow: narrow,
                                  inp: a.lnf.pointer, weight: wte, N: BT, IC: C, OC: V)
@@ -131,11 +131,15 @@ extension GPT {
     }
 
     /// `unit`'s 16-bit compute copy: the provider's own, or the fp32 parameters narrowed into
-    /// the model's buffer for that unit.
-    private func acquireLow(_ params: ParameterProvider, unit: Int) -> UnsafeMutablePointer<UInt16> {
+    /// the model's buffer for that unit. `narrowed` says that buffer already holds the copy:
+    /// the embedding unit is narrowed once at the start of a forward pass, and the tied LM
+    /// head of that forward and of its backward reuse it (parameters change only in an
+    /// optimizer step, never between a forward pass and its backward).
+    private func acquireLow(_ params: ParameterProvider, unit: Int, narrowed: Bool = false) -> UnsafeMutablePointer<UInt16> {
         if let copy = params.acquireLowParameters(unit: unit, precision: precision) { return copy }
         let dst = unit == 0 ? lowEmbedding.pointer : lowBlock.pointer
-        precision.narrow(params.acquireParameters(unit: unit), into: dst, layout.units[unit].count)
+        let w = params.acquireParameters(unit: unit)
+        if !narrowed { precision.narrow(w, into: dst, layout.units[unit].count) }
         return dst
     }
 }

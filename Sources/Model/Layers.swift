@@ -103,8 +103,8 @@ public enum Layers {
                         let dnorm = weight[i] * dy[i]
                         dx[i] += (dnorm - dnormMean - norm * dnormNormMean) * s
                         dw[i] += norm * dy[i]
-                        db[i] += dy[i]
                     }
+                    if dbias != nil { for i in 0..<C { db[i] += dy[i] } }
                 }
             }
             for block in 0..<blocks {
