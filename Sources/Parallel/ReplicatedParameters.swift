@@ -15,52 +15,30 @@ import Kernels
 /// Both buffers are padded to `ranks × shardSize` so the all-gather has equal blocks.
 final class ReplicatedParameters {
     let shard: ShardLayout
-    /// fp32, or the compute format of the 16-bit copy.
-    let precision: Precision
-    private let wide: FloatBuffer      // padded fp32 replica (fp32 form), else empty
-    private let low: HalfBuffer        // padded 16-bit replica (mixed form), else empty
+    /// Every parameter, padded: the fp32 values, or the 16-bit compute copy.
+    let values: ParameterBuffer
     private let master: FloatBuffer    // fp32 master shard (mixed form), else empty
 
     init(shard: ShardLayout, precision: Precision) {
         self.shard = shard
-        self.precision = precision
-        let mixed = precision.isLow ? 1 : 0
-        wide = FloatBuffer(count: (1 - mixed) * shard.padded)
-        low = HalfBuffer(count: mixed * shard.padded)
-        master = FloatBuffer(count: mixed * shard.shardSize)
+        values = ParameterBuffer(count: shard.padded, precision: precision)
+        master = FloatBuffer(count: precision.isLow ? shard.shardSize : 0)
     }
 
-    var isMixed: Bool { precision.isLow }
+    var isMixed: Bool { values.precision.isLow }
 
     /// The fp32 values of this rank's shard (what AdamW updates and checkpoints hold).
-    var masterShard: UnsafeMutablePointer<Float> { isMixed ? master.pointer : wide.pointer + shard.mine.lowerBound }
-
-    /// fp32 parameters from element `offset` (fp32 form only).
-    func wideParameters(at offset: Int) -> UnsafeMutablePointer<Float> {
-        precondition(!isMixed, "parameters are held as a \(precision) copy; use the 16-bit form")
-        return wide.pointer + offset
-    }
-
-    /// 16-bit parameters from element `offset` (mixed form), nil in fp32 form.
-    func lowParameters(at offset: Int, precision requested: Precision) -> UnsafeMutablePointer<UInt16>? {
-        guard isMixed else { return nil }
-        precondition(requested == precision, "model computes in \(requested), parameters are held in \(precision)")
-        return low.pointer + offset
-    }
+    var masterShard: UnsafeMutablePointer<Float> { isMixed ? master.pointer : values.wide(at: shard.mine.lowerBound) }
 
     // MARK: Updating
 
     /// Brings every rank the values of every shard after each rank updated its master shard.
     func allGather(comm: Communicator, seconds: inout Double) throws(CommError) {
         let mine = shard.rank * shard.shardSize
-        if isMixed { precision.narrow(master.pointer, into: low.pointer + mine, shard.shardSize) }
-        guard comm.size > 1 else { return }
+        if isMixed { values.store(master.pointer, at: mine, count: shard.shardSize) }
         let t0 = MPIClock.now()
-        let base = isMixed ? UnsafeMutableRawPointer(low.pointer) : UnsafeMutableRawPointer(wide.pointer)
-        let bytes = isMixed ? 2 : 4
-        try comm.wait(comm.startAllGather(send: UnsafeRawPointer(base + mine * bytes), recv: base,
-                                          countPerRank: shard.shardSize, dtype: isMixed ? precision.commDType : .float32,
-                                          label: "all-gather of updated parameters"))
+        try allGatherInPlace(values.address(0), dtype: values.dtype, shard: shard, comm: comm,
+                             label: "all-gather of updated parameters")
         seconds += MPIClock.now() - t0
     }
 
@@ -68,25 +46,21 @@ final class ReplicatedParameters {
 
     /// Sets every parameter from a full fp32 vector.
     func load(from full: UnsafePointer<Float>) {
-        if isMixed {
-            master.pointer.update(from: full + shard.mine.lowerBound, count: shard.mine.count)
-            precision.narrow(full, into: low.pointer, shard.total)
-        } else {
-            wide.pointer.update(from: full, count: shard.total)
-        }
+        if isMixed { master.pointer.update(from: full + shard.mine.lowerBound, count: shard.mine.count) }
+        values.store(full, at: 0, count: shard.total)
     }
 
     /// Reads the checkpoint vector "params": all of it (the replica needs every value), a
     /// unit-sized chunk at a time in the mixed form so no full fp32 copy is made.
     func load(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void, chunk: Int) rethrows {
-        guard isMixed else { return try read("params", 0..<shard.total, wide.pointer) }
+        guard isMixed else { return try read("params", 0..<shard.total, values.wide()) }
         try read("params", shard.mine, master.pointer)
         let scratch = FloatBuffer(count: max(1, min(chunk, shard.total)))
         var start = 0
         while start < shard.total {
             let n = min(scratch.count, shard.total - start)
             try read("params", start..<(start + n), scratch.pointer)
-            precision.narrow(scratch.pointer, into: low.pointer + start, n)
+            values.store(scratch.pointer, at: start, count: n)
             start += n
         }
     }
@@ -94,16 +68,16 @@ final class ReplicatedParameters {
     /// The full fp32 parameter vector: a copy of the replica, or an all-gather of the master
     /// shards (collective: every rank must call it).
     func gather(into out: UnsafeMutablePointer<Float>, comm: Communicator) throws(CommError) {
-        guard isMixed else { return out.update(from: wide.pointer, count: shard.total) }
+        guard isMixed else { return out.update(from: values.wide(), count: shard.total) }
         try gatherShards(master.pointer, shard: shard, comm: comm, into: out)
     }
 
     // MARK: Accounting
 
     /// Bytes of the replica without padding (the paper's 4Ψ or 2Ψ).
-    var replicaBytes: Int { (isMixed ? 2 : 4) * shard.total }
+    var replicaBytes: Int { values.bytes(shard.total) }
     /// Bytes of the replica's padding slots.
-    var paddingBytes: Int { (isMixed ? 2 : 4) * (shard.padded - shard.total) }
+    var paddingBytes: Int { values.bytes(shard.padded - shard.total) }
     /// Bytes of the fp32 master shard (0 in the fp32 form, where the replica is the master).
     var masterBytes: Int { master.byteCount }
 }

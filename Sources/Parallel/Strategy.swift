@@ -103,12 +103,8 @@ func pieces(_ shard: ShardLayout, params: UnsafePointer<Float>, m: UnsafePointer
 func gatherShards(_ values: UnsafePointer<Float>, shard: ShardLayout, comm: Communicator,
                   into out: UnsafeMutablePointer<Float>) throws(CommError) {
     let full = FloatBuffer(count: shard.padded)
-    let mine = full.pointer + shard.rank * shard.shardSize
-    mine.update(from: values, count: shard.shardSize)
-    if comm.size > 1 {
-        try comm.wait(comm.startAllGather(send: UnsafeRawPointer(mine), recv: UnsafeMutableRawPointer(full.pointer),
-                                          countPerRank: shard.shardSize, dtype: .float32,
-                                          label: "all-gather of parameters for saving"))
-    }
+    (full.pointer + shard.rank * shard.shardSize).update(from: values, count: shard.shardSize)
+    try allGatherInPlace(UnsafeMutableRawPointer(full.pointer), dtype: .float32, shard: shard, comm: comm,
+                         label: "all-gather of parameters for saving")
     out.update(from: full.pointer, count: shard.total)
 }

@@ -49,10 +49,10 @@ public final class ZeRO1: TrainingStrategy, ParameterProvider {
     // MARK: ParameterProvider
 
     public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> {
-        replica.wideParameters(at: layout.units[unit].lowerBound)
+        replica.values.wide(at: layout.units[unit].lowerBound)
     }
     public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? {
-        replica.lowParameters(at: layout.units[unit].lowerBound, precision: precision)
+        replica.values.low(at: layout.units[unit].lowerBound, as: precision)
     }
     public func releaseParameters(unit: Int) {}
     public func gradients(unit: Int) -> UnsafeMutablePointer<Float> { grads.pointer + layout.units[unit].lowerBound }

@@ -28,10 +28,10 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
     let reducer: UnitGradientReducer
     /// The format parameters travel and are gathered in: fp32, or the 16-bit compute format.
     let gatherPrecision: Precision
-    // Gathered units live in the fp32 buffers or in the 16-bit ones, never both (the other
-    // set is empty).
-    private let wideEmbedding: FloatBuffer, wideSlots: [FloatBuffer]
-    private let lowShard: HalfBuffer, lowEmbedding: HalfBuffer, lowSlots: [HalfBuffer]
+    /// This rank's shard of the 16-bit compute copy (empty when gathering fp32).
+    private let lowShard: HalfBuffer
+    /// Gathered units, in `gatherPrecision`.
+    private let embedding: ParameterBuffer, slots: [ParameterBuffer]
     private var embeddingResident = false
     private var slotUnit: [Int?] = [nil, nil]        // unit gathered (or gathering) in each slot
     private var gathers: [CommRequest?] = [nil, nil]
@@ -49,13 +49,10 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
         paramShard = FloatBuffer(count: shard.shardSize)
         reducer = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
         gatherPrecision = compute
-        let big = largestUnit(layout.units, from: 1), u0 = layout.units[0].count
-        let wide = compute.isLow ? 0 : 1, low = 1 - wide
-        wideEmbedding = FloatBuffer(count: wide * u0)
-        wideSlots = [FloatBuffer(count: wide * big), FloatBuffer(count: wide * big)]
-        lowShard = HalfBuffer(count: low * shard.shardSize)
-        lowEmbedding = HalfBuffer(count: low * u0)
-        lowSlots = [HalfBuffer(count: low * big), HalfBuffer(count: low * big)]
+        let big = largestUnit(layout.units, from: 1)
+        lowShard = HalfBuffer(count: compute.isLow ? shard.shardSize : 0)
+        embedding = ParameterBuffer(count: layout.units[0].count, precision: compute)
+        slots = [ParameterBuffer(count: big, precision: compute), ParameterBuffer(count: big, precision: compute)]
     }
 
     /// Takes this rank's shard from a full parameter vector (initialisation, loading).
@@ -84,22 +81,12 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
 
     // MARK: Gathering
 
-    private var embeddingBuffer: UnsafeMutableRawPointer {
-        gatherPrecision.isLow ? UnsafeMutableRawPointer(lowEmbedding.pointer) : UnsafeMutableRawPointer(wideEmbedding.pointer)
-    }
-
-    private func slot(_ s: Int) -> UnsafeMutableRawPointer {
-        gatherPrecision.isLow ? UnsafeMutableRawPointer(lowSlots[s].pointer) : UnsafeMutableRawPointer(wideSlots[s].pointer)
-    }
-
-    private func startGather(_ unit: Int, into buffer: UnsafeMutableRawPointer) -> CommRequest {
+    private func startGather(_ unit: Int, into buffer: ParameterBuffer) -> CommRequest {
         let range = layout.units[unit]
         let offset = shard.myPart(of: range).lowerBound - shard.mine.lowerBound
-        let low = gatherPrecision.isLow
-        let send = low ? UnsafeRawPointer(lowShard.pointer + offset) : UnsafeRawPointer(paramShard.pointer + offset)
-        return comm.startAllGatherV(send: send, recv: buffer, counts: shard.pieces(of: range),
-                                    dtype: low ? gatherPrecision.commDType : .float32,
-                                    label: "all-gather of unit \(unit) parameters")
+        let send = gatherPrecision.isLow ? UnsafeRawPointer(lowShard.pointer + offset) : UnsafeRawPointer(paramShard.pointer + offset)
+        return comm.startAllGatherV(send: send, recv: buffer.address(0), counts: shard.pieces(of: range),
+                                    dtype: buffer.dtype, label: "all-gather of unit \(unit) parameters")
     }
 
     private func wait(_ r: CommRequest) {
@@ -112,40 +99,36 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
         guard unit >= 1, unit < layout.units.count, !slotUnit.contains(unit),
               let free = slotUnit.firstIndex(where: { $0 == nil }) else { return }
         slotUnit[free] = unit
-        gathers[free] = startGather(unit, into: slot(free))
+        gathers[free] = startGather(unit, into: slots[free])
     }
 
     // MARK: ParameterProvider
 
-    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> {
-        precondition(!gatherPrecision.isLow, "ZeRO-3 gathers the \(gatherPrecision) compute copy; use acquireLowParameters")
-        return acquire(unit: unit).assumingMemoryBound(to: Float.self)
-    }
+    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> { acquire(unit: unit).wide() }
 
     public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? {
-        guard gatherPrecision.isLow else { return nil }
-        precondition(precision == gatherPrecision, "model computes in \(precision), ZeRO-3 gathers \(gatherPrecision)")
-        return acquire(unit: unit).assumingMemoryBound(to: UInt16.self)
+        // An fp32 gather leaves narrowing to the model; nothing is acquired then.
+        gatherPrecision.isLow ? acquire(unit: unit).low(as: precision) : nil
     }
 
-    private func acquire(unit: Int) -> UnsafeMutableRawPointer {
+    private func acquire(unit: Int) -> ParameterBuffer {
         reducer.progress()
         defer { lastAcquired = unit }
         if unit == 0 {
             if !embeddingResident {
-                wait(startGather(0, into: embeddingBuffer))
+                wait(startGather(0, into: embedding))
                 embeddingResident = true
             }
             // Forward's embedding lookup is followed by block 0; the LM head (acquired right
             // after the final unit) is followed by backward or the next forward.
             if !backwardPass && lastAcquired != layout.finalUnit { prefetch(1) }
-            return embeddingBuffer
+            return embedding
         }
         if !slotUnit.contains(unit) { prefetch(unit) }
         let s = slotUnit.firstIndex(of: unit)!
         if let g = gathers[s] { wait(g); gathers[s] = nil }
         prefetch(backwardPass ? unit - 1 : unit + 1)
-        return slot(s)
+        return slots[s]
     }
 
     public func releaseParameters(unit: Int) {
@@ -186,9 +169,8 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
 
     public var memory: MemoryReport {
         var w = reducer.workingBytes
-        w["gathered embedding unit"] = wideEmbedding.byteCount + lowEmbedding.byteCount
-        w["gathered unit buffers (current + prefetch)"] = wideSlots.reduce(0) { $0 + $1.byteCount }
-            + lowSlots.reduce(0) { $0 + $1.byteCount }
+        w["gathered embedding unit"] = embedding.byteCount
+        w["gathered unit buffers (current + prefetch)"] = slots.reduce(0) { $0 + $1.byteCount }
         // Mixed precision follows the ZeRO paper: the parameters are the 16-bit shard, the
         // fp32 master shard is optimizer state (K = 12 with m and v).
         let mixed = gatherPrecision.isLow
