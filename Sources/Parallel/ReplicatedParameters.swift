@@ -32,8 +32,16 @@ final class ReplicatedParameters {
 
     // MARK: Updating
 
+    /// Clips and applies AdamW to this rank's master shard with its reduced gradient, then
+    /// brings every rank the updated values of every shard.
+    func update(_ optimizer: ShardedAdam, grads: UnsafeMutablePointer<Float>, step: Int, lr: Float, clip: Float,
+                comm: Communicator, seconds: inout Double) throws(CommError) {
+        optimizer.update(params: masterShard, grads: grads, step: step, lr: lr, clip: clip)
+        try allGather(comm: comm, seconds: &seconds)
+    }
+
     /// Brings every rank the values of every shard after each rank updated its master shard.
-    func allGather(comm: Communicator, seconds: inout Double) throws(CommError) {
+    private func allGather(comm: Communicator, seconds: inout Double) throws(CommError) {
         let mine = shard.rank * shard.shardSize
         if isMixed { values.store(master.pointer, at: mine, count: shard.shardSize) }
         let t0 = MPIClock.now()
@@ -44,18 +52,28 @@ final class ReplicatedParameters {
 
     // MARK: Loading and saving
 
+    /// This rank's checkpoint pieces: its fp32 master shard and `optimizer`'s moments.
+    func statePieces(_ optimizer: ShardedAdam) -> [StatePiece] { optimizer.statePieces(paramShard: masterShard) }
+
+    /// Loads the parameters and `optimizer`'s moments from a checkpoint.
+    func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void,
+                   into optimizer: ShardedAdam) rethrows {
+        try loadParameters(read)
+        try optimizer.loadMoments(read)
+    }
+
     /// Sets every parameter from a full fp32 vector.
     func load(from full: UnsafePointer<Float>) {
         if isMixed { master.pointer.update(from: full + shard.mine.lowerBound, count: shard.mine.count) }
         values.store(full, at: 0, count: shard.total)
     }
 
-    /// Reads the checkpoint vector "params": all of it (the replica needs every value), a
-    /// unit-sized chunk at a time in the mixed form so no full fp32 copy is made.
-    func load(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void, chunk: Int) rethrows {
+    /// Reads the checkpoint vector "params": all of it (the replica needs every value), in
+    /// chunks of a million elements in the mixed form so no full fp32 copy is made.
+    private func loadParameters(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
         guard isMixed else { return try read("params", 0..<shard.total, values.wide()) }
         try read("params", shard.mine, master.pointer)
-        let scratch = FloatBuffer(count: max(1, min(chunk, shard.total)))
+        let scratch = FloatBuffer(count: max(1, min(1 << 20, shard.total)))
         var start = 0
         while start < shard.total {
             let n = min(scratch.count, shard.total - start)

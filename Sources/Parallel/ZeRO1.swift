@@ -99,8 +99,8 @@ public final class ZeRO1: TrainingStrategy, ParameterProvider {
     public func poisonGradientForTesting() { gradShard[0] = .infinity }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
-        optimizer.update(params: replica.masterShard, grads: gradShard.pointer, step: step, lr: lr, clip: clip)
-        try replica.allGather(comm: comm, seconds: &commWaitSeconds)
+        try replica.update(optimizer, grads: gradShard.pointer, step: step, lr: lr, clip: clip, comm: comm,
+                           seconds: &commWaitSeconds)
     }
 
     public var memory: MemoryReport {
@@ -111,11 +111,10 @@ public final class ZeRO1: TrainingStrategy, ParameterProvider {
                                "16-bit gradient staging": (lowGrads?.byteCount ?? 0) + (lowShard?.byteCount ?? 0)])
     }
 
-    public func statePieces() -> [StatePiece] { optimizer.statePieces(paramShard: replica.masterShard) }
+    public func statePieces() -> [StatePiece] { replica.statePieces(optimizer) }
 
     public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try replica.load(read, chunk: largestUnit(layout.units, from: 0))
-        try optimizer.loadMoments(read)
+        try replica.loadState(read, into: optimizer)
     }
 
     public func loadParameters(from full: UnsafePointer<Float>) { replica.load(from: full) }

@@ -59,8 +59,8 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
     public func poisonGradientForTesting() { reducer.gradShard[0] = .infinity }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
-        optimizer.update(params: replica.masterShard, grads: reducer.gradShard.pointer, step: step, lr: lr, clip: clip)
-        try replica.allGather(comm: comm, seconds: &commWaitSeconds)
+        try replica.update(optimizer, grads: reducer.gradShard.pointer, step: step, lr: lr, clip: clip, comm: comm,
+                           seconds: &commWaitSeconds)
     }
 
     public var memory: MemoryReport {
@@ -70,11 +70,10 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
                             optimizer: optimizer.bytes + replica.masterBytes, working: w)
     }
 
-    public func statePieces() -> [StatePiece] { optimizer.statePieces(paramShard: replica.masterShard) }
+    public func statePieces() -> [StatePiece] { replica.statePieces(optimizer) }
 
     public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try replica.load(read, chunk: largestUnit(layout.units, from: 0))
-        try optimizer.loadMoments(read)
+        try replica.loadState(read, into: optimizer)
     }
 
     public func loadParameters(from full: UnsafePointer<Float>) { replica.load(from: full) }
