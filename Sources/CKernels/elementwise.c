@@ -33,23 +33,36 @@ static inline float fast_tanh(float u) {
 
 #define GELU_K 0.7978845608028654f
 
+// bf16 rounding (to nearest even, NaN kept quiet) and widening, and GELU with its slope,
+// element by element; the loops below are vectorised over these.
+static inline uint16_t round_bf16(float f) {
+    uint32_t b = float_to_bits(f);
+    uint32_t nan = (b & 0x7fffffffu) > 0x7f800000u;
+    return (uint16_t)(nan ? ((b >> 16) | 0x40u) : ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16));
+}
+static inline float widen_bf16(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
+// IEEE binary16 through the compiler's _Float16 (F16C where the target has it).
+static inline uint16_t round_f16(float f) { _Float16 h = (_Float16)f; uint16_t u; memcpy(&u, &h, 2); return u; }
+static inline float widen_f16(uint16_t u) { _Float16 h; memcpy(&h, &u, 2); return (float)h; }
+static inline float gelu_value(float v) { return 0.5f * v * (1.0f + fast_tanh(GELU_K * (v + 0.044715f * v * v * v))); }
+static inline float gelu_slope(float v) {
+    float th = fast_tanh(GELU_K * (v + 0.044715f * v * v * v));
+    return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * v * v);
+}
+
 #define DEFINE_KERNELS(SUFFIX, ATTR)                                                              \
     ATTR static void gelu_fwd_##SUFFIX(float *out, const float *x, int64_t n) {                   \
         /* out may alias x (in place); element i reads only x[i]. */                              \
         _Pragma("clang loop vectorize(assume_safety)")                                            \
         for (int64_t i = 0; i < n; i++) {                                                         \
-            float v = x[i];                                                                       \
-            out[i] = 0.5f * v * (1.0f + fast_tanh(GELU_K * (v + 0.044715f * v * v * v)));         \
+            out[i] = gelu_value(x[i]);                                                            \
         }                                                                                         \
     }                                                                                             \
     ATTR static void gelu_bwd_##SUFFIX(float *dx, const float *x, const float *dy, int64_t n) {   \
         /* dx may alias dy; each element reads only its own inputs, so vectorising is safe. */    \
         _Pragma("clang loop vectorize(assume_safety)")                                            \
         for (int64_t i = 0; i < n; i++) {                                                         \
-            float v = x[i];                                                                       \
-            float th = fast_tanh(GELU_K * (v + 0.044715f * v * v * v));                           \
-            float g = 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * v * v); \
-            dx[i] = dy[i] * g;                                                                    \
+            dx[i] = dy[i] * gelu_slope(x[i]);                                                     \
         }                                                                                         \
     }                                                                                             \
     ATTR static float exp_shift_sum_##SUFFIX(float *x, int64_t n, float shift) {                  \
@@ -60,21 +73,16 @@ static inline float fast_tanh(float u) {
         return s;                                                                                 \
     }                                                                                             \
     ATTR static void to_bf16_##SUFFIX(uint16_t *dst, const float *src, int64_t n) {               \
-        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) {                                                         \
-            uint32_t b = float_to_bits(src[i]);                                                   \
-            uint32_t nan = (b & 0x7fffffffu) > 0x7f800000u;                                       \
-            uint32_t r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;                                  \
-            dst[i] = (uint16_t)(nan ? ((b >> 16) | 0x40u) : r);                                   \
-        }                                                                                         \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = round_bf16(src[i]); \
     }                                                                                             \
     ATTR static void from_bf16_##SUFFIX(float *dst, const uint16_t *src, int64_t n) {             \
-        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = bits_to_float((uint32_t)src[i] << 16);           \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = widen_bf16(src[i]); \
     }                                                                                             \
     ATTR static void to_f16_##SUFFIX(uint16_t *dst, const float *src, int64_t n) {                \
-        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) { _Float16 h = (_Float16)src[i]; memcpy(&dst[i], &h, 2); } \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = round_f16(src[i]); \
     }                                                                                             \
     ATTR static void from_f16_##SUFFIX(float *dst, const uint16_t *src, int64_t n) {              \
-        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) { _Float16 h; memcpy(&h, &src[i], 2); dst[i] = (float)h; } \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = widen_f16(src[i]); \
     }                                                                                             \
     ATTR static int all_finite_##SUFFIX(const float *x, int64_t n) {                              \
         uint32_t bad = 0;                                                                         \
@@ -101,19 +109,6 @@ static inline float fast_tanh(float u) {
         return s;                                                                                 \
     }
 
-// 16-bit formats element by element (the vector loops above do the same per lane).
-static inline uint16_t round_bf16(float f) {
-    uint32_t b = float_to_bits(f);
-    uint32_t nan = (b & 0x7fffffffu) > 0x7f800000u;
-    return (uint16_t)(nan ? ((b >> 16) | 0x40u) : ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16));
-}
-static inline float widen_bf16(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
-static inline float gelu_value(float v) { return 0.5f * v * (1.0f + fast_tanh(GELU_K * (v + 0.044715f * v * v * v))); }
-static inline float gelu_slope(float v) {
-    float th = fast_tanh(GELU_K * (v + 0.044715f * v * v * v));
-    return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * v * v);
-}
-
 // GELU of a 16-bit model in one pass: the pre-activation is rounded and stored (backward
 // reads it), GELU is taken of the rounded value, and the output is rounded; and backward
 // from the stored pre-activation, writing the input gradient in fp32 and rounded.
@@ -129,10 +124,9 @@ static inline float gelu_slope(float v) {
     ATTR static void gelu_fwd_f16_##SUFFIX(uint16_t *pre, uint16_t *out, const float *x, int64_t n) { \
         _Pragma("clang loop vectorize(assume_safety)")                                            \
         for (int64_t i = 0; i < n; i++) {                                                         \
-            _Float16 h = (_Float16)x[i];                                                          \
-            memcpy(&pre[i], &h, 2);                                                               \
-            _Float16 g = (_Float16)gelu_value((float)h);                                          \
-            memcpy(&out[i], &g, 2);                                                               \
+            uint16_t h = round_f16(x[i]);                                                         \
+            pre[i] = h;                                                                           \
+            out[i] = round_f16(gelu_value(widen_f16(h)));                                         \
         }                                                                                         \
     }                                                                                             \
     ATTR static void gelu_bwd_bf16_##SUFFIX(float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
@@ -146,12 +140,9 @@ static inline float gelu_slope(float v) {
     ATTR static void gelu_bwd_f16_##SUFFIX(float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
         _Pragma("clang loop vectorize(assume_safety)")                                            \
         for (int64_t i = 0; i < n; i++) {                                                         \
-            _Float16 h;                                                                           \
-            memcpy(&h, &pre[i], 2);                                                               \
-            float d = dy[i] * gelu_slope((float)h);                                               \
+            float d = dy[i] * gelu_slope(widen_f16(pre[i]));                                      \
             dx[i] = d;                                                                            \
-            _Float16 r = (_Float16)d;                                                             \
-            memcpy(&dx16[i], &r, 2);                                                              \
+            dx16[i] = round_f16(d);                                                               \
         }                                                                                         \
     }
 
