@@ -12,18 +12,33 @@ enum Repo {
     static var binary: URL { root.appendingPathComponent(".build/release/tessera") }
     static var launcher: URL { root.appendingPathComponent("launch/local.sh") }
 
-    /// Text for tests: the shared Tiny Shakespeare copy beside the repo.
-    static var corpus: URL { root.deletingLastPathComponent().appendingPathComponent("shared/data/tinyshakespeare.txt") }
-
     nonisolated(unsafe) private static var prepared: String?
+    nonisolated(unsafe) private static var corpusFile: URL?
     private static let lock = NSLock()
+
+    /// Text for tests: the English prose of Debian's `fortunes` package, which `make setup`
+    /// installs, concatenated by `launch/default-data.sh` (made once per test process). Tests
+    /// never need anything beside the repository.
+    static var corpus: URL {
+        get throws {
+            lock.lock(); defer { lock.unlock() }
+            if let c = corpusFile { return c }
+            let dir = try temporaryDirectory("corpus")
+            let file = URL(fileURLWithPath: dir).appendingPathComponent("corpus.txt")
+            let r = try runProcess(root.appendingPathComponent("launch/default-data.sh"), [file.path])
+            guard r.status == 0 else { throw NSError(domain: "default data: \(r.stderr)", code: 1) }
+            corpusFile = file
+            return file
+        }
+    }
 
     /// A prepared data directory (made once per test process).
     static func dataDirectory() throws -> String {
+        let text = try corpus
         lock.lock(); defer { lock.unlock() }
         if let p = prepared { return p }
         let dir = try temporaryDirectory("data")
-        let r = try tessera(["prepare", "--input", corpus.path, "--out", dir])
+        let r = try tessera(["prepare", "--input", text.path, "--out", dir])
         guard r.status == 0 else { throw NSError(domain: "prepare failed: \(r.stderr)", code: 1) }
         prepared = dir
         return dir

@@ -86,7 +86,7 @@ final class TrainCLITests: XCTestCase {
         try assertFails(["train", "--data", data, "--bogus-flag"], status: 64, mentions: ["bogus-flag"])
         try assertFails(["train", "--data", data, "--n-layer", "two"], status: 64, mentions: ["n-layer"])
         try assertFails(["prepare", "--input", "/nonexistent.txt", "--out", out], status: 2, mentions: ["--input"])
-        try assertFails(["prepare", "--input", Repo.corpus.path, "--out", out, "--tokenizer", "bpe"], status: 64,
+        try assertFails(["prepare", "--input", (try Repo.corpus).path, "--out", out, "--tokenizer", "bpe"], status: 64,
                         mentions: ["tokenizer"])
     }
 
