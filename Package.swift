@@ -2,7 +2,10 @@
 import PackageDescription
 
 // Layering (see README "Architecture"): C shims -> Kernels -> Model, Comm -> Parallel, Optim
-// -> Training, Data -> tessera. Scaling depends on nothing.
+// -> Training, Checkpoint, Corpus -> tessera. Settings (Precision, ZeroStage) is the leaf
+// every layer shares; Scaling is pure math over it. Only Kernels imports CKernels; the
+// signal shim is Training's, MPI is Comm's, zstd is Checkpoint's. Dependencies list exactly
+// what each target imports.
 let release: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
 
 let package = Package(
@@ -22,36 +25,37 @@ let package = Package(
                        providers: [.apt(["libopenmpi-dev"])]),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
-
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])],
                 linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
+        .target(name: "CSignals"),
 
         // MARK: Layers
-        .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: release),
-        .target(name: "Model", dependencies: ["Kernels"], swiftSettings: release),
-        .target(name: "Comm", dependencies: ["CMPI", "CKernels"], swiftSettings: release),
-        .target(name: "Optim", dependencies: ["Kernels", "CKernels"], swiftSettings: release),
-        .target(name: "Parallel", dependencies: ["Comm", "Model", "Optim", "Kernels"], swiftSettings: release),
-        .target(name: "Data", dependencies: ["Kernels"], swiftSettings: release),
-        .target(name: "Checkpoint", dependencies: ["CZstd"], swiftSettings: release),
-        .target(name: "Training", dependencies: ["Model", "Optim", "Data", "Comm", "Parallel", "Kernels", "Scaling",
-                                                 "Checkpoint", "CKernels"],
+        .target(name: "Settings"),
+        .target(name: "Kernels", dependencies: ["CBLAS", "CKernels", "Settings"], swiftSettings: release),
+        .target(name: "Model", dependencies: ["Kernels", "Settings"], swiftSettings: release),
+        .target(name: "Comm", dependencies: ["CMPI", "Kernels", "Settings"], swiftSettings: release),
+        .target(name: "Optim", dependencies: ["Kernels"], swiftSettings: release),
+        .target(name: "Parallel", dependencies: ["Comm", "Model", "Optim", "Kernels", "Settings"], swiftSettings: release),
+        .target(name: "Corpus", dependencies: ["Kernels"], swiftSettings: release),
+        .target(name: "Checkpoint", dependencies: ["CZstd", "Settings"], swiftSettings: release),
+        .target(name: "Training", dependencies: ["CSignals", "Checkpoint", "Comm", "Corpus", "Kernels", "Model",
+                                                 "Optim", "Parallel", "Scaling", "Settings"],
                 swiftSettings: release),
-        .target(name: "Scaling"),
+        .target(name: "Scaling", dependencies: ["Settings"]),
         .executableTarget(name: "tessera", dependencies: [
-            "Parallel", "Checkpoint", "Optim",
-            "Training", "Scaling", "Data", "Model", "Comm",
+            "Checkpoint", "Comm", "Corpus", "Kernels", "Optim", "Scaling", "Settings", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: release),
 
         // MARK: Tests
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
-        .testTarget(name: "ModelTests", dependencies: ["Model", "Kernels", "Optim"],
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Settings"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "Kernels", "Optim", "Settings"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "DataTests", dependencies: ["Data"]),
+        .testTarget(name: "CorpusTests", dependencies: ["Corpus"]),
         .testTarget(name: "OptimTests", dependencies: ["Optim"]),
-        .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model"]),
-        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
-        .testTarget(name: "CLITests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Comm", "Model", "Optim", "Kernels", "Settings"]),
+        .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model", "Kernels", "Settings"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Settings"]),
+        .testTarget(name: "CLITests", dependencies: ["Checkpoint", "Settings"], exclude: ["Fixtures"]),
     ]
 )

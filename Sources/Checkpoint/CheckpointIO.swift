@@ -1,13 +1,14 @@
 import Foundation
+import Settings
 
 // MARK: - Writing
 
 /// A flat state vector piece to save: `count` floats starting at element `start`.
 public struct VectorPiece: @unchecked Sendable {
-    public var name: String, start: Int, count: Int
+    public var vector: StateVector, start: Int, count: Int
     public var pointer: UnsafePointer<Float>
-    public init(name: String, start: Int, count: Int, pointer: UnsafePointer<Float>) {
-        self.name = name; self.start = start; self.count = count; self.pointer = pointer
+    public init(vector: StateVector, start: Int, count: Int, pointer: UnsafePointer<Float>) {
+        self.vector = vector; self.start = start; self.count = count; self.pointer = pointer
     }
 }
 
@@ -20,7 +21,7 @@ public enum CheckpointWriter {
         var frames: [Frame] = []
         for p in pieces {
             let c = try FloatCodec.compress(UnsafeRawPointer(p.pointer), count: p.count, width: 4, level: level)
-            frames.append(Frame(vector: p.name, start: p.start, count: p.count, offset: body.count, length: c.count))
+            frames.append(Frame(vector: p.vector.rawValue, start: p.start, count: p.count, offset: body.count, length: c.count))
             body += c
         }
         let name = CheckpointStore.fileName(rank: rank, world: world)
@@ -99,7 +100,7 @@ public enum CheckpointReader {
     public static func verify(directory: URL) throws -> Manifest {
         let m = try manifest(directory: directory)
         for f in m.files { _ = try load(directory: directory, entry: f) }
-        for v in ["params", "adam.m", "adam.v"] {
+        for v in StateVector.allCases.map(\.rawValue) {
             let covered = m.files.flatMap(\.frames).filter { $0.vector == v }.reduce(0) { $0 + $1.count }
             guard covered == m.parameterCount else {
                 throw CheckpointError(directory.path, "vector \(v) covers \(covered) of \(m.parameterCount) elements",
@@ -135,7 +136,8 @@ public enum CheckpointReader {
 
         public init(directory: URL, manifest: Manifest) { self.directory = directory; self.manifest = manifest }
 
-        public func read(_ vector: String, range: Range<Int>, into dest: UnsafeMutablePointer<Float>) throws {
+        public func read(_ state: StateVector, range: Range<Int>, into dest: UnsafeMutablePointer<Float>) throws {
+            let vector = state.rawValue
             var filled = 0
             for entry in manifest.files {
                 for f in entry.frames where f.vector == vector {

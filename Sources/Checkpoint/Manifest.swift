@@ -5,7 +5,7 @@
 
 /// One compressed piece of a flat state vector inside a rank file.
 public struct Frame: Codable, Equatable, Sendable {
-    /// Which state vector: "params", "adam.m", "adam.v".
+    /// Which state vector (a `StateVector` raw value).
     public var vector: String
     /// First element of the vector held by this frame, and how many.
     public var start: Int, count: Int

@@ -1,5 +1,6 @@
-import CKernels
 import CMPI
+import Kernels
+import Settings
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -209,8 +210,7 @@ public final class MPICommunicator: Communicator {
 
 /// inout[i] = round16(widen(in[i]) + widen(inout[i])), in chunks through fp32 scratch.
 private func reduce16(_ a: UnsafeMutableRawPointer?, _ b: UnsafeMutableRawPointer?, _ len: UnsafeMutablePointer<Int32>?,
-                      widen: (UnsafeMutablePointer<Float>, UnsafePointer<UInt16>, Int64) -> Void,
-                      narrow: (UnsafeMutablePointer<UInt16>, UnsafePointer<Float>, Int64) -> Void) {
+                      _ format: Precision) {
     guard let a, let b, let len else { return }
     let x = a.assumingMemoryBound(to: UInt16.self), y = b.assumingMemoryBound(to: UInt16.self)
     let n = Int(len.pointee)
@@ -219,10 +219,10 @@ private func reduce16(_ a: UnsafeMutableRawPointer?, _ b: UnsafeMutableRawPointe
             var i = 0
             while i < n {
                 let c = min(1024, n - i)
-                widen(fa.baseAddress!, x + i, Int64(c))
-                widen(fb.baseAddress!, y + i, Int64(c))
+                format.widenSerial(x + i, into: fa.baseAddress!, c)
+                format.widenSerial(y + i, into: fb.baseAddress!, c)
                 for j in 0..<c { fb[j] += fa[j] }
-                narrow(y + i, fb.baseAddress!, Int64(c))
+                format.narrowSerial(fb.baseAddress!, into: y + i, c)
                 i += c
             }
         }
@@ -231,10 +231,10 @@ private func reduce16(_ a: UnsafeMutableRawPointer?, _ b: UnsafeMutableRawPointe
 
 private let sumBF16: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int32>?,
                                      UnsafeMutablePointer<MPI_Datatype?>?) -> Void = { a, b, len, _ in
-    reduce16(a, b, len, widen: { tessera_bf16_to_f32($0, $1, $2) }, narrow: { tessera_f32_to_bf16($0, $1, $2) })
+    reduce16(a, b, len, .bf16)
 }
 
 private let sumFP16: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int32>?,
                                      UnsafeMutablePointer<MPI_Datatype?>?) -> Void = { a, b, len, _ in
-    reduce16(a, b, len, widen: { tessera_f16_to_f32($0, $1, $2) }, narrow: { tessera_f32_to_f16($0, $1, $2) })
+    reduce16(a, b, len, .fp16)
 }

@@ -1,3 +1,6 @@
+import CKernels
+import Settings
+
 // MARK: - Low-precision conversions
 //
 // Round-to-nearest-even from fp32; NaN stays NaN (quiet), ±inf stays ±inf, overflow of the
@@ -56,5 +59,32 @@ public enum Convert {
         }
         if exp == 0x1F { return Float(bitPattern: sign | 0x7F80_0000 | (mant << 13)) }
         return Float(bitPattern: sign | ((exp + 112) << 23) | (mant << 13))
+    }
+}
+
+// MARK: - Array conversions
+
+extension Precision {
+    /// Rounds `n` floats to this 16-bit format, split over the rank's threads.
+    @inlinable public func narrow(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, _ n: Int) {
+        ParallelFor.chunks(n) { lo, hi in narrowSerial(src + lo, into: dst + lo, hi - lo) }
+    }
+
+    /// Widens `n` 16-bit values of this format to floats, split over the rank's threads.
+    @inlinable public func widen(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
+        ParallelFor.chunks(n) { lo, hi in widenSerial(src + lo, into: dst + lo, hi - lo) }
+    }
+
+    /// `narrow` on the calling thread only (for callbacks that must not start threads, such as
+    /// MPI's user-defined reductions).
+    @inlinable public func narrowSerial(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, _ n: Int) {
+        precondition(isLow, "fp32 has no 16-bit form")
+        if self == .bf16 { tessera_f32_to_bf16(dst, src, Int64(n)) } else { tessera_f32_to_f16(dst, src, Int64(n)) }
+    }
+
+    /// `widen` on the calling thread only.
+    @inlinable public func widenSerial(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
+        precondition(isLow, "fp32 has no 16-bit form")
+        if self == .bf16 { tessera_bf16_to_f32(dst, src, Int64(n)) } else { tessera_f16_to_f32(dst, src, Int64(n)) }
     }
 }

@@ -1,4 +1,5 @@
 import CKernels
+import Settings
 
 // MARK: - Vector helpers
 // Small loops shared by several layers and the optimizer. Double accumulators where a sum
@@ -28,5 +29,56 @@ public enum Vector {
     @inlinable
     public static func allFinite(_ x: UnsafePointer<Float>, _ n: Int) -> Bool {
         tessera_all_finite(x, Int64(n)) != 0
+    }
+}
+
+// MARK: - Element-wise math (vectorised in C)
+
+extension Vector {
+    /// In place `x[i] = e^(x[i] − shift)` over `n` elements; returns their sum (softmax numerators).
+    @inlinable
+    public static func expShiftSum(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {
+        tessera_exp_shift_sum(x, Int64(n), shift)
+    }
+
+    /// One AdamW update over `n` elements in PyTorch's formula: `stepSize` = lr / (1 − β1ᵗ),
+    /// `invBias2Sqrt` = 1 / √(1 − β2ᵗ), `shrink` = 1 − lr·decay.
+    @inlinable
+    public static func adamW(param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>,
+                             m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, _ n: Int,
+                             beta1: Float, beta2: Float, stepSize: Float, invBias2Sqrt: Float, eps: Float, shrink: Float) {
+        tessera_adamw(param, grad, m, v, Int64(n), beta1, beta2, stepSize, invBias2Sqrt, eps, shrink)
+    }
+}
+
+/// GELU, tanh approximation: `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+public enum GELU {
+    /// `out = gelu(inp)` over `n` elements, split over the rank's threads.
+    public static func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int) {
+        ParallelFor.chunks(n) { lo, hi in tessera_gelu_forward(out + lo, inp + lo, Int64(hi - lo)) }
+    }
+
+    /// `dinp = dout · gelu'(inp)`; `dinp` may alias `dout`.
+    public static func backward(dinp: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
+                                dout: UnsafePointer<Float>, n: Int) {
+        ParallelFor.chunks(n) { lo, hi in tessera_gelu_backward(dinp + lo, inp + lo, dout + lo, Int64(hi - lo)) }
+    }
+
+    /// GELU of a 16-bit model in one pass: `pre = round(inp)` (backward reads it) and
+    /// `out = round(gelu(pre))`.
+    public static func forward(_ p: Precision, pre: UnsafeMutablePointer<UInt16>, out: UnsafeMutablePointer<UInt16>,
+                               inp: UnsafePointer<Float>, n: Int) {
+        let bf = p == .bf16 ? Int32(1) : 0
+        ParallelFor.chunks(n) { lo, hi in tessera_gelu_forward_low(bf, pre + lo, out + lo, inp + lo, Int64(hi - lo)) }
+    }
+
+    /// `dinp = dout · gelu'(pre)` from the stored 16-bit pre-activation, in fp32 and rounded
+    /// into `dinpLow` (the next matmul's operand); `dinp` may alias `dout`.
+    public static func backward(_ p: Precision, dinp: UnsafeMutablePointer<Float>, dinpLow: UnsafeMutablePointer<UInt16>,
+                                pre: UnsafePointer<UInt16>, dout: UnsafePointer<Float>, n: Int) {
+        let bf = p == .bf16 ? Int32(1) : 0
+        ParallelFor.chunks(n) { lo, hi in
+            tessera_gelu_backward_low(bf, dinp + lo, dinpLow + lo, pre + lo, dout + lo, Int64(hi - lo))
+        }
     }
 }

@@ -1,4 +1,3 @@
-import CKernels
 import Kernels
 
 // MARK: - Layers
@@ -13,16 +12,20 @@ public enum Layers {
 
     // MARK: Embedding
 
-    /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`.
-    public static func embeddingForward(out: UnsafeMutablePointer<Float>, tokens: UnsafePointer<Int32>,
-                                        wte: UnsafePointer<Float>, wpe: UnsafePointer<Float>,
-                                        B: Int, T: Int, C: Int) {
-        for b in 0..<B {
+    /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`, reading the tables in the compute format.
+    public static func embeddingForward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>,
+                                                          tokens: UnsafePointer<Int32>,
+                                                          wte: UnsafePointer<F.Element>, wpe: UnsafePointer<F.Element>,
+                                                          B: Int, T: Int, C: Int) {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * C) { rows in
+            let scratch = rows.baseAddress!
             for t in 0..<T {
-                let o = out + (b * T + t) * C
-                let e = wte + Int(tokens[b * T + t]) * C
-                let p = wpe + t * C
-                for i in 0..<C { o[i] = e[i] + p[i] }
+                let position = F.widened(wpe + t * C, scratch: scratch, C)
+                for b in 0..<B {
+                    let o = out + (b * T + t) * C
+                    let token = F.widened(wte + Int(tokens[b * T + t]) * C, scratch: scratch + C, C)
+                    for i in 0..<C { o[i] = token[i] + position[i] }
+                }
             }
         }
     }
@@ -116,12 +119,13 @@ public enum Layers {
 
     // MARK: Linear
 
-    /// `out (N×OC) = inp (N×IC) · Wᵀ + b`, with `W` stored (OC×IC) as in `nn.Linear`.
-    public static func linearForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
-                                     weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                                     N: Int, IC: Int, OC: Int) {
-        Gemm.sgemm(.none, .transpose, m: N, n: OC, k: IC, a: inp, lda: IC, b: weight, ldb: IC,
-                   beta: 0, c: out, ldc: OC)
+    /// `out (N×OC) = inp (N×IC) · Wᵀ + b`, with `W` stored (OC×IC) as in `nn.Linear`; operands
+    /// in the compute format, output and bias fp32.
+    public static func linearForward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>,
+                                                       inp: UnsafePointer<F.Element>, weight: UnsafePointer<F.Element>,
+                                                       bias: UnsafePointer<Float>?, N: Int, IC: Int, OC: Int) {
+        F.gemm(.none, .transpose, m: N, n: OC, k: IC, alpha: 1, a: inp, lda: IC, b: weight, ldb: IC,
+               beta: 0, c: out, ldc: OC)
         if let bias { addBias(out, bias, N: N, OC: OC) }
     }
 
@@ -135,58 +139,50 @@ public enum Layers {
         }
     }
 
-    /// Writes (or with `accumulateInput` adds) `dinp = dout · W`; accumulates `dW += doutᵀ · inp`
-    /// and `db += Σ_rows dout`.
-    public static func linearBackward(dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>,
-                                      dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
-                                      inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-                                      N: Int, IC: Int, OC: Int, accumulateInput: Bool = false) {
-        Gemm.sgemm(.none, .none, m: N, n: IC, k: OC, a: dout, lda: OC, b: weight, ldb: IC,
-                   beta: accumulateInput ? 1 : 0, c: dinp, ldc: IC)
-        Gemm.sgemm(.transpose, .none, m: OC, n: IC, k: N, a: dout, lda: OC, b: inp, ldb: IC,
-                   beta: 1, c: dweight, ldc: IC)
-        if let dbias {
-            for r in 0..<N {
-                let d = dout + r * OC
-                for j in 0..<OC { dbias[j] += d[j] }
-            }
+    /// Writes `dinp = dout · W` and accumulates `dW += doutᵀ · inp` from `doutOperand` (the
+    /// fp32 gradient `dout` as a compute-format operand), and `db += Σ_rows dout` in fp32.
+    public static func linearBackward<F: ComputeFormat>(_: F.Type, dinp: UnsafeMutablePointer<Float>,
+                                                        dweight: UnsafeMutablePointer<Float>,
+                                                        dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
+                                                        doutOperand: UnsafePointer<F.Element>,
+                                                        inp: UnsafePointer<F.Element>, weight: UnsafePointer<F.Element>,
+                                                        N: Int, IC: Int, OC: Int) {
+        F.gemm(.none, .none, m: N, n: IC, k: OC, alpha: 1, a: doutOperand, lda: OC, b: weight, ldb: IC,
+               beta: 0, c: dinp, ldc: IC)
+        F.gemm(.transpose, .none, m: OC, n: IC, k: N, alpha: 1, a: doutOperand, lda: OC, b: inp, ldb: IC,
+               beta: 1, c: dweight, ldc: IC)
+        guard let dbias else { return }
+        for r in 0..<N {
+            let d = dout + r * OC
+            for j in 0..<OC { dbias[j] += d[j] }
         }
-    }
-
-    // MARK: GELU (tanh approximation)
-
-    /// `out = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
-    public static func geluForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int) {
-        ParallelFor.chunks(n) { lo, hi in tessera_gelu_forward(out + lo, inp + lo, Int64(hi - lo)) }
-    }
-
-    /// Writes `dinp = dout · gelu'(inp)`.
-    public static func geluBackward(dinp: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
-                                    dout: UnsafePointer<Float>, n: Int) {
-        ParallelFor.chunks(n) { lo, hi in tessera_gelu_backward(dinp + lo, inp + lo, dout + lo, Int64(hi - lo)) }
     }
 
     // MARK: Causal self-attention
 
     /// Multi-head causal attention over a packed `qkv` (B, T, 3C) tensor.
     ///
-    /// Per (batch, head): scores = Q·Kᵀ/√hs by GEMM on strided views, causal softmax in place,
-    /// `out` = P·V. `att` (B, NH, T, T) keeps the probabilities for backward; entries above the
-    /// diagonal are zero.
-    public static func attentionForward(out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>,
-                                        qkv: UnsafePointer<Float>, B: Int, T: Int, C: Int, NH: Int, workers: Int) {
+    /// Per (batch, head), as a task on one of `workers` threads: scores = Q·Kᵀ/√hs by GEMM on
+    /// strided views, causal softmax in fp32, `out` = P·V. `att` (B, NH, T, T) keeps the
+    /// probabilities for backward, zero above the diagonal; `scores` is T×T fp32 per worker
+    /// (16-bit formats compute there before rounding into `att`).
+    public static func attentionForward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>,
+                                                          att: UnsafeMutablePointer<F.Element>,
+                                                          qkv: UnsafePointer<F.Element>, scores: UnsafeMutablePointer<Float>,
+                                                          B: Int, T: Int, C: Int, NH: Int, workers: Int) {
         let hs = C / NH
         let scale = 1 / Float(hs).squareRoot()
-        ParallelFor.tasks(B * NH, workers: Gemm.sgemmIsReentrant ? workers : 1) { task, _ in
+        ParallelFor.tasks(B * NH, workers: F.gemmIsReentrant ? workers : 1) { task, worker in
             let b = task / NH, h = task % NH
             let q = qkv + b * T * 3 * C + h * hs
-            let k = q + C, v = q + 2 * C
-            let p = att + task * T * T
-            Gemm.sgemm(.none, .transpose, m: T, n: T, k: hs, alpha: scale, a: q, lda: 3 * C,
-                       b: k, ldb: 3 * C, beta: 0, c: p, ldc: T)
-            causalSoftmaxRows(p, T)
-            Gemm.sgemm(.none, .none, m: T, n: hs, k: T, a: p, lda: T, b: v, ldb: 3 * C,
-                       beta: 0, c: out + b * T * C + h * hs, ldc: C)
+            let probs = att + task * T * T
+            let s = F.workspace(for: probs, scratch: scores + worker * T * T)
+            F.gemm(.none, .transpose, m: T, n: T, k: hs, alpha: scale, a: q, lda: 3 * C, b: q + C, ldb: 3 * C,
+                   beta: 0, c: s, ldc: T)
+            causalSoftmaxRows(s, T)
+            F.commit(s, into: probs, T * T)
+            F.gemm(.none, .none, m: T, n: hs, k: T, alpha: 1, a: probs, lda: T, b: q + 2 * C, ldb: 3 * C,
+                   beta: 0, c: out + b * T * C + h * hs, ldc: C)
         }
     }
 
@@ -196,7 +192,7 @@ public enum Layers {
             let row = p + t * T
             var mx = -Float.infinity
             for j in 0...t where row[j] > mx { mx = row[j] }
-            let sum = tessera_exp_shift_sum(row, Int64(t + 1), mx)
+            let sum = Vector.expShiftSum(row, t + 1, shift: mx)
             let inv = 1 / sum
             for j in 0...t { row[j] *= inv }
             for j in (t + 1)..<max(T, t + 1) { row[j] = 0 }
@@ -216,17 +212,30 @@ public enum Layers {
         }
     }
 
-    /// Writes `dqkv` (B, T, 3C) from `dout` (B, T, C); heads run as tasks over `workers`
-    /// threads, and `scratch` holds T×T floats per worker.
-    public static func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
-                                         qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
-                                         scratch: UnsafeMutablePointer<Float>,
-                                         B: Int, T: Int, C: Int, NH: Int, workers: Int) {
+    /// Per-worker T×T scratch of attention's backward: fp32 scores, and for 16-bit formats the
+    /// widened probabilities and the rounded dS.
+    public struct AttentionScratch<F: ComputeFormat> {
+        public var scores: UnsafeMutablePointer<Float>
+        public var probs: UnsafeMutablePointer<Float>
+        public var gradient: UnsafeMutablePointer<F.Element>
+        public init(scores: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
+                    gradient: UnsafeMutablePointer<F.Element>) {
+            self.scores = scores; self.probs = probs; self.gradient = gradient
+        }
+    }
+
+    /// Writes `dqkv` (fp32, B×T×3C) from `dout` (the output gradient as an operand); heads run
+    /// as tasks as in the forward pass.
+    public static func attentionBackward<F: ComputeFormat>(_: F.Type, dqkv: UnsafeMutablePointer<Float>,
+                                                           dout: UnsafePointer<F.Element>,
+                                                           qkv: UnsafePointer<F.Element>, att: UnsafePointer<F.Element>,
+                                                           scratch: AttentionScratch<F>,
+                                                           B: Int, T: Int, C: Int, NH: Int, workers: Int) {
         let hs = C / NH
-        let scale = 1 / Float(hs).squareRoot()
-        ParallelFor.tasks(B * NH, workers: Gemm.sgemmIsReentrant ? workers : 1) { task, worker in
+        let (softmaxScale, gemmScale) = F.attentionGradientScale(1 / Float(hs).squareRoot())
+        ParallelFor.tasks(B * NH, workers: F.gemmIsReentrant ? workers : 1) { task, worker in
             let b = task / NH, h = task % NH
-            let ds = scratch + worker * T * T
+            let ds = scratch.scores + worker * T * T
             let q = qkv + b * T * 3 * C + h * hs
             let k = q + C, v = q + 2 * C
             let dq = dqkv + b * T * 3 * C + h * hs
@@ -234,16 +243,18 @@ public enum Layers {
             let p = att + task * T * T
             let dy = dout + b * T * C + h * hs
             // dP = dY · Vᵀ ; dV = Pᵀ · dY
-            Gemm.sgemm(.none, .transpose, m: T, n: T, k: hs, a: dy, lda: C, b: v, ldb: 3 * C,
-                       beta: 0, c: ds, ldc: T)
-            Gemm.sgemm(.transpose, .none, m: T, n: hs, k: T, a: p, lda: T, b: dy, ldb: C,
-                       beta: 0, c: dv, ldc: 3 * C)
-            causalSoftmaxBackwardRows(probs: p, grad: ds, T, scale: 1)
-            // dQ = dS · K · scale ; dK = dSᵀ · Q · scale
-            Gemm.sgemm(.none, .none, m: T, n: hs, k: T, alpha: scale, a: ds, lda: T,
-                       b: k, ldb: 3 * C, beta: 0, c: dq, ldc: 3 * C)
-            Gemm.sgemm(.transpose, .none, m: T, n: hs, k: T, alpha: scale, a: ds, lda: T,
-                       b: q, ldb: 3 * C, beta: 0, c: dk, ldc: 3 * C)
+            F.gemm(.none, .transpose, m: T, n: T, k: hs, alpha: 1, a: dy, lda: C, b: v, ldb: 3 * C,
+                   beta: 0, c: ds, ldc: T)
+            F.gemm(.transpose, .none, m: T, n: hs, k: T, alpha: 1, a: p, lda: T, b: dy, ldb: C,
+                   beta: 0, c: dv, ldc: 3 * C)
+            let p32 = F.widened(p, scratch: scratch.probs + worker * T * T, T * T)
+            causalSoftmaxBackwardRows(probs: p32, grad: ds, T, scale: softmaxScale)
+            let dsOperand = F.operand(ds, scratch: scratch.gradient + worker * T * T, T * T)
+            // dQ = dS · K ; dK = dSᵀ · Q (each times the factor the format left for the GEMM)
+            F.gemm(.none, .none, m: T, n: hs, k: T, alpha: gemmScale, a: dsOperand, lda: T,
+                   b: k, ldb: 3 * C, beta: 0, c: dq, ldc: 3 * C)
+            F.gemm(.transpose, .none, m: T, n: hs, k: T, alpha: gemmScale, a: dsOperand, lda: T,
+                   b: q, ldb: 3 * C, beta: 0, c: dk, ldc: 3 * C)
         }
     }
 
@@ -266,7 +277,7 @@ public enum Layers {
                     let row = logits + r * V
                     var mx = -Float.infinity
                     for j in 0..<V where row[j] > mx { mx = row[j] }
-                    let sum = tessera_exp_shift_sum(row, Int64(V), mx)
+                    let sum = Vector.expShiftSum(row, V, shift: mx)
                     let inv = 1 / sum
                     for j in 0..<V { row[j] *= inv }
                     let tgt = Int(targets[r])

@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - ParameterProvider
 

@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - Rounded vectors
 
@@ -30,9 +31,10 @@ final class RoundedVectors {
         buffer = FloatBuffer(count: total)
     }
 
-    /// Widens the vectors out of `copy`, the unit's 16-bit compute copy; returns `self`.
-    func filled(from copy: UnsafePointer<UInt16>, precision: Precision) -> RoundedVectors {
-        for p in pieces { precision.widen(copy + p.unitOffset, into: buffer.pointer + p.packedOffset, p.count) }
+    /// Widens the vectors out of `copy`, the unit's 16-bit compute copy in `precision`; returns `self`.
+    func filled(from copy: UnsafeRawPointer, precision: Precision) -> RoundedVectors {
+        let values = copy.assumingMemoryBound(to: UInt16.self)
+        for p in pieces { precision.widen(values + p.unitOffset, into: buffer.pointer + p.packedOffset, p.count) }
         return self
     }
 

@@ -1,4 +1,4 @@
-import CKernels
+import Kernels
 
 // MARK: - AdamW
 
@@ -34,7 +34,8 @@ public struct AdamW: Codable, Equatable, Sendable {
         let stepSize = lr / bc1
         let bc2Sqrt = bc2.squareRoot()
         let shrink: Float = decay ? 1 - lr * weightDecay : 1
-        tessera_adamw(param, grad, m, v, Int64(count), beta1, beta2, stepSize, 1 / bc2Sqrt, eps, shrink)
+        Vector.adamW(param: param, grad: grad, m: m, v: v, count, beta1: beta1, beta2: beta2, stepSize: stepSize,
+                     invBias2Sqrt: 1 / bc2Sqrt, eps: eps, shrink: shrink)
     }
 }
 

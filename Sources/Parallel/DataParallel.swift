@@ -2,6 +2,7 @@ import Comm
 import Kernels
 import Model
 import Optim
+import Settings
 
 #if canImport(Glibc)
 import Glibc
@@ -9,94 +10,49 @@ import Glibc
 
 // MARK: - DataParallel (DDP)
 
-/// Replicated training: every rank holds all parameters, gradients and AdamW states.
-///
-/// Gradients are grouped into buckets of whole units taken from the end of the flat buffer
-/// (the order backward finishes them). On the last micro-step, when backward reports the
-/// lowest unit of a bucket done, that bucket's all-reduce starts; every later hook tests the
-/// requests in flight so Open MPI progresses them while the next layers compute.
+/// Replicated training: every rank holds all parameters, gradients and AdamW states, and
+/// gradients are all-reduced bucket by bucket while backward goes on (see `BucketReducer`).
 public final class DataParallel: TrainingStrategy {
     public let layout: ParameterLayout
     let comm: Communicator
     let adam: AdamW
     let mask: DecayMask
-    /// Full parameters, gradients, moments.
-    public let params: FloatBuffer, grads: FloatBuffer, m: FloatBuffer, v: FloatBuffer
-    let flat: FlatParameters
-    /// Bucket ranges (elements) in the order they are reduced.
-    public let buckets: [Range<Int>]
-    private let bucketFirstUnit: [Int]      // lowest unit index in each bucket
-    /// Gradients travel in this format; 16-bit formats halve the bytes sent.
-    let reduce: Precision
-    /// 16-bit staging copy of the gradients for the reduction.
-    private let lowGrads: HalfBuffer?
-    private var inFlight: [CommRequest] = []
-    private var isLastMicroStep = true
+    /// Full parameters and moments.
+    public let params: FloatBuffer, m: FloatBuffer, v: FloatBuffer
+    let reducer: BucketReducer
     public var commWaitSeconds: Double = 0
+    public let stage = ZeroStage.ddp
+    public let parameterPrecision = Precision.fp32
 
-    public var provider: ParameterProvider { flat }
+    /// Full gradients.
+    public var grads: FloatBuffer { reducer.grads }
+    /// Bucket ranges (elements) in the order they are reduced.
+    public var buckets: [Range<Int>] { reducer.buckets }
 
-    /// Creates the strategy; `initial` fills the parameters (identical on every rank).
+    /// Creates the strategy; `reduce` is the format gradients travel in.
     public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32) {
-        self.reduce = reduce
-        lowGrads = reduce.isLow && comm.size > 1 ? HalfBuffer(count: layout.count) : nil
         self.layout = layout
         self.comm = comm
         self.adam = adam
         self.mask = decayMask(for: layout)
         params = FloatBuffer(count: layout.count)
-        grads = FloatBuffer(count: layout.count)
         m = FloatBuffer(count: layout.count)
         v = FloatBuffer(count: layout.count)
-        flat = FlatParameters(layout: layout, parameters: params.pointer, gradients: grads.pointer)
-        (buckets, bucketFirstUnit) = Self.makeBuckets(layout: layout, bucketBytes: bucketBytes)
-        flat.onGradientsProduced = { [unowned self] unit in self.unitDone(unit) }
+        reducer = BucketReducer(layout: layout, comm: comm, bucketBytes: bucketBytes, reduce: reduce, collective: .allReduce)
     }
 
-    /// Groups units, last first, into buckets of at least `bucketBytes` (a unit is never split).
-    static func makeBuckets(layout: ParameterLayout, bucketBytes: Int) -> ([Range<Int>], [Int]) {
-        var ranges: [Range<Int>] = [], firsts: [Int] = []
-        var hi = layout.count
-        var lo = hi
-        for u in stride(from: layout.units.count - 1, through: 0, by: -1) {
-            lo = layout.units[u].lowerBound
-            if (hi - lo) * 4 >= bucketBytes || u == 0 {
-                ranges.append(lo..<hi); firsts.append(u)
-                hi = lo
-            }
-        }
-        return (ranges, firsts)
-    }
+    // MARK: ParameterProvider
+
+    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> { params.pointer + layout.units[unit].lowerBound }
+    public func releaseParameters(unit: Int) {}
+    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> { grads.pointer + layout.units[unit].lowerBound }
+    public func gradientsProduced(unit: Int) { reducer.unitDone(unit) }
+
+    // MARK: TrainingStrategy
 
     public func beginStep() { grads.zero() }
-
-    public func beginMicroStep(isLast: Bool) { isLastMicroStep = isLast }
-
-    private func unitDone(_ unit: Int) {
-        guard comm.size > 1 else { return }
-        for r in inFlight { _ = comm.test(r) }
-        guard isLastMicroStep else { return }
-        for (i, first) in bucketFirstUnit.enumerated() where first == unit {
-            let b = buckets[i]
-            var buffer = UnsafeMutableRawPointer(grads.pointer + b.lowerBound), dtype = CommDType.float32
-            if let low = lowGrads {
-                reduce.narrow(grads.pointer + b.lowerBound, into: low.pointer + b.lowerBound, b.count)
-                buffer = UnsafeMutableRawPointer(low.pointer + b.lowerBound)
-                dtype = reduce.commDType
-            }
-            inFlight.append(comm.startAllReduce(buffer, count: b.count, dtype: dtype, op: .sum,
-                                                label: "all-reduce of gradient bucket \(i)"))
-        }
-    }
-
-    public func finishGradients() throws(CommError) {
-        let t0 = MPIClock.now()
-        let reduced = !inFlight.isEmpty
-        for r in inFlight { try comm.wait(r) }
-        inFlight.removeAll(keepingCapacity: true)
-        commWaitSeconds += MPIClock.now() - t0
-        if let low = lowGrads, reduced { reduce.widen(low.pointer, into: grads.pointer, layout.count) }
-    }
+    public func beginMicroStep(isLast: Bool) { reducer.isLastMicroStep = isLast }
+    public func finishGradients() throws(CommError) { try reducer.finish(seconds: &commWaitSeconds) }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
         Vector.sumOfSquares(grads.pointer, layout.count)
@@ -115,9 +71,10 @@ public final class DataParallel: TrainingStrategy {
     }
 
     public var memory: MemoryReport {
-        MemoryReport(parameters: params.byteCount, gradients: grads.byteCount,
-                     optimizer: m.byteCount + v.byteCount,
-                     working: lowGrads.map { ["16-bit gradient staging": $0.byteCount] } ?? [:])
+        let staging = reducer.stagingBytes
+        return MemoryReport(parameters: params.byteCount, gradients: grads.byteCount,
+                            optimizer: m.byteCount + v.byteCount,
+                            working: staging > 0 ? ["16-bit gradient staging": staging] : [:])
     }
 
     public func statePieces() -> [StatePiece] {
@@ -126,11 +83,11 @@ public final class DataParallel: TrainingStrategy {
         return pieces(shard, params: params.pointer + o, m: m.pointer + o, v: v.pointer + o)
     }
 
-    public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
+    public func loadState(_ read: StateReader) rethrows {
         let all = 0..<layout.count
-        try read("params", all, params.pointer)
-        try read("adam.m", all, m.pointer)
-        try read("adam.v", all, v.pointer)
+        try read(.params, all, params.pointer)
+        try read(.adamM, all, m.pointer)
+        try read(.adamV, all, v.pointer)
     }
 
     public func loadParameters(from full: UnsafePointer<Float>) {

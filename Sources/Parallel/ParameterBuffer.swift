@@ -1,5 +1,6 @@
 import Comm
 import Kernels
+import Settings
 
 // MARK: - ParameterBuffer
 

@@ -1,5 +1,6 @@
 import Comm
 import Kernels
+import Settings
 
 // MARK: - Replicated parameters (ZeRO-1 and ZeRO-2)
 
@@ -56,7 +57,7 @@ final class ReplicatedParameters {
     func statePieces(_ optimizer: ShardedAdam) -> [StatePiece] { optimizer.statePieces(paramShard: masterShard) }
 
     /// Loads the parameters and `optimizer`'s moments from a checkpoint.
-    func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void,
+    func loadState(_ read: StateReader,
                    into optimizer: ShardedAdam) rethrows {
         try loadParameters(read)
         try optimizer.loadMoments(read)
@@ -70,14 +71,14 @@ final class ReplicatedParameters {
 
     /// Reads the checkpoint vector "params": all of it (the replica needs every value), in
     /// chunks of a million elements in the mixed form so no full fp32 copy is made.
-    private func loadParameters(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        guard isMixed else { return try read("params", 0..<shard.total, values.wide()) }
-        try read("params", shard.mine, master.pointer)
+    private func loadParameters(_ read: StateReader) rethrows {
+        guard isMixed else { return try read(.params, 0..<shard.total, values.wide()) }
+        try read(.params, shard.mine, master.pointer)
         let scratch = FloatBuffer(count: max(1, min(1 << 20, shard.total)))
         var start = 0
         while start < shard.total {
             let n = min(scratch.count, shard.total - start)
-            try read("params", start..<(start + n), scratch.pointer)
+            try read(.params, start..<(start + n), scratch.pointer)
             values.store(scratch.pointer, at: start, count: n)
             start += n
         }

@@ -48,9 +48,9 @@ final class ShardedAdam {
     }
 
     /// Reads this rank's shard of the moments.
-    func loadMoments(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try read("adam.m", shard.mine, m.pointer)
-        try read("adam.v", shard.mine, v.pointer)
+    func loadMoments(_ read: StateReader) rethrows {
+        try read(.adamM, shard.mine, m.pointer)
+        try read(.adamV, shard.mine, v.pointer)
     }
 }
 

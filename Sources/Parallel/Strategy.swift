@@ -2,6 +2,7 @@ import Comm
 import Kernels
 import Model
 import Optim
+import Settings
 
 // MARK: - Strategy
 
@@ -22,12 +23,18 @@ public struct MemoryReport: Codable, Equatable, Sendable {
 
 /// How parameters, gradients and optimizer states are held and synchronised across ranks.
 ///
-/// One training step under any strategy is: `beginStep`, then for each micro-batch
-/// `beginMicroStep` + model forward/backward through `provider`, then `finishGradients`,
-/// `gradientSquaredNorm` (global), and `optimizerStep`.
-public protocol TrainingStrategy: AnyObject {
-    /// What the model reads parameters from and writes gradients to.
-    var provider: ParameterProvider { get }
+/// A strategy is the model's `ParameterProvider`: the model's hooks (acquire, release,
+/// gradients produced) are where it gathers parameters and starts gradient communication,
+/// the same mechanism for every stage. One training step under any strategy is: `beginStep`,
+/// then for each micro-batch `beginMicroStep` + model forward/backward with the strategy as
+/// provider, then `finishGradients`, `gradientSquaredNorm` (global), and `optimizerStep`.
+public protocol TrainingStrategy: ParameterProvider {
+    /// Which ZeRO stage this is.
+    var stage: ZeroStage { get }
+    /// The format parameters are held in between steps: fp32 for DDP (it narrows on use, as
+    /// PyTorch AMP does); the compute format for the ZeRO stages, whose fp32 master values
+    /// are sharded with the optimizer state (the ZeRO paper's mixed precision).
+    var parameterPrecision: Precision { get }
     /// Zeroes gradients for a new optimizer step.
     func beginStep()
     /// Tells the strategy whether the coming backward is the last of this step (gradients are
@@ -50,11 +57,11 @@ public protocol TrainingStrategy: AnyObject {
     /// it, sharded ones keep their shard.
     func loadParameters(from full: UnsafePointer<Float>)
     /// This rank's part of the training state in checkpoint order: elements `shard.mine` of
-    /// the flat vectors "params", "adam.m" and "adam.v" (ShardLayout over the world), whatever
+    /// every `StateVector` (ShardLayout over the world), whatever
     /// the stage, so every rank writes an equal share and any stage can read any other's.
     func statePieces() -> [StatePiece]
     /// Loads parameters and AdamW moments; `read(vector, range, dest)` fills elements.
-    func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows
+    func loadState(_ read: StateReader) rethrows
     /// Copies the full parameter vector into `out` (`layout.count` floats), gathering if sharded.
     func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError)
     /// Elements of time spent waiting for communication since the last reset, in seconds.
@@ -66,16 +73,23 @@ public func decayMask(for layout: ParameterLayout) -> DecayMask {
     DecayMask(layout.tensors.map { ($0.offset..<($0.offset + $0.count), $0.decays) })
 }
 
-/// The strategy for a ZeRO stage (0 = DDP); `reduce` is the format gradients travel in,
-/// `compute` the model's (ZeRO stages replicate or gather parameters in it).
-public func makeStrategy(stage: Int, layout: ParameterLayout, comm: Communicator, adam: AdamW,
+extension TrainingStrategy {
+    /// What the model reads parameters from and writes gradients to: the strategy itself.
+    public var provider: ParameterProvider { self }
+    /// "DDP", "ZeRO-1" … "ZeRO-3".
+    public var name: String { stage.name }
+}
+
+/// The strategy for a ZeRO stage; `reduce` is the format gradients travel in, `compute` the
+/// model's (ZeRO stages replicate or gather parameters in it).
+public func makeStrategy(stage: ZeroStage, layout: ParameterLayout, comm: Communicator, adam: AdamW,
                          bucketBytes: Int, reduce: Precision = .fp32, compute: Precision = .fp32) -> TrainingStrategy {
     switch stage {
-    case 1: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
-                         compute: compute)
-    case 2: return ZeRO2(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
-    case 3: return ZeRO3(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
-    default: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
+    case .ddp: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
+    case .one: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
+                            compute: compute)
+    case .two: return ZeRO2(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
+    case .three: return ZeRO3(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
     }
 }
 
@@ -84,18 +98,21 @@ extension Precision {
     var commDType: CommDType { self == .bf16 ? .bfloat16 : .float16 }
 }
 
+/// Fills `destination` with elements `range` of a checkpoint's state vector.
+public typealias StateReader = (StateVector, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void
+
 /// A contiguous piece of a flat state vector held by this rank.
 public struct StatePiece: @unchecked Sendable {
-    public var name: String, start: Int, count: Int
+    public var vector: StateVector, start: Int, count: Int
     public var pointer: UnsafePointer<Float>
 }
 
 /// The three pieces of `shard.mine` given base pointers that address element `mine.lowerBound`.
 func pieces(_ shard: ShardLayout, params: UnsafePointer<Float>, m: UnsafePointer<Float>, v: UnsafePointer<Float>) -> [StatePiece] {
     let r = shard.mine
-    return [StatePiece(name: "params", start: r.lowerBound, count: r.count, pointer: params),
-            StatePiece(name: "adam.m", start: r.lowerBound, count: r.count, pointer: m),
-            StatePiece(name: "adam.v", start: r.lowerBound, count: r.count, pointer: v)]
+    return [StatePiece(vector: .params, start: r.lowerBound, count: r.count, pointer: params),
+            StatePiece(vector: .adamM, start: r.lowerBound, count: r.count, pointer: m),
+            StatePiece(vector: .adamV, start: r.lowerBound, count: r.count, pointer: v)]
 }
 
 /// The full fp32 vector from every rank's `shardSize` values (collective; allocates a padded

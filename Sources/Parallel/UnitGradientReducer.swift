@@ -1,5 +1,6 @@
 import Comm
 import Kernels
+import Settings
 import Model
 
 // MARK: - UnitGradientReducer

@@ -1,5 +1,6 @@
 import Comm
 import Kernels
+import Settings
 import Model
 import Optim
 
@@ -14,36 +15,29 @@ import Optim
 /// shard, and an all-gather brings every rank the new parameters: 2Ψ(N−1)/N elements sent,
 /// the same as DDP's all-reduce. Under bf16/fp16 the replicated parameters are the 16-bit
 /// compute copy and the fp32 master values are sharded (see `ReplicatedParameters`).
-public final class ZeRO1: TrainingStrategy, ParameterProvider {
+public final class ZeRO1: TrainingStrategy {
     let layout: ParameterLayout
     let comm: Communicator
     let shard: ShardLayout
     let optimizer: ShardedAdam
     let replica: ReplicatedParameters
-    /// Full fp32 gradients (accumulated over micro-steps) and this rank's reduced shard.
-    let grads: FloatBuffer, gradShard: FloatBuffer
-    let buckets: [Range<Int>], bucketFirstUnit: [Int]
-    let reduce: Precision
-    /// 16-bit staging of the gradients and of this rank's reduced shard.
-    private let lowGrads: HalfBuffer?, lowShard: HalfBuffer?
-    private var inFlight: [CommRequest] = []
-    private var isLastMicroStep = true
+    /// This rank's reduced gradient shard (the reduce-scatter target).
+    let gradShard: FloatBuffer
+    let reducer: BucketReducer
     public var commWaitSeconds: Double = 0
-    public var provider: ParameterProvider { self }
+    public let stage = ZeroStage.one
+    public var parameterPrecision: Precision { replica.values.precision }
 
     /// `compute` is the model's precision: a 16-bit one replicates the 16-bit compute copy.
     public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32,
                 compute: Precision = .fp32) {
         self.layout = layout; self.comm = comm
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
-        self.reduce = reduce
-        lowGrads = reduce.isLow ? HalfBuffer(count: layout.count) : nil
-        lowShard = reduce.isLow ? HalfBuffer(count: shard.shardSize) : nil
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
         replica = ReplicatedParameters(shard: shard, precision: compute)
-        grads = FloatBuffer(count: layout.count)
         gradShard = FloatBuffer(count: shard.shardSize)
-        (buckets, bucketFirstUnit) = DataParallel.makeBuckets(layout: layout, bucketBytes: bucketBytes)
+        reducer = BucketReducer(layout: layout, comm: comm, bucketBytes: bucketBytes, reduce: reduce,
+                                collective: .reduceScatter(shard, into: gradShard))
     }
 
     // MARK: ParameterProvider
@@ -55,41 +49,14 @@ public final class ZeRO1: TrainingStrategy, ParameterProvider {
         replica.values.low(at: layout.units[unit].lowerBound, as: precision)
     }
     public func releaseParameters(unit: Int) {}
-    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> { grads.pointer + layout.units[unit].lowerBound }
-    public func gradientsProduced(unit: Int) { unitDone(unit) }
+    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> { reducer.grads.pointer + layout.units[unit].lowerBound }
+    public func gradientsProduced(unit: Int) { reducer.unitDone(unit) }
 
     // MARK: TrainingStrategy
 
-    public func beginStep() { grads.zero() }
-    public func beginMicroStep(isLast: Bool) { isLastMicroStep = isLast }
-
-    private func unitDone(_ unit: Int) {
-        for r in inFlight { _ = comm.test(r) }
-        guard isLastMicroStep else { return }
-        for (i, first) in bucketFirstUnit.enumerated() where first == unit {
-            let b = buckets[i]
-            let part = shard.myPart(of: b)
-            let at = part.lowerBound - shard.mine.lowerBound
-            var send = UnsafeRawPointer(grads.pointer + b.lowerBound)
-            var recv = UnsafeMutableRawPointer(gradShard.pointer + at), dtype = CommDType.float32
-            if let lg = lowGrads, let ls = lowShard {
-                reduce.narrow(grads.pointer + b.lowerBound, into: lg.pointer + b.lowerBound, b.count)
-                send = UnsafeRawPointer(lg.pointer + b.lowerBound)
-                recv = UnsafeMutableRawPointer(ls.pointer + at)
-                dtype = reduce.commDType
-            }
-            inFlight.append(comm.startReduceScatterV(send: send, recv: recv, counts: shard.pieces(of: b), dtype: dtype,
-                                                     op: .sum, label: "reduce-scatter of gradient bucket \(i)"))
-        }
-    }
-
-    public func finishGradients() throws(CommError) {
-        let t0 = MPIClock.now()
-        for r in inFlight { try comm.wait(r) }
-        inFlight.removeAll(keepingCapacity: true)
-        commWaitSeconds += MPIClock.now() - t0
-        if let ls = lowShard { reduce.widen(ls.pointer, into: gradShard.pointer, shard.mine.count) }
-    }
+    public func beginStep() { reducer.grads.zero() }
+    public func beginMicroStep(isLast: Bool) { reducer.isLastMicroStep = isLast }
+    public func finishGradients() throws(CommError) { try reducer.finish(seconds: &commWaitSeconds) }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
         try optimizer.globalNormSquared(gradShard: gradShard.pointer, comm: comm)
@@ -104,21 +71,16 @@ public final class ZeRO1: TrainingStrategy, ParameterProvider {
     }
 
     public var memory: MemoryReport {
-        MemoryReport(parameters: replica.replicaBytes, gradients: grads.byteCount,
+        MemoryReport(parameters: replica.replicaBytes, gradients: reducer.grads.byteCount,
                      optimizer: optimizer.bytes + replica.masterBytes,
                      working: ["parameter padding": replica.paddingBytes,
                                "gradient shard (reduce-scatter target)": gradShard.byteCount,
-                               "16-bit gradient staging": (lowGrads?.byteCount ?? 0) + (lowShard?.byteCount ?? 0)])
+                               "16-bit gradient staging": reducer.stagingBytes])
     }
 
     public func statePieces() -> [StatePiece] { replica.statePieces(optimizer) }
-
-    public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try replica.loadState(read, into: optimizer)
-    }
-
+    public func loadState(_ read: StateReader) rethrows { try replica.loadState(read, into: optimizer) }
     public func loadParameters(from full: UnsafePointer<Float>) { replica.load(from: full) }
-
     public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
         try replica.gather(into: out, comm: comm)
     }

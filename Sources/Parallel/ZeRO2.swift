@@ -1,5 +1,6 @@
 import Comm
 import Kernels
+import Settings
 import Model
 import Optim
 
@@ -10,7 +11,7 @@ import Optim
 /// gradient and AdamW moments of its shard, updates it, and all-gathers the parameters.
 /// Under bf16/fp16 the replicated parameters are the 16-bit compute copy and the fp32 master
 /// values are sharded (see `ReplicatedParameters`).
-public final class ZeRO2: TrainingStrategy, ParameterProvider {
+public final class ZeRO2: TrainingStrategy {
     let layout: ParameterLayout
     let comm: Communicator
     let shard: ShardLayout
@@ -18,7 +19,8 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
     let replica: ReplicatedParameters
     let reducer: UnitGradientReducer
     public var commWaitSeconds: Double = 0
-    public var provider: ParameterProvider { self }
+    public let stage = ZeroStage.two
+    public var parameterPrecision: Precision { replica.values.precision }
 
     /// `compute` is the model's precision: a 16-bit one replicates the 16-bit compute copy.
     public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32,
@@ -72,7 +74,7 @@ public final class ZeRO2: TrainingStrategy, ParameterProvider {
 
     public func statePieces() -> [StatePiece] { replica.statePieces(optimizer) }
 
-    public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
+    public func loadState(_ read: StateReader) rethrows {
         try replica.loadState(read, into: optimizer)
     }
 

@@ -1,5 +1,6 @@
 import Comm
 import Kernels
+import Settings
 import Model
 import Optim
 
@@ -18,7 +19,7 @@ import Optim
 /// every optimizer step and load, and gathers that instead of the fp32 values (FSDP's
 /// `param_dtype`): half the gather traffic and half the gathered buffers. The model then
 /// takes units through `acquireLowParameters` and never sees fp32 weights.
-public final class ZeRO3: TrainingStrategy, ParameterProvider {
+public final class ZeRO3: TrainingStrategy {
     let layout: ParameterLayout
     let comm: Communicator
     let shard: ShardLayout
@@ -38,7 +39,8 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
     private var backwardPass = false
     private var lastAcquired = -1
     public var commWaitSeconds: Double = 0
-    public var provider: ParameterProvider { self }
+    public let stage = ZeroStage.three
+    public var parameterPrecision: Precision { gatherPrecision }
 
     /// `compute` is the model's precision: a 16-bit one makes the rank gather its compute copy.
     public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, reduce: Precision = .fp32,
@@ -60,8 +62,8 @@ public final class ZeRO3: TrainingStrategy, ParameterProvider {
         optimizer.statePieces(paramShard: paramShard.pointer)
     }
 
-    public func loadState(_ read: (String, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
-        try read("params", shard.mine, paramShard.pointer)
+    public func loadState(_ read: StateReader) rethrows {
+        try read(.params, shard.mine, paramShard.pointer)
         try optimizer.loadMoments(read)
         parametersChanged()
     }

@@ -1,3 +1,5 @@
+import Settings
+
 // MARK: - Training compute
 
 /// FLOP counts and wall-clock estimates.
@@ -23,13 +25,6 @@ public enum Compute {
 
 // MARK: - Per-rank memory
 
-/// Numeric formats of training.
-public enum Precision: String, CaseIterable, Codable, Sendable {
-    case fp32, bf16, fp16
-    /// Bytes of a compute-precision element.
-    public var bytes: Int { self == .fp32 ? 4 : 2 }
-}
-
 /// Bytes one rank holds, by kind.
 public struct MemoryEstimate: Codable, Equatable, Sendable {
     public var parameters: Int, gradients: Int, optimizer: Int, activations: Int
@@ -44,21 +39,21 @@ public struct MemoryEstimate: Codable, Equatable, Sendable {
 /// gradients, stage 3 also the parameters. A divided quantity is one equal shard,
 /// ⌈Ψ/N⌉ elements, as the trainer allocates it (padding included).
 public enum MemoryModel {
-    /// Bytes per rank for Ψ = `psi` parameters on `n` ranks at ZeRO stage `zero`.
+    /// Bytes per rank for Ψ = `psi` parameters on `n` ranks at ZeRO stage `stage`, holding
+    /// parameters in `precision`.
     /// `gradientBytes` overrides the bytes of a gradient element (the paper's accounting keeps
     /// mixed-precision gradients in 16 bits; a trainer that accumulates them in fp32, as
     /// tessera and PyTorch AMP do, passes 4).
-    public static func perRank(params psi: Int, world n: Int, zero: Int, precision: Precision,
+    public static func perRank(params psi: Int, world n: Int, stage: ZeroStage, precision: Precision,
                                activations: Int = 0, gradientBytes: Int? = nil) throws(ScalingError) -> MemoryEstimate {
         guard psi > 0 else { throw ScalingError("--params", "is \(psi)", "pass a positive parameter count") }
         guard n > 0 else { throw ScalingError("--world", "is \(n)", "pass a positive number of ranks") }
-        guard (0...3).contains(zero) else { throw ScalingError("--zero", "is \(zero)", "use 0 (DDP), 1, 2 or 3") }
         let shard = (psi + n - 1) / n
         let p = precision.bytes
         let k = precision == .fp32 ? 8 : 12
-        return MemoryEstimate(parameters: p * (zero >= 3 ? shard : psi),
-                              gradients: (gradientBytes ?? p) * (zero >= 2 ? shard : psi),
-                              optimizer: k * (zero >= 1 ? shard : psi),
+        return MemoryEstimate(parameters: p * (stage.shardsParameters ? shard : psi),
+                              gradients: (gradientBytes ?? p) * (stage.shardsGradients ? shard : psi),
+                              optimizer: k * (stage.shardsOptimizer ? shard : psi),
                               activations: activations)
     }
 

@@ -1,10 +1,11 @@
 import Comm
-import Data
+import Corpus
 import Foundation
 import Kernels
-import Parallel
 import Model
+import Parallel
 import Scaling
+import Settings
 
 // MARK: - Benchmark
 
@@ -73,7 +74,7 @@ public enum Benchmark {
     }
 
     /// Warm-up then timed steps of one configuration with synthetic tokens.
-    public static func run(_ shape: BenchShape, precision: String, zero: Int, comm: Communicator, threads: Int,
+    public static func run(_ shape: BenchShape, precision: Precision, zero: ZeroStage, comm: Communicator, threads: Int,
                            perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
         var c = TrainConfig()
         c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
@@ -97,7 +98,7 @@ public enum Benchmark {
         let perRank = fpt * Double(tokens) / (ms / 1000) / Double(comm.size) / 1e9
         var rss = [peakRSSMB()]
         try comm.allReduce(&rss, op: .max, label: "bench rss")
-        return BenchResult(config: shape.name, precision: precision, zero: zero, ranks: comm.size, threadsPerRank: threads,
+        return BenchResult(config: shape.name, precision: precision.rawValue, zero: zero.rawValue, ranks: comm.size, threadsPerRank: threads,
                            params: params, tokensPerStep: tokens, tokensPerSecond: Double(tokens) / (ms / 1000), msPerStep: ms,
                            msForward: mean(\.ms_forward), msBackward: mean(\.ms_backward), msOptimizer: mean(\.ms_optimizer),
                            msCommWait: mean(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,

@@ -1,9 +1,12 @@
 import Checkpoint
 import Comm
+import Corpus
 import Foundation
 import Kernels
 import Model
+import Optim
 import Parallel
+import Settings
 
 // MARK: - Checkpointer
 
@@ -47,8 +50,31 @@ final class Checkpointer {
 
     // MARK: Save
 
+    /// Saves the training state after `step` completed optimizer steps: the strategy's
+    /// vectors, and a manifest of everything else a resume needs.
+    func save(step: Int, config: TrainConfig, model: GPTConfig, layout: ParameterLayout, tokenizer: Tokenizer,
+              scaler: DynamicLossScaler?, strategy: TrainingStrategy) throws {
+        let cfg = try JSONDecoder().decode([String: JSONValue].self, from: JSONEncoder().encode(config))
+        let shape: [String: JSONValue] = [
+            "nLayer": .unsigned(UInt64(model.nLayer)), "nHead": .unsigned(UInt64(model.nHead)),
+            "nEmbd": .unsigned(UInt64(model.nEmbd)), "blockSize": .unsigned(UInt64(model.blockSize)),
+            "vocabSize": .unsigned(UInt64(model.vocabSize)), "bias": .bool(model.bias),
+        ]
+        let tensors = layout.tensors.map { TensorEntry(name: $0.name, shape: $0.shape, dtype: "f32", offset: $0.offset) }
+        var manifest = Manifest(
+            formatVersion: Manifest.currentVersion, step: step, config: cfg, model: shape,
+            worldSize: comm.size, zeroStage: strategy.stage.rawValue, precision: config.precision.rawValue,
+            parameterCount: layout.count, dataPosition: step, seed: config.seed, scheduleStep: step,
+            adamStep: step - (scaler?.skippedSteps ?? 0),
+            lossScale: scaler?.scale, lossScaleGoodSteps: scaler?.goodSteps, skippedSteps: scaler?.skippedSteps ?? 0,
+            compressionLevel: config.ckptLevel, tensors: tensors, files: [])
+        let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+        manifest.tokenizer = String(decoding: try enc.encode(tokenizer), as: UTF8.self)
+        try save(manifest: manifest, strategy: strategy)
+    }
+
     /// Starts (async) or performs (sync) a save of `strategy`'s state described by `manifest`.
-    func save(manifest: Manifest, strategy: TrainingStrategy) throws {
+    private func save(manifest: Manifest, strategy: TrainingStrategy) throws {
         let t0 = MPIClock.now()
         do { try performSave(manifest: manifest, strategy: strategy) } catch let e as CommError { throw e } catch {
             throw SaveFailure(underlying: error)
@@ -98,7 +124,7 @@ final class Checkpointer {
         do {
             job.entry = try CheckpointWriter.writeRankFile(
                 directory: dir, rank: rank, world: world,
-                pieces: job.pieces.map { VectorPiece(name: $0.name, start: $0.start, count: $0.count, pointer: $0.pointer) },
+                pieces: job.pieces.map { VectorPiece(vector: $0.vector, start: $0.start, count: $0.count, pointer: $0.pointer) },
                 level: level)
         } catch {
             job.error = "\(error)"
@@ -153,14 +179,13 @@ final class Checkpointer {
         guard comm.rank == 0 else { return }
         var manifest = job.manifest
         let shard = ShardLayout(total: manifest.parameterCount, ranks: n, rank: 0)
-        let names = ["params", "adam.m", "adam.v"]
         manifest.files = (0..<n).map { r in
             let range = shard.shard(of: r)
             var offset = 0
-            let frames = names.enumerated().map { i, name -> Frame in
+            let frames = StateVector.allCases.enumerated().map { i, vector -> Frame in
                 let len = Int(records[r * k + 3 + i])
                 defer { offset += len }
-                return Frame(vector: name, start: range.lowerBound, count: range.count, offset: offset, length: len)
+                return Frame(vector: vector.rawValue, start: range.lowerBound, count: range.count, offset: offset, length: len)
             }
             return ShardFileEntry(file: CheckpointStore.fileName(rank: r, world: n), rank: r,
                                   bytes: Int(records[r * k]), crc32: UInt32(records[r * k + 1]), frames: frames)
@@ -184,7 +209,7 @@ final class Checkpointer {
                                   "resume with the checkpoint's model flags")
         }
         let reader = CheckpointReader.VectorReader(directory: directory, manifest: manifest)
-        try strategy.loadState { name, range, dest in try reader.read(name, range: range, into: dest) }
+        try strategy.loadState { vector, range, dest in try reader.read(vector, range: range, into: dest) }
     }
 }
 

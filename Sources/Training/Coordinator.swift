@@ -31,7 +31,7 @@ public enum Coordinator {
         guard payload.first == 1 else {
             throw ConfigError(flag: "config", problem: "rejected by the coordinator", fix: "see rank 0's error")
         }
-        return try JSONDecoder().decode(TrainConfig.self, from: Foundation.Data(payload.dropFirst()))
+        return try JSONDecoder().decode(TrainConfig.self, from: Data(payload.dropFirst()))
     }
 
     /// BLAS threads for this rank: the node's cores divided among the ranks on it.

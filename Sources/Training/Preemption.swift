@@ -1,4 +1,4 @@
-import CKernels
+import CSignals
 
 // MARK: - Pre-emption
 

@@ -64,7 +64,7 @@ public enum SafetensorsExport {
         }
         header += "}"
         while (header.utf8.count + 8) % 8 != 0 { header += " " }   // pad so data starts 8-aligned
-        var out = Foundation.Data()
+        var out = Data()
         withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(contentsOf: header.utf8)
         for t in tensors {

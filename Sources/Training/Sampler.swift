@@ -1,4 +1,4 @@
-import Data
+import Corpus
 import Kernels
 import Model
 

@@ -1,5 +1,6 @@
 import Foundation
 import Model
+import Settings
 
 // MARK: - TrainConfig
 
@@ -30,7 +31,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var out = "runs/default"
     public var threads = 0               // 0: the rank's share of the cores
     // Parallelism
-    public var zero = 0
+    public var zero = ZeroStage.ddp
     public var bucketMB = 25.0
     public var commTimeout = 300.0
     // Checkpoints
@@ -40,8 +41,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var ckptLevel = 3
     public var resume = ""               // resolved checkpoint directory, "" for a fresh run
     // Precision
-    public var precision = "fp32"        // fp32 | bf16 | fp16
-    public var reduceDtype = ""          // gradient wire format; "": the compute precision
+    public var precision = Precision.fp32
+    public var reduceDtype: Precision?   // gradient wire format; nil: the compute precision
     /// Testing aid: "STEP:RANK" writes +inf into that rank's gradient at that (1-based) step.
     public var debugInjectInf = ""
 
@@ -83,7 +84,14 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
-        try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf); try get(.reduceDtype, &reduceDtype)
+        try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf)
+        // Older runs wrote "" for "same as the compute precision".
+        if let r = try c.decodeIfPresent(String.self, forKey: .reduceDtype), !r.isEmpty {
+            guard let p = Precision(rawValue: r) else {
+                throw ConfigError(flag: "--config", problem: "has reduceDtype '\(r)'", fix: "use fp32, bf16 or fp16")
+            }
+            reduceDtype = p
+        }
     }
 
     /// The model shape for a vocabulary.
@@ -92,7 +100,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     }
 
     /// The format gradients are communicated in: `reduceDtype`, else the compute precision.
-    public var effectiveReduceDtype: String { reduceDtype.isEmpty ? precision : reduceDtype }
+    public var effectiveReduceDtype: Precision { reduceDtype ?? precision }
 
     /// Parsed `debugInjectInf`.
     public var injectAt: (step: Int, rank: Int)? {
@@ -130,15 +138,11 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(evalSteps >= 1, "--eval-steps", "is \(evalSteps)", "use at least 1")
         try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
         try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
-        try need((0...3).contains(zero), "--zero", "is \(zero)", "use 0 (DDP), 1, 2 or 3")
         try need(bucketMB > 0, "--bucket-mb", "is \(bucketMB)", "use a positive size in MiB")
         try need(commTimeout > 0, "--comm-timeout", "is \(commTimeout)", "use a positive number of seconds")
         try need(saveEvery >= 0, "--save-every", "is \(saveEvery)", "use 0 (only at the end) or more")
         try need(keepLast >= 0, "--keep-last", "is \(keepLast)", "use 0 (keep all) or more")
         try need((1...19).contains(ckptLevel), "--ckpt-level", "is \(ckptLevel)", "use a zstd level from 1 to 19")
-        try need(["fp32", "bf16", "fp16"].contains(precision), "--precision", "is \(precision)", "use fp32, bf16 or fp16")
-        try need(["", "fp32", "bf16", "fp16"].contains(reduceDtype), "--reduce-dtype", "is \(reduceDtype)",
-                 "use fp32, bf16 or fp16")
         try need(debugInjectInf.isEmpty || injectAt != nil, "--debug-inject-inf", "is \(debugInjectInf)", "use STEP:RANK")
         try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
     }

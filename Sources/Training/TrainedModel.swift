@@ -1,5 +1,5 @@
 import Checkpoint
-import Data
+import Corpus
 import Foundation
 import Kernels
 import Model
@@ -23,7 +23,7 @@ extension ModelFile {
         let config = GPTConfig(nLayer: try int("nLayer"), nHead: try int("nHead"), nEmbd: try int("nEmbd"),
                                blockSize: try int("blockSize"), vocabSize: try int("vocabSize"), bias: bias)
         guard let tokText = manifest.tokenizer,
-              let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: Foundation.Data(tokText.utf8)) else {
+              let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: Data(tokText.utf8)) else {
             throw CheckpointError(dir.path, "manifest has no tokenizer", "use a checkpoint written by tessera train")
         }
         guard ParameterLayout(config).count == manifest.parameterCount else {
@@ -31,9 +31,9 @@ extension ModelFile {
         }
         let params = FloatBuffer(count: manifest.parameterCount)
         try CheckpointReader.VectorReader(directory: dir, manifest: manifest)
-            .read("params", range: 0..<manifest.parameterCount, into: params.pointer)
+            .read(.params, range: 0..<manifest.parameterCount, into: params.pointer)
         return ModelFile(config: config, tokenizer: tokenizer, parameters: params)
     }
 }
 
-func writeWarning(_ s: String) { FileHandle.standardError.write(Foundation.Data((s + "\n").utf8)) }
+func writeWarning(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Comm
 import Foundation
 import Kernels
+import Settings
 import Training
 
 /// `tessera bench`: throughput, step-time breakdown, MFU and memory per configuration.
@@ -9,8 +10,8 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmark training steps (synthetic tokens); run under mpirun for several ranks.")
     @Option(help: "Configurations: tiny, small, gpt2, m59 (repeatable).") var config: [String] = ["tiny", "small"]
-    @Option(help: "Precisions (repeatable): fp32.") var precision: [String] = ["fp32"]
-    @Option(help: "ZeRO stage.") var zero: Int = 0
+    @Option(help: "Precisions (repeatable): fp32, bf16, fp16.") var precision: [Precision] = [.fp32]
+    @Option(help: "ZeRO stage: 0 = DDP.") var zero: ZeroStage = .ddp
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
     @Flag(help: "Keep the per-rank batch fixed (global batch × ranks): weak scaling.") var perRankBatch = false
     @Option(help: "Untimed steps first.") var warmup: Int = 3
@@ -23,7 +24,6 @@ struct Bench: ParsableCommand {
         for c in config where !BenchShape.all.contains(where: { $0.name == c }) {
             throw ValidationError("--config '\(c)' is not one of tiny, small, gpt2, m59")
         }
-        for p in precision where !["fp32", "bf16", "fp16"].contains(p) { throw ValidationError("--precision '\(p)' is not fp32, bf16 or fp16") }
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
     }
 
@@ -56,11 +56,11 @@ struct Bench: ParsableCommand {
                 for p in precision {
                     let shape = BenchShape.all.first { $0.name == name }!
                     let r = try Benchmark.run(shape, precision: p, zero: zero, comm: comm, threads: t, perRankBatch: perRankBatch,
-                                              warmup: warmup, steps: steps, peakGflops: p == "bf16" ? bf16Peak : peak)
+                                              warmup: warmup, steps: steps, peakGflops: p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }
-                    let ratio = refs["\(name)/\(p)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
+                    let ratio = refs["\(name)/\(p.rawValue)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
                     func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
-                    print(pad(name, 6) + "  " + pad(p, 4) + "  " + pad("\(r.ranks)×\(r.threadsPerRank)", 9)
+                    print(pad(name, 6) + "  " + pad(p.rawValue, 4) + "  " + pad("\(r.ranks)×\(r.threadsPerRank)", 9)
                           + String(format: "  %8.0f  %7.1f  %6.1f  %6.1f  %6.1f  %5.1f  %12.1f  %5.1f%%  %6.0f  %6.1f  ",
                                    r.tokensPerSecond, r.msPerStep, r.msForward, r.msBackward, r.msOptimizer, r.msCommWait,
                                    r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB) + ratio)

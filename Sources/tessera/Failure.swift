@@ -1,6 +1,6 @@
 import Checkpoint
 import Comm
-import Data
+import Corpus
 import Foundation
 import Optim
 import Training

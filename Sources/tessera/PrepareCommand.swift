@@ -1,5 +1,5 @@
 import ArgumentParser
-import Data
+import Corpus
 
 /// `tessera prepare`: text file → token shards and vocabulary.
 struct Prepare: ParsableCommand {
@@ -20,7 +20,7 @@ struct Prepare: ParsableCommand {
 
     func run() throws {
         do {
-            let s = try Data.Prepare.run(input: input, output: out, kind: tokenizer, valFraction: valFraction)
+            let s = try Corpus.Prepare.run(input: input, output: out, kind: tokenizer, valFraction: valFraction)
             print("prepared \(out): vocabulary \(s.vocabSize) (\(tokenizer.rawValue)), "
                   + "\(s.trainTokens) train tokens, \(s.valTokens) val tokens")
         } catch { fail(error) }

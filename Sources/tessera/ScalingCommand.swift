@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Scaling
+import Settings
 
 /// `tessera scaling`: sizing estimates before training.
 struct Scaling: ParsableCommand {
@@ -10,7 +11,6 @@ struct Scaling: ParsableCommand {
 }
 
 extension ScalingFit: ExpressibleByArgument {}
-extension Precision: ExpressibleByArgument {}
 
 // MARK: - Output helpers
 
@@ -169,7 +169,7 @@ struct MemoryCmd: ParsableCommand {
     @Option(help: "Preset or a run's config.json.") var model: String?
     @Option(help: "Vocabulary size for --model files.") var vocab: Int?
     @Option(help: "Ranks.") var world: Int = 1
-    @Option(help: "ZeRO stage (default: all four).") var zero: Int?
+    @Option(help: "ZeRO stage, 0 = DDP (default: all four).") var zero: ZeroStage?
     @Option(help: "fp32, bf16 or fp16.") var precision: Precision = .fp32
     @Option(help: "Micro-batch (sequences) for the activation estimate.") var microBatch: Int?
     @Option(help: "Sequence length for the activation estimate.") var seq: Int?
@@ -189,12 +189,12 @@ struct MemoryCmd: ParsableCommand {
             }
             guard let psi else { throw ScalingError("memory", "needs a model size", "pass --params N or --model CONFIG") }
             try ScalingError.positive(psi, "--params")
-            let stages = zero.map { [$0] } ?? [0, 1, 2, 3]
-            let rows = try stages.map { try MemoryModel.perRank(params: Int(psi), world: world, zero: $0, precision: precision, activations: act) }
-            if json { try printJSON(Dictionary(uniqueKeysWithValues: zip(stages.map { "zero\($0)" }, rows))); return }
+            let stages = zero.map { [$0] } ?? ZeroStage.allCases
+            let rows = try stages.map { try MemoryModel.perRank(params: Int(psi), world: world, stage: $0, precision: precision, activations: act) }
+            if json { try printJSON(Dictionary(uniqueKeysWithValues: zip(stages.map { "zero\($0.rawValue)" }, rows))); return }
             print("per-rank memory for \(count(psi)) parameters on \(world) rank(s), \(precision.rawValue)")
             table([["mode", "parameters", "gradients", "optimizer", "activations", "total"]] + zip(stages, rows).map { st, r in
-                [st == 0 ? "DDP" : "ZeRO-\(st)", bytes(r.parameters), bytes(r.gradients), bytes(r.optimizer),
+                [st.name, bytes(r.parameters), bytes(r.gradients), bytes(r.optimizer),
                  r.activations > 0 ? bytes(r.activations) : "-", bytes(r.total)]
             })
         }

@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import Settings
 import XCTest
 
 /// Resume, reshard, corruption and failed saves, through the binary and mpirun.
@@ -15,9 +16,10 @@ final class CheckpointCLITests: XCTestCase {
         let (url, m) = try CheckpointStore(runDirectory: dir).resolve(dir) { _ in }
         let reader = CheckpointReader.VectorReader(directory: url, manifest: m)
         var out: [String: [Float]] = [:]
-        for v in ["params", "adam.m", "adam.v"] {
+        for vector in StateVector.allCases {
+            let v = vector.rawValue
             var buf = [Float](repeating: 0, count: m.parameterCount)
-            try buf.withUnsafeMutableBufferPointer { try reader.read(v, range: 0..<m.parameterCount, into: $0.baseAddress!) }
+            try buf.withUnsafeMutableBufferPointer { try reader.read(vector, range: 0..<m.parameterCount, into: $0.baseAddress!) }
             out[v] = buf
         }
         return out
@@ -43,7 +45,9 @@ final class CheckpointCLITests: XCTestCase {
             XCTAssertEqual(try losses(part), try losses(full), "losses, np \(n) \(extra)")
             XCTAssertEqual(try modelParameters(part), try modelParameters(full), "parameters, np \(n) \(extra)")
             let a = try checkpointVectors(part), b = try checkpointVectors(full)
-            for v in ["params", "adam.m", "adam.v"] { XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v) np \(n) \(extra)") }
+            for v in StateVector.allCases.map(\.rawValue) {
+                XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v) np \(n) \(extra)")
+            }
         }
     }
 
@@ -65,7 +69,8 @@ final class CheckpointCLITests: XCTestCase {
             let m = try CheckpointReader.manifest(directory: URL(fileURLWithPath: dst + "/checkpoints/step-00000006"))
             XCTAssertEqual(m.worldSize, n2); XCTAssertEqual(m.zeroStage, s2); XCTAssertEqual(m.precision, precision)
             let a = try checkpointVectors(src), b = try checkpointVectors(dst)
-            for v in ["params", "adam.m", "adam.v"] {
+            for vector in StateVector.allCases {
+            let v = vector.rawValue
                 XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v): \(n)/ZeRO-\(s) → \(n2)/ZeRO-\(s2)")
             }
         }

@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import Settings
 import XCTest
 
 /// fp16 overflow handling across ranks.
@@ -24,15 +25,17 @@ final class PrecisionCLITests: XCTestCase {
             let man = try CheckpointReader.manifest(directory: dir)
             let reader = CheckpointReader.VectorReader(directory: dir, manifest: man)
             var res: [String: [UInt32]] = [:]
-            for v in ["params", "adam.m", "adam.v"] {
+            for vector in StateVector.allCases {
+            let v = vector.rawValue
                 var b = [Float](repeating: 0, count: man.parameterCount)
-                try b.withUnsafeMutableBufferPointer { try reader.read(v, range: 0..<man.parameterCount, into: $0.baseAddress!) }
+                try b.withUnsafeMutableBufferPointer { try reader.read(vector, range: 0..<man.parameterCount, into: $0.baseAddress!) }
                 res[v] = b.map(\.bitPattern)
             }
             return res
         }
         let before = try vectors(2), after = try vectors(3), next = try vectors(4)
-        for v in ["params", "adam.m", "adam.v"] {
+        for vector in StateVector.allCases {
+            let v = vector.rawValue
             XCTAssertEqual(before[v], after[v], "\(v) unchanged by the skipped step")
             XCTAssertNotEqual(after[v], next[v], "\(v) moves again after it")
         }
@@ -120,7 +123,7 @@ final class PrecisionCLITests: XCTestCase {
     func testBadPrecisionIsRejected() throws {
         let data = try Repo.dataDirectory()
         let r = try tessera(["train", "--data", data, "--out", try Repo.temporaryDirectory("p"), "--precision", "fp8"])
-        XCTAssertEqual(r.status, 2)
-        XCTAssertTrue(r.stderr.contains("--precision"), r.stderr)
+        XCTAssertEqual(r.status, 64, "a value outside the type is a usage error, like any malformed flag")
+        XCTAssertTrue(r.stderr.contains("--precision") && r.stderr.contains("bf16"), r.stderr)
     }
 }

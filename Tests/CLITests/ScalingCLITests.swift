@@ -11,7 +11,7 @@ final class ScalingCLITests: XCTestCase {
             (["scaling", "optimal", "--flops", "lots"], 64, "lots"),
             (["scaling", "optimal", "--flops", "3"], 2, "too small"),
             (["scaling", "optimal", "--flops", "1e21", "--fit", "moore"], 64, "moore"),
-            (["scaling", "memory", "--params", "1e9", "--zero", "5"], 2, "--zero"),
+            (["scaling", "memory", "--params", "1e9", "--zero", "5"], 64, "--zero"),
             (["scaling", "compute", "--params", "1e9", "--tokens", "0"], 2, "--tokens"),
             (["scaling", "budget", "--metrics", "/nonexistent/metrics.jsonl", "--hours", "1", "--ranks", "2"], 2, "not found"),
         ]

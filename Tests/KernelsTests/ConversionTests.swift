@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 import XCTest
 
 /// Round-to-nearest-even conversions to bf16 and fp16, special values, and the vectorised

@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 import XCTest
 
 final class KernelsTests: XCTestCase {

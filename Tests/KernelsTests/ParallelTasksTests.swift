@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Settings
 import XCTest
 
 /// `ParallelFor.tasks` runs every index exactly once, on at most `workers` threads that it

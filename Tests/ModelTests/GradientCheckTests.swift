@@ -1,5 +1,6 @@
 import Kernels
 import Model
+import Settings
 import XCTest
 
 /// Analytic gradients of every parameter tensor against central finite differences.

@@ -1,5 +1,6 @@
 import Kernels
 import Model
+import Settings
 import XCTest
 
 final class LayoutTests: XCTestCase {

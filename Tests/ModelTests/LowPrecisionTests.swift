@@ -1,5 +1,6 @@
 import Kernels
 import Model
+import Settings
 import XCTest
 
 /// bf16/fp16 models compute the same loss and gradients as fp32 within 16-bit tolerances.
@@ -34,8 +35,8 @@ final class LowPrecisionTests: XCTestCase {
     /// Saved activations in 16 bits take at most 60% of fp32's at the benchmark's small shape.
     func testActivationMemory() {
         let c = GPTConfig(nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 256, vocabSize: 65, bias: false)
-        let full = Activations(config: c, maxB: 2, maxT: 256).savedBytes
-        let low = LowPrecisionActivations(config: c, maxB: 2, maxT: 256).savedBytes
+        let full = Activations<FP32>(config: c, maxB: 2, maxT: 256).savedBytes
+        let low = Activations<BF16>(config: c, maxB: 2, maxT: 256).savedBytes
         XCTAssertLessThanOrEqual(Double(low) / Double(full), 0.60)
     }
 
@@ -51,17 +52,17 @@ final class LowPrecisionTests: XCTestCase {
         for p in [Precision.bf16, .fp16] {
             var pre = [UInt16](repeating: 0, count: n), out = pre, dLow = pre
             var d = [Float](repeating: 0, count: n)
-            Layers.lowGeluForward(p, pre: &pre, out: &out, inp: x, n: n)
-            Layers.lowGeluBackward(p, dinp: &d, dinpLow: &dLow, pre: pre, dout: dy, n: n)
+            GELU.forward(p, pre: &pre, out: &out, inp: x, n: n)
+            GELU.backward(p, dinp: &d, dinpLow: &dLow, pre: pre, dout: dy, n: n)
 
             var refPre = [UInt16](repeating: 0, count: n), refOut = refPre, refLow = refPre
             var wide = [Float](repeating: 0, count: n), refD = wide
             p.narrow(x, into: &refPre, n)
             p.widen(refPre, into: &wide, n)
-            Layers.geluForward(out: &wide, inp: wide, n: n)
+            GELU.forward(out: &wide, inp: wide, n: n)
             p.narrow(wide, into: &refOut, n)
             p.widen(refPre, into: &wide, n)
-            Layers.geluBackward(dinp: &refD, inp: wide, dout: dy, n: n)
+            GELU.backward(dinp: &refD, inp: wide, dout: dy, n: n)
             p.narrow(refD, into: &refLow, n)
             XCTAssertEqual(pre, refPre, "\(p) pre-activation")
             XCTAssertEqual(out, refOut, "\(p) output")

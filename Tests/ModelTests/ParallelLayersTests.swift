@@ -1,5 +1,6 @@
 import Kernels
 import Model
+import Settings
 import XCTest
 
 /// Layers that split their work over threads. Attention heads run as parallel tasks, each
@@ -34,41 +35,35 @@ final class ParallelLayersTests: XCTestCase {
         XCTAssertGreaterThan(a.dqkv.map(abs).max()!, 0.01, "the gradient is not trivially zero")
     }
 
+    /// Forward and backward of the one attention implementation in format `F`, on `workers`.
+    func attention<F: ComputeFormat>(_: F.Type, qkv: [F.Element], dout: [F.Element],
+                                      workers: Int) -> (out: [Float], dqkv: [Float]) {
+        let out = FloatBuffer(count: B * T * C), att = AlignedBuffer<F.Element>(count: B * NH * T * T)
+        let dqkv = FloatBuffer(count: B * T * 3 * C)
+        let scores = FloatBuffer(count: T * T * workers), probs = FloatBuffer(count: T * T * workers)
+        let gradient = AlignedBuffer<F.Element>(count: T * T * workers)
+        Layers.attentionForward(F.self, out: out.pointer, att: att.pointer, qkv: qkv, scores: scores.pointer,
+                                B: B, T: T, C: C, NH: NH, workers: workers)
+        Layers.attentionBackward(F.self, dqkv: dqkv.pointer, dout: dout, qkv: qkv, att: att.pointer,
+                                 scratch: .init(scores: scores.pointer, probs: probs.pointer, gradient: gradient.pointer),
+                                 B: B, T: T, C: C, NH: NH, workers: workers)
+        return (out.toArray(), dqkv.toArray())
+    }
+
     func testFP32AttentionTasksAreDeterministicAndMatchTheSerialLoop() {
         let qkv = random(B * T * 3 * C, seed: 1), dout = random(B * T * C, seed: 2)
-        func run(_ workers: Int) -> (out: [Float], dqkv: [Float]) {
-            var out = [Float](repeating: 0, count: B * T * C), att = [Float](repeating: 0, count: B * NH * T * T)
-            var dqkv = [Float](repeating: 0, count: B * T * 3 * C)
-            var scratch = [Float](repeating: 0, count: T * T * workers)
-            Layers.attentionForward(out: &out, att: &att, qkv: qkv, B: B, T: T, C: C, NH: NH, workers: workers)
-            Layers.attentionBackward(dqkv: &dqkv, dout: dout, qkv: qkv, att: att, scratch: &scratch,
-                                     B: B, T: T, C: C, NH: NH, workers: workers)
-            return (out, dqkv)
-        }
-        checkTasks(run)
+        checkTasks { attention(FP32.self, qkv: qkv, dout: dout, workers: $0) }
     }
 
     func testBF16AttentionTasksAreDeterministicAndMatchTheSerialLoop() throws {
-        let p = Precision.bf16
         func narrow(_ x: [Float]) -> [UInt16] { x.map(Convert.bf16) }
         let qkv = narrow(random(B * T * 3 * C, seed: 3)), dout = narrow(random(B * T * C, seed: 4))
         // One call decides whether the native bf16 path works here (the tasks need it).
         var probe = [Float](repeating: 0, count: 4)
-        Gemm.lowGemm(p, .none, .none, m: 2, n: 2, k: 2, a: [1, 1, 1, 1].map(Convert.bf16), lda: 2,
+        Gemm.lowGemm(.bf16, .none, .none, m: 2, n: 2, k: 2, a: [1, 1, 1, 1].map(Convert.bf16), lda: 2,
                      b: [1, 1, 1, 1].map(Convert.bf16), ldb: 2, c: &probe, ldc: 2)
-        try XCTSkipUnless(Gemm.lowGemmIsReentrant(p), "no native bf16 GEMM on this CPU: attention runs serially")
-        func run(_ workers: Int) -> (out: [Float], dqkv: [Float]) {
-            var out = [Float](repeating: 0, count: B * T * C), att = [UInt16](repeating: 0, count: B * NH * T * T)
-            var dqkv = [Float](repeating: 0, count: B * T * 3 * C)
-            var s1 = [Float](repeating: 0, count: T * T * workers), s2 = s1
-            var s3 = [UInt16](repeating: 0, count: T * T * workers)
-            Layers.lowAttentionForward(p, out: &out, att: &att, qkv: qkv, scores: &s1, B: B, T: T, C: C, NH: NH,
-                                       workers: workers)
-            Layers.lowAttentionBackward(p, dqkv: &dqkv, doutLow: dout, qkv: qkv, att: att, scores: &s1, probs32: &s2,
-                                        scoresLow: &s3, B: B, T: T, C: C, NH: NH, workers: workers)
-            return (out, dqkv)
-        }
-        checkTasks(run)
+        try XCTSkipUnless(BF16.gemmIsReentrant, "no native bf16 GEMM on this CPU: attention runs serially")
+        checkTasks { attention(BF16.self, qkv: qkv, dout: dout, workers: $0) }
     }
 
     func testRowReductionsGiveTheSameBitsOnAnyThreadCount() {

@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Model
 import Optim
+import Settings
 import XCTest
 
 /// Compares the model with the PyTorch fixture written by `Tests/reference/make_fixture.py`.

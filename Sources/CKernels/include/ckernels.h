@@ -62,13 +62,6 @@ void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, floa
 /// Σ x² accumulated in double. Summation order is fixed for a given n (deterministic).
 double tessera_sum_of_squares(const float *x, int64_t n);
 
-/// Blocks SIGTERM/SIGINT/SIGUSR1 in the calling thread and in threads it starts afterwards.
-void tessera_block_stop_signals(void);
-/// Records stop signals that reach threads which do not block them.
-void tessera_install_stop_handler(void);
-/// The stop signal that arrived (consumed from the pending set), or 0.
-int tessera_stop_signal(void);
-
 #ifdef __cplusplus
 }
 #endif

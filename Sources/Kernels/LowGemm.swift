@@ -1,47 +1,5 @@
 import CKernels
-
-// MARK: - Precision
-
-/// The numeric format of matrix-multiply operands (accumulation is always fp32).
-public enum Precision: String, CaseIterable, Codable, Sendable {
-    case fp32, bf16, fp16
-
-    /// Whether operands are 16-bit.
-    public var isLow: Bool { self != .fp32 }
-
-    /// Converts `n` floats to this 16-bit format.
-    @inlinable public func narrow(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, _ n: Int) {
-        let bf = self == .bf16
-        ParallelFor.chunks(n) { lo, hi in
-            if bf { tessera_f32_to_bf16(dst + lo, src + lo, Int64(hi - lo)) } else { tessera_f32_to_f16(dst + lo, src + lo, Int64(hi - lo)) }
-        }
-    }
-
-    /// Converts `n` 16-bit values of this format to floats.
-    @inlinable public func widen(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
-        let bf = self == .bf16
-        ParallelFor.chunks(n) { lo, hi in
-            if bf { tessera_bf16_to_f32(dst + lo, src + lo, Int64(hi - lo)) } else { tessera_f16_to_f32(dst + lo, src + lo, Int64(hi - lo)) }
-        }
-    }
-}
-
-/// A fixed-size, zeroed buffer of 16-bit values (bf16 or fp16 bit patterns).
-public final class HalfBuffer: @unchecked Sendable {
-    public let count: Int
-    public let pointer: UnsafeMutablePointer<UInt16>
-
-    public init(count: Int) {
-        self.count = count
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 2, alignment: 64)
-        pointer = raw.bindMemory(to: UInt16.self, capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
-    }
-
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
-
-    public var byteCount: Int { count * 2 }
-}
+import Settings
 
 // MARK: - Low-precision GEMM
 

@@ -2,7 +2,7 @@
 // main, before any library starts threads (so Open MPI's threads inherit the block: a handler running on one
 // of them corrupted the heap on these AVX-512 machines), and the training loop asks between
 // steps whether one is pending.
-#include "ckernels.h"
+#include "csignals.h"
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>

@@ -1,0 +1,212 @@
+import Kernels
+
+// MARK: - Transformer
+
+/// The GPT layer sequence, written once for every compute format `F` (llm.c's `floatX`).
+///
+/// Parameters are used as one copy in `F`, unit by unit: fp32 reads the master values; a
+/// 16-bit format reads the provider's own 16-bit copy (ZeRO-3 gathers it) or narrows the fp32
+/// unit into the model's buffer. LayerNorm and bias adds read that copy widened back to fp32,
+/// so every strategy computes with the same rounded parameters (FSDP's `param_dtype`).
+final class Transformer<F: ComputeFormat> {
+    let config: GPTConfig
+    let layout: ParameterLayout
+    private(set) var activations: Activations<F>?
+    /// 16-bit compute copies of the parameters in use (one block or final unit; the embedding
+    /// unit, whose `wte` is also the tied LM head), when the provider has none. Empty in fp32.
+    private let unitCopy: AlignedBuffer<F.Element>, embeddingCopy: AlignedBuffer<F.Element>
+    /// The compute copy's LayerNorm and bias vectors widened to fp32 (16-bit formats).
+    private lazy var blockVectors = RoundedVectors(layout: layout, unit: layout.blockUnit(0))
+    private lazy var finalVectors = RoundedVectors(layout: layout, unit: layout.finalUnit)
+
+    init(config: GPTConfig, layout: ParameterLayout) {
+        self.config = config
+        self.layout = layout
+        unitCopy = AlignedBuffer(count: F.isLow ? largestBlockOrFinalUnit(layout) : 0)
+        embeddingCopy = AlignedBuffer(count: F.isLow ? layout.units[0].count : 0)
+    }
+
+    /// Makes sure activations hold a `B`×`T` micro-batch (allocates only when it grows).
+    func reserve(B: Int, T: Int) {
+        let haveB = activations?.maxB ?? 0, haveT = activations?.maxT ?? 0
+        if haveB >= B, haveT >= T { return }
+        activations = Activations(config: config, maxB: max(B, haveB), maxT: max(T, haveT))
+    }
+
+    // MARK: Parameters in the compute format
+
+    /// A unit's parameters as operands (matrices) and as fp32 vectors (LayerNorm, biases).
+    struct Weights {
+        let operands: UnsafeMutablePointer<F.Element>
+        let vectors: UnsafeMutablePointer<Float>?
+        let rounded: RoundedVectors?
+        /// The operand matrix starting at `offset` within the unit.
+        func matrix(_ offset: Int) -> UnsafePointer<F.Element> { UnsafePointer(operands + offset) }
+        /// The fp32 vector starting at `offset` within the unit.
+        func vector(_ offset: Int) -> UnsafeMutablePointer<Float> { vectors.map { $0 + offset } ?? rounded![offset] }
+        func vector(_ offset: Int?) -> UnsafeMutablePointer<Float>? { offset.map { vector($0) } }
+    }
+
+    /// `unit`'s parameters in `F`. `narrowed` says the model's copy of the embedding unit
+    /// already holds them: it is narrowed once at the start of a forward pass, and the tied LM
+    /// head of that forward and of its backward reuse it (parameters change only in an
+    /// optimizer step, never between a forward pass and its backward).
+    private func acquire(_ params: ParameterProvider, unit: Int, narrowed: Bool = false,
+                         vectors: RoundedVectors? = nil) -> Weights {
+        guard F.isLow else {
+            let w = params.acquireParameters(unit: unit)
+            return Weights(operands: F.elements(w), vectors: w, rounded: nil)
+        }
+        let copy: UnsafeMutablePointer<F.Element>
+        if let own = params.acquireLowParameters(unit: unit, precision: F.precision) {
+            copy = F.elements(own)
+        } else {
+            copy = unit == 0 ? embeddingCopy.pointer : unitCopy.pointer
+            let w = params.acquireParameters(unit: unit)
+            if !narrowed { F.commit(w, into: copy, layout.units[unit].count) }
+        }
+        return Weights(operands: copy, vectors: nil, rounded: vectors?.filled(from: copy, precision: F.precision))
+    }
+
+    // MARK: Forward
+
+    /// Runs `B`×`T` tokens through the model; with `targets`, returns the summed loss over
+    /// counted positions and their number, leaving probabilities for `backward`.
+    func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
+                 params: ParameterProvider) -> (sum: Double, count: Int) {
+        let a = activations!
+        let C = config.nEmbd, NH = config.nHead, V = config.vocabSize, BT = B * T
+        let lay = layout
+        let wide = a.wide.pointer
+
+        let emb = acquire(params, unit: 0)
+        Layers.embeddingForward(F.self, out: a.residual[0].pointer, tokens: tokens, wte: emb.matrix(0),
+                                wpe: emb.matrix(lay.wpe), B: B, T: T, C: C)
+        params.releaseParameters(unit: 0)
+
+        for l in 0..<config.nLayer {
+            let unit = lay.blockUnit(l)
+            let w = acquire(params, unit: unit, vectors: blockVectors)
+            let x = a.residual[l].pointer
+            // Attention: r2 = x + proj(attn(qkv(ln1(x))))
+            var y = F.workspace(for: a.ln1[l].pointer, scratch: wide)
+            Layers.layerNormForward(out: y, mean: a.ln1Mean[l].pointer, rstd: a.ln1Rstd[l].pointer, inp: x,
+                                    weight: w.vector(lay.ln1w), bias: w.vector(lay.ln1b), N: BT, C: C)
+            F.commit(y, into: a.ln1[l].pointer, BT * C)
+            y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
+            Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw),
+                                 bias: w.vector(lay.qkvb), N: BT, IC: C, OC: 3 * C)
+            F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
+            y = F.workspace(for: a.atty[l].pointer, scratch: wide)
+            Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer,
+                                    scores: a.scores.pointer, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
+            F.commit(y, into: a.atty[l].pointer, BT * C)
+            let r2 = a.res2[l].pointer
+            Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(lay.projw),
+                                 bias: w.vector(lay.projb), N: BT, IC: C, OC: C)
+            Vector.add(x, into: r2, BT * C)
+            // MLP: out = r2 + fcproj(gelu(fc(ln2(r2))))
+            y = F.workspace(for: a.ln2[l].pointer, scratch: wide)
+            Layers.layerNormForward(out: y, mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, inp: r2,
+                                    weight: w.vector(lay.ln2w), bias: w.vector(lay.ln2b), N: BT, C: C)
+            F.commit(y, into: a.ln2[l].pointer, BT * C)
+            y = F.workspace(for: a.fch[l].pointer, scratch: wide)
+            Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(lay.fcw),
+                                 bias: w.vector(lay.fcb), N: BT, IC: C, OC: 4 * C)
+            F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: y, n: BT * 4 * C)
+            let out = a.residual[l + 1].pointer
+            Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
+                                 bias: w.vector(lay.fcprojb), N: BT, IC: 4 * C, OC: C)
+            Vector.add(r2, into: out, BT * C)
+            params.releaseParameters(unit: unit)
+        }
+
+        let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
+        let y = F.workspace(for: a.lnf.pointer, scratch: wide)
+        Layers.layerNormForward(out: y, mean: a.lnfMean.pointer, rstd: a.lnfRstd.pointer,
+                                inp: a.residual[config.nLayer].pointer, weight: f.vector(lay.lnfw),
+                                bias: f.vector(lay.lnfb), N: BT, C: C)
+        F.commit(y, into: a.lnf.pointer, BT * C)
+        params.releaseParameters(unit: lay.finalUnit)
+
+        let head = acquire(params, unit: 0, narrowed: true)
+        Layers.linearForward(F.self, out: a.logits.pointer, inp: a.lnf.pointer, weight: head.matrix(0), bias: nil,
+                             N: BT, IC: C, OC: V)
+        params.releaseParameters(unit: 0)
+        guard let targets else { return (0, 0) }
+        return Layers.softmaxCrossEntropyForward(logits: a.logits.pointer, targets: targets, N: BT, V: V)
+    }
+
+    // MARK: Backward
+
+    /// Adds the gradient of `lossScale × (summed loss)` to the provider's gradients; follows a
+    /// `forward` of the same tokens with targets.
+    func backward(lossScale: Float, tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, B: Int, T: Int,
+                  params: ParameterProvider) {
+        let a = activations!
+        let BT = B * T, C = config.nEmbd, NH = config.nHead, V = config.vocabSize
+        let lay = layout
+        let dres = a.dres.pointer, dln = a.dln.pointer, dfc = a.dfc.pointer, dqkv = a.dqkv.pointer
+        let narrow = a.narrow.pointer
+        let attention = Layers.AttentionScratch<F>(scores: a.scores.pointer, probs: a.probs.pointer,
+                                                   gradient: a.scoresLow.pointer)
+
+        params.beginBackward()
+        Layers.softmaxCrossEntropyBackward(probs: a.logits.pointer, targets: targets, N: BT, V: V, scale: lossScale)
+        var d = F.operand(a.logits.pointer, scratch: narrow, BT * V)
+        let head = acquire(params, unit: 0, narrowed: true)
+        let gEmb = params.gradients(unit: 0)
+        Layers.linearBackward(F.self, dinp: dln, dweight: gEmb, dbias: nil, dout: a.logits.pointer, doutOperand: d,
+                              inp: a.lnf.pointer, weight: head.matrix(0), N: BT, IC: C, OC: V)
+        params.releaseParameters(unit: 0)
+
+        let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
+        let gf = params.gradients(unit: lay.finalUnit)
+        dres.update(repeating: 0, count: BT * C)
+        Layers.layerNormBackward(dinp: dres, dweight: gf + lay.lnfw, dbias: lay.lnfb.map { gf + $0 }, dout: dln,
+                                 inp: a.residual[config.nLayer].pointer, weight: f.vector(lay.lnfw),
+                                 mean: a.lnfMean.pointer, rstd: a.lnfRstd.pointer, N: BT, C: C)
+        params.releaseParameters(unit: lay.finalUnit)
+        params.gradientsProduced(unit: lay.finalUnit)
+
+        for l in stride(from: config.nLayer - 1, through: 0, by: -1) {
+            let unit = lay.blockUnit(l)
+            let w = acquire(params, unit: unit, vectors: blockVectors)
+            let g = params.gradients(unit: unit)
+            // MLP: out = r2 + fcproj(gelu(fc(ln2(r2))))
+            d = F.operand(dres, scratch: narrow, BT * C)
+            Layers.linearBackward(F.self, dinp: dfc, dweight: g + lay.fcprojw, dbias: lay.fcprojb.map { g + $0 },
+                                  dout: dres, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
+                                  N: BT, IC: 4 * C, OC: C)
+            d = F.geluBackward(dinp: dfc, scratch: narrow, pre: a.fch[l].pointer, dout: dfc, n: BT * 4 * C)
+            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.fcw, dbias: lay.fcb.map { g + $0 }, dout: dfc,
+                                  doutOperand: d, inp: a.ln2[l].pointer, weight: w.matrix(lay.fcw), N: BT, IC: C, OC: 4 * C)
+            Layers.layerNormBackward(dinp: dres, dweight: g + lay.ln2w, dbias: lay.ln2b.map { g + $0 }, dout: dln,
+                                     inp: a.res2[l].pointer, weight: w.vector(lay.ln2w),
+                                     mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, N: BT, C: C)
+            // Attention: r2 = x + proj(attn(qkv(ln1(x))))
+            d = F.operand(dres, scratch: narrow, BT * C)
+            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.projw, dbias: lay.projb.map { g + $0 }, dout: dres,
+                                  doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(lay.projw), N: BT, IC: C, OC: C)
+            d = F.operand(dln, scratch: narrow, BT * C)
+            Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
+                                     scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
+            d = F.operand(dqkv, scratch: narrow, BT * 3 * C)
+            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.qkvw, dbias: lay.qkvb.map { g + $0 }, dout: dqkv,
+                                  doutOperand: d, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw), N: BT, IC: C, OC: 3 * C)
+            Layers.layerNormBackward(dinp: dres, dweight: g + lay.ln1w, dbias: lay.ln1b.map { g + $0 }, dout: dln,
+                                     inp: a.residual[l].pointer, weight: w.vector(lay.ln1w),
+                                     mean: a.ln1Mean[l].pointer, rstd: a.ln1Rstd[l].pointer, N: BT, C: C)
+            params.releaseParameters(unit: unit)
+            params.gradientsProduced(unit: unit)
+        }
+
+        Layers.embeddingBackward(dwte: gEmb, dwpe: gEmb + lay.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C)
+        params.gradientsProduced(unit: 0)
+    }
+}
+
+/// Elements of the largest unit after the embedding (a block, or the final LayerNorm).
+private func largestBlockOrFinalUnit(_ layout: ParameterLayout) -> Int {
+    layout.units[1...].map(\.count).max() ?? 0
+}

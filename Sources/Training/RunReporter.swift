@@ -1,0 +1,58 @@
+import Foundation
+import Parallel
+import Scaling
+
+// MARK: - RunReporter
+
+/// What rank 0 tells the user about a run: `RUN/config.json`, `RUN/memory.json` (held bytes
+/// beside the calculator's prediction), the start-up lines, progress lines and
+/// `RUN/metrics.jsonl`.
+final class RunReporter {
+    private let config: TrainConfig
+    private let metrics: MetricsWriter
+    private let log: (String) -> Void
+
+    /// Writes the run files and prints the start-up lines.
+    init(trainer t: Trainer) throws {
+        config = t.config
+        log = t.log
+        let outDir = URL(fileURLWithPath: config.out)
+        let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        do {
+            try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+            try enc.encode(config).write(to: outDir.appendingPathComponent("config.json"), options: .atomic)
+        } catch {
+            throw ConfigError(flag: "--out", problem: "cannot create \(outDir.path)", fix: "choose a writable run directory")
+        }
+        metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path, keepThrough: t.startStep)
+        let strategy = t.strategy, psi = t.model.layout.count, world = t.comm.size
+        let mem = strategy.memory
+        // Gradients accumulate in fp32 under every strategy.
+        let predicted = try MemoryModel.perRank(params: psi, world: world, stage: strategy.stage,
+                                                precision: strategy.parameterPrecision, gradientBytes: 4)
+        let activations = t.model.activationBytes.total
+        let report = MemoryFile(psi: psi, world: world, zero: strategy.stage.rawValue, rank: 0,
+                                parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,
+                                working: mem.working, activations: activations, predicted: predicted)
+        try enc.encode(report).write(to: outDir.appendingPathComponent("memory.json"), options: .atomic)
+        func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
+        log("tessera: \(strategy.name), per-rank state: parameters \(mib(mem.parameters)), "
+            + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
+            + "activations \(mib(activations))")
+        log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
+            + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
+            + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")
+    }
+
+    /// Records step `step` (0-based) and prints a progress line when one is due.
+    func stepDone(_ m: StepMetrics, step: Int, elapsed: Double) {
+        metrics.write(m)
+        let lastStep = step == config.maxSteps - 1
+        guard step % config.logEvery == 0 || lastStep || m.val_loss != nil else { return }
+        let eta = elapsed / Double(step + 1) * Double(config.maxSteps - step - 1)
+        var s = String(format: "step %5d/%d | loss %.4f | lr %.2e | %8.0f tok/s | %7.1f ms/step | ETA %@",
+                       step + 1, config.maxSteps, m.loss, m.lr, m.tokens_per_s, m.ms_per_step, formatDuration(eta))
+        if let v = m.val_loss { s += String(format: " | val %.4f", v) }
+        log(s)
+    }
+}

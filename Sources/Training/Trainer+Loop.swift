@@ -1,0 +1,144 @@
+import Checkpoint
+import Comm
+import Foundation
+import Kernels
+import Optim
+import Parallel
+
+// MARK: - The training loop
+
+extension Trainer {
+    /// Trains for `config.maxSteps` steps; returns the loss trajectory.
+    public func run() throws -> TrainResult {
+        var result = TrainResult()
+        let reporter = isCoordinator ? try RunReporter(trainer: self) : nil
+        checkpointer = Checkpointer(comm: comm, runDirectory: config.out, level: config.ckptLevel, keepLast: config.keepLast,
+                                    async: config.asyncSave, log: log)
+        if isCoordinator && startStep > 0 { log("tessera: resumed from \(config.resume) at step \(startStep)") }
+        let start = MPIClock.now()
+        for step in startStep..<max(config.maxSteps, startStep) {
+            comm.context = "step \(step)"
+            var m = try trainStep(step)
+            result.losses.append(m.loss)
+            let lastStep = step == config.maxSteps - 1
+            if (config.evalEvery > 0 && (step + 1) % config.evalEvery == 0) || lastStep {
+                let v = try evaluate(batchOffset: 0)
+                m.val_loss = v
+                result.valLosses.append((step + 1, v))
+            }
+            reporter?.stepDone(m, step: step, elapsed: MPIClock.now() - start)
+            if stopRequested != 0 && !lastStep {
+                try saveCheckpoint(completedSteps: step + 1)
+                try checkpointer.finishPending(wait: true)
+                result.modelPath = try saveModel(to: URL(fileURLWithPath: config.out).appendingPathComponent("model.bin").path)
+                // No rank may exit before rank 0 has committed: mpirun ends the whole job as
+                // soon as one rank exits with a non-zero status.
+                try comm.barrier(label: "barrier after the pre-emption checkpoint")
+                throw Preempted(step: step + 1, signal: stopRequested,
+                                checkpoint: CheckpointStore(runDirectory: config.out).directory(step: step + 1).path)
+            }
+            if lastStep { continue }
+            try checkpointer.finishPending(wait: false)
+            if config.saveEvery > 0 && (step + 1) % config.saveEvery == 0 { try saveCheckpoint(completedSteps: step + 1) }
+        }
+        try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
+        try checkpointer.finishPending(wait: true)
+        result.seconds = MPIClock.now() - start
+        result.saveStalls = checkpointer.stallSeconds
+        result.modelPath = try saveModel(to: URL(fileURLWithPath: config.out).appendingPathComponent("model.bin").path)
+        return result
+    }
+
+    /// One optimizer step over the global batch.
+    public func trainStep(_ step: Int) throws -> StepMetrics {
+        let t0 = MPIClock.now()
+        let T = config.blockSize
+        let scale = scaler?.scale ?? 1
+        let lossScale = Float(scale / Double(tokensPerStep))
+        strategy.beginStep()
+        strategy.commWaitSeconds = 0
+        comm.sentElements = 0
+        comm.sentBytes = 0
+        var lossSum = 0.0
+        var fwd = 0.0, bwd = 0.0
+        var i = 0
+        while i < myIndices.count {
+            let chunk = myIndices[i..<min(i + micro, myIndices.count)]
+            i += chunk.count
+            sampler.fill(x: x, y: y, shard: data.train, split: .train, batch: step, indices: chunk)
+            strategy.beginMicroStep(isLast: i >= myIndices.count)
+            let a = MPIClock.now()
+            lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
+            let b = MPIClock.now()
+            model.backward(lossScale: lossScale, params: strategy.provider)
+            bwd += MPIClock.now() - b
+            fwd += b - a
+        }
+        if myIndices.isEmpty { strategy.beginMicroStep(isLast: true) }
+        try strategy.finishGradients()
+        if let inject = config.injectAt, inject.step == step + 1, inject.rank == comm.rank { strategy.poisonGradientForTesting() }
+        let o0 = MPIClock.now()
+        // One all-reduce carries the loss and, under fp16, whether any rank overflowed.
+        let overflowHere = scaler != nil && !strategy.localGradientsFinite()
+        // ... and whether any rank has been asked to stop (a signal reaches ranks at different
+        // times; agreeing here makes every rank stop after the same step).
+        var reduced = [lossSum, overflowHere ? 1 : 0, Double(Preemption.pending)]
+        try comm.allReduce(&reduced, op: .sum, label: "all-reduce of the loss, overflow and stop flags")
+        stopRequested = reduced[2] > 0 ? Int32(Preemption.pending == 0 ? SIGTERM : Preemption.pending) : 0
+        let lr = schedule.lr(at: step)
+        var norm = 0.0
+        var skipped: Bool?
+        if var s = scaler {
+            skipped = try s.update(overflow: reduced[1] > 0)
+            scaler = s
+        }
+        if skipped != true {
+            norm = try strategy.gradientSquaredNorm().squareRoot() / scale
+            let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale)
+            // The AdamW step count is the number of updates applied (skipped steps excluded).
+            try strategy.optimizerStep(step: step + 1 - (scaler?.skippedSteps ?? 0), lr: Float(lr), clip: clip)
+        }
+        let t1 = MPIClock.now()
+        return StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
+                           grad_norm: norm, tokens_per_s: Double(tokensPerStep) / (t1 - t0), ms_per_step: (t1 - t0) * 1000,
+                           ms_forward: fwd * 1000, ms_backward: bwd * 1000,
+                           ms_comm_wait: strategy.commWaitSeconds * 1000, ms_optimizer: (t1 - o0) * 1000,
+                           world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements,
+                           sent_bytes: comm.sentBytes,
+                           loss_scale: scaler.map { _ in scale }, skipped: skipped)
+    }
+
+    /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
+    public func evaluate(batchOffset: Int) throws -> Double {
+        let T = config.blockSize
+        var sum = 0.0
+        for j in 0..<config.evalSteps {
+            var i = 0
+            while i < myIndices.count {
+                let chunk = myIndices[i..<min(i + micro, myIndices.count)]
+                i += chunk.count
+                sampler.fill(x: x, y: y, shard: data.val, split: .val, batch: batchOffset + j, indices: chunk)
+                sum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
+            }
+        }
+        var r = [sum]
+        try comm.allReduce(&r, label: "all-reduce of validation loss")
+        return r[0] / Double(config.evalSteps * tokensPerStep)
+    }
+
+    /// Saves the full training state after `completedSteps` optimizer steps.
+    func saveCheckpoint(completedSteps: Int) throws {
+        try checkpointer.save(step: completedSteps, config: config, model: model.config, layout: model.layout,
+                              tokenizer: data.tokenizer, scaler: scaler, strategy: strategy)
+    }
+
+    /// Writes the trained weights (rank 0) and returns the path.
+    func saveModel(to path: String) throws -> String {
+        let buf = FloatBuffer(count: model.layout.count)
+        try strategy.gatherParameters(into: buf.pointer)
+        if isCoordinator {
+            try ModelFile(config: model.config, tokenizer: data.tokenizer, parameters: buf).write(to: path)
+        }
+        return path
+    }
+}

@@ -1,0 +1,9 @@
+import ArgumentParser
+import Settings
+
+// MARK: - Typed arguments
+// The settings types parse from the command line by their raw values, so a bad value is
+// rejected by the parser with the list of valid ones.
+
+extension Precision: ExpressibleByArgument {}
+extension ZeroStage: ExpressibleByArgument {}

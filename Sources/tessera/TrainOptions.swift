@@ -1,0 +1,70 @@
+import ArgumentParser
+import Settings
+import Training
+
+/// The flags of `train` that set a `TrainConfig` key. Each is optional: a flag that is not
+/// given leaves the key as the defaults, the `--config` file or the resumed checkpoint set it.
+/// Flag names are the config keys in kebab case (`--min-lr` sets `minLR`).
+struct TrainOptions: ParsableArguments {
+    // MARK: Data and run
+    @Option(help: "Data directory written by `tessera prepare`.") var data: String?
+    @Option(help: "Run directory for config.json, metrics.jsonl, checkpoints and model.bin.") var out: String?
+    @Option(help: "Random seed (initialisation and batches).") var seed: UInt64?
+    @Option(help: "BLAS threads per rank (0: cores / ranks on the node).") var threads: Int?
+
+    // MARK: Model
+    @Option(help: "Transformer blocks.") var nLayer: Int?
+    @Option(help: "Attention heads.") var nHead: Int?
+    @Option(help: "Embedding width.") var nEmbd: Int?
+    @Option(help: "Context length.") var blockSize: Int?
+    @Flag(inversion: .prefixedNo, help: "Biases in linear layers and LayerNorms.") var bias: Bool?
+    @Option(help: "Dropout probability (only 0 is implemented).") var dropout: Double?
+
+    // MARK: Optimisation
+    @Option(help: "Global batch size in sequences (split over ranks).") var batchSize: Int?
+    @Option(help: "Sequences per forward/backward on a rank (0: the rank's whole share).") var microBatch: Int?
+    @Option(help: "Optimizer steps.") var maxSteps: Int?
+    @Option(help: "Peak learning rate.") var lr: Double?
+    @Option(name: .customLong("min-lr"), help: "Final learning rate of the cosine decay.") var minLR: Double?
+    @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
+    @Option(help: "AdamW beta1.") var beta1: Double?
+    @Option(help: "AdamW beta2.") var beta2: Double?
+    @Option(help: "AdamW decoupled weight decay (2-D tensors only).") var weightDecay: Double?
+    @Option(help: "Global gradient-norm clip (0: off).") var gradClip: Double?
+
+    // MARK: Evaluation and logging
+    @Option(help: "Evaluate every N steps (and at the end).") var evalEvery: Int?
+    @Option(help: "Validation batches per evaluation.") var evalSteps: Int?
+    @Option(help: "Print a progress line every N steps.") var logEvery: Int?
+
+    // MARK: Parallelism and precision
+    @Option(help: "ZeRO stage: 0 = DDP, 1, 2, 3.") var zero: ZeroStage?
+    @Option(name: .customLong("bucket-mb"), help: "DDP/ZeRO-1 gradient bucket size in MiB.") var bucketMB: Double?
+    @Option(help: "Seconds a collective may wait before the watchdog aborts the job.") var commTimeout: Double?
+    @Option(help: "Matmul precision: fp32, bf16 or fp16 (fp32 master weights and optimizer).") var precision: Precision?
+    @Option(help: "Gradient communication format: fp32, bf16 or fp16 (default: the --precision).") var reduceDtype: Precision?
+
+    // MARK: Checkpoints
+    @Option(help: "Save a checkpoint every N steps (0: only at the end).") var saveEvery: Int?
+    @Option(help: "Keep only the newest K checkpoints (0: all).") var keepLast: Int?
+    @Flag(inversion: .prefixedNo, help: "Write checkpoints on a background thread while training goes on.") var asyncSave: Bool?
+    @Option(help: "zstd level for checkpoints (1-19).") var ckptLevel: Int?
+    @Option(help: ArgumentHelp("Testing aid: STEP:RANK writes +inf into that rank's gradient.", visibility: .hidden))
+    var debugInjectInf: String?
+
+    /// Writes every given flag into its key of `config`.
+    func write(into config: inout TrainConfig) {
+        func set<T>(_ key: WritableKeyPath<TrainConfig, T>, _ value: T?) { if let value { config[keyPath: key] = value } }
+        set(\.data, data); set(\.out, out); set(\.seed, seed); set(\.threads, threads)
+        set(\.nLayer, nLayer); set(\.nHead, nHead); set(\.nEmbd, nEmbd); set(\.blockSize, blockSize)
+        set(\.bias, bias); set(\.dropout, dropout)
+        set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)
+        set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
+        set(\.weightDecay, weightDecay); set(\.gradClip, gradClip)
+        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery)
+        set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision)
+        set(\.reduceDtype, reduceDtype.map(Optional.some))
+        set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
+        set(\.debugInjectInf, debugInjectInf)
+    }
+}
