@@ -108,6 +108,14 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         return parts.count == 2 ? (parts[0], parts[1]) : nil
     }
 
+    /// Micro-steps each rank takes per optimizer step: rank r trains sequences r, r+N, … of the
+    /// global batch, `microBatch` (or its whole share) at a time.
+    public func microSteps(worldSize n: Int) -> [Int] {
+        let share = (batchSize + n - 1) / n
+        let micro = max(1, microBatch > 0 ? min(microBatch, share) : share)
+        return (0..<n).map { r in (max(0, batchSize - r + n - 1) / n + micro - 1) / micro }
+    }
+
     /// Whether two configs describe the same model (what a checkpoint's parameters mean).
     public func sameModel(as o: TrainConfig) -> Bool {
         nLayer == o.nLayer && nHead == o.nHead && nEmbd == o.nEmbd && blockSize == o.blockSize && bias == o.bias
@@ -145,6 +153,11 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need((1...19).contains(ckptLevel), "--ckpt-level", "is \(ckptLevel)", "use a zstd level from 1 to 19")
         try need(debugInjectInf.isEmpty || injectAt != nil, "--debug-inject-inf", "is \(debugInjectInf)", "use STEP:RANK")
         try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
+        let steps = microSteps(worldSize: worldSize)
+        try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
+                 "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "
+                    + "for batch \(batchSize), which \(zero.name) cannot run: it reduces gradients after every micro-step",
+                 "choose a --batch-size that splits evenly into micro-batches on every rank, or --micro-batch 0")
     }
 }
 

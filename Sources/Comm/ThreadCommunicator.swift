@@ -1,0 +1,215 @@
+import Foundation
+import Kernels
+import Settings
+
+// MARK: - ThreadCommunicator
+
+/// A world of `size` ranks that are threads of one process: every collective meets at a
+/// barrier, each rank computes its own result from every rank's buffers, and a second barrier
+/// keeps the buffers alive until all have read them. Collectives complete inside `start*`.
+///
+/// It exists so the strategies' bucket and shard logic can be tested in milliseconds, without
+/// `mpirun`. Reductions add in rank order (16-bit sums round after each addition, as Open
+/// MPI's user-defined operator does pairwise), so results are deterministic, though not
+/// bit-equal to Open MPI's ring order.
+///
+/// Each communicator belongs to one thread (hence `@unchecked Sendable`: it is handed over once).
+public final class ThreadCommunicator: Communicator, @unchecked Sendable {
+    public let rank: Int
+    public var size: Int { world.size }
+    public var timeoutSeconds: Double = 300
+    public var context: String = ""
+    public var sentElements = 0
+    public var sentBytes = 0
+    private let world: ThreadWorld
+
+    init(rank: Int, world: ThreadWorld) { self.rank = rank; self.world = world }
+
+    /// Communicators for `size` ranks of one in-process world; hand one to each thread.
+    public static func world(size: Int) -> [ThreadCommunicator] {
+        let w = ThreadWorld(size: size)
+        return (0..<size).map { ThreadCommunicator(rank: $0, world: w) }
+    }
+
+    /// Runs `body(comm)` on `size` threads, one per rank, and returns their results in rank order.
+    public static func run<T>(size: Int, _ body: @escaping @Sendable (ThreadCommunicator) throws -> T) rethrows -> [T] {
+        let comms = world(size: size)
+        let results = ResultBox<T>(count: size)
+        let group = DispatchGroup()
+        for c in comms {
+            let thread = Thread { results.set(c.rank, Result { try body(c) }); group.leave() }
+            thread.stackSize = 16 << 20
+            group.enter()
+            thread.start()
+        }
+        group.wait()
+        return try results.values.map { try $0!.get() }
+    }
+
+    private func done(_ label: String, sent: Int, dtype: CommDType) -> CommRequest {
+        sentElements += sent
+        sentBytes += sent * dtype.size
+        return CommRequest(label: label, sentElements: sent, handle: nil, done: true)
+    }
+
+    // MARK: Collectives
+
+    public func startAllReduce(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, op: ReduceOp,
+                               label: String) -> CommRequest {
+        world.exchange(rank: rank, send: UnsafeRawPointer(buffer)) { sends in
+            let result = Combine.reduce(sends, offset: 0, count: count, dtype: dtype, op: op)
+            return { result.copyBytes(to: UnsafeMutableRawBufferPointer(start: buffer, count: result.count)) }
+        }
+        return done(label, sent: 2 * count * (size - 1) / size, dtype: dtype)
+    }
+
+    public func startReduceScatter(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
+                                   dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
+        startReduceScatterV(send: send, recv: recv, counts: Array(repeating: countPerRank, count: size), dtype: dtype,
+                            op: op, label: label, sent: countPerRank * (size - 1))
+    }
+
+    public func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                                    dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
+        startReduceScatterV(send: send, recv: recv, counts: counts, dtype: dtype, op: op, label: label,
+                            sent: counts.reduce(0, +) * (size - 1) / size)
+    }
+
+    private func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                                     dtype: CommDType, op: ReduceOp, label: String, sent: Int) -> CommRequest {
+        let offset = counts[..<rank].reduce(0, +)
+        world.exchange(rank: rank, send: send) { sends in
+            let result = Combine.reduce(sends, offset: offset, count: counts[rank], dtype: dtype, op: op)
+            return { result.copyBytes(to: UnsafeMutableRawBufferPointer(start: recv, count: result.count)) }
+        }
+        return done(label, sent: sent, dtype: dtype)
+    }
+
+    public func startAllGather(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
+                               dtype: CommDType, label: String) -> CommRequest {
+        gather(send: send, recv: recv, counts: Array(repeating: countPerRank, count: size), dtype: dtype)
+        return done(label, sent: countPerRank * (size - 1), dtype: dtype)
+    }
+
+    public func startAllGatherV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
+                                dtype: CommDType, label: String) -> CommRequest {
+        gather(send: send, recv: recv, counts: counts, dtype: dtype)
+        return done(label, sent: counts.reduce(0, +) * (size - 1) / size, dtype: dtype)
+    }
+
+    private func gather(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int], dtype: CommDType) {
+        world.exchange(rank: rank, send: send) { sends in
+            // Copied out first: `send` may lie inside another rank's `recv` (in-place gathers).
+            var all = [UInt8]()
+            for (r, p) in sends.enumerated() { all += UnsafeRawBufferPointer(start: p, count: counts[r] * dtype.size) }
+            return { all.copyBytes(to: UnsafeMutableRawBufferPointer(start: recv, count: all.count)) }
+        }
+    }
+
+    public func startBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, root: Int,
+                               label: String) -> CommRequest {
+        world.exchange(rank: rank, send: UnsafeRawPointer(buffer)) { sends in
+            let bytes = [UInt8](UnsafeRawBufferPointer(start: sends[root], count: count * dtype.size))
+            return { bytes.copyBytes(to: UnsafeMutableRawBufferPointer(start: buffer, count: bytes.count)) }
+        }
+        return done(label, sent: rank == root ? count : 0, dtype: dtype)
+    }
+
+    public func startBarrier(label: String) -> CommRequest {
+        world.exchange(rank: rank, send: UnsafeRawPointer(bitPattern: 1)!) { _ in {} }
+        return done(label, sent: 0, dtype: .byte)
+    }
+
+    public func test(_ request: CommRequest) -> Bool { true }
+    public func wait(_ request: CommRequest) throws(CommError) {}
+    public func abort(code: Int32) -> Never { fatalError("rank \(rank) aborted the in-process world with code \(code)") }
+}
+
+// MARK: - The shared meeting point
+
+/// Where the ranks of a `ThreadCommunicator` world meet.
+final class ThreadWorld: @unchecked Sendable {
+    let size: Int
+    private let condition = NSCondition()
+    private var arrived = 0, generation = 0
+    private var sends: [UnsafeRawPointer?]
+
+    init(size: Int) {
+        self.size = size
+        sends = Array(repeating: nil, count: size)
+    }
+
+    /// One collective: every rank posts its send buffer; after all have, each computes its
+    /// result from all of them (`compute` returns how to store it); after all have computed,
+    /// each stores its result, so no rank overwrites a buffer another is still reading.
+    func exchange(rank: Int, send: UnsafeRawPointer, _ compute: ([UnsafeRawPointer]) -> () -> Void) {
+        condition.lock(); sends[rank] = send; condition.unlock()
+        barrier()
+        condition.lock(); let all = sends.map { $0! }; condition.unlock()
+        let store = compute(all)
+        barrier()
+        store()
+        barrier()
+    }
+
+    private func barrier() {
+        condition.lock()
+        let g = generation
+        arrived += 1
+        if arrived == size {
+            arrived = 0
+            generation += 1
+            condition.broadcast()
+        } else {
+            while generation == g { condition.wait() }
+        }
+        condition.unlock()
+    }
+}
+
+/// Element-wise reductions over every rank's buffer, in rank order.
+enum Combine {
+    static func reduce(_ sends: [UnsafeRawPointer], offset: Int, count: Int, dtype: CommDType, op: ReduceOp) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count * dtype.size)
+        out.withUnsafeMutableBytes { dst in
+            switch dtype {
+            case .float32: fold(Float.self, sends, offset, count, dst, op == .sum ? (+) : { max($0, $1) })
+            case .float64: fold(Double.self, sends, offset, count, dst, op == .sum ? (+) : { max($0, $1) })
+            case .int64: fold(Int64.self, sends, offset, count, dst, op == .sum ? (&+) : { max($0, $1) })
+            case .byte: fold(UInt8.self, sends, offset, count, dst, op == .sum ? (&+) : { max($0, $1) })
+            case .bfloat16, .float16:
+                precondition(op == .sum, "only sums are defined for 16-bit reductions")
+                let format: Precision = dtype == .bfloat16 ? .bf16 : .fp16
+                fold(UInt16.self, sends, offset, count, dst) { a, b in
+                    var x: (Float, Float) = (0, 0), h = a
+                    withUnsafeMutablePointer(to: &x.0) { format.widenSerial([a], into: $0, 1) }
+                    withUnsafeMutablePointer(to: &x.1) { format.widenSerial([b], into: $0, 1) }
+                    var sum = x.0 + x.1
+                    withUnsafeMutablePointer(to: &h) { format.narrowSerial(&sum, into: $0, 1) }
+                    return h
+                }
+            }
+        }
+        return out
+    }
+
+    private static func fold<T>(_: T.Type, _ sends: [UnsafeRawPointer], _ offset: Int, _ count: Int,
+                                _ dst: UnsafeMutableRawBufferPointer, _ combine: (T, T) -> T) {
+        let out = dst.bindMemory(to: T.self)
+        for i in 0..<count {
+            var acc = sends[0].load(fromByteOffset: (offset + i) * MemoryLayout<T>.stride, as: T.self)
+            for r in 1..<sends.count {
+                acc = combine(acc, sends[r].load(fromByteOffset: (offset + i) * MemoryLayout<T>.stride, as: T.self))
+            }
+            out[i] = acc
+        }
+    }
+}
+
+/// Per-rank results of `ThreadCommunicator.run`.
+private final class ResultBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var values: [Result<T, Error>?]
+    init(count: Int) { values = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ r: Result<T, Error>) { lock.lock(); values[i] = r; lock.unlock() }
+}
