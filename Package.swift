@@ -55,7 +55,7 @@ let package = Package(
         .testTarget(name: "OptimTests", dependencies: ["Optim"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Comm", "Model", "Optim", "Kernels", "Settings"]),
         .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model", "Kernels", "Settings"]),
-        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Settings"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
         .testTarget(name: "CLITests", dependencies: ["Checkpoint", "Settings"], exclude: ["Fixtures"]),
     ]
 )

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import Model
 import Training
 
 /// `tessera generate`: sample text from a trained model.

@@ -177,15 +177,15 @@ final class CheckpointCLITests: XCTestCase {
                 XCTAssertEqual(t["dtype"] as? String, dtype == "f32" ? "F32" : "BF16")
                 return (t["shape"] as! [Int], values)
             }
-            let C = 128
+            let C = 128, V = try shardTokens(data, "train").vocab
             XCTAssertEqual(header.count, 1 + 2 + 4 * 12 + 2, "metadata + wte/wpe + 4 blocks × 12 + ln_f")
             let wte = try tensor("transformer.wte.weight")
-            XCTAssertEqual(wte.shape, [65, C])
+            XCTAssertEqual(wte.shape, [V, C])
             // c_attn is Conv1D: (in, out) = transpose of tessera's (3C, C), which sits right
-            // after ln_1.weight in block 0 (no biases): offset (65 + 64)·C + C.
+            // after ln_1.weight in block 0 (no biases): offset (V + 64)·C + C.
             let attn = try tensor("transformer.h.0.attn.c_attn.weight")
             XCTAssertEqual(attn.shape, [C, 3 * C])
-            let base = (65 + 64) * C + C
+            let base = (V + 64) * C + C
             for (o, i) in [(0, 0), (5, 7), (300, 100), (3 * C - 1, C - 1)] {
                 let expected = params[base + o * C + i]
                 let got = attn.values[i * 3 * C + o]

@@ -159,3 +159,21 @@ func rankPIDs() -> [Int: Int32] {
     }
     return out
 }
+
+/// The tokens and vocabulary size of a prepared split (`train.bin` or `val.bin`), read by
+/// the documented header layout (vocabulary size at byte 24, uint16 tokens after 32 bytes).
+func shardTokens(_ dataDir: String, _ split: String) throws -> (tokens: [UInt16], vocab: Int) {
+    let d = try Data(contentsOf: URL(fileURLWithPath: dataDir + "/\(split).bin"))
+    let vocab = d.subdata(in: 24..<28).withUnsafeBytes { Int($0.loadUnaligned(as: UInt32.self)) }
+    let tokens = d.subdata(in: 32..<d.count).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+    return (tokens, vocab)
+}
+
+/// Entropy in nats of the token frequencies of `tokens`: the loss of the best model that
+/// ignores context.
+func unigramEntropy(_ tokens: [UInt16]) -> Double {
+    var counts: [UInt16: Int] = [:]
+    for t in tokens { counts[t, default: 0] += 1 }
+    let n = Double(tokens.count)
+    return counts.values.reduce(0) { $0 - Double($1) / n * log(Double($1) / n) }
+}

@@ -33,11 +33,13 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(m.count, 5)
         for key in ["step", "loss", "lr", "grad_norm", "tokens_per_s", "ms_per_step"] { XCTAssertNotNil(m[0][key], key) }
         XCTAssertNotNil(m[4]["val_loss"], "the last step is evaluated")
-        XCTAssertEqual(m[0]["loss"] as! Double, log(65.0), accuracy: 0.15, "starts near ln(vocab)")
+        let vocab = try shardTokens(data, "train").vocab
+        XCTAssertEqual(m[0]["loss"] as! Double, log(Double(vocab)), accuracy: 0.15, "starts near ln(vocab)")
     }
 
-    /// A short run of the nanoGPT CPU recipe must already have learned the character
-    /// statistics (the full 2000 steps reach ≤ 1.92; see README).
+    /// A short run of the nanoGPT CPU recipe must already use context: its validation loss
+    /// falls clearly below the unigram entropy of the text (the best any model without
+    /// context can do).
     func testShortRecipeLearns() throws {
         let data = try Repo.dataDirectory()
         let out = try Repo.temporaryDirectory("run")
@@ -48,7 +50,8 @@ final class TrainCLITests: XCTestCase {
         let r = try tessera(args)
         XCTAssertEqual(r.status, 0, r.stderr)
         let val = try metrics(out).last!["val_loss"] as! Double
-        XCTAssertLessThan(val, 2.6, "val loss after 250 steps")
+        let unigram = unigramEntropy(try shardTokens(data, "val").tokens)
+        XCTAssertLessThan(val, unigram - 0.25, "val loss after 250 steps vs the unigram entropy \(unigram)")
     }
 
     func testConfigFileAndFlagsOverride() throws {
