@@ -9,7 +9,8 @@ import Settings
 /// for the unit's parameters and says when it is done with them, and after backward has
 /// finished a unit's gradients it says so. Replicated training (DDP) answers from full
 /// buffers; a fully sharded strategy gathers the unit on `acquireParameters` and frees it on
-/// `releaseParameters`; both start gradient communication from `gradientsProduced`.
+/// `releaseParameters`; both start gradient communication from `gradientsProduced`. This is
+/// the only hook mechanism: every strategy implements it.
 public protocol ParameterProvider: AnyObject {
     /// The first element of `unit`'s parameters; valid until `releaseParameters(unit:)`.
     func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float>
@@ -33,7 +34,8 @@ extension ParameterProvider {
     public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? { nil }
 }
 
-/// Full, resident parameter and gradient buffers: single process and DDP.
+/// Full, resident parameter and gradient buffers with no communication: a model used on its
+/// own (sampling, tests). Training strategies are providers themselves.
 public final class FlatParameters: ParameterProvider {
     /// The layout the buffers follow.
     public let layout: ParameterLayout
@@ -41,8 +43,6 @@ public final class FlatParameters: ParameterProvider {
     public let parameters: UnsafeMutablePointer<Float>
     /// Base of the gradient buffer (`layout.count` floats).
     public let gradientBase: UnsafeMutablePointer<Float>
-    /// Called after each unit's gradients are complete (DDP starts bucket reductions here).
-    public var onGradientsProduced: ((Int) -> Void)?
 
     /// Wraps existing buffers; the caller keeps them alive.
     public init(layout: ParameterLayout, parameters: UnsafeMutablePointer<Float>,
@@ -59,5 +59,5 @@ public final class FlatParameters: ParameterProvider {
     public func gradients(unit: Int) -> UnsafeMutablePointer<Float> {
         gradientBase + layout.units[unit].lowerBound
     }
-    public func gradientsProduced(unit: Int) { onGradientsProduced?(unit) }
+    public func gradientsProduced(unit: Int) {}
 }

@@ -13,7 +13,7 @@ import Settings
 /// summed gradient of exactly its shard. Buckets are whole units taken from the end of the
 /// flat buffer (the order backward finishes them). Every later hook tests the requests in
 /// flight, because Open MPI progresses a nonblocking collective only inside MPI calls.
-final class BucketReducer {
+final class BucketReducer: ShardedGradients {
     /// What a bucket's reduction leaves on this rank.
     enum Collective {
         /// The summed bucket, in place (DDP).
@@ -65,11 +65,28 @@ final class BucketReducer {
     /// Bytes of 16-bit staging buffers.
     var stagingBytes: Int { (lowGrads?.byteCount ?? 0) + (lowShard?.byteCount ?? 0) }
 
+    // MARK: The model's and the step's view
+
+    /// ZeRO-1's reduced shard (the reduce-scatter target).
+    var gradShard: FloatBuffer {
+        guard case .reduceScatter(_, let into) = collective else { preconditionFailure("an all-reduce has no shard") }
+        return into
+    }
+
+    func buffer(for unit: Int) -> UnsafeMutablePointer<Float> { grads.pointer + layout.units[unit].lowerBound }
+    func beginStep() { grads.zero() }
+    func beginMicroStep(isLast: Bool) { isLastMicroStep = isLast }
+    func progress() { for r in inFlight { _ = comm.test(r) } }
+
+    var bytes: (gradients: Int, working: [String: Int]) {
+        (grads.byteCount, ["gradient shard (reduce-scatter target)": gradShard.byteCount, "16-bit gradient staging": stagingBytes])
+    }
+
     /// Backward has finished `unit`: progress the reductions in flight and start every bucket
     /// whose lowest unit this is.
-    func unitDone(_ unit: Int) {
+    func produced(unit: Int) {
         if case .allReduce = collective, comm.size == 1 { return }
-        for r in inFlight { _ = comm.test(r) }
+        progress()
         guard isLastMicroStep else { return }
         for (i, first) in bucketFirstUnit.enumerated() where first == unit { start(bucket: i) }
     }

@@ -45,13 +45,13 @@ public final class DataParallel: TrainingStrategy {
 
     public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> { params.pointer + layout.units[unit].lowerBound }
     public func releaseParameters(unit: Int) {}
-    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> { grads.pointer + layout.units[unit].lowerBound }
-    public func gradientsProduced(unit: Int) { reducer.unitDone(unit) }
+    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> { reducer.buffer(for: unit) }
+    public func gradientsProduced(unit: Int) { reducer.produced(unit: unit) }
 
     // MARK: TrainingStrategy
 
-    public func beginStep() { grads.zero() }
-    public func beginMicroStep(isLast: Bool) { reducer.isLastMicroStep = isLast }
+    public func beginStep() { reducer.beginStep() }
+    public func beginMicroStep(isLast: Bool) { reducer.beginMicroStep(isLast: isLast) }
     public func finishGradients() throws(CommError) { try reducer.finish(seconds: &commWaitSeconds) }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {

@@ -1,5 +1,6 @@
 import Comm
 import Kernels
+import Model
 import Settings
 
 // MARK: - Replicated parameters (ZeRO-1 and ZeRO-2)
@@ -14,19 +15,32 @@ import Settings
 ///   master shard counts as optimizer state (K = 12 bytes per parameter with m and v).
 ///
 /// Both buffers are padded to `ranks × shardSize` so the all-gather has equal blocks.
-final class ReplicatedParameters {
+final class ReplicatedParameters: ShardedParameters {
+    let layout: ParameterLayout
     let shard: ShardLayout
+    let comm: Communicator
     /// Every parameter, padded: the fp32 values, or the 16-bit compute copy.
     let values: ParameterBuffer
     private let master: FloatBuffer    // fp32 master shard (mixed form), else empty
+    var waitSeconds = 0.0
 
-    init(shard: ShardLayout, precision: Precision) {
-        self.shard = shard
+    init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, precision: Precision) {
+        self.layout = layout; self.shard = shard; self.comm = comm
         values = ParameterBuffer(count: shard.padded, precision: precision)
         master = FloatBuffer(count: precision.isLow ? shard.shardSize : 0)
     }
 
     var isMixed: Bool { values.precision.isLow }
+    var precision: Precision { values.precision }
+
+    // MARK: The model's view
+
+    func acquire(unit: Int) -> UnsafeMutablePointer<Float> { values.wide(at: layout.units[unit].lowerBound) }
+    func acquireLow(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? {
+        values.low(at: layout.units[unit].lowerBound, as: precision)
+    }
+    func release(unit: Int) {}
+    func setBackward(_ backward: Bool) {}
 
     /// The fp32 values of this rank's shard (what AdamW updates and checkpoints hold).
     var masterShard: UnsafeMutablePointer<Float> { isMixed ? master.pointer : values.wide(at: shard.mine.lowerBound) }
@@ -35,26 +49,23 @@ final class ReplicatedParameters {
 
     /// Clips and applies AdamW to this rank's master shard with its reduced gradient, then
     /// brings every rank the updated values of every shard.
-    func update(_ optimizer: ShardedAdam, grads: UnsafeMutablePointer<Float>, step: Int, lr: Float, clip: Float,
-                comm: Communicator, seconds: inout Double) throws(CommError) {
+    func update(_ optimizer: ShardedAdam, grads: UnsafeMutablePointer<Float>, step: Int, lr: Float,
+                clip: Float) throws(CommError) {
         optimizer.update(params: masterShard, grads: grads, step: step, lr: lr, clip: clip)
-        try allGather(comm: comm, seconds: &seconds)
+        try allGather()
     }
 
     /// Brings every rank the values of every shard after each rank updated its master shard.
-    private func allGather(comm: Communicator, seconds: inout Double) throws(CommError) {
+    private func allGather() throws(CommError) {
         let mine = shard.rank * shard.shardSize
         if isMixed { values.store(master.pointer, at: mine, count: shard.shardSize) }
         let t0 = MPIClock.now()
         try allGatherInPlace(values.address(0), dtype: values.dtype, shard: shard, comm: comm,
                              label: "all-gather of updated parameters")
-        seconds += MPIClock.now() - t0
+        waitSeconds += MPIClock.now() - t0
     }
 
     // MARK: Loading and saving
-
-    /// This rank's checkpoint pieces: its fp32 master shard and `optimizer`'s moments.
-    func statePieces(_ optimizer: ShardedAdam) -> [StatePiece] { optimizer.statePieces(paramShard: masterShard) }
 
     /// Loads the parameters and `optimizer`'s moments from a checkpoint.
     func loadState(_ read: StateReader,
@@ -86,7 +97,7 @@ final class ReplicatedParameters {
 
     /// The full fp32 parameter vector: a copy of the replica, or an all-gather of the master
     /// shards (collective: every rank must call it).
-    func gather(into out: UnsafeMutablePointer<Float>, comm: Communicator) throws(CommError) {
+    func gather(into out: UnsafeMutablePointer<Float>) throws(CommError) {
         guard isMixed else { return out.update(from: values.wide(), count: shard.total) }
         try gatherShards(master.pointer, shard: shard, comm: comm, into: out)
     }
@@ -99,4 +110,8 @@ final class ReplicatedParameters {
     var paddingBytes: Int { values.bytes(shard.padded - shard.total) }
     /// Bytes of the fp32 master shard (0 in the fp32 form, where the replica is the master).
     var masterBytes: Int { master.byteCount }
+
+    var bytes: (parameters: Int, master: Int, working: [String: Int]) {
+        (replicaBytes, masterBytes, ["parameter padding": paddingBytes])
+    }
 }

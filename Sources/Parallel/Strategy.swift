@@ -86,10 +86,9 @@ public func makeStrategy(stage: ZeroStage, layout: ParameterLayout, comm: Commun
                          bucketBytes: Int, reduce: Precision = .fp32, compute: Precision = .fp32) -> TrainingStrategy {
     switch stage {
     case .ddp: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
-    case .one: return ZeRO1(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
-                            compute: compute)
-    case .two: return ZeRO2(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
-    case .three: return ZeRO3(layout: layout, comm: comm, adam: adam, reduce: reduce, compute: compute)
+    case .one, .two, .three:
+        return ZeRO(stage: stage, layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
+                    compute: compute)
     }
 }
 

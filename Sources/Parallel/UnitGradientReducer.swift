@@ -14,7 +14,7 @@ import Model
 /// buffers of the largest other unit, so one unit's reduction overlaps the next unit's
 /// backward; plus receive buffers for each rank's piece. Because the full gradient never
 /// exists, every micro-step communicates (as in DeepSpeed's stage 2).
-final class UnitGradientReducer {
+final class UnitGradientReducer: ShardedGradients {
     struct Pending { var request: CommRequest; var recv: UnsafeMutablePointer<Float>; var dest: Int; var count: Int }
 
     let layout: ParameterLayout
@@ -51,7 +51,11 @@ final class UnitGradientReducer {
          "16-bit gradient staging": (lowSend + lowRecv).reduce(0) { $0 + $1.byteCount }]
     }
 
-    func zeroShard() { gradShard.zero() }
+    func beginStep() { gradShard.zero() }
+    /// Every micro-step communicates: nothing to prepare.
+    func beginMicroStep(isLast: Bool) {}
+
+    var bytes: (gradients: Int, working: [String: Int]) { (gradShard.byteCount, workingBytes) }
 
     /// A zeroed buffer for `unit`'s gradients (waits for the slot's previous reduction).
     func buffer(for unit: Int) throws(CommError) -> UnsafeMutablePointer<Float> {
@@ -97,9 +101,6 @@ final class UnitGradientReducer {
         for slot in 0..<pending.count { try complete(slot, wait: true) }
         seconds += MPIClock.now() - t0
     }
-
-    /// Whether this rank's reduced gradient is finite.
-    var shardFinite: Bool { Vector.allFinite(gradShard.pointer, shard.mine.count) }
 
     private func complete(_ slot: Int, wait: Bool) throws(CommError) {
         guard let p = pending[slot] else { return }

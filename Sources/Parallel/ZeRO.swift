@@ -1,0 +1,154 @@
+import Comm
+import Kernels
+import Model
+import Optim
+import Settings
+
+// MARK: - ZeRO stages 1–3
+
+/// The parameter half of a ZeRO stage: where parameters live between steps, how the model
+/// reaches a unit, and how an updated shard reaches every rank.
+protocol ShardedParameters: AnyObject {
+    /// The format parameters are held in (the compute copy's, in mixed precision).
+    var precision: Precision { get }
+    /// Seconds spent waiting for parameter communication since the last reset.
+    var waitSeconds: Double { get set }
+    func acquire(unit: Int) -> UnsafeMutablePointer<Float>
+    func acquireLow(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>?
+    func release(unit: Int)
+    /// Backward starts (units now come last to first), or forward does again.
+    func setBackward(_ backward: Bool)
+    /// Clips and applies AdamW to this rank's fp32 shard with its reduced gradient, and makes
+    /// the result visible to every rank's model.
+    func update(_ optimizer: ShardedAdam, grads: UnsafeMutablePointer<Float>, step: Int, lr: Float, clip: Float) throws(CommError)
+    /// This rank's fp32 master shard, for checkpoints.
+    var masterShard: UnsafeMutablePointer<Float> { get }
+    func loadState(_ read: StateReader, into optimizer: ShardedAdam) rethrows
+    func load(from full: UnsafePointer<Float>)
+    func gather(into out: UnsafeMutablePointer<Float>) throws(CommError)
+    /// Bytes of parameters, of fp32 master values counted with the optimizer, and working buffers.
+    var bytes: (parameters: Int, master: Int, working: [String: Int]) { get }
+}
+
+/// The gradient half of a ZeRO stage: where backward writes a unit's gradients and how they
+/// become this rank's reduced shard.
+protocol ShardedGradients: AnyObject {
+    /// This rank's reduced gradient (`shardSize` slots), complete after `finish`.
+    var gradShard: FloatBuffer { get }
+    func buffer(for unit: Int) throws(CommError) -> UnsafeMutablePointer<Float>
+    func produced(unit: Int)
+    /// Lets the transport advance reductions in flight.
+    func progress()
+    func beginStep()
+    func beginMicroStep(isLast: Bool)
+    func finish(seconds: inout Double) throws(CommError)
+    /// Bytes of gradients that live across the step, and working buffers.
+    var bytes: (gradients: Int, working: [String: Int]) { get }
+}
+
+/// A ZeRO stage: the AdamW moments are sharded (stage 1); so are the gradients, reduced unit
+/// by unit (stage 2); so are the parameters, gathered unit by unit (stage 3, FSDP's full
+/// shard). Each is a parameter half and a gradient half around one sharded optimizer:
+///
+/// | stage | parameters                  | gradients                                  |
+/// |-------|-----------------------------|--------------------------------------------|
+/// | 1     | `ReplicatedParameters`      | `BucketReducer`, buckets reduce-scattered  |
+/// | 2     | `ReplicatedParameters`      | `UnitGradientReducer`                      |
+/// | 3     | `GatheredParameters`        | `UnitGradientReducer`                      |
+public final class ZeRO: TrainingStrategy {
+    public let stage: ZeroStage
+    let layout: ParameterLayout
+    let comm: Communicator
+    let shard: ShardLayout
+    let optimizer: ShardedAdam
+    let parameters: ShardedParameters
+    let grads: ShardedGradients
+    private var ownWait = 0.0
+
+    /// Stage `stage` (1–3); `reduce` is the format gradients travel in, `compute` the model's
+    /// (parameters are replicated or gathered in it).
+    public init(stage: ZeroStage, layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int,
+                reduce: Precision = .fp32, compute: Precision = .fp32) {
+        precondition(stage != .ddp, "DDP is DataParallel")
+        self.stage = stage; self.layout = layout; self.comm = comm
+        shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
+        optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
+        if stage.shardsGradients {
+            grads = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
+        } else {
+            grads = BucketReducer(layout: layout, comm: comm, bucketBytes: bucketBytes, reduce: reduce,
+                                  collective: .reduceScatter(shard, into: FloatBuffer(count: shard.shardSize)))
+        }
+        if stage.shardsParameters {
+            parameters = GatheredParameters(layout: layout, shard: shard, comm: comm, precision: compute)
+        } else {
+            parameters = ReplicatedParameters(layout: layout, shard: shard, comm: comm, precision: compute)
+        }
+    }
+
+    public var parameterPrecision: Precision { parameters.precision }
+
+    public var commWaitSeconds: Double {
+        get { ownWait + parameters.waitSeconds }
+        set { ownWait = newValue; parameters.waitSeconds = 0 }
+    }
+
+    // MARK: ParameterProvider
+
+    public func acquireParameters(unit: Int) -> UnsafeMutablePointer<Float> {
+        grads.progress()
+        return parameters.acquire(unit: unit)
+    }
+    public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? {
+        grads.progress()
+        return parameters.acquireLow(unit: unit, precision: precision)
+    }
+    public func releaseParameters(unit: Int) { parameters.release(unit: unit) }
+    public func beginBackward() { parameters.setBackward(true) }
+    public func gradients(unit: Int) -> UnsafeMutablePointer<Float> {
+        do { return try grads.buffer(for: unit) } catch { abortJob(comm, error) }
+    }
+    public func gradientsProduced(unit: Int) { grads.produced(unit: unit) }
+
+    // MARK: TrainingStrategy
+
+    public func beginStep() { grads.beginStep() }
+    public func beginMicroStep(isLast: Bool) {
+        parameters.setBackward(false)
+        grads.beginMicroStep(isLast: isLast)
+    }
+    public func finishGradients() throws(CommError) {
+        parameters.setBackward(false)
+        try grads.finish(seconds: &ownWait)
+    }
+
+    public func gradientSquaredNorm() throws(CommError) -> Double {
+        try optimizer.globalNormSquared(gradShard: grads.gradShard.pointer, comm: comm)
+    }
+    public func localGradientsFinite() -> Bool { Vector.allFinite(grads.gradShard.pointer, shard.mine.count) }
+    public func poisonGradientForTesting() { grads.gradShard[0] = .infinity }
+
+    public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
+        try parameters.update(optimizer, grads: grads.gradShard.pointer, step: step, lr: lr, clip: clip)
+    }
+
+    public var memory: MemoryReport {
+        let p = parameters.bytes, g = grads.bytes
+        return MemoryReport(parameters: p.parameters, gradients: g.gradients, optimizer: optimizer.bytes + p.master,
+                            working: p.working.merging(g.working) { $0 + $1 })
+    }
+
+    // MARK: State
+
+    public func statePieces() -> [StatePiece] { optimizer.statePieces(paramShard: parameters.masterShard) }
+    public func loadState(_ read: StateReader) rethrows { try parameters.loadState(read, into: optimizer) }
+    public func loadParameters(from full: UnsafePointer<Float>) { parameters.load(from: full) }
+    public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) { try parameters.gather(into: out) }
+}
+
+/// A collective failed inside a model hook, which cannot throw: report it and end the job
+/// (the watchdog's contract).
+func abortJob(_ comm: Communicator, _ error: CommError) -> Never {
+    writeStandardError(error.description)
+    comm.abort(code: 1)
+}
