@@ -89,11 +89,9 @@ final class Transformer<F: ComputeFormat> {
             let w = acquire(params, unit: unit, vectors: blockVectors)
             let x = a.residual[l].pointer
             // Attention: r2 = x + proj(attn(qkv(ln1(x))))
-            var y = F.workspace(for: a.ln1[l].pointer, scratch: wide)
-            Layers.layerNormForward(out: y, mean: a.ln1Mean[l].pointer, rstd: a.ln1Rstd[l].pointer, inp: x,
-                                    weight: w.vector(lay.ln1w), bias: w.vector(lay.ln1b), N: BT, C: C)
-            F.commit(y, into: a.ln1[l].pointer, BT * C)
-            y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
+            normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(lay.ln1w),
+                      bias: w.vector(lay.ln1b), N: BT, scratch: wide)
+            var y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
             Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw),
                                  bias: w.vector(lay.qkvb), N: BT, IC: C, OC: 3 * C)
             F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
@@ -106,10 +104,8 @@ final class Transformer<F: ComputeFormat> {
                                  bias: w.vector(lay.projb), N: BT, IC: C, OC: C)
             Vector.add(x, into: r2, BT * C)
             // MLP: out = r2 + fcproj(gelu(fc(ln2(r2))))
-            y = F.workspace(for: a.ln2[l].pointer, scratch: wide)
-            Layers.layerNormForward(out: y, mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, inp: r2,
-                                    weight: w.vector(lay.ln2w), bias: w.vector(lay.ln2b), N: BT, C: C)
-            F.commit(y, into: a.ln2[l].pointer, BT * C)
+            normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(lay.ln2w),
+                      bias: w.vector(lay.ln2b), N: BT, scratch: wide)
             y = F.workspace(for: a.fch[l].pointer, scratch: wide)
             Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(lay.fcw),
                                  bias: w.vector(lay.fcb), N: BT, IC: C, OC: 4 * C)
@@ -122,11 +118,8 @@ final class Transformer<F: ComputeFormat> {
         }
 
         let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
-        let y = F.workspace(for: a.lnf.pointer, scratch: wide)
-        Layers.layerNormForward(out: y, mean: a.lnfMean.pointer, rstd: a.lnfRstd.pointer,
-                                inp: a.residual[config.nLayer].pointer, weight: f.vector(lay.lnfw),
-                                bias: f.vector(lay.lnfb), N: BT, C: C)
-        F.commit(y, into: a.lnf.pointer, BT * C)
+        normalize(a.residual[config.nLayer].pointer, into: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd,
+                  weight: f.vector(lay.lnfw), bias: f.vector(lay.lnfb), N: BT, scratch: wide)
         params.releaseParameters(unit: lay.finalUnit)
 
         let head = acquire(params, unit: 0, narrowed: true)
@@ -135,6 +128,16 @@ final class Transformer<F: ComputeFormat> {
         params.releaseParameters(unit: 0)
         guard let targets else { return (0, 0) }
         return Layers.softmaxCrossEntropyForward(logits: a.logits.pointer, targets: targets, N: BT, V: V)
+    }
+
+    /// LayerNorm of `N` rows of `x` kept in `F` in `out` (statistics in fp32 for backward).
+    private func normalize(_ x: UnsafePointer<Float>, into out: AlignedBuffer<F.Element>, mean: FloatBuffer,
+                           rstd: FloatBuffer, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, N: Int,
+                           scratch: UnsafeMutablePointer<Float>) {
+        let C = config.nEmbd
+        let y = F.workspace(for: out.pointer, scratch: scratch)
+        Layers.layerNormForward(out: y, mean: mean.pointer, rstd: rstd.pointer, inp: x, weight: weight, bias: bias, N: N, C: C)
+        F.commit(y, into: out.pointer, N * C)
     }
 
     // MARK: Backward
