@@ -38,11 +38,11 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Print a progress line every N steps.") var logEvery: Int?
 
     // MARK: Parallelism and precision
-    @Option(help: "ZeRO stage: 0 = DDP, 1, 2, 3.") var zero: ZeroStage?
+    @Option(help: "ZeRO stage (0 = DDP).") var zero: ZeroStage?
     @Option(name: .customLong("bucket-mb"), help: "DDP/ZeRO-1 gradient bucket size in MiB.") var bucketMB: Double?
     @Option(help: "Seconds a collective may wait before the watchdog aborts the job.") var commTimeout: Double?
-    @Option(help: "Matmul precision: fp32, bf16 or fp16 (fp32 master weights and optimizer).") var precision: Precision?
-    @Option(help: "Gradient communication format: fp32, bf16 or fp16 (default: the --precision).") var reduceDtype: Precision?
+    @Option(help: "Compute precision of matmuls and saved activations (master weights and optimizer stay fp32).") var precision: Precision?
+    @Option(help: "Gradient communication format (default: the --precision).") var reduceDtype: Precision?
 
     // MARK: Checkpoints
     @Option(help: "Save a checkpoint every N steps (0: only at the end).") var saveEvery: Int?
