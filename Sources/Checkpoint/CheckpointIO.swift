@@ -50,16 +50,22 @@ public enum CheckpointWriter {
         }
         try Durable.fsync(path: partial.path)
         let fm = FileManager.default
-        if fm.fileExists(atPath: final.appendingPathComponent("manifest.json").path) {
-            // This step is already committed (a resumed run saving the step it resumed from):
-            // keep the committed copy, it holds the same state.
-            try? fm.removeItem(at: partial)
-        } else {
-            try? fm.removeItem(at: final)
-            guard rename(partial.path, final.path) == 0 else {
-                throw CheckpointError(final.path, "directory rename failed (\(String(cString: strerror(errno))))", "check permissions")
+        // A directory for this step may exist already: a run that fell back past a damaged
+        // checkpoint retrains and saves that step again, and must replace it, never keep it.
+        // The old copy is moved aside before the new one is renamed in; a crash between the
+        // two renames leaves the older checkpoints, which `latest` then falls back to.
+        let replaced = store.root.appendingPathComponent("." + CheckpointStore.stepName(manifest.step) + ".replaced")
+        try? fm.removeItem(at: replaced)
+        if fm.fileExists(atPath: final.path) {
+            guard rename(final.path, replaced.path) == 0 else {
+                throw CheckpointError(final.path, "could not be moved aside for replacement (\(String(cString: strerror(errno))))",
+                                      "check permissions")
             }
         }
+        guard rename(partial.path, final.path) == 0 else {
+            throw CheckpointError(final.path, "directory rename failed (\(String(cString: strerror(errno))))", "check permissions")
+        }
+        try? fm.removeItem(at: replaced)
         try Durable.fsync(path: store.root.path)
         try store.pointLatest(at: manifest.step)
         store.prune(keep: keepLast)

@@ -56,6 +56,19 @@ public struct CheckpointStore: Sendable {
         try Durable.fsync(path: root.path)
     }
 
+    /// Renames damaged step directories to `damaged-step-N-<unix time>` beside them.
+    func quarantine(_ dirs: [URL], warn: (String) -> Void) throws {
+        let stamp = Int(Date().timeIntervalSince1970)
+        for dir in dirs where FileManager.default.fileExists(atPath: dir.path) {
+            let aside = root.appendingPathComponent("damaged-\(dir.lastPathComponent)-\(stamp)")
+            guard rename(dir.path, aside.path) == 0 else {
+                throw CheckpointError(dir.path, "damaged checkpoint could not be moved aside (\(String(cString: strerror(errno))))",
+                                      "check permissions, or move it away by hand")
+            }
+            warn("warning: moved the damaged checkpoint \(dir.path) to \(aside.path) (kept for inspection)")
+        }
+    }
+
     /// Deletes committed checkpoints beyond the newest `keep` (never the one `latest` names).
     public func prune(keep: Int) {
         guard keep > 0 else { return }
@@ -67,7 +80,13 @@ public struct CheckpointStore: Sendable {
 
     /// Resolves `--resume` values: "latest", a step directory, a checkpoints directory or a run
     /// directory. With "latest", falls back to the newest valid checkpoint, calling `warn`.
-    public func resolve(_ spec: String, warn: (String) -> Void) throws -> (URL, Manifest) {
+    ///
+    /// With `repair` (the resuming job's coordinator), a fallback also moves every damaged
+    /// checkpoint it passed over aside, to `damaged-step-N-<time>` (kept, not deleted: it may
+    /// hold the only copy of something), and points `latest` at the checkpoint it resumes from,
+    /// so `latest` always names a checkpoint that verifies and a later save of the same step
+    /// is a fresh directory.
+    public func resolve(_ spec: String, repair: Bool = false, warn: (String) -> Void) throws -> (URL, Manifest) {
         if spec == "latest" {
             var candidates = committed()
             if let name = (try? String(contentsOf: latestPointer, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) {
@@ -79,12 +98,19 @@ public struct CheckpointStore: Sendable {
                 throw CheckpointError(root.path, "directory has no checkpoint to resume", "train without --resume first, or pass a checkpoint path")
             }
             var firstError: Error?
+            var damaged: [URL] = []
             for dir in candidates {
                 do {
                     let m = try CheckpointReader.verify(directory: dir)
-                    if let e = firstError { warn("warning: \(e); resuming from the newest valid checkpoint, \(dir.path)") }
+                    if let e = firstError {
+                        warn("warning: \(e); resuming from the newest valid checkpoint, \(dir.path)")
+                        if repair { try quarantine(damaged, warn: warn); try pointLatest(at: m.step) }
+                    }
                     return (dir, m)
-                } catch { if firstError == nil { firstError = error } }
+                } catch {
+                    if firstError == nil { firstError = error }
+                    damaged.append(dir)
+                }
             }
             throw firstError!
         }

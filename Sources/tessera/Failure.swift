@@ -36,3 +36,10 @@ func fail(_ error: Error, rank: Int = 0) -> Never {
         exit(1)
     }
 }
+
+/// Writes one line to standard output at once, like the trainer's progress lines: `print`
+/// would hold it in C's buffer until exit, after any error written meanwhile (a "continue
+/// with …" line used to run into the next `error:` line of a captured log).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

@@ -25,7 +25,7 @@ struct Train: ParsableCommand {
                                   fix: "a resumed run takes its config from the checkpoint; override single flags instead")
             }
             let store = CheckpointStore(runDirectory: options.out ?? c.out)
-            let (dir, manifest) = try store.resolve(resume) { writeStandardError($0) }
+            let (dir, manifest) = try store.resolve(resume, repair: true) { writeStandardError($0) }
             let base = try JSONDecoder().decode(TrainConfig.self, from: JSONEncoder().encode(manifest.config))
             c = try apply(to: base)
             guard c.sameModel(as: base) else {
@@ -74,11 +74,11 @@ struct Train: ParsableCommand {
             if comm.rank != 0 { trainer.log = { _ in } }
             let result = try trainer.run()
             if comm.rank == 0 {
-                print("done: \(config.maxSteps) steps in \(String(format: "%.1f", result.seconds)) s; "
+                say("done: \(config.maxSteps) steps in \(String(format: "%.1f", result.seconds)) s; "
                       + "final val loss \(result.valLosses.last.map { String(format: "%.4f", $0.loss) } ?? "n/a")")
-                print("model written to \(result.modelPath)")
-                print("checkpoint: \(config.out)/checkpoints/latest; continue with: tessera train --out \(config.out) --resume latest --max-steps N")
-                print("metrics in \(config.out)/metrics.jsonl; sample with: tessera generate --model \(result.modelPath) --prompt \"...\"")
+                say("model written to \(result.modelPath)")
+                say("checkpoint: \(config.out)/checkpoints/latest; continue with: tessera train --out \(config.out) --resume latest --max-steps N")
+                say("metrics in \(config.out)/metrics.jsonl; sample with: tessera generate --model \(result.modelPath) --prompt \"...\"")
             }
         } catch { finish(comm, error) }
         (comm as? MPICommunicator)?.finalize()

@@ -119,6 +119,40 @@ final class CheckpointCLITests: XCTestCase {
         XCTAssertTrue(wrongModel.stderr.contains("mismatched model config") && wrongModel.stderr.contains(newest), wrongModel.stderr)
     }
 
+    /// The reproduction of lost work after a fallback: a damaged newest checkpoint, a resume
+    /// that falls back and retrains to the same step. Afterwards `latest` verifies, holds the
+    /// same state as a clean run's bit for bit, the damaged copy is kept aside, and the next
+    /// resume needs no fallback.
+    func testFallbackRunReplacesTheDamagedCheckpoint() throws {
+        let data = try Repo.dataDirectory()
+        let clean = try Repo.temporaryDirectory("clean"), run = try Repo.temporaryDirectory("fallback")
+        for dir in [clean, run] {
+            XCTAssertEqual(try tessera(args(data, dir, steps: 6) + ["--save-every", "3"]).status, 0)
+        }
+        let file = run + "/checkpoints/step-00000006/rank-00000-of-00001.bin"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        bytes[bytes.count / 2] ^= 0x01
+        try bytes.write(to: URL(fileURLWithPath: file))
+
+        let r = try tessera(["train", "--out", run, "--resume", "latest", "--max-steps", "6"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("at step 3"), r.stdout)
+        XCTAssertTrue(r.stderr.contains("moved the damaged checkpoint"), r.stderr)
+        let latest = try String(contentsOfFile: run + "/checkpoints/latest", encoding: .utf8)
+        XCTAssertEqual(latest.trimmingCharacters(in: .whitespacesAndNewlines), "step-00000006")
+        XCTAssertEqual(try tessera(["ckpt", "verify", run]).status, 0, "latest verifies")
+        let a = try checkpointVectors(run), b = try checkpointVectors(clean)
+        for v in StateVector.allCases.map(\.rawValue) {
+            XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v) equals the clean run's step 6")
+        }
+        let aside = try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").filter { $0.hasPrefix("damaged-step-00000006-") }
+        XCTAssertEqual(aside.count, 1, "the damaged copy is kept aside")
+        let again = try tessera(["train", "--out", run, "--resume", "latest", "--max-steps", "7"])
+        XCTAssertEqual(again.status, 0, again.stderr)
+        XCTAssertFalse(again.stderr.contains("warning"), "no second fallback: \(again.stderr)")
+        XCTAssertTrue(again.stdout.contains("at step 6"), again.stdout)
+    }
+
     /// Saving into a full filesystem: a clear error, the previous checkpoint intact and
     /// loadable, and a resumed run (elsewhere) works.
     func testFullDiskKeepsThePreviousCheckpoint() throws {
