@@ -42,7 +42,10 @@ public enum CheckpointWriter {
         let final = store.directory(step: manifest.step)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data = try enc.encode(manifest)
+        var sealed = manifest
+        sealed.formatVersion = Manifest.currentVersion
+        sealed.checksum = "crc32:" + ManifestSeal.placeholder
+        let data = ManifestSeal.seal(try enc.encode(sealed))
         let tmp = partial.appendingPathComponent("manifest.json.tmp")
         try data.withUnsafeBytes { try Durable.write($0, to: tmp.path) }
         guard rename(tmp.path, partial.appendingPathComponent("manifest.json").path) == 0 else {
@@ -98,6 +101,15 @@ public enum CheckpointReader {
             throw CheckpointError(url.path, "has format version \(m.formatVersion), newer than this build's \(Manifest.currentVersion)",
                                   "use a newer tessera to read it")
         }
+        let seal = ManifestSeal.check(data)
+        if m.formatVersion >= 2 || seal.sealed {
+            guard seal.sealed && seal.valid else {
+                throw CheckpointError(url.path, seal.sealed ? "manifest checksum does not match its contents (edited or corrupted)"
+                                                            : "manifest has no checksum (edited or corrupted)",
+                                      "resume from another checkpoint")
+            }
+        }
+        try m.validate(path: url.path)
         return m
     }
 

@@ -42,8 +42,9 @@ public struct TensorEntry: Codable, Equatable, Sendable {
 
 /// Everything needed to resume.
 public struct Manifest: Codable, Equatable, Sendable {
-    /// Bumped on incompatible changes; readers refuse newer versions.
-    public static let currentVersion = 1
+    /// Bumped on incompatible changes; readers refuse newer versions. Version 2 adds the
+    /// manifest's own checksum (version 1 manifests are read without one).
+    public static let currentVersion = 2
 
     public var formatVersion: Int
     /// Completed optimizer steps (the next step to run).
@@ -76,6 +77,9 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var tokenizer: String?
     public var tensors: [TensorEntry]
     public var files: [ShardFileEntry]
+    /// `crc32:` and the CRC-32 of this file as written, with these digits zeroed (see
+    /// `ManifestSeal`); absent in version 1.
+    public var checksum: String?
 
     public init(formatVersion: Int, step: Int, config: [String: JSONValue], model: [String: JSONValue], worldSize: Int,
                 zeroStage: Int, precision: String, parameterCount: Int, dataPosition: Int, seed: UInt64, scheduleStep: Int,

@@ -11,12 +11,10 @@ extension ModelFile {
     public static func fromCheckpoint(_ path: String) throws -> ModelFile {
         let (dir, manifest) = try CheckpointStore(runDirectory: path).resolve(path) { writeWarning($0) }
         func int(_ k: String) throws -> Int {
-            switch manifest.model[k] {
-            case .unsigned(let u): return Int(u)
-            case .signed(let i): return Int(i)
-            case .number(let d): return Int(d)
-            default: throw CheckpointError(dir.path, "manifest lacks model.\(k)", "use a checkpoint written by tessera")
+            guard case .unsigned(let u) = manifest.model[k], let v = Int(exactly: u) else {
+                throw CheckpointError(dir.path, "manifest lacks model.\(k)", "use a checkpoint written by tessera")
             }
+            return v
         }
         var bias = true
         if case .bool(let b) = manifest.model["bias"] { bias = b }
@@ -25,6 +23,9 @@ extension ModelFile {
         guard let tokText = manifest.tokenizer,
               let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: Data(tokText.utf8)) else {
             throw CheckpointError(dir.path, "manifest has no tokenizer", "use a checkpoint written by tessera train")
+        }
+        do { try config.validate() } catch {
+            throw CheckpointError(dir.path, "manifest's model is invalid (\(error.description))", "the manifest is inconsistent")
         }
         guard ParameterLayout(config).count == manifest.parameterCount else {
             throw CheckpointError(dir.path, "model shape does not match its parameter count", "the manifest is inconsistent")

@@ -43,7 +43,12 @@ struct Ckpt: ParsableCommand {
                     dir = try CheckpointStore(runDirectory: path).resolve(path) { writeStandardError($0) }.0
                 }
                 let m = try CheckpointReader.verify(directory: dir)
-                print("ok: \(dir.path): \(m.files.count) file(s), \(m.files.reduce(0) { $0 + $1.bytes }) bytes, all checksums match")
+                if m.checksum == nil {
+                    writeStandardError("warning: \(dir.path)/manifest.json is format \(m.formatVersion), written before manifests "
+                                       + "carried their own checksum: its data files are verified, its values are not")
+                }
+                print("ok: \(dir.path): \(m.files.count) file(s), \(m.files.reduce(0) { $0 + $1.bytes }) bytes, "
+                      + "manifest and file checksums match")
             } catch { fail(error) }
         }
     }

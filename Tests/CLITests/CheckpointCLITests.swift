@@ -108,7 +108,7 @@ final class CheckpointCLITests: XCTestCase {
         try FileManager.default.removeItem(atPath: file)
         try expectError([file, "missing"], "missing shard")
         try original.write(to: URL(fileURLWithPath: file))
-        let newer = String(decoding: manifest, as: UTF8.self).replacingOccurrences(of: "\"formatVersion\" : 1", with: "\"formatVersion\" : 99")
+        let newer = String(decoding: manifest, as: UTF8.self).replacingOccurrences(of: "\"formatVersion\" : 2", with: "\"formatVersion\" : 99")
         try newer.write(toFile: manifestPath, atomically: true, encoding: .utf8)
         try expectError([manifestPath, "version 99"], "newer format")
         try manifest.write(to: URL(fileURLWithPath: manifestPath))
