@@ -58,10 +58,20 @@ struct RunResult {
     var seconds: Double
 }
 
-/// Runs a command to completion, capturing output.
-func runProcess(_ exe: URL, _ args: [String], environment: [String: String] = [:]) throws -> RunResult {
+/// Runs a command to completion (at most `timeout` seconds), capturing output.
+func runProcess(_ exe: URL, _ args: [String], environment: [String: String] = [:], timeout: Double = 600) throws -> RunResult {
     let p = try start(exe, args, environment: environment)
-    return p.finish()
+    return p.finish(timeout: timeout)
+}
+
+/// Skips a test whose environment lacks a facility (a tmpfs, network namespaces), saying
+/// why; under CI (`CI=true`) that is a failure instead, so CI cannot pass by skipping.
+func requireEnvironment(_ available: Bool, _ reason: @autoclosure () -> String) throws {
+    guard !available else { return }
+    if ProcessInfo.processInfo.environment["CI"] == "true" {
+        throw NSError(domain: "CI=true and the environment cannot run this test: \(reason())", code: 1)
+    }
+    throw XCTSkip("SKIPPED: \(reason())")
 }
 
 /// Runs the tessera binary.
@@ -85,7 +95,20 @@ final class Running {
 
     init(process: Process, out: URL, err: URL) { self.process = process; self.out = out; self.err = err }
 
-    func finish() -> RunResult {
+    /// Waits for the process; one still running after `timeout` seconds is killed (SIGTERM,
+    /// which mpirun forwards to its ranks, then SIGKILL) and the test fails: a broken
+    /// watchdog must fail the suite, not hang it.
+    func finish(timeout: Double = 600, file: StaticString = #filePath, line: UInt = #line) -> RunResult {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            XCTFail("\(process.executableURL?.lastPathComponent ?? "process") \(process.arguments ?? []) did not finish "
+                    + "within \(Int(timeout)) s: killed", file: file, line: line)
+            kill(process.processIdentifier, SIGTERM)
+            let grace = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < grace { usleep(50_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
         process.waitUntilExit()
         let o = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
         let e = (try? String(contentsOf: err, encoding: .utf8)) ?? ""
