@@ -5,7 +5,7 @@ BIN := .build/release/tessera
 RUN_DIR ?= runs/demo
 DATA_DIR ?= data/default
 
-.PHONY: setup build test run bench bench-reference-setup fixture clean
+.PHONY: setup build test fuzz run bench bench-reference-setup fixture clean
 
 # Installs only what is missing; a second call does nothing.
 setup:
@@ -23,6 +23,14 @@ build: setup
 
 test: build
 	swift test -c release
+
+# A long run of the fuzz test's mutator (make test runs a few hundred mutations); a crashing
+# input is kept in the temporary directory and named in the output. FUZZ_SCALE × ~340
+# mutations, FUZZ_SEED picks the sequence.
+FUZZ_SCALE ?= 30
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: build
+	TESSERA_FUZZ_SCALE=$(FUZZ_SCALE) TESSERA_FUZZ_SEED=$(FUZZ_SEED) swift test -c release --filter FuzzTests 2>&1 | grep -a -E "fuzz:|error:|Executed"
 
 $(DATA_DIR)/train.bin: | build
 	launch/default-data.sh data/default.txt

@@ -78,11 +78,13 @@ public struct TokenShard: Sendable {
             throw DataError.malformed(path: path, problem: "format version \(ver), this build reads \(version)")
         }
         guard u32(12) == 2 else { throw DataError.malformed(path: path, problem: "token width \(u32(12)) bytes, expected 2") }
-        let n = Int(u64(16))
-        guard d.count == headerSize + 2 * n else {
+        // Compared without multiplying the header's count, which may be any 64-bit value.
+        let claimed = u64(16), body = d.count - headerSize
+        guard body % 2 == 0, claimed == UInt64(body / 2) else {
             throw DataError.malformed(path: path,
-                                      problem: "header says \(n) tokens (\(headerSize + 2 * n) bytes) but the file has \(d.count) bytes (truncated?)")
+                                      problem: "header says \(claimed) tokens but the file holds \(body) bytes of tokens (truncated?)")
         }
+        let n = body / 2
         var tokens = [UInt16](repeating: 0, count: n)
         tokens.withUnsafeMutableBytes { dst in
             _ = bytes.withUnsafeBytes { src in

@@ -44,11 +44,14 @@ public struct ModelFile {
         guard d.count >= 16, Array(d.prefix(8)) == magic else {
             throw DataError.malformed(path: path, problem: "not a tessera model file")
         }
-        let h = d.subdata(in: 8..<16).withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
-        guard 16 + h <= d.count, let header = try? JSONDecoder().decode(Header.self, from: d.subdata(in: 16..<(16 + h))) else {
+        // Sizes from the file are checked before any arithmetic that could overflow on them.
+        let length = d.subdata(in: 8..<16).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard length <= UInt64(d.count - 16), case let h = Int(length),
+              let header = try? JSONDecoder().decode(Header.self, from: d.subdata(in: 16..<(16 + h))) else {
             throw DataError.malformed(path: path, problem: "header is damaged")
         }
-        guard d.count == 16 + h + 4 * header.count,
+        let body = d.count - 16 - h
+        guard header.count >= 1, body % 4 == 0, header.count == body / 4, (try? header.config.validate()) != nil,
               header.count == ParameterLayout(header.config).count else {
             throw DataError.malformed(path: path, problem: "size does not match its header (truncated?)")
         }
