@@ -53,7 +53,7 @@ final class Checkpointer {
     /// Saves the training state after `step` completed optimizer steps: the strategy's
     /// vectors, and a manifest of everything else a resume needs.
     func save(step: Int, config: TrainConfig, model: GPTConfig, layout: ParameterLayout, tokenizer: Tokenizer,
-              scaler: DynamicLossScaler?, strategy: TrainingStrategy) throws {
+              scaler: DynamicLossScaler?, skippedSteps: Int, strategy: TrainingStrategy) throws {
         let cfg = try JSONDecoder().decode([String: JSONValue].self, from: JSONEncoder().encode(config))
         let shape: [String: JSONValue] = [
             "nLayer": .unsigned(UInt64(model.nLayer)), "nHead": .unsigned(UInt64(model.nHead)),
@@ -65,8 +65,8 @@ final class Checkpointer {
             formatVersion: Manifest.currentVersion, step: step, config: cfg, model: shape,
             worldSize: comm.size, zeroStage: strategy.stage.rawValue, precision: config.precision.rawValue,
             parameterCount: layout.count, dataPosition: step, seed: config.seed, scheduleStep: step,
-            adamStep: step - (scaler?.skippedSteps ?? 0),
-            lossScale: scaler?.scale, lossScaleGoodSteps: scaler?.goodSteps, skippedSteps: scaler?.skippedSteps ?? 0,
+            adamStep: step - skippedSteps,
+            lossScale: scaler?.scale, lossScaleGoodSteps: scaler?.goodSteps, skippedSteps: skippedSteps,
             compressionLevel: config.ckptLevel, tensors: tensors, files: [])
         let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
         manifest.tokenizer = String(decoding: try enc.encode(tokenizer), as: UTF8.self)

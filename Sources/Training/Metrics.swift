@@ -21,9 +21,12 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     public var sent_elements: Int
     /// Bytes sent by this rank (elements times their wire size: 2 for bf16/fp16).
     public var sent_bytes: Int
-    /// fp16 only: the loss scale used this step, and whether the update was skipped.
+    /// fp16 only: the loss scale used this step.
     public var loss_scale: Double?
+    /// Whether the update was skipped (a non-finite loss or gradient on some rank), and how
+    /// many steps have been skipped so far (when any have).
     public var skipped: Bool?
+    public var skipped_steps: Int?
 }
 
 /// Appends JSON lines to a file (rank 0 only).
@@ -50,6 +53,8 @@ final class MetricsWriter {
         handle = h
         handle.seekToEndOfFile()
         encoder.outputFormatting = [.sortedKeys]
+        // A skipped step's loss may be NaN: written as a string, not dropped.
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
     }
 
     func write(_ m: StepMetrics) {

@@ -48,11 +48,12 @@ final class RunReporter {
     func stepDone(_ m: StepMetrics, step: Int, elapsed: Double) {
         metrics.write(m)
         let lastStep = step == config.maxSteps - 1
-        guard step % config.logEvery == 0 || lastStep || m.val_loss != nil else { return }
+        guard step % config.logEvery == 0 || lastStep || m.val_loss != nil || m.skipped == true else { return }
         let eta = elapsed / Double(step + 1) * Double(config.maxSteps - step - 1)
         var s = String(format: "step %5d/%d | loss %.4f | lr %.2e | %8.0f tok/s | %7.1f ms/step | ETA %@",
                        step + 1, config.maxSteps, m.loss, m.lr, m.tokens_per_s, m.ms_per_step, formatDuration(eta))
         if let v = m.val_loss { s += String(format: " | val %.4f", v) }
+        if m.skipped == true { s += " | skipped: non-finite loss or gradient" + (m.loss_scale != nil ? " (loss scale lowered)" : "") }
         log(s)
     }
 }

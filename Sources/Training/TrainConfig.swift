@@ -21,6 +21,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var beta1 = 0.9, beta2 = 0.99
     public var weightDecay = 0.1
     public var gradClip = 1.0
+    /// Consecutive steps with a non-finite loss or gradient (skipped) that stop the job.
+    public var maxBadSteps = 10
     // Evaluation and logging
     public var evalEvery = 250
     public var evalSteps = 20
@@ -45,6 +47,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var reduceDtype: Precision?   // gradient wire format; nil: the compute precision
     /// Testing aid: "STEP:RANK" writes +inf into that rank's gradient at that (1-based) step.
     public var debugInjectInf = ""
+    /// Testing aid: "FROM-TO:RANK" (or "STEP:RANK") makes that rank's loss and a gradient NaN
+    /// at those (1-based) steps.
+    public var debugInjectNaN = ""
 
     public init() {}
 
@@ -52,9 +57,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, evalEvery, evalSteps, logEvery, seed, data, out,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, evalEvery, evalSteps, logEvery, seed, data, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
-             precision, reduceDtype, debugInjectInf
+             precision, reduceDtype, debugInjectInf, debugInjectNaN
     }
 
     /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
@@ -84,7 +89,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
-        try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf)
+        try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
+        try get(.maxBadSteps, &maxBadSteps)
         // Older runs wrote "" for "same as the compute precision".
         if let r = try c.decodeIfPresent(String.self, forKey: .reduceDtype), !r.isEmpty {
             guard let p = Precision(rawValue: r) else {
@@ -114,6 +120,15 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         let share = (batchSize + n - 1) / n
         let micro = max(1, microBatch > 0 ? min(microBatch, share) : share)
         return (0..<n).map { r in (max(0, batchSize - r + n - 1) / n + micro - 1) / micro }
+    }
+
+    /// Parsed `debugInjectNaN`: the steps and the rank.
+    public var injectNaN: (steps: ClosedRange<Int>, rank: Int)? {
+        let parts = debugInjectNaN.split(separator: ":")
+        guard parts.count == 2, let rank = Int(parts[1]) else { return nil }
+        let bounds = parts[0].split(separator: "-").compactMap { Int($0) }
+        guard (1...2).contains(bounds.count), bounds[0] <= bounds.last! else { return nil }
+        return (bounds[0]...bounds.last!, rank)
     }
 
     /// Whether two configs describe the same model (what a checkpoint's parameters mean).
@@ -152,6 +167,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(keepLast >= 0, "--keep-last", "is \(keepLast)", "use 0 (keep all) or more")
         try need((1...19).contains(ckptLevel), "--ckpt-level", "is \(ckptLevel)", "use a zstd level from 1 to 19")
         try need(debugInjectInf.isEmpty || injectAt != nil, "--debug-inject-inf", "is \(debugInjectInf)", "use STEP:RANK")
+        try need(debugInjectNaN.isEmpty || injectNaN != nil, "--debug-inject-nan", "is \(debugInjectNaN)", "use FROM-TO:RANK")
+        try need(maxBadSteps >= 1, "--max-bad-steps", "is \(maxBadSteps)", "use 1 or more")
         try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",

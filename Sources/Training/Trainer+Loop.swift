@@ -27,6 +27,13 @@ extension Trainer {
                 result.valLosses.append((step + 1, v))
             }
             reporter?.stepDone(m, step: step, elapsed: MPIClock.now() - start)
+            if badInARow >= config.maxBadSteps {
+                // Skipped steps left the parameters as the last good step did: save them.
+                try saveCheckpoint(completedSteps: step + 1)
+                try checkpointer.finishPending(wait: true)
+                throw NonFiniteSteps(first: step + 2 - badInARow, last: step + 1,
+                                     checkpoint: CheckpointStore(runDirectory: config.out).directory(step: step + 1).path)
+            }
             if stopRequested != 0 && !lastStep {
                 try saveCheckpoint(completedSteps: step + 1)
                 try checkpointer.finishPending(wait: true)
@@ -77,9 +84,14 @@ extension Trainer {
         if myIndices.isEmpty { strategy.beginMicroStep(isLast: true) }
         try strategy.finishGradients()
         if let inject = config.injectAt, inject.step == step + 1, inject.rank == comm.rank { strategy.poisonGradientForTesting() }
+        if let inject = config.injectNaN, inject.steps.contains(step + 1), inject.rank == comm.rank {
+            lossSum = .nan
+            strategy.poisonGradientForTesting()
+        }
         let o0 = MPIClock.now()
-        // One all-reduce carries the loss and, under fp16, whether any rank overflowed.
-        let overflowHere = scaler != nil && !strategy.localGradientsFinite()
+        // One all-reduce carries the loss and whether any rank's loss or gradients are not
+        // finite (an fp16 overflow, or divergence or corrupted arithmetic in any precision).
+        let overflowHere = !lossSum.isFinite || !strategy.localGradientsFinite()
         // ... and whether any rank has been asked to stop (a signal reaches ranks at different
         // times; agreeing here makes every rank stop after the same step).
         var reduced = [lossSum, overflowHere ? 1 : 0, Double(Preemption.pending)]
@@ -91,12 +103,17 @@ extension Trainer {
         if var s = scaler {
             skipped = try s.update(overflow: reduced[1] > 0)
             scaler = s
+        } else if reduced[1] > 0 {
+            // fp32/bf16 have no scale to lower: skip the update on every rank and count it.
+            skipped = true
+            guardSkipped += 1
         }
+        badInARow = skipped == true && scaler == nil ? badInARow + 1 : 0
         if skipped != true {
             norm = try strategy.gradientSquaredNorm().squareRoot() / scale
             let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale)
             // The AdamW step count is the number of updates applied (skipped steps excluded).
-            try strategy.optimizerStep(step: step + 1 - (scaler?.skippedSteps ?? 0), lr: Float(lr), clip: clip)
+            try strategy.optimizerStep(step: step + 1 - skippedSteps, lr: Float(lr), clip: clip)
         }
         let t1 = MPIClock.now()
         return StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
@@ -105,7 +122,8 @@ extension Trainer {
                            ms_comm_wait: strategy.commWaitSeconds * 1000, ms_optimizer: (t1 - o0) * 1000,
                            world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements,
                            sent_bytes: comm.sentBytes,
-                           loss_scale: scaler.map { _ in scale }, skipped: skipped)
+                           loss_scale: scaler.map { _ in scale }, skipped: skipped,
+                           skipped_steps: skippedSteps > 0 ? skippedSteps : nil)
     }
 
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
@@ -129,7 +147,7 @@ extension Trainer {
     /// Saves the full training state after `completedSteps` optimizer steps.
     func saveCheckpoint(completedSteps: Int) throws {
         try checkpointer.save(step: completedSteps, config: config, model: model.config, layout: model.layout,
-                              tokenizer: data.tokenizer, scaler: scaler, strategy: strategy)
+                              tokenizer: data.tokenizer, scaler: scaler, skippedSteps: skippedSteps, strategy: strategy)
     }
 
     /// Writes the trained weights (rank 0) and returns the path.
@@ -140,5 +158,17 @@ extension Trainer {
             try ModelFile(config: model.config, tokenizer: data.tokenizer, parameters: buf).write(to: path)
         }
         return path
+    }
+}
+
+/// Too many consecutive steps had a non-finite loss or gradient: training diverged, or a
+/// node computes garbage. The job stops with the last good state saved.
+public struct NonFiniteSteps: Error, CustomStringConvertible {
+    public let first: Int, last: Int
+    public let checkpoint: String
+    public var description: String {
+        "error: steps \(first)-\(last): \(last - first + 1) consecutive steps had a non-finite loss or gradient on some rank "
+            + "(divergence guard; each was skipped on every rank): the last good state is saved at \(checkpoint); "
+            + "lower --lr or check the data and the nodes, then continue with --resume latest"
     }
 }

@@ -45,6 +45,11 @@ public final class Trainer {
     let x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
     /// fp16's dynamic loss scaler (restored on resume).
     public internal(set) var scaler: DynamicLossScaler?
+    /// fp32/bf16: steps skipped because a loss or gradient was not finite (restored on resume),
+    /// and how many of the latest steps in a row were.
+    var guardSkipped = 0, badInARow = 0
+    /// Steps whose update was skipped, by the fp16 scaler or the non-finite guard.
+    var skippedSteps: Int { scaler?.skippedSteps ?? guardSkipped }
     /// Set when some rank received a stop signal during the last step.
     var stopRequested: Int32 = 0
     /// First step to run (> 0 after a resume).
@@ -116,6 +121,7 @@ public final class Trainer {
         let manifest = try CheckpointReader.manifest(directory: dir)
         try Checkpointer.load(directory: dir, manifest: manifest, layout: model.layout, strategy: strategy)
         startStep = manifest.step
+        guardSkipped = config.precision == .fp16 ? 0 : manifest.skippedSteps
         if config.precision == .fp16 {
             scaler = DynamicLossScaler(scale: manifest.lossScale ?? 65_536, goodSteps: manifest.lossScaleGoodSteps ?? 0,
                                        skippedSteps: manifest.skippedSteps)

@@ -31,6 +31,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "AdamW beta2.") var beta2: Double?
     @Option(help: "AdamW decoupled weight decay (2-D tensors only).") var weightDecay: Double?
     @Option(help: "Global gradient-norm clip (0: off).") var gradClip: Double?
+    @Option(help: "Consecutive steps with a non-finite loss or gradient (each skipped on every rank) that stop the job.")
+    var maxBadSteps: Int?
 
     // MARK: Evaluation and logging
     @Option(help: "Evaluate every N steps (and at the end).") var evalEvery: Int?
@@ -51,6 +53,9 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "zstd level for checkpoints (1-19).") var ckptLevel: Int?
     @Option(help: ArgumentHelp("Testing aid: STEP:RANK writes +inf into that rank's gradient.", visibility: .hidden))
     var debugInjectInf: String?
+    @Option(name: .customLong("debug-inject-nan"),
+            help: ArgumentHelp("Testing aid: FROM-TO:RANK makes that rank's loss and gradient NaN.", visibility: .hidden))
+    var debugInjectNaN: String?
 
     /// Writes every given flag into its key of `config`.
     func write(into config: inout TrainConfig) {
@@ -60,11 +65,11 @@ struct TrainOptions: ParsableArguments {
         set(\.bias, bias); set(\.dropout, dropout)
         set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)
         set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
-        set(\.weightDecay, weightDecay); set(\.gradClip, gradClip)
+        set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery)
         set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
         set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
-        set(\.debugInjectInf, debugInjectInf)
+        set(\.debugInjectInf, debugInjectInf); set(\.debugInjectNaN, debugInjectNaN)
     }
 }

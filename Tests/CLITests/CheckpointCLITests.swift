@@ -12,18 +12,6 @@ final class CheckpointCLITests: XCTestCase {
     /// Launches on `n` ranks (1 = plain process, no mpirun).
     func launch(_ n: Int, _ a: [String]) throws -> RunResult { n == 1 ? try tessera(a) : try mpirun(n, a) }
 
-    func checkpointVectors(_ dir: String) throws -> [String: [Float]] {
-        let (url, m) = try CheckpointStore(runDirectory: dir).resolve(dir) { _ in }
-        let reader = CheckpointReader.VectorReader(directory: url, manifest: m)
-        var out: [String: [Float]] = [:]
-        for vector in StateVector.allCases {
-            let v = vector.rawValue
-            var buf = [Float](repeating: 0, count: m.parameterCount)
-            try buf.withUnsafeMutableBufferPointer { try reader.read(vector, range: 0..<m.parameterCount, into: $0.baseAddress!) }
-            out[v] = buf
-        }
-        return out
-    }
 
     /// Stopped at step 10 and resumed: the same losses and final state, bit for bit, as 20
     /// uninterrupted steps, for every parallel mode (and async saving).

@@ -21,17 +21,7 @@ final class PrecisionCLITests: XCTestCase {
         XCTAssertEqual(m[3]["loss_scale"] as? Double, 32768, "scale halved")
         for i in [0, 1, 3, 4] { XCTAssertEqual(m[i]["skipped"] as? Bool, false, "step \(i + 1)") }
         func vectors(_ step: Int) throws -> [String: [UInt32]] {
-            let dir = URL(fileURLWithPath: out + "/checkpoints/step-" + String(format: "%08d", step))
-            let man = try CheckpointReader.manifest(directory: dir)
-            let reader = CheckpointReader.VectorReader(directory: dir, manifest: man)
-            var res: [String: [UInt32]] = [:]
-            for vector in StateVector.allCases {
-            let v = vector.rawValue
-                var b = [Float](repeating: 0, count: man.parameterCount)
-                try b.withUnsafeMutableBufferPointer { try reader.read(vector, range: 0..<man.parameterCount, into: $0.baseAddress!) }
-                res[v] = b.map(\.bitPattern)
-            }
-            return res
+            try checkpointVectors(out + "/checkpoints/step-" + String(format: "%08d", step)).mapValues { $0.map(\.bitPattern) }
         }
         let before = try vectors(2), after = try vectors(3), next = try vectors(4)
         for vector in StateVector.allCases {

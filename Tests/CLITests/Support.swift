@@ -1,4 +1,6 @@
+import Checkpoint
 import Foundation
+import Settings
 import XCTest
 
 // MARK: - Running the built executable
@@ -199,4 +201,17 @@ func unigramEntropy(_ tokens: [UInt16]) -> Double {
     for t in tokens { counts[t, default: 0] += 1 }
     let n = Double(tokens.count)
     return counts.values.reduce(0) { $0 - Double($1) / n * log(Double($1) / n) }
+}
+
+/// Every state vector of a checkpoint (a step directory, or a run's latest), by name.
+func checkpointVectors(_ dir: String) throws -> [String: [Float]] {
+    let (url, m) = try CheckpointStore(runDirectory: dir).resolve(dir) { _ in }
+    let reader = CheckpointReader.VectorReader(directory: url, manifest: m)
+    var out: [String: [Float]] = [:]
+    for vector in StateVector.allCases {
+        var buf = [Float](repeating: 0, count: m.parameterCount)
+        try buf.withUnsafeMutableBufferPointer { try reader.read(vector, range: 0..<m.parameterCount, into: $0.baseAddress!) }
+        out[vector.rawValue] = buf
+    }
+    return out
 }
