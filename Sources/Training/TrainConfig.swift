@@ -169,7 +169,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(debugInjectInf.isEmpty || injectAt != nil, "--debug-inject-inf", "is \(debugInjectInf)", "use STEP:RANK")
         try need(debugInjectNaN.isEmpty || injectNaN != nil, "--debug-inject-nan", "is \(debugInjectNaN)", "use FROM-TO:RANK")
         try need(maxBadSteps >= 1, "--max-bad-steps", "is \(maxBadSteps)", "use 1 or more")
-        try need(threads >= 0, "--threads", "is \(threads)", "use 0 (automatic) or a positive count")
+        try need((0...1024).contains(threads), "--threads", "is \(threads)", "use 0 (automatic) or a count up to 1024")
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
                  "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "
