@@ -82,3 +82,17 @@ public enum GELU {
         }
     }
 }
+
+// MARK: - Checksums
+
+/// A 64-bit FNV-1a over 8-byte words (bytes past a multiple of 8 are folded in one by one):
+/// cheap enough to compare replicas of every tensor across ranks.
+public enum Checksum {
+    public static func fnv1a(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        let words = bytes.count / 8
+        for i in 0..<words { h = (h ^ bytes.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)) &* 0x100_0000_01b3 }
+        for i in (8 * words)..<bytes.count { h = (h ^ UInt64(bytes[i])) &* 0x100_0000_01b3 }
+        return h
+    }
+}

@@ -97,6 +97,9 @@ public final class DataParallel: TrainingStrategy {
     public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
         out.update(from: params.pointer, count: layout.count)
     }
+
+    public func replicaChecksums() -> [UInt64]? { tensorChecksums(params.pointer, layout: layout, elementBytes: 4) }
+    public func corruptReplicaForTesting() { flipBit(params.pointer, layout: layout, elementBytes: 4) }
 }
 
 /// Monotonic clock in seconds.

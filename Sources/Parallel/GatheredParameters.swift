@@ -136,6 +136,9 @@ final class GatheredParameters: ShardedParameters {
 
     func setBackward(_ backward: Bool) { backwardPass = backward }
 
+    /// Nothing is replicated between steps (the embedding unit stays gathered only within one).
+    var replica: (values: UnsafeMutableRawPointer, elementBytes: Int)? { nil }
+
     // MARK: Accounting
 
     /// Mixed precision follows the ZeRO paper: the parameters are the 16-bit shard, the fp32

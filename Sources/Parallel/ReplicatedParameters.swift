@@ -111,6 +111,8 @@ final class ReplicatedParameters: ShardedParameters {
     /// Bytes of the fp32 master shard (0 in the fp32 form, where the replica is the master).
     var masterBytes: Int { master.byteCount }
 
+    var replica: (values: UnsafeMutableRawPointer, elementBytes: Int)? { (values.address(0), values.dtype.size) }
+
     var bytes: (parameters: Int, master: Int, working: [String: Int]) {
         (replicaBytes, masterBytes, ["parameter padding": paddingBytes])
     }

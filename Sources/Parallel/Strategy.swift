@@ -64,6 +64,11 @@ public protocol TrainingStrategy: ParameterProvider {
     func loadState(_ read: StateReader) rethrows
     /// Copies the full parameter vector into `out` (`layout.count` floats), gathering if sharded.
     func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError)
+    /// A checksum of each tensor of the parameters this rank replicates (in layout order),
+    /// or nil when it replicates none (ZeRO-3): equal on every rank unless one diverged.
+    func replicaChecksums() -> [UInt64]?
+    /// Flips one bit of a replicated parameter (tests of the replica check).
+    func corruptReplicaForTesting()
     /// Elements of time spent waiting for communication since the last reset, in seconds.
     var commWaitSeconds: Double { get set }
 }
@@ -123,4 +128,21 @@ func gatherShards(_ values: UnsafePointer<Float>, shard: ShardLayout, comm: Comm
     try allGatherInPlace(UnsafeMutableRawPointer(full.pointer), dtype: .float32, shard: shard, comm: comm,
                          label: "all-gather of parameters for saving")
     out.update(from: full.pointer, count: shard.total)
+}
+
+/// Per-tensor checksums of `values`, replicated parameters in `layout` order with
+/// `elementBytes` bytes per element.
+func tensorChecksums(_ values: UnsafeRawPointer, layout: ParameterLayout, elementBytes: Int) -> [UInt64] {
+    layout.tensors.map {
+        Checksum.fnv1a(UnsafeRawBufferPointer(start: values + $0.offset * elementBytes, count: $0.count * elementBytes))
+    }
+}
+
+/// Flips the top significand bit of the first element of `layout`'s first tensor (the token
+/// embedding, a weight every step moves) in `values`: a change the next updates cannot round
+/// away, as a flip of a tiny value's lowest bit would be.
+func flipBit(_ values: UnsafeMutableRawPointer, layout: ParameterLayout, elementBytes: Int) {
+    // Little-endian: fp32's top significand bit is bit 6 of byte 2; bf16's is bit 6 of byte 0.
+    let at = values + layout.tensors[0].offset * elementBytes + (elementBytes == 4 ? 2 : 0)
+    at.storeBytes(of: at.load(as: UInt8.self) ^ 0x40, as: UInt8.self)
 }

@@ -26,6 +26,8 @@ protocol ShardedParameters: AnyObject {
     func loadState(_ read: StateReader, into optimizer: ShardedAdam) rethrows
     func load(from full: UnsafePointer<Float>)
     func gather(into out: UnsafeMutablePointer<Float>) throws(CommError)
+    /// The replicated values (nil when parameters are sharded) and their element size.
+    var replica: (values: UnsafeMutableRawPointer, elementBytes: Int)? { get }
     /// Bytes of parameters, of fp32 master values counted with the optimizer, and working buffers.
     var bytes: (parameters: Int, master: Int, working: [String: Int]) { get }
 }
@@ -144,6 +146,13 @@ public final class ZeRO: TrainingStrategy {
     public func loadState(_ read: StateReader) rethrows { try parameters.loadState(read, into: optimizer) }
     public func loadParameters(from full: UnsafePointer<Float>) { parameters.load(from: full) }
     public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) { try parameters.gather(into: out) }
+
+    public func replicaChecksums() -> [UInt64]? {
+        parameters.replica.map { tensorChecksums($0.values, layout: layout, elementBytes: $0.elementBytes) }
+    }
+    public func corruptReplicaForTesting() {
+        if let r = parameters.replica { flipBit(r.values, layout: layout, elementBytes: r.elementBytes) }
+    }
 }
 
 /// A collective failed inside a model hook, which cannot throw: report it and end the job

@@ -23,6 +23,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var gradClip = 1.0
     /// Consecutive steps with a non-finite loss or gradient (skipped) that stop the job.
     public var maxBadSteps = 10
+    /// Compare replicated parameters across ranks every N steps (0: never).
+    public var checkReplicas = 200
     // Evaluation and logging
     public var evalEvery = 250
     public var evalSteps = 20
@@ -50,6 +52,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Testing aid: "FROM-TO:RANK" (or "STEP:RANK") makes that rank's loss and a gradient NaN
     /// at those (1-based) steps.
     public var debugInjectNaN = ""
+    /// Testing aid: "STEP:RANK" flips one bit of that rank's replicated parameters after that
+    /// (1-based) step's update.
+    public var debugFlipBit = ""
 
     public init() {}
 
@@ -57,9 +62,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, evalEvery, evalSteps, logEvery, seed, data, out,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, evalEvery, evalSteps, logEvery, seed, data, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
-             precision, reduceDtype, debugInjectInf, debugInjectNaN
+             precision, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit
     }
 
     /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
@@ -90,7 +95,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
         try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
-        try get(.maxBadSteps, &maxBadSteps)
+        try get(.maxBadSteps, &maxBadSteps); try get(.checkReplicas, &checkReplicas); try get(.debugFlipBit, &debugFlipBit)
         // Older runs wrote "" for "same as the compute precision".
         if let r = try c.decodeIfPresent(String.self, forKey: .reduceDtype), !r.isEmpty {
             guard let p = Precision(rawValue: r) else {
@@ -109,8 +114,12 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var effectiveReduceDtype: Precision { reduceDtype ?? precision }
 
     /// Parsed `debugInjectInf`.
-    public var injectAt: (step: Int, rank: Int)? {
-        let parts = debugInjectInf.split(separator: ":").compactMap { Int($0) }
+    public var injectAt: (step: Int, rank: Int)? { Self.stepAndRank(debugInjectInf) }
+    /// Parsed `debugFlipBit`.
+    public var flipAt: (step: Int, rank: Int)? { Self.stepAndRank(debugFlipBit) }
+
+    static func stepAndRank(_ text: String) -> (step: Int, rank: Int)? {
+        let parts = text.split(separator: ":").compactMap { Int($0) }
         return parts.count == 2 ? (parts[0], parts[1]) : nil
     }
 
@@ -169,6 +178,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(debugInjectInf.isEmpty || injectAt != nil, "--debug-inject-inf", "is \(debugInjectInf)", "use STEP:RANK")
         try need(debugInjectNaN.isEmpty || injectNaN != nil, "--debug-inject-nan", "is \(debugInjectNaN)", "use FROM-TO:RANK")
         try need(maxBadSteps >= 1, "--max-bad-steps", "is \(maxBadSteps)", "use 1 or more")
+        try need(checkReplicas >= 0, "--check-replicas", "is \(checkReplicas)", "use 0 (off) or a number of steps")
+        try need(debugFlipBit.isEmpty || flipAt != nil, "--debug-flip-bit", "is \(debugFlipBit)", "use STEP:RANK")
         try need((0...1024).contains(threads), "--threads", "is \(threads)", "use 0 (automatic) or a count up to 1024")
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",

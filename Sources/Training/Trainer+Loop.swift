@@ -27,6 +27,7 @@ extension Trainer {
                 result.valLosses.append((step + 1, v))
             }
             reporter?.stepDone(m, step: step, elapsed: MPIClock.now() - start)
+            if config.checkReplicas > 0 && (step + 1) % config.checkReplicas == 0 { try checkReplicas(afterStep: step + 1) }
             if badInARow >= config.maxBadSteps {
                 // Skipped steps left the parameters as the last good step did: save them.
                 try saveCheckpoint(completedSteps: step + 1)
@@ -115,6 +116,7 @@ extension Trainer {
             // The AdamW step count is the number of updates applied (skipped steps excluded).
             try strategy.optimizerStep(step: step + 1 - skippedSteps, lr: Float(lr), clip: clip)
         }
+        if let f = config.flipAt, f.step == step + 1, f.rank == comm.rank { strategy.corruptReplicaForTesting() }
         let t1 = MPIClock.now()
         return StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
                            grad_norm: norm, tokens_per_s: Double(tokensPerStep) / (t1 - t0), ms_per_step: (t1 - t0) * 1000,

@@ -31,6 +31,9 @@ func fail(_ error: Error, rank: Int = 0) -> Never {
     case let e as NonFiniteSteps:
         writeStandardError(prefix + e.description)
         exit(1)
+    case let e as ReplicaDivergence:
+        writeStandardError(prefix + e.description)
+        exit(1)
     case let e as CommError:
         writeStandardError(e.description)
         exit(1)

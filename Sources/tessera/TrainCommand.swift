@@ -99,8 +99,8 @@ struct Train: ParsableCommand {
         }
         // Errors every rank meets identically are printed once, by the coordinator.
         let shared = error is ConfigError || error is SaveFailure || error is CheckpointError || error is LossScaleCollapse
-            || error is NonFiniteSteps
+            || error is NonFiniteSteps || error is ReplicaDivergence
         if comm.rank == 0 || !shared { fail(error, rank: comm.rank) }
-        Foundation.exit(error is SaveFailure || error is LossScaleCollapse || error is NonFiniteSteps ? 1 : 2)
+        Foundation.exit(error is SaveFailure || error is LossScaleCollapse || error is NonFiniteSteps || error is ReplicaDivergence ? 1 : 2)
     }
 }

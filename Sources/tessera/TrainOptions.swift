@@ -33,6 +33,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Global gradient-norm clip (0: off).") var gradClip: Double?
     @Option(help: "Consecutive steps with a non-finite loss or gradient (each skipped on every rank) that stop the job.")
     var maxBadSteps: Int?
+    @Option(help: "Compare replicated parameters across ranks every N steps; a difference stops the job (0: never).")
+    var checkReplicas: Int?
 
     // MARK: Evaluation and logging
     @Option(help: "Evaluate every N steps (and at the end).") var evalEvery: Int?
@@ -56,6 +58,8 @@ struct TrainOptions: ParsableArguments {
     @Option(name: .customLong("debug-inject-nan"),
             help: ArgumentHelp("Testing aid: FROM-TO:RANK makes that rank's loss and gradient NaN.", visibility: .hidden))
     var debugInjectNaN: String?
+    @Option(help: ArgumentHelp("Testing aid: STEP:RANK flips a bit of that rank's replicated parameters.", visibility: .hidden))
+    var debugFlipBit: String?
 
     /// Writes every given flag into its key of `config`.
     func write(into config: inout TrainConfig) {
@@ -66,10 +70,11 @@ struct TrainOptions: ParsableArguments {
         set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)
         set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
+        set(\.checkReplicas, checkReplicas)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery)
         set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
         set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
-        set(\.debugInjectInf, debugInjectInf); set(\.debugInjectNaN, debugInjectNaN)
+        set(\.debugInjectInf, debugInjectInf); set(\.debugInjectNaN, debugInjectNaN); set(\.debugFlipBit, debugFlipBit)
     }
 }

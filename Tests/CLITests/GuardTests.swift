@@ -6,7 +6,9 @@ import XCTest
 /// state saved, from which it resumes.
 final class GuardTests: XCTestCase {
     func args(_ data: String, _ out: String, steps: Int) -> [String] {
-        tinyArgs(data: data, out: out, steps: steps) + ["--save-every", "1", "--zero", "1", "--warmup-steps", "0"]
+        // Replicas compared after every step: the guards must raise no false alarm.
+        tinyArgs(data: data, out: out, steps: steps) + ["--save-every", "1", "--zero", "1", "--warmup-steps", "0",
+                                                        "--check-replicas", "1"]
     }
 
     func step(_ out: String, _ k: Int) throws -> [String: [UInt32]] {
@@ -49,5 +51,23 @@ final class GuardTests: XCTestCase {
         XCTAssertEqual(m.count, 12)
         XCTAssertNil(m[11]["skipped"] as? Bool, "no more skips")
         XCTAssertEqual(m[11]["skipped_steps"] as? Int, 3, "the skipped count survives the resume")
+    }
+
+    /// A bit flipped in one rank's replicated parameters stops the job at the next check,
+    /// naming the rank and the tensor, and nothing of the diverged state is saved.
+    func testReplicaDivergenceStopsTheJobWithinTheInterval() throws {
+        let data = try Repo.dataDirectory()
+        // DDP: the flipped replica stays wrong, the check 3 steps later sees it. ZeRO-1: the
+        // next all-gather would overwrite it, so the flip lands on a check step.
+        for (zero, flip) in [("0", "7"), ("1", "10")] {
+            let out = try Repo.temporaryDirectory("flip")
+            let r = try mpirun(2, tinyArgs(data: data, out: out, steps: 30) + ["--zero", zero, "--check-replicas", "5",
+                                                                              "--save-every", "5", "--debug-flip-bit", "\(flip):1"])
+            XCTAssertEqual(r.status, 1, "ZeRO-\(zero): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("after step 10, tensor wte.weight on rank(s) 1 differs"), "ZeRO-\(zero): \(r.stderr)")
+            XCTAssertEqual(try metrics(out).count, 10, "ZeRO-\(zero): stopped at the first check after the flip")
+            XCTAssertEqual(try String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines), "step-00000005", "ZeRO-\(zero): the diverged step 10 was not saved")
+        }
     }
 }
