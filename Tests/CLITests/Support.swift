@@ -215,3 +215,28 @@ func checkpointVectors(_ dir: String) throws -> [String: [Float]] {
     }
     return out
 }
+
+/// Compares two runs step by step: the same number of steps, then every step's loss and
+/// gradient norm within `tolerance` (relative), then the final parameters within
+/// `tolerance` (absolute). Returns the largest differences seen, for calibration.
+@discardableResult
+func assertSameTrajectory(_ run: String, _ reference: String, tolerance: Double, _ label: String,
+                          file: StaticString = #filePath, line: UInt = #line) throws -> (loss: Double, norm: Double, parameter: Double) {
+    let a = try metrics(run), b = try metrics(reference)
+    XCTAssertEqual(a.count, b.count, "\(label): step counts", file: file, line: line)
+    guard a.count == b.count, !a.isEmpty else { return (.infinity, .infinity, .infinity) }
+    var worst = (loss: 0.0, norm: 0.0, parameter: 0.0)
+    for (i, (x, y)) in zip(a, b).enumerated() {
+        let l = abs((x["loss"] as! Double) - (y["loss"] as! Double)) / (y["loss"] as! Double)
+        let gx = x["grad_norm"] as! Double, gy = y["grad_norm"] as! Double
+        let g = abs(gx - gy) / max(gy, 1e-12)
+        worst.loss = max(worst.loss, l); worst.norm = max(worst.norm, g)
+        XCTAssertLessThan(l, tolerance, "\(label): loss of step \(i + 1)", file: file, line: line)
+        XCTAssertLessThan(g, tolerance, "\(label): gradient norm of step \(i + 1) (\(gx) vs \(gy))", file: file, line: line)
+    }
+    let p = try modelParameters(run), q = try modelParameters(reference)
+    XCTAssertEqual(p.count, q.count, "\(label): parameter counts", file: file, line: line)
+    for (x, y) in zip(p, q) { worst.parameter = max(worst.parameter, Double(abs(x - y))) }
+    XCTAssertLessThan(worst.parameter, tolerance, "\(label): largest parameter difference", file: file, line: line)
+    return worst
+}

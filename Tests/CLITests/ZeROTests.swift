@@ -1,18 +1,30 @@
 import Foundation
 import XCTest
 
-/// ZeRO stages 1–3 under mpirun: same numbers as DDP, memory and traffic as the formulas.
+/// DDP and ZeRO stages 1–3 under mpirun on 1–4 ranks: the numbers of one process, memory
+/// and traffic as the formulas.
 final class ZeROTests: XCTestCase {
+    /// Full learning rate from the first step (no warm-up), so differences grow instead of
+    /// hiding in tiny updates. Against one process the fp32 sums run in another order and
+    /// drift apart by up to ~3e-4 over 20 steps (hence 2e-3); a gradient-scale error (a sum
+    /// instead of a mean over ranks) is a factor of N in the logged gradient norm.
     func args(_ data: String, _ out: String, zero: Int) -> [String] {
-        tinyArgs(data: data, out: out) + ["--batch-size", "10", "--zero", "\(zero)"]
+        tinyArgs(data: data, out: out) + ["--batch-size", "10", "--zero", "\(zero)", "--warmup-steps", "0"]
     }
 
-    func testStagesMatchDDPAndFormulas() throws {
+    func testStagesMatchOneProcessAndFormulas() throws {
         let data = try Repo.dataDirectory()
+        let single = try Repo.temporaryDirectory("single")
+        XCTAssertEqual(try tessera(args(data, single, zero: 0)).status, 0)
+        XCTAssertGreaterThan(try metrics(single).map { $0["grad_norm"] as! Double }.max()!, 1, "clipping is active")
+        var worst = (loss: 0.0, norm: 0.0, parameter: 0.0)
+        func note(_ w: (loss: Double, norm: Double, parameter: Double)) {
+            worst = (max(worst.loss, w.loss), max(worst.norm, w.norm), max(worst.parameter, w.parameter))
+        }
         for n in 1...4 {
             let ddp = try Repo.temporaryDirectory("ddp")
             XCTAssertEqual(try mpirun(n, args(data, ddp, zero: 0)).status, 0)
-            let refLoss = try losses(ddp), refParams = try modelParameters(ddp)
+            note(try assertSameTrajectory(ddp, single, tolerance: 2e-3, "DDP np \(n) vs one process"))
             let psi = try memoryFile(ddp)["psi"] as! Int
             let S = (psi + n - 1) / n
             let ddpSent = try metrics(ddp)[1]["sent_elements"] as! Int
@@ -27,15 +39,8 @@ final class ZeROTests: XCTestCase {
                 let out = try Repo.temporaryDirectory("zero\(stage)")
                 let r = try mpirun(n, args(data, out, zero: stage))
                 XCTAssertEqual(r.status, 0, "stage \(stage) np \(n): \(r.stderr)")
-                let l = try losses(out)
-                XCTAssertEqual(l.count, refLoss.count)
-                for (i, (a, b)) in zip(l, refLoss).enumerated() {
-                    XCTAssertLessThan(abs(a - b) / b, 1e-5, "stage \(stage) np \(n) step \(i + 1)")
-                }
-                let p = try modelParameters(out)
-                var worst: Float = 0
-                for i in 0..<p.count { worst = max(worst, abs(p[i] - refParams[i])) }
-                XCTAssertLessThan(worst, 1e-5, "stage \(stage) np \(n) parameters")
+                note(try assertSameTrajectory(out, single, tolerance: 2e-3, "stage \(stage) np \(n) vs one process"))
+                try assertSameTrajectory(out, ddp, tolerance: 1e-4, "stage \(stage) np \(n) vs DDP np \(n)")
 
                 // Memory: ZeRO paper formulas with S = ⌈Ψ/N⌉ (the padding is in S).
                 let m = try memoryFile(out)
@@ -67,6 +72,8 @@ final class ZeROTests: XCTestCase {
                 }
             }
         }
+        print("parity vs one process, largest relative differences: loss \(worst.loss), gradient norm \(worst.norm); "
+              + "largest parameter difference \(worst.parameter)")
     }
 
     /// A unit smaller than the world (the final LayerNorm of an n_embd 2 model has 2
@@ -81,7 +88,7 @@ final class ZeROTests: XCTestCase {
             let out = try Repo.temporaryDirectory("small")
             let r = try mpirun(4, ["train", "--data", data, "--out", out, "--zero", "\(stage)"] + tinyModel)
             XCTAssertEqual(r.status, 0, r.stderr)
-            for (a, b) in zip(try losses(out), try losses(ref)) { XCTAssertLessThan(abs(a - b) / b, 1e-5) }
+            try assertSameTrajectory(out, ref, tolerance: 2e-3, "stage \(stage) on 4 ranks")
         }
     }
 
@@ -90,6 +97,6 @@ final class ZeROTests: XCTestCase {
         let a = try Repo.temporaryDirectory("acc3"), b = try Repo.temporaryDirectory("acc3")
         XCTAssertEqual(try mpirun(2, args(data, a, zero: 0)).status, 0)
         XCTAssertEqual(try mpirun(2, args(data, b, zero: 3) + ["--micro-batch", "2"]).status, 0)
-        for (x, y) in zip(try losses(a), try losses(b)) { XCTAssertLessThan(abs(x - y) / y, 1e-5) }
+        try assertSameTrajectory(b, a, tolerance: 1e-4, "ZeRO-3 with accumulation vs DDP")
     }
 }
