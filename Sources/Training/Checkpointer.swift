@@ -42,6 +42,9 @@ final class Checkpointer {
     }
     private var pending: Job?
 
+    /// Testing aid: seconds the background writer waits before writing.
+    var slowWriteSeconds = 0.0
+
     init(comm: Communicator, runDirectory: String, level: Int, keepLast: Int, async: Bool, log: @escaping (String) -> Void) {
         self.comm = comm
         store = CheckpointStore(runDirectory: runDirectory)
@@ -109,8 +112,11 @@ final class Checkpointer {
         let job = Job(manifest: manifest, snapshot: snapshot, pieces: pieces)
         if async {
             pending = job
-            let (rank, size, level) = (comm.rank, comm.size, level)
-            Thread { Checkpointer.write(job, into: partial, rank: rank, world: size, level: level) }.start()
+            let (rank, size, level, wait) = (comm.rank, comm.size, level, slowWriteSeconds)
+            Thread {
+                if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+                Checkpointer.write(job, into: partial, rank: rank, world: size, level: level)
+            }.start()
         } else {
             Checkpointer.write(job, into: partial, rank: comm.rank, world: comm.size, level: level)
             try commit(job)

@@ -55,6 +55,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Testing aid: "STEP:RANK" flips one bit of that rank's replicated parameters after that
     /// (1-based) step's update.
     public var debugFlipBit = ""
+    /// Testing aid: the background checkpoint writer waits this long before writing.
+    public var debugSlowSaveMs = 0
 
     public init() {}
 
@@ -64,7 +66,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, evalEvery, evalSteps, logEvery, seed, data, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
-             precision, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit
+             precision, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
 
     /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
@@ -96,6 +98,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
         try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
         try get(.maxBadSteps, &maxBadSteps); try get(.checkReplicas, &checkReplicas); try get(.debugFlipBit, &debugFlipBit)
+        try get(.debugSlowSaveMs, &debugSlowSaveMs)
         // Older runs wrote "" for "same as the compute precision".
         if let r = try c.decodeIfPresent(String.self, forKey: .reduceDtype), !r.isEmpty {
             guard let p = Precision(rawValue: r) else {

@@ -14,6 +14,7 @@ extension Trainer {
         let reporter = isCoordinator ? try RunReporter(trainer: self) : nil
         checkpointer = Checkpointer(comm: comm, runDirectory: config.out, level: config.ckptLevel, keepLast: config.keepLast,
                                     async: config.asyncSave, log: log)
+        checkpointer.slowWriteSeconds = Double(config.debugSlowSaveMs) / 1000
         if isCoordinator && startStep > 0 { log("tessera: resumed from \(config.resume) at step \(startStep)") }
         let start = MPIClock.now()
         for step in startStep..<max(config.maxSteps, startStep) {

@@ -60,6 +60,8 @@ struct TrainOptions: ParsableArguments {
     var debugInjectNaN: String?
     @Option(help: ArgumentHelp("Testing aid: STEP:RANK flips a bit of that rank's replicated parameters.", visibility: .hidden))
     var debugFlipBit: String?
+    @Option(help: ArgumentHelp("Testing aid: the async checkpoint writer waits this many ms.", visibility: .hidden))
+    var debugSlowSaveMs: Int?
 
     /// Writes every given flag into its key of `config`.
     func write(into config: inout TrainConfig) {
@@ -76,5 +78,6 @@ struct TrainOptions: ParsableArguments {
         set(\.reduceDtype, reduceDtype.map(Optional.some))
         set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
         set(\.debugInjectInf, debugInjectInf); set(\.debugInjectNaN, debugInjectNaN); set(\.debugFlipBit, debugFlipBit)
+        set(\.debugSlowSaveMs, debugSlowSaveMs)
     }
 }

@@ -27,6 +27,32 @@ final class FaultToleranceTests: XCTestCase {
         ((try? String(contentsOfFile: out + "/checkpoints/latest", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// kill -9 of a rank while an async checkpoint is being written: the previous checkpoint
+    /// still verifies, `latest` names it, and resuming from it is bit-exact.
+    func testRankKilledDuringAsyncSaveKeepsThePreviousCheckpoint() throws {
+        let data = try Repo.dataDirectory()
+        let ref = try Repo.temporaryDirectory("ref"), out = try Repo.temporaryDirectory("async")
+        XCTAssertEqual(try mpirun(2, tinyArgs(data: data, out: ref, steps: 30)).status, 0)
+        let job = try start(Repo.launcher, ["-n", "2", "--"] + tinyArgs(data: data, out: out, steps: 30)
+                                + ["--save-every", "5", "--async-save", "--debug-slow-save-ms", "4000"])
+        // Step 5's save committed, step 10's writers are waiting: kill inside that window.
+        try waitFor("step 10's save to start") {
+            latest(out) == "step-00000005" && FileManager.default.fileExists(atPath: out + "/checkpoints/.step-00000010.partial")
+        }
+        let victim = try XCTUnwrap(rankPIDs()[1])
+        kill(victim, SIGKILL)
+        let r = job.finish(timeout: 120)
+        XCTAssertNotEqual(r.status, 0, "the job fails when a rank dies")
+        XCTAssertEqual(latest(out), "step-00000005", "latest still names the committed checkpoint")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/checkpoints/step-00000010"), "step 10 never committed")
+        XCTAssertEqual(try tessera(["ckpt", "verify", out]).status, 0, "the previous checkpoint verifies")
+        let resumed = try mpirun(2, ["train", "--out", out, "--resume", "latest", "--max-steps", "30", "--debug-slow-save-ms", "0"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(resumedStep(resumed.stdout), 5)
+        XCTAssertEqual(try losses(out), try losses(ref), "bit-exact continuation")
+        XCTAssertEqual(try modelParameters(out), try modelParameters(ref))
+    }
+
     /// kill -9 of a worker under the resilient launcher: it restarts from the last checkpoint
     /// and ends bit-identical to an uninterrupted run.
     func testKilledWorkerIsRestartedAndResumesBitExactly() throws {
