@@ -61,6 +61,11 @@ final class CheckpointCLITests: XCTestCase {
             let v = vector.rawValue
                 XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v): \(n)/ZeRO-\(s) → \(n2)/ZeRO-\(s2)")
             }
+            // Then both train on: the resharded state must continue as the original does (at
+            // another world size the fp32 sums run in another order, hence the tolerance).
+            XCTAssertEqual(try launch(n2, ["train", "--out", dst, "--resume", "latest", "--max-steps", "10"]).status, 0)
+            XCTAssertEqual(try launch(n, ["train", "--out", src, "--resume", "latest", "--max-steps", "10"]).status, 0)
+            try assertSameTrajectory(dst, src, tolerance: 2e-3, "\(n)/ZeRO-\(s) → \(n2)/ZeRO-\(s2), 4 steps after", lastSteps: 4)
         }
     }
 

@@ -216,13 +216,18 @@ func checkpointVectors(_ dir: String) throws -> [String: [Float]] {
     return out
 }
 
-/// Compares two runs step by step: the same number of steps, then every step's loss and
+/// Compares two runs step by step (or their last `lastSteps`): the same steps, then every step's loss and
 /// gradient norm within `tolerance` (relative), then the final parameters within
 /// `tolerance` (absolute). Returns the largest differences seen, for calibration.
 @discardableResult
-func assertSameTrajectory(_ run: String, _ reference: String, tolerance: Double, _ label: String,
+func assertSameTrajectory(_ run: String, _ reference: String, tolerance: Double, _ label: String, lastSteps: Int? = nil,
                           file: StaticString = #filePath, line: UInt = #line) throws -> (loss: Double, norm: Double, parameter: Double) {
-    let a = try metrics(run), b = try metrics(reference)
+    var a = try metrics(run), b = try metrics(reference)
+    if let k = lastSteps {
+        XCTAssertGreaterThanOrEqual(min(a.count, b.count), k, "\(label): steps to compare", file: file, line: line)
+        a = Array(a.suffix(k)); b = Array(b.suffix(k))
+        XCTAssertEqual(a.map { $0["step"] as? Int }, b.map { $0["step"] as? Int }, "\(label): the same steps", file: file, line: line)
+    }
     XCTAssertEqual(a.count, b.count, "\(label): step counts", file: file, line: line)
     guard a.count == b.count, !a.isEmpty else { return (.infinity, .infinity, .infinity) }
     var worst = (loss: 0.0, norm: 0.0, parameter: 0.0)
