@@ -47,6 +47,8 @@ final class PrecisionCLITests: XCTestCase {
             XCTAssertEqual(r.status, 0, r.stderr)
             let a = try losses(wide), b = try losses(narrow)
             XCTAssertNotEqual(a, b, "ZeRO-\(zero): bf16 reduction changes the numbers")
+            XCTAssertEqual(a.count, 10, "ZeRO-\(zero): fp32-reduced steps")
+            XCTAssertEqual(b.count, 10, "ZeRO-\(zero): bf16-reduced steps")
             for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 0.02 * x, "ZeRO-\(zero)") }
             let written = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: narrow + "/config.json"))) as! [String: Any]
             XCTAssertNil(written["reduceDtype"], "not set: gradients travel in the compute precision")
