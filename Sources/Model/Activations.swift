@@ -60,6 +60,19 @@ public final class Activations<F: ComputeFormat> {
         scoresLow = AlignedBuffer(count: low ? square : 0)
     }
 
+    /// What `savedBytes` and `totalBytes` will be for these arguments, without allocating
+    /// (memory plans); `workers` is the attention worker count (`ParallelFor.threads`).
+    public static func bytes(config c: GPTConfig, maxB: Int, maxT: Int, workers: Int) -> (saved: Int, total: Int) {
+        let BT = maxB * maxT, C = c.nEmbd, L = c.nLayer, V = c.vocabSize
+        let e = MemoryLayout<F.Element>.stride, square = maxT * maxT * max(1, workers)
+        let fp32Kept = 4 * ((L + 1) * BT * C + L * BT * C + 4 * L * BT + 2 * BT + BT * V)
+        let formatKept = e * (L * (14 * BT * C + maxB * c.nHead * maxT * maxT) + BT * C)
+        let scratch = 4 * (9 * BT * C + square)
+        let lowScratch = F.isLow ? 4 * 4 * BT * C + e * max(4 * BT * C, BT * V) + 4 * square + e * square : 0
+        let saved = fp32Kept + formatKept
+        return (saved, saved + scratch + lowScratch)
+    }
+
     /// Bytes kept for backward (not counting scratch).
     public var savedBytes: Int {
         let wide = [residual, res2, ln1Mean, ln1Rstd, ln2Mean, ln2Rstd].joined().reduce(0) { $0 + $1.byteCount }

@@ -71,3 +71,22 @@ final class LowPrecisionTests: XCTestCase {
         }
     }
 }
+
+/// Activation bytes are predictable without allocating (memory plans use the formula).
+final class ActivationPlanTests: XCTestCase {
+    func check<F: ComputeFormat>(_: F.Type, _ c: GPTConfig, B: Int, T: Int) {
+        let a = Activations<F>(config: c, maxB: B, maxT: T)
+        let p = Activations<F>.bytes(config: c, maxB: B, maxT: T, workers: ParallelFor.threads)
+        XCTAssertEqual(p.saved, a.savedBytes, "\(F.self) saved, \(c)")
+        XCTAssertEqual(p.total, a.totalBytes, "\(F.self) total, \(c)")
+    }
+
+    func testFormulaEqualsTheAllocation() {
+        for c in [GPTConfig(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 11, bias: true),
+                  GPTConfig(nLayer: 3, nHead: 4, nEmbd: 32, blockSize: 16, vocabSize: 300, bias: false)] {
+            for (B, T) in [(1, 8), (3, 5)] {
+                check(FP32.self, c, B: B, T: T); check(BF16.self, c, B: B, T: T); check(FP16.self, c, B: B, T: T)
+            }
+        }
+    }
+}

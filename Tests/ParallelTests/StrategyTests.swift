@@ -115,6 +115,24 @@ final class StrategyTests: XCTestCase {
         }
     }
 
+    /// The bytes predicted before allocation are what every strategy then reports.
+    func testPredictedMemoryEqualsTheStrategysReport() throws {
+        let layout = ParameterLayout(Self.shape)
+        for n in 1...3 {
+            for stage in ZeroStage.allCases {
+                for (compute, reduce) in [(Precision.fp32, Precision.fp32), (.bf16, .bf16), (.bf16, .fp32), (.fp16, .fp16)] {
+                    let reports = ThreadCommunicator.run(size: n) { comm -> MemoryReport in
+                        let adam = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1)
+                        return makeStrategy(stage: stage, layout: layout, comm: comm, adam: adam, bucketBytes: 4096,
+                                            reduce: reduce, compute: compute).memory
+                    }
+                    let predicted = predictedMemory(stage: stage, layout: layout, worldSize: n, reduce: reduce, compute: compute)
+                    XCTAssertEqual(predicted, reports[0], "\(stage) on \(n), \(compute) compute, \(reduce) reduce")
+                }
+            }
+        }
+    }
+
     /// In bf16 with fp32 gradient reduction every stage computes with the same rounded
     /// parameters. With one micro-step per rank the fp32 sums also run in the same order, so
     /// the stages agree with DDP to fp32 rounding. (With several micro-steps ZeRO-2/3 sum over

@@ -1,0 +1,43 @@
+import Model
+import Settings
+
+// MARK: - Memory before allocation
+
+/// The bytes a strategy will hold, by kind, computed from the layout alone: what
+/// `TrainingStrategy.memory` reports once the strategy exists (a test holds the two equal),
+/// so a run can be judged before anything is allocated.
+public func predictedMemory(stage: ZeroStage, layout: ParameterLayout, worldSize n: Int, rank: Int = 0,
+                            reduce: Precision, compute: Precision) -> MemoryReport {
+    let shard = ShardLayout(total: layout.count, ranks: n, rank: rank)
+    let psi = layout.count, S = shard.shardSize
+    let big = largestUnit(layout.units, from: 1), u0 = layout.units[0].count
+    let travels = reduce.isLow && n > 1
+    if stage == .ddp {
+        return MemoryReport(parameters: 4 * psi, gradients: 4 * psi, optimizer: 8 * psi,
+                            working: travels ? ["16-bit gradient staging": 2 * psi] : [:])
+    }
+    var working: [String: Int] = [:]
+    let parameters: Int, master: Int, gradients: Int
+    if stage.shardsParameters {
+        parameters = compute.isLow ? 2 * S : 4 * S
+        master = compute.isLow ? 4 * S : 0
+        working["gathered embedding unit"] = compute.bytes * u0
+        working["gathered unit buffers (current + prefetch)"] = 2 * compute.bytes * big
+    } else {
+        parameters = compute.bytes * psi
+        master = compute.isLow ? 4 * S : 0
+        working["parameter padding"] = compute.bytes * (shard.padded - psi)
+    }
+    if stage.shardsGradients {
+        gradients = 4 * S
+        let sizes = [big, big, u0]
+        working["gradient unit buffers"] = 4 * sizes.reduce(0, +)
+        working["gradient receive buffers"] = 4 * sizes.map { min($0, S) }.reduce(0, +)
+        working["16-bit gradient staging"] = reduce.isLow ? 2 * (sizes.reduce(0, +) + sizes.map { min($0, S) }.reduce(0, +)) : 0
+    } else {
+        gradients = 4 * psi
+        working["gradient shard (reduce-scatter target)"] = 4 * S
+        working["16-bit gradient staging"] = travels ? 2 * (psi + S) : 0
+    }
+    return MemoryReport(parameters: parameters, gradients: gradients, optimizer: 8 * S + master, working: working)
+}
