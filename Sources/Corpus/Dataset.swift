@@ -35,6 +35,20 @@ public struct Dataset: Sendable {
     /// Loads and validates a data directory.
     public static func load(directory: String) throws(DataError) -> Dataset {
         let dir = URL(fileURLWithPath: directory)
+        let tokenizer = try Self.tokenizer(directory: directory)
+        let train = try TokenShard.read(from: dir.appendingPathComponent(trainFile))
+        let val = try TokenShard.read(from: dir.appendingPathComponent(valFile))
+        for (shard, name) in [(train, trainFile), (val, valFile)] where shard.vocabSize != tokenizer.vocabSize {
+            throw DataError.malformed(path: dir.appendingPathComponent(name).path,
+                                      problem: "written with vocabulary \(shard.vocabSize) but tokenizer.json has \(tokenizer.vocabSize)")
+        }
+        return Dataset(train: train, val: val, tokenizer: tokenizer)
+    }
+
+    /// The shard for a split.
+    /// The tokenizer of a prepared directory, read without its token shards.
+    public static func tokenizer(directory: String) throws(DataError) -> Tokenizer {
+        let dir = URL(fileURLWithPath: directory)
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDir), isDir.boolValue else {
             throw DataError.missing(path: dir.path,
@@ -47,16 +61,17 @@ public struct Dataset: Sendable {
         guard let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: tokData) else {
             throw DataError.malformed(path: tokURL.path, problem: "not a tessera tokenizer description")
         }
-        let train = try TokenShard.read(from: dir.appendingPathComponent(trainFile))
-        let val = try TokenShard.read(from: dir.appendingPathComponent(valFile))
-        for (shard, name) in [(train, trainFile), (val, valFile)] where shard.vocabSize != tokenizer.vocabSize {
-            throw DataError.malformed(path: dir.appendingPathComponent(name).path,
-                                      problem: "written with vocabulary \(shard.vocabSize) but tokenizer.json has \(tokenizer.vocabSize)")
-        }
-        return Dataset(train: train, val: val, tokenizer: tokenizer)
+        return tokenizer
     }
 
-    /// The shard for a split.
+    /// Bytes of the token shards of a prepared directory (what loading them holds).
+    public static func shardBytes(directory: String) -> Int {
+        [trainFile, valFile].reduce(0) { total, name in
+            let path = URL(fileURLWithPath: directory).appendingPathComponent(name).path
+            return total + ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0)
+        }
+    }
+
     public func shard(_ split: Split) -> TokenShard { split == .train ? train : val }
 
     /// Largest token id present in both splits plus one.

@@ -66,7 +66,7 @@ public enum Benchmark {
         return 2 * Double(n * n * n) / best / 1e9
     }
 
-    /// Peak resident set size of this process so far, in MB.
+    /// Peak resident set size of this process so far, in MiB (Linux reports kilobytes).
     public static func peakRSSMB() -> Double {
         var u = rusage()
         getrusage(RUSAGE_SELF.rawValue, &u)

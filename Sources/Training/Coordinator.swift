@@ -34,10 +34,14 @@ public enum Coordinator {
         return try JSONDecoder().decode(TrainConfig.self, from: Data(payload.dropFirst()))
     }
 
+    /// Ranks of this job on this node (Open MPI's local size; 1 without mpirun).
+    public static func ranksPerNode() -> Int {
+        ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1
+    }
+
     /// BLAS threads for this rank: the node's cores divided among the ranks on it.
     public static func defaultThreads() -> Int {
         let cores = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        let local = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1
-        return max(1, cores / max(1, local))
+        return max(1, cores / max(1, ranksPerNode()))
     }
 }

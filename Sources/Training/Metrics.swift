@@ -84,4 +84,8 @@ public struct MemoryFile: Codable, Sendable {
     public var activations: Int
     /// What `tessera scaling memory` predicts for the same run (the formulas of the ZeRO paper).
     public var predicted: MemoryEstimate
+    /// The pre-flight plan of the whole process (`train --dry-run`), and the highest resident
+    /// memory any rank reached, measured (written when the run ends).
+    public var plan: MemoryPlan?
+    public var measured_peak_rss: Int?
 }

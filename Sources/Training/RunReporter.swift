@@ -1,4 +1,6 @@
+import Corpus
 import Foundation
+import Kernels
 import Parallel
 import Scaling
 
@@ -31,10 +33,14 @@ final class RunReporter {
         let predicted = try MemoryModel.perRank(params: psi, world: world, stage: strategy.stage,
                                                 precision: strategy.parameterPrecision, gradientBytes: 4)
         let activations = t.model.activationBytes.total
-        let report = MemoryFile(psi: psi, world: world, zero: strategy.stage.rawValue, rank: 0,
+        var report = MemoryFile(psi: psi, world: world, zero: strategy.stage.rawValue, rank: 0,
                                 parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,
                                 working: mem.working, activations: activations, predicted: predicted)
-        try enc.encode(report).write(to: outDir.appendingPathComponent("memory.json"), options: .atomic)
+        report.plan = MemoryPlan.make(config: config, vocabSize: t.model.config.vocabSize, worldSize: world,
+                                      ranksPerNode: Coordinator.ranksPerNode(), dataBytes: Dataset.shardBytes(directory: config.data),
+                                      threads: ParallelFor.threads)
+        memoryFile = report
+        try writeMemoryFile()
         func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
         log("tessera: \(strategy.name), per-rank state: parameters \(mib(mem.parameters)), "
             + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
@@ -42,6 +48,22 @@ final class RunReporter {
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
             + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
             + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")
+    }
+
+    private var memoryFile: MemoryFile?
+
+    private func writeMemoryFile() throws {
+        let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try enc.encode(memoryFile).write(to: URL(fileURLWithPath: config.out).appendingPathComponent("memory.json"), options: .atomic)
+    }
+
+    /// Adds the measured peak resident memory (the highest of any rank) to `memory.json`.
+    func runEnded(peakResidentBytes: Int) throws {
+        memoryFile?.measured_peak_rss = peakResidentBytes
+        try writeMemoryFile()
+        if let plan = memoryFile?.plan {
+            log("tessera: peak resident memory \(gibText(peakResidentBytes)) per rank (planned \(gibText(plan.peakPerRank)))")
+        }
     }
 
     /// Records step `step` (0-based) and prints a progress line when one is due.

@@ -25,6 +25,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var maxBadSteps = 10
     /// Compare replicated parameters across ranks every N steps (0: never).
     public var checkReplicas = 200
+    /// Memory a node offers to this job ("": what the kernel reports available).
+    public var memoryLimit = ""
     // Evaluation and logging
     public var evalEvery = 250
     public var evalSteps = 20
@@ -64,7 +66,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, evalEvery, evalSteps, logEvery, seed, data, out,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, seed, data, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
              precision, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
@@ -98,7 +100,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
         try get(.precision, &precision); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
         try get(.maxBadSteps, &maxBadSteps); try get(.checkReplicas, &checkReplicas); try get(.debugFlipBit, &debugFlipBit)
-        try get(.debugSlowSaveMs, &debugSlowSaveMs)
+        try get(.debugSlowSaveMs, &debugSlowSaveMs); try get(.memoryLimit, &memoryLimit)
         // Older runs wrote "" for "same as the compute precision".
         if let r = try c.decodeIfPresent(String.self, forKey: .reduceDtype), !r.isEmpty {
             guard let p = Precision(rawValue: r) else {

@@ -53,6 +53,9 @@ extension Trainer {
         try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
         try checkpointer.finishPending(wait: true)
         result.seconds = MPIClock.now() - start
+        var peak = [Benchmark.peakRSSMB() * 1_048_576]
+        try comm.allReduce(&peak, op: .max, label: "all-reduce of peak resident memory")
+        try reporter?.runEnded(peakResidentBytes: Int(peak[0]))
         result.saveStalls = checkpointer.stallSeconds
         result.modelPath = try saveModel(to: URL(fileURLWithPath: config.out).appendingPathComponent("model.bin").path)
         return result

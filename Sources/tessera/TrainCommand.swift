@@ -1,6 +1,7 @@
 import ArgumentParser
 import Checkpoint
 import Comm
+import Corpus
 import Foundation
 import Kernels
 import Optim
@@ -14,6 +15,7 @@ struct Train: ParsableCommand {
     @Option(help: "JSON file of config keys (as in RUN/config.json); flags override it.") var config: String?
     @Option(help: "Resume from 'latest' (in --out), a run directory or a checkpoint directory.") var resume: String?
     @OptionGroup(title: "Run configuration (each writes the config key of the same name)") var options: TrainOptions
+    @Flag(help: "Print the memory, communication and compute plan of the run and exit without training.") var dryRun = false
 
     /// The effective configuration: defaults, or the checkpoint's config when resuming, or a
     /// JSON file; then flags.
@@ -64,9 +66,14 @@ struct Train: ParsableCommand {
             config = try Coordinator.agree(on: { () throws -> TrainConfig in
                 let c = try effectiveConfig()
                 try c.validate(worldSize: comm.size)
+                try preflight(c, worldSize: comm.size)
                 return c
             }, comm: comm)
         } catch { finish(comm, error) }
+        if dryRun {
+            (comm as? MPICommunicator)?.finalize()
+            return
+        }
         comm.timeoutSeconds = config.commTimeout
         Gemm.setThreads(config.threads > 0 ? config.threads : Coordinator.defaultThreads())
         do {
@@ -82,6 +89,28 @@ struct Train: ParsableCommand {
             }
         } catch { finish(comm, error) }
         (comm as? MPICommunicator)?.finalize()
+    }
+
+    /// The coordinator's memory plan, before any rank allocates: printed with `--dry-run`,
+    /// otherwise a run that cannot fit on its nodes is refused with the cheapest change that fits.
+    func preflight(_ c: TrainConfig, worldSize: Int) throws {
+        let vocab = try Dataset.tokenizer(directory: c.data).vocabSize
+        let threads = c.threads > 0 ? c.threads : Coordinator.defaultThreads()
+        let limit = try MemoryLimit.resolve(c.memoryLimit)
+        let args = (vocab, worldSize, Coordinator.ranksPerNode(), Dataset.shardBytes(directory: c.data), threads)
+        if dryRun {
+            let plan = MemoryPlan.make(config: c, vocabSize: args.0, worldSize: args.1, ranksPerNode: args.2,
+                                       dataBytes: args.3, threads: args.4)
+            say(plan.description)
+            do {
+                _ = try MemoryPlan.check(config: c, vocabSize: args.0, worldSize: args.1, ranksPerNode: args.2,
+                                         dataBytes: args.3, threads: args.4, limit: limit)
+                say("fits: \(gibText(plan.peakPerNode)) of \(gibText(limit.bytes)) available on the node (\(limit.source))")
+            } catch { say("does not fit: \(error.description)") }
+            return
+        }
+        _ = try MemoryPlan.check(config: c, vocabSize: args.0, worldSize: args.1, ranksPerNode: args.2, dataBytes: args.3,
+                                 threads: args.4, limit: limit)
     }
 
     /// Reports an error and ends every rank: a communication failure aborts the job (the

@@ -35,6 +35,8 @@ struct TrainOptions: ParsableArguments {
     var maxBadSteps: Int?
     @Option(help: "Compare replicated parameters across ranks every N steps; a difference stops the job (0: never).")
     var checkReplicas: Int?
+    @Option(help: "Memory one node offers this job, e.g. 20G (default: what the kernel reports available).")
+    var memoryLimit: String?
 
     // MARK: Evaluation and logging
     @Option(help: "Evaluate every N steps (and at the end).") var evalEvery: Int?
@@ -72,7 +74,7 @@ struct TrainOptions: ParsableArguments {
         set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)
         set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
-        set(\.checkReplicas, checkReplicas)
+        set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery)
         set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision)
         set(\.reduceDtype, reduceDtype.map(Optional.some))

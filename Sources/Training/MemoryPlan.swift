@@ -1,0 +1,180 @@
+import Foundation
+import Kernels
+import Model
+import Parallel
+import Scaling
+import Settings
+
+// MARK: - MemoryPlan
+
+/// A run's peak memory per rank, worked out before anything is allocated: the strategy's
+/// state and working buffers (`predictedMemory`, equal to what the strategy reports once
+/// built), the activations (`Activations.bytes`, equal to the allocation), the token shards,
+/// the start-up transient (the full fp32 initial vector every rank builds today, or the
+/// checkpoint files a resume reads) and the runtime's own share (libraries, MPI, oneDNN:
+/// 38–45 MB measured on a minimal run).
+public struct MemoryPlan: Codable, Sendable {
+    public var stage: ZeroStage, precision: Precision, worldSize: Int, ranksPerNode: Int, microBatch: Int
+    public var parameters: Int, gradients: Int, optimizer: Int, working: Int
+    public var activations: Int, modelCopies: Int, data: Int, startup: Int, save: Int, runtime: Int
+    /// Elements each rank sends per step, and the bytes they take on the wire.
+    public var sentElementsPerStep: Int, sentBytesPerStep: Int
+    /// Model FLOPs of one optimizer step (6N per token plus attention, all ranks).
+    public var flopsPerStep: Double
+
+    /// Bytes the runtime holds beside tessera's buffers.
+    public static let runtimeBytes = 64 << 20
+
+    /// The state held between steps plus the larger of the start-up transient and what a
+    /// step holds (activations, and at a save the save's buffers): the high-water mark one
+    /// rank reaches.
+    public var peakPerRank: Int {
+        runtime + data + parameters + gradients + optimizer + working + max(startup, activations + modelCopies + save)
+    }
+    public var peakPerNode: Int { peakPerRank * ranksPerNode }
+
+    /// The plan for `config` on `worldSize` ranks (`ranksPerNode` of them sharing a node).
+    public static func make(config: TrainConfig, vocabSize: Int, worldSize n: Int, ranksPerNode: Int, dataBytes: Int,
+                            threads: Int) -> MemoryPlan {
+        let shape = config.model(vocabSize: vocabSize)
+        let layout = ParameterLayout(shape)
+        let m = predictedMemory(stage: config.zero, layout: layout, worldSize: n, reduce: config.effectiveReduceDtype,
+                                compute: config.precision)
+        let share = (config.batchSize + n - 1) / n
+        let micro = max(1, config.microBatch > 0 ? min(config.microBatch, share) : share)
+        let acts: Int
+        switch config.precision {
+        case .fp32: acts = Activations<FP32>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
+        case .bf16: acts = Activations<BF16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
+        case .fp16: acts = Activations<FP16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
+        }
+        // A 16-bit model narrows the embedding unit and one other unit into copies of its own.
+        let copies = config.precision.isLow ? 2 * (layout.units[0].count + (layout.units[1...].map(\.count).max() ?? 0)) : 0
+        let psi = layout.count
+        // Every rank builds the full fp32 initial vector; a resume reads checkpoint files
+        // (about 12 bytes per parameter in all, compressed) instead.
+        let startup = config.resume.isEmpty ? 4 * psi : 12 * psi
+        // Saving, while activations are still held: a checkpoint write holds this rank's
+        // share of the three vectors twice (shuffled and compressed); the model.bin export
+        // then gathers the full fp32 vector (through a padded buffer when it is sharded) and
+        // rank 0 holds the file's bytes. One after the other, so the larger counts.
+        let shardBytes = 4 * ((psi + n - 1) / n)
+        let sharded = config.zero.shardsParameters || (config.zero != .ddp && config.precision.isLow)
+        let save = max(2 * 3 * shardBytes, 4 * psi + (sharded ? n * shardBytes : 0) + 4 * psi)
+        let wire = config.effectiveReduceDtype.bytes
+        let ring = Double(psi) * Double(n - 1) / Double(n)
+        let gathers = config.zero.shardsParameters ? ring * Double(config.precision.bytes) : 0
+        let sentElements = Int(2 * ring) + (config.zero.shardsParameters ? Int(ring) : 0)
+        let sentBytes = config.zero.shardsParameters ? Int(ring) * wire + Int(gathers) : Int(2 * ring) * wire
+        let tokens = Double(config.batchSize * config.blockSize)
+        let flops = Compute.flopsPerToken(params: Double(psi), nLayer: shape.nLayer, nEmbd: shape.nEmbd,
+                                          seq: config.blockSize) * tokens
+        return MemoryPlan(stage: config.zero, precision: config.precision, worldSize: n, ranksPerNode: ranksPerNode,
+                          microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,
+                          working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies, data: dataBytes,
+                          startup: startup, save: save, runtime: runtimeBytes, sentElementsPerStep: n > 1 ? sentElements : 0,
+                          sentBytesPerStep: n > 1 ? sentBytes : 0, flopsPerStep: flops)
+    }
+
+    // MARK: Fitting
+
+    /// Refuses a plan whose ranks on one node need more than `limit` bytes, naming the
+    /// cheapest change that fits: a higher ZeRO stage first (more communication, same
+    /// arithmetic), then smaller micro-batches (more accumulation steps).
+    public static func check(config: TrainConfig, vocabSize: Int, worldSize n: Int, ranksPerNode: Int, dataBytes: Int,
+                             threads: Int, limit: MemoryLimit) throws(ConfigError) -> MemoryPlan {
+        // Shapes whose parameter count alone dwarfs the node are refused before any exact
+        // (integer) accounting, which such sizes could overflow.
+        let C = Double(config.nEmbd), L = Double(config.nLayer)
+        let psi = 12 * L * C * C + Double(vocabSize + config.blockSize) * C
+        if 16 * psi / Double(n) > Double(limit.bytes) * Double(n) || psi > 1e15 {
+            throw ConfigError(flag: "model", problem: String(format: "has about %.3g parameters, whose fp32 state alone needs "
+                                                                + "%.3g bytes even divided over %d rank(s); %@ are available (%@) (memory plan)",
+                                                              psi, 16 * psi / Double(n), n, gibText(limit.bytes), limit.source),
+                              fix: "choose a smaller model (tessera scaling shape --params N) or many more nodes")
+        }
+        func plan(_ c: TrainConfig) -> MemoryPlan {
+            make(config: c, vocabSize: vocabSize, worldSize: n, ranksPerNode: ranksPerNode, dataBytes: dataBytes, threads: threads)
+        }
+        let p = plan(config)
+        guard p.peakPerNode > limit.bytes else { return p }
+        var fix = "no ZeRO stage or micro-batch fits: use more nodes (fewer ranks per node) or a smaller model"
+        search: for micro in [p.microBatch] + Array(sequence(first: p.microBatch / 2, next: { $0 > 1 ? $0 / 2 : nil })).filter({ $0 >= 1 }) {
+            for stage in ZeroStage.allCases where stage >= config.zero {
+                var c = config
+                c.zero = stage; c.microBatch = micro
+                if (try? c.validate(worldSize: n)) == nil { continue }
+                let q = plan(c)
+                if q.peakPerNode <= limit.bytes {
+                    var changes: [String] = []
+                    if stage != config.zero { changes.append("--zero \(stage.rawValue)") }
+                    if micro != p.microBatch { changes.append("--micro-batch \(micro)") }
+                    fix = "use \(changes.joined(separator: " ")) (\(gibText(q.peakPerRank)) per rank)"
+                    break search
+                }
+            }
+        }
+        throw ConfigError(flag: "--memory-limit",
+                          problem: "is exceeded: \(p.stage.name) needs \(gibText(p.peakPerRank)) per rank × \(ranksPerNode) rank(s) on this "
+                            + "node = \(gibText(p.peakPerNode)), but \(gibText(limit.bytes)) are available (\(limit.source)) "
+                            + "(memory plan; `train --dry-run` shows it)",
+                          fix: fix)
+    }
+
+    /// A table of the plan, for `train --dry-run`.
+    public var description: String {
+        var rows = [("parameters", parameters), ("gradients", gradients), ("optimizer states", optimizer),
+                    ("working buffers", working), ("activations (micro-batch \(microBatch))", activations)]
+        if modelCopies > 0 { rows.append(("16-bit parameter copies", modelCopies)) }
+        rows += [("saving (checkpoint, model.bin)", save), ("token shards", data), ("start-up transient", startup),
+                 ("runtime", runtime)]
+        var out = "memory plan: \(stage.name), \(precision), \(worldSize) rank(s), \(ranksPerNode) per node\n"
+        for (name, bytes) in rows { out += "  " + name.padding(toLength: 34, withPad: " ", startingAt: 0) + gibText(bytes) + "\n" }
+        out += "  peak per rank (state + max(start-up, activations + saving))  \(gibText(peakPerRank)); "
+            + "per node \(gibText(peakPerNode))\n"
+        out += "communication per step and rank: \(sentElementsPerStep) elements, \(gibText(sentBytesPerStep))\n"
+        out += String(format: "compute per step: %.3g FLOPs", flopsPerStep)
+        return out
+    }
+}
+
+/// The memory a node offers: `--memory-limit`, or what the kernel says is available (the
+/// cgroup's limit when lower).
+public struct MemoryLimit: Sendable {
+    public var bytes: Int, source: String
+
+    /// `--memory-limit` (bytes, or with a K/M/G/T suffix), else this node's available memory.
+    public static func resolve(_ flag: String) throws(ConfigError) -> MemoryLimit {
+        if !flag.isEmpty {
+            guard let b = parseBytes(flag), b > 0 else {
+                throw ConfigError(flag: "--memory-limit", problem: "is '\(flag)'", fix: "use bytes or a size like 20G or 512M")
+            }
+            return MemoryLimit(bytes: b, source: "--memory-limit")
+        }
+        var best = MemoryLimit(bytes: Int.max, source: "unknown")
+        if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+           let kb = Int(line.split(separator: " ").dropFirst().first ?? "") {
+            best = MemoryLimit(bytes: kb * 1024, source: "MemAvailable")
+        }
+        if let text = try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8),
+           let b = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)), b < best.bytes {
+            best = MemoryLimit(bytes: b, source: "cgroup memory.max")
+        }
+        return best
+    }
+
+    static func parseBytes(_ s: String) -> Int? {
+        let units: [Character: Double] = ["K": 1024, "M": 1_048_576, "G": 1_073_741_824, "T": 1_099_511_627_776]
+        var text = s.uppercased(), scale = 1.0
+        if text.hasSuffix("B") { text.removeLast() }
+        if let u = text.last, let f = units[u] { scale = f; text.removeLast() }
+        guard let v = Double(text), v.isFinite, v * scale < 9e18 else { return nil }
+        return Int(v * scale)
+    }
+}
+
+/// "1.25 GiB" / "640.0 MiB".
+public func gibText(_ bytes: Int) -> String {
+    bytes >= 1 << 30 ? String(format: "%.2f GiB", Double(bytes) / Double(1 << 30)) : String(format: "%.1f MiB", Double(bytes) / Double(1 << 20))
+}

@@ -1,0 +1,46 @@
+import Foundation
+import XCTest
+
+/// The pre-flight memory plan: what cannot fit is refused before anything large is
+/// allocated, with the cheapest change that fits; `--dry-run` prints the plan; a run records
+/// its measured peak beside the plan.
+final class MemoryPlanTests: XCTestCase {
+    func testATrillionParametersIsRefusedAtOnce() throws {
+        let data = try Repo.dataDirectory(), out = try Repo.temporaryDirectory("huge")
+        let t0 = Date()
+        let r = try tessera(["train", "--data", data, "--out", out, "--n-layer", "4096", "--n-head", "64", "--n-embd", "65536"])
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 1.5, "refused in about a second")
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("memory plan") && r.stderr.contains("parameters"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/config.json"), "nothing written")
+    }
+
+    func testAPlanOverTheLimitNamesTheCheapestFix() throws {
+        let data = try Repo.dataDirectory(), out = try Repo.temporaryDirectory("limit")
+        let small = ["train", "--data", data, "--out", out, "--n-layer", "6", "--n-head", "6", "--n-embd", "384",
+                     "--block-size", "256", "--batch-size", "16", "--max-steps", "1"]
+        // 2 ranks of DDP need ~1.5 GiB on the node; ZeRO-3 still does not fit 1.2 GiB, a
+        // smaller micro-batch does.
+        let r = try mpirun(2, small + ["--memory-limit", "1200M"])
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("--memory-limit is exceeded: DDP needs") && r.stderr.contains("--micro-batch"), r.stderr)
+        let dry = try mpirun(2, small + ["--dry-run"])
+        XCTAssertEqual(dry.status, 0, dry.stderr)
+        XCTAssertTrue(dry.stdout.contains("memory plan: DDP, fp32, 2 rank(s)") && dry.stdout.contains("fits:"), dry.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/config.json"), "a dry run trains nothing")
+    }
+
+    func testTheMeasuredPeakIsRecordedBesideThePlan() throws {
+        let data = try Repo.dataDirectory(), out = try Repo.temporaryDirectory("peak")
+        let r = try mpirun(2, ["train", "--data", data, "--out", out, "--n-layer", "6", "--n-head", "6", "--n-embd", "384",
+                               "--block-size", "256", "--batch-size", "16", "--max-steps", "2", "--eval-steps", "1", "--zero", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let m = try memoryFile(out)
+        let plan = try XCTUnwrap(m["plan"] as? [String: Any])
+        let measured = try XCTUnwrap(m["measured_peak_rss"] as? Int)
+        let planned = (["runtime", "data", "parameters", "gradients", "optimizer", "working"].map { plan[$0] as! Int }.reduce(0, +))
+            + max(plan["startup"] as! Int, (plan["activations"] as! Int) + (plan["modelCopies"] as! Int) + (plan["save"] as! Int))
+        // Measured on AMD Zen 4: within 4% at this shape for every stage (README).
+        XCTAssertEqual(Double(measured) / Double(planned), 1, accuracy: 0.15, "measured \(measured) vs planned \(planned)")
+    }
+}
