@@ -27,6 +27,9 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     /// many steps have been skipped so far (when any have).
     public var skipped: Bool?
     public var skipped_steps: Int?
+    /// Peak resident memory of the reporting rank (rank 0) so far, in MiB; `memory.json` has
+    /// the highest of all ranks at the end.
+    public var peak_rss_mb: Double?
 }
 
 /// Appends JSON lines to a file (rank 0 only).

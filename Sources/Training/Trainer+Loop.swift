@@ -129,7 +129,8 @@ extension Trainer {
                            world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements,
                            sent_bytes: comm.sentBytes,
                            loss_scale: scaler.map { _ in scale }, skipped: skipped,
-                           skipped_steps: skippedSteps > 0 ? skippedSteps : nil)
+                           skipped_steps: skippedSteps > 0 ? skippedSteps : nil,
+                           peak_rss_mb: isCoordinator ? (Benchmark.peakRSSMB() * 10).rounded() / 10 : nil)
     }
 
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.

@@ -42,5 +42,10 @@ final class MemoryPlanTests: XCTestCase {
             + max(plan["startup"] as! Int, (plan["activations"] as! Int) + (plan["modelCopies"] as! Int) + (plan["save"] as! Int))
         // Measured on AMD Zen 4: within 4% at this shape for every stage (README).
         XCTAssertEqual(Double(measured) / Double(planned), 1, accuracy: 0.15, "measured \(measured) vs planned \(planned)")
+        // Each metrics line carries rank 0's peak so far, never above the final peak of all ranks.
+        let perStep = try metrics(out).compactMap { $0["peak_rss_mb"] as? Double }
+        XCTAssertEqual(perStep.count, 2)
+        XCTAssertLessThanOrEqual(perStep.last! * 1_048_576, Double(measured) * 1.001)
+        XCTAssertGreaterThan(perStep.last!, 100, "a real resident size, in MiB")
     }
 }
