@@ -92,6 +92,10 @@ public struct ParameterLayout: Sendable {
     /// Index of the final-LayerNorm unit.
     public var finalUnit: Int { units.count - 1 }
 
+    /// Elements of the largest unit after the embedding (a block, or the final LayerNorm):
+    /// what one working buffer for "any other unit" must hold.
+    public var largestNonEmbeddingUnit: Int { units[1...].map(\.count).max() ?? 0 }
+
     /// The tensor with a given name, if any.
     public func tensor(named name: String) -> TensorSpec? { tensors.first { $0.name == name } }
 }

@@ -22,7 +22,7 @@ final class Transformer<F: ComputeFormat> {
     init(config: GPTConfig, layout: ParameterLayout) {
         self.config = config
         self.layout = layout
-        unitCopy = AlignedBuffer(count: F.isLow ? largestBlockOrFinalUnit(layout) : 0)
+        unitCopy = AlignedBuffer(count: F.isLow ? layout.largestNonEmbeddingUnit : 0)
         embeddingCopy = AlignedBuffer(count: F.isLow ? layout.units[0].count : 0)
     }
 
@@ -207,9 +207,4 @@ final class Transformer<F: ComputeFormat> {
         Layers.embeddingBackward(dwte: gEmb, dwpe: gEmb + lay.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C)
         params.gradientsProduced(unit: 0)
     }
-}
-
-/// Elements of the largest unit after the embedding (a block, or the final LayerNorm).
-private func largestBlockOrFinalUnit(_ layout: ParameterLayout) -> Int {
-    layout.units[1...].map(\.count).max() ?? 0
 }

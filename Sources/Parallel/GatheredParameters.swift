@@ -39,7 +39,7 @@ final class GatheredParameters: ShardedParameters {
     init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, precision: Precision) {
         self.layout = layout; self.shard = shard; self.comm = comm; self.precision = precision
         paramShard = FloatBuffer(count: shard.shardSize)
-        let big = largestUnit(layout.units, from: 1)
+        let big = layout.largestNonEmbeddingUnit
         lowShard = HalfBuffer(count: precision.isLow ? shard.shardSize : 0)
         embedding = ParameterBuffer(count: layout.units[0].count, precision: precision)
         slots = [ParameterBuffer(count: big, precision: precision), ParameterBuffer(count: big, precision: precision)]

@@ -10,7 +10,7 @@ public func predictedMemory(stage: ZeroStage, layout: ParameterLayout, worldSize
                             reduce: Precision, compute: Precision) -> MemoryReport {
     let shard = ShardLayout(total: layout.count, ranks: n, rank: rank)
     let psi = layout.count, S = shard.shardSize
-    let big = largestUnit(layout.units, from: 1), u0 = layout.units[0].count
+    let big = layout.largestNonEmbeddingUnit, u0 = layout.units[0].count
     let travels = reduce.isLow && n > 1
     if stage == .ddp {
         return MemoryReport(parameters: 4 * psi, gradients: 4 * psi, optimizer: 8 * psi,

@@ -53,8 +53,3 @@ final class ShardedAdam {
         try read(.adamV, shard.mine, v.pointer)
     }
 }
-
-/// Largest unit of a layout, in elements.
-func largestUnit(_ units: [Range<Int>], from first: Int) -> Int {
-    units[first...].map(\.count).max() ?? 0
-}

@@ -34,7 +34,7 @@ final class UnitGradientReducer: ShardedGradients {
     init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, reduce: Precision = .fp32) {
         self.layout = layout; self.shard = shard; self.comm = comm; self.reduce = reduce
         gradShard = FloatBuffer(count: shard.shardSize)
-        let big = largestUnit(layout.units, from: 1)
+        let big = layout.largestNonEmbeddingUnit
         let u0 = layout.units[0].count
         buffers = [FloatBuffer(count: big), FloatBuffer(count: big), FloatBuffer(count: u0)]
         receives = [FloatBuffer(count: min(big, shard.shardSize)), FloatBuffer(count: min(big, shard.shardSize)),

@@ -40,8 +40,7 @@ public struct MemoryPlan: Codable, Sendable {
         let layout = ParameterLayout(shape)
         let m = predictedMemory(stage: config.zero, layout: layout, worldSize: n, reduce: config.effectiveReduceDtype,
                                 compute: config.precision)
-        let share = (config.batchSize + n - 1) / n
-        let micro = max(1, config.microBatch > 0 ? min(config.microBatch, share) : share)
+        let micro = config.microBatchSize(worldSize: n)
         let acts: Int
         switch config.precision {
         case .fp32: acts = Activations<FP32>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
@@ -49,7 +48,7 @@ public struct MemoryPlan: Codable, Sendable {
         case .fp16: acts = Activations<FP16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
         }
         // A 16-bit model narrows the embedding unit and one other unit into copies of its own.
-        let copies = config.precision.isLow ? 2 * (layout.units[0].count + (layout.units[1...].map(\.count).max() ?? 0)) : 0
+        let copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0
         let psi = layout.count
         // Every rank builds the full fp32 initial vector; a resume reads checkpoint files
         // (about 12 bytes per parameter in all, compressed) instead.

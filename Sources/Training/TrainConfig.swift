@@ -128,11 +128,17 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         return parts.count == 2 ? (parts[0], parts[1]) : nil
     }
 
+    /// Sequences per forward/backward on `n` ranks: `microBatch`, at most a rank's share of
+    /// the global batch, which is also the default.
+    public func microBatchSize(worldSize n: Int) -> Int {
+        let share = (batchSize + n - 1) / n
+        return max(1, microBatch > 0 ? min(microBatch, share) : share)
+    }
+
     /// Micro-steps each rank takes per optimizer step: rank r trains sequences r, r+N, … of the
     /// global batch, `microBatch` (or its whole share) at a time.
     public func microSteps(worldSize n: Int) -> [Int] {
-        let share = (batchSize + n - 1) / n
-        let micro = max(1, microBatch > 0 ? min(microBatch, share) : share)
+        let micro = microBatchSize(worldSize: n)
         return (0..<n).map { r in (max(0, batchSize - r + n - 1) / n + micro - 1) / micro }
     }
 

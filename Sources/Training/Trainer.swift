@@ -78,8 +78,7 @@ public final class Trainer {
                                 bucketBytes: Int(config.bucketMB * 1_048_576), reduce: config.effectiveReduceDtype,
                                 compute: config.precision)
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
-        let share = (config.batchSize + comm.size - 1) / comm.size
-        micro = max(1, config.microBatch > 0 ? min(config.microBatch, share) : share)
+        micro = config.microBatchSize(worldSize: comm.size)
         x = .allocate(capacity: micro * config.blockSize)
         y = .allocate(capacity: micro * config.blockSize)
         try initializeParameters(shape: gpt)
