@@ -17,6 +17,18 @@ public enum CommDType: Sendable {
     }
 }
 
+/// Elements one rank sends in each collective, as the ring algorithms the formulas in
+/// DESIGN.md assume (all-reduce = reduce-scatter + all-gather = 2·n·(N−1)/N): the
+/// communication accounting every communicator reports.
+public enum RingTraffic {
+    public static func allReduce(count: Int, ranks: Int) -> Int { 2 * count * (ranks - 1) / ranks }
+    /// A reduce-scatter or all-gather of equal blocks of `countPerRank`.
+    public static func equalBlocks(countPerRank: Int, ranks: Int) -> Int { countPerRank * (ranks - 1) }
+    /// A reduce-scatter or all-gather of uneven blocks `counts`.
+    public static func blocks(_ counts: [Int], ranks: Int) -> Int { counts.reduce(0, +) * (ranks - 1) / ranks }
+    public static func broadcast(count: Int, isRoot: Bool) -> Int { isRoot ? count : 0 }
+}
+
 /// Reduction applied by all-reduce and reduce-scatter.
 public enum ReduceOp: Sendable { case sum, max }
 

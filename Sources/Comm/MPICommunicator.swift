@@ -91,18 +91,17 @@ public final class MPICommunicator: Communicator {
         return CommRequest(label: label, sentElements: sent, handle: Box(r), done: false)
     }
 
-    // Elements sent per rank follow the ring algorithms the formulas in DESIGN.md assume:
-    // all-reduce = reduce-scatter + all-gather = 2·n·(N−1)/N.
+    // Elements sent per rank: `RingTraffic`.
     public func startAllReduce(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, op: ReduceOp,
                                label: String) -> CommRequest {
-        request(label, sent: 2 * count * (size - 1) / size, dtype: dtype) {
+        request(label, sent: RingTraffic.allReduce(count: count, ranks: size), dtype: dtype) {
             MPI_Iallreduce(tessera_mpi_in_place(), buffer, Int32(count), Self.type(dtype), self.op(op, dtype), world, $0)
         }
     }
 
     public func startReduceScatter(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
                                    dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
-        request(label, sent: countPerRank * (size - 1), dtype: dtype) {
+        request(label, sent: RingTraffic.equalBlocks(countPerRank: countPerRank, ranks: size), dtype: dtype) {
             MPI_Ireduce_scatter_block(send, recv, Int32(countPerRank), Self.type(dtype), self.op(op, dtype), world, $0)
         }
     }
@@ -111,7 +110,7 @@ public final class MPICommunicator: Communicator {
                                dtype: CommDType, label: String) -> CommRequest {
         // A send block already at this rank's place in `recv` is gathered in place.
         let inPlace = send == UnsafeRawPointer(recv + rank * countPerRank * dtype.size)
-        return request(label, sent: countPerRank * (size - 1), dtype: dtype) {
+        return request(label, sent: RingTraffic.equalBlocks(countPerRank: countPerRank, ranks: size), dtype: dtype) {
             MPI_Iallgather(inPlace ? UnsafeRawPointer(tessera_mpi_in_place()) : send, Int32(countPerRank),
                            Self.type(dtype), recv, Int32(countPerRank), Self.type(dtype), world, $0)
         }
@@ -120,8 +119,7 @@ public final class MPICommunicator: Communicator {
     public func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
                                     dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
         let box = Counts(counts)
-        let total = counts.reduce(0, +)
-        let r = request(label, sent: total * (size - 1) / size, dtype: dtype) {
+        let r = request(label, sent: RingTraffic.blocks(counts, ranks: size), dtype: dtype) {
             MPI_Ireduce_scatter(send, recv, box.counts, Self.type(dtype), self.op(op, dtype), world, $0)
         }
         r.keepAlive = box
@@ -131,8 +129,7 @@ public final class MPICommunicator: Communicator {
     public func startAllGatherV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
                                 dtype: CommDType, label: String) -> CommRequest {
         let box = Counts(counts)
-        let total = counts.reduce(0, +)
-        let r = request(label, sent: total * (size - 1) / size, dtype: dtype) {
+        let r = request(label, sent: RingTraffic.blocks(counts, ranks: size), dtype: dtype) {
             MPI_Iallgatherv(send, Int32(counts[rank]), Self.type(dtype), recv, box.counts, box.displacements,
                             Self.type(dtype), world, $0)
         }
@@ -154,7 +151,7 @@ public final class MPICommunicator: Communicator {
 
     public func startBroadcast(_ buffer: UnsafeMutableRawPointer, count: Int, dtype: CommDType, root: Int,
                                label: String) -> CommRequest {
-        request(label, sent: rank == root ? count : 0, dtype: dtype) {
+        request(label, sent: RingTraffic.broadcast(count: count, isRoot: rank == root), dtype: dtype) {
             MPI_Ibcast(buffer, Int32(count), Self.type(dtype), Int32(root), world, $0)
         }
     }

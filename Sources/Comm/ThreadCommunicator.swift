@@ -1,6 +1,5 @@
 import Foundation
 import Kernels
-import Settings
 
 // MARK: - ThreadCommunicator
 
@@ -60,19 +59,19 @@ public final class ThreadCommunicator: Communicator, @unchecked Sendable {
             let result = Combine.reduce(sends, offset: 0, count: count, dtype: dtype, op: op)
             return { result.copyBytes(to: UnsafeMutableRawBufferPointer(start: buffer, count: result.count)) }
         }
-        return done(label, sent: 2 * count * (size - 1) / size, dtype: dtype)
+        return done(label, sent: RingTraffic.allReduce(count: count, ranks: size), dtype: dtype)
     }
 
     public func startReduceScatter(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
                                    dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
         startReduceScatterV(send: send, recv: recv, counts: Array(repeating: countPerRank, count: size), dtype: dtype,
-                            op: op, label: label, sent: countPerRank * (size - 1))
+                            op: op, label: label, sent: RingTraffic.equalBlocks(countPerRank: countPerRank, ranks: size))
     }
 
     public func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
                                     dtype: CommDType, op: ReduceOp, label: String) -> CommRequest {
         startReduceScatterV(send: send, recv: recv, counts: counts, dtype: dtype, op: op, label: label,
-                            sent: counts.reduce(0, +) * (size - 1) / size)
+                            sent: RingTraffic.blocks(counts, ranks: size))
     }
 
     private func startReduceScatterV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
@@ -88,13 +87,13 @@ public final class ThreadCommunicator: Communicator, @unchecked Sendable {
     public func startAllGather(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, countPerRank: Int,
                                dtype: CommDType, label: String) -> CommRequest {
         gather(send: send, recv: recv, counts: Array(repeating: countPerRank, count: size), dtype: dtype)
-        return done(label, sent: countPerRank * (size - 1), dtype: dtype)
+        return done(label, sent: RingTraffic.equalBlocks(countPerRank: countPerRank, ranks: size), dtype: dtype)
     }
 
     public func startAllGatherV(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int],
                                 dtype: CommDType, label: String) -> CommRequest {
         gather(send: send, recv: recv, counts: counts, dtype: dtype)
-        return done(label, sent: counts.reduce(0, +) * (size - 1) / size, dtype: dtype)
+        return done(label, sent: RingTraffic.blocks(counts, ranks: size), dtype: dtype)
     }
 
     private func gather(send: UnsafeRawPointer, recv: UnsafeMutableRawPointer, counts: [Int], dtype: CommDType) {
@@ -112,7 +111,7 @@ public final class ThreadCommunicator: Communicator, @unchecked Sendable {
             let bytes = [UInt8](UnsafeRawBufferPointer(start: sends[root], count: count * dtype.size))
             return { bytes.copyBytes(to: UnsafeMutableRawBufferPointer(start: buffer, count: bytes.count)) }
         }
-        return done(label, sent: rank == root ? count : 0, dtype: dtype)
+        return done(label, sent: RingTraffic.broadcast(count: count, isRoot: rank == root), dtype: dtype)
     }
 
     public func startBarrier(label: String) -> CommRequest {
@@ -179,15 +178,11 @@ enum Combine {
             case .byte: fold(UInt8.self, sends, offset, count, dst, op == .sum ? (&+) : { max($0, $1) })
             case .bfloat16, .float16:
                 precondition(op == .sum, "only sums are defined for 16-bit reductions")
-                let format: Precision = dtype == .bfloat16 ? .bf16 : .fp16
-                fold(UInt16.self, sends, offset, count, dst) { a, b in
-                    var x: (Float, Float) = (0, 0), h = a
-                    withUnsafeMutablePointer(to: &x.0) { format.widenSerial([a], into: $0, 1) }
-                    withUnsafeMutablePointer(to: &x.1) { format.widenSerial([b], into: $0, 1) }
-                    var sum = x.0 + x.1
-                    withUnsafeMutablePointer(to: &h) { format.narrowSerial(&sum, into: $0, 1) }
-                    return h
-                }
+                // The scalar conversions the vectorised kernels are tested against.
+                let bf = dtype == .bfloat16
+                func widen(_ h: UInt16) -> Float { bf ? Convert.float(bf16: h) : Convert.float(fp16: h) }
+                func narrow(_ x: Float) -> UInt16 { bf ? Convert.bf16(x) : Convert.fp16(x) }
+                fold(UInt16.self, sends, offset, count, dst) { a, b in narrow(widen(a) + widen(b)) }
             }
         }
         return out
