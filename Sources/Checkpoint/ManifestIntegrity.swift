@@ -64,8 +64,8 @@ extension Manifest {
         try need(step >= 0 && scheduleStep >= 0 && adamStep >= 0 && dataPosition >= 0 && skippedSteps >= 0,
                  "negative step counters")
         try need(adamStep <= scheduleStep, "adamStep \(adamStep) exceeds scheduleStep \(scheduleStep)")
-        try need((0...3).contains(zeroStage), "zeroStage \(zeroStage) is not 0-3")
-        try need(["fp32", "bf16", "fp16"].contains(precision), "precision '\(precision)' is not fp32, bf16 or fp16")
+        try need(ZeroStage(rawValue: zeroStage) != nil, "zeroStage \(zeroStage) is not 0-3")
+        try need(Precision(rawValue: precision) != nil, "precision '\(precision)' is not fp32, bf16 or fp16")
         try need((1...22).contains(compressionLevel), "compressionLevel \(compressionLevel) is not a zstd level")
         try need((1...Self.limits.world).contains(worldSize), "worldSize \(worldSize) is out of range")
         try need(parameterCount >= 1, "parameterCount \(parameterCount) is not positive")

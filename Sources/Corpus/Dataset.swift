@@ -45,7 +45,6 @@ public struct Dataset: Sendable {
         return Dataset(train: train, val: val, tokenizer: tokenizer)
     }
 
-    /// The shard for a split.
     /// The tokenizer of a prepared directory, read without its token shards.
     public static func tokenizer(directory: String) throws(DataError) -> Tokenizer {
         let dir = URL(fileURLWithPath: directory)
@@ -72,6 +71,7 @@ public struct Dataset: Sendable {
         }
     }
 
+    /// The shard for a split.
     public func shard(_ split: Split) -> TokenShard { split == .train ? train : val }
 
     /// Largest token id present in both splits plus one.
