@@ -60,11 +60,21 @@ public struct MemoryPlan: Codable, Sendable {
         let shardBytes = 4 * ((psi + n - 1) / n)
         let sharded = config.zero.shardsParameters || (config.zero != .ddp && config.precision.isLow)
         let save = max(2 * 3 * shardBytes, 4 * psi + (sharded ? n * shardBytes : 0) + 4 * psi)
-        let wire = config.effectiveReduceDtype.bytes
+        // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
+        // ZeRO stages reduce-scatter gradients (ZeRO-2/3 after every micro-step) and all-gather
+        // parameters in the format they hold them: once after the update (ZeRO-1/2), or for
+        // forward and again for backward in every micro-step (ZeRO-3).
         let ring = Double(psi) * Double(n - 1) / Double(n)
-        let gathers = config.zero.shardsParameters ? ring * Double(config.precision.bytes) : 0
-        let sentElements = Int(2 * ring) + (config.zero.shardsParameters ? Int(ring) : 0)
-        let sentBytes = config.zero.shardsParameters ? Int(ring) * wire + Int(gathers) : Int(2 * ring) * wire
+        let wire = Double(config.effectiveReduceDtype.bytes), held = Double(config.precision.bytes)
+        let steps = Double(config.zero.shardsGradients ? config.microSteps(worldSize: n).max() ?? 1 : 1)
+        let (reduced, gathered): (Double, Double)
+        switch config.zero {
+        case .ddp: (reduced, gathered) = (2 * ring, 0)
+        case .one, .two: (reduced, gathered) = (ring * steps, ring)
+        case .three: (reduced, gathered) = (ring * steps, 2 * ring * steps)
+        }
+        let sentElements = Int(reduced + gathered)
+        let sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held))
         let tokens = Double(config.batchSize * config.blockSize)
         let flops = Compute.flopsPerToken(params: Double(psi), nLayer: shape.nLayer, nEmbd: shape.nEmbd,
                                           seq: config.blockSize) * tokens

@@ -97,20 +97,19 @@ struct Train: ParsableCommand {
         let vocab = try Dataset.tokenizer(directory: c.data).vocabSize
         let threads = c.threads > 0 ? c.threads : Coordinator.defaultThreads()
         let limit = try MemoryLimit.resolve(c.memoryLimit)
-        let args = (vocab, worldSize, Coordinator.ranksPerNode(), Dataset.shardBytes(directory: c.data), threads)
-        if dryRun {
-            let plan = MemoryPlan.make(config: c, vocabSize: args.0, worldSize: args.1, ranksPerNode: args.2,
-                                       dataBytes: args.3, threads: args.4)
-            say(plan.description)
-            do {
-                _ = try MemoryPlan.check(config: c, vocabSize: args.0, worldSize: args.1, ranksPerNode: args.2,
-                                         dataBytes: args.3, threads: args.4, limit: limit)
-                say("fits: \(gibText(plan.peakPerNode)) of \(gibText(limit.bytes)) available on the node (\(limit.source))")
-            } catch { say("does not fit: \(error.description)") }
-            return
+        let perNode = Coordinator.ranksPerNode(), dataBytes = Dataset.shardBytes(directory: c.data)
+        func check() throws(ConfigError) -> MemoryPlan {
+            try MemoryPlan.check(config: c, vocabSize: vocab, worldSize: worldSize, ranksPerNode: perNode,
+                                 dataBytes: dataBytes, threads: threads, limit: limit)
         }
-        _ = try MemoryPlan.check(config: c, vocabSize: args.0, worldSize: args.1, ranksPerNode: args.2, dataBytes: args.3,
-                                 threads: args.4, limit: limit)
+        guard dryRun else { _ = try check(); return }
+        let plan = MemoryPlan.make(config: c, vocabSize: vocab, worldSize: worldSize, ranksPerNode: perNode,
+                                   dataBytes: dataBytes, threads: threads)
+        say(plan.description)
+        do {
+            _ = try check()
+            say("fits: \(gibText(plan.peakPerNode)) of \(gibText(limit.bytes)) available on the node (\(limit.source))")
+        } catch { say("does not fit: \(error.description)") }
     }
 
     /// Reports an error and ends every rank: a communication failure aborts the job (the

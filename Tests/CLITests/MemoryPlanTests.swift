@@ -30,6 +30,26 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/config.json"), "a dry run trains nothing")
     }
 
+    /// The plan's communication per step is what the runs report sending: DDP, and every
+    /// ZeRO stage with 16-bit parameters but fp32 gradients (two wire formats in one step),
+    /// with one and with three micro-steps.
+    func testPlannedTrafficIsWhatTheRunSends() throws {
+        let data = try Repo.dataDirectory()
+        for zero in ["0", "1", "2", "3"] {
+            for micro in ["0", "2"] {
+                let out = try Repo.temporaryDirectory("traffic")
+                let r = try mpirun(2, tinyArgs(data: data, out: out, steps: 2) + ["--zero", zero, "--precision", "bf16",
+                                                                                 "--reduce-dtype", "fp32", "--micro-batch", micro])
+                XCTAssertEqual(r.status, 0, r.stderr)
+                let planned = try XCTUnwrap((try memoryFile(out)["plan"] as? [String: Any])?["sentBytesPerStep"] as? Int)
+                let sent = try XCTUnwrap(try metrics(out)[1]["sent_bytes"] as? Int)
+                // Within 5%: the loss and norm all-reduces are not planned, and ZeRO-3 keeps
+                // the embedding gathered for backward.
+                XCTAssertEqual(Double(sent) / Double(planned), 1, accuracy: 0.05, "ZeRO-\(zero), micro-batch \(micro)")
+            }
+        }
+    }
+
     func testTheMeasuredPeakIsRecordedBesideThePlan() throws {
         let data = try Repo.dataDirectory(), out = try Repo.temporaryDirectory("peak")
         let r = try mpirun(2, ["train", "--data", data, "--out", out, "--n-layer", "6", "--n-head", "6", "--n-embd", "384",
