@@ -51,7 +51,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Settings"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Kernels", "Optim", "Settings"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "CorpusTests", dependencies: ["Corpus"]),
+        .testTarget(name: "CorpusTests", dependencies: ["Corpus"], exclude: ["Fixtures"]),
         .testTarget(name: "OptimTests", dependencies: ["Optim"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Comm", "Model", "Optim", "Kernels", "Settings"]),
         .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model", "Kernels", "Settings"]),

@@ -1,23 +1,35 @@
 import Foundation
 import Kernels
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // MARK: - Dataset
 
-/// A prepared data directory: `train.bin`, `val.bin` and `tokenizer.json`.
+/// The token shards of a training run: a directory `tessera prepare` wrote (`train_NNNNNN.bin`,
+/// `val_NNNNNN.bin`, `tokenizer.json`), llm.c shards (a directory or glob of `*_train_*.bin`
+/// with their `*_val_*.bin`), or nanoGPT's headerless `train.bin`/`val.bin`.
 public struct Dataset: Sendable {
     /// Which split to draw from.
     public enum Split: UInt64, Sendable { case train = 1, val = 2 }
 
     /// Training tokens.
-    public let train: TokenShard
+    public let train: TokenSplit
     /// Validation tokens.
-    public let val: TokenShard
-    /// The tokenizer the shards were written with.
-    public let tokenizer: Tokenizer
+    public let val: TokenSplit
+    /// The tokenizer the shards were written with, when known (`tokenizer.json`).
+    public let tokenizer: Tokenizer?
+    /// Ids the model must embed.
+    public let vocabSize: Int
 
-    /// Wraps shards already in memory.
+    /// Wraps shards already open.
+    public init(train: TokenSplit, val: TokenSplit, tokenizer: Tokenizer?, vocabSize: Int) {
+        self.train = train; self.val = val; self.tokenizer = tokenizer; self.vocabSize = vocabSize
+    }
+
+    /// Convenience for one shard per split.
     public init(train: TokenShard, val: TokenShard, tokenizer: Tokenizer) {
-        self.train = train; self.val = val; self.tokenizer = tokenizer
+        self.init(train: TokenSplit([train]), val: TokenSplit([val]), tokenizer: tokenizer, vocabSize: tokenizer.vocabSize)
     }
 
     /// Uniformly random tokens over `vocab` ids (benchmarks: timing does not depend on text).
@@ -29,97 +41,156 @@ public struct Dataset: Sendable {
         return Dataset(train: TokenShard(tokens: t, vocabSize: vocab), val: TokenShard(tokens: v, vocabSize: vocab), tokenizer: tok)
     }
 
-    /// File names inside a data directory.
-    public static let trainFile = "train.bin", valFile = "val.bin", tokenizerFile = "tokenizer.json"
+    /// Tokenizer description inside a prepared directory.
+    public static let tokenizerFile = "tokenizer.json"
 
-    /// Loads and validates a data directory.
-    public static func load(directory: String) throws(DataError) -> Dataset {
-        let dir = URL(fileURLWithPath: directory)
-        let tokenizer = try Self.tokenizer(directory: directory)
-        let train = try TokenShard.read(from: dir.appendingPathComponent(trainFile))
-        let val = try TokenShard.read(from: dir.appendingPathComponent(valFile))
-        for (shard, name) in [(train, trainFile), (val, valFile)] where shard.vocabSize != tokenizer.vocabSize {
-            throw DataError.malformed(path: dir.appendingPathComponent(name).path,
-                                      problem: "written with vocabulary \(shard.vocabSize) but tokenizer.json has \(tokenizer.vocabSize)")
+    /// The shard for a split.
+    public func shard(_ split: Split) -> TokenSplit { split == .train ? train : val }
+
+    // MARK: Opening
+
+    /// Opens and checks a dataset. `vocabSize` is required for data with no `tokenizer.json`
+    /// whose headers do not declare one (llm.c's and nanoGPT's files).
+    public static func open(_ path: String, vocabSize given: Int? = nil) throws(DataError) -> Dataset {
+        let files = try locate(path, headerlessAllowed: given != nil)
+        let tokenizer = try tokenizer(directory: files.directory, required: false)
+        let headerless = files.headerless
+        let train = try files.train.map { p throws(DataError) in try TokenShard.open(p, headerless: headerless) }
+        let val = try files.val.map { p throws(DataError) in try TokenShard.open(p, headerless: headerless) }
+        let all = train + val
+        for s in all where s.width != all[0].width {
+            throw DataError.invalid(path: s.path, problem: "holds \(8 * s.width)-bit tokens but \(all[0].path) holds \(8 * all[0].width)-bit ones",
+                                    fix: "train on shards prepared with one tokenizer")
         }
-        return Dataset(train: train, val: val, tokenizer: tokenizer)
+        let declared = Set(all.map(\.declaredVocab).filter { $0 > 0 })
+        if declared.count > 1 {
+            let a = all.first { $0.declaredVocab > 0 }!, b = all.first { $0.declaredVocab > 0 && $0.declaredVocab != a.declaredVocab }!
+            throw DataError.invalid(path: b.path, problem: "was written with vocabulary \(b.declaredVocab) but \(a.path) with \(a.declaredVocab)",
+                                    fix: "train on shards prepared with one tokenizer")
+        }
+        let candidates: [(Int, String)] = [tokenizer.map { ($0.vocabSize, files.directory + "/" + tokenizerFile) },
+                                           declared.first.map { ($0, "the shard headers") },
+                                           given.map { ($0, "--vocab-size") }].compactMap { $0 }
+        guard let (vocab, _) = candidates.first else {
+            throw DataError.invalid(path: path, problem: "neither a tokenizer.json nor the shard headers say the vocabulary size",
+                                    fix: "pass --vocab-size (50257 for GPT-2 tokens)")
+        }
+        for (v, source) in candidates where v != vocab {
+            throw DataError.invalid(path: path, problem: "\(candidates[0].1) says vocabulary \(vocab) but \(source) says \(v)",
+                                    fix: "pass a matching --vocab-size, or none")
+        }
+        // Shards that declare their vocabulary were checked id by id when written; the rest
+        // (llm.c's, nanoGPT's) are scanned once here, page by page, before any step.
+        for s in all where s.declaredVocab == 0 {
+            let (top, at) = s.maxToken()
+            if Int(top) >= vocab {
+                throw DataError.invalid(path: s.path, problem: "token \(at) is id \(top), outside the vocabulary of \(vocab)",
+                                        fix: "pass the --vocab-size the data was tokenized with")
+            }
+        }
+        return Dataset(train: TokenSplit(train), val: TokenSplit(val), tokenizer: tokenizer, vocabSize: vocab)
     }
 
-    /// The tokenizer of a prepared directory, read without its token shards.
-    public static func tokenizer(directory: String) throws(DataError) -> Tokenizer {
-        let dir = URL(fileURLWithPath: directory)
+    /// The shard files of a dataset path.
+    static func locate(_ path: String, headerlessAllowed: Bool) throws(DataError)
+        -> (directory: String, train: [String], val: [String], headerless: Bool) {
+        if path.contains("*") || path.contains("?") || path.contains("[") {
+            guard path.contains("train") else {
+                throw DataError.invalid(path: path, problem: "a glob must name the training shards (contain \"train\") so their val shards can be found",
+                                        fix: "pass e.g. 'DIR/*_train_*.bin'")
+            }
+            let train = glob(path), valPattern = path.replacingOccurrences(of: "train", with: "val"), val = glob(valPattern)
+            guard !train.isEmpty else { throw DataError.missing(path: path, fix: "the glob matches no files; check --data") }
+            guard !val.isEmpty else { throw DataError.missing(path: valPattern, fix: "llm.c shards come in train and val sets; add the val shards") }
+            return ((path as NSString).deletingLastPathComponent, train, val, false)
+        }
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDir), isDir.boolValue else {
-            throw DataError.missing(path: dir.path,
-                                    fix: "pass a directory written by `tessera prepare --input TEXT --out DIR`")
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+            throw DataError.missing(path: path, fix: "pass a directory written by `tessera prepare --input TEXT --out DIR`, "
+                                    + "a directory or glob of llm.c shards, or nanoGPT's train.bin/val.bin directory")
         }
-        let tokURL = dir.appendingPathComponent(tokenizerFile)
-        guard let tokData = try? Data(contentsOf: tokURL) else {
-            throw DataError.missing(path: tokURL.path, fix: "re-run `tessera prepare` for this directory")
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+        func shards(_ split: String) -> [String] {
+            names.filter { n in
+                n.hasSuffix(".bin") && n != "\(split).bin"
+                    && (n.hasPrefix("\(split)_") || n.contains("_\(split)_") || n.hasSuffix("_\(split).bin"))
+            }.map { path + "/" + $0 }
         }
-        guard let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: tokData) else {
-            throw DataError.malformed(path: tokURL.path, problem: "not a tessera tokenizer description")
+        let train = shards("train"), val = shards("val")
+        if !train.isEmpty || !val.isEmpty {
+            guard !train.isEmpty else { throw DataError.missing(path: path + "/*train*.bin", fix: "the directory has val shards but no train shards") }
+            guard !val.isEmpty else { throw DataError.missing(path: path + "/*val*.bin", fix: "the directory has train shards but no val shards; prepare a validation split") }
+            return (path, train, val, false)
+        }
+        let plain = ["train.bin", "val.bin"].map { path + "/" + $0 }
+        if names.contains("train.bin") || names.contains("val.bin") {
+            for p in plain where !FileManager.default.fileExists(atPath: p) {
+                throw DataError.missing(path: p, fix: "train.bin and val.bin come as a pair")
+            }
+            // A header says llm.c's format; anything else is nanoGPT's raw uint16 tokens.
+            let hasHeader = plain.allSatisfy { Self.startsWithMagic($0) }
+            if !hasHeader && !headerlessAllowed {
+                throw DataError.malformed(path: plain[0], problem: "no llm.c header (wrong magic); if this is nanoGPT's headerless train.bin/val.bin, pass --vocab-size")
+            }
+            return (path, [plain[0]], [plain[1]], !hasHeader)
+        }
+        throw DataError.missing(path: path, fix: names.isEmpty
+            ? "the directory is empty; write shards into it with `tessera prepare --input TEXT --out \(path)`"
+            : "no token shards in it (train_*.bin and val_*.bin, llm.c's *_train_*.bin, or nanoGPT's train.bin); run `tessera prepare`")
+    }
+
+    private static func startsWithMagic(_ path: String) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: path), let d = try? h.read(upToCount: 4), d.count == 4 else { return false }
+        try? h.close()
+        return d.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) } == TokenShard.magic
+    }
+
+    private static func glob(_ pattern: String) -> [String] {
+        var g = glob_t()
+        defer { globfree(&g) }
+        guard Glibc.glob(pattern, 0, nil, &g) == 0 else { return [] }
+        return (0..<Int(g.gl_pathc)).compactMap { g.gl_pathv[$0].map { String(cString: $0) } }.sorted()
+    }
+
+    /// The tokenizer of a data directory (nil when it has none and none is required).
+    public static func tokenizer(directory: String, required: Bool = true) throws(DataError) -> Tokenizer? {
+        let url = URL(fileURLWithPath: directory).appendingPathComponent(tokenizerFile)
+        guard let data = try? Data(contentsOf: url) else {
+            if required { throw DataError.missing(path: url.path, fix: "re-run `tessera prepare` for this directory") }
+            return nil
+        }
+        guard let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: data) else {
+            throw DataError.malformed(path: url.path, problem: "not a tessera tokenizer description")
         }
         return tokenizer
     }
 
-    /// Bytes of the token shards of a prepared directory (what loading them holds).
-    public static func shardBytes(directory: String) -> Int {
-        [trainFile, valFile].reduce(0) { total, name in
-            let path = URL(fileURLWithPath: directory).appendingPathComponent(name).path
-            return total + ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0)
-        }
-    }
-
-    /// The shard for a split.
-    public func shard(_ split: Split) -> TokenShard { split == .train ? train : val }
-
-    /// Largest token id present in both splits plus one.
-    public var observedVocab: Int {
-        Int(max(train.tokens.max() ?? 0, val.tokens.max() ?? 0)) + 1
+    /// The vocabulary size `open` would find, without opening more than the headers.
+    public static func vocabSize(_ path: String, given: Int?) throws(DataError) -> Int {
+        try open(path, vocabSize: given).vocabSize
     }
 }
 
-// MARK: - Batch sampling
+// MARK: - Split
 
-/// Where sample `index` of batch `batch` starts: a counter-based hash of (seed, split, batch,
-/// index), uniform over the valid window starts, as nanoGPT's `get_batch` draws them.
-///
-/// Because the start depends only on those four numbers, every rank computes its own samples
-/// without communication, any world size sees the same global batch, and resuming at step k
-/// needs no saved sampler state beyond k.
-public struct BatchSampler: Sendable {
-    /// Seed of the run.
-    public let seed: UInt64
-    /// Window length.
-    public let blockSize: Int
+/// The shards of one split, read as one stream of windows that never cross a shard boundary.
+public struct TokenSplit: Sendable {
+    /// The shards in order.
+    public let shards: [TokenShard]
+    /// Tokens in all shards.
+    public var tokenCount: Int { shards.reduce(0) { $0 + $1.count } }
 
-    /// Creates a sampler.
-    public init(seed: UInt64, blockSize: Int) {
-        self.seed = seed
-        self.blockSize = blockSize
-    }
+    /// Wraps shards.
+    public init(_ shards: [TokenShard]) { self.shards = shards }
 
-    /// Start offset of one window.
-    public func start(split: Dataset.Split, batch: Int, index: Int, tokens: Int) -> Int {
-        let windows = tokens - blockSize
-        precondition(windows > 0)
-        let h = SplitMix64.hash(seed, split.rawValue, UInt64(batch), UInt64(index))
-        return Int(h % UInt64(windows))
-    }
-
-    /// Fills `x` and `y` (each `indices.count × blockSize`) with inputs and next-token targets.
-    public func fill(x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>,
-                     shard: TokenShard, split: Dataset.Split, batch: Int, indices: some Collection<Int>) {
-        let T = blockSize
-        shard.tokens.withUnsafeBufferPointer { tok in
-            for (row, i) in indices.enumerated() {
-                let s = start(split: split, batch: batch, index: i, tokens: tok.count)
-                for t in 0..<T {
-                    x[row * T + t] = Int32(tok[s + t])
-                    y[row * T + t] = Int32(tok[s + t + 1])
-                }
-            }
+    /// Shard and offset of window `w` among windows counted by `perShard`.
+    func locate(_ w: Int, perShard: (TokenShard) -> Int) -> (TokenShard, Int) {
+        var w = w
+        for s in shards {
+            let n = perShard(s)
+            if w < n { return (s, w) }
+            w -= n
         }
+        fatalError("window beyond the split")
     }
 }

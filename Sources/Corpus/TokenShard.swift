@@ -1,99 +1,226 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // MARK: - Token shard file format
 //
-// A shard is a 32-byte little-endian header followed by the tokens as uint16:
+// llm.c's format, so a tessera dataset is an llm.c dataset and the reverse: a header of 256
+// little-endian int32, then the tokens.
 //
-//   offset  size  field
-//   0       8     magic "TSRATOK\0"
-//   8       4     format version (1)
-//   12      4     bytes per token (2)
-//   16      8     token count
-//   24      4     vocabulary size the tokens were written with
-//   28      4     reserved (0)
+//   int32  field
+//   0      magic 20240520
+//   1      version: 1 = uint16 tokens (llm.c's); 2 = uint32 tokens (tessera's extension for
+//          vocabularies above 65,536)
+//   2      token count
+//   3      vocabulary size the tokens were written with (tessera; llm.c writes 0 = unknown)
+//   4–255  0
 //
-// The vocabulary itself sits beside the shards in `tokenizer.json`.
+// nanoGPT's `train.bin`/`val.bin` are the uint16 tokens with no header at all.
 
-/// A file of token ids.
-public struct TokenShard: Sendable {
-    /// File magic.
-    public static let magic: [UInt8] = Array("TSRATOK".utf8) + [0]
-    /// Format version written by this build.
-    public static let version: UInt32 = 1
+/// A file of token ids, memory-mapped: no rank holds a dataset in memory, and the pages a
+/// batch read are handed back to the kernel, so resident memory does not grow with the data.
+public final class TokenShard: @unchecked Sendable {
+    /// llm.c's magic number.
+    public static let magic: Int32 = 20_240_520
     /// Header length in bytes.
-    public static let headerSize = 32
+    public static let headerSize = 1024
 
-    /// The tokens.
-    public let tokens: [UInt16]
-    /// Vocabulary size recorded in the header.
-    public let vocabSize: Int
+    /// Where the tokens came from (for errors).
+    public let path: String
+    /// Number of tokens.
+    public let count: Int
+    /// Bytes per token: 2 or 4.
+    public let width: Int
+    /// Vocabulary size the writer declared, or 0 when unknown (llm.c, nanoGPT).
+    public let declaredVocab: Int
+    private let tokens: UnsafeRawPointer
+    private let mapping: (base: UnsafeMutableRawPointer, length: Int)?
 
-    /// Creates a shard in memory.
-    public init(tokens: [UInt16], vocabSize: Int) {
-        self.tokens = tokens
-        self.vocabSize = vocabSize
+    /// Wraps tokens held in memory (tests and synthetic benchmark data).
+    public init(tokens: [UInt16], vocabSize: Int, path: String = "<memory>") {
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: max(1, tokens.count * 2), alignment: 64)
+        tokens.withUnsafeBytes { storage.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        self.tokens = UnsafeRawPointer(storage)
+        self.path = path; count = tokens.count; width = 2; declaredVocab = vocabSize; mapping = nil
     }
 
-    /// Serialises header and tokens.
-    public func encoded() -> Data {
-        var d = Data(capacity: Self.headerSize + tokens.count * 2)
-        d.append(contentsOf: Self.magic)
-        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { d.append(contentsOf: $0) } }
-        put(Self.version); put(UInt32(2)); put(UInt64(tokens.count)); put(UInt32(vocabSize)); put(UInt32(0))
-        tokens.withUnsafeBufferPointer { buf in
-            for t in buf { put(t) }
-        }
-        return d
+    private init(path: String, count: Int, width: Int, declaredVocab: Int, tokens: UnsafeRawPointer,
+                 mapping: (UnsafeMutableRawPointer, Int)) {
+        self.path = path; self.count = count; self.width = width; self.declaredVocab = declaredVocab
+        self.tokens = tokens; self.mapping = mapping
     }
 
-    /// Writes the shard atomically (temporary name, then rename).
-    public func write(to url: URL) throws {
-        try encoded().write(to: url, options: .atomic)
+    deinit {
+        if let mapping { munmap(mapping.base, mapping.length) } else { UnsafeMutableRawPointer(mutating: tokens).deallocate() }
     }
 
-    /// Reads and validates a shard, with errors that name the file and the problem.
-    public static func read(from url: URL) throws(DataError) -> TokenShard {
-        guard FileManager.default.fileExists(atPath: url.path) else {
-            throw DataError.missing(path: url.path, fix: "run `tessera prepare --input TEXT --out DIR` first")
-        }
-        guard let d = try? Data(contentsOf: url) else {
-            throw DataError.malformed(path: url.path, problem: "cannot be read")
-        }
-        return try decode(d, path: url.path)
+    /// Token `i`.
+    @inline(__always) public subscript(i: Int) -> UInt32 {
+        width == 2 ? UInt32(UInt16(littleEndian: tokens.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+                   : UInt32(littleEndian: tokens.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))
     }
 
-    /// Parses shard bytes.
-    public static func decode(_ d: Data, path: String) throws(DataError) -> TokenShard {
-        guard d.count >= headerSize else {
-            throw DataError.malformed(path: path, problem: "\(d.count) bytes is shorter than the \(headerSize)-byte header")
+    /// Copies `n` tokens from `start` as Int32 and returns the largest.
+    public func copy(from start: Int, count n: Int, into out: UnsafeMutablePointer<Int32>) -> UInt32 {
+        var top: UInt32 = 0
+        for t in 0..<n { let v = self[start + t]; out[t] = Int32(bitPattern: v); top = max(top, v) }
+        return top
+    }
+
+    /// Hands the pages holding tokens `start..<start+n` back to the kernel (they stay in the
+    /// page cache, but stop counting toward this process's resident memory).
+    public func release(from start: Int, count n: Int) {
+        guard let mapping else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lo = (Self.headerSize + start * width) / page * page
+        let hi = min(mapping.length, (Self.headerSize + (start + n) * width + page - 1) / page * page)
+        if hi > lo { madvise(mapping.base + lo, hi - lo, MADV_DONTNEED) }
+    }
+
+    /// Largest token id, scanned in pieces whose pages are released as it goes.
+    public func maxToken() -> (value: UInt32, at: Int) {
+        var top: UInt32 = 0, at = 0
+        let piece = 1 << 22
+        var lo = 0
+        while lo < count {
+            let hi = min(count, lo + piece)
+            for i in lo..<hi { let v = self[i]; if v > top { top = v; at = i } }
+            release(from: lo, count: hi - lo)
+            lo = hi
         }
-        let bytes = [UInt8](d)
-        guard Array(bytes[0..<8]) == magic else {
-            throw DataError.malformed(path: path, problem: "wrong magic (not a tessera token shard)")
+        return (top, at)
+    }
+
+    // MARK: Opening
+
+    /// Opens an llm.c-format shard, or (with `headerless`) nanoGPT's raw uint16 tokens.
+    public static func open(_ path: String, headerless: Bool = false) throws(DataError) -> TokenShard {
+        let fd = Glibc.open(path, O_RDONLY)
+        guard fd >= 0 else {
+            throw DataError.missing(path: path, fix: "run `tessera prepare --input TEXT --out DIR` first, or check --data")
         }
-        func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[o + $1]) << (8 * UInt32($1)) } }
-        func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(bytes[o + $1]) << (8 * UInt64($1)) } }
-        let ver = u32(8)
-        guard ver == version else {
-            throw DataError.malformed(path: path, problem: "format version \(ver), this build reads \(version)")
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw DataError.malformed(path: path, problem: "cannot be read") }
+        let size = Int(st.st_size)
+        let header = headerless ? 0 : headerSize
+        guard size >= header else {
+            throw DataError.malformed(path: path, problem: "\(size) bytes is shorter than llm.c's \(headerSize)-byte header (truncated?)")
         }
-        guard u32(12) == 2 else { throw DataError.malformed(path: path, problem: "token width \(u32(12)) bytes, expected 2") }
-        // Compared without multiplying the header's count, which may be any 64-bit value.
-        let claimed = u64(16), body = d.count - headerSize
-        guard body % 2 == 0, claimed == UInt64(body / 2) else {
-            throw DataError.malformed(path: path,
-                                      problem: "header says \(claimed) tokens but the file holds \(body) bytes of tokens (truncated?)")
+        var ints = [Int32](repeating: 0, count: 256)
+        if !headerless {
+            let got = ints.withUnsafeMutableBytes { pread(fd, $0.baseAddress, headerSize, 0) }
+            guard got == headerSize else { throw DataError.malformed(path: path, problem: "header cannot be read") }
+            ints = ints.map { Int32(littleEndian: $0) }
         }
-        let n = body / 2
-        var tokens = [UInt16](repeating: 0, count: n)
-        tokens.withUnsafeMutableBytes { dst in
-            _ = bytes.withUnsafeBytes { src in
-                memcpy(dst.baseAddress!, src.baseAddress! + headerSize, 2 * n)
+        let (width, count, vocab) = try parseHeader(ints, fileSize: size, headerless: headerless, path: path)
+        guard count > 0 else { throw DataError.malformed(path: path, problem: "holds no tokens") }
+        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), base != MAP_FAILED else {
+            throw DataError.malformed(path: path, problem: "cannot be memory-mapped (errno \(errno))")
+        }
+        madvise(base, size, MADV_RANDOM)
+        return TokenShard(path: path, count: count, width: width, declaredVocab: vocab,
+                          tokens: UnsafeRawPointer(base + header), mapping: (base, size))
+    }
+
+    /// Token width, count and declared vocabulary from a header, checked against the file size.
+    static func parseHeader(_ h: [Int32], fileSize: Int, headerless: Bool, path: String) throws(DataError) -> (Int, Int, Int) {
+        if headerless {
+            guard fileSize % 2 == 0 else {
+                throw DataError.malformed(path: path, problem: "\(fileSize) bytes is not a whole number of uint16 tokens (truncated?)")
             }
+            return (2, fileSize / 2, 0)
         }
-        #if _endian(big)
-        tokens = tokens.map { UInt16(littleEndian: $0) }
-        #endif
-        return TokenShard(tokens: tokens, vocabSize: Int(u32(24)))
+        guard h[0] == magic else {
+            throw DataError.malformed(path: path, problem: "wrong magic \(h[0]) (an llm.c/tessera shard starts with \(magic)); "
+                                      + "if this is nanoGPT's headerless train.bin/val.bin, pass --vocab-size")
+        }
+        let width: Int
+        switch h[1] {
+        case 1: width = 2
+        case 2: width = 4
+        default: throw DataError.malformed(path: path, problem: "format version \(h[1]); this build reads 1 (uint16) and 2 (uint32)")
+        }
+        let count = Int(UInt32(bitPattern: h[2]))
+        let body = fileSize - headerSize
+        guard body % width == 0, body / width == count else {
+            throw DataError.malformed(path: path, problem: "header says \(count) tokens but the file holds \(body) bytes of tokens (truncated?)")
+        }
+        guard h[3] >= 0 else { throw DataError.malformed(path: path, problem: "negative vocabulary size \(h[3]) in the header") }
+        return (width, count, Int(h[3]))
+    }
+
+    /// The header of a shard of `count` tokens.
+    public static func header(count: Int, width: Int, vocabSize: Int) -> Data {
+        var h = [Int32](repeating: 0, count: 256)
+        h[0] = magic; h[1] = width == 2 ? 1 : 2; h[2] = Int32(count); h[3] = Int32(vocabSize)
+        return h.withUnsafeBytes { Data($0.map { $0 }) }   // little-endian hosts only (Linux x86-64/arm64)
+    }
+
+    /// Token width for a vocabulary: uint16 (llm.c's) up to 65,536 ids, else uint32.
+    public static func width(forVocab vocab: Int) -> Int { vocab <= 65_536 ? 2 : 4 }
+
+    /// Writes a whole shard (small shards; `ShardWriter` streams large ones).
+    public static func write(_ tokens: [UInt32], vocabSize: Int, to url: URL) throws {
+        let w = try ShardWriter(url: url, vocabSize: vocabSize)
+        try tokens.withUnsafeBufferPointer { try w.append($0) }
+        try w.finish()
+    }
+}
+
+// MARK: - Writing
+
+/// Streams tokens into one shard file: header placeholder, tokens, then the real header.
+public final class ShardWriter {
+    /// The file being written.
+    public let url: URL
+    /// Tokens written so far.
+    public private(set) var count = 0
+    let width: Int, vocabSize: Int
+    private let handle: FileHandle
+    private var buffer = Data()
+
+    /// Most tokens one shard can hold (the header's count is an int32).
+    public static let maxTokens = Int(Int32.max)
+
+    /// Creates (or truncates) `url`.
+    public init(url: URL, vocabSize: Int) throws {
+        self.url = url; self.vocabSize = vocabSize; width = TokenShard.width(forVocab: vocabSize)
+        guard FileManager.default.createFile(atPath: url.path, contents: nil) else { throw CocoaError(.fileWriteNoPermission) }
+        handle = try FileHandle(forWritingTo: url)
+        try handle.write(contentsOf: TokenShard.header(count: 0, width: width, vocabSize: vocabSize))
+    }
+
+    /// Appends tokens (each already checked to be below the vocabulary size).
+    public func append(_ tokens: UnsafeBufferPointer<UInt32>) throws {
+        precondition(count + tokens.count <= Self.maxTokens)
+        if width == 2 {
+            let start = buffer.count
+            buffer.count += tokens.count * 2
+            buffer.withUnsafeMutableBytes { raw in
+                let p = (raw.baseAddress! + start).assumingMemoryBound(to: UInt16.self)
+                for i in 0..<tokens.count { p[i] = UInt16(truncatingIfNeeded: tokens[i]).littleEndian }
+            }
+        } else {
+            buffer.append(UnsafeBufferPointer(start: UnsafeRawPointer(tokens.baseAddress!).assumingMemoryBound(to: UInt8.self),
+                                              count: tokens.count * 4))
+        }
+        count += tokens.count
+        if buffer.count >= 1 << 22 { try flush() }
+    }
+
+    private func flush() throws {
+        try handle.write(contentsOf: buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes the remaining tokens and the header with the final count, and closes the file.
+    public func finish() throws {
+        try flush()
+        try handle.seek(toOffset: 0)
+        try handle.write(contentsOf: TokenShard.header(count: count, width: width, vocabSize: vocabSize))
+        try handle.synchronize()
+        try handle.close()
     }
 }

@@ -55,7 +55,7 @@ final class Checkpointer {
 
     /// Saves the training state after `step` completed optimizer steps: the strategy's
     /// vectors, and a manifest of everything else a resume needs.
-    func save(step: Int, config: TrainConfig, model: GPTConfig, layout: ParameterLayout, tokenizer: Tokenizer,
+    func save(step: Int, config: TrainConfig, model: GPTConfig, layout: ParameterLayout, tokenizer: Tokenizer?,
               scaler: DynamicLossScaler?, skippedSteps: Int, strategy: TrainingStrategy) throws {
         let cfg = try JSONDecoder().decode([String: JSONValue].self, from: JSONEncoder().encode(config))
         let shape: [String: JSONValue] = [
@@ -72,7 +72,7 @@ final class Checkpointer {
             lossScale: scaler?.scale, lossScaleGoodSteps: scaler?.goodSteps, skippedSteps: skippedSteps,
             compressionLevel: config.ckptLevel, tensors: tensors, files: [])
         let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
-        manifest.tokenizer = String(decoding: try enc.encode(tokenizer), as: UTF8.self)
+        manifest.tokenizer = try tokenizer.map { String(decoding: try enc.encode($0), as: UTF8.self) }
         try save(manifest: manifest, strategy: strategy)
     }
 

@@ -9,14 +9,15 @@ import Settings
 
 /// A run's peak memory per rank, worked out before anything is allocated: the strategy's
 /// state and working buffers (`predictedMemory`, equal to what the strategy reports once
-/// built), the activations (`Activations.bytes`, equal to the allocation), the token shards,
+/// built), the activations (`Activations.bytes`, equal to the allocation; token shards are
+/// memory-mapped and each batch's pages released, so they hold no memory of their own),
 /// the start-up transient (the full fp32 initial vector every rank builds today, or the
 /// checkpoint files a resume reads) and the runtime's own share (libraries, MPI, oneDNN:
 /// 38–45 MB measured on a minimal run).
 public struct MemoryPlan: Codable, Sendable {
     public var stage: ZeroStage, precision: Precision, worldSize: Int, ranksPerNode: Int, microBatch: Int
     public var parameters: Int, gradients: Int, optimizer: Int, working: Int
-    public var activations: Int, modelCopies: Int, data: Int, startup: Int, save: Int, runtime: Int
+    public var activations: Int, modelCopies: Int, startup: Int, save: Int, runtime: Int
     /// Elements each rank sends per step, and the bytes they take on the wire.
     public var sentElementsPerStep: Int, sentBytesPerStep: Int
     /// Model FLOPs of one optimizer step (6N per token plus attention, all ranks).
@@ -29,12 +30,12 @@ public struct MemoryPlan: Codable, Sendable {
     /// step holds (activations, and at a save the save's buffers): the high-water mark one
     /// rank reaches.
     public var peakPerRank: Int {
-        runtime + data + parameters + gradients + optimizer + working + max(startup, activations + modelCopies + save)
+        runtime + parameters + gradients + optimizer + working + max(startup, activations + modelCopies + save)
     }
     public var peakPerNode: Int { peakPerRank * ranksPerNode }
 
     /// The plan for `config` on `worldSize` ranks (`ranksPerNode` of them sharing a node).
-    public static func make(config: TrainConfig, vocabSize: Int, worldSize n: Int, ranksPerNode: Int, dataBytes: Int,
+    public static func make(config: TrainConfig, vocabSize: Int, worldSize n: Int, ranksPerNode: Int,
                             threads: Int) -> MemoryPlan {
         let shape = config.model(vocabSize: vocabSize)
         let layout = ParameterLayout(shape)
@@ -80,7 +81,7 @@ public struct MemoryPlan: Codable, Sendable {
                                           seq: config.blockSize) * tokens
         return MemoryPlan(stage: config.zero, precision: config.precision, worldSize: n, ranksPerNode: ranksPerNode,
                           microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,
-                          working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies, data: dataBytes,
+                          working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies,
                           startup: startup, save: save, runtime: runtimeBytes, sentElementsPerStep: n > 1 ? sentElements : 0,
                           sentBytesPerStep: n > 1 ? sentBytes : 0, flopsPerStep: flops)
     }
@@ -90,7 +91,7 @@ public struct MemoryPlan: Codable, Sendable {
     /// Refuses a plan whose ranks on one node need more than `limit` bytes, naming the
     /// cheapest change that fits: a higher ZeRO stage first (more communication, same
     /// arithmetic), then smaller micro-batches (more accumulation steps).
-    public static func check(config: TrainConfig, vocabSize: Int, worldSize n: Int, ranksPerNode: Int, dataBytes: Int,
+    public static func check(config: TrainConfig, vocabSize: Int, worldSize n: Int, ranksPerNode: Int,
                              threads: Int, limit: MemoryLimit) throws(ConfigError) -> MemoryPlan {
         // Shapes whose parameter count alone dwarfs the node are refused before any exact
         // (integer) accounting, which such sizes could overflow.
@@ -103,7 +104,7 @@ public struct MemoryPlan: Codable, Sendable {
                               fix: "choose a smaller model (tessera scaling shape --params N) or many more nodes")
         }
         func plan(_ c: TrainConfig) -> MemoryPlan {
-            make(config: c, vocabSize: vocabSize, worldSize: n, ranksPerNode: ranksPerNode, dataBytes: dataBytes, threads: threads)
+            make(config: c, vocabSize: vocabSize, worldSize: n, ranksPerNode: ranksPerNode, threads: threads)
         }
         let p = plan(config)
         guard p.peakPerNode > limit.bytes else { return p }
@@ -135,7 +136,7 @@ public struct MemoryPlan: Codable, Sendable {
         var rows = [("parameters", parameters), ("gradients", gradients), ("optimizer states", optimizer),
                     ("working buffers", working), ("activations (micro-batch \(microBatch))", activations)]
         if modelCopies > 0 { rows.append(("16-bit parameter copies", modelCopies)) }
-        rows += [("saving (checkpoint, model.bin)", save), ("token shards", data), ("start-up transient", startup),
+        rows += [("saving (checkpoint, model.bin)", save), ("start-up transient", startup),
                  ("runtime", runtime)]
         var out = "memory plan: \(stage.name), \(precision), \(worldSize) rank(s), \(ranksPerNode) per node\n"
         for (name, bytes) in rows { out += "  " + name.padding(toLength: 34, withPad: " ", startingAt: 0) + gibText(bytes) + "\n" }

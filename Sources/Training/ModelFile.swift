@@ -15,13 +15,13 @@ import Model
 /// Weights plus what is needed to use them.
 public struct ModelFile {
     static let magic: [UInt8] = Array("TSRAMDL".utf8) + [0]
-    struct Header: Codable { var config: GPTConfig; var tokenizer: Tokenizer; var count: Int }
+    struct Header: Codable { var config: GPTConfig; var tokenizer: Tokenizer?; var count: Int }
 
     public let config: GPTConfig
-    public let tokenizer: Tokenizer
+    public let tokenizer: Tokenizer?
     public let parameters: FloatBuffer
 
-    public init(config: GPTConfig, tokenizer: Tokenizer, parameters: FloatBuffer) {
+    public init(config: GPTConfig, tokenizer: Tokenizer?, parameters: FloatBuffer) {
         self.config = config; self.tokenizer = tokenizer; self.parameters = parameters
     }
 

@@ -37,7 +37,7 @@ final class RunReporter {
                                 parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,
                                 working: mem.working, activations: activations, predicted: predicted)
         report.plan = MemoryPlan.make(config: config, vocabSize: t.model.config.vocabSize, worldSize: world,
-                                      ranksPerNode: Coordinator.ranksPerNode(), dataBytes: Dataset.shardBytes(directory: config.data),
+                                      ranksPerNode: Coordinator.ranksPerNode(),
                                       threads: ParallelFor.threads)
         memoryFile = report
         try writeMemoryFile()

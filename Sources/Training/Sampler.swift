@@ -31,7 +31,7 @@ public final class Sampler {
 
     /// Generates `maxNewTokens` tokens after `prompt` and returns them decoded.
     public func generate(prompt: String, maxNewTokens: Int, options: Options) throws -> String {
-        var ids = try file.tokenizer.encode(prompt).map(Int32.init)
+        var ids = try encode(prompt)
         if ids.isEmpty { ids = [0] }
         var rng = SplitMix64(seed: options.seed)
         var out: [Int] = []
@@ -67,7 +67,19 @@ public final class Sampler {
             ids.append(Int32(next))
             out.append(next)
         }
-        return file.tokenizer.decode(out)
+        return file.tokenizer?.decode(out) ?? out.map(String.init).joined(separator: " ")
+    }
+
+    /// The prompt's ids: encoded, or (a model trained on shards without a tokenizer) read as
+    /// space-separated ids.
+    private func encode(_ prompt: String) throws -> [Int32] {
+        if let tokenizer = file.tokenizer { return try tokenizer.encodeWide(prompt).map { Int32(bitPattern: $0) } }
+        guard let ids = Optional(prompt.split(separator: " ").compactMap { Int32($0) }),
+              ids.count == prompt.split(separator: " ").count, ids.allSatisfy({ $0 >= 0 && Int($0) < file.config.vocabSize }) else {
+            throw DataError.invalid(path: "--prompt", problem: "this model has no tokenizer (its data had no tokenizer.json), so the prompt must be token ids",
+                                    fix: "pass space-separated ids below \(file.config.vocabSize)")
+        }
+        return ids
     }
 }
 

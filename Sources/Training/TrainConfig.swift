@@ -1,3 +1,4 @@
+import Corpus
 import Foundation
 import Model
 import Settings
@@ -34,6 +35,10 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     // Run
     public var seed: UInt64 = 1337
     public var data = ""
+    /// Ids the data uses, for shards that do not say (llm.c's, nanoGPT's); 0: from the data.
+    public var vocabSize = 0
+    /// How training windows are drawn: random starts (nanoGPT) or one pass after another (llm.c).
+    public var sampling = Sampling.random
     public var out = "runs/default"
     public var threads = 0               // 0: the rank's share of the cores
     // Parallelism
@@ -66,7 +71,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, seed, data, out,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, seed, data, vocabSize, sampling, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
              precision, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
@@ -94,6 +99,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.warmupSteps, &warmupSteps); try get(.beta1, &beta1); try get(.beta2, &beta2)
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
         try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.seed, &seed); try get(.data, &data)
+        try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
         try get(.out, &out); try get(.threads, &threads); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
@@ -181,6 +187,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(evalSteps >= 1, "--eval-steps", "is \(evalSteps)", "use at least 1")
         try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
         try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
+        try need(vocabSize >= 0, "--vocab-size", "is \(vocabSize)", "use the number of ids the data was tokenized with")
         try need(bucketMB > 0, "--bucket-mb", "is \(bucketMB)", "use a positive size in MiB")
         try need(commTimeout > 0, "--comm-timeout", "is \(commTimeout)", "use a positive number of seconds")
         try need(saveEvery >= 0, "--save-every", "is \(saveEvery)", "use 0 (only at the end) or more")

@@ -20,9 +20,13 @@ extension ModelFile {
         if case .bool(let b) = manifest.model["bias"] { bias = b }
         let config = GPTConfig(nLayer: try int("nLayer"), nHead: try int("nHead"), nEmbd: try int("nEmbd"),
                                blockSize: try int("blockSize"), vocabSize: try int("vocabSize"), bias: bias)
-        guard let tokText = manifest.tokenizer,
-              let tokenizer = try? JSONDecoder().decode(Tokenizer.self, from: Data(tokText.utf8)) else {
-            throw CheckpointError(dir.path, "manifest has no tokenizer", "use a checkpoint written by tessera train")
+        // A run on shards without a tokenizer.json (llm.c's, nanoGPT's) has none.
+        var tokenizer: Tokenizer?
+        if let tokText = manifest.tokenizer {
+            guard let t = try? JSONDecoder().decode(Tokenizer.self, from: Data(tokText.utf8)) else {
+                throw CheckpointError(dir.path, "manifest's tokenizer cannot be read", "use a checkpoint written by tessera train")
+            }
+            tokenizer = t
         }
         do { try config.validate() } catch {
             throw CheckpointError(dir.path, "manifest's model is invalid (\(error.description))", "the manifest is inconsistent")

@@ -77,7 +77,7 @@ extension Trainer {
         while i < myIndices.count {
             let chunk = myIndices[i..<min(i + micro, myIndices.count)]
             i += chunk.count
-            sampler.fill(x: x, y: y, shard: data.train, split: .train, batch: step, indices: chunk)
+            try sampler.fill(x: x, y: y, split: data.train, which: .train, batch: step, indices: chunk, vocabSize: data.vocabSize)
             strategy.beginMicroStep(isLast: i >= myIndices.count)
             let a = MPIClock.now()
             lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
@@ -142,7 +142,8 @@ extension Trainer {
             while i < myIndices.count {
                 let chunk = myIndices[i..<min(i + micro, myIndices.count)]
                 i += chunk.count
-                sampler.fill(x: x, y: y, shard: data.val, split: .val, batch: batchOffset + j, indices: chunk)
+                try sampler.fill(x: x, y: y, split: data.val, which: .val, batch: batchOffset + j, indices: chunk,
+                                 vocabSize: data.vocabSize)
                 sum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
             }
         }

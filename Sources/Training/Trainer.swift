@@ -59,7 +59,8 @@ public final class Trainer {
     /// Loads the data, builds the model and the strategy, and initialises parameters.
     public convenience init(config: TrainConfig, comm: Communicator) throws {
         try config.validate(worldSize: comm.size)
-        try self.init(config: config, comm: comm, dataset: try Dataset.load(directory: config.data))
+        try self.init(config: config, comm: comm,
+                      dataset: try Dataset.open(config.data, vocabSize: config.vocabSize > 0 ? config.vocabSize : nil))
     }
 
     /// Builds a trainer over an in-memory dataset (benchmarks use synthetic tokens).
@@ -67,9 +68,10 @@ public final class Trainer {
         self.config = config
         self.comm = comm
         data = dataset
-        let gpt = try Self.modelShape(config: config, data: dataset)
+        sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize, batchSize: config.batchSize,
+                               mode: config.sampling)
+        let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler)
         model = GPT(config: gpt, precision: config.precision)
-        sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize)
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
@@ -90,16 +92,14 @@ public final class Trainer {
     deinit { x.deallocate(); y.deallocate() }
 
     /// The model shape for the data's vocabulary, after checking the data can feed it.
-    private static func modelShape(config: TrainConfig, data: Dataset) throws -> GPTConfig {
-        let vocab = data.tokenizer.vocabSize
-        guard data.observedVocab <= vocab else {
-            throw DataError.malformed(path: config.data, problem: "token id \(data.observedVocab - 1) exceeds vocabulary \(vocab)")
+    private static func modelShape(config: TrainConfig, data: Dataset, sampler: BatchSampler) throws -> GPTConfig {
+        for (name, split) in [("train", data.train), ("val", data.val)] where sampler.windows(in: split) == 0 {
+            let longest = split.shards.max { $0.count < $1.count }!
+            throw DataError.tooShort(path: "\(config.data) (\(name) split, e.g. \(longest.path))", tokens: longest.count,
+                                     needed: config.blockSize + 1)
         }
-        for (name, shard) in [("train.bin", data.train), ("val.bin", data.val)] where shard.tokens.count <= config.blockSize {
-            throw DataError.tooShort(path: config.data + "/" + name, tokens: shard.tokens.count, needed: config.blockSize + 1)
-        }
-        let gpt = config.model(vocabSize: vocab)
-        do { try gpt.validate() } catch { throw ConfigError(flag: "model", problem: error.description, fix: "adjust the model flags") }
+        let gpt = config.model(vocabSize: data.vocabSize)
+        do { try gpt.validate() } catch { throw ConfigError(flag: "model", problem: "\(error)", fix: "adjust the model flags") }
         return gpt
     }
 

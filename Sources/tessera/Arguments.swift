@@ -1,4 +1,5 @@
 import ArgumentParser
+import Corpus
 import Settings
 
 // MARK: - Typed arguments
@@ -7,3 +8,6 @@ import Settings
 
 extension Precision: ExpressibleByArgument {}
 extension ZeroStage: ExpressibleByArgument {}
+extension Sampling: ExpressibleByArgument {}
+extension Tokenizer.Kind: ExpressibleByArgument {}
+extension InputFormat: ExpressibleByArgument {}

@@ -94,17 +94,17 @@ struct Train: ParsableCommand {
     /// The coordinator's memory plan, before any rank allocates: printed with `--dry-run`,
     /// otherwise a run that cannot fit on its nodes is refused with the cheapest change that fits.
     func preflight(_ c: TrainConfig, worldSize: Int) throws {
-        let vocab = try Dataset.tokenizer(directory: c.data).vocabSize
+        let vocab = try Dataset.open(c.data, vocabSize: c.vocabSize > 0 ? c.vocabSize : nil).vocabSize
         let threads = c.threads > 0 ? c.threads : Coordinator.defaultThreads()
         let limit = try MemoryLimit.resolve(c.memoryLimit)
-        let perNode = Coordinator.ranksPerNode(), dataBytes = Dataset.shardBytes(directory: c.data)
+        let perNode = Coordinator.ranksPerNode()
         func check() throws(ConfigError) -> MemoryPlan {
             try MemoryPlan.check(config: c, vocabSize: vocab, worldSize: worldSize, ranksPerNode: perNode,
-                                 dataBytes: dataBytes, threads: threads, limit: limit)
+                                 threads: threads, limit: limit)
         }
         guard dryRun else { _ = try check(); return }
         let plan = MemoryPlan.make(config: c, vocabSize: vocab, worldSize: worldSize, ranksPerNode: perNode,
-                                   dataBytes: dataBytes, threads: threads)
+                                   threads: threads)
         say(plan.description)
         do {
             _ = try check()

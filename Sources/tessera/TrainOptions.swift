@@ -1,4 +1,5 @@
 import ArgumentParser
+import Corpus
 import Settings
 import Training
 
@@ -7,7 +8,12 @@ import Training
 /// Flag names are the config keys in kebab case (`--min-lr` sets `minLR`).
 struct TrainOptions: ParsableArguments {
     // MARK: Data and run
-    @Option(help: "Data directory written by `tessera prepare`.") var data: String?
+    @Option(help: "Data: a directory written by `tessera prepare`, a directory or glob of llm.c shards ('DIR/*_train_*.bin'), or nanoGPT's train.bin/val.bin directory.")
+    var data: String?
+    @Option(help: "Ids the data was tokenized with, for shards that do not say (llm.c's: 50257 for GPT-2; nanoGPT's headerless files).")
+    var vocabSize: Int?
+    @Option(help: "Windows: random (nanoGPT's get_batch) or sequential (llm.c's pass over the shards, epoch after epoch).")
+    var sampling: Sampling?
     @Option(help: "Run directory for config.json, metrics.jsonl, checkpoints and model.bin.") var out: String?
     @Option(help: "Random seed (initialisation and batches).") var seed: UInt64?
     @Option(help: "BLAS threads per rank (0: cores / ranks on the node).") var threads: Int?
@@ -68,7 +74,7 @@ struct TrainOptions: ParsableArguments {
     /// Writes every given flag into its key of `config`.
     func write(into config: inout TrainConfig) {
         func set<T>(_ key: WritableKeyPath<TrainConfig, T>, _ value: T?) { if let value { config[keyPath: key] = value } }
-        set(\.data, data); set(\.out, out); set(\.seed, seed); set(\.threads, threads)
+        set(\.data, data); set(\.vocabSize, vocabSize); set(\.sampling, sampling); set(\.out, out); set(\.seed, seed); set(\.threads, threads)
         set(\.nLayer, nLayer); set(\.nHead, nHead); set(\.nEmbd, nEmbd); set(\.blockSize, blockSize)
         set(\.bias, bias); set(\.dropout, dropout)
         set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)

@@ -58,7 +58,7 @@ final class MemoryPlanTests: XCTestCase {
         let m = try memoryFile(out)
         let plan = try XCTUnwrap(m["plan"] as? [String: Any])
         let measured = try XCTUnwrap(m["measured_peak_rss"] as? Int)
-        let planned = (["runtime", "data", "parameters", "gradients", "optimizer", "working"].map { plan[$0] as! Int }.reduce(0, +))
+        let planned = (["runtime", "parameters", "gradients", "optimizer", "working"].map { plan[$0] as! Int }.reduce(0, +))
             + max(plan["startup"] as! Int, (plan["activations"] as! Int) + (plan["modelCopies"] as! Int) + (plan["save"] as! Int))
         // Measured on AMD Zen 4: within 4% at this shape for every stage (README).
         XCTAssertEqual(Double(measured) / Double(planned), 1, accuracy: 0.15, "measured \(measured) vs planned \(planned)")

@@ -185,13 +185,21 @@ func rankPIDs() -> [Int: Int32] {
     return out
 }
 
-/// The tokens and vocabulary size of a prepared split (`train.bin` or `val.bin`), read by
-/// the documented header layout (vocabulary size at byte 24, uint16 tokens after 32 bytes).
+/// The tokens and vocabulary size of a prepared split's first shard (`train_000000.bin` or
+/// `val_000000.bin`), read by llm.c's layout (256 int32 of header: magic, version, count,
+/// vocabulary; then uint16 tokens).
 func shardTokens(_ dataDir: String, _ split: String) throws -> (tokens: [UInt16], vocab: Int) {
-    let d = try Data(contentsOf: URL(fileURLWithPath: dataDir + "/\(split).bin"))
-    let vocab = d.subdata(in: 24..<28).withUnsafeBytes { Int($0.loadUnaligned(as: UInt32.self)) }
-    let tokens = d.subdata(in: 32..<d.count).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+    let d = try Data(contentsOf: URL(fileURLWithPath: dataDir + "/\(split)_000000.bin"))
+    let vocab = d.subdata(in: 12..<16).withUnsafeBytes { Int($0.loadUnaligned(as: Int32.self)) }
+    let tokens = d.subdata(in: 1024..<d.count).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
     return (tokens, vocab)
+}
+
+/// A shard in llm.c's format, built by hand from the documented layout.
+func llmcShard(_ tokens: [UInt16], vocab: Int32 = 0, magic: Int32 = 20_240_520, version: Int32 = 1) -> Data {
+    var header = [Int32](repeating: 0, count: 256)
+    header[0] = magic; header[1] = version; header[2] = Int32(tokens.count); header[3] = vocab
+    return header.withUnsafeBytes { Data($0) } + tokens.withUnsafeBytes { Data($0) }
 }
 
 /// Entropy in nats of the token frequencies of `tokens`: the loss of the best model that

@@ -89,29 +89,53 @@ final class TrainCLITests: XCTestCase {
         try assertFails(["train", "--data", data, "--bogus-flag"], status: 64, mentions: ["bogus-flag"])
         try assertFails(["train", "--data", data, "--n-layer", "two"], status: 64, mentions: ["n-layer"])
         try assertFails(["prepare", "--input", "/nonexistent.txt", "--out", out], status: 2, mentions: ["--input"])
-        try assertFails(["prepare", "--input", (try Repo.corpus).path, "--out", out, "--tokenizer", "bpe"], status: 64,
+        try assertFails(["prepare", "--input", (try Repo.corpus).path, "--out", out, "--tokenizer", "wordpiece"], status: 64,
                         mentions: ["tokenizer"])
     }
 
-    /// A shard whose ids exceed its vocabulary, and a truncated shard, are refused.
+    /// Bad data, each refused with a one-line error naming the file and the fix, exit 2.
     func testMalformedDataIsRefused() throws {
-        let dir = try Repo.temporaryDirectory("bad")
-        let tok = #"{"kind":"char","symbols":["a","b","c","d"]}"#
-        try tok.write(toFile: dir + "/tokenizer.json", atomically: true, encoding: .utf8)
-        func shard(_ tokens: [UInt16], vocab: UInt32) -> Data {
-            var d = Data("TSRATOK".utf8) + [0]
-            func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { d.append(contentsOf: $0) } }
-            put(UInt32(1)); put(UInt32(2)); put(UInt64(tokens.count)); put(vocab); put(UInt32(0))
-            for t in tokens { put(t) }
-            return d
-        }
-        let big = shard((0..<200).map { UInt16($0 % 10) }, vocab: 4)
-        try big.write(to: URL(fileURLWithPath: dir + "/train.bin"))
-        try big.write(to: URL(fileURLWithPath: dir + "/val.bin"))
         let out = try Repo.temporaryDirectory("run")
-        try assertFails(["train", "--data", dir, "--out", out, "--block-size", "8"], status: 2, mentions: ["exceeds vocabulary"])
-        try big.prefix(big.count - 3).write(to: URL(fileURLWithPath: dir + "/val.bin"))
-        try assertFails(["train", "--data", dir, "--out", out, "--block-size", "8"], status: 2, mentions: ["val.bin", "truncated"])
+        func refused(_ files: [String: Data], extra: [String] = [], _ words: [String]) throws {
+            let dir = try Repo.temporaryDirectory("bad")
+            for (name, data) in files { try data.write(to: URL(fileURLWithPath: dir + "/" + name)) }
+            try assertFails(["train", "--data", dir, "--out", out, "--block-size", "8"] + extra, status: 2, mentions: words)
+            let r = try tessera(["train", "--data", dir, "--out", out, "--block-size", "8"] + extra)
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "one line: \(r.stderr)")
+        }
+        let good = (0..<200).map { UInt16($0 % 10) }
+        // An id at or above the vocabulary the header declares (found when a window reads it)
+        // and one above --vocab-size for shards that declare none (found at start).
+        try refused(["train_000000.bin": llmcShard(good, vocab: 4), "val_000000.bin": llmcShard(good, vocab: 4)],
+                    ["outside the vocabulary of 4"])
+        try refused(["x_train_1.bin": llmcShard(good), "x_val_1.bin": llmcShard(good)], extra: ["--vocab-size", "9"],
+                    ["x_train_1.bin", "id 9", "--vocab-size"])
+        let truncated = llmcShard(good, vocab: 10)
+        try refused(["train_000000.bin": truncated, "val_000000.bin": truncated.prefix(truncated.count - 3)],
+                    ["val_000000.bin", "truncated"])
+        try refused(["train_000000.bin": llmcShard(good, magic: 12345), "val_000000.bin": llmcShard(good)],
+                    ["train_000000.bin", "magic 12345"])
+        try refused(["train_000000.bin": llmcShard(good, version: 3), "val_000000.bin": llmcShard(good)],
+                    ["train_000000.bin", "version 3"])
+        try refused(["train_000000.bin": llmcShard(good, vocab: 10), "val_000000.bin": llmcShard(good, vocab: 11)],
+                    ["val_000000.bin", "vocabulary 11", "one tokenizer"])
+        try refused([:], ["empty", "tessera prepare"])
+    }
+
+    /// `prepare`'s bad input: a .jsonl line that is not JSON (its line number named), GPT-2
+    /// files missing; exit 2, and a previous dataset in --out is left as it was.
+    func testBadPrepareInputLeavesThePreviousDataset() throws {
+        let dir = try Repo.temporaryDirectory("prep"), data = dir + "/data"
+        XCTAssertEqual(try tessera(["prepare", "--input", (try Repo.corpus).path, "--out", data]).status, 0)
+        let before = try FileManager.default.contentsOfDirectory(atPath: data).sorted()
+        let shard = try Data(contentsOf: URL(fileURLWithPath: data + "/train_000000.bin"))
+        try "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": three}\n".write(toFile: dir + "/c.jsonl", atomically: true, encoding: .utf8)
+        try assertFails(["prepare", "--input", dir + "/c.jsonl", "--out", data, "--tokenizer", "byte"], status: 2,
+                        mentions: ["c.jsonl:3", "line 3 is not a JSON object"])
+        try assertFails(["prepare", "--input", dir + "/c.jsonl", "--out", data, "--tokenizer", "gpt2",
+                         "--vocab", dir + "/none.json", "--merges", dir + "/none.bpe"], status: 2, mentions: ["none.json", "--vocab"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: data).sorted(), before)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: data + "/train_000000.bin")), shard)
     }
 
     func testGenerateFromTrainedModel() throws {

@@ -12,6 +12,12 @@ final class DataTests: XCTestCase {
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
+    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    func tokens(_ split: TokenSplit) -> [UInt32] { split.shards.flatMap { s in (0..<s.count).map { s[$0] } } }
+
+    // MARK: Tokenizers
+
     func testCharTokenizerIsSortedAndRoundTrips() throws {
         let t = Tokenizer.char(corpus: "hello world\n")
         XCTAssertEqual(t.symbols, ["\n", " ", "d", "e", "h", "l", "o", "r", "w"])
@@ -21,63 +27,207 @@ final class DataTests: XCTestCase {
         XCTAssertThrowsError(try t.encode("z"))
     }
 
-    func testShardRoundTripAndHeader() throws {
-        let shard = TokenShard(tokens: [1, 2, 65_535, 0], vocabSize: 65_536)
-        let bytes = shard.encoded()
-        XCTAssertEqual(bytes.count, 32 + 8)
-        XCTAssertEqual(Array(bytes.prefix(8)), Array("TSRATOK".utf8) + [0])
-        let back = try TokenShard.decode(bytes, path: "x")
-        XCTAssertEqual(back.tokens, shard.tokens)
-        XCTAssertEqual(back.vocabSize, 65_536)
-    }
-
-    func testTruncatedAndForeignShardsAreRejectedWithTheProblem() {
-        let bytes = TokenShard(tokens: [1, 2, 3], vocabSize: 4).encoded()
-        XCTAssertThrowsError(try TokenShard.decode(bytes.prefix(bytes.count - 1), path: "t.bin")) { e in
-            XCTAssertTrue("\(e)".contains("truncated"), "\(e)")
-            XCTAssertTrue("\(e)".contains("t.bin"))
+    /// A learned BPE: deterministic, the most frequent pair merged first, every text
+    /// round-trips, and its JSON form rebuilds the same encoder.
+    func testBPETrainerLearnsFrequentPairsDeterministically() throws {
+        let corpus = String(repeating: "low lower lowest newer newest wider ", count: 50) + "ünïcode 😀 123"
+        func learn() -> BytePairEncoder {
+            var t = BPETrainer(vocabSize: 280)
+            t.count([Array(corpus.utf8)], threads: 2)
+            return t.train()
         }
-        var foreign = bytes
-        foreign[0] = 0x41
-        XCTAssertThrowsError(try TokenShard.decode(foreign, path: "f.bin")) { e in XCTAssertTrue("\(e)".contains("magic")) }
-        XCTAssertThrowsError(try TokenShard.decode(bytes.prefix(10), path: "s.bin"))
+        let a = learn(), b = learn()
+        XCTAssertEqual(a.vocabSize, 280)
+        XCTAssertEqual(a.endOfText, 279)
+        XCTAssertEqual(a.merges.map { [$0.0, $0.1] }, b.merges.map { [$0.0, $0.1] })
+        // "we" occurs 200 times (lower, lowest, newer, newest), more than any other pair.
+        let first = a.merges[0]
+        XCTAssertEqual(String(decoding: a.tokens[first.0] + a.tokens[first.1], as: UTF8.self), "we")
+        for text in [corpus, "unseen words ✓ and \t tabs", ""] { XCTAssertEqual(a.decode(a.encode(text)), text) }
+        XCTAssertLessThan(a.encode(corpus).count, corpus.utf8.count / 3)
+        let tok = Tokenizer(kind: .bpe, bpe: a)
+        let back = try JSONDecoder().decode(Tokenizer.self, from: JSONEncoder().encode(tok))
+        XCTAssertEqual(back, tok)
+        XCTAssertEqual(back.bpe!.encode(corpus), a.encode(corpus))
     }
 
-    func testPrepareSplitsNinetyTen() throws {
-        let input = dir.appendingPathComponent("in.txt")
-        try String(repeating: "abcdefghij", count: 100).write(to: input, atomically: true, encoding: .utf8)
-        let out = dir.appendingPathComponent("d").path
-        let s = try Prepare.run(input: input.path, output: out, kind: .char, valFraction: 0.1)
+    // MARK: Shards
+
+    /// llm.c's layout byte for byte: 256 int32 (magic, version, count, vocabulary), uint16 tokens.
+    func testShardIsLlmcFormat() throws {
+        try TokenShard.write([1, 2, 65_535, 0], vocabSize: 65_536, to: dir.appendingPathComponent("a.bin"))
+        let bytes = try Data(contentsOf: dir.appendingPathComponent("a.bin"))
+        XCTAssertEqual(bytes.count, 1024 + 8)
+        let ints = bytes.withUnsafeBytes { raw in (0..<5).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self) } }
+        XCTAssertEqual(ints, [20_240_520, 1, 4, 65_536, 0])
+        XCTAssertEqual(Array(bytes.suffix(8)), [1, 0, 2, 0, 0xFF, 0xFF, 0, 0])
+        let s = try TokenShard.open(path("a.bin"))
+        XCTAssertEqual((0..<4).map { s[$0] }, [1, 2, 65_535, 0])
+        XCTAssertEqual(s.declaredVocab, 65_536)
+        // Above 65,536 ids: version 2, uint32 tokens.
+        try TokenShard.write([70_000, 3], vocabSize: 100_000, to: dir.appendingPathComponent("w.bin"))
+        let w = try TokenShard.open(path("w.bin"))
+        XCTAssertEqual(w.width, 4)
+        XCTAssertEqual([w[0], w[1]], [70_000, 3])
+        XCTAssertEqual(try Data(contentsOf: dir.appendingPathComponent("w.bin")).count, 1024 + 8)
+    }
+
+    func testTruncatedAndForeignShardsAreRejectedWithTheProblem() throws {
+        try TokenShard.write([1, 2, 3], vocabSize: 4, to: dir.appendingPathComponent("ok.bin"))
+        let good = try Data(contentsOf: dir.appendingPathComponent("ok.bin"))
+        func refused(_ data: Data, _ words: [String]) throws {
+            try data.write(to: dir.appendingPathComponent("bad.bin"))
+            XCTAssertThrowsError(try TokenShard.open(path("bad.bin"))) { e in
+                for w in words { XCTAssertTrue("\(e)".contains(w), "\(e) lacks \(w)") }
+                XCTAssertTrue("\(e)".contains("bad.bin"))
+            }
+        }
+        try refused(good.prefix(good.count - 1), ["truncated"])
+        try refused(good.prefix(10), ["header"])
+        var magic = good; magic[0] = 0x41
+        try refused(magic, ["magic", "--vocab-size"])
+        var version = good; version[4] = 9
+        try refused(version, ["version 9"])
+    }
+
+    // MARK: Prepare
+
+    func testPrepareOneDocumentSplitsNinetyTen() throws {
+        try String(repeating: "abcdefghij", count: 100).write(to: dir.appendingPathComponent("in.txt"), atomically: true, encoding: .utf8)
+        var o = PrepareOptions(inputs: [path("in.txt")], output: path("d"))
+        o.shardTokens = 333
+        let s = try Prepare.run(o)
         XCTAssertEqual(s.trainTokens, 900)
         XCTAssertEqual(s.valTokens, 100)
-        let d = try Dataset.load(directory: out)
-        XCTAssertEqual(d.tokenizer.vocabSize, 10)
-        XCTAssertEqual(d.train.tokens.prefix(3), [0, 1, 2])
+        XCTAssertEqual(s.shards, 4, "900 train tokens in shards of 333, and one val shard")
+        let d = try Dataset.open(path("d"))
+        XCTAssertEqual(d.vocabSize, 10)
+        XCTAssertEqual(d.train.shards.map(\.count), [333, 333, 234])
+        XCTAssertEqual(tokens(d.train), (0..<900).map { UInt32($0 % 10) })
+        XCTAssertEqual(tokens(d.val), (0..<100).map { UInt32($0 % 10) })
     }
 
-    func testMissingDirectoryNamesTheFix() {
-        XCTAssertThrowsError(try Dataset.load(directory: dir.appendingPathComponent("nope").path)) { e in
-            XCTAssertTrue("\(e)".contains("tessera prepare"), "\(e)")
+    /// JSON Lines: a document per line, each opened by <|endoftext|>; every 4th document
+    /// (val fraction 0.25) held out whole; pieces encoded on several threads in order.
+    func testPrepareJSONLinesHoldsOutWholeDocuments() throws {
+        let docs = (0..<12).map { "document number \($0) says \(String(repeating: "x", count: $0))" }
+        let lines = docs.map { "{\"text\": \(String(data: try! JSONSerialization.data(withJSONObject: $0, options: .fragmentsAllowed), encoding: .utf8)!), \"id\": 1}" }
+        try (lines.joined(separator: "\n") + "\n\n").write(to: dir.appendingPathComponent("c.jsonl"), atomically: true, encoding: .utf8)
+        var o = PrepareOptions(inputs: [path("c.jsonl")], output: path("j"))
+        o.kind = .bpe; o.vocabSize = 300; o.valFraction = 0.25; o.threads = 3
+        let s = try Prepare.run(o)
+        XCTAssertEqual(s.documents, 12)
+        let d = try Dataset.open(path("j"))
+        let bpe = d.tokenizer!.bpe!, eot = UInt32(bpe.endOfText!)
+        func expected(_ keep: (Int) -> Bool) -> [UInt32] {
+            docs.indices.filter(keep).flatMap { [eot] + bpe.encode(docs[$0]).map(UInt32.init) }
         }
+        XCTAssertEqual(tokens(d.train), expected { $0 % 4 != 3 })
+        XCTAssertEqual(tokens(d.val), expected { $0 % 4 == 3 })
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("j/vocab.json")))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("j/merges.txt")))
     }
 
-    /// Sample i of batch k is the same window whichever rank draws it.
-    func testSamplerIsIndependentOfWorldSize() {
-        let shard = TokenShard(tokens: (0..<1000).map { UInt16($0 % 500) }, vocabSize: 500)
-        let s = BatchSampler(seed: 42, blockSize: 8)
-        let all = UnsafeMutablePointer<Int32>.allocate(capacity: 12 * 8), ally = UnsafeMutablePointer<Int32>.allocate(capacity: 12 * 8)
-        let part = UnsafeMutablePointer<Int32>.allocate(capacity: 4 * 8), party = UnsafeMutablePointer<Int32>.allocate(capacity: 4 * 8)
-        defer { all.deallocate(); ally.deallocate(); part.deallocate(); party.deallocate() }
-        s.fill(x: all, y: ally, shard: shard, split: .train, batch: 5, indices: 0..<12)
-        s.fill(x: part, y: party, shard: shard, split: .train, batch: 5, indices: Array(stride(from: 1, to: 12, by: 3)))
-        for (row, i) in stride(from: 1, to: 12, by: 3).enumerated() {
-            for t in 0..<8 {
-                XCTAssertEqual(part[row * 8 + t], all[i * 8 + t])
-                XCTAssertEqual(party[row * 8 + t], ally[i * 8 + t])
+    /// Bad input names the problem and leaves a previous dataset untouched.
+    func testBadJSONLineIsNamedAndNothingIsWritten() throws {
+        try String(repeating: "abcdefghij", count: 100).write(to: dir.appendingPathComponent("in.txt"), atomically: true, encoding: .utf8)
+        _ = try Prepare.run(PrepareOptions(inputs: [path("in.txt")], output: path("d")))
+        let before = try FileManager.default.contentsOfDirectory(atPath: path("d")).sorted()
+        let shard = try Data(contentsOf: dir.appendingPathComponent("d/train_000000.bin"))
+        try "{\"text\": \"fine\"}\n{\"text\": \"also fine\"}\nnot json\n".write(to: dir.appendingPathComponent("b.jsonl"), atomically: true, encoding: .utf8)
+        var o = PrepareOptions(inputs: [path("b.jsonl")], output: path("d"))
+        o.kind = .byte
+        XCTAssertThrowsError(try Prepare.run(o)) { e in XCTAssertTrue("\(e)".contains("line 3"), "\(e)") }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("d")).sorted(), before)
+        XCTAssertEqual(try Data(contentsOf: dir.appendingPathComponent("d/train_000000.bin")), shard)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains("prepare") }, [],
+                       "no staging directory left behind")
+    }
+
+    // MARK: Opening datasets
+
+    func testDatasetsOfEveryFormatOpenAndBadOnesAreRefused() throws {
+        // llm.c shards (no tokenizer.json, no declared vocabulary): --vocab-size required.
+        let l = dir.appendingPathComponent("llmc")
+        try FileManager.default.createDirectory(at: l, withIntermediateDirectories: true)
+        for (i, name) in ["fw_train_000001.bin", "fw_train_000002.bin", "fw_val_000000.bin"].enumerated() {
+            try TokenShard.write((0..<50).map { UInt32(($0 + i) % 7) }, vocabSize: 0, to: l.appendingPathComponent(name))
+        }
+        XCTAssertThrowsError(try Dataset.open(l.path)) { e in XCTAssertTrue("\(e)".contains("--vocab-size"), "\(e)") }
+        let d = try Dataset.open(l.path, vocabSize: 7)
+        XCTAssertEqual(d.train.shards.count, 2)
+        XCTAssertNil(d.tokenizer)
+        XCTAssertThrowsError(try Dataset.open(l.path, vocabSize: 6)) { e in XCTAssertTrue("\(e)".contains("id 6"), "\(e)") }
+        XCTAssertEqual(try Dataset.open(l.path + "/fw_train_*.bin", vocabSize: 7).train.shards.count, 2)
+        // nanoGPT: headerless uint16 train.bin/val.bin.
+        let n = dir.appendingPathComponent("nano")
+        try FileManager.default.createDirectory(at: n, withIntermediateDirectories: true)
+        let raw = Data((0..<100).flatMap { [UInt8($0 % 9), 0] })
+        try raw.write(to: n.appendingPathComponent("train.bin")); try raw.write(to: n.appendingPathComponent("val.bin"))
+        XCTAssertThrowsError(try Dataset.open(n.path)) { e in XCTAssertTrue("\(e)".contains("--vocab-size"), "\(e)") }
+        XCTAssertEqual(tokens(try Dataset.open(n.path, vocabSize: 9).train), (0..<100).map { UInt32($0 % 9) })
+        // Shards written with different vocabularies.
+        let m = dir.appendingPathComponent("mixed")
+        try FileManager.default.createDirectory(at: m, withIntermediateDirectories: true)
+        try TokenShard.write([1, 2, 3], vocabSize: 10, to: m.appendingPathComponent("train_000000.bin"))
+        try TokenShard.write([1, 2, 3], vocabSize: 12, to: m.appendingPathComponent("val_000000.bin"))
+        XCTAssertThrowsError(try Dataset.open(m.path)) { e in XCTAssertTrue("\(e)".contains("vocabulary 12"), "\(e)") }
+        // Empty directory, missing directory.
+        let e = dir.appendingPathComponent("empty")
+        try FileManager.default.createDirectory(at: e, withIntermediateDirectories: true)
+        XCTAssertThrowsError(try Dataset.open(e.path)) { e in XCTAssertTrue("\(e)".contains("empty"), "\(e)") }
+        XCTAssertThrowsError(try Dataset.open(path("nope"))) { e in XCTAssertTrue("\(e)".contains("tessera prepare"), "\(e)") }
+    }
+
+    // MARK: Sampling
+
+    func twoShards() throws -> TokenSplit {
+        TokenSplit([TokenShard(tokens: (0..<100).map { UInt16($0) }, vocabSize: 300),
+                    TokenShard(tokens: (100..<237).map { UInt16($0) }, vocabSize: 300)])
+    }
+
+    /// Row i of batch k is the same window whichever rank draws it, in both modes.
+    func testSamplersAreIndependentOfWorldSize() throws {
+        let split = try twoShards()
+        for mode in Sampling.allCases {
+            let s = BatchSampler(seed: 42, blockSize: 8, batchSize: 12, mode: mode)
+            let all = UnsafeMutablePointer<Int32>.allocate(capacity: 12 * 8), ally = UnsafeMutablePointer<Int32>.allocate(capacity: 12 * 8)
+            let part = UnsafeMutablePointer<Int32>.allocate(capacity: 4 * 8), party = UnsafeMutablePointer<Int32>.allocate(capacity: 4 * 8)
+            defer { all.deallocate(); ally.deallocate(); part.deallocate(); party.deallocate() }
+            try s.fill(x: all, y: ally, split: split, which: .train, batch: 5, indices: 0..<12, vocabSize: 300)
+            try s.fill(x: part, y: party, split: split, which: .train, batch: 5, indices: Array(stride(from: 1, to: 12, by: 3)), vocabSize: 300)
+            for (row, i) in stride(from: 1, to: 12, by: 3).enumerated() {
+                for t in 0..<8 {
+                    XCTAssertEqual(part[row * 8 + t], all[i * 8 + t])
+                    XCTAssertEqual(party[row * 8 + t], ally[i * 8 + t])
+                    XCTAssertEqual(ally[i * 8 + t], all[i * 8 + t] + 1, "\(mode): targets are the next tokens, within one shard")
+                }
             }
-            XCTAssertEqual(party[row * 8], part[row * 8 + 1], "targets are inputs shifted by one")
         }
-        let starts = Set((0..<12).map { s.start(split: .train, batch: 5, index: $0, tokens: 1000) })
-        XCTAssertGreaterThan(starts.count, 10, "windows are spread out")
+    }
+
+    /// Sequential: consecutive non-overlapping windows, shard after shard, then again.
+    func testSequentialSamplingWalksTheShardsInOrder() throws {
+        let split = try twoShards()
+        let s = BatchSampler(seed: 1, blockSize: 10, batchSize: 4, mode: .sequential)
+        // 99/10 = 9 windows in the first shard, 136/10 = 13 in the second: 22 in all.
+        XCTAssertEqual(s.windows(in: split), 22)
+        let starts = (0..<6).flatMap { b in (0..<4).map { i -> UInt32 in
+            let (shard, o) = s.window(in: split, which: .train, batch: b, index: i); return shard[o] } }
+        XCTAssertEqual(Array(starts.prefix(11)), [0, 10, 20, 30, 40, 50, 60, 70, 80, 100, 110])
+        XCTAssertEqual(Array(starts[22...23]), [0, 10], "epoch 2 starts over")
+        XCTAssertEqual(s.epoch(batch: 11, split: split), 2.0)
+        let r = BatchSampler(seed: 1, blockSize: 10, batchSize: 4, mode: .random)
+        XCTAssertEqual(r.windows(in: split), 90 + 127)
+    }
+
+    func testIdOutsideTheVocabularyIsRefusedWhenRead() throws {
+        let split = TokenSplit([TokenShard(tokens: [1, 2, 3, 9, 4, 5], vocabSize: 0, path: "odd.bin")])
+        let s = BatchSampler(seed: 1, blockSize: 5, batchSize: 1, mode: .sequential)
+        let x = UnsafeMutablePointer<Int32>.allocate(capacity: 5), y = UnsafeMutablePointer<Int32>.allocate(capacity: 5)
+        defer { x.deallocate(); y.deallocate() }
+        XCTAssertThrowsError(try s.fill(x: x, y: y, split: split, which: .train, batch: 0, indices: [0], vocabSize: 8)) { e in
+            XCTAssertTrue("\(e)".contains("odd.bin") && "\(e)".contains("id 9"), "\(e)")
+        }
     }
 }
