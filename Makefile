@@ -32,11 +32,11 @@ FUZZ_SEED ?= $(shell date +%s)
 fuzz: build
 	TESSERA_FUZZ_SCALE=$(FUZZ_SCALE) TESSERA_FUZZ_SEED=$(FUZZ_SEED) swift test -c release --filter FuzzTests 2>&1 | grep -a -E "fuzz:|error:|Executed"
 
-$(DATA_DIR)/tokenizer.json: | build
+$(DATA_DIR)/train_000000.bin: | build
 	launch/default-data.sh data/default.txt
 	$(BIN) prepare --input data/default.txt --out $(DATA_DIR)
 
-run: build $(DATA_DIR)/tokenizer.json
+run: build $(DATA_DIR)/train_000000.bin
 	launch/local.sh -n 2 -- train --data $(DATA_DIR) --out $(RUN_DIR) \
 	  --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --max-steps 3000 \
 	  --lr 1e-3 --min-lr 1e-4 --warmup-steps 100 --beta2 0.99 --no-bias --eval-every 500 --log-every 250

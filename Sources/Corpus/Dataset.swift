@@ -129,6 +129,9 @@ public struct Dataset: Sendable {
             }
             // A header says llm.c's format; anything else is nanoGPT's raw uint16 tokens.
             let hasHeader = plain.allSatisfy { Self.startsWithMagic($0) }
+            if plain.contains(where: Self.isOldTesseraShard) {
+                throw DataError.malformed(path: plain[0], problem: "written by an older tessera (TSRATOK format)")
+            }
             if !hasHeader && !headerlessAllowed {
                 throw DataError.malformed(path: plain[0], problem: "no llm.c header (wrong magic); if this is nanoGPT's headerless train.bin/val.bin, pass --vocab-size")
             }
@@ -143,6 +146,13 @@ public struct Dataset: Sendable {
         guard let h = FileHandle(forReadingAtPath: path), let d = try? h.read(upToCount: 4), d.count == 4 else { return false }
         try? h.close()
         return d.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) } == TokenShard.magic
+    }
+
+    /// Shards of tessera's first format, replaced by llm.c's.
+    private static func isOldTesseraShard(_ path: String) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: path), let d = try? h.read(upToCount: 8) else { return false }
+        try? h.close()
+        return d == Data("TSRATOK".utf8) + [0]
     }
 
     private static func glob(_ pattern: String) -> [String] {

@@ -30,6 +30,8 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     /// Peak resident memory of the reporting rank (rank 0) so far, in MiB; `memory.json` has
     /// the highest of all ranks at the end.
     public var peak_rss_mb: Double?
+    /// Passes over the training split completed after this step (sequential sampling only).
+    public var epoch: Double? = nil
 }
 
 /// Appends JSON lines to a file (rank 0 only).

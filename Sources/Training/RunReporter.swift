@@ -74,6 +74,7 @@ final class RunReporter {
         let eta = elapsed / Double(step + 1) * Double(config.maxSteps - step - 1)
         var s = String(format: "step %5d/%d | loss %.4f | lr %.2e | %8.0f tok/s | %7.1f ms/step | ETA %@",
                        step + 1, config.maxSteps, m.loss, m.lr, m.tokens_per_s, m.ms_per_step, formatDuration(eta))
+        if let e = m.epoch { s += String(format: " | epoch %.3f", e) }
         if let v = m.val_loss { s += String(format: " | val %.4f", v) }
         if m.skipped == true { s += " | skipped: non-finite loss or gradient" + (m.loss_scale != nil ? " (loss scale lowered)" : "") }
         log(s)

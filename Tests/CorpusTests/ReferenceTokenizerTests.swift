@@ -110,3 +110,18 @@ final class LlmcShardTests: XCTestCase {
         XCTAssertEqual(try Dataset.open(dir + "/*_train.bin", vocabSize: 50257).val.shards.count, 1, "a glob finds the val shards")
     }
 }
+
+/// A vocabulary tessera learns, as Hugging Face `tokenizers` encodes with it
+/// (`Fixtures/check_bpe_with_hf.py --write-fixture`).
+final class LearnedBPEReferenceTests: XCTestCase {
+    func testLearnedVocabularyEncodesAsHuggingFaceDoes() throws {
+        struct Reference: Decodable { let vocabSize: Int; let ids: [Int] }
+        let fixtures = GPT2TokenizerTests.fixtures
+        let ref = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: fixtures.appendingPathComponent("bpe-hf-reference.json")))
+        let text = try String(contentsOf: fixtures.appendingPathComponent("gpt2-torture.txt"), encoding: .utf8)
+        var trainer = BPETrainer(vocabSize: ref.vocabSize)
+        trainer.count([Array(text.utf8)], threads: 2)
+        let enc = trainer.train()
+        XCTAssertEqual(enc.encode(text), ref.ids)
+    }
+}
