@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - Activations
 
@@ -9,16 +10,24 @@ import Kernels
 /// probabilities and output, MLP hidden states) are kept in the compute format `F`. The
 /// residual stream, LayerNorm statistics and logits stay fp32, because LayerNorm's backward
 /// and the loss need full precision.
+///
+/// Under recomputation a tensor backward recomputes is one buffer shared by every layer
+/// (`PerLayer` with `shared`): the forward of each layer overwrites it, and the backward of
+/// layer l refills it for layer l before reading it.
 public final class Activations<F: ComputeFormat> {
     /// Capacity in sequences and positions.
     public let maxB: Int, maxT: Int
+    /// What backward recomputes.
+    public let recompute: Recompute
 
     let residual: [FloatBuffer]   // nLayer + 1 of (B,T,C): input of each block, then output
-    let res2: [FloatBuffer]       // the residual after each block's attention
-    let ln1Mean: [FloatBuffer], ln1Rstd: [FloatBuffer], ln2Mean: [FloatBuffer], ln2Rstd: [FloatBuffer]
-    let ln1: [AlignedBuffer<F.Element>], qkv: [AlignedBuffer<F.Element>], att: [AlignedBuffer<F.Element>]
-    let atty: [AlignedBuffer<F.Element>], ln2: [AlignedBuffer<F.Element>]
-    let fch: [AlignedBuffer<F.Element>], fcg: [AlignedBuffer<F.Element>]
+    let res2: PerLayer<FloatBuffer>   // the residual after each block's attention
+    let ln1Mean: PerLayer<FloatBuffer>, ln1Rstd: PerLayer<FloatBuffer>
+    let ln2Mean: PerLayer<FloatBuffer>, ln2Rstd: PerLayer<FloatBuffer>
+    let ln1: PerLayer<AlignedBuffer<F.Element>>, qkv: PerLayer<AlignedBuffer<F.Element>>
+    let att: PerLayer<AlignedBuffer<F.Element>>, atty: PerLayer<AlignedBuffer<F.Element>>
+    let ln2: PerLayer<AlignedBuffer<F.Element>>
+    let fch: PerLayer<AlignedBuffer<F.Element>>, fcg: PerLayer<AlignedBuffer<F.Element>>
     let lnf: AlignedBuffer<F.Element>, lnfMean: FloatBuffer, lnfRstd: FloatBuffer
     let logits: FloatBuffer
 
@@ -37,15 +46,19 @@ public final class Activations<F: ComputeFormat> {
     let scoresLow: AlignedBuffer<F.Element>
 
     /// Allocates for a configuration and a maximum micro-batch.
-    public init(config c: GPTConfig, maxB: Int, maxT: Int) {
-        self.maxB = maxB; self.maxT = maxT
+    public init(config c: GPTConfig, maxB: Int, maxT: Int, recompute: Recompute = .none) {
+        self.maxB = maxB; self.maxT = maxT; self.recompute = recompute
         let BT = maxB * maxT, C = c.nEmbd, L = c.nLayer
-        func f(_ n: Int, _ size: Int) -> [FloatBuffer] { (0..<n).map { _ in FloatBuffer(count: size) } }
-        func e(_ n: Int, _ size: Int) -> [AlignedBuffer<F.Element>] { (0..<n).map { _ in AlignedBuffer(count: size) } }
-        residual = f(L + 1, BT * C); res2 = f(L, BT * C)
-        ln1Mean = f(L, BT); ln1Rstd = f(L, BT); ln2Mean = f(L, BT); ln2Rstd = f(L, BT)
-        ln1 = e(L, BT * C); qkv = e(L, BT * 3 * C); att = e(L, maxB * c.nHead * maxT * maxT); atty = e(L, BT * C)
-        ln2 = e(L, BT * C); fch = e(L, BT * 4 * C); fcg = e(L, BT * 4 * C)
+        let gemm = recompute.keepsGEMMOutputs, all = recompute.keepsAll
+        func f(_ keep: Bool, _ size: Int) -> PerLayer<FloatBuffer> { PerLayer(L, shared: !keep) { FloatBuffer(count: size) } }
+        func e(_ keep: Bool, _ size: Int) -> PerLayer<AlignedBuffer<F.Element>> {
+            PerLayer(L, shared: !keep) { AlignedBuffer(count: size) }
+        }
+        residual = (0...L).map { _ in FloatBuffer(count: BT * C) }
+        res2 = f(gemm, BT * C)
+        ln1Mean = f(gemm, BT); ln1Rstd = f(gemm, BT); ln2Mean = f(gemm, BT); ln2Rstd = f(gemm, BT)
+        ln1 = e(all, BT * C); qkv = e(gemm, BT * 3 * C); att = e(all, maxB * c.nHead * maxT * maxT)
+        atty = e(gemm, BT * C); ln2 = e(all, BT * C); fch = e(gemm, BT * 4 * C); fcg = e(all, BT * 4 * C)
         lnf = AlignedBuffer(count: BT * C); lnfMean = FloatBuffer(count: BT); lnfRstd = FloatBuffer(count: BT)
         logits = FloatBuffer(count: BT * c.vocabSize)
         dres = FloatBuffer(count: BT * C); dln = FloatBuffer(count: BT * C); dqkv = FloatBuffer(count: BT * 3 * C)
@@ -62,21 +75,27 @@ public final class Activations<F: ComputeFormat> {
 
     /// What `savedBytes` and `totalBytes` will be for these arguments, without allocating
     /// (memory plans); `workers` is the attention worker count (`ParallelFor.threads`).
-    public static func bytes(config c: GPTConfig, maxB: Int, maxT: Int, workers: Int) -> (saved: Int, total: Int) {
+    public static func bytes(config c: GPTConfig, maxB: Int, maxT: Int, workers: Int,
+                             recompute: Recompute = .none) -> (saved: Int, total: Int) {
         let BT = maxB * maxT, C = c.nEmbd, L = c.nLayer, V = c.vocabSize
         let e = MemoryLayout<F.Element>.stride, square = maxT * maxT * max(1, workers)
-        let fp32Kept = 4 * ((L + 1) * BT * C + L * BT * C + 4 * L * BT + 2 * BT + BT * V)
-        let formatKept = e * (L * (14 * BT * C + maxB * c.nHead * maxT * maxT) + BT * C)
+        // Layers whose copy of a tensor exists: all of them, or the one shared buffer.
+        let gemm = recompute.keepsGEMMOutputs ? L : 1, all = recompute.keepsAll ? L : 1
+        let fp32Kept = 4 * ((L + 1) * BT * C + gemm * BT * C + 4 * gemm * BT + 2 * BT + BT * V)
+        let attention = maxB * c.nHead * maxT * maxT
+        let formatKept = e * (gemm * 8 * BT * C + all * (6 * BT * C + attention) + BT * C)
         let scratch = 4 * (9 * BT * C + square)
         let lowScratch = F.isLow ? 4 * 4 * BT * C + e * max(4 * BT * C, BT * V) + 4 * square + e * square : 0
         let saved = fp32Kept + formatKept
         return (saved, saved + scratch + lowScratch)
     }
 
-    /// Bytes kept for backward (not counting scratch).
+    /// Bytes of activation buffers (saved for backward, or shared and refilled by it), not
+    /// counting scratch.
     public var savedBytes: Int {
-        let wide = [residual, res2, ln1Mean, ln1Rstd, ln2Mean, ln2Rstd].joined().reduce(0) { $0 + $1.byteCount }
-        let kept = [ln1, qkv, att, atty, ln2, fch, fcg].joined().reduce(0) { $0 + $1.byteCount }
+        let wide = residual.reduce(0) { $0 + $1.byteCount }
+            + [res2, ln1Mean, ln1Rstd, ln2Mean, ln2Rstd].reduce(0) { $0 + $1.byteCount }
+        let kept = [ln1, qkv, att, atty, ln2, fch, fcg].reduce(0) { $0 + $1.byteCount }
         return wide + kept + lnf.byteCount + lnfMean.byteCount + lnfRstd.byteCount + logits.byteCount
     }
 
@@ -86,3 +105,21 @@ public final class Activations<F: ComputeFormat> {
             + wide.byteCount + narrow.byteCount + probs.byteCount + scoresLow.byteCount
     }
 }
+
+/// One buffer per layer, or one buffer every layer shares (a tensor backward recomputes).
+struct PerLayer<Buffer: ByteCounted> {
+    private let buffers: [Buffer]
+    let shared: Bool
+
+    init(_ layers: Int, shared: Bool, make: () -> Buffer) {
+        self.shared = shared
+        buffers = (0..<(shared ? 1 : layers)).map { _ in make() }
+    }
+
+    subscript(layer: Int) -> Buffer { buffers[shared ? 0 : layer] }
+    var byteCount: Int { buffers.reduce(0) { $0 + $1.byteCount } }
+}
+
+/// A buffer that knows its size in bytes.
+protocol ByteCounted { var byteCount: Int { get } }
+extension AlignedBuffer: ByteCounted {}

@@ -17,6 +17,8 @@ public final class GPT {
     /// Format of matrix-multiply operands and saved activations; parameters, gradients and
     /// accumulation stay fp32.
     public let precision: Precision
+    /// Which activations backward recomputes instead of keeping.
+    public let recompute: Recompute
     /// The layer sequence in that format.
     private let body: any ModelBody
 
@@ -26,9 +28,10 @@ public final class GPT {
     private var tokenCapacity = 0
 
     /// Creates a model for a validated configuration.
-    public init(config: GPTConfig, precision: Precision = .fp32) {
+    public init(config: GPTConfig, precision: Precision = .fp32, recompute: Recompute = .none) {
         self.config = config
         self.precision = precision
+        self.recompute = recompute
         let layout = ParameterLayout(config)
         self.layout = layout
         switch precision {
@@ -47,7 +50,7 @@ public final class GPT {
 
     /// Makes sure activations hold a `B`×`T` micro-batch (allocates only when it grows).
     public func reserve(B: Int, T: Int) {
-        body.reserve(B: B, T: T)
+        body.reserve(B: B, T: T, recompute: recompute)
         if B * T > tokenCapacity {
             tokens.deallocate(); targets.deallocate()
             tokenCapacity = B * T
@@ -98,7 +101,7 @@ public final class GPT {
 protocol ModelBody: AnyObject {
     var activationBytes: (saved: Int, total: Int) { get }
     var logits: UnsafeMutablePointer<Float> { get }
-    func reserve(B: Int, T: Int)
+    func reserve(B: Int, T: Int, recompute: Recompute)
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
                  params: ParameterProvider) -> (sum: Double, count: Int)
     func backward(lossScale: Float, tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, B: Int, T: Int,

@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - Transformer
 
@@ -27,10 +28,11 @@ final class Transformer<F: ComputeFormat> {
     }
 
     /// Makes sure activations hold a `B`×`T` micro-batch (allocates only when it grows).
-    func reserve(B: Int, T: Int) {
+    func reserve(B: Int, T: Int, recompute: Recompute) {
         let haveB = activations?.maxB ?? 0, haveT = activations?.maxT ?? 0
-        if haveB >= B, haveT >= T { return }
-        activations = Activations(config: config, maxB: max(B, haveB), maxT: max(T, haveT))
+        if haveB >= B, haveT >= T, activations?.recompute == recompute { return }
+        activations = nil
+        activations = Activations(config: config, maxB: max(B, haveB), maxT: max(T, haveT), recompute: recompute)
     }
 
     // MARK: Parameters in the compute format
@@ -75,7 +77,7 @@ final class Transformer<F: ComputeFormat> {
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
                  params: ParameterProvider) -> (sum: Double, count: Int) {
         let a = activations!
-        let C = config.nEmbd, NH = config.nHead, V = config.vocabSize, BT = B * T
+        let C = config.nEmbd, V = config.vocabSize, BT = B * T
         let lay = layout
         let wide = a.wide.pointer
 
@@ -87,33 +89,7 @@ final class Transformer<F: ComputeFormat> {
         for l in 0..<config.nLayer {
             let unit = lay.blockUnit(l)
             let w = acquire(params, unit: unit, vectors: blockVectors)
-            let x = a.residual[l].pointer
-            // Attention: r2 = x + proj(attn(qkv(ln1(x))))
-            normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(lay.ln1w),
-                      bias: w.vector(lay.ln1b), N: BT, scratch: wide)
-            var y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
-            Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw),
-                                 bias: w.vector(lay.qkvb), N: BT, IC: C, OC: 3 * C)
-            F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
-            y = F.workspace(for: a.atty[l].pointer, scratch: wide)
-            Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer,
-                                    scores: a.scores.pointer, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
-            F.commit(y, into: a.atty[l].pointer, BT * C)
-            let r2 = a.res2[l].pointer
-            Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(lay.projw),
-                                 bias: w.vector(lay.projb), N: BT, IC: C, OC: C)
-            Vector.add(x, into: r2, BT * C)
-            // MLP: out = r2 + fcproj(gelu(fc(ln2(r2))))
-            normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(lay.ln2w),
-                      bias: w.vector(lay.ln2b), N: BT, scratch: wide)
-            y = F.workspace(for: a.fch[l].pointer, scratch: wide)
-            Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(lay.fcw),
-                                 bias: w.vector(lay.fcb), N: BT, IC: C, OC: 4 * C)
-            F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: y, n: BT * 4 * C)
-            let out = a.residual[l + 1].pointer
-            Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
-                                 bias: w.vector(lay.fcprojb), N: BT, IC: 4 * C, OC: C)
-            Vector.add(r2, into: out, BT * C)
+            blockForward(l, w, B: B, T: T, complete: true)
             params.releaseParameters(unit: unit)
         }
 
@@ -128,6 +104,68 @@ final class Transformer<F: ComputeFormat> {
         params.releaseParameters(unit: 0)
         guard let targets else { return (0, 0) }
         return Layers.softmaxCrossEntropyForward(logits: a.logits.pointer, targets: targets, N: BT, V: V)
+    }
+
+    /// Block `l` from its input `residual[l]`: r2 = x + proj(attn(qkv(ln1(x)))), then
+    /// out = r2 + fcproj(gelu(fc(ln2(r2)))) into `residual[l + 1]`. With `complete` false it
+    /// stops after the GELU (full recomputation needs the block's tensors, not its output,
+    /// which is kept).
+    private func blockForward(_ l: Int, _ w: Weights, B: Int, T: Int, complete: Bool) {
+        let a = activations!, lay = layout
+        let C = config.nEmbd, BT = B * T
+        let wide = a.wide.pointer
+        let x = a.residual[l].pointer
+        normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(lay.ln1w),
+                  bias: w.vector(lay.ln1b), N: BT, scratch: wide)
+        var y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
+        Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw),
+                             bias: w.vector(lay.qkvb), N: BT, IC: C, OC: 3 * C)
+        F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
+        attention(l, B: B, T: T)
+        let r2 = a.res2[l].pointer
+        Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(lay.projw),
+                             bias: w.vector(lay.projb), N: BT, IC: C, OC: C)
+        Vector.add(x, into: r2, BT * C)
+        normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(lay.ln2w),
+                  bias: w.vector(lay.ln2b), N: BT, scratch: wide)
+        y = F.workspace(for: a.fch[l].pointer, scratch: wide)
+        Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(lay.fcw),
+                             bias: w.vector(lay.fcb), N: BT, IC: C, OC: 4 * C)
+        F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: y, n: BT * 4 * C)
+        guard complete else { return }
+        let out = a.residual[l + 1].pointer
+        Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
+                             bias: w.vector(lay.fcprojb), N: BT, IC: 4 * C, OC: C)
+        Vector.add(r2, into: out, BT * C)
+    }
+
+    /// Attention probabilities `att[l]` and output `atty[l]` from `qkv[l]`.
+    private func attention(_ l: Int, B: Int, T: Int) {
+        let a = activations!, BT = B * T
+        let y = F.workspace(for: a.atty[l].pointer, scratch: a.wide.pointer)
+        Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer, scores: a.scores.pointer,
+                                B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers)
+        F.commit(y, into: a.atty[l].pointer, BT * config.nEmbd)
+    }
+
+    /// Refills what the recompute mode did not keep for layer `l`, bit for bit as its forward
+    /// computed it (the same kernels on the same inputs): the whole block (`full`), or the
+    /// LayerNorm outputs, attention probabilities and GELU output (`selective`).
+    private func recompute(_ l: Int, _ w: Weights, B: Int, T: Int) {
+        let a = activations!, lay = layout, BT = B * T
+        switch a.recompute {
+        case .none: return
+        case .full: blockForward(l, w, B: B, T: T, complete: false)
+        case .selective:
+            let wide = a.wide.pointer
+            normalize(a.residual[l].pointer, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l],
+                      weight: w.vector(lay.ln1w), bias: w.vector(lay.ln1b), N: BT, scratch: wide)
+            attention(l, B: B, T: T)
+            normalize(a.res2[l].pointer, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l],
+                      weight: w.vector(lay.ln2w), bias: w.vector(lay.ln2b), N: BT, scratch: wide)
+            let pre = F.widened(a.fch[l].pointer, scratch: wide, BT * 4 * config.nEmbd)
+            F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: pre, n: BT * 4 * config.nEmbd)
+        }
     }
 
     /// LayerNorm of `N` rows of `x` kept in `F` in `out` (statistics in fp32 for backward).
@@ -175,6 +213,7 @@ final class Transformer<F: ComputeFormat> {
         for l in stride(from: config.nLayer - 1, through: 0, by: -1) {
             let unit = lay.blockUnit(l)
             let w = acquire(params, unit: unit, vectors: blockVectors)
+            recompute(l, w, B: B, T: T)
             let g = params.gradients(unit: unit)
             // MLP: out = r2 + fcproj(gelu(fc(ln2(r2))))
             d = F.operand(dres, scratch: narrow, BT * C)

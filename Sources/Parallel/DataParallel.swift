@@ -94,8 +94,8 @@ public final class DataParallel: TrainingStrategy {
         params.pointer.update(from: full, count: layout.count)
     }
 
-    public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
-        out.update(from: params.pointer, count: layout.count)
+    public func gatherParameters(range: Range<Int>, into out: UnsafeMutablePointer<Float>) throws(CommError) {
+        out.update(from: params.pointer + range.lowerBound, count: range.count)
     }
 
     public func replicaChecksums() -> [UInt64]? { tensorChecksums(params.pointer, layout: layout, elementBytes: 4) }

@@ -73,8 +73,8 @@ final class GatheredParameters: ShardedParameters {
         embeddingResident = false
     }
 
-    func gather(into out: UnsafeMutablePointer<Float>) throws(CommError) {
-        try gatherShards(paramShard.pointer, shard: shard, comm: comm, into: out)
+    func gather(range: Range<Int>, into out: UnsafeMutablePointer<Float>) throws(CommError) {
+        try gatherRange(range, of: paramShard.pointer, shard: shard, comm: comm, into: out)
     }
 
     // MARK: Gathering

@@ -95,11 +95,11 @@ final class ReplicatedParameters: ShardedParameters {
         }
     }
 
-    /// The full fp32 parameter vector: a copy of the replica, or an all-gather of the master
-    /// shards (collective: every rank must call it).
-    func gather(into out: UnsafeMutablePointer<Float>) throws(CommError) {
-        guard isMixed else { return out.update(from: values.wide(), count: shard.total) }
-        try gatherShards(master.pointer, shard: shard, comm: comm, into: out)
+    /// Part of the fp32 parameter vector: a copy of the replica, or an all-gather of the
+    /// master shards' pieces (collective: every rank must call it).
+    func gather(range: Range<Int>, into out: UnsafeMutablePointer<Float>) throws(CommError) {
+        guard isMixed else { return out.update(from: values.wide() + range.lowerBound, count: range.count) }
+        try gatherRange(range, of: master.pointer, shard: shard, comm: comm, into: out)
     }
 
     // MARK: Accounting

@@ -29,6 +29,8 @@ public struct MemoryReport: Codable, Equatable, Sendable {
 /// then for each micro-batch `beginMicroStep` + model forward/backward with the strategy as
 /// provider, then `finishGradients`, `gradientSquaredNorm` (global), and `optimizerStep`.
 public protocol TrainingStrategy: ParameterProvider {
+    /// Where each parameter lives.
+    var layout: ParameterLayout { get }
     /// Which ZeRO stage this is.
     var stage: ZeroStage { get }
     /// The format parameters are held in between steps: fp32 for DDP (it narrows on use, as
@@ -62,8 +64,9 @@ public protocol TrainingStrategy: ParameterProvider {
     func statePieces() -> [StatePiece]
     /// Loads parameters and AdamW moments; `read(vector, range, dest)` fills elements.
     func loadState(_ read: StateReader) rethrows
-    /// Copies the full parameter vector into `out` (`layout.count` floats), gathering if sharded.
-    func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError)
+    /// Copies elements `range` of the fp32 parameter vector into `out`, gathering the pieces
+    /// of sharded values (collective: every rank calls it with the same range).
+    func gatherParameters(range: Range<Int>, into out: UnsafeMutablePointer<Float>) throws(CommError)
     /// A checksum of each tensor of the parameters this rank replicates (in layout order),
     /// or nil when it replicates none (ZeRO-3): equal on every rank unless one diverged.
     func replicaChecksums() -> [UInt64]?
@@ -79,6 +82,11 @@ public func decayMask(for layout: ParameterLayout) -> DecayMask {
 }
 
 extension TrainingStrategy {
+    /// Copies the full fp32 parameter vector into `out` (collective).
+    public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) {
+        try gatherParameters(range: 0..<layout.count, into: out)
+    }
+
     /// What the model reads parameters from and writes gradients to: the strategy itself.
     public var provider: ParameterProvider { self }
     /// "DDP", "ZeRO-1" … "ZeRO-3".
@@ -119,15 +127,15 @@ func pieces(_ shard: ShardLayout, params: UnsafePointer<Float>, m: UnsafePointer
             StatePiece(vector: .adamV, start: r.lowerBound, count: r.count, pointer: v)]
 }
 
-/// The full fp32 vector from every rank's `shardSize` values (collective; allocates a padded
-/// buffer, so only for saving and evaluation, not per step).
-func gatherShards(_ values: UnsafePointer<Float>, shard: ShardLayout, comm: Communicator,
-                  into out: UnsafeMutablePointer<Float>) throws(CommError) {
-    let full = FloatBuffer(count: shard.padded)
-    (full.pointer + shard.rank * shard.shardSize).update(from: values, count: shard.shardSize)
-    try allGatherInPlace(UnsafeMutableRawPointer(full.pointer), dtype: .float32, shard: shard, comm: comm,
-                         label: "all-gather of parameters for saving")
-    out.update(from: full.pointer, count: shard.total)
+/// Elements `range` of a vector sharded by `shard`, whose local shard starts at `values`: each
+/// rank sends its piece of the range (an all-gather with per-rank counts), so only `range`
+/// is ever held in full.
+func gatherRange(_ range: Range<Int>, of values: UnsafePointer<Float>, shard: ShardLayout, comm: Communicator,
+                 into out: UnsafeMutablePointer<Float>) throws(CommError) {
+    let send = values + (shard.myPart(of: range).lowerBound - shard.mine.lowerBound)
+    try comm.wait(comm.startAllGatherV(send: UnsafeRawPointer(send), recv: UnsafeMutableRawPointer(out),
+                                       counts: shard.pieces(of: range), dtype: .float32,
+                                       label: "all-gather of parameters \(range) for saving"))
 }
 
 /// Per-tensor checksums of `values`, replicated parameters in `layout` order with

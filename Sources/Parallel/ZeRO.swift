@@ -25,7 +25,8 @@ protocol ShardedParameters: AnyObject {
     var masterShard: UnsafeMutablePointer<Float> { get }
     func loadState(_ read: StateReader, into optimizer: ShardedAdam) rethrows
     func load(from full: UnsafePointer<Float>)
-    func gather(into out: UnsafeMutablePointer<Float>) throws(CommError)
+    /// Elements `range` of the full fp32 parameter vector (collective: every rank calls it).
+    func gather(range: Range<Int>, into out: UnsafeMutablePointer<Float>) throws(CommError)
     /// The replicated values (nil when parameters are sharded) and their element size.
     var replica: (values: UnsafeMutableRawPointer, elementBytes: Int)? { get }
     /// Bytes of parameters, of fp32 master values counted with the optimizer, and working buffers.
@@ -59,7 +60,7 @@ protocol ShardedGradients: AnyObject {
 /// | 3     | `GatheredParameters`        | `UnitGradientReducer`                      |
 public final class ZeRO: TrainingStrategy {
     public let stage: ZeroStage
-    let layout: ParameterLayout
+    public let layout: ParameterLayout
     let comm: Communicator
     let shard: ShardLayout
     let optimizer: ShardedAdam
@@ -145,7 +146,9 @@ public final class ZeRO: TrainingStrategy {
     public func statePieces() -> [StatePiece] { optimizer.statePieces(paramShard: parameters.masterShard) }
     public func loadState(_ read: StateReader) rethrows { try parameters.loadState(read, into: optimizer) }
     public func loadParameters(from full: UnsafePointer<Float>) { parameters.load(from: full) }
-    public func gatherParameters(into out: UnsafeMutablePointer<Float>) throws(CommError) { try parameters.gather(into: out) }
+    public func gatherParameters(range: Range<Int>, into out: UnsafeMutablePointer<Float>) throws(CommError) {
+        try parameters.gather(range: range, into: out)
+    }
 
     public func replicaChecksums() -> [UInt64]? {
         parameters.replica.map { tensorChecksums($0.values, layout: layout, elementBytes: $0.elementBytes) }

@@ -11,11 +11,11 @@ import Settings
 /// state and working buffers (`predictedMemory`, equal to what the strategy reports once
 /// built), the activations (`Activations.bytes`, equal to the allocation; token shards are
 /// memory-mapped and each batch's pages released, so they hold no memory of their own),
-/// the start-up transient (the full fp32 initial vector every rank builds today, or the
-/// checkpoint files a resume reads) and the runtime's own share (libraries, MPI, oneDNN:
+/// the start-up transient (none for a fresh run, which initialises each rank's own elements
+/// in place; the checkpoint files a resume reads) and the runtime's own share (libraries, MPI, oneDNN:
 /// 38–45 MB measured on a minimal run).
 public struct MemoryPlan: Codable, Sendable {
-    public var stage: ZeroStage, precision: Precision, worldSize: Int, ranksPerNode: Int, microBatch: Int
+    public var stage: ZeroStage, precision: Precision, recompute: Recompute, worldSize: Int, ranksPerNode: Int, microBatch: Int
     public var parameters: Int, gradients: Int, optimizer: Int, working: Int
     public var activations: Int, modelCopies: Int, startup: Int, save: Int, runtime: Int
     /// Elements each rank sends per step, and the bytes they take on the wire.
@@ -44,23 +44,26 @@ public struct MemoryPlan: Codable, Sendable {
         let micro = config.microBatchSize(worldSize: n)
         let acts: Int
         switch config.precision {
-        case .fp32: acts = Activations<FP32>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
-        case .bf16: acts = Activations<BF16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
-        case .fp16: acts = Activations<FP16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads).total
+        case .fp32: acts = Activations<FP32>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
+                                                              recompute: config.recompute).total
+        case .bf16: acts = Activations<BF16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
+                                                              recompute: config.recompute).total
+        case .fp16: acts = Activations<FP16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
+                                                              recompute: config.recompute).total
         }
         // A 16-bit model narrows the embedding unit and one other unit into copies of its own.
         let copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0
         let psi = layout.count
-        // Every rank builds the full fp32 initial vector; a resume reads checkpoint files
-        // (about 12 bytes per parameter in all, compressed) instead.
-        let startup = config.resume.isEmpty ? 4 * psi : 12 * psi
+        // A fresh run initialises straight into the strategy's own buffers. A resume reads
+        // its rank's compressed checkpoint files (about 12 bytes per element of a shard; two
+        // files when the shards are cut differently) and decompresses one frame at a time.
+        let shardElements = (psi + n - 1) / n
+        let startup = config.resume.isEmpty ? 0 : (2 * 12 + 4) * shardElements
         // Saving, while activations are still held: a checkpoint write holds this rank's
-        // share of the three vectors twice (shuffled and compressed); the model.bin export
-        // then gathers the full fp32 vector (through a padded buffer when it is sharded) and
-        // rank 0 holds the file's bytes. One after the other, so the larger counts.
-        let shardBytes = 4 * ((psi + n - 1) / n)
-        let sharded = config.zero.shardsParameters || (config.zero != .ddp && config.precision.isLow)
-        let save = max(2 * 3 * shardBytes, 4 * psi + (sharded ? n * shardBytes : 0) + 4 * psi)
+        // share of the three vectors twice (snapshot and compressed); the model.bin export
+        // gathers the parameters in pieces of at most 16M. One after the other: the larger counts.
+        let shardBytes = 4 * shardElements
+        let save = max(2 * 3 * shardBytes, 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
         // ZeRO stages reduce-scatter gradients (ZeRO-2/3 after every micro-step) and all-gather
         // parameters in the format they hold them: once after the update (ZeRO-1/2), or for
@@ -79,7 +82,7 @@ public struct MemoryPlan: Codable, Sendable {
         let tokens = Double(config.batchSize * config.blockSize)
         let flops = Compute.flopsPerToken(params: Double(psi), nLayer: shape.nLayer, nEmbd: shape.nEmbd,
                                           seq: config.blockSize) * tokens
-        return MemoryPlan(stage: config.zero, precision: config.precision, worldSize: n, ranksPerNode: ranksPerNode,
+        return MemoryPlan(stage: config.zero, precision: config.precision, recompute: config.recompute, worldSize: n, ranksPerNode: ranksPerNode,
                           microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,
                           working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies,
                           startup: startup, save: save, runtime: runtimeBytes, sentElementsPerStep: n > 1 ? sentElements : 0,
@@ -108,19 +111,26 @@ public struct MemoryPlan: Codable, Sendable {
         }
         let p = plan(config)
         guard p.peakPerNode > limit.bytes else { return p }
-        var fix = "no ZeRO stage or micro-batch fits: use more nodes (fewer ranks per node) or a smaller model"
+        var fix = "no ZeRO stage, recompute mode or micro-batch fits: use more nodes (fewer ranks per node) or a smaller model"
+        // Cheapest first: a higher stage (more communication, same arithmetic), then
+        // recomputation (selective before full: less repeated arithmetic), then smaller
+        // micro-batches (more accumulation steps).
+        let modes = Recompute.allCases.filter { $0 == config.recompute || config.recompute == .none || $0 == .full }
         search: for micro in [p.microBatch] + Array(sequence(first: p.microBatch / 2, next: { $0 > 1 ? $0 / 2 : nil })).filter({ $0 >= 1 }) {
-            for stage in ZeroStage.allCases where stage >= config.zero {
-                var c = config
-                c.zero = stage; c.microBatch = micro
-                if (try? c.validate(worldSize: n)) == nil { continue }
-                let q = plan(c)
-                if q.peakPerNode <= limit.bytes {
-                    var changes: [String] = []
-                    if stage != config.zero { changes.append("--zero \(stage.rawValue)") }
-                    if micro != p.microBatch { changes.append("--micro-batch \(micro)") }
-                    fix = "use \(changes.joined(separator: " ")) (\(gibText(q.peakPerRank)) per rank)"
-                    break search
+            for mode in modes {
+                for stage in ZeroStage.allCases where stage >= config.zero {
+                    var c = config
+                    c.zero = stage; c.microBatch = micro; c.recompute = mode
+                    if (try? c.validate(worldSize: n)) == nil { continue }
+                    let q = plan(c)
+                    if q.peakPerNode <= limit.bytes {
+                        var changes: [String] = []
+                        if stage != config.zero { changes.append("--zero \(stage.rawValue)") }
+                        if mode != config.recompute { changes.append("--recompute \(mode.rawValue)") }
+                        if micro != p.microBatch { changes.append("--micro-batch \(micro)") }
+                        fix = "use \(changes.joined(separator: " ")) (\(gibText(q.peakPerRank)) per rank)"
+                        break search
+                    }
                 }
             }
         }
@@ -138,7 +148,7 @@ public struct MemoryPlan: Codable, Sendable {
         if modelCopies > 0 { rows.append(("16-bit parameter copies", modelCopies)) }
         rows += [("saving (checkpoint, model.bin)", save), ("start-up transient", startup),
                  ("runtime", runtime)]
-        var out = "memory plan: \(stage.name), \(precision), \(worldSize) rank(s), \(ranksPerNode) per node\n"
+        var out = "memory plan: \(stage.name), \(precision), recompute \(recompute.rawValue), \(worldSize) rank(s), \(ranksPerNode) per node\n"
         for (name, bytes) in rows { out += "  " + name.padding(toLength: 34, withPad: " ", startingAt: 0) + gibText(bytes) + "\n" }
         out += "  peak per rank (state + max(start-up, activations + saving))  \(gibText(peakPerRank)); "
             + "per node \(gibText(peakPerNode))\n"

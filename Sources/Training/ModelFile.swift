@@ -27,13 +27,48 @@ public struct ModelFile {
 
     /// Writes atomically (temporary file, then rename).
     public func write(to path: String) throws {
-        let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
-        let header = try enc.encode(Header(config: config, tokenizer: tokenizer, count: parameters.count))
-        var d = Data(Self.magic)
-        withUnsafeBytes(of: UInt64(header.count).littleEndian) { d.append(contentsOf: $0) }
-        d.append(header)
-        d.append(Data(bytes: parameters.pointer, count: parameters.byteCount))
-        try d.write(to: URL(fileURLWithPath: path), options: .atomic)
+        let w = try Writer(path: path, config: config, tokenizer: tokenizer, count: parameters.count)
+        try w.append(parameters.pointer, count: parameters.count)
+        try w.finish()
+    }
+
+    /// Writes a model file piece by piece, so no full copy of the parameters is needed: a
+    /// temporary file, renamed over `path` when complete.
+    public final class Writer {
+        let path: String, temporary: String, count: Int
+        private let handle: FileHandle
+        private var written = 0
+
+        /// Starts the file with its header.
+        public init(path: String, config: GPTConfig, tokenizer: Tokenizer?, count: Int) throws {
+            self.path = path; self.count = count
+            temporary = path + ".partial-\(ProcessInfo.processInfo.processIdentifier)"
+            let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+            let header = try enc.encode(Header(config: config, tokenizer: tokenizer, count: count))
+            var d = Data(ModelFile.magic)
+            withUnsafeBytes(of: UInt64(header.count).littleEndian) { d.append(contentsOf: $0) }
+            d.append(header)
+            guard FileManager.default.createFile(atPath: temporary, contents: d) else {
+                throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: temporary])
+            }
+            handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
+            try handle.seekToEnd()
+        }
+
+        /// Appends the next `n` parameters.
+        public func append(_ values: UnsafePointer<Float>, count n: Int) throws {
+            try handle.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: values), count: 4 * n, deallocator: .none))
+            written += n
+        }
+
+        /// Checks every parameter was written and moves the file into place.
+        public func finish() throws {
+            precondition(written == count, "model file: \(written) of \(count) parameters written")
+            try handle.synchronize()
+            try handle.close()
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+            try FileManager.default.moveItem(atPath: temporary, toPath: path)
+        }
     }
 
     /// Reads and checks a model file.

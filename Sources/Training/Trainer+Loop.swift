@@ -122,7 +122,7 @@ extension Trainer {
         }
         if let f = config.flipAt, f.step == step + 1, f.rank == comm.rank { strategy.corruptReplicaForTesting() }
         let t1 = MPIClock.now()
-        return StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
+        var m = StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
                            grad_norm: norm, tokens_per_s: Double(tokensPerStep) / (t1 - t0), ms_per_step: (t1 - t0) * 1000,
                            ms_forward: fwd * 1000, ms_backward: bwd * 1000,
                            ms_comm_wait: strategy.commWaitSeconds * 1000, ms_optimizer: (t1 - o0) * 1000,
@@ -131,6 +131,8 @@ extension Trainer {
                            loss_scale: scaler.map { _ in scale }, skipped: skipped,
                            skipped_steps: skippedSteps > 0 ? skippedSteps : nil,
                            peak_rss_mb: isCoordinator ? (Benchmark.peakRSSMB() * 10).rounded() / 10 : nil)
+        if config.sampling == .sequential { m.epoch = (sampler.epoch(batch: step + 1, split: data.train) * 1000).rounded() / 1000 }
+        return m
     }
 
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
@@ -158,13 +160,18 @@ extension Trainer {
                               tokenizer: data.tokenizer, scaler: scaler, skippedSteps: skippedSteps, strategy: strategy)
     }
 
-    /// Writes the trained weights (rank 0) and returns the path.
+    /// Writes the trained weights (rank 0) and returns the path, gathering them in pieces of
+    /// at most 16M parameters, so no rank holds a full copy it does not already keep.
     func saveModel(to path: String) throws -> String {
-        let buf = FloatBuffer(count: model.layout.count)
-        try strategy.gatherParameters(into: buf.pointer)
-        if isCoordinator {
-            try ModelFile(config: model.config, tokenizer: data.tokenizer, parameters: buf).write(to: path)
+        let count = model.layout.count, piece = min(count, 1 << 24)
+        let writer = isCoordinator ? try ModelFile.Writer(path: path, config: model.config, tokenizer: data.tokenizer, count: count) : nil
+        let buf = FloatBuffer(count: piece)
+        for lo in stride(from: 0, to: count, by: piece) {
+            let range = lo..<min(count, lo + piece)
+            try strategy.gatherParameters(range: range, into: buf.pointer)
+            try writer?.append(buf.pointer, count: range.count)
         }
+        try writer?.finish()
         return path
     }
 }

@@ -71,7 +71,7 @@ public final class Trainer {
         sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize, batchSize: config.batchSize,
                                mode: config.sampling)
         let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler)
-        model = GPT(config: gpt, precision: config.precision)
+        model = GPT(config: gpt, precision: config.precision, recompute: config.recompute)
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
@@ -83,8 +83,7 @@ public final class Trainer {
         micro = config.microBatchSize(worldSize: comm.size)
         x = .allocate(capacity: micro * config.blockSize)
         y = .allocate(capacity: micro * config.blockSize)
-        try initializeParameters(shape: gpt)
-        if !config.resume.isEmpty { try resume(from: URL(fileURLWithPath: config.resume)) }
+        if config.resume.isEmpty { initializeParameters(shape: gpt) } else { try resume(from: URL(fileURLWithPath: config.resume)) }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
         model.reserve(B: micro, T: config.blockSize)
     }
@@ -103,16 +102,19 @@ public final class Trainer {
         return gpt
     }
 
-    /// Initialises every parameter from the seed; like PyTorch DDP, every replica starts from
-    /// rank 0's values.
-    private func initializeParameters(shape: GPTConfig) throws {
-        let initial = FloatBuffer(count: model.layout.count)
-        GPT.initialize(initial.pointer, layout: model.layout, config: shape, seed: config.seed)
-        if comm.size > 1 {
-            try comm.wait(comm.startBroadcast(UnsafeMutableRawPointer(initial.pointer), count: initial.count,
-                                              dtype: .float32, root: 0, label: "broadcast of initial parameters"))
+    /// Initialises the parameters from the seed, each rank only the elements its strategy
+    /// holds (a ZeRO-3 rank its shard), with the values a full initialisation gives them
+    /// (`GPT.initialize(_:elements:)`), so no rank builds the full vector and every replica
+    /// starts from the same values without a broadcast. AdamW's moments start at zero.
+    private func initializeParameters(shape: GPTConfig) {
+        let layout = model.layout, seed = config.seed
+        strategy.loadState { vector, range, dest in
+            if vector == .params {
+                GPT.initialize(dest, elements: range, layout: layout, config: shape, seed: seed)
+            } else {
+                dest.update(repeating: 0, count: range.count)
+            }
         }
-        strategy.loadParameters(from: initial.pointer)
     }
 
     /// Loads a verified checkpoint's state, position and loss scaler.

@@ -55,6 +55,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Seconds a collective may wait before the watchdog aborts the job.") var commTimeout: Double?
     @Option(help: "Compute precision of matmuls and saved activations (master weights and optimizer stay fp32).") var precision: Precision?
     @Option(help: "Gradient communication format (default: the --precision).") var reduceDtype: Precision?
+    @Option(help: "Activations backward recomputes: none, selective (LayerNorm outputs, attention probabilities, GELU) or full (whole blocks).")
+    var recompute: Recompute?
 
     // MARK: Checkpoints
     @Option(help: "Save a checkpoint every N steps (0: only at the end).") var saveEvery: Int?
@@ -82,7 +84,7 @@ struct TrainOptions: ParsableArguments {
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery)
-        set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision)
+        set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
         set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
         set(\.debugInjectInf, debugInjectInf); set(\.debugInjectNaN, debugInjectNaN); set(\.debugFlipBit, debugFlipBit)

@@ -75,10 +75,12 @@ final class LowPrecisionTests: XCTestCase {
 /// Activation bytes are predictable without allocating (memory plans use the formula).
 final class ActivationPlanTests: XCTestCase {
     func check<F: ComputeFormat>(_: F.Type, _ c: GPTConfig, B: Int, T: Int) {
-        let a = Activations<F>(config: c, maxB: B, maxT: T)
-        let p = Activations<F>.bytes(config: c, maxB: B, maxT: T, workers: ParallelFor.threads)
-        XCTAssertEqual(p.saved, a.savedBytes, "\(F.self) saved, \(c)")
-        XCTAssertEqual(p.total, a.totalBytes, "\(F.self) total, \(c)")
+        for mode in Recompute.allCases {
+            let a = Activations<F>(config: c, maxB: B, maxT: T, recompute: mode)
+            let p = Activations<F>.bytes(config: c, maxB: B, maxT: T, workers: ParallelFor.threads, recompute: mode)
+            XCTAssertEqual(p.saved, a.savedBytes, "\(F.self) \(mode) saved, \(c)")
+            XCTAssertEqual(p.total, a.totalBytes, "\(F.self) \(mode) total, \(c)")
+        }
     }
 
     func testFormulaEqualsTheAllocation() {
