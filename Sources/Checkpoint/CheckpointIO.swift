@@ -13,26 +13,38 @@ public struct VectorPiece: @unchecked Sendable {
 }
 
 public enum CheckpointWriter {
+    /// Elements per compressed frame: what a write or a read holds at once (twice, shuffled
+    /// and compressed), whatever the size of the shard.
+    public static let frameElements = 1 << 22
+
     /// Compresses `pieces` into this rank's data file inside `directory` (temporary name,
-    /// fsync, rename) and returns its manifest entry.
+    /// fsync, rename) and returns its manifest entry. Each piece is cut into frames of at
+    /// most `frameElements`, compressed and written one at a time.
     public static func writeRankFile(directory: URL, rank: Int, world: Int, pieces: [VectorPiece],
                                      level: Int32) throws -> ShardFileEntry {
-        var body: [UInt8] = []
-        var frames: [Frame] = []
-        for p in pieces {
-            let c = try FloatCodec.compress(UnsafeRawPointer(p.pointer), count: p.count, width: 4, level: level)
-            frames.append(Frame(vector: p.vector.rawValue, start: p.start, count: p.count, offset: body.count, length: c.count))
-            body += c
-        }
         let name = CheckpointStore.fileName(rank: rank, world: world)
         let final = directory.appendingPathComponent(name)
         let tmp = directory.appendingPathComponent(name + ".tmp")
-        try body.withUnsafeBytes { try Durable.write($0, to: tmp.path) }
+        let file = try Durable.Writer(path: tmp.path)
+        var frames: [Frame] = []
+        var crc = CRC32(), offset = 0
+        for p in pieces {
+            for lo in stride(from: 0, to: max(p.count, 1), by: frameElements) {
+                let n = min(frameElements, p.count - lo)
+                let c = try FloatCodec.compress(UnsafeRawPointer(p.pointer + lo), count: n, width: 4, level: level)
+                try c.withUnsafeBytes { bytes in
+                    try file.append(bytes)
+                    crc.update(bytes)
+                }
+                frames.append(Frame(vector: p.vector.rawValue, start: p.start + lo, count: n, offset: offset, length: c.count))
+                offset += c.count
+            }
+        }
+        try file.finish()
         guard rename(tmp.path, final.path) == 0 else {
             throw CheckpointError(final.path, "rename failed (\(String(cString: strerror(errno))))", "check permissions")
         }
-        let crc = body.withUnsafeBytes { CRC32.checksum($0) }
-        return ShardFileEntry(file: name, rank: rank, bytes: body.count, crc32: crc, frames: frames)
+        return ShardFileEntry(file: name, rank: rank, bytes: offset, crc32: crc.value, frames: frames)
     }
 
     /// Rank 0's commit: manifest last inside the partial directory, then the directory is
@@ -117,7 +129,7 @@ public enum CheckpointReader {
     /// recorded CRC-32, and vectors fully covered.
     public static func verify(directory: URL) throws -> Manifest {
         let m = try manifest(directory: directory)
-        for f in m.files { _ = try load(directory: directory, entry: f) }
+        for f in m.files { try verify(directory: directory, entry: f) }
         for v in StateVector.allCases.map(\.rawValue) {
             let covered = m.files.flatMap(\.frames).filter { $0.vector == v }.reduce(0) { $0 + $1.count }
             guard covered == m.parameterCount else {
@@ -129,28 +141,35 @@ public enum CheckpointReader {
     }
 
     /// Reads and checks one data file.
-    static func load(directory: URL, entry: ShardFileEntry) throws -> Data {
+    /// Checks a data file's size and CRC-32 against its manifest entry, reading it in pieces.
+    static func verify(directory: URL, entry: ShardFileEntry) throws {
         let path = directory.appendingPathComponent(entry.file).path
-        guard let d = FileManager.default.contents(atPath: path) else {
+        guard let h = FileHandle(forReadingAtPath: path) else {
             throw CheckpointError(path, "data file is missing", "restore the file or resume from another checkpoint")
         }
-        guard d.count == entry.bytes else {
-            throw CheckpointError(path, "data file has \(d.count) bytes but the manifest records \(entry.bytes) (truncated?)",
+        defer { try? h.close() }
+        var crc = CRC32(), size = 0
+        while let chunk = try? h.read(upToCount: 1 << 24), !chunk.isEmpty {
+            chunk.withUnsafeBytes { crc.update($0) }
+            size += chunk.count
+        }
+        guard size == entry.bytes else {
+            throw CheckpointError(path, "data file has \(size) bytes but the manifest records \(entry.bytes) (truncated?)",
                                   "resume from another checkpoint")
         }
-        let crc = d.withUnsafeBytes { CRC32.checksum($0) }
-        guard crc == entry.crc32 else {
-            throw CheckpointError(path, "data file checksum \(String(crc, radix: 16)) does not match the manifest's \(String(entry.crc32, radix: 16)) (corrupted)",
+        guard crc.value == entry.crc32 else {
+            throw CheckpointError(path, "data file checksum \(String(crc.value, radix: 16)) does not match the manifest's \(String(entry.crc32, radix: 16)) (corrupted)",
                                   "resume from another checkpoint")
         }
-        return d
     }
 
-    /// Reads elements `range` of a vector into `dest`, from whichever files hold them.
+    /// Reads elements `range` of a vector into `dest`, from whichever files hold them: each
+    /// file is verified once (streamed), then only the frames that overlap are read, one at
+    /// a time, so memory holds one frame whatever the checkpoint's size.
     public final class VectorReader {
         let directory: URL
         let manifest: Manifest
-        private var files: [String: Data] = [:]
+        private var verified: Set<String> = []
 
         public init(directory: URL, manifest: Manifest) { self.directory = directory; self.manifest = manifest }
 
@@ -161,20 +180,20 @@ public enum CheckpointReader {
                 for f in entry.frames where f.vector == vector {
                     let lo = max(f.start, range.lowerBound), hi = min(f.start + f.count, range.upperBound)
                     guard lo < hi else { continue }
-                    if files[entry.file] == nil { files[entry.file] = try CheckpointReader.load(directory: directory, entry: entry) }
-                    let data = files[entry.file]!
-                    guard f.offset + f.length <= data.count else {
-                        throw CheckpointError(directory.appendingPathComponent(entry.file).path, "frame lies outside the file", "resume from another checkpoint")
+                    let path = directory.appendingPathComponent(entry.file).path
+                    if !verified.contains(entry.file) { try CheckpointReader.verify(directory: directory, entry: entry); verified.insert(entry.file) }
+                    guard f.offset >= 0, f.length >= 0, f.offset <= entry.bytes, f.length <= entry.bytes - f.offset else {
+                        throw CheckpointError(path, "frame lies outside the file", "resume from another checkpoint")
                     }
+                    let compressed = try Durable.read(path: path, offset: f.offset, count: f.length)
                     let tmp = UnsafeMutablePointer<Float>.allocate(capacity: max(f.count, 1))
                     defer { tmp.deallocate() }
                     do {
-                        try data.withUnsafeBytes { raw in
-                            try FloatCodec.decompress(UnsafeRawBufferPointer(rebasing: raw[f.offset..<(f.offset + f.length)]),
-                                                      count: f.count, width: 4, into: tmp)
+                        try compressed.withUnsafeBytes { raw in
+                            try FloatCodec.decompress(raw, count: f.count, width: 4, into: tmp)
                         }
                     } catch {
-                        throw CheckpointError(directory.appendingPathComponent(entry.file).path, "frame of \(vector) cannot be decompressed (\(error))",
+                        throw CheckpointError(path, "frame of \(vector) cannot be decompressed (\(error))",
                                               "resume from another checkpoint")
                     }
                     (dest + (lo - range.lowerBound)).update(from: tmp + (lo - f.start), count: hi - lo)

@@ -136,6 +136,58 @@ public struct CheckpointStore: Sendable {
 
 /// fsync helpers: data must be on disk before the rename that publishes it.
 public enum Durable {
+    /// Writes a new file piece by piece with POSIX calls; `finish` fsyncs and closes it.
+    public final class Writer {
+        let path: String
+        private let fd: Int32
+
+        public init(path: String) throws {
+            self.path = path
+            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            guard fd >= 0 else {
+                throw CheckpointError(path, "cannot be created (\(String(cString: strerror(errno))))", "check permissions and free space")
+            }
+        }
+
+        deinit { close(fd) }
+
+        public func append(_ bytes: UnsafeRawBufferPointer) throws {
+            var done = 0
+            while done < bytes.count {
+                let n = Foundation.write(fd, bytes.baseAddress! + done, bytes.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw CheckpointError(path, "write failed (\(String(cString: strerror(errno))))",
+                                          "free disk space or choose another --out; the previous checkpoint is intact")
+                }
+                done += n
+            }
+        }
+
+        public func finish() throws {
+            guard Foundation.fsync(fd) == 0 else {
+                throw CheckpointError(path, "fsync failed (\(String(cString: strerror(errno))))",
+                                      "free disk space or choose another --out; the previous checkpoint is intact")
+            }
+        }
+    }
+
+    /// `count` bytes of a file from `offset`.
+    public static func read(path: String, offset: Int, count: Int) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw CheckpointError(path, "data file is missing", "restore the file or resume from another checkpoint") }
+        defer { close(fd) }
+        var out = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw CheckpointError(path, "data file ends inside a frame (truncated?)", "resume from another checkpoint") }
+            done += n
+        }
+        return out
+    }
+
     public static func fsync(path: String) throws {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw CheckpointError(path, "cannot be opened for fsync", "check permissions") }

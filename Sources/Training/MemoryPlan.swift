@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import Kernels
 import Model
@@ -12,7 +13,7 @@ import Settings
 /// built), the activations (`Activations.bytes`, equal to the allocation; token shards are
 /// memory-mapped and each batch's pages released, so they hold no memory of their own),
 /// the start-up transient (none for a fresh run, which initialises each rank's own elements
-/// in place; the checkpoint files a resume reads) and the runtime's own share (libraries, MPI, oneDNN:
+/// in place; a resume's frame buffers) and the runtime's own share (libraries, MPI, oneDNN:
 /// 38–45 MB measured on a minimal run).
 public struct MemoryPlan: Codable, Sendable {
     public var stage: ZeroStage, precision: Precision, recompute: Recompute, worldSize: Int, ranksPerNode: Int, microBatch: Int
@@ -54,16 +55,17 @@ public struct MemoryPlan: Codable, Sendable {
         // A 16-bit model narrows the embedding unit and one other unit into copies of its own.
         let copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0
         let psi = layout.count
-        // A fresh run initialises straight into the strategy's own buffers. A resume reads
-        // its rank's compressed checkpoint files (about 12 bytes per element of a shard; two
-        // files when the shards are cut differently) and decompresses one frame at a time.
-        let shardElements = (psi + n - 1) / n
-        let startup = config.resume.isEmpty ? 0 : (2 * 12 + 4) * shardElements
-        // Saving, while activations are still held: a checkpoint write holds this rank's
-        // share of the three vectors twice (snapshot and compressed); the model.bin export
-        // gathers the parameters in pieces of at most 16M. One after the other: the larger counts.
-        let shardBytes = 4 * shardElements
-        let save = max(2 * 3 * shardBytes, 4 * min(psi, 1 << 24))
+        // A fresh run initialises straight into the strategy's own buffers. A resume verifies
+        // its checkpoint files in 16 MiB reads, then decompresses one frame at a time (the
+        // compressed frame and the shuffled one beside the destination).
+        let shardElements = (psi + n - 1) / n, frameBytes = 4 * CheckpointWriter.frameElements
+        let startup = config.resume.isEmpty ? 0 : (16 << 20) + 2 * frameBytes
+        // Saving, while activations are still held: a checkpoint compresses one frame at a
+        // time (shuffled and compressed copies), after an async save has snapshotted this
+        // rank's share of the three vectors; the model.bin export gathers the parameters in
+        // pieces of at most 16M. One after the other: the larger counts.
+        let snapshot = config.asyncSave ? 3 * 4 * shardElements : 0
+        let save = max(snapshot + 2 * frameBytes, 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
         // ZeRO stages reduce-scatter gradients (ZeRO-2/3 after every micro-step) and all-gather
         // parameters in the format they hold them: once after the update (ZeRO-1/2), or for
