@@ -65,6 +65,9 @@ bench: build
 	@echo "--- weak scaling: 1 rank × 1 thread vs 2 ranks × 1 thread, same per-rank batch (DDP)"
 	$(BIN) bench --config small --precision fp32 $(BENCH_STEPS) --threads 1 --json bench/results.jsonl
 	launch/local.sh -n 2 -- bench --config small --precision fp32 $(BENCH_STEPS) --threads 1 --per-rank-batch --json bench/results.jsonl
+	@echo "--- activation recomputation: none, selective, full (small, 1 rank × 2 threads)"
+	$(BIN) bench --config small --precision fp32 --recompute none --recompute selective --recompute full $(BENCH_STEPS) \
+	  --threads 2 --json bench/results.jsonl
 	@echo "results: bench/results.jsonl"
 
 # PyTorch for the benchmark reference only (never needed by tessera or CI).

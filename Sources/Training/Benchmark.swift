@@ -25,7 +25,7 @@ public struct BenchShape: Codable, Sendable {
 
 /// What one configuration measured (rank 0's view; times are per optimizer step).
 public struct BenchResult: Codable, Sendable {
-    public var config: String, precision: String, zero: Int
+    public var config: String, precision: String, zero: Int, recompute: String
     public var ranks: Int, threadsPerRank: Int
     public var params: Int, tokensPerStep: Int
     public var tokensPerSecond: Double, msPerStep: Double
@@ -74,13 +74,13 @@ public enum Benchmark {
     }
 
     /// Warm-up then timed steps of one configuration with synthetic tokens.
-    public static func run(_ shape: BenchShape, precision: Precision, zero: ZeroStage, comm: Communicator, threads: Int,
-                           perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
+    public static func run(_ shape: BenchShape, precision: Precision, zero: ZeroStage, recompute: Recompute = .none,
+                           comm: Communicator, threads: Int, perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
         var c = TrainConfig()
         c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
         c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
         c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
-        c.precision = precision
+        c.precision = precision; c.recompute = recompute
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
         let trainer = try Trainer(config: c, comm: comm, dataset: data)
@@ -98,7 +98,7 @@ public enum Benchmark {
         let perRank = fpt * Double(tokens) / (ms / 1000) / Double(comm.size) / 1e9
         var rss = [peakRSSMB()]
         try comm.allReduce(&rss, op: .max, label: "bench rss")
-        return BenchResult(config: shape.name, precision: precision.rawValue, zero: zero.rawValue, ranks: comm.size, threadsPerRank: threads,
+        return BenchResult(config: shape.name, precision: precision.rawValue, zero: zero.rawValue, recompute: recompute.rawValue, ranks: comm.size, threadsPerRank: threads,
                            params: params, tokensPerStep: tokens, tokensPerSecond: Double(tokens) / (ms / 1000), msPerStep: ms,
                            msForward: mean(\.ms_forward), msBackward: mean(\.ms_backward), msOptimizer: mean(\.ms_optimizer),
                            msCommWait: mean(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,

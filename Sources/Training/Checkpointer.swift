@@ -162,10 +162,22 @@ final class Checkpointer {
     }
 
     /// Gathers every rank's file record; rank 0 writes the manifest and publishes it.
+    ///
+    /// Each rank's file holds its shard of the three vectors, each cut into frames of
+    /// `CheckpointWriter.frameElements` (at least one), so rank 0 knows every frame's range
+    /// and needs only each file's size, CRC and frame lengths.
     private func commit(_ job: Job) throws {
-        let n = comm.size, k = 6
+        let n = comm.size
+        let shard = ShardLayout(total: job.manifest.parameterCount, ranks: n, rank: comm.rank)
+        func frameRanges(_ range: Range<Int>) -> [Range<Int>] {
+            let step = CheckpointWriter.frameElements
+            return range.isEmpty ? [range] : stride(from: range.lowerBound, to: range.upperBound, by: step).map { $0..<min($0 + step, range.upperBound) }
+        }
+        let perVector = frameRanges(0..<shard.shardSize).count
+        let k = 3 + StateVector.allCases.count * perVector
         var records = [Double](repeating: 0, count: n * k)
         if let e = job.entry {
+            precondition(e.frames.count <= k - 3, "checkpoint: \(e.frames.count) frames, room for \(k - 3)")
             records[comm.rank * k] = Double(e.bytes)
             records[comm.rank * k + 1] = Double(e.crc32)
             for (i, f) in e.frames.enumerated() { records[comm.rank * k + 3 + i] = Double(f.length) }
@@ -184,14 +196,15 @@ final class Checkpointer {
         }
         guard comm.rank == 0 else { return }
         var manifest = job.manifest
-        let shard = ShardLayout(total: manifest.parameterCount, ranks: n, rank: 0)
         manifest.files = (0..<n).map { r in
-            let range = shard.shard(of: r)
-            var offset = 0
-            let frames = StateVector.allCases.enumerated().map { i, vector -> Frame in
-                let len = Int(records[r * k + 3 + i])
-                defer { offset += len }
-                return Frame(vector: vector.rawValue, start: range.lowerBound, count: range.count, offset: offset, length: len)
+            var offset = 0, i = 0
+            var frames: [Frame] = []
+            for vector in StateVector.allCases {
+                for range in frameRanges(shard.shard(of: r)) {
+                    let len = Int(records[r * k + 3 + i])
+                    frames.append(Frame(vector: vector.rawValue, start: range.lowerBound, count: range.count, offset: offset, length: len))
+                    offset += len; i += 1
+                }
             }
             return ShardFileEntry(file: CheckpointStore.fileName(rank: r, world: n), rank: r,
                                   bytes: Int(records[r * k]), crc32: UInt32(records[r * k + 1]), frames: frames)
