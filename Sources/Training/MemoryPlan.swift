@@ -14,24 +14,27 @@ import Settings
 /// memory-mapped and each batch's pages released, so they hold no memory of their own),
 /// the start-up transient (none for a fresh run, which initialises each rank's own elements
 /// in place; a resume's frame buffers) and the runtime's own share (libraries, MPI, oneDNN:
-/// 38–45 MB measured on a minimal run).
+/// 48 MiB, measured as the peak of minimal runs less their buffers) and Open MPI's
+/// temporaries for the gradient collectives in flight.
 public struct MemoryPlan: Codable, Sendable {
     public var stage: ZeroStage, precision: Precision, recompute: Recompute, worldSize: Int, ranksPerNode: Int, microBatch: Int
     public var parameters: Int, gradients: Int, optimizer: Int, working: Int
     public var activations: Int, modelCopies: Int, startup: Int, save: Int, runtime: Int
+    /// Open MPI's temporaries for the gradient collectives in flight (see `make`).
+    public var collectives: Int
     /// Elements each rank sends per step, and the bytes they take on the wire.
     public var sentElementsPerStep: Int, sentBytesPerStep: Int
     /// Model FLOPs of one optimizer step (6N per token plus attention, all ranks).
     public var flopsPerStep: Double
 
     /// Bytes the runtime holds beside tessera's buffers.
-    public static let runtimeBytes = 64 << 20
+    public static let runtimeBytes = 48 << 20
 
     /// The state held between steps plus the larger of the start-up transient and what a
     /// step holds (activations, and at a save the save's buffers): the high-water mark one
     /// rank reaches.
     public var peakPerRank: Int {
-        runtime + parameters + gradients + optimizer + working + max(startup, activations + modelCopies + save)
+        runtime + parameters + gradients + optimizer + working + max(startup, activations + modelCopies + collectives + save)
     }
     public var peakPerNode: Int { peakPerRank * ranksPerNode }
 
@@ -58,13 +61,20 @@ public struct MemoryPlan: Codable, Sendable {
         // A fresh run initialises straight into the strategy's own buffers. A resume verifies
         // its checkpoint files in 16 MiB reads, then decompresses one frame at a time (the
         // compressed frame and the shuffled one beside the destination).
-        let shardElements = (psi + n - 1) / n, frameBytes = 4 * CheckpointWriter.frameElements
+        let shardElements = (psi + n - 1) / n, frameBytes = 4 * min(shardElements, CheckpointWriter.frameElements)
         let startup = config.resume.isEmpty ? 0 : (16 << 20) + 2 * frameBytes
         // Saving, while activations are still held: a checkpoint compresses one frame at a
         // time (shuffled and compressed copies), after an async save has snapshotted this
         // rank's share of the three vectors; the model.bin export gathers the parameters in
         // pieces of at most 16M. One after the other: the larger counts.
         let snapshot = config.asyncSave ? 3 * 4 * shardElements : 0
+        // Open MPI's nonblocking collectives (libnbc) allocate a temporary the size of their
+        // message. DDP and ZeRO-1 start a bucket's reduction as soon as backward has produced
+        // it, so nearly all gradients are in flight at once: their wire size again (measured:
+        // 0.4 GB per rank on the gpt2 shape). ZeRO-2/3 reduce one unit at a time: the largest.
+        let wireBytes = config.effectiveReduceDtype.bytes
+        let inFlight = config.zero.shardsGradients ? max(layout.units[0].count, layout.largestNonEmbeddingUnit) : psi
+        let collectives = n > 1 ? wireBytes * inFlight : 0
         let save = max(snapshot + 2 * frameBytes, 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
         // ZeRO stages reduce-scatter gradients (ZeRO-2/3 after every micro-step) and all-gather
@@ -87,7 +97,7 @@ public struct MemoryPlan: Codable, Sendable {
         return MemoryPlan(stage: config.zero, precision: config.precision, recompute: config.recompute, worldSize: n, ranksPerNode: ranksPerNode,
                           microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,
                           working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies,
-                          startup: startup, save: save, runtime: runtimeBytes, sentElementsPerStep: n > 1 ? sentElements : 0,
+                          startup: startup, save: save, runtime: runtimeBytes, collectives: collectives, sentElementsPerStep: n > 1 ? sentElements : 0,
                           sentBytesPerStep: n > 1 ? sentBytes : 0, flopsPerStep: flops)
     }
 
@@ -148,11 +158,12 @@ public struct MemoryPlan: Codable, Sendable {
         var rows = [("parameters", parameters), ("gradients", gradients), ("optimizer states", optimizer),
                     ("working buffers", working), ("activations (micro-batch \(microBatch))", activations)]
         if modelCopies > 0 { rows.append(("16-bit parameter copies", modelCopies)) }
+        if collectives > 0 { rows.append(("MPI collective temporaries", collectives)) }
         rows += [("saving (checkpoint, model.bin)", save), ("start-up transient", startup),
                  ("runtime", runtime)]
         var out = "memory plan: \(stage.name), \(precision), recompute \(recompute.rawValue), \(worldSize) rank(s), \(ranksPerNode) per node\n"
         for (name, bytes) in rows { out += "  " + name.padding(toLength: 34, withPad: " ", startingAt: 0) + gibText(bytes) + "\n" }
-        out += "  peak per rank (state + max(start-up, activations + saving))  \(gibText(peakPerRank)); "
+        out += "  peak per rank (state + max(start-up, activations + collectives + saving))  \(gibText(peakPerRank)); "
             + "per node \(gibText(peakPerNode))\n"
         out += "communication per step and rank: \(sentElementsPerStep) elements, \(gibText(sentBytesPerStep))\n"
         out += String(format: "compute per step: %.3g FLOPs", flopsPerStep)
