@@ -200,24 +200,8 @@ public enum Durable {
     /// Writes bytes to a new file with POSIX calls, so a full disk or a permission problem is
     /// reported (Foundation's `write(to:)` alone would not fsync).
     public static func write(_ bytes: UnsafeRawBufferPointer, to path: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else {
-            throw CheckpointError(path, "cannot be created (\(String(cString: strerror(errno))))", "check permissions and free space")
-        }
-        defer { close(fd) }
-        var done = 0
-        while done < bytes.count {
-            let n = Foundation.write(fd, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw CheckpointError(path, "write failed (\(String(cString: strerror(errno))))",
-                                      "free disk space or choose another --out; the previous checkpoint is intact")
-            }
-            done += n
-        }
-        guard Foundation.fsync(fd) == 0 else {
-            throw CheckpointError(path, "fsync failed (\(String(cString: strerror(errno))))",
-                                  "free disk space or choose another --out; the previous checkpoint is intact")
-        }
+        let file = try Writer(path: path)
+        try file.append(bytes)
+        try file.finish()
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Scaling
 import Settings
+import Training
 
 /// `tessera scaling`: sizing estimates before training.
 struct Scaling: ParsableCommand {
@@ -173,13 +174,16 @@ struct MemoryCmd: ParsableCommand {
     @Option(help: "fp32, bf16 or fp16.") var precision: Precision = .fp32
     @Option(help: "Micro-batch (sequences) for the activation estimate.") var microBatch: Int?
     @Option(help: "Sequence length for the activation estimate.") var seq: Int?
+    @Option(help: "With --model and --micro-batch: the recompute mode of the trainer's plan.") var recompute: Recompute = .none
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         calculator {
             var psi = params, act = 0
+            var plans: [MemoryPlan] = []
             if let m = model {
                 let s = try ModelShape.parse(m, vocabSize: vocab) { FileManager.default.contents(atPath: $0).map(Array.init) }
+                if let b = microBatch, b > 0 { plans = trainerPlans(s, microBatch: b) }
                 psi = Double(s.params)
                 if let b = microBatch {
                     guard b > 0 else { throw ScalingError("--micro-batch", "is \(b)", "pass a positive size") }
@@ -191,12 +195,42 @@ struct MemoryCmd: ParsableCommand {
             try ScalingError.positive(psi, "--params")
             let stages = zero.map { [$0] } ?? ZeroStage.allCases
             let rows = try stages.map { try MemoryModel.perRank(params: Int(psi), world: world, stage: $0, precision: precision, activations: act) }
-            if json { try printJSON(Dictionary(uniqueKeysWithValues: zip(stages.map { "zero\($0.rawValue)" }, rows))); return }
+            if json {
+                var out = Dictionary(uniqueKeysWithValues: zip(stages.map { "zero\($0.rawValue)" }, rows.map { PlanOrRow.row($0) }))
+                for p in plans { out["plan_zero\(p.stage.rawValue)"] = .plan(p) }
+                try printJSON(out); return
+            }
             print("per-rank memory for \(count(psi)) parameters on \(world) rank(s), \(precision.rawValue)")
             table([["mode", "parameters", "gradients", "optimizer", "activations", "total"]] + zip(stages, rows).map { st, r in
                 [st.name, bytes(r.parameters), bytes(r.gradients), bytes(r.optimizer),
                  r.activations > 0 ? bytes(r.activations) : "-", bytes(r.total)]
             })
+            guard !plans.isEmpty else { return }
+            print("the trainer's plan (train --dry-run), micro-batch \(microBatch ?? 0), recompute \(recompute.rawValue): "
+                  + "adds working buffers, 16-bit copies, collective temporaries, saving and the runtime")
+            table([["mode", "working", "activations", "collectives", "saving", "peak per rank"]] + plans.map { p in
+                [p.stage.name, bytes(p.working), bytes(p.activations), bytes(p.collectives), bytes(p.save), bytes(p.peakPerRank)]
+            })
+        }
+    }
+
+    /// The trainer's own plan (`MemoryPlan`) for each stage asked for: one memory model for
+    /// `train` and this calculator.
+    private func trainerPlans(_ s: ModelShape, microBatch b: Int) -> [MemoryPlan] {
+        var c = TrainConfig()
+        c.nLayer = s.nLayer; c.nHead = s.nHead; c.nEmbd = s.nEmbd; c.blockSize = seq ?? s.blockSize; c.bias = s.bias
+        c.microBatch = b; c.batchSize = b * world; c.precision = precision; c.recompute = recompute
+        return (zero.map { [$0] } ?? ZeroStage.allCases).map { stage in
+            c.zero = stage
+            return MemoryPlan.make(config: c, vocabSize: s.vocabSize, worldSize: world, ranksPerNode: 1, threads: 1)
+        }
+    }
+
+    /// A JSON value of either model.
+    enum PlanOrRow: Encodable {
+        case row(MemoryEstimate), plan(MemoryPlan)
+        func encode(to encoder: Encoder) throws {
+            switch self { case .row(let r): try r.encode(to: encoder); case .plan(let p): try p.encode(to: encoder) }
         }
     }
 }

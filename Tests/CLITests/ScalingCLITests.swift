@@ -31,6 +31,25 @@ final class ScalingCLITests: XCTestCase {
         XCTAssertEqual(arr[0]["flops"] as! Double, 1000 * 3600 * 312e12 * 0.4, accuracy: 1e6)
     }
 
+    /// `scaling memory --model RUN/config.json --micro-batch B` prints the trainer's own plan:
+    /// the same numbers a run of that configuration recorded in memory.json.
+    func testMemoryUsesTheTrainersPlan() throws {
+        let data = try Repo.dataDirectory(), out = try Repo.temporaryDirectory("plan")
+        let r = try mpirun(2, tinyArgs(data: data, out: out, steps: 1) + ["--zero", "3", "--recompute", "selective"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let recorded = try XCTUnwrap(try memoryFile(out)["plan"] as? [String: Any])
+        let vocab = try shardTokens(data, "train").vocab
+        let c = try tessera(["scaling", "memory", "--model", out + "/config.json", "--vocab", "\(vocab)", "--world", "2",
+                             "--micro-batch", "6", "--zero", "3", "--recompute", "selective", "--json"])
+        XCTAssertEqual(c.status, 0, c.stderr)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(c.stdout.utf8)) as? [String: Any])
+        let plan = try XCTUnwrap(json["plan_zero3"] as? [String: Any])
+        for key in ["parameters", "gradients", "optimizer", "working", "activations", "collectives", "save", "runtime"] {
+            XCTAssertEqual(plan[key] as? Int, recorded[key] as? Int, key)
+        }
+        XCTAssertEqual(plan["recompute"] as? String, "selective")
+    }
+
     func testMemoryTableForAllStages() throws {
         let r = try tessera(["scaling", "memory", "--params", "7.5e9", "--world", "64", "--precision", "bf16"])
         XCTAssertEqual(r.status, 0)
