@@ -1,9 +1,10 @@
 // Element-wise kernels written as plain loops over branch-free math so the compiler
-// vectorises them; each is compiled twice, for AVX-512 and for the baseline, and the AVX-512
-// copy is chosen at run time when the CPU has it.
+// vectorises them; each is compiled three times, for AVX-512, for AVX2 + FMA + F16C and for
+// the baseline (SSE2), and the widest copy the CPU runs is chosen at run time.
 #include "ckernels.h"
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 
 static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -147,33 +148,67 @@ static inline float gelu_slope(float v) {
     }
 
 DEFINE_LOW_GELU(generic, )
+DEFINE_LOW_GELU(avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
 DEFINE_OPTIM(generic, )
+DEFINE_OPTIM(avx2, __attribute__((target("avx2,fma"))))
 DEFINE_OPTIM(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
 
 DEFINE_KERNELS(generic, )
+DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
-static int level = -1;
+// Levels: 0 baseline, 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ), 3 AVX-512 with BF16.
+static int hardware = -1, level = -1;
 
+int tessera_cpu_hardware_level(void) {
+    if (hardware < 0) {
+        __builtin_cpu_init();
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+        hardware = avx512 ? (__builtin_cpu_supports("avx512bf16") ? 3 : 2) : (avx2 ? 1 : 0);
+    }
+    return hardware;
+}
+
+// TESSERA_ISA=generic|avx2|avx512 lowers the level, so one machine can run every copy.
 int tessera_cpu_level(void) {
     if (level < 0) {
-        __builtin_cpu_init();
-        int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-        level = avx512 ? (__builtin_cpu_supports("avx512bf16") ? 2 : 1) : 0;
+        int l = tessera_cpu_hardware_level();
+        const char *isa = getenv("TESSERA_ISA");
+        if (isa) {
+            int cap = !strcmp(isa, "generic") ? 0 : !strcmp(isa, "avx2") ? 1 : !strcmp(isa, "avx512") ? 2 : 3;
+            if (cap < l) l = cap;
+            // oneDNN dispatches on its own: cap it the same way (before its first use) unless
+            // the user already did, so a forced level behaves like such a CPU throughout.
+            static const char *onednn[] = {"SSE41", "AVX2", "AVX512_CORE", "ALL"};
+            setenv("ONEDNN_MAX_CPU_ISA", onednn[cap < 3 ? cap : 3], 0);
+        }
+        level = l;
     }
     return level;
 }
 
-#define DISPATCH(name, ...) \
-    do { if (tessera_cpu_level() >= 1) name##_avx512(__VA_ARGS__); else name##_generic(__VA_ARGS__); } while (0)
+void tessera_set_cpu_level(int requested) {
+    int hw = tessera_cpu_hardware_level();
+    level = requested < 0 ? -1 : (requested < hw ? requested : hw);
+}
+
+#define DISPATCH(name, ...)                                                        \
+    do {                                                                           \
+        int l_ = tessera_cpu_level();                                              \
+        if (l_ >= 2) name##_avx512(__VA_ARGS__);                                   \
+        else if (l_ == 1) name##_avx2(__VA_ARGS__);                                \
+        else name##_generic(__VA_ARGS__);                                          \
+    } while (0)
+#define SELECT(name) (tessera_cpu_level() >= 2 ? name##_avx512 : tessera_cpu_level() == 1 ? name##_avx2 : name##_generic)
 
 void tessera_gelu_forward(float *out, const float *x, int64_t n) { DISPATCH(gelu_fwd, out, x, n); }
 void tessera_gelu_backward(float *dx, const float *x, const float *dy, int64_t n) { DISPATCH(gelu_bwd, dx, x, dy, n); }
 float tessera_exp_shift_sum(float *x, int64_t n, float shift) {
-    return tessera_cpu_level() >= 1 ? exp_shift_sum_avx512(x, n, shift) : exp_shift_sum_generic(x, n, shift);
+    return SELECT(exp_shift_sum)(x, n, shift);
 }
 void tessera_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(to_bf16, dst, src, n); }
 void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_bf16, dst, src, n); }
@@ -184,13 +219,13 @@ void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, floa
 }
 
 double tessera_sum_of_squares(const float *x, int64_t n) {
-    return tessera_cpu_level() >= 1 ? sumsq_avx512(x, n) : sumsq_generic(x, n);
+    return SELECT(sumsq)(x, n);
 }
 
 void tessera_f32_to_f16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(to_f16, dst, src, n); }
 void tessera_f16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_f16, dst, src, n); }
 int tessera_all_finite(const float *x, int64_t n) {
-    return tessera_cpu_level() >= 1 ? all_finite_avx512(x, n) : all_finite_generic(x, n);
+    return SELECT(all_finite)(x, n);
 }
 
 void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n) {

@@ -56,6 +56,7 @@ public enum Gemm {
 
     /// Sets how many threads the GEMM backends may use (one rank's share of the cores).
     public static func setThreads(_ n: Int) {
+        _ = tessera_cpu_level()   // settles TESSERA_ISA (and oneDNN's cap) before the first GEMM
         openblas_set_num_threads(Int32(max(1, n)))
         tessera_set_threads(Int32(max(1, n)))
         ParallelFor.threads = max(1, n)

@@ -24,7 +24,7 @@ extension Gemm {
                                m: Int, n: Int, k: Int,
                                a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
                                beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        if precision == .bf16 && bf16Native != false && tessera_cpu_level() >= 1 {
+        if precision == .bf16 && bf16Native != false && tessera_cpu_level() >= 2 {
             let rc = tessera_bf16_gemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
                                        b, Int64(ldb), beta, c, Int64(ldc))
             if rc == 0 { bf16Native = true; return }

@@ -26,6 +26,8 @@ public struct BenchShape: Codable, Sendable {
 /// What one configuration measured (rank 0's view; times are per optimizer step).
 public struct BenchResult: Codable, Sendable {
     public var config: String, precision: String, zero: Int, recompute: String
+    /// The CPU (vendor, family, model, name) and the element-wise kernel level used.
+    public var cpu = CPU.model, isa = CPU.isa.description
     public var ranks: Int, threadsPerRank: Int
     public var params: Int, tokensPerStep: Int
     public var tokensPerSecond: Double, msPerStep: Double

@@ -119,3 +119,25 @@ final class PrecisionCLITests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("--precision") && r.stderr.contains("bf16"), r.stderr)
     }
 }
+
+/// `TESSERA_ISA` forces lower kernel levels (and caps oneDNN's), so one machine runs what an
+/// AVX2-only or a baseline x86-64 node runs: the same training, to rounding.
+final class ISACLITests: XCTestCase {
+    func testForcedKernelLevelsTrainAlike() throws {
+        let data = try Repo.dataDirectory()
+        var runs: [String: [Double]] = [:]
+        for isa in ["", "avx2", "generic"] {
+            let out = try Repo.temporaryDirectory("isa")
+            let r = try runProcess(Repo.binary, tinyArgs(data: data, out: out, steps: 5) + ["--threads", "2"],
+                                   environment: isa.isEmpty ? [:] : ["TESSERA_ISA": isa])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            runs[isa] = try losses(out)
+        }
+        for isa in ["avx2", "generic"] {
+            for (a, b) in zip(runs[isa]!, runs[""]!) { XCTAssertEqual(a, b, accuracy: 1e-3, "TESSERA_ISA=\(isa)") }
+            let bench = try runProcess(Repo.binary, ["bench", "--config", "tiny", "--warmup", "0", "--steps", "1", "--threads", "1"],
+                                       environment: ["TESSERA_ISA": isa])
+            XCTAssertTrue(bench.stdout.contains("element-wise kernels: \(isa) "), bench.stdout + bench.stderr)
+        }
+    }
+}

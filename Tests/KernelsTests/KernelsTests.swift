@@ -49,3 +49,41 @@ final class KernelsTests: XCTestCase {
         XCTAssertFalse(Vector.allFinite([.infinity], 1))
     }
 }
+
+/// Every compiled copy of the element-wise kernels computes what the baseline copy does.
+final class ISALevelTests: XCTestCase {
+    func testEveryLevelAgreesWithTheBaseline() {
+        defer { CPU.use(nil) }
+        let n = 1003
+        var rng = SplitMix64(seed: 5)
+        let x = (0..<n).map { _ in Float(rng.nextNormal() * 3) }
+        let dy = (0..<n).map { _ in Float(rng.nextNormal()) }
+        func run() -> (gelu: [Float], dgelu: [Float], bf16: [UInt16], f16: [UInt16], sumsq: Double, exp: [Float]) {
+            var g = [Float](repeating: 0, count: n), d = [Float](repeating: 0, count: n)
+            var b = [UInt16](repeating: 0, count: n), h = [UInt16](repeating: 0, count: n)
+            GELU.forward(out: &g, inp: x, n: n)
+            GELU.backward(dinp: &d, inp: x, dout: dy, n: n)
+            Precision.bf16.narrow(x, into: &b, n); Precision.fp16.narrow(x, into: &h, n)
+            var e = x
+            _ = e.withUnsafeMutableBufferPointer { Vector.expShiftSum($0.baseAddress!, n, shift: 1) }
+            return (g, d, b, h, x.withUnsafeBufferPointer { Vector.sumOfSquares($0.baseAddress!, n) }, e)
+        }
+        CPU.use(.generic)
+        XCTAssertEqual(CPU.isa, .generic)
+        let base = run()
+        for level in CPU.runnableLevels where level > .generic {
+            CPU.use(level)
+            XCTAssertEqual(CPU.isa, level)
+            let r = run()
+            XCTAssertEqual(r.bf16, base.bf16, "\(level) bf16 rounding")
+            XCTAssertEqual(r.f16, base.f16, "\(level) fp16 rounding")
+            for i in 0..<n {
+                XCTAssertEqual(r.gelu[i], base.gelu[i], accuracy: 1e-6 * max(1, abs(base.gelu[i])), "\(level) gelu[\(i)]")
+                XCTAssertEqual(r.dgelu[i], base.dgelu[i], accuracy: 1e-5 * max(1, abs(base.dgelu[i])), "\(level) gelu'[\(i)]")
+                XCTAssertEqual(r.exp[i], base.exp[i], accuracy: 1e-6 * max(1, abs(base.exp[i])), "\(level) exp[\(i)]")
+            }
+            XCTAssertEqual(r.sumsq, base.sumsq, accuracy: 1e-9 * base.sumsq, "\(level) sum of squares")
+        }
+        print("kernel levels checked on \(CPU.model): \(CPU.runnableLevels.map(\.description).joined(separator: ", "))")
+    }
+}

@@ -48,3 +48,14 @@ func relativeError(_ a: [Float], _ b: [Double]) -> Double {
     }
     return diff / scale
 }
+
+/// Runs `body` with the element-wise kernels at each level this CPU supports (generic, AVX2,
+/// AVX-512 …, as `TESSERA_ISA` forces them), then restores the start-up level.
+func atEveryISA(_ body: (ISA) throws -> Void) rethrows {
+    defer { CPU.use(nil) }
+    for level in CPU.runnableLevels {
+        CPU.use(level)
+        precondition(CPU.isa == level)
+        try body(level)
+    }
+}

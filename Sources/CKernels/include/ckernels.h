@@ -31,7 +31,13 @@ int tessera_in_parallel(void);
 
 /// 1 when the CPU has AVX-512 F/BW/VL (the fast element-wise paths), 2 when it also has
 /// AVX512-BF16 (native bf16 dot products in oneDNN), 0 otherwise.
+/// Kernel level in use: 0 baseline, 1 AVX2+FMA+F16C, 2 AVX-512, 3 AVX-512 with BF16
+/// (the hardware's, lowered by TESSERA_ISA=generic|avx2|avx512).
 int tessera_cpu_level(void);
+/// The level the CPU supports.
+int tessera_cpu_hardware_level(void);
+/// Sets the level (capped by the hardware; negative: back to the default). Tests only.
+void tessera_set_cpu_level(int level);
 
 /// GELU (tanh approximation) forward: out[i] = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
 void tessera_gelu_forward(float *out, const float *x, int64_t n);
