@@ -16,15 +16,16 @@ extension Gemm {
 
     /// `C = op(A)·op(B) + beta·C` with 16-bit operands and fp32 accumulation and output.
     ///
-    /// bf16 runs on oneDNN's matmul (AVX512-BF16 dot products where the CPU has them). fp16,
-    /// and bf16 where oneDNN cannot run it, widen the operands to fp32 and use `sgemm`: the
-    /// product of two 16-bit values is exact in fp32, so this computes the same function,
-    /// only not faster than fp32.
+    /// bf16 runs on oneDNN's matmul on CPUs with AVX512-BF16 dot products (elsewhere oneDNN
+    /// emulates them at a third of the fp32 rate: measured 76 against 211 GFLOP/s on Zen 4
+    /// capped at AVX512_CORE). fp16, and bf16 without them, widen the operands to fp32 and
+    /// use `sgemm`: the product of two 16-bit values is exact in fp32, so this computes the
+    /// same function, only not faster than fp32.
     public static func lowGemm(_ precision: Precision, _ transA: Transpose, _ transB: Transpose,
                                m: Int, n: Int, k: Int,
                                a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
                                beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        if precision == .bf16 && bf16Native != false && tessera_cpu_level() >= 2 {
+        if precision == .bf16 && bf16Native != false && CPU.isa >= .avx512bf16 {
             let rc = tessera_bf16_gemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
                                        b, Int64(ldb), beta, c, Int64(ldc))
             if rc == 0 { bf16Native = true; return }
