@@ -1,3 +1,4 @@
+import Checkpoint
 import Corpus
 import Foundation
 import Kernels
@@ -11,10 +12,15 @@ import Model
 //   bytes 8..<16  little-endian UInt64 length H of the JSON header
 //   H bytes       JSON: {"config": GPTConfig, "tokenizer": Tokenizer, "count": Int}
 //   4·count bytes fp32 parameters in ParameterLayout order, little-endian
+//   16 bytes      trailer: "TSRACRC\0", the CRC-32 of the header and parameters (everything
+//                 before the trailer), 4 zero bytes. Files written before the trailer existed
+//                 end after the parameters and are read unchecked.
 
 /// Weights plus what is needed to use them.
 public struct ModelFile {
     static let magic: [UInt8] = Array("TSRAMDL".utf8) + [0]
+    static let trailerMagic: [UInt8] = Array("TSRACRC".utf8) + [0]
+    static let trailerSize = 16
     struct Header: Codable { var config: GPTConfig; var tokenizer: Tokenizer?; var count: Int }
 
     public let config: GPTConfig
@@ -38,6 +44,7 @@ public struct ModelFile {
         let path: String, temporary: String, count: Int
         private let handle: FileHandle
         private var written = 0
+        private var crc = CRC32()
 
         /// Starts the file with its header.
         public init(path: String, config: GPTConfig, tokenizer: Tokenizer?, count: Int) throws {
@@ -48,6 +55,9 @@ public struct ModelFile {
             var d = Data(ModelFile.magic)
             withUnsafeBytes(of: UInt64(header.count).littleEndian) { d.append(contentsOf: $0) }
             d.append(header)
+            var sum = CRC32()
+            d.withUnsafeBytes { sum.update($0) }
+            crc = sum
             guard FileManager.default.createFile(atPath: temporary, contents: d) else {
                 throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: temporary])
             }
@@ -57,6 +67,7 @@ public struct ModelFile {
 
         /// Appends the next `n` parameters.
         public func append(_ values: UnsafePointer<Float>, count n: Int) throws {
+            crc.update(UnsafeRawBufferPointer(start: values, count: 4 * n))
             try handle.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: values), count: 4 * n, deallocator: .none))
             written += n
         }
@@ -64,6 +75,10 @@ public struct ModelFile {
         /// Checks every parameter was written and moves the file into place.
         public func finish() throws {
             precondition(written == count, "model file: \(written) of \(count) parameters written")
+            var trailer = Data(ModelFile.trailerMagic)
+            withUnsafeBytes(of: crc.value.littleEndian) { trailer.append(contentsOf: $0) }
+            trailer.append(contentsOf: [0, 0, 0, 0])
+            try handle.write(contentsOf: trailer)
             try handle.synchronize()
             try handle.close()
             if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
@@ -77,18 +92,27 @@ public struct ModelFile {
             throw DataError.missing(path: path, fix: "pass the model.bin a training run wrote")
         }
         guard d.count >= 16, Array(d.prefix(8)) == magic else {
-            throw DataError.malformed(path: path, problem: "not a tessera model file")
+            throw DataError.invalid(path: path, problem: "not a tessera model file", fix: "pass the model.bin a training run wrote")
         }
         // Sizes from the file are checked before any arithmetic that could overflow on them.
         let length = d.subdata(in: 8..<16).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         guard length <= UInt64(d.count - 16), case let h = Int(length),
               let header = try? JSONDecoder().decode(Header.self, from: d.subdata(in: 16..<(16 + h))) else {
-            throw DataError.malformed(path: path, problem: "header is damaged")
+            throw DataError.invalid(path: path, problem: "header is damaged", fix: "write it again: tessera generate --checkpoint RUN reads the run's checkpoint instead")
         }
-        let body = d.count - 16 - h
+        var body = d.count - 16 - h
+        if body >= Self.trailerSize, Array(d.suffix(Self.trailerSize).prefix(8)) == Self.trailerMagic {
+            body -= Self.trailerSize
+            let stored = d.subdata(in: (d.count - 8)..<(d.count - 4)).withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+            let actual = d.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<(d.count - Self.trailerSize)])) }
+            guard stored == actual else {
+                throw DataError.invalid(path: path, problem: "checksum \(String(actual, radix: 16)) does not match the file's \(String(stored, radix: 16)) (corrupted)",
+                                        fix: "write it again: tessera generate --checkpoint RUN reads the run's checkpoint instead")
+            }
+        }
         guard header.count >= 1, body % 4 == 0, header.count == body / 4, (try? header.config.validate()) != nil,
               header.count == ParameterLayout(header.config).count else {
-            throw DataError.malformed(path: path, problem: "size does not match its header (truncated?)")
+            throw DataError.invalid(path: path, problem: "size does not match its header (truncated?)", fix: "write it again: tessera generate --checkpoint RUN reads the run's checkpoint instead")
         }
         let buf = FloatBuffer(count: header.count)
         d.withUnsafeBytes { raw in

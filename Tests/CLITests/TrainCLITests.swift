@@ -150,5 +150,13 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(g1.stdout, g2.stdout, "same seed, same sample")
         let bad = try tessera(["generate", "--model", out + "/missing.bin"])
         XCTAssertEqual(bad.status, 2)
+        // model.bin ends with a CRC-32 of everything before it: a changed weight is refused.
+        var file = try Data(contentsOf: URL(fileURLWithPath: out + "/model.bin"))
+        XCTAssertEqual(Array(file.suffix(16).prefix(8)), Array("TSRACRC".utf8) + [0])
+        file[file.count - 100] ^= 0x01
+        try file.write(to: URL(fileURLWithPath: out + "/flipped.bin"))
+        let flipped = try tessera(["generate", "--model", out + "/flipped.bin", "--prompt", "KING"])
+        XCTAssertEqual(flipped.status, 2)
+        XCTAssertTrue(flipped.stderr.contains("checksum") && flipped.stderr.contains("flipped.bin"), flipped.stderr)
     }
 }
