@@ -105,6 +105,10 @@ public struct ModelFile {
             body -= Self.trailerSize
             let stored = d.subdata(in: (d.count - 8)..<(d.count - 4)).withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
             let actual = d.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<(d.count - Self.trailerSize)])) }
+            guard d.suffix(4).allSatisfy({ $0 == 0 }) else {
+                throw DataError.invalid(path: path, problem: "checksum trailer is damaged (corrupted)",
+                                        fix: "write it again: tessera generate --checkpoint RUN reads the run's checkpoint instead")
+            }
             guard stored == actual else {
                 throw DataError.invalid(path: path, problem: "checksum \(String(actual, radix: 16)) does not match the file's \(String(stored, radix: 16)) (corrupted)",
                                         fix: "write it again: tessera generate --checkpoint RUN reads the run's checkpoint instead")

@@ -157,7 +157,9 @@ func losses(_ runDir: String) throws -> [Double] { try metrics(runDir).map { $0[
 func modelParameters(_ runDir: String) throws -> [Float] {
     let d = try Data(contentsOf: URL(fileURLWithPath: runDir + "/model.bin"))
     let h = d.subdata(in: 8..<16).withUnsafeBytes { Int($0.loadUnaligned(as: UInt64.self)) }
-    let body = d.subdata(in: (16 + h)..<d.count)
+    // The weights end where the 16-byte CRC trailer ("TSRACRC\0", CRC-32, 4 zero bytes) starts.
+    let end = d.suffix(16).prefix(8) == Data("TSRACRC".utf8) + [0] ? d.count - 16 : d.count
+    let body = d.subdata(in: (16 + h)..<end)
     return body.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
 }
 
