@@ -142,18 +142,20 @@ public struct Dataset: Sendable {
             : "no token shards in it (train_*.bin and val_*.bin, llm.c's *_train_*.bin, or nanoGPT's train.bin); run `tessera prepare`")
     }
 
+    /// The first `count` bytes of a file (fewer when it is shorter; empty when unreadable).
+    private static func prefix(_ path: String, _ count: Int) -> Data {
+        guard let h = FileHandle(forReadingAtPath: path) else { return Data() }
+        defer { try? h.close() }
+        return (try? h.read(upToCount: count)) ?? Data()
+    }
+
     private static func startsWithMagic(_ path: String) -> Bool {
-        guard let h = FileHandle(forReadingAtPath: path), let d = try? h.read(upToCount: 4), d.count == 4 else { return false }
-        try? h.close()
-        return d.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) } == TokenShard.magic
+        let d = prefix(path, 4)
+        return d.count == 4 && d.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) } == TokenShard.magic
     }
 
     /// Shards of tessera's first format, replaced by llm.c's.
-    private static func isOldTesseraShard(_ path: String) -> Bool {
-        guard let h = FileHandle(forReadingAtPath: path), let d = try? h.read(upToCount: 8) else { return false }
-        try? h.close()
-        return d == Data("TSRATOK".utf8) + [0]
-    }
+    private static func isOldTesseraShard(_ path: String) -> Bool { prefix(path, 8) == Data("TSRATOK".utf8) + [0] }
 
     private static func glob(_ pattern: String) -> [String] {
         var g = glob_t()

@@ -206,7 +206,7 @@ public enum Prepare {
                 try bpe.vocabJSON().write(to: dir.appendingPathComponent("vocab.json"))
                 try Data(bpe.mergesText().utf8).write(to: dir.appendingPathComponent("merges.txt"))
             }
-        } catch { throw DataError.missing(path: dir.path, fix: "make the output directory writable (\(error.localizedDescription))") }
+        } catch { throw DataError.unwritable(dir.path, error) }
     }
 
     /// Replaces a previous dataset in `out` (if any) with the staged one.
@@ -221,7 +221,7 @@ public enum Prepare {
                 try fm.moveItem(at: staging.appendingPathComponent(name), to: out.appendingPathComponent(name))
             }
             try fm.removeItem(at: staging)
-        } catch { throw DataError.missing(path: out.path, fix: "make the output directory writable (\(error.localizedDescription))") }
+        } catch { throw DataError.unwritable(out.path, error) }
     }
 }
 
@@ -253,13 +253,13 @@ final class ShardSet {
                 from += n; count += n
             }
         } catch let e as DataError { throw e } catch {
-            throw DataError.missing(path: dir.path, fix: "make the output directory writable (\(error.localizedDescription))")
+            throw DataError.unwritable(dir.path, error)
         }
     }
 
     func finish() throws(DataError) {
         do { try writer?.finish(); writer = nil } catch {
-            throw DataError.missing(path: dir.path, fix: "make the output directory writable (\(error.localizedDescription))")
+            throw DataError.unwritable(dir.path, error)
         }
     }
 
@@ -299,6 +299,6 @@ final class ShardSet {
             try h.seek(toOffset: 0)
             try h.write(contentsOf: TokenShard.header(count: tokens, width: width, vocabSize: vocab))
             try h.close()
-        } catch { throw DataError.missing(path: url.path, fix: "make the output directory writable") }
+        } catch { throw DataError.unwritable(url.path, error) }
     }
 }

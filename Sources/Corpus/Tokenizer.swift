@@ -167,6 +167,11 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     case tooShort(path: String, tokens: Int, needed: Int)
     case vocabTooLarge(vocab: Int)
 
+    /// `prepare` could not write below `path`.
+    static func unwritable(_ path: String, _ error: Error) -> DataError {
+        .missing(path: path, fix: "make the output directory writable (\(error.localizedDescription))")
+    }
+
     public var description: String {
         switch self {
         case .unknownCharacter(let c):
