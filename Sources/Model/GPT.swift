@@ -19,6 +19,8 @@ public final class GPT {
     public let precision: Precision
     /// Which activations backward recomputes instead of keeping.
     public let recompute: Recompute
+    /// How causal attention is computed.
+    public let attention: AttentionKernel
     /// The layer sequence in that format.
     private let body: any ModelBody
 
@@ -28,16 +30,18 @@ public final class GPT {
     private var tokenCapacity = 0
 
     /// Creates a model for a validated configuration.
-    public init(config: GPTConfig, precision: Precision = .fp32, recompute: Recompute = .none) {
+    public init(config: GPTConfig, precision: Precision = .fp32, recompute: Recompute = .none,
+                attention: AttentionKernel = .fused) {
         self.config = config
         self.precision = precision
         self.recompute = recompute
+        self.attention = attention
         let layout = ParameterLayout(config)
         self.layout = layout
         switch precision {
-        case .fp32: body = Transformer<FP32>(config: config, layout: layout)
-        case .bf16: body = Transformer<BF16>(config: config, layout: layout)
-        case .fp16: body = Transformer<FP16>(config: config, layout: layout)
+        case .fp32: body = Transformer<FP32>(config: config, layout: layout, attention: attention)
+        case .bf16: body = Transformer<BF16>(config: config, layout: layout, attention: attention)
+        case .fp16: body = Transformer<FP16>(config: config, layout: layout, attention: attention)
         }
         tokens = .allocate(capacity: 1)
         targets = .allocate(capacity: 1)

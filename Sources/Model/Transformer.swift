@@ -12,6 +12,8 @@ import Settings
 final class Transformer<F: ComputeFormat> {
     let config: GPTConfig
     let layout: ParameterLayout
+    /// How attention is computed.
+    let attentionKernel: AttentionKernel
     private(set) var activations: Activations<F>?
     /// 16-bit compute copies of the parameters in use (one block or final unit; the embedding
     /// unit, whose `wte` is also the tied LM head), when the provider has none. Empty in fp32.
@@ -20,9 +22,10 @@ final class Transformer<F: ComputeFormat> {
     private lazy var blockVectors = RoundedVectors(layout: layout, unit: layout.blockUnit(0))
     private lazy var finalVectors = RoundedVectors(layout: layout, unit: layout.finalUnit)
 
-    init(config: GPTConfig, layout: ParameterLayout) {
+    init(config: GPTConfig, layout: ParameterLayout, attention: AttentionKernel) {
         self.config = config
         self.layout = layout
+        attentionKernel = attention
         unitCopy = AlignedBuffer(count: F.isLow ? layout.largestNonEmbeddingUnit : 0)
         embeddingCopy = AlignedBuffer(count: F.isLow ? layout.units[0].count : 0)
     }
@@ -32,7 +35,8 @@ final class Transformer<F: ComputeFormat> {
         let haveB = activations?.maxB ?? 0, haveT = activations?.maxT ?? 0
         if haveB >= B, haveT >= T, activations?.recompute == recompute { return }
         activations = nil
-        activations = Activations(config: config, maxB: max(B, haveB), maxT: max(T, haveT), recompute: recompute)
+        activations = Activations(config: config, maxB: max(B, haveB), maxT: max(T, haveT), recompute: recompute,
+                                  attention: attentionKernel)
     }
 
     // MARK: Parameters in the compute format
@@ -139,18 +143,26 @@ final class Transformer<F: ComputeFormat> {
         Vector.add(r2, into: out, BT * C)
     }
 
-    /// Attention probabilities `att[l]` and output `atty[l]` from `qkv[l]`.
+    /// Attention output `atty[l]` from `qkv[l]`, and what backward needs besides: the
+    /// probabilities `att[l]` (unfused) or the row log-sum-exps `lse[l]` (fused).
     private func attention(_ l: Int, B: Int, T: Int) {
         let a = activations!, BT = B * T
         let y = F.workspace(for: a.atty[l].pointer, scratch: a.wide.pointer)
-        Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer, scores: a.scores.pointer,
-                                B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers)
+        switch attentionKernel {
+        case .fused:
+            FusedAttention.forward(F.self, out: y, lse: a.lse[l].pointer, qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
+                                   B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers)
+        case .unfused:
+            Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer, scores: a.scores.pointer,
+                                    B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers)
+        }
         F.commit(y, into: a.atty[l].pointer, BT * config.nEmbd)
     }
 
     /// Refills what the recompute mode did not keep for layer `l`, bit for bit as its forward
     /// computed it (the same kernels on the same inputs): the whole block (`full`), or the
-    /// LayerNorm outputs, attention probabilities and GELU output (`selective`).
+    /// LayerNorm outputs, attention probabilities (unfused attention; the fused kernel keeps
+    /// none) and GELU output (`selective`).
     private func recompute(_ l: Int, _ w: Weights, B: Int, T: Int) {
         let a = activations!, lay = layout, BT = B * T
         switch a.recompute {
@@ -160,7 +172,7 @@ final class Transformer<F: ComputeFormat> {
             let wide = a.wide.pointer
             normalize(a.residual[l].pointer, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l],
                       weight: w.vector(lay.ln1w), bias: w.vector(lay.ln1b), N: BT, scratch: wide)
-            attention(l, B: B, T: T)
+            if attentionKernel == .unfused { attention(l, B: B, T: T) }
             normalize(a.res2[l].pointer, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l],
                       weight: w.vector(lay.ln2w), bias: w.vector(lay.ln2b), N: BT, scratch: wide)
             let pre = F.widened(a.fch[l].pointer, scratch: wide, BT * 4 * config.nEmbd)
@@ -231,8 +243,15 @@ final class Transformer<F: ComputeFormat> {
             Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.projw, dbias: lay.projb.map { g + $0 }, dout: dres,
                                   doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(lay.projw), N: BT, IC: C, OC: C)
             d = F.operand(dln, scratch: narrow, BT * C)
-            Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
-                                     scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
+            switch attentionKernel {
+            case .fused:
+                FusedAttention.backward(F.self, dqkv: dqkv, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
+                                        qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
+                                        B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
+            case .unfused:
+                Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
+                                         scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
+            }
             d = F.operand(dqkv, scratch: narrow, BT * 3 * C)
             Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.qkvw, dbias: lay.qkvb.map { g + $0 }, dout: dqkv,
                                   doutOperand: d, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw), N: BT, IC: C, OC: 3 * C)

@@ -18,6 +18,8 @@ public struct BenchShape: Codable, Sendable {
         BenchShape(name: "tiny", nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 64, batch: 12, vocab: 65, bias: false),
         BenchShape(name: "small", nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 256, batch: 64, vocab: 65, bias: false),
         BenchShape(name: "gpt2", nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 256, batch: 4, vocab: 50257, bias: true),
+        // GPT-2's own context: attention is a tenth of the FLOPs and, unfused, 48 MiB per layer.
+        BenchShape(name: "gpt2-1k", nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 1024, batch: 1, vocab: 50257, bias: true),
         // 59M parameters: the ZeRO memory comparison (issue #5) on 4 ranks.
         BenchShape(name: "m59", nLayer: 12, nHead: 10, nEmbd: 640, blockSize: 256, batch: 8, vocab: 65, bias: false),
     ]
@@ -25,12 +27,13 @@ public struct BenchShape: Codable, Sendable {
 
 /// What one configuration measured (rank 0's view; times are per optimizer step).
 public struct BenchResult: Codable, Sendable {
-    public var config: String, precision: String, zero: Int, recompute: String
+    public var config: String, precision: String, zero: Int, recompute: String, attention: String
     /// The CPU (vendor, family, model, name) and the element-wise kernel level used.
     public var cpu = CPU.model, isa = CPU.isa.description
     public var ranks: Int, threadsPerRank: Int
     public var params: Int, tokensPerStep: Int
-    public var tokensPerSecond: Double, msPerStep: Double
+    /// Medians over the timed steps (the step time's range beside it).
+    public var tokensPerSecond: Double, msPerStep: Double, msPerStepMin: Double, msPerStepMax: Double
     public var msForward: Double, msBackward: Double, msOptimizer: Double, msCommWait: Double
     public var flopsPerToken: Double
     /// Achieved model FLOP/s per rank, and as a fraction of the measured GEMM peak for the
@@ -77,12 +80,12 @@ public enum Benchmark {
 
     /// Warm-up then timed steps of one configuration with synthetic tokens.
     public static func run(_ shape: BenchShape, precision: Precision, zero: ZeroStage, recompute: Recompute = .none,
-                           comm: Communicator, threads: Int, perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
+                           attention: AttentionKernel = .fused, comm: Communicator, threads: Int, perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
         var c = TrainConfig()
         c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
         c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
         c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
-        c.precision = precision; c.recompute = recompute
+        c.precision = precision; c.recompute = recompute; c.attention = attention
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
         let trainer = try Trainer(config: c, comm: comm, dataset: data)
@@ -92,18 +95,25 @@ public enum Benchmark {
             let m = try trainer.trainStep(s)
             if s >= warmup { timed.append(m) }
         }
-        func mean(_ f: (StepMetrics) -> Double) -> Double { timed.map(f).reduce(0, +) / Double(timed.count) }
-        let ms = mean(\.ms_per_step)
+        // Medians: one slow step (a page fault storm, a noisy neighbour) does not move them.
+        func median(_ f: (StepMetrics) -> Double) -> Double {
+            let v = timed.map(f).sorted(), n = v.count
+            return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
+        }
+        let ms = median(\.ms_per_step)
+        let steps = timed.map(\.ms_per_step)
         let tokens = c.batchSize * c.blockSize
         let params = trainer.model.layout.count
         let fpt = Compute.flopsPerToken(params: Double(params), nLayer: c.nLayer, nEmbd: c.nEmbd, seq: c.blockSize)
         let perRank = fpt * Double(tokens) / (ms / 1000) / Double(comm.size) / 1e9
         var rss = [peakRSSMB()]
         try comm.allReduce(&rss, op: .max, label: "bench rss")
-        return BenchResult(config: shape.name, precision: precision.rawValue, zero: zero.rawValue, recompute: recompute.rawValue, ranks: comm.size, threadsPerRank: threads,
+        return BenchResult(config: shape.name, precision: precision.rawValue, zero: zero.rawValue, recompute: recompute.rawValue,
+                           attention: attention.rawValue, ranks: comm.size, threadsPerRank: threads,
                            params: params, tokensPerStep: tokens, tokensPerSecond: Double(tokens) / (ms / 1000), msPerStep: ms,
-                           msForward: mean(\.ms_forward), msBackward: mean(\.ms_backward), msOptimizer: mean(\.ms_optimizer),
-                           msCommWait: mean(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,
+                           msPerStepMin: steps.min()!, msPerStepMax: steps.max()!,
+                           msForward: median(\.ms_forward), msBackward: median(\.ms_backward), msOptimizer: median(\.ms_optimizer),
+                           msCommWait: median(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,
                            mfu: perRank / peakGflops, peakGflops: peakGflops, peakRSSMB: rss[0],
                            activationMB: Double(trainer.model.activationBytes.saved) / 1_048_576)
     }

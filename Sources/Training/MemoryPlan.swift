@@ -49,11 +49,11 @@ public struct MemoryPlan: Codable, Sendable {
         let acts: Int
         switch config.precision {
         case .fp32: acts = Activations<FP32>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
-                                                              recompute: config.recompute).total
+                                                              recompute: config.recompute, attention: config.attention).total
         case .bf16: acts = Activations<BF16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
-                                                              recompute: config.recompute).total
+                                                              recompute: config.recompute, attention: config.attention).total
         case .fp16: acts = Activations<FP16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
-                                                              recompute: config.recompute).total
+                                                              recompute: config.recompute, attention: config.attention).total
         }
         // A 16-bit model narrows the embedding unit and one other unit into copies of its own.
         let copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0

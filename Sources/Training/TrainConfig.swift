@@ -55,6 +55,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var precision = Precision.fp32
     /// Activations backward recomputes instead of keeping.
     public var recompute = Recompute.none
+    /// How causal attention is computed (fused: O(T) memory per head).
+    public var attention = AttentionKernel.fused
     public var reduceDtype: Precision?   // gradient wire format; nil: the compute precision
     /// Testing aid: "STEP:RANK" writes +inf into that rank's gradient at that (1-based) step.
     public var debugInjectInf = ""
@@ -75,7 +77,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, seed, data, vocabSize, sampling, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
-             precision, recompute, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
+             precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
 
     /// Keys missing from a JSON config keep their defaults; unknown keys are an error (a typo
@@ -106,7 +108,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
-        try get(.precision, &precision); try get(.recompute, &recompute); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
+        try get(.precision, &precision); try get(.recompute, &recompute); try get(.attention, &attention); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
         try get(.maxBadSteps, &maxBadSteps); try get(.checkReplicas, &checkReplicas); try get(.debugFlipBit, &debugFlipBit)
         try get(.debugSlowSaveMs, &debugSlowSaveMs); try get(.memoryLimit, &memoryLimit)
         // Older runs wrote "" for "same as the compute precision".

@@ -71,7 +71,7 @@ public final class Trainer {
         sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize, batchSize: config.batchSize,
                                mode: config.sampling)
         let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler)
-        model = GPT(config: gpt, precision: config.precision, recompute: config.recompute)
+        model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention)
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,

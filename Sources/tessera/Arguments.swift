@@ -9,6 +9,7 @@ import Settings
 extension Precision: ExpressibleByArgument {}
 extension ZeroStage: ExpressibleByArgument {}
 extension Recompute: ExpressibleByArgument {}
+extension AttentionKernel: ExpressibleByArgument {}
 extension Sampling: ExpressibleByArgument {}
 extension Tokenizer.Kind: ExpressibleByArgument {}
 extension InputFormat: ExpressibleByArgument {}

@@ -9,10 +9,11 @@ import Training
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmark training steps (synthetic tokens); run under mpirun for several ranks.")
-    @Option(help: "Configurations: tiny, small, gpt2, m59 (repeatable).") var config: [String] = ["tiny", "small"]
+    @Option(help: "Configurations: tiny, small, gpt2, gpt2-1k, m59 (repeatable).") var config: [String] = ["tiny", "small"]
     @Option(help: "Precisions (repeatable): fp32, bf16, fp16.") var precision: [Precision] = [.fp32]
     @Option(help: "ZeRO stage: 0 = DDP.") var zero: ZeroStage = .ddp
     @Option(help: "Activation recomputation modes (repeatable): none, selective, full.") var recompute: [Recompute] = [.none]
+    @Option(help: "Attention kernels (repeatable): fused, unfused.") var attention: [AttentionKernel] = [.fused]
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
     @Flag(help: "Keep the per-rank batch fixed (global batch × ranks): weak scaling.") var perRankBatch = false
     @Option(help: "Untimed steps first.") var warmup: Int = 3
@@ -23,7 +24,7 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         for c in config where !BenchShape.all.contains(where: { $0.name == c }) {
-            throw ValidationError("--config '\(c)' is not one of tiny, small, gpt2, m59")
+            throw ValidationError("--config '\(c)' is not one of \(BenchShape.all.map(\.name).joined(separator: ", "))")
         }
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
     }
@@ -52,20 +53,24 @@ struct Bench: ParsableCommand {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
                              t, peak, openblasPeak, bf16Peak))
-                print("config  prec  recomp     ranks×thr  tokens/s  ms/step    fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  vs PyTorch")
+                print("config   prec  recomp     attn     ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  vs PyTorch")
             }
             for name in config {
                 for p in precision {
                 for mode in recompute {
+                for kernel in attention {
                     let shape = BenchShape.all.first { $0.name == name }!
-                    let r = try Benchmark.run(shape, precision: p, zero: zero, recompute: mode, comm: comm, threads: t, perRankBatch: perRankBatch,
+                    let r = try Benchmark.run(shape, precision: p, zero: zero, recompute: mode, attention: kernel, comm: comm, threads: t, perRankBatch: perRankBatch,
                                               warmup: warmup, steps: steps, peakGflops: p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }
                     let ratio = refs["\(name)/\(p.rawValue)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
                     func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
-                    print(pad(name, 6) + "  " + pad(p.rawValue, 4) + "  " + pad(mode.rawValue, 9) + "  " + pad("\(r.ranks)×\(r.threadsPerRank)", 9)
-                          + String(format: "  %8.0f  %7.1f  %6.1f  %6.1f  %6.1f  %5.1f  %12.1f  %5.1f%%  %6.0f  %6.1f  ",
-                                   r.tokensPerSecond, r.msPerStep, r.msForward, r.msBackward, r.msOptimizer, r.msCommWait,
+                    print(pad(name, 7) + "  " + pad(p.rawValue, 4) + "  " + pad(mode.rawValue, 9) + "  " + pad(kernel.rawValue, 7)
+                          + "  " + pad("\(r.ranks)×\(r.threadsPerRank)", 9)
+                          + String(format: "  %8.0f  %7.1f ", r.tokensPerSecond, r.msPerStep)
+                          + pad(String(format: "(%.0f-%.0f)", r.msPerStepMin, r.msPerStepMax), 13)
+                          + String(format: "  %6.1f  %6.1f  %6.1f  %5.1f  %12.1f  %5.1f%%  %6.0f  %6.1f  ",
+                                   r.msForward, r.msBackward, r.msOptimizer, r.msCommWait,
                                    r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB) + ratio)
                     if let json {
                         let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
@@ -73,6 +78,7 @@ struct Bench: ParsableCommand {
                         if let h = FileHandle(forWritingAtPath: json) { h.seekToEndOfFile(); h.write(line); try h.close() }
                         else { try line.write(to: URL(fileURLWithPath: json)) }
                     }
+                }
                 }
                 }
             }

@@ -57,6 +57,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Gradient communication format (default: the --precision).") var reduceDtype: Precision?
     @Option(help: "Activations backward recomputes: none, selective (LayerNorm outputs, attention probabilities, GELU) or full (whole blocks).")
     var recompute: Recompute?
+    @Option(help: "Attention kernel: fused (blocked, online softmax, O(T) memory per head) or unfused (keeps T×T probabilities).")
+    var attention: AttentionKernel?
 
     // MARK: Checkpoints
     @Option(help: "Save a checkpoint every N steps (0: only at the end).") var saveEvery: Int?
@@ -85,6 +87,7 @@ struct TrainOptions: ParsableArguments {
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery)
         set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
+        set(\.attention, attention)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
         set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
         set(\.debugInjectInf, debugInjectInf); set(\.debugInjectNaN, debugInjectNaN); set(\.debugFlipBit, debugFlipBit)

@@ -6,8 +6,9 @@ import XCTest
 /// Activation recomputation repeats the forward's arithmetic on the same inputs, so the loss
 /// and every gradient are bit-identical to keeping everything, in every precision.
 final class RecomputeTests: XCTestCase {
-    func gradients(_ c: GPTConfig, precision: Precision, recompute: Recompute, B: Int, T: Int) -> (Double, [UInt32]) {
-        let model = GPT(config: c, precision: precision, recompute: recompute)
+    func gradients(_ c: GPTConfig, precision: Precision, recompute: Recompute, attention: AttentionKernel,
+                   B: Int, T: Int) -> (Double, [UInt32]) {
+        let model = GPT(config: c, precision: precision, recompute: recompute, attention: attention)
         let params = FloatBuffer(count: model.layout.count), grads = FloatBuffer(count: model.layout.count)
         GPT.initialize(params.pointer, layout: model.layout, config: c, seed: 7)
         let flat = FlatParameters(layout: model.layout, parameters: params.pointer, gradients: grads.pointer)
@@ -24,15 +25,19 @@ final class RecomputeTests: XCTestCase {
     }
 
     func testGradientsAreBitIdenticalInEveryMode() {
-        let c = GPTConfig(nLayer: 3, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 50, bias: true)
+        // Two query blocks of the fused kernel.
+        let T = FusedAttention.block + 16
+        let c = GPTConfig(nLayer: 3, nHead: 2, nEmbd: 32, blockSize: T, vocabSize: 50, bias: true)
         for precision in Precision.allCases {
-            let (loss, reference) = gradients(c, precision: precision, recompute: .none, B: 2, T: 16)
-            XCTAssertTrue(reference.contains { $0 != 0 })
-            for mode in [Recompute.selective, .full] {
-                let (l, g) = gradients(c, precision: precision, recompute: mode, B: 2, T: 16)
-                XCTAssertEqual(l, loss, "\(precision) \(mode) loss")
-                let first = zip(g, reference).enumerated().first { $0.element.0 != $0.element.1 }?.offset
-                XCTAssertNil(first, "\(precision) \(mode): gradient \(first ?? -1) differs from --recompute none")
+            for kernel in AttentionKernel.allCases {
+                let (loss, reference) = gradients(c, precision: precision, recompute: .none, attention: kernel, B: 2, T: T)
+                XCTAssertTrue(reference.contains { $0 != 0 })
+                for mode in [Recompute.selective, .full] {
+                    let (l, g) = gradients(c, precision: precision, recompute: mode, attention: kernel, B: 2, T: T)
+                    XCTAssertEqual(l, loss, "\(precision) \(kernel) \(mode) loss")
+                    let first = zip(g, reference).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+                    XCTAssertNil(first, "\(precision) \(kernel) \(mode): gradient \(first ?? -1) differs from --recompute none")
+                }
             }
         }
     }
@@ -41,7 +46,9 @@ final class RecomputeTests: XCTestCase {
     /// probabilities, LayerNorm outputs and GELU output of all but one layer.
     func testRecomputationKeepsLess() {
         let c = GPTConfig(nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 256, vocabSize: 65, bias: false)
-        let kept = Recompute.allCases.map { Activations<FP32>.bytes(config: c, maxB: 64, maxT: 256, workers: 2, recompute: $0).saved }
+        let kept = Recompute.allCases.map {
+            Activations<FP32>.bytes(config: c, maxB: 64, maxT: 256, workers: 2, recompute: $0, attention: .unfused).saved
+        }
         XCTAssertLessThan(Double(kept[1]) / Double(kept[0]), 0.6, "selective")
         XCTAssertLessThan(Double(kept[2]) / Double(kept[0]), 0.25, "full")
     }

@@ -1,0 +1,175 @@
+import Kernels
+
+// MARK: - Fused causal attention
+
+/// Causal attention block by block with an online softmax (FlashAttention-2's algorithm, on
+/// CPU threads instead of GPU thread blocks).
+///
+/// Forward runs one task per (batch, head, query block): for each key block at or below the
+/// diagonal, scores S = Q·Kᵀ/√hs by a small GEMM, the running row maximum and sum are updated
+/// and the accumulated output rescaled, then O += P·V. Blocks above the diagonal are never
+/// computed, no T×T tensor exists, and forward keeps only each row's log-sum-exp
+/// `lse = max + log(sum)`. Backward runs one task per (batch, head), over key blocks then the
+/// query blocks that see them: P = exp(S − lse) is recomputed, dV += Pᵀ·dO, dP = dO·Vᵀ,
+/// dS = P ⊙ (dP − D) with D = rowsum(dO ⊙ O), dQ += dS·K, dK += dSᵀ·Q; dK and dV of a key block
+/// stay in the task's scratch until its last query block, and the task owns its head's dQ.
+///
+/// All products run in fp32: 16-bit Q, K, V and dO blocks are widened (exactly) into the
+/// task's scratch, so the kernel runs in parallel whatever the format, and 16-bit formats get
+/// fp32 probabilities in P·V. Each task's arithmetic does not depend on which thread runs it,
+/// so results are reproducible and recomputation gives the same bits.
+public enum FusedAttention {
+    /// Rows per query block and per key block (equal, so the diagonal falls inside one pair).
+    public static let block = 128
+
+    /// fp32 scratch per worker thread for sequence length `T` and head size `hs`.
+    public static func scratchFloats(T: Int, hs: Int) -> Int {
+        2 * block * block + 6 * block * hs + 2 * block + T
+    }
+
+    /// Query/key blocks covering `T` positions.
+    static func blocks(_ T: Int) -> Int { (T + block - 1) / block }
+
+    // MARK: Forward
+
+    /// Writes the attention output `out` (fp32, B×T×C) and the row log-sum-exps `lse`
+    /// (B×NH×T) from a packed `qkv` (B×T×3C).
+    public static func forward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                                                 qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
+                                                 B: Int, T: Int, C: Int, NH: Int, workers: Int) {
+        let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
+        let scale = 1 / Float(hs).squareRoot()
+        ParallelFor.tasks(B * NH * nb, workers: Gemm.sgemmIsReentrant ? workers : 1) { task, worker in
+            let qb = nb - 1 - task % nb   // the longest rows first, so the queue ends evenly
+            let bh = task / nb, b = bh / NH, h = bh % NH
+            let s = scratch + worker * per, o = s + block * block
+            let rowMax = o + block * hs, rowSum = rowMax + block
+            let wq = rowSum + block, wk = wq + block * hs, wv = wk + block * hs
+            let t0 = qb * block, nq = min(block, T - t0)
+            let head = qkv + b * T * 3 * C + h * hs
+            let q = Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
+            rowMax.update(repeating: -.infinity, count: nq)
+            rowSum.update(repeating: 0, count: nq)
+            o.update(repeating: 0, count: nq * hs)
+            for kb in 0...qb {
+                let s0 = kb * block, nk = min(block, T - s0)
+                let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
+                let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
+                Gemm.sgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
+                           b: k.base, ldb: k.ld, beta: 0, c: s, ldc: block)
+                for i in 0..<nq {
+                    let row = s + i * block
+                    let seen = kb == qb ? i + 1 : nk   // keys this query may attend to
+                    var mx = rowMax[i]
+                    for j in 0..<seen { mx = max(mx, row[j]) }
+                    let sum = Vector.expShiftSum(row, seen, shift: mx)
+                    if seen < nk { (row + seen).update(repeating: 0, count: nk - seen) }
+                    let correction = fexp(rowMax[i] - mx)   // 0 on the first block (max was −∞)
+                    rowSum[i] = rowSum[i] * correction + sum
+                    rowMax[i] = mx
+                    if correction != 1 { Vector.scale(o + i * hs, hs, by: correction) }
+                }
+                Gemm.sgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: s, lda: block, b: v.base, ldb: v.ld,
+                           beta: 1, c: o, ldc: hs)
+            }
+            let y = out + b * T * C + t0 * C + h * hs, rowLSE = lse + bh * T + t0
+            for i in 0..<nq {
+                let inv = 1 / rowSum[i]
+                for d in 0..<hs { y[i * C + d] = o[i * hs + d] * inv }
+                rowLSE[i] = rowMax[i] + flog(rowSum[i])
+            }
+        }
+    }
+
+    // MARK: Backward
+
+    /// Writes `dqkv` (fp32, B×T×3C) from `dout` (the output gradient as an operand), the kept
+    /// output `out` and log-sum-exps `lse`, and `qkv`.
+    public static func backward<F: ComputeFormat>(_: F.Type, dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<F.Element>,
+                                                  out: UnsafePointer<F.Element>, lse: UnsafePointer<Float>,
+                                                  qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
+                                                  B: Int, T: Int, C: Int, NH: Int, workers: Int) {
+        let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
+        let scale = 1 / Float(hs).squareRoot()
+        ParallelFor.tasks(B * NH, workers: Gemm.sgemmIsReentrant ? workers : 1) { bh, worker in
+            let b = bh / NH, h = bh % NH
+            let p = scratch + worker * per, dp = p + block * block
+            let dk = dp + block * block, dv = dk + block * hs
+            let wq = dv + block * hs, wdo = wq + block * hs, wk = wdo + block * hs, wv = wk + block * hs
+            let delta = wv + block * hs + 2 * block   // T values
+            let head = qkv + b * T * 3 * C + h * hs, dhead = dqkv + b * T * 3 * C + h * hs
+            let dy = dout + b * T * C + h * hs, y = out + b * T * C + h * hs
+            let rowLSE = lse + bh * T
+            // D = rowsum(dO ⊙ O) = rowsum(P ⊙ dP), and this head's dQ, which key blocks add to.
+            for t0 in stride(from: 0, to: T, by: block) {
+                let n = min(block, T - t0)
+                let g = Rows<F>(dy + t0 * C, ld: C, count: n, width: hs, scratch: wq)
+                let o = Rows<F>(y + t0 * C, ld: C, count: n, width: hs, scratch: wk)
+                for i in 0..<n {
+                    var d: Float = 0
+                    for c in 0..<hs { d += g.base[i * g.ld + c] * o.base[i * o.ld + c] }
+                    delta[t0 + i] = d
+                    (dhead + (t0 + i) * 3 * C).update(repeating: 0, count: hs)
+                }
+            }
+            for kb in 0..<nb {
+                let s0 = kb * block, nk = min(block, T - s0)
+                let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
+                let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
+                dk.update(repeating: 0, count: nk * hs)
+                dv.update(repeating: 0, count: nk * hs)
+                for qb in kb..<nb {
+                    let t0 = qb * block, nq = min(block, T - t0)
+                    let q = Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
+                    let g = Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
+                    Gemm.sgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
+                               b: k.base, ldb: k.ld, beta: 0, c: p, ldc: block)
+                    for i in 0..<nq {
+                        let row = p + i * block
+                        let seen = kb == qb ? i + 1 : nk
+                        _ = Vector.expShiftSum(row, seen, shift: rowLSE[t0 + i])
+                        if seen < nk { (row + seen).update(repeating: 0, count: nk - seen) }
+                    }
+                    // dV += Pᵀ·dO ; dP = dO·Vᵀ
+                    Gemm.sgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
+                               beta: 1, c: dv, ldc: hs)
+                    Gemm.sgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: 1, a: g.base, lda: g.ld, b: v.base, ldb: v.ld,
+                               beta: 0, c: dp, ldc: block)
+                    // dS = P ⊙ (dP − D)/√hs (zero where P is: above the diagonal)
+                    for i in 0..<nq {
+                        let pr = p + i * block, dr = dp + i * block, d = delta[t0 + i]
+                        for j in 0..<nk { dr[j] = pr[j] * (dr[j] - d) * scale }
+                    }
+                    // dQ += dS·K ; dK += dSᵀ·Q
+                    Gemm.sgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: dp, lda: block, b: k.base, ldb: k.ld,
+                               beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)
+                    Gemm.sgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: dp, lda: block, b: q.base, ldb: q.ld,
+                               beta: 1, c: dk, ldc: hs)
+                }
+                for j in 0..<nk {
+                    (dhead + (s0 + j) * 3 * C + C).update(from: dk + j * hs, count: hs)
+                    (dhead + (s0 + j) * 3 * C + 2 * C).update(from: dv + j * hs, count: hs)
+                }
+            }
+        }
+    }
+}
+
+// MARK: - Rows as fp32
+
+/// `count` rows of `width` values at stride `ld` as an fp32 GEMM operand: the rows themselves
+/// in fp32, else widened into `scratch` (contiguous, stride `width`).
+struct Rows<F: ComputeFormat> {
+    let base: UnsafePointer<Float>, ld: Int
+
+    init(_ rows: UnsafePointer<F.Element>, ld: Int, count: Int, width: Int, scratch: UnsafeMutablePointer<Float>) {
+        if !F.isLow {
+            base = UnsafeRawPointer(rows).assumingMemoryBound(to: Float.self)
+            self.ld = ld
+            return
+        }
+        for r in 0..<count { _ = F.widened(rows + r * ld, scratch: scratch + r * width, width) }
+        base = UnsafePointer(scratch)
+        self.ld = width
+    }
+}

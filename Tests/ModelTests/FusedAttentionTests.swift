@@ -1,0 +1,128 @@
+import Kernels
+import Model
+import Settings
+import XCTest
+
+/// The fused (blocked, online-softmax) attention kernel against the unfused one, which keeps
+/// whole T×T probabilities: same outputs and gradients, at every dispatch level, in every
+/// format, at lengths that are and are not multiples of the block; and O(T) memory.
+final class FusedAttentionTests: XCTestCase {
+    struct Case { var B: Int, T: Int, C: Int, NH: Int }
+
+    /// (out, dqkv) of both kernels on the same random qkv and output gradient, all in fp32.
+    func run<F: ComputeFormat>(_: F.Type, _ c: Case, seed: UInt64) -> (fused: [Float], unfused: [Float],
+                                                                    dFused: [Float], dUnfused: [Float]) {
+        let (B, T, C, NH) = (c.B, c.T, c.C, c.NH)
+        let workers = ParallelFor.threads, hs = C / NH
+        var rng = SplitMix64(seed: seed)
+        let qkv32 = FloatBuffer(count: B * T * 3 * C), dout32 = FloatBuffer(count: B * T * C)
+        for i in 0..<qkv32.count { qkv32[i] = Float(rng.nextUniform() * 4 - 2) }
+        for i in 0..<dout32.count { dout32[i] = Float(rng.nextUniform() * 2 - 1) }
+        let qkv = AlignedBuffer<F.Element>(count: qkv32.count), dout = AlignedBuffer<F.Element>(count: dout32.count)
+        F.commit(qkv32.pointer, into: qkv.pointer, qkv32.count)
+        F.commit(dout32.pointer, into: dout.pointer, dout32.count)
+
+        // Fused: output committed to the format, as the model keeps it for backward.
+        let out = FloatBuffer(count: B * T * C), kept = AlignedBuffer<F.Element>(count: B * T * C)
+        let lse = FloatBuffer(count: B * NH * T)
+        let scratch = FloatBuffer(count: FusedAttention.scratchFloats(T: T, hs: hs) * workers)
+        FusedAttention.forward(F.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
+                               B: B, T: T, C: C, NH: NH, workers: workers)
+        let fused = Array(UnsafeBufferPointer(start: out.pointer, count: out.count))
+        F.commit(out.pointer, into: kept.pointer, out.count)
+        let dqkv = FloatBuffer(count: B * T * 3 * C)
+        FusedAttention.backward(F.self, dqkv: dqkv.pointer, dout: dout.pointer, out: kept.pointer, lse: lse.pointer,
+                                qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
+        let dFused = Array(UnsafeBufferPointer(start: dqkv.pointer, count: dqkv.count))
+
+        let att = AlignedBuffer<F.Element>(count: B * NH * T * T), scores = FloatBuffer(count: T * T * workers)
+        Layers.attentionForward(F.self, out: out.pointer, att: att.pointer, qkv: qkv.pointer, scores: scores.pointer,
+                                B: B, T: T, C: C, NH: NH, workers: workers)
+        let unfused = Array(UnsafeBufferPointer(start: out.pointer, count: out.count))
+        let probs = FloatBuffer(count: F.isLow ? T * T * workers : 0), low = AlignedBuffer<F.Element>(count: F.isLow ? T * T * workers : 0)
+        Layers.attentionBackward(F.self, dqkv: dqkv.pointer, dout: dout.pointer, qkv: qkv.pointer, att: att.pointer,
+                                 scratch: .init(scores: scores.pointer, probs: probs.pointer, gradient: low.pointer),
+                                 B: B, T: T, C: C, NH: NH, workers: workers)
+        let dUnfused = Array(UnsafeBufferPointer(start: dqkv.pointer, count: dqkv.count))
+        return (fused, unfused, dFused, dUnfused)
+    }
+
+    /// Two and a bit blocks, exactly one block, less than one.
+    let cases = [Case(B: 2, T: 2 * FusedAttention.block + 22, C: 64, NH: 4), Case(B: 1, T: FusedAttention.block, C: 96, NH: 2),
+                 Case(B: 3, T: 7, C: 32, NH: 2)]
+
+    /// ‖a − b‖∞ / ‖b‖∞.
+    func maxRelative(_ a: [Float], _ b: [Float]) -> Double {
+        relativeError(a, b.map(Double.init))
+    }
+
+    func testFP32MatchesUnfusedAtEveryISA() {
+        atEveryISA { level in
+            for c in cases {
+                let r = run(FP32.self, c, seed: 11)
+                XCTAssertLessThan(maxRelative(r.fused, r.unfused), 1e-5, "\(level) \(c) output")
+                XCTAssertLessThan(maxRelative(r.dFused, r.dUnfused), 1e-5, "\(level) \(c) dqkv")
+                // Every part of dqkv is exercised (dQ, dK and dV of every head are non-zero).
+                XCTAssertGreaterThan(r.dFused.map(abs).max()!, 0.01)
+            }
+        }
+    }
+
+    /// 16-bit: both kernels read the same rounded Q, K, V, dO; the unfused one also rounds
+    /// the probabilities and dS to 16 bits as GEMM operands, the fused one keeps them fp32,
+    /// so they differ by about that rounding (bf16: 2⁻⁹ relative; fp16: 2⁻¹²).
+    func testHalfFormatsMatchUnfusedWithinRounding() {
+        for c in cases {
+            let b = run(BF16.self, c, seed: 5)
+            XCTAssertLessThan(maxRelative(b.fused, b.unfused), 1e-2, "bf16 \(c) output")
+            XCTAssertLessThan(maxRelative(b.dFused, b.dUnfused), 2e-2, "bf16 \(c) dqkv")
+            let h = run(FP16.self, c, seed: 5)
+            XCTAssertLessThan(maxRelative(h.fused, h.unfused), 2e-3, "fp16 \(c) output")
+            XCTAssertLessThan(maxRelative(h.dFused, h.dUnfused), 4e-3, "fp16 \(c) dqkv")
+        }
+    }
+
+    /// The whole model: loss and every gradient within 1e-5 of the unfused model in fp32.
+    func testModelGradientsMatchUnfused() {
+        let T = FusedAttention.block + 40
+        let c = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 32, blockSize: T, vocabSize: 40, bias: true)
+        var results: [(Double, [Float])] = []
+        for kernel in AttentionKernel.allCases {
+            let model = GPT(config: c, attention: kernel)
+            let params = FloatBuffer(count: model.layout.count), grads = FloatBuffer(count: model.layout.count)
+            GPT.initialize(params.pointer, layout: model.layout, config: c, seed: 3)
+            let flat = FlatParameters(layout: model.layout, parameters: params.pointer, gradients: grads.pointer)
+            var rng = SplitMix64(seed: 9)
+            let tokens = (0..<(2 * T)).map { _ in Int32(rng.next(below: 40)) }
+            let targets = (0..<(2 * T)).map { _ in Int32(rng.next(below: 40)) }
+            let r = model.forward(tokens: tokens, targets: targets, B: 2, T: T, params: flat)
+            model.backward(lossScale: Float(1.0 / Double(r.count)), params: flat)
+            results.append((r.sum / Double(r.count), Array(UnsafeBufferPointer(start: grads.pointer, count: grads.count))))
+        }
+        XCTAssertEqual(results[0].0, results[1].0, accuracy: 1e-5 * results[1].0)
+        XCTAssertLessThan(maxRelative(results[0].1, results[1].1), 1e-5)
+    }
+
+    /// Saved activations: the fused kernel keeps one fp32 log-sum-exp per (head, position)
+    /// where the unfused one keeps T² probabilities; at T = 1024 that is the gap between
+    /// 4 KiB and 4 MiB per head per layer. Allocated buffers equal the formula.
+    func testAttentionMemoryIsLinearInT() {
+        let c = GPTConfig(nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 1024, vocabSize: 50257, bias: true)
+        func saved(_ k: AttentionKernel, T: Int) -> Int {
+            Activations<FP32>.bytes(config: c, maxB: 1, maxT: T, workers: 2, attention: k).saved
+        }
+        for T in [256, 1024] {
+            let perHead = c.nLayer * c.nHead
+            XCTAssertEqual(saved(.unfused, T: T) - saved(.fused, T: T), perHead * 4 * (T * T - T), "T=\(T)")
+        }
+        // Doubling T doubles the fused model's saved bytes (everything is per position).
+        XCTAssertEqual(saved(.fused, T: 1024), 2 * saved(.fused, T: 512))
+        let small = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 200, vocabSize: 40, bias: true)
+        for k in AttentionKernel.allCases {
+            let a = Activations<BF16>(config: small, maxB: 2, maxT: 200, attention: k)
+            let f = Activations<BF16>.bytes(config: small, maxB: 2, maxT: 200, workers: ParallelFor.threads, attention: k)
+            XCTAssertEqual(a.savedBytes, f.saved, "\(k)")
+            XCTAssertEqual(a.totalBytes, f.total, "\(k)")
+        }
+    }
+}
