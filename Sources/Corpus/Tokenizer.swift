@@ -88,6 +88,20 @@ public struct Tokenizer: Codable, Equatable, Sendable {
         }
     }
 
+    /// UTF-8 bytes of text each id stands for (bits per byte): a special token such as
+    /// `<|endoftext|>` marks a boundary and stands for none.
+    public func byteLengths(vocabSize: Int) -> [Int] {
+        (0..<vocabSize).map { id in
+            switch kind {
+            case .byte: return 1
+            case .char: return id < symbols.count ? symbols[id].utf8.count : 0
+            case .gpt2, .bpe:
+                guard let bpe, id < bpe.tokens.count, !bpe.specials.values.contains(id) else { return 0 }
+                return bpe.tokens[id].count
+            }
+        }
+    }
+
     // MARK: Codable
 
     private enum CodingKeys: String, CodingKey { case kind, symbols, tokens, merges }

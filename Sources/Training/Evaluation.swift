@@ -1,0 +1,121 @@
+import Checkpoint
+import Comm
+import Corpus
+import Foundation
+import Kernels
+import Model
+
+// MARK: - Evaluation
+
+/// What `tessera eval` measured over a split.
+public struct EvalResult: Codable, Sendable {
+    public var split: String
+    /// Mean cross-entropy per predicted token, in nats, and its exponential.
+    public var loss: Double, perplexity: Double
+    /// Nats summed over predicted tokens, in bits, per UTF-8 byte those tokens stand for
+    /// (nil without a tokenizer).
+    public var bitsPerByte: Double?
+    public var tokens: Int, bytes: Int?
+    /// Windows evaluated (sequences of at most `blockSize` predictions) and how.
+    public var windows: Int, blockSize: Int, ranks: Int
+    /// "whole" (every token once) or "trainer" (the batches `train`'s validation drew).
+    public var mode: String
+}
+
+/// Loss of trained weights on a dataset split, on any number of ranks.
+public enum Evaluation {
+    /// One stretch of a shard: inputs `start..<start+length`, targets one token later.
+    struct Window { let shard: TokenShard, start: Int, length: Int }
+
+    /// Every token of a shard after its first, predicted once: consecutive windows of
+    /// `blockSize` predictions, the last shorter. Each prediction sees only the context
+    /// inside its window (as the trainer's validation does), not a sliding one.
+    static func windows(of split: TokenSplit, blockSize T: Int) -> [Window] {
+        split.shards.flatMap { shard in
+            stride(from: 0, to: max(0, shard.count - 1), by: T).map { Window(shard: shard, start: $0, length: min(T, shard.count - 1 - $0)) }
+        }
+    }
+
+    /// Mean loss over the whole split, its windows spread over the ranks (window i on rank
+    /// i mod N), `batch` windows per forward pass. Every rank must hold the same weights.
+    public static func whole(model file: ModelFile, split: TokenSplit, name: String, batch: Int, comm: Communicator) throws -> EvalResult {
+        let T = file.config.blockSize, V = file.config.vocabSize
+        let all = windows(of: split, blockSize: T)
+        guard !all.isEmpty else {
+            throw DataError.tooShort(path: split.shards.first?.path ?? name, tokens: split.tokenCount, needed: 2)
+        }
+        let mine = stride(from: comm.rank, to: all.count, by: comm.size).map { all[$0] }
+        let lengths = file.tokenizer?.byteLengths(vocabSize: V)
+        let runner = Runner(file: file, rows: batch, T: T)
+        var nats = 0.0, counted = 0, bytes = 0
+        // Full windows in batches; a shard's shorter last window alone.
+        var i = 0
+        while i < mine.count {
+            var rows = 1
+            if mine[i].length == T { while rows < batch, i + rows < mine.count, mine[i + rows].length == T { rows += 1 } }
+            let group = mine[i..<(i + rows)]
+            let len = group.first!.length
+            for (r, w) in group.enumerated() {
+                let top = max(w.shard.copy(from: w.start, count: len, into: runner.x + r * len),
+                              w.shard.copy(from: w.start + 1, count: len, into: runner.y + r * len))
+                w.shard.release(from: w.start, count: len + 1)
+                guard Int(top) < V else {
+                    throw DataError.invalid(path: w.shard.path, problem: "a window at token \(w.start) holds id \(top), outside the model's vocabulary of \(V)",
+                                            fix: "evaluate on data prepared with the model's tokenizer")
+                }
+                if let lengths { for t in 0..<len { bytes += lengths[Int(runner.y[r * len + t])] } }
+            }
+            let (sum, count) = runner.loss(B: rows, T: len)
+            nats += sum; counted += count
+            i += rows
+        }
+        var totals = [nats, Double(counted), Double(bytes)]
+        try comm.allReduce(&totals, label: "all-reduce of evaluation sums")
+        let loss = totals[0] / totals[1]
+        return EvalResult(split: name, loss: loss, perplexity: exp(loss),
+                          bitsPerByte: lengths == nil || totals[2] == 0 ? nil : totals[0] / log(2) / totals[2],
+                          tokens: Int(totals[1]), bytes: lengths == nil ? nil : Int(totals[2]),
+                          windows: all.count, blockSize: T, ranks: comm.size, mode: "whole")
+    }
+
+    /// The number `train` reports as its validation loss: `batches` global batches drawn by
+    /// `sampler` from `split` (sample i of each on rank i mod N), `micro` rows per pass.
+    public static func asTrainer(model file: ModelFile, split: TokenSplit, name: String, sampler: BatchSampler, batches: Int,
+                                 micro: Int, comm: Communicator) throws -> EvalResult {
+        let T = sampler.blockSize
+        let indices = Array(stride(from: comm.rank, to: sampler.batchSize, by: comm.size))
+        let runner = Runner(file: file, rows: micro, T: T)
+        var nats = 0.0
+        for j in 0..<batches {
+            for lo in stride(from: 0, to: indices.count, by: micro) {
+                let chunk = indices[lo..<min(indices.count, lo + micro)]
+                try sampler.fill(x: runner.x, y: runner.y, split: split, which: name == "train" ? .train : .val, batch: j,
+                                 indices: chunk, vocabSize: file.config.vocabSize)
+                nats += runner.loss(B: chunk.count, T: T).sum
+            }
+        }
+        var total = [nats]
+        try comm.allReduce(&total, label: "all-reduce of evaluation sums")
+        let tokens = batches * sampler.batchSize * T
+        let loss = total[0] / Double(tokens)
+        return EvalResult(split: name, loss: loss, perplexity: exp(loss), bitsPerByte: nil, tokens: tokens, bytes: nil,
+                          windows: batches * sampler.batchSize, blockSize: T, ranks: comm.size, mode: "trainer")
+    }
+
+    /// A model over read-only weights with token buffers for `rows`×`T`.
+    final class Runner {
+        let model: GPT, flat: FlatParameters, noGradients = FloatBuffer(count: 0)
+        let x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
+
+        init(file: ModelFile, rows: Int, T: Int) {
+            model = GPT(config: file.config)
+            flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
+            x = .allocate(capacity: rows * T); y = .allocate(capacity: rows * T)
+        }
+        deinit { x.deallocate(); y.deallocate() }
+
+        func loss(B: Int, T: Int) -> (sum: Double, count: Int) {
+            model.forward(tokens: x, targets: y, B: B, T: T, params: flat)
+        }
+    }
+}

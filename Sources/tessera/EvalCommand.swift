@@ -1,0 +1,78 @@
+import ArgumentParser
+import Checkpoint
+import Comm
+import Corpus
+import Foundation
+import Kernels
+import Training
+
+/// `tessera eval`: loss, perplexity and bits per byte of trained weights over a whole split.
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Evaluate a checkpoint or model.bin on a dataset split (single process, or every rank under mpirun).")
+
+    @Option(help: "A checkpoint directory (or run directory, or RUN/checkpoints).") var checkpoint: String?
+    @Option(help: "Or a model.bin written by `tessera train`.") var model: String?
+    @Option(help: "Prepared data (default: the checkpoint's --data).") var data: String?
+    @Option(help: "Split: val or train.") var split: String = "val"
+    @Option(help: "Windows (sequences of block-size tokens) per forward pass.") var batchSize: Int = 4
+    @Flag(help: "Instead of the whole split, the batches train's validation drew (the checkpoint's seed, batch size and eval steps).")
+    var asTrainer = false
+    @Option(help: "With --as-trainer: batches (default: the checkpoint's eval steps).") var evalSteps: Int?
+    @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
+    @Flag(help: "Print the result as one JSON object.") var json = false
+
+    func validate() throws {
+        guard (checkpoint == nil) != (model == nil) else { throw ValidationError("pass exactly one of --checkpoint and --model") }
+        guard split == "val" || split == "train" else { throw ValidationError("--split must be val or train, not '\(split)'") }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be >= 1") }
+        if asTrainer && checkpoint == nil {
+            throw ValidationError("--as-trainer needs --checkpoint (its config holds the seed and batch shape)")
+        }
+        if let evalSteps, evalSteps < 1 { throw ValidationError("--eval-steps must be >= 1") }
+    }
+
+    func run() throws {
+        let comm: Communicator = MPICommunicator.launchedByMPI ? MPICommunicator() : LocalCommunicator()
+        Gemm.setThreads(threads > 0 ? threads : Coordinator.defaultThreads())
+        do {
+            var trainConfig: TrainConfig?
+            if let checkpoint {
+                let (_, manifest) = try CheckpointStore(runDirectory: checkpoint).resolve(checkpoint) { writeStandardError($0) }
+                trainConfig = try JSONDecoder().decode(TrainConfig.self, from: JSONEncoder().encode(manifest.config))
+            }
+            let file = try checkpoint.map { try ModelFile.fromCheckpoint($0) } ?? ModelFile.read(from: model!)
+            guard let path = data ?? trainConfig?.data else {
+                throw ConfigError(flag: "--data", problem: "is missing", fix: "pass the prepared data directory to evaluate on")
+            }
+            let dataset = try Dataset.open(path, vocabSize: trainConfig.flatMap { $0.vocabSize > 0 ? $0.vocabSize : nil })
+            guard dataset.vocabSize <= file.config.vocabSize else {
+                throw ConfigError(flag: "--data", problem: "\(path) has a vocabulary of \(dataset.vocabSize), the model \(file.config.vocabSize)",
+                                  fix: "evaluate on data prepared with the model's tokenizer")
+            }
+            let tokens = split == "train" ? dataset.train : dataset.val
+            let result: EvalResult
+            if asTrainer, let c = trainConfig {
+                let sampler = BatchSampler(seed: c.seed, blockSize: c.blockSize, batchSize: c.batchSize, mode: c.sampling)
+                result = try Evaluation.asTrainer(model: file, split: tokens, name: split, sampler: sampler,
+                                                  batches: evalSteps ?? c.evalSteps, micro: c.microBatchSize(worldSize: comm.size), comm: comm)
+            } else {
+                result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm)
+            }
+            if comm.rank == 0 {
+                if json {
+                    let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+                    print(String(decoding: try e.encode(result), as: UTF8.self))
+                } else {
+                    let what = result.mode == "whole"
+                        ? "\(result.tokens) predicted tokens (the whole \(split) split) in \(result.windows) window(s) of up to \(result.blockSize)"
+                        : "\(result.windows) windows of \(result.blockSize) (train's validation batches)"
+                    var line = String(format: "eval: loss %.6f | perplexity %.3f", result.loss, result.perplexity)
+                    if let bpb = result.bitsPerByte { line += String(format: " | bits per byte %.4f", bpb) }
+                    print(line + " | \(what) on \(result.ranks) rank(s)")
+                }
+            }
+        } catch { fail(error, rank: comm.rank) }
+        (comm as? MPICommunicator)?.finalize()
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import XCTest
+
+/// `tessera eval`: the whole split, every token predicted once, the same number on any
+/// number of ranks; `--as-trainer` reproduces the trainer's validation loss; bits per byte
+/// from the tokenizer's byte lengths.
+final class EvalCLITests: XCTestCase {
+    struct Result: Decodable {
+        var loss: Double, perplexity: Double, bitsPerByte: Double?, tokens: Int, bytes: Int?, windows: Int, ranks: Int, mode: String
+    }
+
+    func decode(_ r: RunResult) throws -> Result {
+        XCTAssertEqual(r.status, 0, r.stderr)
+        return try JSONDecoder().decode(Result.self, from: Data(r.stdout.utf8))
+    }
+
+    func testWholeSplitOnOneAndTwoRanksAndAsTheTrainerSawIt() throws {
+        // ASCII text, so every character token is one byte: bits per byte = loss / ln 2.
+        let dir = try Repo.temporaryDirectory("eval"), text = dir + "/text.txt", data = dir + "/data", run = dir + "/run"
+        var rng = SystemRandomNumberGenerator()
+        let words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home"]
+        let body = (0..<6000).map { _ in words.randomElement(using: &rng)! }.joined(separator: " ")
+        try body.write(toFile: text, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try tessera(["prepare", "--input", text, "--out", data]).status, 0)
+        let train = try tessera(tinyArgs(data: data, out: run, steps: 6) + ["--eval-steps", "3"])
+        XCTAssertEqual(train.status, 0, train.stderr)
+
+        let one = try decode(try tessera(["eval", "--checkpoint", run, "--json"]))
+        let two = try decode(try mpirun(2, ["eval", "--checkpoint", run, "--json", "--batch-size", "3"]))
+        XCTAssertEqual(one.mode, "whole"); XCTAssertEqual(two.ranks, 2)
+        XCTAssertEqual(one.loss, two.loss, accuracy: 1e-6 * one.loss, "1 rank vs 2 ranks")
+        XCTAssertEqual(one.tokens, two.tokens)
+        // Every val token after the shard's first is a target once.
+        let valTokens = try shardTokenCount(data + "/val_000000.bin")
+        XCTAssertEqual(one.tokens, valTokens - 1)
+        XCTAssertEqual(one.windows, (valTokens - 1 + 63) / 64)
+        XCTAssertEqual(one.bytes, one.tokens)
+        XCTAssertEqual(one.bitsPerByte!, one.loss / log(2), accuracy: 1e-9)
+        XCTAssertEqual(one.perplexity, exp(one.loss), accuracy: 1e-9 * one.perplexity)
+        XCTAssertLessThan(one.loss, log(Double(13 + 1)), "trained a little: better than uniform over the few characters")
+
+        // The trainer's final validation loss, recomputed from the checkpoint on 1 and 2 ranks.
+        let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        let last = try JSONSerialization.jsonObject(with: Data(metrics.last!.utf8)) as! [String: Any]
+        let trainerVal = last["val_loss"] as! Double
+        for n in [1, 2] {
+            let r = n == 1 ? try tessera(["eval", "--checkpoint", run, "--as-trainer", "--json"])
+                           : try mpirun(2, ["eval", "--checkpoint", run, "--as-trainer", "--json"])
+            let e = try decode(r)
+            XCTAssertEqual(e.mode, "trainer")
+            XCTAssertEqual(e.loss, trainerVal, accuracy: 1e-6 * trainerVal, "\(n) rank(s) against train's val loss")
+        }
+        // model.bin gives the same number as the checkpoint it was saved with.
+        let viaModel = try decode(try tessera(["eval", "--model", run + "/model.bin", "--data", data, "--json"]))
+        XCTAssertEqual(viaModel.loss, one.loss)
+    }
+
+    func testBadInputIsAClearError() throws {
+        let data = try Repo.dataDirectory(), run = try Repo.temporaryDirectory("eval-bad")
+        XCTAssertEqual(try tessera(tinyArgs(data: data, out: run, steps: 1)).status, 0)
+        let split = try tessera(["eval", "--checkpoint", run, "--split", "test"])
+        XCTAssertEqual(split.status, 64, split.stderr)
+        XCTAssertTrue(split.stderr.contains("--split must be val or train"), split.stderr)
+        let none = try tessera(["eval", "--checkpoint", run + "/nowhere"])
+        XCTAssertNotEqual(none.status, 0)
+        XCTAssertTrue(none.stderr.contains("error"), none.stderr)
+        let both = try tessera(["eval", "--checkpoint", run, "--model", run + "/model.bin"])
+        XCTAssertTrue(both.stderr.contains("exactly one of --checkpoint and --model"), both.stderr)
+    }
+
+    /// Tokens in an llm.c-format shard (its header's third int32).
+    func shardTokenCount(_ path: String) throws -> Int {
+        let d = try Data(contentsOf: URL(fileURLWithPath: path))
+        return Int(d.withUnsafeBytes { $0.load(fromByteOffset: 8, as: Int32.self) })
+    }
+}
