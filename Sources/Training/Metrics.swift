@@ -30,6 +30,9 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     /// Peak resident memory of the reporting rank (rank 0) so far, in MiB; `memory.json` has
     /// the highest of all ranks at the end.
     public var peak_rss_mb: Double?
+    /// Model FLOP utilisation of this rank: 6N + attention FLOPs per token at the step's
+    /// speed, against the fp32 (bf16: bf16) GEMM rate measured at start on the rank's threads.
+    public var mfu: Double? = nil
     /// Passes over the training split completed after this step (sequential sampling only).
     public var epoch: Double? = nil
 }

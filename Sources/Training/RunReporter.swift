@@ -12,6 +12,7 @@ import Scaling
 final class RunReporter {
     private let config: TrainConfig
     private let metrics: MetricsWriter
+    private let events: TensorBoard.Writer?
     private let log: (String) -> Void
 
     /// Writes the run files and prints the start-up lines.
@@ -27,6 +28,7 @@ final class RunReporter {
             throw ConfigError(flag: "--out", problem: "cannot create \(outDir.path)", fix: "choose a writable run directory")
         }
         metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path, keepThrough: t.startStep)
+        events = config.tensorboard ? try TensorBoard.Writer(directory: outDir.appendingPathComponent("tb").path, keepThrough: t.startStep) : nil
         let strategy = t.strategy, psi = t.model.layout.count, world = t.comm.size
         let mem = strategy.memory
         // Gradients accumulate in fp32 under every strategy.
@@ -66,9 +68,24 @@ final class RunReporter {
         }
     }
 
+    /// What TensorBoard shows of a step, under TensorBoard-style group/name tags.
+    static func scalars(_ m: StepMetrics) -> [(tag: String, value: Double)] {
+        var s: [(tag: String, value: Double)] = [("train/loss", m.loss), ("train/lr", m.lr), ("train/grad_norm", m.grad_norm),
+                                                 ("perf/tokens_per_s", m.tokens_per_s), ("perf/ms_per_step", m.ms_per_step),
+                                                 ("perf/ms_comm_wait", m.ms_comm_wait)]
+        if let v = m.val_loss { s.append(("val/loss", v)) }
+        if let u = m.mfu { s.append(("perf/mfu", u)) }
+        if let l = m.loss_scale { s.append(("train/loss_scale", l)) }
+        s.append(("train/skipped_steps", Double(m.skipped_steps ?? 0)))
+        if let r = m.peak_rss_mb { s.append(("memory/peak_rss_mb", r)) }
+        if let e = m.epoch { s.append(("train/epoch", e)) }
+        return s
+    }
+
     /// Records step `step` (0-based) and prints a progress line when one is due.
     func stepDone(_ m: StepMetrics, step: Int, elapsed: Double) {
         metrics.write(m)
+        events?.write(step: m.step, Self.scalars(m))
         let lastStep = step == config.maxSteps - 1
         guard step % config.logEvery == 0 || lastStep || m.val_loss != nil || m.skipped == true else { return }
         let eta = elapsed / Double(step + 1) * Double(config.maxSteps - step - 1)

@@ -31,6 +31,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     // Evaluation and logging
     public var evalEvery = 250
     public var evalSteps = 20
+    /// Write TensorBoard event files to `RUN/tb/` (rank 0).
+    public var tensorboard = true
     public var logEvery = 10
     // Run
     public var seed: UInt64 = 1337
@@ -75,7 +77,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, seed, data, vocabSize, sampling, out,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
              threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
@@ -102,7 +104,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.microBatch, &microBatch); try get(.maxSteps, &maxSteps); try get(.lr, &lr); try get(.minLR, &minLR)
         try get(.warmupSteps, &warmupSteps); try get(.beta1, &beta1); try get(.beta2, &beta2)
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
-        try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.seed, &seed); try get(.data, &data)
+        try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
         try get(.out, &out); try get(.threads, &threads); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
         try get(.commTimeout, &commTimeout)

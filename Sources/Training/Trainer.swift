@@ -6,6 +6,7 @@ import Kernels
 import Model
 import Optim
 import Parallel
+import Scaling
 import Settings
 
 // MARK: - Trainer
@@ -55,6 +56,9 @@ public final class Trainer {
     /// First step to run (> 0 after a resume).
     public private(set) var startStep = 0
     var checkpointer: Checkpointer!
+    /// GEMM rate of this rank's threads in the run's precision, measured at start (for MFU),
+    /// and the model FLOPs of one token.
+    let peakGFLOPS: Double, flopsPerToken: Double
 
     /// Loads the data, builds the model and the strategy, and initialises parameters.
     public convenience init(config: TrainConfig, comm: Communicator) throws {
@@ -83,6 +87,8 @@ public final class Trainer {
         micro = config.microBatchSize(worldSize: comm.size)
         x = .allocate(capacity: micro * config.blockSize)
         y = .allocate(capacity: micro * config.blockSize)
+        peakGFLOPS = config.precision == .bf16 ? Benchmark.bf16PeakGFLOPS(n: 1024, reps: 3) : Benchmark.sgemmPeakGFLOPS(n: 1024, reps: 3)
+        flopsPerToken = Compute.flopsPerToken(params: Double(model.layout.count), nLayer: gpt.nLayer, nEmbd: gpt.nEmbd, seq: config.blockSize)
         if config.resume.isEmpty { initializeParameters(shape: gpt) } else { try resume(from: URL(fileURLWithPath: config.resume)) }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
         model.reserve(B: micro, T: config.blockSize)

@@ -48,6 +48,7 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Evaluate every N steps (and at the end).") var evalEvery: Int?
     @Option(help: "Validation batches per evaluation.") var evalSteps: Int?
     @Option(help: "Print a progress line every N steps.") var logEvery: Int?
+    @Flag(inversion: .prefixedNo, help: "Write TensorBoard event files to RUN/tb (tensorboard --logdir RUN/tb).") var tensorboard: Bool?
 
     // MARK: Parallelism and precision
     @Option(help: "ZeRO stage (0 = DDP).") var zero: ZeroStage?
@@ -85,7 +86,7 @@ struct TrainOptions: ParsableArguments {
         set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
-        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery)
+        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
         set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
