@@ -1,6 +1,6 @@
 # Tessera: `make run` trains a small model on 2 ranks; `make test` runs every test.
 SHELL := /bin/bash
-APT_PACKAGES := libopenblas-dev libopenmpi-dev openmpi-bin libzstd-dev libdnnl-dev pkg-config fortunes iproute2
+APT_PACKAGES := libopenblas-dev libopenmpi-dev openmpi-bin libzstd-dev libdnnl-dev pkg-config fortunes iproute2 librsvg2-bin
 BIN := .build/release/tessera
 RUN_DIR ?= runs/demo
 DATA_DIR ?= data/default
@@ -42,6 +42,10 @@ run: build $(DATA_DIR)/train_000000.bin
 	  --lr 1e-3 --min-lr 1e-4 --warmup-steps 100 --beta2 0.99 --no-bias --eval-every 500 --log-every 250
 	@echo "--- a sample from the trained model:"
 	$(BIN) generate --checkpoint $(RUN_DIR) --prompt "The " --max-new-tokens 200 --seed 1
+	@echo "--- the whole validation split:"
+	$(BIN) eval --checkpoint $(RUN_DIR)
+	$(BIN) plot $(RUN_DIR)
+	@echo "--- curves: open $(RUN_DIR)/loss.svg in a browser, or: tensorboard --logdir $(RUN_DIR)/tb"
 
 # Benchmarks: tessera's configurations on 1 rank × 2 threads and 2 ranks × 1 thread, weak
 # scaling (1 vs 2 ranks, same per-rank batch), and the PyTorch eager reference when

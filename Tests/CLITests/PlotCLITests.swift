@@ -1,0 +1,81 @@
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import XCTest
+
+/// `tessera plot`: a well-formed SVG with every run's curves, points inside their panels and
+/// placed by value; PNG through rsvg-convert.
+final class PlotCLITests: XCTestCase {
+    /// Elements of an SVG document by name, with their attributes.
+    final class Elements: NSObject, XMLParserDelegate {
+        var found: [(name: String, attributes: [String: String])] = []
+        var text = ""
+        func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
+                    attributes: [String: String] = [:]) { found.append((name, attributes)) }
+        func parser(_ parser: XMLParser, foundCharacters string: String) { text += string + "|" }
+    }
+
+    func testTwoRunsOverlaid() throws {
+        let data = try Repo.dataDirectory(), root = try Repo.temporaryDirectory("plot")
+        for (name, lr) in [("alpha", "1e-3"), ("beta", "3e-3")] {
+            let r = try tessera(tinyArgs(data: data, out: root + "/" + name, steps: 8) + ["--lr", lr, "--eval-every", "4", "--no-tensorboard"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let svgPath = root + "/both.svg"
+        let r = try tessera(["plot", root + "/alpha", root + "/beta", "--out", svgPath])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("alpha (8 steps), beta (8 steps)"), r.stdout)
+        let parser = XMLParser(contentsOf: URL(fileURLWithPath: svgPath))!
+        let e = Elements()
+        parser.delegate = e
+        XCTAssertTrue(parser.parse(), "well-formed XML: \(parser.parserError.map { "\($0)" } ?? "")")
+        XCTAssertTrue(e.text.contains("alpha train") && e.text.contains("beta val") && e.text.contains("tokens"), e.text)
+        let lines = e.found.filter { $0.name == "polyline" }
+        // Per run: train raw, train smoothed and val in two loss panels, then lr and tokens/s.
+        XCTAssertEqual(lines.count, 2 * 3 * 2 + 2 * 2)
+        let colours = Set(lines.map { $0.attributes["stroke"]! })
+        XCTAssertEqual(colours.count, 2, "one colour per run")
+        // The raw train-loss line of run alpha in the step panel: 8 points, x increasing,
+        // y placed by value (higher loss, higher on the page = smaller y).
+        let metrics = try String(contentsOfFile: root + "/alpha/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let losses = metrics.map { $0["loss"] as! Double }
+        let points = lines[0].attributes["points"]!.split(separator: " ").map { $0.split(separator: ",").map { Double($0)! } }
+        XCTAssertEqual(points.count, 8)
+        for i in 1..<8 {
+            XCTAssertGreaterThan(points[i][0], points[i - 1][0])
+            XCTAssertEqual(points[i][1] < points[i - 1][1], losses[i] > losses[i - 1], "point \(i)")
+        }
+        // Every point lies inside the drawing (1000 wide).
+        for l in lines {
+            for p in l.attributes["points"]!.split(separator: " ") {
+                let xy = p.split(separator: ",").map { Double($0)! }
+                XCTAssertTrue((0...1000).contains(xy[0]) && (0...710).contains(xy[1]), "\(xy)")
+            }
+        }
+        // Validation markers: 2 evaluations per run, drawn in both loss panels.
+        XCTAssertEqual(e.found.filter { $0.name == "circle" }.count, 2 * 2 * 2 + 2, "markers (and the legend's two)")
+        // Default output: FIRST_RUN/loss.svg.
+        XCTAssertEqual(try tessera(["plot", root + "/alpha"]).status, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/alpha/loss.svg"))
+    }
+
+    func testPNGAndBadInput() throws {
+        let data = try Repo.dataDirectory(), run = try Repo.temporaryDirectory("plotpng")
+        XCTAssertEqual(try tessera(tinyArgs(data: data, out: run, steps: 3)).status, 0)
+        let bad = try tessera(["plot", run, "--out", run + "/x.jpg"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--out must end in .svg or .png"), bad.stderr)
+        let missing = try tessera(["plot", run + "/nothing"])
+        XCTAssertEqual(missing.status, 2)
+        XCTAssertTrue(missing.stderr.contains("metrics.jsonl cannot be read"), missing.stderr)
+        try requireEnvironment(FileManager.default.isExecutableFile(atPath: "/usr/bin/rsvg-convert"),
+                               "rsvg-convert is not installed (make setup installs librsvg2-bin)")
+        let png = try tessera(["plot", run, "--out", run + "/loss.png"])
+        XCTAssertEqual(png.status, 0, png.stderr)
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: run + "/loss.png")))
+        XCTAssertEqual(Array(bytes.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A], "a PNG signature")
+        XCTAssertGreaterThan(bytes.count, 10_000)
+    }
+}
