@@ -36,7 +36,8 @@ public enum FusedAttention {
     /// (B×NH×T) from a packed `qkv` (B×T×3C).
     public static func forward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                                                  qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
-                                                 B: Int, T: Int, C: Int, NH: Int, workers: Int) {
+                                                 B: Int, T: Int, C: Int, NH: Int, workers: Int,
+                                                 dropout: DropoutPass? = nil, layer: Int = 0) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot()
         ParallelFor.tasks(B * NH * nb, workers: Gemm.sgemmIsReentrant ? workers : 1) { task, worker in
@@ -47,6 +48,7 @@ public enum FusedAttention {
             let wq = rowSum + block, wk = wq + block * hs, wv = wk + block * hs
             let t0 = qb * block, nq = min(block, T - t0)
             let head = qkv + b * T * 3 * C + h * hs
+            let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
             let q = Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
             rowMax.update(repeating: -.infinity, count: nq)
             rowSum.update(repeating: 0, count: nq)
@@ -68,6 +70,12 @@ public enum FusedAttention {
                     rowSum[i] = rowSum[i] * correction + sum
                     rowMax[i] = mx
                     if correction != 1 { Vector.scale(o + i * hs, hs, by: correction) }
+                    // Dropout acts on the probabilities after normalisation; the sum above
+                    // (the normaliser) is of the undropped ones.
+                    if let d = dropout?.dropout, let stream {
+                        let index = (t0 + i) * T + s0
+                        for j in 0..<seen { row[j] *= d.factor(stream, index + j) }
+                    }
                 }
                 Gemm.sgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: s, lda: block, b: v.base, ldb: v.ld,
                            beta: 1, c: o, ldc: hs)
@@ -88,7 +96,8 @@ public enum FusedAttention {
     public static func backward<F: ComputeFormat>(_: F.Type, dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<F.Element>,
                                                   out: UnsafePointer<F.Element>, lse: UnsafePointer<Float>,
                                                   qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
-                                                  B: Int, T: Int, C: Int, NH: Int, workers: Int) {
+                                                  B: Int, T: Int, C: Int, NH: Int, workers: Int,
+                                                  dropout: DropoutPass? = nil, layer: Int = 0) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot()
         ParallelFor.tasks(B * NH, workers: Gemm.sgemmIsReentrant ? workers : 1) { bh, worker in
@@ -100,6 +109,7 @@ public enum FusedAttention {
             let head = qkv + b * T * 3 * C + h * hs, dhead = dqkv + b * T * 3 * C + h * hs
             let dy = dout + b * T * C + h * hs, y = out + b * T * C + h * hs
             let rowLSE = lse + bh * T
+            let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
             // D = rowsum(dO ⊙ O) = rowsum(P ⊙ dP), and this head's dQ, which key blocks add to.
             for t0 in stride(from: 0, to: T, by: block) {
                 let n = min(block, T - t0)
@@ -130,16 +140,27 @@ public enum FusedAttention {
                         _ = Vector.expShiftSum(row, seen, shift: rowLSE[t0 + i])
                         if seen < nk { (row + seen).update(repeating: 0, count: nk - seen) }
                     }
-                    // dV += Pᵀ·dO ; dP = dO·Vᵀ
-                    Gemm.sgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
-                               beta: 1, c: dv, ldc: hs)
+                    // dP = dO·Vᵀ ; dS = P ⊙ (dP − D)/√hs (zero where P is: above the diagonal).
+                    // With dropout the output used P̃ = P ⊙ M: dO·Vᵀ is dP̃, dP = dP̃ ⊙ M, and
+                    // P becomes P̃ for dV (D = rowsum(dO ⊙ O) already is rowsum(P ⊙ dP)).
                     Gemm.sgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: 1, a: g.base, lda: g.ld, b: v.base, ldb: v.ld,
                                beta: 0, c: dp, ldc: block)
-                    // dS = P ⊙ (dP − D)/√hs (zero where P is: above the diagonal)
                     for i in 0..<nq {
                         let pr = p + i * block, dr = dp + i * block, d = delta[t0 + i]
-                        for j in 0..<nk { dr[j] = pr[j] * (dr[j] - d) * scale }
+                        if let drop = dropout?.dropout, let stream {
+                            let index = (t0 + i) * T + s0
+                            for j in 0..<nk {
+                                let m = drop.factor(stream, index + j)
+                                dr[j] = pr[j] * (dr[j] * m - d) * scale
+                                pr[j] *= m
+                            }
+                        } else {
+                            for j in 0..<nk { dr[j] = pr[j] * (dr[j] - d) * scale }
+                        }
                     }
+                    // dV += P̃ᵀ·dO
+                    Gemm.sgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
+                               beta: 1, c: dv, ldc: hs)
                     // dQ += dS·K ; dK += dSᵀ·Q
                     Gemm.sgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: dp, lda: block, b: k.base, ldb: k.ld,
                                beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)

@@ -21,6 +21,8 @@ public final class GPT {
     public let recompute: Recompute
     /// How causal attention is computed.
     public let attention: AttentionKernel
+    /// Dropout of training passes (those given sequence keys); nil when p = 0.
+    public let dropout: Dropout?
     /// The layer sequence in that format.
     private let body: any ModelBody
 
@@ -28,11 +30,15 @@ public final class GPT {
     private var tokens: UnsafeMutablePointer<Int32>
     private var targets: UnsafeMutablePointer<Int32>
     private var tokenCapacity = 0
+    private var keys: UnsafeMutablePointer<UInt64>
+    private var keyCapacity = 0
 
     /// Creates a model for a validated configuration.
     public init(config: GPTConfig, precision: Precision = .fp32, recompute: Recompute = .none,
-                attention: AttentionKernel = .fused) {
+                attention: AttentionKernel = .fused, dropout: Float = 0) {
+        precondition(dropout == 0 || attention == .fused, "dropout needs the fused attention kernel")
         self.config = config
+        self.dropout = dropout > 0 ? Dropout(p: dropout) : nil
         self.precision = precision
         self.recompute = recompute
         self.attention = attention
@@ -45,9 +51,10 @@ public final class GPT {
         }
         tokens = .allocate(capacity: 1)
         targets = .allocate(capacity: 1)
+        keys = .allocate(capacity: 1)
     }
 
-    deinit { tokens.deallocate(); targets.deallocate() }
+    deinit { tokens.deallocate(); targets.deallocate(); keys.deallocate() }
 
     /// Bytes of activations kept for backward, and of all activation buffers with scratch.
     public var activationBytes: (saved: Int, total: Int) { body.activationBytes }
@@ -70,17 +77,26 @@ public final class GPT {
     /// With `targets`, also computes the cross-entropy and returns its sum over counted
     /// positions (targets < 0 are ignored) and their number, leaving probabilities for
     /// `backward`. Without targets the logits are left in place for `logitsRow`.
+    /// `sequenceKeys` (one per sequence, `Dropout.sequenceKey`) make it a training pass with
+    /// dropout; without them (evaluation, generation) there is none.
     @discardableResult
     public func forward(tokens inTokens: UnsafePointer<Int32>, targets inTargets: UnsafePointer<Int32>?,
-                        B: Int, T: Int, params: ParameterProvider) -> (sum: Double, count: Int) {
+                        B: Int, T: Int, params: ParameterProvider,
+                        sequenceKeys: UnsafePointer<UInt64>? = nil) -> (sum: Double, count: Int) {
         precondition(T <= config.blockSize, "sequence length \(T) exceeds block_size \(config.blockSize)")
         reserve(B: B, T: T)
         let BT = B * T
         tokens.update(from: inTokens, count: BT)
         if let inTargets { targets.update(from: inTargets, count: BT) }
         lastB = B; lastT = T
+        var pass: DropoutPass?
+        if let dropout, let sequenceKeys {
+            if B > keyCapacity { keys.deallocate(); keys = .allocate(capacity: B); keyCapacity = B }
+            keys.update(from: sequenceKeys, count: B)
+            pass = DropoutPass(dropout: dropout, keys: keys)
+        }
         return body.forward(tokens: tokens, targets: inTargets == nil ? nil : UnsafePointer(targets), B: B, T: T,
-                            params: params)
+                            params: params, dropout: pass)
     }
 
     /// Logits of sequence `b` at position `t` after a forward without targets.
@@ -107,7 +123,7 @@ protocol ModelBody: AnyObject {
     var logits: UnsafeMutablePointer<Float> { get }
     func reserve(B: Int, T: Int, recompute: Recompute)
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
-                 params: ParameterProvider) -> (sum: Double, count: Int)
+                 params: ParameterProvider, dropout: DropoutPass?) -> (sum: Double, count: Int)
     func backward(lossScale: Float, tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, B: Int, T: Int,
                   params: ParameterProvider)
 }

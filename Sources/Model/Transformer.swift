@@ -15,6 +15,8 @@ final class Transformer<F: ComputeFormat> {
     /// How attention is computed.
     let attentionKernel: AttentionKernel
     private(set) var activations: Activations<F>?
+    /// Dropout of the current forward pass and its backward (nil: none, as in eval).
+    private var pass: DropoutPass?
     /// 16-bit compute copies of the parameters in use (one block or final unit; the embedding
     /// unit, whose `wte` is also the tied LM head), when the provider has none. Empty in fp32.
     private let unitCopy: AlignedBuffer<F.Element>, embeddingCopy: AlignedBuffer<F.Element>
@@ -79,7 +81,8 @@ final class Transformer<F: ComputeFormat> {
     /// Runs `B`×`T` tokens through the model; with `targets`, returns the summed loss over
     /// counted positions and their number, leaving probabilities for `backward`.
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
-                 params: ParameterProvider) -> (sum: Double, count: Int) {
+                 params: ParameterProvider, dropout: DropoutPass?) -> (sum: Double, count: Int) {
+        pass = dropout
         let a = activations!
         let C = config.nEmbd, V = config.vocabSize, BT = B * T
         let lay = layout
@@ -89,6 +92,7 @@ final class Transformer<F: ComputeFormat> {
         Layers.embeddingForward(F.self, out: a.residual[0].pointer, tokens: tokens, wte: emb.matrix(0),
                                 wpe: emb.matrix(lay.wpe), B: B, T: T, C: C)
         params.releaseParameters(unit: 0)
+        pass?.apply(a.residual[0].pointer, B: B, T: T, C: C, site: .embedding, layer: 0)
 
         for l in 0..<config.nLayer {
             let unit = lay.blockUnit(l)
@@ -129,6 +133,7 @@ final class Transformer<F: ComputeFormat> {
         let r2 = a.res2[l].pointer
         Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(lay.projw),
                              bias: w.vector(lay.projb), N: BT, IC: C, OC: C)
+        pass?.apply(r2, B: B, T: T, C: C, site: .attentionOutput, layer: l)
         Vector.add(x, into: r2, BT * C)
         normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(lay.ln2w),
                   bias: w.vector(lay.ln2b), N: BT, scratch: wide)
@@ -140,6 +145,7 @@ final class Transformer<F: ComputeFormat> {
         let out = a.residual[l + 1].pointer
         Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
                              bias: w.vector(lay.fcprojb), N: BT, IC: 4 * C, OC: C)
+        pass?.apply(out, B: B, T: T, C: C, site: .mlpOutput, layer: l)
         Vector.add(r2, into: out, BT * C)
     }
 
@@ -151,8 +157,10 @@ final class Transformer<F: ComputeFormat> {
         switch attentionKernel {
         case .fused:
             FusedAttention.forward(F.self, out: y, lse: a.lse[l].pointer, qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
-                                   B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers)
+                                   B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
+                                   dropout: pass, layer: l)
         case .unfused:
+            precondition(pass == nil, "dropout needs the fused attention kernel")
             Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer, scores: a.scores.pointer,
                                     B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers)
         }
@@ -227,10 +235,17 @@ final class Transformer<F: ComputeFormat> {
             let w = acquire(params, unit: unit, vectors: blockVectors)
             recompute(l, w, B: B, T: T)
             let g = params.gradients(unit: unit)
-            // MLP: out = r2 + fcproj(gelu(fc(ln2(r2))))
-            d = F.operand(dres, scratch: narrow, BT * C)
+            // MLP: out = r2 + fcproj(gelu(fc(ln2(r2)))); with dropout on fcproj's output its
+            // gradient is dres times the mask (in dln, free until fc's backward writes it).
+            var branch = dres
+            if let pass {
+                dln.update(from: dres, count: BT * C)
+                pass.apply(dln, B: B, T: T, C: C, site: .mlpOutput, layer: l)
+                branch = dln
+            }
+            d = F.operand(branch, scratch: narrow, BT * C)
             Layers.linearBackward(F.self, dinp: dfc, dweight: g + lay.fcprojw, dbias: lay.fcprojb.map { g + $0 },
-                                  dout: dres, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
+                                  dout: branch, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
                                   N: BT, IC: 4 * C, OC: C)
             d = F.geluBackward(dinp: dfc, scratch: narrow, pre: a.fch[l].pointer, dout: dfc, n: BT * 4 * C)
             Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.fcw, dbias: lay.fcb.map { g + $0 }, dout: dfc,
@@ -238,16 +253,23 @@ final class Transformer<F: ComputeFormat> {
             Layers.layerNormBackward(dinp: dres, dweight: g + lay.ln2w, dbias: lay.ln2b.map { g + $0 }, dout: dln,
                                      inp: a.res2[l].pointer, weight: w.vector(lay.ln2w),
                                      mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, N: BT, C: C)
-            // Attention: r2 = x + proj(attn(qkv(ln1(x))))
-            d = F.operand(dres, scratch: narrow, BT * C)
-            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.projw, dbias: lay.projb.map { g + $0 }, dout: dres,
+            // Attention: r2 = x + proj(attn(qkv(ln1(x)))); the masked gradient of proj's output
+            // goes in dqkv, free until attention's backward writes it.
+            branch = dres
+            if let pass {
+                dqkv.update(from: dres, count: BT * C)
+                pass.apply(dqkv, B: B, T: T, C: C, site: .attentionOutput, layer: l)
+                branch = dqkv
+            }
+            d = F.operand(branch, scratch: narrow, BT * C)
+            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.projw, dbias: lay.projb.map { g + $0 }, dout: branch,
                                   doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(lay.projw), N: BT, IC: C, OC: C)
             d = F.operand(dln, scratch: narrow, BT * C)
             switch attentionKernel {
             case .fused:
                 FusedAttention.backward(F.self, dqkv: dqkv, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
                                         qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
-                                        B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
+                                        B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l)
             case .unfused:
                 Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
                                          scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
@@ -262,6 +284,7 @@ final class Transformer<F: ComputeFormat> {
             params.gradientsProduced(unit: unit)
         }
 
+        pass?.apply(dres, B: B, T: T, C: C, site: .embedding, layer: 0)
         Layers.embeddingBackward(dwte: gEmb, dwpe: gEmb + lay.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C)
         params.gradientsProduced(unit: 0)
     }

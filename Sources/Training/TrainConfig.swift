@@ -178,7 +178,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(nEmbd >= 1 && nEmbd % nHead == 0, "--n-embd",
                  "\(nEmbd) is not divisible by n_head \(nHead)", "choose n_embd a multiple of n_head")
         try need(blockSize >= 1, "--block-size", "is \(blockSize)", "use at least 1")
-        try need(dropout == 0, "--dropout", "is \(dropout)", "dropout is not implemented yet; use --dropout 0")
+        try need(dropout >= 0 && dropout < 1, "--dropout", "is \(dropout)", "use a probability in [0, 1), e.g. 0.1 or 0.2")
+        try need(dropout == 0 || attention == .fused, "--dropout", "is \(dropout) with --attention unfused",
+                 "dropout of attention probabilities is implemented in the fused kernel: drop --attention unfused")
         try need(batchSize >= 1, "--batch-size", "is \(batchSize)", "use at least 1")
         try need(microBatch >= 0, "--micro-batch", "is \(microBatch)", "use 0 (automatic) or a positive size")
         try need(maxSteps >= 0, "--max-steps", "is \(maxSteps)", "use 0 or more")

@@ -2,6 +2,7 @@ import Checkpoint
 import Comm
 import Foundation
 import Kernels
+import Model
 import Optim
 import Parallel
 
@@ -79,8 +80,10 @@ extension Trainer {
             i += chunk.count
             try sampler.fill(x: x, y: y, split: data.train, which: .train, batch: step, indices: chunk, vocabSize: data.vocabSize)
             strategy.beginMicroStep(isLast: i >= myIndices.count)
+            for (r, sample) in chunk.enumerated() { keys[r] = Dropout.sequenceKey(seed: config.seed, step: step, sample: sample) }
             let a = MPIClock.now()
-            lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
+            lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider,
+                                     sequenceKeys: config.dropout > 0 ? keys : nil).sum
             let b = MPIClock.now()
             model.backward(lossScale: lossScale, params: strategy.provider)
             bwd += MPIClock.now() - b

@@ -44,6 +44,8 @@ public final class Trainer {
     let myIndices: [Int]
     let micro: Int
     let x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
+    /// Dropout keys of a micro-batch's sequences (from their global sample index).
+    let keys: UnsafeMutablePointer<UInt64>
     /// fp16's dynamic loss scaler (restored on resume).
     public internal(set) var scaler: DynamicLossScaler?
     /// fp32/bf16: steps skipped because a loss or gradient was not finite (restored on resume),
@@ -75,7 +77,8 @@ public final class Trainer {
         sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize, batchSize: config.batchSize,
                                mode: config.sampling)
         let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler)
-        model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention)
+        model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention,
+                    dropout: Float(config.dropout))
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
@@ -87,6 +90,7 @@ public final class Trainer {
         micro = config.microBatchSize(worldSize: comm.size)
         x = .allocate(capacity: micro * config.blockSize)
         y = .allocate(capacity: micro * config.blockSize)
+        keys = .allocate(capacity: micro)
         peakGFLOPS = config.precision == .bf16 ? Benchmark.bf16PeakGFLOPS(n: 1024, reps: 3) : Benchmark.sgemmPeakGFLOPS(n: 1024, reps: 3)
         flopsPerToken = Compute.flopsPerToken(params: Double(model.layout.count), nLayer: gpt.nLayer, nEmbd: gpt.nEmbd, seq: config.blockSize)
         if config.resume.isEmpty { initializeParameters(shape: gpt) } else { try resume(from: URL(fileURLWithPath: config.resume)) }
@@ -94,7 +98,7 @@ public final class Trainer {
         model.reserve(B: micro, T: config.blockSize)
     }
 
-    deinit { x.deallocate(); y.deallocate() }
+    deinit { x.deallocate(); y.deallocate(); keys.deallocate() }
 
     /// The model shape for the data's vocabulary, after checking the data can feed it.
     private static func modelShape(config: TrainConfig, data: Dataset, sampler: BatchSampler) throws -> GPTConfig {

@@ -24,7 +24,7 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Embedding width.") var nEmbd: Int?
     @Option(help: "Context length.") var blockSize: Int?
     @Flag(inversion: .prefixedNo, help: "Biases in linear layers and LayerNorms.") var bias: Bool?
-    @Option(help: "Dropout probability (only 0 is implemented).") var dropout: Double?
+    @Option(help: "Dropout probability on embeddings, attention probabilities and residual branches (nanoGPT's sites); off in eval and generate.") var dropout: Double?
 
     // MARK: Optimisation
     @Option(help: "Global batch size in sequences (split over ranks).") var batchSize: Int?

@@ -22,6 +22,7 @@ final class CheckpointCLITests: XCTestCase {
             (2, ["--zero", "3", "--async-save", "--save-every", "4"]),
             (1, ["--precision", "bf16"]), (2, ["--precision", "bf16", "--zero", "2"]),
             (2, ["--precision", "fp16", "--zero", "3"]),
+            (1, ["--dropout", "0.2"]), (2, ["--dropout", "0.2", "--zero", "3", "--recompute", "full"]),
         ]
         for (n, extra) in modes {
             let full = try Repo.temporaryDirectory("full"), part = try Repo.temporaryDirectory("part")
