@@ -50,19 +50,23 @@ run: build $(DATA_DIR)/train_000000.bin
 # Benchmarks: tessera's configurations on 1 rank × 2 threads and 2 ranks × 1 thread, weak
 # scaling (1 vs 2 ranks, same per-rank batch), and the PyTorch eager reference when
 # `make bench-reference-setup` has installed it. JSON lines go to bench/results.jsonl.
-BENCH_CONFIGS ?= --config tiny --config small --config gpt2
+BENCH_CONFIGS ?= --config tiny --config small --config gpt2 --config gpt2-1k
 BENCH_STEPS ?= --warmup 2 --steps 5
 REF_PY := .venv-ref/bin/python
+# nanoGPT's own model.py for the reference, when a checkout sits beside the repository.
+NANOGPT ?= ../nanogpt
+REF = $(REF_PY) Benchmarks/reference/torch_gpt.py --threads 2 $(BENCH_CONFIGS) --precision fp32 --precision bf16 \
+  --warmup 3 $$( [ -f $(NANOGPT)/model.py ] && echo --nanogpt $(NANOGPT) ) | tee -a bench/reference.jsonl
 bench: build
 	@mkdir -p bench; rm -f bench/results.jsonl bench/reference.jsonl
 	@echo "machine: $$(lscpu | sed -n 's/^Model name: *//p'), $$(nproc) cores, $$(free -g | awk '/Mem:/{print $$2}') GiB"
-	@if [ -x $(REF_PY) ]; then echo "--- PyTorch eager reference (2 threads)"; \
-	  $(REF_PY) Benchmarks/reference/torch_gpt.py --threads 2 $(BENCH_CONFIGS) \
-	    --precision fp32 --precision bf16 $(BENCH_STEPS) | tee bench/reference.jsonl; \
+	@if [ -x $(REF_PY) ]; then echo "--- PyTorch eager reference (2 threads), run 1"; $(REF); \
 	else echo "--- (no PyTorch reference: run 'make bench-reference-setup' to compare)"; fi
 	@echo "--- 1 rank × 2 threads"
 	$(BIN) bench $(BENCH_CONFIGS) --precision fp32 --precision bf16 $(BENCH_STEPS) --threads 2 \
 	  --json bench/results.jsonl --reference bench/reference.jsonl
+	@if [ -x $(REF_PY) ]; then echo "--- PyTorch eager reference, run 2 (after tessera's)"; $(REF); \
+	  echo "--- tessera against PyTorch's best run"; $(REF_PY) Benchmarks/reference/compare.py; fi
 	@echo "--- 2 ranks × 1 thread (same global batch)"
 	launch/local.sh -n 2 -- bench $(BENCH_CONFIGS) --precision fp32 --precision bf16 $(BENCH_STEPS) --threads 1 \
 	  --json bench/results.jsonl
@@ -71,6 +75,9 @@ bench: build
 	launch/local.sh -n 2 -- bench --config small --precision fp32 $(BENCH_STEPS) --threads 1 --per-rank-batch --json bench/results.jsonl
 	@echo "--- activation recomputation: none, selective, full (small, 1 rank × 2 threads)"
 	$(BIN) bench --config small --precision fp32 --recompute none --recompute selective --recompute full $(BENCH_STEPS) \
+	  --threads 2 --json bench/results.jsonl
+	@echo "--- attention: fused, unfused (small and gpt2-1k, 1 rank × 2 threads)"
+	$(BIN) bench --config small --config gpt2-1k --precision fp32 --attention fused --attention unfused $(BENCH_STEPS) \
 	  --threads 2 --json bench/results.jsonl
 	@echo "results: bench/results.jsonl"
 

@@ -46,7 +46,8 @@ struct Bench: ParsableCommand {
                     guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                           let c = o["config"] as? String, let p = o["precision"] as? String, let tps = o["tokensPerSecond"] as? Double
                     else { continue }
-                    refs["\(c)/\(p)"] = tps
+                    // Several runs of a configuration: compare with PyTorch at its best.
+                    refs["\(c)/\(p)"] = max(refs["\(c)/\(p)"] ?? 0, tps)
                 }
             }
             if comm.rank == 0 {
