@@ -12,7 +12,7 @@ public enum Transpose: Sendable {
 }
 
 /// Which library runs fp32 matrix multiplies.
-public enum GemmBackend: String, Sendable {
+public enum GemmBackend: String, Codable, CaseIterable, Sendable {
     /// oneDNN's `dnnl_sgemm`: AVX-512 kernels, about twice OpenBLAS's Haswell kernel here,
     /// and far faster on the small per-head attention products.
     case onednn
@@ -25,9 +25,12 @@ public enum GemmBackend: String, Sendable {
 /// Computes `C = alpha * op(A) * op(B) + beta * C` with `op(A)` of shape m×k and `op(B)` of
 /// shape k×n. The backend is oneDNN unless `TESSERA_GEMM=openblas` is set.
 public enum Gemm {
-    /// The backend chosen at start-up.
-    public nonisolated(unsafe) static var backend: GemmBackend =
-        getenv("TESSERA_GEMM").flatMap { GemmBackend(rawValue: String(cString: $0)) } ?? .onednn
+    /// The backend of the large products: `TESSERA_GEMM` if set, else oneDNN until a run
+    /// chooses by measurement (`GemmChoice`).
+    public nonisolated(unsafe) static var backend: GemmBackend = forced ?? .onednn
+
+    /// The backend `TESSERA_GEMM` names, if it is set.
+    public static var forced: GemmBackend? { getenv("TESSERA_GEMM").flatMap { GemmBackend(rawValue: String(cString: $0)) } }
 
     /// Single-precision GEMM, row-major, with explicit leading dimensions so callers can
     /// address strided sub-matrices (one attention head inside a packed QKV tensor).
@@ -53,6 +56,17 @@ public enum Gemm {
     /// keeps no per-call state and runs single-threaded inside the task); OpenBLAS would
     /// start threads of its own in every task.
     public static var sgemmIsReentrant: Bool { backend == .onednn }
+
+    /// A small product inside a `ParallelFor.tasks` task (an attention block): always oneDNN,
+    /// which runs single-threaded on the task's thread whatever `backend` the large GEMMs use.
+    @inlinable
+    public static func taskSgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+                                 a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                 beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let rc = tessera_sgemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda),
+                               b, Int64(ldb), beta, c, Int64(ldc))
+        precondition(rc == 0, "oneDNN sgemm failed for \(m)×\(n)×\(k)")
+    }
 
     /// Sets how many threads the GEMM backends may use (one rank's share of the cores).
     public static func setThreads(_ n: Int) {

@@ -14,7 +14,8 @@ import Kernels
 /// dS = P ⊙ (dP − D) with D = rowsum(dO ⊙ O), dQ += dS·K, dK += dSᵀ·Q; dK and dV of a key block
 /// stay in the task's scratch until its last query block, and the task owns its head's dQ.
 ///
-/// All products run in fp32: 16-bit Q, K, V and dO blocks are widened (exactly) into the
+/// All products run in fp32 on oneDNN (`Gemm.taskSgemm`, single-threaded in its task whatever
+/// backend the large GEMMs use): 16-bit Q, K, V and dO blocks are widened (exactly) into the
 /// task's scratch, so the kernel runs in parallel whatever the format, and 16-bit formats get
 /// fp32 probabilities in P·V. Each task's arithmetic does not depend on which thread runs it,
 /// so results are reproducible and recomputation gives the same bits.
@@ -40,7 +41,7 @@ public enum FusedAttention {
                                                  dropout: DropoutPass? = nil, layer: Int = 0) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot()
-        ParallelFor.tasks(B * NH * nb, workers: Gemm.sgemmIsReentrant ? workers : 1) { task, worker in
+        ParallelFor.tasks(B * NH * nb, workers: workers) { task, worker in
             let qb = nb - 1 - task % nb   // the longest rows first, so the queue ends evenly
             let bh = task / nb, b = bh / NH, h = bh % NH
             let s = scratch + worker * per, o = s + block * block
@@ -57,7 +58,7 @@ public enum FusedAttention {
                 let s0 = kb * block, nk = min(block, T - s0)
                 let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
                 let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
-                Gemm.sgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
+                Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
                            b: k.base, ldb: k.ld, beta: 0, c: s, ldc: block)
                 for i in 0..<nq {
                     let row = s + i * block
@@ -77,7 +78,7 @@ public enum FusedAttention {
                         for j in 0..<seen { row[j] *= d.factor(stream, index + j) }
                     }
                 }
-                Gemm.sgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: s, lda: block, b: v.base, ldb: v.ld,
+                Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: s, lda: block, b: v.base, ldb: v.ld,
                            beta: 1, c: o, ldc: hs)
             }
             let y = out + b * T * C + t0 * C + h * hs, rowLSE = lse + bh * T + t0
@@ -100,7 +101,7 @@ public enum FusedAttention {
                                                   dropout: DropoutPass? = nil, layer: Int = 0) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot()
-        ParallelFor.tasks(B * NH, workers: Gemm.sgemmIsReentrant ? workers : 1) { bh, worker in
+        ParallelFor.tasks(B * NH, workers: workers) { bh, worker in
             let b = bh / NH, h = bh % NH
             let p = scratch + worker * per, dp = p + block * block
             let dk = dp + block * block, dv = dk + block * hs
@@ -132,7 +133,7 @@ public enum FusedAttention {
                     let t0 = qb * block, nq = min(block, T - t0)
                     let q = Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
                     let g = Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
-                    Gemm.sgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
+                    Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
                                b: k.base, ldb: k.ld, beta: 0, c: p, ldc: block)
                     for i in 0..<nq {
                         let row = p + i * block
@@ -143,7 +144,7 @@ public enum FusedAttention {
                     // dP = dO·Vᵀ ; dS = P ⊙ (dP − D)/√hs (zero where P is: above the diagonal).
                     // With dropout the output used P̃ = P ⊙ M: dO·Vᵀ is dP̃, dP = dP̃ ⊙ M, and
                     // P becomes P̃ for dV (D = rowsum(dO ⊙ O) already is rowsum(P ⊙ dP)).
-                    Gemm.sgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: 1, a: g.base, lda: g.ld, b: v.base, ldb: v.ld,
+                    Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: 1, a: g.base, lda: g.ld, b: v.base, ldb: v.ld,
                                beta: 0, c: dp, ldc: block)
                     for i in 0..<nq {
                         let pr = p + i * block, dr = dp + i * block, d = delta[t0 + i]
@@ -159,12 +160,12 @@ public enum FusedAttention {
                         }
                     }
                     // dV += P̃ᵀ·dO
-                    Gemm.sgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
+                    Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
                                beta: 1, c: dv, ldc: hs)
                     // dQ += dS·K ; dK += dSᵀ·Q
-                    Gemm.sgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: dp, lda: block, b: k.base, ldb: k.ld,
+                    Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: dp, lda: block, b: k.base, ldb: k.ld,
                                beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)
-                    Gemm.sgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: dp, lda: block, b: q.base, ldb: q.ld,
+                    Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: dp, lda: block, b: q.base, ldb: q.ld,
                                beta: 1, c: dk, ldc: hs)
                 }
                 for j in 0..<nk {

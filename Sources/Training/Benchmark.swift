@@ -30,6 +30,8 @@ public struct BenchResult: Codable, Sendable {
     public var config: String, precision: String, zero: Int, recompute: String, attention: String
     /// The CPU (vendor, family, model, name) and the element-wise kernel level used.
     public var cpu = CPU.model, isa = CPU.isa.description
+    /// The library the large GEMMs ran on (chosen by measurement unless TESSERA_GEMM is set).
+    public var gemm = Gemm.backend.rawValue
     public var ranks: Int, threadsPerRank: Int
     public var params: Int, tokensPerStep: Int
     /// Medians over the timed steps (the step time's range beside it).

@@ -47,6 +47,7 @@ final class RunReporter {
         log("tessera: \(strategy.name), per-rank state: parameters \(mib(mem.parameters)), "
             + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
             + "activations \(mib(activations))")
+        log("tessera: " + t.gemmNote)
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
             + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
             + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")

@@ -43,6 +43,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var sampling = Sampling.random
     public var out = "runs/default"
     public var threads = 0               // 0: the rank's share of the cores
+    /// The library of the large fp32 GEMMs; a run records the one `auto` chose.
+    public var gemm = GemmPolicy.auto
     // Parallelism
     public var zero = ZeroStage.ddp
     public var bucketMB = 25.0
@@ -78,7 +80,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
-             threads, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
+             threads, gemm, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
 
@@ -106,7 +108,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
         try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
-        try get(.out, &out); try get(.threads, &threads); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
+        try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)

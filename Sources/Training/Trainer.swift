@@ -61,6 +61,8 @@ public final class Trainer {
     /// GEMM rate of this rank's threads in the run's precision, measured at start (for MFU),
     /// and the model FLOPs of one token.
     let peakGFLOPS: Double, flopsPerToken: Double
+    /// How the GEMM library was chosen (printed at start).
+    let gemmNote: String
 
     /// Loads the data, builds the model and the strategy, and initialises parameters.
     public convenience init(config: TrainConfig, comm: Communicator) throws {
@@ -71,6 +73,13 @@ public final class Trainer {
 
     /// Builds a trainer over an in-memory dataset (benchmarks use synthetic tokens).
     public init(config: TrainConfig, comm: Communicator, dataset: Dataset) throws {
+        // The GEMM library first: a run records the one it chose, so a resume computes alike.
+        var config = config
+        let (backend, how) = try GemmChoice.resolve(config.gemm, C: config.nEmbd, V: dataset.vocabSize,
+                                                    rows: config.microBatchSize(worldSize: comm.size) * config.blockSize, comm: comm)
+        Gemm.backend = backend
+        config.gemm = backend == .onednn ? .onednn : .openblas
+        gemmNote = how
         self.config = config
         self.comm = comm
         data = dataset

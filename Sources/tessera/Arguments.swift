@@ -10,6 +10,7 @@ extension Precision: ExpressibleByArgument {}
 extension ZeroStage: ExpressibleByArgument {}
 extension Recompute: ExpressibleByArgument {}
 extension AttentionKernel: ExpressibleByArgument {}
+extension GemmPolicy: ExpressibleByArgument {}
 extension Sampling: ExpressibleByArgument {}
 extension Tokenizer.Kind: ExpressibleByArgument {}
 extension InputFormat: ExpressibleByArgument {}

@@ -54,7 +54,7 @@ struct Bench: ParsableCommand {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
                              t, peak, openblasPeak, bf16Peak))
-                print("config   prec  recomp     attn     ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  vs PyTorch")
+                print("config   prec  recomp     attn     gemm      ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  vs PyTorch")
             }
             for name in config {
                 for p in precision {
@@ -66,7 +66,7 @@ struct Bench: ParsableCommand {
                     guard comm.rank == 0 else { continue }
                     let ratio = refs["\(name)/\(p.rawValue)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
                     func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
-                    print(pad(name, 7) + "  " + pad(p.rawValue, 4) + "  " + pad(mode.rawValue, 9) + "  " + pad(kernel.rawValue, 7)
+                    print(pad(name, 7) + "  " + pad(p.rawValue, 4) + "  " + pad(mode.rawValue, 9) + "  " + pad(kernel.rawValue, 7) + "  " + pad(r.gemm, 8)
                           + "  " + pad("\(r.ranks)×\(r.threadsPerRank)", 9)
                           + String(format: "  %8.0f  %7.1f ", r.tokensPerSecond, r.msPerStep)
                           + pad(String(format: "(%.0f-%.0f)", r.msPerStepMin, r.msPerStepMax), 13)

@@ -31,7 +31,7 @@ final class GoldenTrajectoryTests: XCTestCase {
             let args = ["train", "--data", data, "--out", out, "--n-layer", "2", "--n-head", "4", "--n-embd", "64",
                         "--block-size", "32", "--batch-size", "8", "--max-steps", "20", "--warmup-steps", "0",
                         "--lr", "3e-3", "--eval-every", "0", "--eval-steps", "1", "--log-every", "1000",
-                        "--precision", c.precision, "--zero", "\(c.zero)"]
+                        "--precision", c.precision, "--zero", "\(c.zero)", "--gemm", "onednn"]   // recorded with oneDNN
             let r = try mpirun(2, args)
             XCTAssertEqual(r.status, 0, "\(c): \(r.stderr)")
             let l = try losses(out)
