@@ -21,9 +21,11 @@ public enum GemmChoice {
     }
 
     /// The forward and backward products of every linear layer of a model with width `C`
-    /// and vocabulary `V`, over `rows` rows (capped: the rate settles well before a full batch).
-    static func shapes(C: Int, V: Int, rows: Int) -> [Shape] {
-        let N = min(rows, 1024)
+    /// and vocabulary `V`, over 1024 rows: the rate settles well before a full batch, and a
+    /// model then gets one answer whatever its micro-batch, so runs of it that differ only in
+    /// batching (DDP against ZeRO with accumulation) compute with the same library.
+    static func shapes(C: Int, V: Int) -> [Shape] {
+        let N = 1024
         return [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C), (V, C)].flatMap { (OC, IC) in
             [Shape(transA: .none, transB: .transpose, m: N, n: OC, k: IC),   // forward
              Shape(transA: .none, transB: .none, m: N, n: IC, k: OC),        // input gradient
@@ -52,14 +54,14 @@ public enum GemmChoice {
     }
 
     /// The backend for a run, and a line saying how it was chosen.
-    public static func resolve(_ policy: GemmPolicy, C: Int, V: Int, rows: Int, comm: Communicator) throws -> (GemmBackend, String) {
+    public static func resolve(_ policy: GemmPolicy, C: Int, V: Int, comm: Communicator) throws -> (GemmBackend, String) {
         if let forced = Gemm.forced { return (forced, "GEMM backend \(forced.rawValue) (TESSERA_GEMM)") }
         switch policy {
         case .onednn: return (.onednn, "GEMM backend onednn (--gemm, or the resumed run's choice)")
         case .openblas: return (.openblas, "GEMM backend openblas (--gemm, or the resumed run's choice)")
         case .auto: break
         }
-        let list = shapes(C: C, V: V, rows: rows)
+        let list = shapes(C: C, V: V)
         let key = "\(CPU.model) | \(CPU.isa) | \(Gemm.threads) thread(s) | "
             + list.map { "\($0.transA == .none ? "N" : "T")\($0.transB == .none ? "N" : "T")\($0.m)x\($0.n)x\($0.k)" }.joined(separator: ",")
         let cache = Cache()
@@ -67,10 +69,12 @@ public enum GemmChoice {
         let measured = cache.times(key) == nil
         try comm.allReduce(&times, op: .sum, label: "all-reduce of GEMM timings")
         if measured && comm.rank == 0 { cache.store(key, times.map { $0 / Double(comm.size) }) }
-        let pick = GemmBackend.allCases[times[0] <= times[1] ? 0 : 1]
+        // OpenBLAS only when it is clearly faster: near a tie, noise would otherwise flip the
+        // choice from one measurement to the next.
+        let pick: GemmBackend = times[1] < 0.95 * times[0] ? .openblas : .onednn
         let how = measured ? "measured" : "measured earlier, cached in \(cache.path)"
         return (pick, "GEMM backend \(pick.rawValue) (\(how) on this run's shapes: "
-                + String(format: "oneDNN %.1f ms, OpenBLAS %.1f ms per pass", 1000 * times[0] / Double(comm.size),
+                + String(format: "oneDNN %.2f ms, OpenBLAS %.2f ms per pass", 1000 * times[0] / Double(comm.size),
                          1000 * times[1] / Double(comm.size)) + ")")
     }
 

@@ -75,8 +75,7 @@ public final class Trainer {
     public init(config: TrainConfig, comm: Communicator, dataset: Dataset) throws {
         // The GEMM library first: a run records the one it chose, so a resume computes alike.
         var config = config
-        let (backend, how) = try GemmChoice.resolve(config.gemm, C: config.nEmbd, V: dataset.vocabSize,
-                                                    rows: config.microBatchSize(worldSize: comm.size) * config.blockSize, comm: comm)
+        let (backend, how) = try GemmChoice.resolve(config.gemm, C: config.nEmbd, V: dataset.vocabSize, comm: comm)
         Gemm.backend = backend
         config.gemm = backend == .onednn ? .onednn : .openblas
         gemmNote = how

@@ -97,6 +97,10 @@ final class ZeROTests: XCTestCase {
         let a = try Repo.temporaryDirectory("acc3"), b = try Repo.temporaryDirectory("acc3")
         XCTAssertEqual(try mpirun(2, args(data, a, zero: 0)).status, 0)
         XCTAssertEqual(try mpirun(2, args(data, b, zero: 3) + ["--micro-batch", "2"]).status, 0)
-        try assertSameTrajectory(b, a, tolerance: 1e-4, "ZeRO-3 with accumulation vs DDP")
+        // Micro-batches of 2 rows against DDP's 5 change the GEMMs' row counts and so their
+        // rounding: that alone moves DDP's own trajectory by 2.7e-4 over these 20 steps
+        // (measured: DDP --micro-batch 2 against 5, fused attention); an accumulation error
+        // (a missing or doubled micro-batch, a wrong 1/N) is orders of magnitude larger.
+        try assertSameTrajectory(b, a, tolerance: 1e-3, "ZeRO-3 with accumulation vs DDP")
     }
 }
