@@ -59,12 +59,14 @@ public enum MemoryModel {
 
     /// Bytes of activations tessera keeps for backward for a micro-batch of `batch` × `seq`
     /// tokens: per token, each block keeps 15 widths (LN outputs, QKV, attention output,
-    /// residual, MLP pre- and post-GELU), 4 LayerNorm statistics and one attention row per
-    /// head; plus the residual stream at every block boundary, the final LayerNorm and the
-    /// logits. `elementBytes` is 4 in fp32.
-    public static func activations(shape s: ModelShape, batch: Int, seq: Int, elementBytes: Int = 4) -> Int {
+    /// residual, MLP pre- and post-GELU), 4 LayerNorm statistics and, per head, one
+    /// log-sum-exp (fused attention) or one row of probabilities (`fusedAttention` false);
+    /// plus the residual stream at every block boundary, the final LayerNorm and the logits.
+    /// `elementBytes` is 4 in fp32.
+    public static func activations(shape s: ModelShape, batch: Int, seq: Int, elementBytes: Int = 4,
+                                   fusedAttention: Bool = true) -> Int {
         let C = s.nEmbd, L = s.nLayer
-        let perToken = L * (15 * C + 4 + s.nHead * seq) + (L + 1) * C + C + 2 + s.vocabSize
+        let perToken = L * (15 * C + 4 + s.nHead * (fusedAttention ? 1 : seq)) + (L + 1) * C + C + 2 + s.vocabSize
         return elementBytes * batch * seq * perToken
     }
 }

@@ -55,6 +55,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var asyncSave = false
     public var ckptLevel = 3
     public var resume = ""               // resolved checkpoint directory, "" for a fresh run
+    /// Weights a fresh run starts from (step 0, new optimizer and schedule); "" for random.
+    public var initFrom = ""
     // Precision
     public var precision = Precision.fp32
     /// Activations backward recomputes instead of keeping.
@@ -80,7 +82,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
-             threads, gemm, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume,
+             threads, gemm, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
 
@@ -111,7 +113,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
-        try get(.ckptLevel, &ckptLevel); try get(.resume, &resume)
+        try get(.ckptLevel, &ckptLevel); try get(.resume, &resume); try get(.initFrom, &initFrom)
         try get(.precision, &precision); try get(.recompute, &recompute); try get(.attention, &attention); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
         try get(.maxBadSteps, &maxBadSteps); try get(.checkReplicas, &checkReplicas); try get(.debugFlipBit, &debugFlipBit)
         try get(.debugSlowSaveMs, &debugSlowSaveMs); try get(.memoryLimit, &memoryLimit)

@@ -84,7 +84,13 @@ public final class Trainer {
         data = dataset
         sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize, batchSize: config.batchSize,
                                mode: config.sampling)
-        let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler)
+        // Weights to start from: the run takes their vocabulary (the data's ids must fit it).
+        let initial = config.resume.isEmpty && !config.initFrom.isEmpty ? try InitialWeights.load(config.initFrom) : nil
+        if let initial, dataset.vocabSize > initial.config.vocabSize {
+            throw ConfigError(flag: "--init-from", problem: "the data's vocabulary (\(dataset.vocabSize)) is larger than the weights' (\(initial.config.vocabSize))",
+                              fix: "prepare the data with the model's tokenizer")
+        }
+        let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler, vocabSize: initial?.config.vocabSize)
         model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention,
                     dropout: Float(config.dropout))
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
@@ -101,7 +107,17 @@ public final class Trainer {
         keys = .allocate(capacity: micro)
         peakGFLOPS = config.precision == .bf16 ? Benchmark.bf16PeakGFLOPS(n: 1024, reps: 3) : Benchmark.sgemmPeakGFLOPS(n: 1024, reps: 3)
         flopsPerToken = Compute.flopsPerToken(params: Double(model.layout.count), nLayer: gpt.nLayer, nEmbd: gpt.nEmbd, seq: config.blockSize)
-        if config.resume.isEmpty { initializeParameters(shape: gpt) } else { try resume(from: URL(fileURLWithPath: config.resume)) }
+        if let initial {
+            let values = try InitialWeights.parameters(initial, for: gpt)
+            strategy.loadState { vector, range, dest in
+                if vector == .params { dest.update(from: values.pointer + range.lowerBound, count: range.count) }
+                else { dest.update(repeating: 0, count: range.count) }
+            }
+        } else if config.resume.isEmpty {
+            initializeParameters(shape: gpt)
+        } else {
+            try resume(from: URL(fileURLWithPath: config.resume))
+        }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
         model.reserve(B: micro, T: config.blockSize)
     }
@@ -109,13 +125,13 @@ public final class Trainer {
     deinit { x.deallocate(); y.deallocate(); keys.deallocate() }
 
     /// The model shape for the data's vocabulary, after checking the data can feed it.
-    private static func modelShape(config: TrainConfig, data: Dataset, sampler: BatchSampler) throws -> GPTConfig {
+    private static func modelShape(config: TrainConfig, data: Dataset, sampler: BatchSampler, vocabSize: Int?) throws -> GPTConfig {
         for (name, split) in [("train", data.train), ("val", data.val)] where sampler.windows(in: split) == 0 {
             let longest = split.shards.max { $0.count < $1.count }!
             throw DataError.tooShort(path: "\(config.data) (\(name) split, e.g. \(longest.path))", tokens: longest.count,
                                      needed: config.blockSize + 1)
         }
-        let gpt = config.model(vocabSize: data.vocabSize)
+        let gpt = config.model(vocabSize: vocabSize ?? data.vocabSize)
         do { try gpt.validate() } catch { throw ConfigError(flag: "model", problem: "\(error)", fix: "adjust the model flags") }
         return gpt
     }

@@ -7,7 +7,7 @@ struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Distributed GPT training on CPU clusters over MPI.",
-        subcommands: [Prepare.self, Train.self, Eval.self, PlotRuns.self, Generate.self, Ckpt.self, Export.self, Scaling.self, Bench.self])
+        subcommands: [Prepare.self, Train.self, Eval.self, PlotRuns.self, Generate.self, Import.self, Ckpt.self, Export.self, Scaling.self, Bench.self])
 
     /// `train` holds stop signals from the very start (it checkpoints and exits 75 when one
     /// arrives); every other command keeps the usual behaviour.

@@ -48,7 +48,15 @@ struct Train: ParsableCommand {
             }
         }
         c.resume = ""
-        return try apply(to: c)
+        var fresh = try apply(to: c)
+        // Starting from trained weights: their shape, unless a flag says otherwise (then the
+        // trainer names the mismatch; a shorter --block-size is allowed).
+        if !fresh.initFrom.isEmpty {
+            let shape = try InitialWeights.load(fresh.initFrom).config
+            c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize; c.bias = shape.bias
+            fresh = try apply(to: c)
+        }
+        return fresh
     }
 
     /// Flags given on the command line override `base`.

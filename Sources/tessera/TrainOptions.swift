@@ -17,6 +17,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Run directory for config.json, metrics.jsonl, checkpoints and model.bin.") var out: String?
     @Option(help: "Random seed (initialisation and batches).") var seed: UInt64?
     @Option(help: "BLAS threads per rank (0: cores / ranks on the node).") var threads: Int?
+    @Option(help: "Start from trained weights (step 0, fresh optimizer): a Hugging Face GPT-2 directory, a run or checkpoint directory, or a model.bin.")
+    var initFrom: String?
     @Option(help: "Library of the large GEMMs: auto (time oneDNN and OpenBLAS on this run's shapes, cached), onednn, openblas.")
     var gemm: GemmPolicy?
 
@@ -81,7 +83,7 @@ struct TrainOptions: ParsableArguments {
     /// Writes every given flag into its key of `config`.
     func write(into config: inout TrainConfig) {
         func set<T>(_ key: WritableKeyPath<TrainConfig, T>, _ value: T?) { if let value { config[keyPath: key] = value } }
-        set(\.data, data); set(\.vocabSize, vocabSize); set(\.sampling, sampling); set(\.out, out); set(\.seed, seed); set(\.threads, threads); set(\.gemm, gemm)
+        set(\.data, data); set(\.vocabSize, vocabSize); set(\.sampling, sampling); set(\.out, out); set(\.seed, seed); set(\.threads, threads); set(\.gemm, gemm); set(\.initFrom, initFrom)
         set(\.nLayer, nLayer); set(\.nHead, nHead); set(\.nEmbd, nEmbd); set(\.blockSize, blockSize)
         set(\.bias, bias); set(\.dropout, dropout)
         set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)

@@ -103,6 +103,9 @@ final class ScalingTests: XCTestCase {
         let s = ModelShape(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 11)
         let acts = Activations<FP32>(config: GPTConfig(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 11), maxB: 3, maxT: 8)
         XCTAssertEqual(MemoryModel.activations(shape: s, batch: 3, seq: 8), acts.savedBytes)
+        let unfused = Activations<FP32>(config: GPTConfig(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 11), maxB: 3, maxT: 8,
+                                        attention: .unfused)
+        XCTAssertEqual(MemoryModel.activations(shape: s, batch: 3, seq: 8, fusedAttention: false), unfused.savedBytes)
         let shape = try ModelShape.near(params: 124e6)
         XCTAssertEqual(shape.nLayer, 12); XCTAssertEqual(shape.nEmbd, 768)
         let big = try ModelShape.near(params: 1.3e9)
