@@ -89,7 +89,15 @@ extension Trainer {
             bwd += MPIClock.now() - b
             fwd += b - a
         }
-        if myIndices.isEmpty { strategy.beginMicroStep(isLast: true) }
+        if myIndices.isEmpty {
+            // No sample of this step's batch is ours (a global batch smaller than the world):
+            // join every gradient reduction anyway, with zero gradients and in backward's unit
+            // order, or the other ranks' reductions would meet the next collective instead.
+            strategy.beginMicroStep(isLast: true)
+            for unit in stride(from: model.layout.units.count - 1, through: 0, by: -1) {
+                strategy.provider.gradientsProduced(unit: unit)
+            }
+        }
         try strategy.finishGradients()
         if let inject = config.injectAt, inject.step == step + 1, inject.rank == comm.rank { strategy.poisonGradientForTesting() }
         if let inject = config.injectNaN, inject.steps.contains(step + 1), inject.rank == comm.rank {

@@ -111,3 +111,21 @@ final class MPITests: XCTestCase {
         XCTFail("run did not reach step \(n) within \(timeout) s")
     }
 }
+
+/// A global batch smaller than the world leaves a rank without samples: it still joins every
+/// gradient reduction (with zero gradients), so DDP and ZeRO-1 train as one process does.
+final class IdleRankTests: XCTestCase {
+    func testBatchSmallerThanTheWorld() throws {
+        let data = try Repo.dataDirectory(), single = try Repo.temporaryDirectory("idle1")
+        func args(_ out: String) -> [String] {
+            tinyArgs(data: data, out: out, steps: 6) + ["--batch-size", "1", "--warmup-steps", "0", "--bucket-mb", "0.1"]
+        }
+        XCTAssertEqual(try tessera(args(single)).status, 0)
+        for zero in ["0", "1"] {
+            let out = try Repo.temporaryDirectory("idle2")
+            let r = try mpirun(2, args(out) + ["--zero", zero])
+            XCTAssertEqual(r.status, 0, "zero \(zero): \(r.stderr)")
+            try assertSameTrajectory(out, single, tolerance: 2e-3, "2 ranks, batch 1, zero \(zero) vs one process")
+        }
+    }
+}
