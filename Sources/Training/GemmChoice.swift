@@ -73,10 +73,10 @@ public enum GemmChoice {
         // between these rows and a run's) would otherwise pick it where a run is slower with
         // it (measured: 5.1% faster here, 14% slower in the run, `small` on 1 thread of Zen 4).
         let pick: GemmBackend = times[1] < 0.9 * times[0] ? .openblas : .onednn
-        let how = measured ? "measured" : "measured earlier, cached in \(cache.path)"
-        return (pick, "GEMM backend \(pick.rawValue) (\(how) on this run's shapes: "
-                + String(format: "oneDNN %.2f ms, OpenBLAS %.2f ms per pass", 1000 * times[0] / Double(comm.size),
-                         1000 * times[1] / Double(comm.size)) + ")")
+        let timing = String(format: "oneDNN %.2f ms, OpenBLAS %.2f ms per pass", 1000 * times[0] / Double(comm.size),
+                            1000 * times[1] / Double(comm.size))
+        return (pick, "GEMM backend \(pick.rawValue) (measured on this run's shapes: \(timing)"
+                + (measured ? ")" : "; cached in \(cache.path))"))
     }
 
     /// Timings by key, in a JSON file; unreadable or unwritable files are simply not used.
