@@ -65,8 +65,9 @@ public enum GemmChoice {
         let key = "\(CPU.model) | \(CPU.isa) | \(Gemm.threads) thread(s) | "
             + list.map { "\($0.transA == .none ? "N" : "T")\($0.transB == .none ? "N" : "T")\($0.m)x\($0.n)x\($0.k)" }.joined(separator: ",")
         let cache = Cache()
-        var times = cache.times(key) ?? GemmBackend.allCases.map { seconds(list, on: $0) }
-        let measured = cache.times(key) == nil
+        let cached = cache.times(key)
+        var times = cached ?? GemmBackend.allCases.map { seconds(list, on: $0) }
+        let measured = cached == nil
         try comm.allReduce(&times, op: .sum, label: "all-reduce of GEMM timings")
         if measured && comm.rank == 0 { cache.store(key, times.map { $0 / Double(comm.size) }) }
         // OpenBLAS only when it is clearly faster: near a tie, noise (and the difference

@@ -80,7 +80,9 @@ extension Trainer {
             i += chunk.count
             try sampler.fill(x: x, y: y, split: data.train, which: .train, batch: step, indices: chunk, vocabSize: data.vocabSize)
             strategy.beginMicroStep(isLast: i >= myIndices.count)
-            for (r, sample) in chunk.enumerated() { keys[r] = Dropout.sequenceKey(seed: config.seed, step: step, sample: sample) }
+            if config.dropout > 0 {
+                for (r, sample) in chunk.enumerated() { keys[r] = Dropout.sequenceKey(seed: config.seed, step: step, sample: sample) }
+            }
             let a = MPIClock.now()
             lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider,
                                      sequenceKeys: config.dropout > 0 ? keys : nil).sum

@@ -109,12 +109,10 @@ public final class Trainer {
         flopsPerToken = Compute.flopsPerToken(params: Double(model.layout.count), nLayer: gpt.nLayer, nEmbd: gpt.nEmbd, seq: config.blockSize)
         if let initial {
             let values = try InitialWeights.parameters(initial, for: gpt)
-            strategy.loadState { vector, range, dest in
-                if vector == .params { dest.update(from: values.pointer + range.lowerBound, count: range.count) }
-                else { dest.update(repeating: 0, count: range.count) }
-            }
+            startFresh { dest, range in dest.update(from: values.pointer + range.lowerBound, count: range.count) }
         } else if config.resume.isEmpty {
-            initializeParameters(shape: gpt)
+            let layout = model.layout, seed = config.seed
+            startFresh { dest, range in GPT.initialize(dest, elements: range, layout: layout, config: gpt, seed: seed) }
         } else {
             try resume(from: URL(fileURLWithPath: config.resume))
         }
@@ -136,18 +134,14 @@ public final class Trainer {
         return gpt
     }
 
-    /// Initialises the parameters from the seed, each rank only the elements its strategy
-    /// holds (a ZeRO-3 rank its shard), with the values a full initialisation gives them
-    /// (`GPT.initialize(_:elements:)`), so no rank builds the full vector and every replica
-    /// starts from the same values without a broadcast. AdamW's moments start at zero.
-    private func initializeParameters(shape: GPTConfig) {
-        let layout = model.layout, seed = config.seed
+    /// Step 0's state: `parameters(dest, range)` writes the parameter elements `range` that
+    /// this rank's strategy holds (a ZeRO-3 rank its shard), so no rank builds a vector it does
+    /// not keep: from the seed, the values a full initialisation gives them
+    /// (`GPT.initialize(_:elements:)`, the same on every replica without a broadcast), or
+    /// from `--init-from`'s weights. AdamW's moments start at zero.
+    private func startFresh(parameters: (UnsafeMutablePointer<Float>, Range<Int>) -> Void) {
         strategy.loadState { vector, range, dest in
-            if vector == .params {
-                GPT.initialize(dest, elements: range, layout: layout, config: shape, seed: seed)
-            } else {
-                dest.update(repeating: 0, count: range.count)
-            }
+            if vector == .params { parameters(dest, range) } else { dest.update(repeating: 0, count: range.count) }
         }
     }
 
