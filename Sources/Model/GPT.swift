@@ -23,6 +23,10 @@ public final class GPT {
     public let attention: AttentionKernel
     /// Dropout of training passes (those given sequence keys); nil when p = 0.
     public let dropout: Dropout?
+    /// Low-rank adapters on a frozen base, if any; `adapterLayout` is where their parameters live.
+    public let lora: LoRAConfig?
+    /// The adapters' flat layout (unit for unit with `layout`); nil without LoRA.
+    public let adapterLayout: ParameterLayout?
     /// The layer sequence in that format.
     private let body: any ModelBody
 
@@ -35,7 +39,7 @@ public final class GPT {
 
     /// Creates a model for a validated configuration.
     public init(config: GPTConfig, precision: Precision = .fp32, recompute: Recompute = .none,
-                attention: AttentionKernel = .fused, dropout: Float = 0) {
+                attention: AttentionKernel = .fused, dropout: Float = 0, lora: LoRAConfig? = nil) {
         precondition(dropout == 0 || attention == .fused, "dropout needs the fused attention kernel")
         self.config = config
         self.dropout = dropout > 0 ? Dropout(p: dropout) : nil
@@ -44,10 +48,12 @@ public final class GPT {
         self.attention = attention
         let layout = ParameterLayout(config)
         self.layout = layout
+        self.lora = lora
+        adapterLayout = lora?.layout(for: config)
         switch precision {
-        case .fp32: body = Transformer<FP32>(config: config, layout: layout, attention: attention)
-        case .bf16: body = Transformer<BF16>(config: config, layout: layout, attention: attention)
-        case .fp16: body = Transformer<FP16>(config: config, layout: layout, attention: attention)
+        case .fp32: body = Transformer<FP32>(config: config, layout: layout, attention: attention, lora: lora)
+        case .bf16: body = Transformer<BF16>(config: config, layout: layout, attention: attention, lora: lora)
+        case .fp16: body = Transformer<FP16>(config: config, layout: layout, attention: attention, lora: lora)
         }
         tokens = .allocate(capacity: 1)
         targets = .allocate(capacity: 1)
@@ -78,10 +84,11 @@ public final class GPT {
     /// positions (targets < 0 are ignored) and their number, leaving probabilities for
     /// `backward`. Without targets the logits are left in place for `logitsRow`.
     /// `sequenceKeys` (one per sequence, `Dropout.sequenceKey`) make it a training pass with
-    /// dropout; without them (evaluation, generation) there is none.
+    /// dropout; without them (evaluation, generation) there is none. A LoRA model reads its
+    /// frozen base from `params` and its adapters from `adapters` (required then).
     @discardableResult
     public func forward(tokens inTokens: UnsafePointer<Int32>, targets inTargets: UnsafePointer<Int32>?,
-                        B: Int, T: Int, params: ParameterProvider,
+                        B: Int, T: Int, params: ParameterProvider, adapters: ParameterProvider? = nil,
                         sequenceKeys: UnsafePointer<UInt64>? = nil) -> (sum: Double, count: Int) {
         precondition(T <= config.blockSize, "sequence length \(T) exceeds block_size \(config.blockSize)")
         reserve(B: B, T: T)
@@ -96,7 +103,7 @@ public final class GPT {
             pass = DropoutPass(dropout: dropout, keys: keys)
         }
         return body.forward(tokens: tokens, targets: inTargets == nil ? nil : UnsafePointer(targets), B: B, T: T,
-                            params: params, dropout: pass)
+                            params: params, adapters: adapters, dropout: pass)
     }
 
     /// Logits of sequence `b` at position `t` after a forward without targets.
@@ -106,7 +113,8 @@ public final class GPT {
 
     // MARK: Backward
 
-    /// Adds the gradient of `lossScale × (summed loss)` to the gradient buffers.
+    /// Adds the gradient of `lossScale × (summed loss)` to the gradient buffers (a LoRA
+    /// model's: the adapters' provider given to `forward`; the base has none).
     ///
     /// Must follow a `forward` with targets. The trainer passes `1 / (tokens in the global
     /// batch)` so that micro-batches and ranks sum to the gradient of the global mean loss.
@@ -123,12 +131,15 @@ protocol ModelBody: AnyObject {
     var logits: UnsafeMutablePointer<Float> { get }
     func reserve(B: Int, T: Int, recompute: Recompute)
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
-                 params: ParameterProvider, dropout: DropoutPass?) -> (sum: Double, count: Int)
+                 params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?) -> (sum: Double, count: Int)
     func backward(lossScale: Float, tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, B: Int, T: Int,
                   params: ParameterProvider)
 }
 
 extension Transformer: ModelBody {
-    var activationBytes: (saved: Int, total: Int) { activations.map { ($0.savedBytes, $0.totalBytes) } ?? (0, 0) }
+    var activationBytes: (saved: Int, total: Int) {
+        let branch = lora?.bytes ?? (saved: 0, total: 0)
+        return activations.map { ($0.savedBytes + branch.saved, $0.totalBytes + branch.total) } ?? (0, 0)
+    }
     var logits: UnsafeMutablePointer<Float> { activations!.logits.pointer }
 }

@@ -73,8 +73,9 @@ public enum Layers {
         }
     }
 
-    /// Accumulates into `dinp`, `dweight` and `dbias` (when present).
-    public static func layerNormBackward(dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>,
+    /// Accumulates into `dinp`, `dweight` and `dbias` (when present: a frozen LayerNorm has
+    /// neither).
+    public static func layerNormBackward(dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?,
                                          dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
                                          inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                                          mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
@@ -111,7 +112,7 @@ public enum Layers {
                 }
             }
             for block in 0..<blocks {
-                Vector.add(pw + block * C, into: dweight, C)
+                if let dweight { Vector.add(pw + block * C, into: dweight, C) }
                 if let dbias { Vector.add(pb + block * C, into: dbias, C) }
             }
         }
@@ -140,15 +141,17 @@ public enum Layers {
     }
 
     /// Writes `dinp = dout · W` and accumulates `dW += doutᵀ · inp` from `doutOperand` (the
-    /// fp32 gradient `dout` as a compute-format operand), and `db += Σ_rows dout` in fp32.
+    /// fp32 gradient `dout` as a compute-format operand), and `db += Σ_rows dout` in fp32;
+    /// a frozen map (no `dweight`) gets `dinp` only.
     public static func linearBackward<F: ComputeFormat>(_: F.Type, dinp: UnsafeMutablePointer<Float>,
-                                                        dweight: UnsafeMutablePointer<Float>,
+                                                        dweight: UnsafeMutablePointer<Float>?,
                                                         dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
                                                         doutOperand: UnsafePointer<F.Element>,
                                                         inp: UnsafePointer<F.Element>, weight: UnsafePointer<F.Element>,
                                                         N: Int, IC: Int, OC: Int) {
         F.gemm(.none, .none, m: N, n: IC, k: OC, alpha: 1, a: doutOperand, lda: OC, b: weight, ldb: IC,
                beta: 0, c: dinp, ldc: IC)
+        guard let dweight else { return }
         F.gemm(.transpose, .none, m: OC, n: IC, k: N, alpha: 1, a: doutOperand, lda: OC, b: inp, ldb: IC,
                beta: 1, c: dweight, ldc: IC)
         guard let dbias else { return }

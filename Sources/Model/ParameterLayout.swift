@@ -17,11 +17,13 @@ public struct TensorSpec: Codable, Equatable, Sendable {
     public var decays: Bool { shape.count >= 2 }
 }
 
-/// Where every parameter lives in the one flat fp32 buffer.
+/// Where every tensor of a flat fp32 buffer lives, grouped into units.
 ///
-/// Order is by *unit*: embeddings (`wte`, `wpe`), then each block, then the final LayerNorm.
-/// Units are contiguous, so a unit can be gathered, bucketed or sharded as one range, and
-/// backward finishes units from the end of the buffer towards its start.
+/// A GPT's layout (`init(_:)`) orders units as the model computes them: embeddings (`wte`,
+/// `wpe`), then each block, then the final LayerNorm. Units are contiguous, so a unit can be
+/// gathered, bucketed or sharded as one range, and backward finishes units from the end of
+/// the buffer towards its start. LoRA adapters (`LoRALayout`) use the same unit numbering,
+/// with empty embedding and final units, so a strategy treats them like any parameters.
 public struct ParameterLayout: Sendable {
     /// All tensors in buffer order.
     public let tensors: [TensorSpec]
@@ -31,60 +33,37 @@ public struct ParameterLayout: Sendable {
     /// Total number of parameters.
     public let count: Int
 
-    // Offsets of block tensors relative to the start of their block (same for every block).
-    public let ln1w: Int, ln1b: Int?, qkvw: Int, qkvb: Int?, projw: Int, projb: Int?
-    public let ln2w: Int, ln2b: Int?, fcw: Int, fcb: Int?, fcprojw: Int, fcprojb: Int?
-    /// Offsets inside the final unit.
-    public let lnfw: Int, lnfb: Int?
-    /// Offset of `wpe` inside the embedding unit (`wte` is at 0).
-    public let wpe: Int
-
-    /// Builds the layout for a configuration.
-    public init(_ c: GPTConfig) {
-        var tensors: [TensorSpec] = []
-        var units: [Range<Int>] = []
+    /// Lays out `units` (each a list of named tensor shapes) one after another.
+    public init(units spec: [[(name: String, shape: [Int])]]) {
+        var tensors: [TensorSpec] = [], units: [Range<Int>] = []
         var offset = 0
-        var unitStart = 0
-        var unit = 0
-        @discardableResult
-        func add(_ name: String, _ shape: [Int]) -> Int {
-            let rel = offset - unitStart
-            tensors.append(TensorSpec(name: name, shape: shape, offset: offset, unit: unit))
-            offset += shape.reduce(1, *)
-            return rel
+        for (unit, members) in spec.enumerated() {
+            let start = offset
+            for (name, shape) in members {
+                tensors.append(TensorSpec(name: name, shape: shape, offset: offset, unit: unit))
+                offset += shape.reduce(1, *)
+            }
+            units.append(start..<offset)
         }
-        func endUnit() { units.append(unitStart..<offset); unitStart = offset; unit += 1 }
-        let C = c.nEmbd
-        add("wte.weight", [c.vocabSize, C])
-        wpe = add("wpe.weight", [c.blockSize, C])
-        endUnit()
-        var o: [Int?] = []
-        for l in 0..<c.nLayer {
-            let p = "h.\(l)."
-            o = [
-                add(p + "ln_1.weight", [C]),
-                c.bias ? add(p + "ln_1.bias", [C]) : nil,
-                add(p + "attn.c_attn.weight", [3 * C, C]),
-                c.bias ? add(p + "attn.c_attn.bias", [3 * C]) : nil,
-                add(p + "attn.c_proj.weight", [C, C]),
-                c.bias ? add(p + "attn.c_proj.bias", [C]) : nil,
-                add(p + "ln_2.weight", [C]),
-                c.bias ? add(p + "ln_2.bias", [C]) : nil,
-                add(p + "mlp.c_fc.weight", [4 * C, C]),
-                c.bias ? add(p + "mlp.c_fc.bias", [4 * C]) : nil,
-                add(p + "mlp.c_proj.weight", [C, 4 * C]),
-                c.bias ? add(p + "mlp.c_proj.bias", [C]) : nil,
-            ]
-            endUnit()
-        }
-        ln1w = o[0]!; ln1b = o[1]; qkvw = o[2]!; qkvb = o[3]; projw = o[4]!; projb = o[5]
-        ln2w = o[6]!; ln2b = o[7]; fcw = o[8]!; fcb = o[9]; fcprojw = o[10]!; fcprojb = o[11]
-        lnfw = add("ln_f.weight", [C])
-        lnfb = c.bias ? add("ln_f.bias", [C]) : nil
-        endUnit()
         self.tensors = tensors
         self.units = units
         self.count = offset
+    }
+
+    /// The layout of a GPT: GPT-2's tensor names and nn.Linear shapes.
+    public init(_ c: GPTConfig) {
+        let C = c.nEmbd
+        func withBias(_ prefix: String, _ shape: [Int], _ out: Int) -> [(String, [Int])] {
+            [(prefix + ".weight", shape)] + (c.bias ? [(prefix + ".bias", [out])] : [])
+        }
+        let blocks = (0..<c.nLayer).map { l -> [(name: String, shape: [Int])] in
+            let p = "h.\(l)."
+            return withBias(p + "ln_1", [C], C) + withBias(p + "attn.c_attn", [3 * C, C], 3 * C)
+                + withBias(p + "attn.c_proj", [C, C], C) + withBias(p + "ln_2", [C], C)
+                + withBias(p + "mlp.c_fc", [4 * C, C], 4 * C) + withBias(p + "mlp.c_proj", [C, 4 * C], C)
+        }
+        self.init(units: [[("wte.weight", [c.vocabSize, C]), ("wpe.weight", [c.blockSize, C])]] + blocks
+                    + [withBias("ln_f", [C], C)])
     }
 
     /// Index of the unit holding block `layer`.
@@ -98,4 +77,32 @@ public struct ParameterLayout: Sendable {
 
     /// The tensor with a given name, if any.
     public func tensor(named name: String) -> TensorSpec? { tensors.first { $0.name == name } }
+
+    /// Offset of tensor `name` from the start of its unit (nil when the layout has none).
+    public func offsetInUnit(_ name: String) -> Int? {
+        tensor(named: name).map { $0.offset - units[$0.unit].lowerBound }
+    }
+}
+
+/// Offsets of a GPT's tensors within their unit (the same for every block), which the
+/// layer code reads weights at.
+struct GPTOffsets {
+    let ln1w: Int, ln1b: Int?, qkvw: Int, qkvb: Int?, projw: Int, projb: Int?
+    let ln2w: Int, ln2b: Int?, fcw: Int, fcb: Int?, fcprojw: Int, fcprojb: Int?
+    /// Offsets inside the final unit.
+    let lnfw: Int, lnfb: Int?
+    /// Offset of `wpe` inside the embedding unit (`wte` is at 0).
+    let wpe: Int
+
+    init(_ layout: ParameterLayout) {
+        func at(_ name: String) -> Int? { layout.offsetInUnit(name) }
+        ln1w = at("h.0.ln_1.weight")!; ln1b = at("h.0.ln_1.bias")
+        qkvw = at("h.0.attn.c_attn.weight")!; qkvb = at("h.0.attn.c_attn.bias")
+        projw = at("h.0.attn.c_proj.weight")!; projb = at("h.0.attn.c_proj.bias")
+        ln2w = at("h.0.ln_2.weight")!; ln2b = at("h.0.ln_2.bias")
+        fcw = at("h.0.mlp.c_fc.weight")!; fcb = at("h.0.mlp.c_fc.bias")
+        fcprojw = at("h.0.mlp.c_proj.weight")!; fcprojb = at("h.0.mlp.c_proj.bias")
+        lnfw = at("ln_f.weight")!; lnfb = at("ln_f.bias")
+        wpe = at("wpe.weight")!
+    }
 }

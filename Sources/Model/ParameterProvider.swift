@@ -22,6 +22,8 @@ public protocol ParameterProvider: AnyObject {
     func gradientsProduced(unit: Int)
     /// Backward of the current micro-batch is starting (units are now visited last to first).
     func beginBackward()
+    /// A forward pass is starting (units are now visited first to last).
+    func beginForward()
     /// `unit`'s parameters already rounded to the 16-bit format `precision`, when the provider
     /// holds that compute copy itself (ZeRO-3 gathers it instead of the fp32 values); `nil`
     /// when the model should narrow `acquireParameters(unit:)` on its own. Released, like the
@@ -31,6 +33,7 @@ public protocol ParameterProvider: AnyObject {
 
 extension ParameterProvider {
     public func beginBackward() {}
+    public func beginForward() {}
     public func acquireLowParameters(unit: Int, precision: Precision) -> UnsafeMutablePointer<UInt16>? { nil }
 }
 

@@ -9,9 +9,19 @@ import Settings
 /// 16-bit format reads the provider's own 16-bit copy (ZeRO-3 gathers it) or narrows the fp32
 /// unit into the model's buffer. LayerNorm and bias adds read that copy widened back to fp32,
 /// so every strategy computes with the same rounded parameters (FSDP's `param_dtype`).
+///
+/// With LoRA the base parameters are frozen: backward computes input gradients through them
+/// but no gradients of their own, and `LoRABranch` adds the adapters' terms, whose parameters
+/// and gradients come from a second provider.
 final class Transformer<F: ComputeFormat> {
     let config: GPTConfig
     let layout: ParameterLayout
+    /// Where the layer code finds each tensor within its unit.
+    private let at: GPTOffsets
+    /// Low-rank adapters on the frozen base, if any.
+    let lora: LoRABranch<F>?
+    /// The adapters' provider during a pass (nil without LoRA).
+    private var adapters: ParameterProvider?
     /// How attention is computed.
     let attentionKernel: AttentionKernel
     private(set) var activations: Activations<F>?
@@ -24,9 +34,11 @@ final class Transformer<F: ComputeFormat> {
     private lazy var blockVectors = RoundedVectors(layout: layout, unit: layout.blockUnit(0))
     private lazy var finalVectors = RoundedVectors(layout: layout, unit: layout.finalUnit)
 
-    init(config: GPTConfig, layout: ParameterLayout, attention: AttentionKernel) {
+    init(config: GPTConfig, layout: ParameterLayout, attention: AttentionKernel, lora: LoRAConfig?) {
         self.config = config
         self.layout = layout
+        at = GPTOffsets(layout)
+        self.lora = lora.map { LoRABranch(config: $0, model: config) }
         attentionKernel = attention
         unitCopy = AlignedBuffer(count: F.isLow ? layout.largestNonEmbeddingUnit : 0)
         embeddingCopy = AlignedBuffer(count: F.isLow ? layout.units[0].count : 0)
@@ -39,6 +51,7 @@ final class Transformer<F: ComputeFormat> {
         activations = nil
         activations = Activations(config: config, maxB: max(B, haveB), maxT: max(T, haveT), recompute: recompute,
                                   attention: attentionKernel)
+        lora?.reserve(rows: max(B, haveB) * max(T, haveT))
     }
 
     // MARK: Parameters in the compute format
@@ -76,13 +89,24 @@ final class Transformer<F: ComputeFormat> {
         return Weights(operands: copy, vectors: nil, rounded: vectors?.filled(from: copy, precision: F.precision))
     }
 
+    /// Block `unit`'s adapters as operands (nil without LoRA).
+    private func acquireAdapters(unit: Int) -> UnsafePointer<F.Element>? {
+        guard let lora, let adapters else { return nil }
+        return UnsafePointer(lora.acquire(adapters, unit: unit))
+    }
+
     // MARK: Forward
 
     /// Runs `B`×`T` tokens through the model; with `targets`, returns the summed loss over
-    /// counted positions and their number, leaving probabilities for `backward`.
+    /// counted positions and their number, leaving probabilities for `backward`. `adapters`
+    /// provides the LoRA parameters (required with LoRA, `params` then being the frozen base).
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
-                 params: ParameterProvider, dropout: DropoutPass?) -> (sum: Double, count: Int) {
+                 params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?) -> (sum: Double, count: Int) {
+        precondition((lora == nil) == (adapters == nil), "a LoRA model needs its adapters' provider, and only it does")
         pass = dropout
+        self.adapters = adapters
+        params.beginForward()
+        adapters?.beginForward()
         let a = activations!
         let C = config.nEmbd, V = config.vocabSize, BT = B * T
         let lay = layout
@@ -90,20 +114,21 @@ final class Transformer<F: ComputeFormat> {
 
         let emb = acquire(params, unit: 0)
         Layers.embeddingForward(F.self, out: a.residual[0].pointer, tokens: tokens, wte: emb.matrix(0),
-                                wpe: emb.matrix(lay.wpe), B: B, T: T, C: C)
+                                wpe: emb.matrix(at.wpe), B: B, T: T, C: C)
         params.releaseParameters(unit: 0)
         pass?.apply(a.residual[0].pointer, B: B, T: T, C: C, site: .embedding, layer: 0)
 
         for l in 0..<config.nLayer {
             let unit = lay.blockUnit(l)
             let w = acquire(params, unit: unit, vectors: blockVectors)
-            blockForward(l, w, B: B, T: T, complete: true)
+            blockForward(l, w, acquireAdapters(unit: unit), B: B, T: T, complete: true)
+            adapters?.releaseParameters(unit: unit)
             params.releaseParameters(unit: unit)
         }
 
         let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
         normalize(a.residual[config.nLayer].pointer, into: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd,
-                  weight: f.vector(lay.lnfw), bias: f.vector(lay.lnfb), N: BT, scratch: wide)
+                  weight: f.vector(at.lnfw), bias: f.vector(at.lnfb), N: BT, scratch: wide)
         params.releaseParameters(unit: lay.finalUnit)
 
         let head = acquire(params, unit: 0, narrowed: true)
@@ -118,33 +143,38 @@ final class Transformer<F: ComputeFormat> {
     /// out = r2 + fcproj(gelu(fc(ln2(r2)))) into `residual[l + 1]`. With `complete` false it
     /// stops after the GELU (full recomputation needs the block's tensors, not its output,
     /// which is kept).
-    private func blockForward(_ l: Int, _ w: Weights, B: Int, T: Int, complete: Bool) {
-        let a = activations!, lay = layout
+    /// `lw` are the block's adapters (LoRA), added to each targeted map's output.
+    private func blockForward(_ l: Int, _ w: Weights, _ lw: UnsafePointer<F.Element>?, B: Int, T: Int, complete: Bool) {
+        let a = activations!
         let C = config.nEmbd, BT = B * T
         let wide = a.wide.pointer
         let x = a.residual[l].pointer
-        normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(lay.ln1w),
-                  bias: w.vector(lay.ln1b), N: BT, scratch: wide)
+        normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(at.ln1w),
+                  bias: w.vector(at.ln1b), N: BT, scratch: wide)
         var y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
-        Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw),
-                             bias: w.vector(lay.qkvb), N: BT, IC: C, OC: 3 * C)
+        Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw),
+                             bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C)
+        if let lw { lora!.forward(.attn, layer: l, out: y, inp: a.ln1[l].pointer, weights: lw, N: BT) }
         F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
         attention(l, B: B, T: T)
         let r2 = a.res2[l].pointer
-        Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(lay.projw),
-                             bias: w.vector(lay.projb), N: BT, IC: C, OC: C)
+        Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(at.projw),
+                             bias: w.vector(at.projb), N: BT, IC: C, OC: C)
+        if let lw { lora!.forward(.attnProj, layer: l, out: r2, inp: a.atty[l].pointer, weights: lw, N: BT) }
         pass?.apply(r2, B: B, T: T, C: C, site: .attentionOutput, layer: l)
         Vector.add(x, into: r2, BT * C)
-        normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(lay.ln2w),
-                  bias: w.vector(lay.ln2b), N: BT, scratch: wide)
+        normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(at.ln2w),
+                  bias: w.vector(at.ln2b), N: BT, scratch: wide)
         y = F.workspace(for: a.fch[l].pointer, scratch: wide)
-        Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(lay.fcw),
-                             bias: w.vector(lay.fcb), N: BT, IC: C, OC: 4 * C)
+        Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
+                             bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C)
+        if let lw { lora!.forward(.mlp, layer: l, out: y, inp: a.ln2[l].pointer, weights: lw, N: BT) }
         F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: y, n: BT * 4 * C)
         guard complete else { return }
         let out = a.residual[l + 1].pointer
-        Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
-                             bias: w.vector(lay.fcprojb), N: BT, IC: 4 * C, OC: C)
+        Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(at.fcprojw),
+                             bias: w.vector(at.fcprojb), N: BT, IC: 4 * C, OC: C)
+        if let lw { lora!.forward(.mlpProj, layer: l, out: out, inp: a.fcg[l].pointer, weights: lw, N: BT) }
         pass?.apply(out, B: B, T: T, C: C, site: .mlpOutput, layer: l)
         Vector.add(r2, into: out, BT * C)
     }
@@ -171,18 +201,18 @@ final class Transformer<F: ComputeFormat> {
     /// computed it (the same kernels on the same inputs): the whole block (`full`), or the
     /// LayerNorm outputs, attention probabilities (unfused attention; the fused kernel keeps
     /// none) and GELU output (`selective`).
-    private func recompute(_ l: Int, _ w: Weights, B: Int, T: Int) {
-        let a = activations!, lay = layout, BT = B * T
+    private func recompute(_ l: Int, _ w: Weights, _ lw: UnsafePointer<F.Element>?, B: Int, T: Int) {
+        let a = activations!, BT = B * T
         switch a.recompute {
         case .none: return
-        case .full: blockForward(l, w, B: B, T: T, complete: false)
+        case .full: blockForward(l, w, lw, B: B, T: T, complete: false)
         case .selective:
             let wide = a.wide.pointer
             normalize(a.residual[l].pointer, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l],
-                      weight: w.vector(lay.ln1w), bias: w.vector(lay.ln1b), N: BT, scratch: wide)
+                      weight: w.vector(at.ln1w), bias: w.vector(at.ln1b), N: BT, scratch: wide)
             if attentionKernel == .unfused { attention(l, B: B, T: T) }
             normalize(a.res2[l].pointer, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l],
-                      weight: w.vector(lay.ln2w), bias: w.vector(lay.ln2b), N: BT, scratch: wide)
+                      weight: w.vector(at.ln2w), bias: w.vector(at.ln2b), N: BT, scratch: wide)
             let pre = F.widened(a.fch[l].pointer, scratch: wide, BT * 4 * config.nEmbd)
             F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: pre, n: BT * 4 * config.nEmbd)
         }
@@ -200,8 +230,17 @@ final class Transformer<F: ComputeFormat> {
 
     // MARK: Backward
 
-    /// Adds the gradient of `lossScale × (summed loss)` to the provider's gradients; follows a
-    /// `forward` of the same tokens with targets.
+    /// Where backward accumulates a unit's gradients: the provider's buffer, or nowhere for a
+    /// frozen base (LoRA), whose maps and LayerNorms then pass input gradients only.
+    struct Gradients {
+        let base: UnsafeMutablePointer<Float>?
+        func at(_ offset: Int) -> UnsafeMutablePointer<Float>? { base.map { $0 + offset } }
+        func at(_ offset: Int?) -> UnsafeMutablePointer<Float>? { offset.flatMap { at($0) } }
+    }
+
+    /// Adds the gradient of `lossScale × (summed loss)` to the provider's gradients (with
+    /// LoRA: to the adapters' provider, the base being frozen); follows a `forward` of the same
+    /// tokens with targets.
     func backward(lossScale: Float, tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, B: Int, T: Int,
                   params: ParameterProvider) {
         let a = activations!
@@ -211,30 +250,43 @@ final class Transformer<F: ComputeFormat> {
         let narrow = a.narrow.pointer
         let attention = Layers.AttentionScratch<F>(scores: a.scores.pointer, probs: a.probs.pointer,
                                                    gradient: a.scoresLow.pointer)
+        let frozen = lora != nil
+        func gradients(_ unit: Int) -> Gradients { Gradients(base: frozen ? nil : params.gradients(unit: unit)) }
+        func produced(_ unit: Int) {
+            if frozen { adapters!.gradientsProduced(unit: unit) } else { params.gradientsProduced(unit: unit) }
+        }
 
         params.beginBackward()
+        adapters?.beginBackward()
         Layers.softmaxCrossEntropyBackward(probs: a.logits.pointer, targets: targets, N: BT, V: V, scale: lossScale)
         var d = F.operand(a.logits.pointer, scratch: narrow, BT * V)
         let head = acquire(params, unit: 0, narrowed: true)
-        let gEmb = params.gradients(unit: 0)
-        Layers.linearBackward(F.self, dinp: dln, dweight: gEmb, dbias: nil, dout: a.logits.pointer, doutOperand: d,
+        let gEmb = gradients(0)
+        Layers.linearBackward(F.self, dinp: dln, dweight: gEmb.at(0), dbias: nil, dout: a.logits.pointer, doutOperand: d,
                               inp: a.lnf.pointer, weight: head.matrix(0), N: BT, IC: C, OC: V)
         params.releaseParameters(unit: 0)
 
         let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
-        let gf = params.gradients(unit: lay.finalUnit)
+        let gf = gradients(lay.finalUnit)
         dres.update(repeating: 0, count: BT * C)
-        Layers.layerNormBackward(dinp: dres, dweight: gf + lay.lnfw, dbias: lay.lnfb.map { gf + $0 }, dout: dln,
-                                 inp: a.residual[config.nLayer].pointer, weight: f.vector(lay.lnfw),
+        Layers.layerNormBackward(dinp: dres, dweight: gf.at(at.lnfw), dbias: gf.at(at.lnfb), dout: dln,
+                                 inp: a.residual[config.nLayer].pointer, weight: f.vector(at.lnfw),
                                  mean: a.lnfMean.pointer, rstd: a.lnfRstd.pointer, N: BT, C: C)
         params.releaseParameters(unit: lay.finalUnit)
-        params.gradientsProduced(unit: lay.finalUnit)
+        produced(lay.finalUnit)
 
         for l in stride(from: config.nLayer - 1, through: 0, by: -1) {
             let unit = lay.blockUnit(l)
             let w = acquire(params, unit: unit, vectors: blockVectors)
-            recompute(l, w, B: B, T: T)
-            let g = params.gradients(unit: unit)
+            let lw = acquireAdapters(unit: unit)
+            recompute(l, w, lw, B: B, T: T)
+            let g = gradients(unit)
+            let lg = adapters?.gradients(unit: unit)
+            /// The adapters' part of a map's backward, after the base's wrote `dinp`.
+            func adapt(_ t: LoRATarget, dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<F.Element>,
+                       inp: UnsafePointer<F.Element>) {
+                if let lw, let lg { lora!.backward(t, layer: l, dinp: dinp, dout: dout, inp: inp, weights: lw, grads: lg, N: BT) }
+            }
             // MLP: out = r2 + fcproj(gelu(fc(ln2(r2)))); with dropout on fcproj's output its
             // gradient is dres times the mask (in dln, free until fc's backward writes it).
             var branch = dres
@@ -244,14 +296,16 @@ final class Transformer<F: ComputeFormat> {
                 branch = dln
             }
             d = F.operand(branch, scratch: narrow, BT * C)
-            Layers.linearBackward(F.self, dinp: dfc, dweight: g + lay.fcprojw, dbias: lay.fcprojb.map { g + $0 },
-                                  dout: branch, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(lay.fcprojw),
+            Layers.linearBackward(F.self, dinp: dfc, dweight: g.at(at.fcprojw), dbias: g.at(at.fcprojb),
+                                  dout: branch, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(at.fcprojw),
                                   N: BT, IC: 4 * C, OC: C)
+            adapt(.mlpProj, dinp: dfc, dout: d, inp: a.fcg[l].pointer)
             d = F.geluBackward(dinp: dfc, scratch: narrow, pre: a.fch[l].pointer, dout: dfc, n: BT * 4 * C)
-            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.fcw, dbias: lay.fcb.map { g + $0 }, dout: dfc,
-                                  doutOperand: d, inp: a.ln2[l].pointer, weight: w.matrix(lay.fcw), N: BT, IC: C, OC: 4 * C)
-            Layers.layerNormBackward(dinp: dres, dweight: g + lay.ln2w, dbias: lay.ln2b.map { g + $0 }, dout: dln,
-                                     inp: a.res2[l].pointer, weight: w.vector(lay.ln2w),
+            Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.fcw), dbias: g.at(at.fcb), dout: dfc,
+                                  doutOperand: d, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw), N: BT, IC: C, OC: 4 * C)
+            adapt(.mlp, dinp: dln, dout: d, inp: a.ln2[l].pointer)
+            Layers.layerNormBackward(dinp: dres, dweight: g.at(at.ln2w), dbias: g.at(at.ln2b), dout: dln,
+                                     inp: a.res2[l].pointer, weight: w.vector(at.ln2w),
                                      mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, N: BT, C: C)
             // Attention: r2 = x + proj(attn(qkv(ln1(x)))); the masked gradient of proj's output
             // goes in dqkv, free until attention's backward writes it.
@@ -262,8 +316,9 @@ final class Transformer<F: ComputeFormat> {
                 branch = dqkv
             }
             d = F.operand(branch, scratch: narrow, BT * C)
-            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.projw, dbias: lay.projb.map { g + $0 }, dout: branch,
-                                  doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(lay.projw), N: BT, IC: C, OC: C)
+            Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.projw), dbias: g.at(at.projb), dout: branch,
+                                  doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(at.projw), N: BT, IC: C, OC: C)
+            adapt(.attnProj, dinp: dln, dout: d, inp: a.atty[l].pointer)
             d = F.operand(dln, scratch: narrow, BT * C)
             switch attentionKernel {
             case .fused:
@@ -275,17 +330,21 @@ final class Transformer<F: ComputeFormat> {
                                          scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             }
             d = F.operand(dqkv, scratch: narrow, BT * 3 * C)
-            Layers.linearBackward(F.self, dinp: dln, dweight: g + lay.qkvw, dbias: lay.qkvb.map { g + $0 }, dout: dqkv,
-                                  doutOperand: d, inp: a.ln1[l].pointer, weight: w.matrix(lay.qkvw), N: BT, IC: C, OC: 3 * C)
-            Layers.layerNormBackward(dinp: dres, dweight: g + lay.ln1w, dbias: lay.ln1b.map { g + $0 }, dout: dln,
-                                     inp: a.residual[l].pointer, weight: w.vector(lay.ln1w),
+            Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.qkvw), dbias: g.at(at.qkvb), dout: dqkv,
+                                  doutOperand: d, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw), N: BT, IC: C, OC: 3 * C)
+            adapt(.attn, dinp: dln, dout: d, inp: a.ln1[l].pointer)
+            Layers.layerNormBackward(dinp: dres, dweight: g.at(at.ln1w), dbias: g.at(at.ln1b), dout: dln,
+                                     inp: a.residual[l].pointer, weight: w.vector(at.ln1w),
                                      mean: a.ln1Mean[l].pointer, rstd: a.ln1Rstd[l].pointer, N: BT, C: C)
+            adapters?.releaseParameters(unit: unit)
             params.releaseParameters(unit: unit)
-            params.gradientsProduced(unit: unit)
+            produced(unit)
         }
 
-        pass?.apply(dres, B: B, T: T, C: C, site: .embedding, layer: 0)
-        Layers.embeddingBackward(dwte: gEmb, dwpe: gEmb + lay.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C)
-        params.gradientsProduced(unit: 0)
+        if let gE = gEmb.base {
+            pass?.apply(dres, B: B, T: T, C: C, site: .embedding, layer: 0)
+            Layers.embeddingBackward(dwte: gE, dwpe: gE + at.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C)
+        }
+        produced(0)
     }
 }

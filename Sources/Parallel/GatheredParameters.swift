@@ -36,9 +36,11 @@ final class GatheredParameters: ShardedParameters {
     private var lastAcquired = -1
     var waitSeconds = 0.0
 
-    init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, precision: Precision) {
+    /// Without `keepsMaster` (frozen parameters, never updated) a 16-bit shard is all a rank
+    /// keeps: no fp32 values.
+    init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, precision: Precision, keepsMaster: Bool = true) {
         self.layout = layout; self.shard = shard; self.comm = comm; self.precision = precision
-        paramShard = FloatBuffer(count: shard.shardSize)
+        paramShard = FloatBuffer(count: keepsMaster || !precision.isLow ? shard.shardSize : 0)
         let big = layout.largestNonEmbeddingUnit
         lowShard = HalfBuffer(count: precision.isLow ? shard.shardSize : 0)
         embedding = ParameterBuffer(count: layout.units[0].count, precision: precision)
@@ -56,6 +58,11 @@ final class GatheredParameters: ShardedParameters {
     }
 
     func load(from full: UnsafePointer<Float>) {
+        guard paramShard.count > 0 else {
+            precision.narrow(full + shard.mine.lowerBound, into: lowShard.pointer, shard.mine.count)
+            embeddingResident = false
+            return
+        }
         paramShard.pointer.update(from: full + shard.mine.lowerBound, count: shard.mine.count)
         parametersChanged()
     }
@@ -94,7 +101,8 @@ final class GatheredParameters: ShardedParameters {
     }
 
     private func prefetch(_ unit: Int) {
-        guard unit >= 1, unit < layout.units.count, !slotUnit.contains(unit),
+        // Empty units (a LoRA layout's embedding and final units) are never acquired.
+        guard unit >= 1, unit < layout.units.count, !layout.units[unit].isEmpty, !slotUnit.contains(unit),
               let free = slotUnit.firstIndex(where: { $0 == nil }) else { return }
         slotUnit[free] = unit
         gathers[free] = startGather(unit, into: slots[free])

@@ -41,3 +41,14 @@ public func predictedMemory(stage: ZeroStage, layout: ParameterLayout, worldSize
     }
     return MemoryReport(parameters: parameters, gradients: gradients, optimizer: 8 * S + master, working: working)
 }
+
+/// The bytes `FrozenParameters` will hold (LoRA's base), computed from the layout alone:
+/// the compute-precision values, all of them or (stage 3) one shard plus the gather buffers.
+public func predictedFrozenMemory(stage: ZeroStage, layout: ParameterLayout, worldSize n: Int,
+                                  compute: Precision) -> (parameters: Int, working: [String: Int]) {
+    guard stage.shardsParameters else { return (compute.bytes * layout.count, [:]) }
+    let shard = ShardLayout(total: layout.count, ranks: n, rank: 0)
+    return (compute.bytes * shard.shardSize,
+            ["frozen base: gathered embedding unit": compute.bytes * layout.units[0].count,
+             "frozen base: gathered unit buffers (current + prefetch)": 2 * compute.bytes * layout.largestNonEmbeddingUnit])
+}

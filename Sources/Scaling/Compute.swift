@@ -57,6 +57,19 @@ public enum MemoryModel {
                               activations: activations)
     }
 
+    /// Bytes per rank for LoRA: `adapters` trainable parameters held as `perRank` holds any
+    /// (gradients and AdamW state exist only for them), plus a frozen base of `base`
+    /// parameters in `basePrecision` (the compute format) alone, replicated, or sharded at stage 3.
+    public static func lora(base: Int, adapters: Int, world n: Int, stage: ZeroStage, precision: Precision,
+                            basePrecision: Precision, activations: Int = 0,
+                            gradientBytes: Int? = nil) throws(ScalingError) -> MemoryEstimate {
+        var e = try perRank(params: adapters, world: n, stage: stage, precision: precision, activations: activations,
+                            gradientBytes: gradientBytes)
+        guard base > 0 else { throw ScalingError("--params", "is \(base)", "pass a positive parameter count") }
+        e.parameters += basePrecision.bytes * (stage.shardsParameters ? (base + n - 1) / n : base)
+        return e
+    }
+
     /// Bytes of activations tessera keeps for backward for a micro-batch of `batch` × `seq`
     /// tokens: per token, each block keeps 15 widths (LN outputs, QKV, attention output,
     /// residual, MLP pre- and post-GELU), 4 LayerNorm statistics and, per head, one

@@ -32,6 +32,12 @@ public enum InitialWeights {
         return try ModelFile.read(from: bin)
     }
 
+    /// The identity of a base model's weights (as the run uses them): FNV-1a 64 of their fp32
+    /// bytes, in hex. LoRA checkpoints record it, and adapters load only onto the same base.
+    public static func checksum(_ values: FloatBuffer) -> String {
+        String(format: "%016llx", Checksum.fnv1a(UnsafeRawBufferPointer(start: values.pointer, count: values.byteCount)))
+    }
+
     /// `source`'s parameters in the layout of `shape`, which must be its shape except for a
     /// shorter context (the first `blockSize` position embeddings are taken, as nanoGPT's
     /// `crop_block_size` does).

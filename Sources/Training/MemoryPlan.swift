@@ -43,10 +43,17 @@ public struct MemoryPlan: Codable, Sendable {
                             threads: Int) -> MemoryPlan {
         let shape = config.model(vocabSize: vocabSize)
         let layout = ParameterLayout(shape)
-        let m = predictedMemory(stage: config.zero, layout: layout, worldSize: n, reduce: config.effectiveReduceDtype,
+        // With LoRA only the adapters train; the frozen base adds its values and gather buffers.
+        let trained = config.lora?.layout(for: shape) ?? layout
+        var m = predictedMemory(stage: config.zero, layout: trained, worldSize: n, reduce: config.effectiveReduceDtype,
                                 compute: config.precision)
+        if config.lora != nil {
+            let f = predictedFrozenMemory(stage: config.zero, layout: layout, worldSize: n, compute: config.precision)
+            m.parameters += f.parameters
+            m.working.merge(f.working) { $0 + $1 }
+        }
         let micro = config.microBatchSize(worldSize: n)
-        let acts: Int
+        var acts: Int
         switch config.precision {
         case .fp32: acts = Activations<FP32>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
                                                               recompute: config.recompute, attention: config.attention).total
@@ -56,8 +63,17 @@ public struct MemoryPlan: Codable, Sendable {
                                                               recompute: config.recompute, attention: config.attention).total
         }
         // A 16-bit model narrows the embedding unit and one other unit into copies of its own.
-        let copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0
-        let psi = layout.count
+        var copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0
+        if let lora = config.lora {
+            // The adapters' own 16-bit copy, and the LoRA branch's saved su with its scratch.
+            let rows = micro * config.blockSize, e = config.precision.bytes, low = config.precision.isLow
+            copies += low ? 2 * trained.largestNonEmbeddingUnit : 0
+            let saved: Int = e * shape.nLayer * lora.targets.count * rows * lora.rank
+            let scratch: Int = 4 * rows * lora.rank + (low ? e * rows * lora.rank : 0)
+            acts += saved + scratch
+        }
+        // Everything below that scales with what trains (state, saves, gradient traffic).
+        let psi = trained.count
         // A fresh run initialises straight into the strategy's own buffers. A resume verifies
         // its checkpoint files in 16 MiB reads, then decompresses one frame at a time (the
         // compressed frame and the shuffled one beside the destination).
@@ -73,7 +89,7 @@ public struct MemoryPlan: Codable, Sendable {
         // it, so nearly all gradients are in flight at once: their wire size again (measured:
         // 0.4 GB per rank on the gpt2 shape). ZeRO-2/3 reduce one unit at a time: the largest.
         let wireBytes = config.effectiveReduceDtype.bytes
-        let inFlight = config.zero.shardsGradients ? max(layout.units[0].count, layout.largestNonEmbeddingUnit) : psi
+        let inFlight = config.zero.shardsGradients ? max(trained.units[0].count, trained.largestNonEmbeddingUnit) : psi
         let collectives = n > 1 ? wireBytes * inFlight : 0
         let save = max(snapshot + 2 * frameBytes, 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
@@ -89,10 +105,15 @@ public struct MemoryPlan: Codable, Sendable {
         case .one, .two: (reduced, gathered) = (ring * steps, ring)
         case .three: (reduced, gathered) = (ring * steps, 2 * ring * steps)
         }
-        let sentElements = Int(reduced + gathered)
-        let sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held))
+        // LoRA's frozen base at stage 3 is gathered like trainable parameters, never reduced.
+        let baseRing = Double(layout.count) * Double(n - 1) / Double(n)
+        let baseGathered = config.lora != nil && config.zero == .three ? 2 * baseRing * steps : 0
+        let sentElements = Int(reduced + gathered + baseGathered)
+        let sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held) + baseGathered * held)
         let tokens = Double(config.batchSize * config.blockSize)
-        let flops = Compute.flopsPerToken(params: Double(psi), nLayer: shape.nLayer, nEmbd: shape.nEmbd,
+        // A frozen base costs 4 FLOPs per parameter and token (no weight gradients), as the trainer counts.
+        let computed = config.lora == nil ? Double(psi) : Double(layout.count) * 4 / 6 + Double(psi)
+        let flops = Compute.flopsPerToken(params: computed, nLayer: shape.nLayer, nEmbd: shape.nEmbd,
                                           seq: config.blockSize) * tokens
         return MemoryPlan(stage: config.zero, precision: config.precision, recompute: config.recompute, worldSize: n, ranksPerNode: ranksPerNode,
                           microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,

@@ -30,10 +30,20 @@ final class RunReporter {
         metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path, keepThrough: t.startStep)
         events = config.tensorboard ? try TensorBoard.Writer(directory: outDir.appendingPathComponent("tb").path, keepThrough: t.startStep) : nil
         let strategy = t.strategy, psi = t.model.layout.count, world = t.comm.size
-        let mem = strategy.memory
-        // Gradients accumulate in fp32 under every strategy.
-        let predicted = try MemoryModel.perRank(params: psi, world: world, stage: strategy.stage,
+        var mem = strategy.memory
+        // Gradients accumulate in fp32 under every strategy. With LoRA the strategy holds the
+        // adapters, and the frozen base adds its values (and gather buffers).
+        let predicted: MemoryEstimate
+        if let frozen = t.frozen {
+            mem.parameters += frozen.bytes.parameters
+            mem.working.merge(frozen.bytes.working) { $0 + $1 }
+            predicted = try MemoryModel.lora(base: psi, adapters: strategy.layout.count, world: world, stage: strategy.stage,
+                                             precision: strategy.parameterPrecision, basePrecision: t.config.precision,
+                                             gradientBytes: 4)
+        } else {
+            predicted = try MemoryModel.perRank(params: psi, world: world, stage: strategy.stage,
                                                 precision: strategy.parameterPrecision, gradientBytes: 4)
+        }
         let activations = t.model.activationBytes.total
         var report = MemoryFile(psi: psi, world: world, zero: strategy.stage.rawValue, rank: 0,
                                 parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,

@@ -56,7 +56,17 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var ckptLevel = 3
     public var resume = ""               // resolved checkpoint directory, "" for a fresh run
     /// Weights a fresh run starts from (step 0, new optimizer and schedule); "" for random.
+    /// With LoRA, the frozen base (read again on resume).
     public var initFrom = ""
+    // LoRA
+    /// Adapter rank (0: no LoRA, the whole model trains).
+    public var loraRank = 0
+    /// Adapter scale numerator (updates × alpha / rank); PEFT's default.
+    public var loraAlpha = 8.0
+    /// Maps of every block that carry adapters: attn, attn-proj, mlp, mlp-proj.
+    public var loraTargets = "attn"
+    /// Checksum of the frozen base's weights (written by the trainer; a resume must match it).
+    public var loraBase = ""
     // Precision
     public var precision = Precision.fp32
     /// Activations backward recomputes instead of keeping.
@@ -83,6 +93,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
              threads, gemm, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
+             loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
 
@@ -114,6 +125,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume); try get(.initFrom, &initFrom)
+        try get(.loraRank, &loraRank); try get(.loraAlpha, &loraAlpha); try get(.loraTargets, &loraTargets)
+        try get(.loraBase, &loraBase)
         try get(.precision, &precision); try get(.recompute, &recompute); try get(.attention, &attention); try get(.debugInjectInf, &debugInjectInf); try get(.debugInjectNaN, &debugInjectNaN)
         try get(.maxBadSteps, &maxBadSteps); try get(.checkReplicas, &checkReplicas); try get(.debugFlipBit, &debugFlipBit)
         try get(.debugSlowSaveMs, &debugSlowSaveMs); try get(.memoryLimit, &memoryLimit)
@@ -129,6 +142,13 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// The model shape for a vocabulary.
     public func model(vocabSize: Int) -> GPTConfig {
         GPTConfig(nLayer: nLayer, nHead: nHead, nEmbd: nEmbd, blockSize: blockSize, vocabSize: vocabSize, bias: bias)
+    }
+
+    /// The run's adapters (nil without LoRA, or with an unparsable target list, which
+    /// `validate` refuses).
+    public var lora: LoRAConfig? {
+        guard loraRank != 0, let targets = try? LoRATarget.list(loraTargets) else { return nil }
+        return LoRAConfig(rank: loraRank, alpha: loraAlpha, targets: targets)
     }
 
     /// The format gradients are communicated in: `reduceDtype`, else the compute precision.
@@ -211,11 +231,38 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(checkReplicas >= 0, "--check-replicas", "is \(checkReplicas)", "use 0 (off) or a number of steps")
         try need(debugFlipBit.isEmpty || flipAt != nil, "--debug-flip-bit", "is \(debugFlipBit)", "use STEP:RANK")
         try need((0...1024).contains(threads), "--threads", "is \(threads)", "use 0 (automatic) or a count up to 1024")
+        try validateLoRA()
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
                  "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "
                     + "for batch \(batchSize), which \(zero.name) cannot run: it reduces gradients after every micro-step",
                  "choose a --batch-size that splits evenly into micro-batches on every rank, or --micro-batch 0")
+    }
+}
+
+extension TrainConfig {
+    /// LoRA's flags: a positive rank below the adapted maps' dimensions, known targets, a
+    /// base to adapt.
+    func validateLoRA() throws(ConfigError) {
+        guard loraRank != 0 else { return }
+        guard loraRank > 0 else {
+            throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank)", fix: "use 0 (no LoRA) or a positive rank such as 8")
+        }
+        let targets: [LoRATarget]
+        do { targets = try LoRATarget.list(loraTargets) } catch {
+            throw ConfigError(flag: "--lora-targets", problem: "is '\(loraTargets)'",
+                              fix: "use a comma-separated list of " + LoRATarget.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        let lora = LoRAConfig(rank: loraRank, alpha: loraAlpha, targets: targets)
+        do { try lora.validate(for: model(vocabSize: 2)) } catch {
+            let flag = loraAlpha > 0 && loraAlpha.isFinite ? "--lora-rank" : "--lora-alpha"
+            throw ConfigError(flag: flag, problem: "is not usable for this model (\(error))",
+                              fix: flag == "--lora-rank" ? "choose a rank between 1 and the smallest adapted dimension" : "use a positive alpha")
+        }
+        guard !initFrom.isEmpty else {
+            throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank) without --init-from",
+                              fix: "LoRA adapts trained weights: pass --init-from HF_DIR|RUN|CKPT|model.bin")
+        }
     }
 }
 

@@ -70,6 +70,7 @@ extension Trainer {
         let lossScale = Float(scale / Double(tokensPerStep))
         strategy.beginStep()
         strategy.commWaitSeconds = 0
+        frozen?.waitSeconds = 0
         comm.sentElements = 0
         comm.sentBytes = 0
         var lossSum = 0.0
@@ -84,10 +85,10 @@ extension Trainer {
                 for (r, sample) in chunk.enumerated() { keys[r] = Dropout.sequenceKey(seed: config.seed, step: step, sample: sample) }
             }
             let a = MPIClock.now()
-            lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider,
-                                     sequenceKeys: config.dropout > 0 ? keys : nil).sum
+            lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters,
+                                     adapters: modelAdapters, sequenceKeys: config.dropout > 0 ? keys : nil).sum
             let b = MPIClock.now()
-            model.backward(lossScale: lossScale, params: strategy.provider)
+            model.backward(lossScale: lossScale, params: modelParameters)
             bwd += MPIClock.now() - b
             fwd += b - a
         }
@@ -96,7 +97,7 @@ extension Trainer {
             // join every gradient reduction anyway, with zero gradients and in backward's unit
             // order, or the other ranks' reductions would meet the next collective instead.
             strategy.beginMicroStep(isLast: true)
-            for unit in stride(from: model.layout.units.count - 1, through: 0, by: -1) {
+            for unit in stride(from: strategy.layout.units.count - 1, through: 0, by: -1) {
                 strategy.provider.gradientsProduced(unit: unit)
             }
         }
@@ -138,7 +139,7 @@ extension Trainer {
         var m = StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
                            grad_norm: norm, tokens_per_s: Double(tokensPerStep) / (t1 - t0), ms_per_step: (t1 - t0) * 1000,
                            ms_forward: fwd * 1000, ms_backward: bwd * 1000,
-                           ms_comm_wait: strategy.commWaitSeconds * 1000, ms_optimizer: (t1 - o0) * 1000,
+                           ms_comm_wait: (strategy.commWaitSeconds + (frozen?.waitSeconds ?? 0)) * 1000, ms_optimizer: (t1 - o0) * 1000,
                            world_size: comm.size, params: model.layout.count, sent_elements: comm.sentElements,
                            sent_bytes: comm.sentBytes,
                            loss_scale: scaler.map { _ in scale }, skipped: skipped,
@@ -160,7 +161,8 @@ extension Trainer {
                 i += chunk.count
                 try sampler.fill(x: x, y: y, split: data.val, which: .val, batch: batchOffset + j, indices: chunk,
                                  vocabSize: data.vocabSize)
-                sum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: strategy.provider).sum
+                sum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters,
+                                     adapters: modelAdapters).sum
             }
         }
         var r = [sum]
@@ -170,13 +172,14 @@ extension Trainer {
 
     /// Saves the full training state after `completedSteps` optimizer steps.
     func saveCheckpoint(completedSteps: Int) throws {
-        try checkpointer.save(step: completedSteps, config: config, model: model.config, layout: model.layout,
+        try checkpointer.save(step: completedSteps, config: config, model: model.config, layout: strategy.layout,
                               tokenizer: data.tokenizer, scaler: scaler, skippedSteps: skippedSteps, strategy: strategy)
     }
 
     /// Writes the trained weights (rank 0) and returns the path, gathering them in pieces of
     /// at most 16M parameters, so no rank holds a full copy it does not already keep.
     func saveModel(to path: String) throws -> String {
+        if let lora = model.lora { return try saveMergedModel(lora, to: path) }
         let count = model.layout.count, piece = min(count, 1 << 24)
         let writer = isCoordinator ? try ModelFile.Writer(path: path, config: model.config, tokenizer: data.tokenizer, count: count) : nil
         let buf = FloatBuffer(count: piece)
@@ -186,6 +189,22 @@ extension Trainer {
             try writer?.append(buf.pointer, count: range.count)
         }
         try writer?.finish()
+        return path
+    }
+}
+
+extension Trainer {
+    /// LoRA's model.bin: the base (read again from `initFrom`, in fp32) with the adapters
+    /// merged in, so `generate`, `eval` and `export` take it like any model.
+    func saveMergedModel(_ lora: LoRAConfig, to path: String) throws -> String {
+        let adapters = FloatBuffer(count: strategy.layout.count)
+        try strategy.gatherParameters(into: adapters.pointer)
+        guard isCoordinator else { return path }
+        let merged = try InitialWeights.parameters(InitialWeights.load(config.initFrom), for: model.config)
+        lora.merge(adapters.pointer, into: merged.pointer, model: model.config)
+        let writer = try ModelFile.Writer(path: path, config: model.config, tokenizer: data.tokenizer, count: model.layout.count)
+        try writer.append(merged.pointer, count: model.layout.count)
+        try writer.finish()
         return path
     }
 }

@@ -29,11 +29,14 @@ public struct TrainResult: Sendable {
 /// strategy, initial or resumed state); `Trainer+Loop.swift` runs it and `RunReporter`
 /// reports it.
 public final class Trainer {
-    public let config: TrainConfig
+    public private(set) var config: TrainConfig
     let comm: Communicator
     let data: Dataset
     public let model: GPT
+    /// Holds and synchronises what trains: the model's parameters, or with LoRA its adapters.
     public let strategy: TrainingStrategy
+    /// LoRA's frozen base (nil when the whole model trains).
+    public let frozen: FrozenParameters?
     let sampler: BatchSampler
     let schedule: CosineSchedule
     /// Where progress lines go (rank 0 only); tests silence it.
@@ -85,19 +88,21 @@ public final class Trainer {
         sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize, batchSize: config.batchSize,
                                mode: config.sampling)
         // Weights to start from: the run takes their vocabulary (the data's ids must fit it).
-        let initial = config.resume.isEmpty && !config.initFrom.isEmpty ? try InitialWeights.load(config.initFrom) : nil
+        // LoRA's base is read on resume too: checkpoints hold only the adapters.
+        let lora = config.lora
+        let initial = (config.resume.isEmpty || lora != nil) && !config.initFrom.isEmpty ? try InitialWeights.load(config.initFrom) : nil
         if let initial, dataset.vocabSize > initial.config.vocabSize {
             throw ConfigError(flag: "--init-from", problem: "the data's vocabulary (\(dataset.vocabSize)) is larger than the weights' (\(initial.config.vocabSize))",
                               fix: "prepare the data with the model's tokenizer")
         }
         let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler, vocabSize: initial?.config.vocabSize)
         model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention,
-                    dropout: Float(config.dropout))
+                    dropout: Float(config.dropout), lora: lora)
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
                          weightDecay: Float(config.weightDecay))
-        strategy = makeStrategy(stage: config.zero, layout: model.layout, comm: comm, adam: adam,
+        strategy = makeStrategy(stage: config.zero, layout: model.adapterLayout ?? model.layout, comm: comm, adam: adam,
                                 bucketBytes: Int(config.bucketMB * 1_048_576), reduce: config.effectiveReduceDtype,
                                 compute: config.precision)
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
@@ -106,14 +111,38 @@ public final class Trainer {
         y = .allocate(capacity: micro * config.blockSize)
         keys = .allocate(capacity: micro)
         peakGFLOPS = config.precision == .bf16 ? Benchmark.bf16PeakGFLOPS(n: 1024, reps: 3) : Benchmark.sgemmPeakGFLOPS(n: 1024, reps: 3)
-        flopsPerToken = Compute.flopsPerToken(params: Double(model.layout.count), nLayer: gpt.nLayer, nEmbd: gpt.nEmbd, seq: config.blockSize)
-        if let initial {
+        // A frozen base costs 4 FLOPs per parameter and token (forward, and backward's input
+        // gradients only); what trains costs 6.
+        let computed = lora == nil ? Double(model.layout.count)
+            : Double(model.layout.count) * 4 / 6 + Double(strategy.layout.count)
+        flopsPerToken = Compute.flopsPerToken(params: computed, nLayer: gpt.nLayer, nEmbd: gpt.nEmbd, seq: config.blockSize)
+        if let lora, let initial {
+            let base = try InitialWeights.parameters(initial, for: gpt)
+            let checksum = InitialWeights.checksum(base)
+            if !config.resume.isEmpty && config.loraBase != checksum {
+                throw ConfigError(flag: "--init-from", problem: "\(config.initFrom) has weights checksum \(checksum), but the adapters in "
+                                  + "\(config.resume) were trained on a base with checksum \(config.loraBase)",
+                                  fix: "pass the base the adapters were trained on (adapters only fit their own base)")
+            }
+            self.config.loraBase = checksum
+            frozen = FrozenParameters(layout: model.layout, stage: config.zero, comm: comm, precision: config.precision)
+            frozen!.load(from: base.pointer)
+            if config.resume.isEmpty {
+                let layout = strategy.layout, seed = config.seed
+                startFresh { dest, range in lora.initialize(dest, elements: range, layout: layout, seed: seed) }
+            } else {
+                try resume(from: URL(fileURLWithPath: config.resume))
+            }
+        } else if let initial {
+            frozen = nil
             let values = try InitialWeights.parameters(initial, for: gpt)
             startFresh { dest, range in dest.update(from: values.pointer + range.lowerBound, count: range.count) }
         } else if config.resume.isEmpty {
+            frozen = nil
             let layout = model.layout, seed = config.seed
             startFresh { dest, range in GPT.initialize(dest, elements: range, layout: layout, config: gpt, seed: seed) }
         } else {
+            frozen = nil
             try resume(from: URL(fileURLWithPath: config.resume))
         }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
@@ -148,7 +177,7 @@ public final class Trainer {
     /// Loads a verified checkpoint's state, position and loss scaler.
     private func resume(from dir: URL) throws {
         let manifest = try CheckpointReader.manifest(directory: dir)
-        try Checkpointer.load(directory: dir, manifest: manifest, layout: model.layout, strategy: strategy)
+        try Checkpointer.load(directory: dir, manifest: manifest, layout: strategy.layout, strategy: strategy)
         startStep = manifest.step
         guardSkipped = config.precision == .fp16 ? 0 : manifest.skippedSteps
         if config.precision == .fp16 {
@@ -156,6 +185,11 @@ public final class Trainer {
                                        skippedSteps: manifest.skippedSteps)
         }
     }
+
+    /// What the model reads its parameters from (with LoRA: the frozen base), and its
+    /// adapters' provider (LoRA only: the strategy).
+    var modelParameters: ParameterProvider { frozen ?? strategy.provider }
+    var modelAdapters: ParameterProvider? { frozen == nil ? nil : strategy.provider }
 
     /// Total tokens of one global batch.
     var tokensPerStep: Int { config.batchSize * config.blockSize }

@@ -30,6 +30,13 @@ struct TrainOptions: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: "Biases in linear layers and LayerNorms.") var bias: Bool?
     @Option(help: "Dropout probability on embeddings, attention probabilities and residual branches (nanoGPT's sites); off in eval and generate.") var dropout: Double?
 
+    // MARK: LoRA
+    @Option(help: "Train rank-r LoRA adapters on a frozen --init-from base instead of the whole model (0: off).")
+    var loraRank: Int?
+    @Option(help: "LoRA scale numerator: adapter updates are multiplied by alpha / rank.") var loraAlpha: Double?
+    @Option(help: "Maps of every block that carry adapters: a comma-separated list of attn, attn-proj, mlp, mlp-proj.")
+    var loraTargets: String?
+
     // MARK: Optimisation
     @Option(help: "Global batch size in sequences (split over ranks).") var batchSize: Int?
     @Option(help: "Sequences per forward/backward on a rank (0: the rank's whole share).") var microBatch: Int?
@@ -86,6 +93,7 @@ struct TrainOptions: ParsableArguments {
         set(\.data, data); set(\.vocabSize, vocabSize); set(\.sampling, sampling); set(\.out, out); set(\.seed, seed); set(\.threads, threads); set(\.gemm, gemm); set(\.initFrom, initFrom)
         set(\.nLayer, nLayer); set(\.nHead, nHead); set(\.nEmbd, nEmbd); set(\.blockSize, blockSize)
         set(\.bias, bias); set(\.dropout, dropout)
+        set(\.loraRank, loraRank); set(\.loraAlpha, loraAlpha); set(\.loraTargets, loraTargets)
         set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)
         set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
