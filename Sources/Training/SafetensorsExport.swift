@@ -53,7 +53,22 @@ public enum SafetensorsExport {
         tensors.append(("transformer.ln_f.weight", [C], get("ln_f.weight")))
         tensors.append(("transformer.ln_f.bias", [C], biasOrZero("ln_f.bias", C)))
 
-        // Header with byte ranges, then the data in the same order.
+        let dir = URL(fileURLWithPath: directory)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try safetensors(tensors, dtype: dtype).write(to: dir.appendingPathComponent("model.safetensors"), options: .atomic)
+        let config: [String: Any] = [
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": c.nLayer, "n_head": c.nHead,
+            "n_embd": C, "n_positions": c.blockSize, "n_ctx": c.blockSize, "vocab_size": c.vocabSize,
+            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": true,
+            "torch_dtype": dtype == .f32 ? "float32" : "bfloat16", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        ]
+        try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+            .write(to: dir.appendingPathComponent("config.json"), options: .atomic)
+        return tensors.map(\.name)
+    }
+
+    /// A safetensors file: the header with byte ranges, then the data in the same order.
+    static func safetensors(_ tensors: [(name: String, shape: [Int], values: [Float])], dtype: DType) -> Data {
         let width = dtype == .f32 ? 4 : 2
         var header = "{\"__metadata__\":{\"format\":\"pt\"}"
         var offset = 0
@@ -75,17 +90,35 @@ public enum SafetensorsExport {
                 half.withUnsafeMutableBytes { out.append(contentsOf: $0) }
             }
         }
+        return out
+    }
+
+    // MARK: PEFT adapters
+
+    /// Writes LoRA adapters as Hugging Face PEFT saves them for a `GPT2LMHeadModel`:
+    /// `adapter_model.safetensors` with `base_model.model.transformer.h.N.<module>.lora_A.weight`
+    /// (r × in) and `lora_B.weight` (out × r) — PEFT keeps nn.Linear's (out, in) for the
+    /// adapters even on GPT-2's Conv1D, whose (in, out) weight it marks `fan_in_fan_out` —
+    /// and `adapter_config.json` (targets as module-name suffixes, so `attn.c_proj` does not
+    /// also catch `mlp.c_proj`). Returns the tensor names.
+    @discardableResult
+    public static func writePEFT(_ lora: LoRAConfig, adapters: UnsafePointer<Float>, model: GPTConfig, base: String,
+                                 to directory: String, dtype: DType = .f32) throws -> [String] {
+        let layout = lora.layout(for: model)
+        let tensors = layout.tensors.map { t in
+            ("base_model.model.transformer." + t.name, t.shape, Array(UnsafeBufferPointer(start: adapters + t.offset, count: t.count)))
+        }
         let dir = URL(fileURLWithPath: directory)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        try out.write(to: dir.appendingPathComponent("model.safetensors"), options: .atomic)
+        try safetensors(tensors, dtype: dtype).write(to: dir.appendingPathComponent("adapter_model.safetensors"), options: .atomic)
         let config: [String: Any] = [
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": c.nLayer, "n_head": c.nHead,
-            "n_embd": C, "n_positions": c.blockSize, "n_ctx": c.blockSize, "vocab_size": c.vocabSize,
-            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": true,
-            "torch_dtype": dtype == .f32 ? "float32" : "bfloat16", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": lora.rank,
+            "lora_alpha": lora.alpha, "lora_dropout": 0.0, "target_modules": lora.targets.map(\.module),
+            "fan_in_fan_out": true, "bias": "none", "inference_mode": true, "init_lora_weights": true,
+            "use_rslora": false, "use_dora": false, "modules_to_save": NSNull(),
         ]
         try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
-            .write(to: dir.appendingPathComponent("config.json"), options: .atomic)
-        return tensors.map(\.name)
+            .write(to: dir.appendingPathComponent("adapter_config.json"), options: .atomic)
+        return tensors.map(\.0)
     }
 }

@@ -15,8 +15,6 @@ import Model
 /// that differs is refused); GPT-2's causal-mask buffers (`attn.bias`, `attn.masked_bias`)
 /// are not parameters and are skipped.
 public enum SafetensorsImport {
-    struct Entry: Decodable { let dtype: String; let shape: [Int]; let data_offsets: [Int] }
-
     /// The model in `directory`.
     public static func read(_ directory: String) throws -> ModelFile {
         let dir = URL(fileURLWithPath: directory)
@@ -51,47 +49,15 @@ public enum SafetensorsImport {
                                blockSize: try int("n_positions", "n_ctx"), vocabSize: try int("vocab_size"), bias: true)
         do { try config.validate() } catch { throw bad("config.json describes an invalid model (\(error))") }
 
-        let file = dir.appendingPathComponent("model.safetensors").path
-        guard let bytes = FileManager.default.contents(atPath: file) else { throw bad("model.safetensors is missing") }
-        guard bytes.count >= 8 else { throw bad("model.safetensors is too short") }
-        let headerLength = bytes.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
-        guard headerLength > 0, headerLength <= bytes.count - 8 else { throw bad("model.safetensors has a damaged header length") }
-        let headerData = bytes.subdata(in: 8..<(8 + headerLength))
-        guard var raw = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any] else {
-            throw bad("model.safetensors has a header that is not JSON")
-        }
-        raw["__metadata__"] = nil
-        var entries: [String: Entry] = [:]
-        for (name, value) in raw {
-            guard let d = try? JSONSerialization.data(withJSONObject: value), let e = try? JSONDecoder().decode(Entry.self, from: d),
-                  e.data_offsets.count == 2 else { throw bad("tensor \(name) has a malformed header entry") }
-            entries[name.hasPrefix("transformer.") ? String(name.dropFirst("transformer.".count)) : name] = e
-        }
-        let dataStart = 8 + headerLength
+        let file = try SafetensorsFile(dir.appendingPathComponent("model.safetensors").path) { bad($0) }
+        // GPT2LMHeadModel's names start with "transformer.", GPT2Model's do not.
+        var names: [String: String] = [:]
+        for name in file.entries.keys { names[name.hasPrefix("transformer.") ? String(name.dropFirst("transformer.".count)) : name] = name }
 
         /// A tensor widened to fp32, checked against its expected shape.
         func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
-            guard let e = entries[name] else { throw bad("model.safetensors lacks \(name)") }
-            guard e.shape == shape else { throw bad("\(name) has shape \(e.shape), config.json implies \(shape)") }
-            let n = shape.reduce(1, *)
-            let width: Int
-            switch e.dtype {
-            case "F32": width = 4
-            case "F16", "BF16": width = 2
-            default: throw bad("\(name) is \(e.dtype)", "export the model in float32, float16 or bfloat16")
-            }
-            let lo = dataStart + e.data_offsets[0], hi = dataStart + e.data_offsets[1]
-            guard e.data_offsets[0] >= 0, hi - lo == n * width, hi <= bytes.count else { throw bad("\(name)'s data range is wrong") }
-            return bytes.withUnsafeBytes { p in
-                (0..<n).map { i -> Float in
-                    let at = lo + i * width
-                    switch e.dtype {
-                    case "F32": return Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self)))
-                    case "BF16": return Convert.float(bf16: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt16.self)))
-                    default: return Convert.float(fp16: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt16.self)))
-                    }
-                }
-            }
+            guard let stored = names[name] else { throw bad("model.safetensors lacks \(name)") }
+            return try file.values(stored, shape: shape)
         }
 
         let layout = ParameterLayout(config), C = config.nEmbd
@@ -127,7 +93,7 @@ public enum SafetensorsImport {
         }
         try put("ln_f.weight", try tensor("ln_f.weight", [C]))
         try put("ln_f.bias", try tensor("ln_f.bias", [C]))
-        if entries["lm_head.weight"] != nil, try tensor("lm_head.weight", [config.vocabSize, C]) != wte {
+        if names["lm_head.weight"] != nil, try tensor("lm_head.weight", [config.vocabSize, C]) != wte {
             throw bad("lm_head.weight differs from wte.weight", "tessera ties the LM head to the token embedding: import a tied model")
         }
 
@@ -142,5 +108,74 @@ public enum SafetensorsImport {
             tokenizer = Tokenizer(kind: .gpt2, bpe: bpe)
         }
         return ModelFile(config: config, tokenizer: tokenizer, parameters: params)
+    }
+}
+
+/// The tensors of one safetensors file (an 8-byte little-endian header length, a JSON header
+/// of dtype, shape and byte range per tensor, then the data), widened to fp32 on request.
+struct SafetensorsFile {
+    struct Entry: Decodable { let dtype: String; let shape: [Int]; let data_offsets: [Int] }
+    /// Header entries by stored name.
+    let entries: [String: Entry]
+    private let bytes: Data
+    private let dataStart: Int
+    private let bad: (String) -> Error
+
+    /// Reads `path`; `bad(problem)` makes the error for anything wrong with it.
+    init(_ path: String, bad: @escaping (String) -> Error) throws {
+        self.bad = bad
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        guard let bytes = FileManager.default.contents(atPath: path) else { throw bad("\(name) is missing") }
+        guard bytes.count >= 8 else { throw bad("\(name) is too short") }
+        let headerLength = bytes.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
+        guard headerLength > 0, headerLength <= bytes.count - 8 else { throw bad("\(name) has a damaged header length") }
+        guard var raw = try? JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + headerLength))) as? [String: Any] else {
+            throw bad("\(name) has a header that is not JSON")
+        }
+        raw["__metadata__"] = nil
+        var entries: [String: Entry] = [:]
+        for (tensor, value) in raw {
+            guard let d = try? JSONSerialization.data(withJSONObject: value), let e = try? JSONDecoder().decode(Entry.self, from: d),
+                  e.data_offsets.count == 2 else { throw bad("tensor \(tensor) has a malformed header entry") }
+            entries[tensor] = e
+        }
+        self.entries = entries
+        self.bytes = bytes
+        dataStart = 8 + headerLength
+    }
+
+    /// Tensor `name` widened to fp32 (F32, F16 or BF16), checked against `shape` when given.
+    func values(_ name: String, shape: [Int]? = nil) throws -> [Float] {
+        guard let e = entries[name] else { throw bad("lacks \(name)") }
+        if let shape, e.shape != shape { throw bad("\(name) has shape \(e.shape), config.json implies \(shape)") }
+        let n = e.shape.reduce(1, *)
+        let width: Int
+        switch e.dtype {
+        case "F32": width = 4
+        case "F16", "BF16": width = 2
+        default: throw bad("\(name) is \(e.dtype), not F32, F16 or BF16 (export the model in float32, float16 or bfloat16)")
+        }
+        let lo = dataStart + e.data_offsets[0], hi = dataStart + e.data_offsets[1]
+        guard e.data_offsets[0] >= 0, hi - lo == n * width, hi <= bytes.count else { throw bad("\(name)'s data range is wrong") }
+        return bytes.withUnsafeBytes { p in
+            (0..<n).map { i -> Float in
+                let at = lo + i * width
+                switch e.dtype {
+                case "F32": return Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self)))
+                case "BF16": return Convert.float(bf16: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt16.self)))
+                default: return Convert.float(fp16: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt16.self)))
+                }
+            }
+        }
+    }
+}
+
+extension SafetensorsImport {
+    /// Every tensor of a safetensors file by name, with its shape, widened to fp32.
+    public static func tensors(_ path: String) throws -> [String: (shape: [Int], values: [Float])] {
+        let file = try SafetensorsFile(path) { ConfigError(flag: "safetensors", problem: "\(path): \($0)", fix: "pass a safetensors file") }
+        var out: [String: (shape: [Int], values: [Float])] = [:]
+        for (name, e) in file.entries { out[name] = (e.shape, try file.values(name)) }
+        return out
     }
 }

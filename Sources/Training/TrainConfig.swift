@@ -253,11 +253,13 @@ extension TrainConfig {
             throw ConfigError(flag: "--lora-targets", problem: "is '\(loraTargets)'",
                               fix: "use a comma-separated list of " + LoRATarget.allCases.map(\.rawValue).joined(separator: ", "))
         }
-        let lora = LoRAConfig(rank: loraRank, alpha: loraAlpha, targets: targets)
-        do { try lora.validate(for: model(vocabSize: 2)) } catch {
-            let flag = loraAlpha > 0 && loraAlpha.isFinite ? "--lora-rank" : "--lora-alpha"
-            throw ConfigError(flag: flag, problem: "is not usable for this model (\(error))",
-                              fix: flag == "--lora-rank" ? "choose a rank between 1 and the smallest adapted dimension" : "use a positive alpha")
+        let smallest = targets.map { min($0.shape(C: nEmbd).input, $0.shape(C: nEmbd).output) }.min()!
+        guard loraRank <= smallest else {
+            throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank), larger than \(smallest), the smallest dimension of the adapted maps "
+                              + "(n_embd \(nEmbd))", fix: "use a rank from 1 to \(smallest); low rank is the point (4 to 64 is usual)")
+        }
+        guard loraAlpha > 0 && loraAlpha.isFinite else {
+            throw ConfigError(flag: "--lora-alpha", problem: "is \(loraAlpha)", fix: "use a positive scale numerator, e.g. 16")
         }
         guard !initFrom.isEmpty else {
             throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank) without --init-from",

@@ -56,21 +56,52 @@ struct Ckpt: ParsableCommand {
 
 /// `tessera export`: weights for other tools.
 struct Export: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Export weights as Hugging Face GPT-2 safetensors.")
+    static let configuration = CommandConfiguration(
+        abstract: "Export weights as Hugging Face GPT-2 safetensors, or LoRA adapters in PEFT's format.")
     @Argument(help: "A checkpoint (or run) directory, or a model.bin.") var path: String
-    @Option(help: "Output format (safetensors).") var format: String = "safetensors"
-    @Option(help: "Directory for model.safetensors and config.json.") var out: String
+    @Option(help: "safetensors (a GPT2LMHeadModel directory) or peft (a LoRA run's adapters: adapter_config.json + adapter_model.safetensors).")
+    var format: String = "safetensors"
+    @Flag(help: "For a LoRA run: write the base with the adapters merged in (W + alpha/r · B·A) as GPT-2 safetensors.")
+    var mergeLora = false
+    @Option(help: "Output directory.") var out: String
     @Option(help: "f32 or bf16.") var dtype: String = "f32"
 
     func validate() throws {
-        guard format == "safetensors" else { throw ValidationError("--format: only 'safetensors' is supported, got '\(format)'") }
+        guard format == "safetensors" || format == "peft" else {
+            throw ValidationError("--format must be safetensors or peft, got '\(format)'")
+        }
         guard SafetensorsExport.DType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32 or bf16") }
+        guard !(mergeLora && format == "peft") else {
+            throw ValidationError("--merge-lora writes GPT-2 safetensors: drop --format peft, or drop --merge-lora to write the adapters")
+        }
     }
 
     func run() throws {
         do {
+            let dtype = SafetensorsExport.DType(rawValue: self.dtype)!
+            let adapters = path.hasSuffix(".bin") ? nil : try LoRACheckpoint.read(path)
+            if format == "peft" || mergeLora || adapters != nil {
+                guard let adapters else {
+                    throw ConfigError(flag: format == "peft" ? "--format peft" : "--merge-lora", problem: "needs a LoRA run, and \(path) trained the whole model",
+                                      fix: "export it with --format safetensors (the default)")
+                }
+                if format == "peft" {
+                    let names = try SafetensorsExport.writePEFT(adapters.lora, adapters: adapters.values.pointer, model: adapters.model,
+                                                                base: adapters.run.initFrom, to: out, dtype: dtype)
+                    print("exported \(names.count) adapter tensors (rank \(adapters.lora.rank), alpha \(adapters.lora.alpha)) to "
+                          + "\(out)/adapter_model.safetensors and \(out)/adapter_config.json; base: \(adapters.run.initFrom)")
+                    return
+                }
+                guard mergeLora else {
+                    throw ConfigError(flag: "--format", problem: "safetensors of \(path), which holds LoRA adapters, needs a choice",
+                                      fix: "pass --merge-lora (the base with the adapters merged in) or --format peft (the adapters alone)")
+                }
+                let names = try SafetensorsExport.write(try adapters.merged(checkpoint: path), to: out, dtype: dtype)
+                print("exported \(names.count) tensors, LoRA merged, to \(out)/model.safetensors (\(dtype)) and \(out)/config.json")
+                return
+            }
             let model = path.hasSuffix(".bin") ? try ModelFile.read(from: path) : try ModelFile.fromCheckpoint(path)
-            let names = try SafetensorsExport.write(model, to: out, dtype: SafetensorsExport.DType(rawValue: dtype)!)
+            let names = try SafetensorsExport.write(model, to: out, dtype: dtype)
             print("exported \(names.count) tensors to \(out)/model.safetensors (\(dtype)) and \(out)/config.json")
         } catch { fail(error) }
     }

@@ -61,8 +61,15 @@ struct Train: ParsableCommand {
 
     /// Flags given on the command line override `base`.
     func apply(to base: TrainConfig) throws -> TrainConfig {
+        if let r = options.loraRank, r <= 0 {
+            throw ConfigError(flag: "--lora-rank", problem: "is \(r)",
+                              fix: "use a positive rank such as 8, or leave out --lora-rank to train the whole model")
+        }
         var c = base
         options.write(into: &c)
+        // A LoRA run reads its base again on resume and for eval/export: keep where it is
+        // independent of the working directory.
+        if c.loraRank > 0 && !c.initFrom.isEmpty { c.initFrom = URL(fileURLWithPath: c.initFrom).standardizedFileURL.path }
         return c
     }
 
