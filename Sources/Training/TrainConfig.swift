@@ -243,7 +243,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 extension TrainConfig {
     /// LoRA's flags: a positive rank below the adapted maps' dimensions, known targets, a
     /// base to adapt.
-    func validateLoRA() throws(ConfigError) {
+    public func validateLoRA() throws(ConfigError) {
         guard loraRank != 0 else { return }
         guard loraRank > 0 else {
             throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank)", fix: "use 0 (no LoRA) or a positive rank such as 8")

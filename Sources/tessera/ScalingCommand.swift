@@ -175,6 +175,8 @@ struct MemoryCmd: ParsableCommand {
     @Option(help: "Micro-batch (sequences) for the activation estimate.") var microBatch: Int?
     @Option(help: "Sequence length for the activation estimate.") var seq: Int?
     @Option(help: "With --model and --micro-batch: the recompute mode of the trainer's plan.") var recompute: Recompute = .none
+    @Option(help: "With --model: LoRA adapters of this rank on a frozen base (0: full training).") var loraRank: Int = 0
+    @Option(help: "With --lora-rank: the adapted maps (attn, attn-proj, mlp, mlp-proj).") var loraTargets: String = "attn"
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -195,9 +197,14 @@ struct MemoryCmd: ParsableCommand {
             try ScalingError.positive(psi, "--params")
             let stages = zero.map { [$0] } ?? ZeroStage.allCases
             let rows = try stages.map { try MemoryModel.perRank(params: Int(psi), world: world, stage: $0, precision: precision, activations: act) }
+            let lora = try loraRows(stages: stages, psi: Int(psi), activations: act)
             if json {
                 var out = Dictionary(uniqueKeysWithValues: zip(stages.map { "zero\($0.rawValue)" }, rows.map { PlanOrRow.row($0) }))
                 for p in plans { out["plan_zero\(p.stage.rawValue)"] = .plan(p) }
+                if let lora {
+                    for (st, r) in zip(stages, lora.rows) { out["lora_zero\(st.rawValue)"] = .row(r) }
+                    out["lora_adapters"] = .count(lora.adapters)
+                }
                 try printJSON(out); return
             }
             print("per-rank memory for \(count(psi)) parameters on \(world) rank(s), \(precision.rawValue)")
@@ -205,6 +212,17 @@ struct MemoryCmd: ParsableCommand {
                 [st.name, bytes(r.parameters), bytes(r.gradients), bytes(r.optimizer),
                  r.activations > 0 ? bytes(r.activations) : "-", bytes(r.total)]
             })
+            if let lora {
+                print("LoRA rank \(loraRank) on \(loraTargets): \(count(Double(lora.adapters))) trainable adapter parameters; "
+                      + "the base is frozen in \(precision.rawValue), without gradients or optimizer state")
+                table([["mode", "parameters", "gradients", "optimizer", "activations", "total", "grad+optim vs full"]]
+                      + zip(stages, zip(lora.rows, rows)).map { st, pair in
+                    let (r, f) = pair
+                    return [st.name, bytes(r.parameters), bytes(r.gradients), bytes(r.optimizer),
+                            r.activations > 0 ? bytes(r.activations) : "-", bytes(r.total),
+                            String(format: "%.2f%%", 100 * Double(r.gradients + r.optimizer) / Double(f.gradients + f.optimizer))]
+                })
+            }
             guard !plans.isEmpty else { return }
             print("the trainer's plan (train --dry-run), micro-batch \(microBatch ?? 0), recompute \(recompute.rawValue): "
                   + "adds working buffers, 16-bit copies, collective temporaries, saving and the runtime")
@@ -214,12 +232,30 @@ struct MemoryCmd: ParsableCommand {
         }
     }
 
+    /// With `--lora-rank`: the adapters' count and each stage's bytes with a frozen base.
+    private func loraRows(stages: [ZeroStage], psi: Int, activations: Int) throws -> (adapters: Int, rows: [MemoryEstimate])? {
+        guard loraRank != 0 else { return nil }
+        guard let m = model else { throw ScalingError("--lora-rank", "needs the model's shape", "pass --model PRESET or a run's config.json") }
+        let s = try ModelShape.parse(m, vocabSize: vocab) { FileManager.default.contents(atPath: $0).map(Array.init) }
+        var c = TrainConfig()
+        c.nLayer = s.nLayer; c.nHead = s.nHead; c.nEmbd = s.nEmbd; c.blockSize = s.blockSize; c.bias = s.bias
+        c.loraRank = loraRank; c.loraTargets = loraTargets; c.initFrom = m
+        do { try c.validateLoRA() } catch { throw ScalingError(error.flag, error.problem, error.fix) }
+        let adapters = c.lora!.parameterCount(for: c.model(vocabSize: s.vocabSize))
+        // The same (ZeRO paper's) accounting as the full-training rows, for the adapters.
+        return (adapters, try stages.map {
+            try MemoryModel.lora(base: psi, adapters: adapters, world: world, stage: $0, precision: precision,
+                                 basePrecision: precision, activations: activations)
+        })
+    }
+
     /// The trainer's own plan (`MemoryPlan`) for each stage asked for: one memory model for
     /// `train` and this calculator.
     private func trainerPlans(_ s: ModelShape, microBatch b: Int) -> [MemoryPlan] {
         var c = TrainConfig()
         c.nLayer = s.nLayer; c.nHead = s.nHead; c.nEmbd = s.nEmbd; c.blockSize = seq ?? s.blockSize; c.bias = s.bias
         c.microBatch = b; c.batchSize = b * world; c.precision = precision; c.recompute = recompute
+        c.loraRank = loraRank; c.loraTargets = loraTargets
         return (zero.map { [$0] } ?? ZeroStage.allCases).map { stage in
             c.zero = stage
             return MemoryPlan.make(config: c, vocabSize: s.vocabSize, worldSize: world, ranksPerNode: 1, threads: 1)
@@ -228,9 +264,13 @@ struct MemoryCmd: ParsableCommand {
 
     /// A JSON value of either model.
     enum PlanOrRow: Encodable {
-        case row(MemoryEstimate), plan(MemoryPlan)
+        case row(MemoryEstimate), plan(MemoryPlan), count(Int)
         func encode(to encoder: Encoder) throws {
-            switch self { case .row(let r): try r.encode(to: encoder); case .plan(let p): try p.encode(to: encoder) }
+            switch self {
+            case .row(let r): try r.encode(to: encoder)
+            case .plan(let p): try p.encode(to: encoder)
+            case .count(let n): var c = encoder.singleValueContainer(); try c.encode(n)
+            }
         }
     }
 }

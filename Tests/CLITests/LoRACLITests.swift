@@ -157,6 +157,28 @@ final class LoRACLITests: XCTestCase {
         }
     }
 
+    /// The calculator for GPT-2 (124M) with rank-8 adapters on both attention maps: a few
+    /// tenths of a percent of full fine-tuning's gradient and optimizer bytes.
+    func testScalingMemoryWithLoRA() throws {
+        let r = try tessera(["scaling", "memory", "--model", "gpt2", "--lora-rank", "8", "--lora-targets", "attn,attn-proj", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let A = 12 * 8 * ((768 + 2304) + (768 + 768)), psi = 124_439_808
+        XCTAssertEqual(json["lora_adapters"] as? Int, A)
+        let full = json["zero0"] as! [String: Int], lora = json["lora_zero0"] as! [String: Int]
+        XCTAssertEqual(lora["gradients"], 4 * A)
+        XCTAssertEqual(lora["optimizer"], 8 * A)
+        XCTAssertEqual(lora["parameters"], 4 * (psi + A))
+        let share = Double(lora["gradients"]! + lora["optimizer"]!) / Double(full["gradients"]! + full["optimizer"]!)
+        XCTAssertLessThan(share, 0.05)
+        XCTAssertEqual(share, Double(A) / Double(psi), accuracy: 1e-12)
+        let text = try tessera(["scaling", "memory", "--model", "gpt2", "--lora-rank", "8", "--lora-targets", "attn,attn-proj"])
+        XCTAssertTrue(text.stdout.contains("0.36%"), text.stdout)
+        let bad = try tessera(["scaling", "memory", "--params", "1e6", "--lora-rank", "8"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("--model"), bad.stderr)
+    }
+
     // MARK: Under every strategy
 
     func loraArgs(_ data: String, _ out: String, steps: Int = 12) -> [String] {
@@ -187,6 +209,10 @@ final class LoRACLITests: XCTestCase {
             XCTAssertEqual(m["parameters"] as? Int, 4 * (stage == 3 ? S + SB : A + base), "stage \(stage): adapters + frozen base")
             let predicted = m["predicted"] as! [String: Int]
             for key in ["parameters", "gradients", "optimizer"] { XCTAssertEqual(predicted[key], m[key] as? Int, "stage \(stage) \(key)") }
+            // The trainer's plan (what `train --dry-run` and `scaling memory` print) is what it held.
+            let plan = m["plan"] as! [String: Any]
+            for key in ["parameters", "gradients", "optimizer", "activations"] { XCTAssertEqual(plan[key] as? Int, m[key] as? Int, "plan \(key)") }
+            XCTAssertEqual(plan["working"] as? Int, (m["working"] as! [String: Int]).values.reduce(0, +), "plan working")
         }
         print("LoRA on 2 ranks vs one process: largest relative loss difference \(worst)")
 
