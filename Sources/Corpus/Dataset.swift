@@ -21,10 +21,13 @@ public struct Dataset: Sendable {
     public let tokenizer: Tokenizer?
     /// Ids the model must embed.
     public let vocabSize: Int
+    /// How packed instruction data was laid out (nil for plain token streams): windows start
+    /// at row boundaries, targets follow the loss mask, examples are separate documents.
+    public let packing: Packing?
 
     /// Wraps shards already open.
-    public init(train: TokenSplit, val: TokenSplit, tokenizer: Tokenizer?, vocabSize: Int) {
-        self.train = train; self.val = val; self.tokenizer = tokenizer; self.vocabSize = vocabSize
+    public init(train: TokenSplit, val: TokenSplit, tokenizer: Tokenizer?, vocabSize: Int, packing: Packing? = nil) {
+        self.train = train; self.val = val; self.tokenizer = tokenizer; self.vocabSize = vocabSize; self.packing = packing
     }
 
     /// Convenience for one shard per split.
@@ -88,7 +91,24 @@ public struct Dataset: Sendable {
                                         fix: "pass the --vocab-size the data was tokenized with")
             }
         }
-        return Dataset(train: TokenSplit(train), val: TokenSplit(val), tokenizer: tokenizer, vocabSize: vocab)
+        let packing = try packing(directory: files.directory, shards: all)
+        return Dataset(train: TokenSplit(train), val: TokenSplit(val), tokenizer: tokenizer, vocabSize: vocab, packing: packing)
+    }
+
+    /// A packed directory's layout, with each shard's loss mask attached and its length checked.
+    private static func packing(directory: String, shards: [TokenShard]) throws(DataError) -> Packing? {
+        let url = URL(fileURLWithPath: directory).appendingPathComponent(Packing.file)
+        guard let data = try? Data(contentsOf: url) else { return nil }
+        guard let p = try? JSONDecoder().decode(Packing.self, from: data), p.blockSize >= 1 else {
+            throw DataError.malformed(path: url.path, problem: "not a packing description; re-run `tessera prepare --format prompt-completion`")
+        }
+        for s in shards {
+            guard s.count % p.blockSize == 1 else {
+                throw DataError.malformed(path: s.path, problem: "holds \(s.count) tokens, not rows of \(p.blockSize) plus one")
+            }
+            try s.attachLossMask(String(s.path.dropLast(".bin".count)) + ".mask")
+        }
+        return p
     }
 
     /// The shard files of a dataset path.

@@ -21,6 +21,9 @@ public enum InputFormat: String, Sendable, CaseIterable {
     case txt
     /// One JSON object per line, its text under `--text-field`.
     case jsonl
+    /// One example per JSON line, a prompt and a completion: packed rows with a loss mask
+    /// that counts only completions (`InstructionData`).
+    case promptCompletion = "prompt-completion"
 }
 
 /// Streams the documents of files, directories and stdin as pieces of bounded size: memory

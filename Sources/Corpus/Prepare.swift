@@ -20,6 +20,9 @@ public struct PrepareOptions: Sendable {
     public var format: InputFormat = .auto
     public var textField = "text"
     public var splitOn: String?
+    /// `prompt-completion`: the JSON fields of an example, and the rows' length.
+    public var promptField = "prompt", completionField = "completion"
+    public var blockSize: Int?
     public var threads = ProcessInfo.processInfo.activeProcessorCount
 
     public init(inputs: [String], output: String) { self.inputs = inputs; self.output = output }
@@ -59,6 +62,7 @@ public enum Prepare {
             reader.splitOn = re
         }
         let files = try reader.files()
+        if o.format == .promptCompletion { return try prepareInstructions(o, files: files).0 }
         let tokenizer = try makeTokenizer(o, reader: reader, files: files)
         guard tokenizer.vocabSize <= Int(Int32.max) else { throw DataError.vocabTooLarge(vocab: tokenizer.vocabSize) }
 
@@ -75,6 +79,27 @@ public enum Prepare {
             try writeTokenizer(tokenizer, into: staging)
             try install(staging, at: out)
             return summary
+        } catch {
+            try? FileManager.default.removeItem(at: staging)
+            throw error
+        }
+    }
+
+    /// `--format prompt-completion` (see `InstructionData`), staged like any dataset.
+    public static func prepareInstructions(_ o: PrepareOptions, files: [String]) throws(DataError) -> (PrepareSummary, Packing) {
+        let out = URL(fileURLWithPath: o.output)
+        try checkOutput(out)
+        let staging = out.deletingLastPathComponent()
+            .appendingPathComponent(".\(out.lastPathComponent).prepare-\(ProcessInfo.processInfo.processIdentifier)")
+        try? FileManager.default.removeItem(at: staging)
+        do { try FileManager.default.createDirectory(at: staging, withIntermediateDirectories: true) } catch {
+            throw DataError.missing(path: staging.path, fix: "make the output's parent directory writable")
+        }
+        do {
+            let (summary, packing, tokenizer) = try InstructionData.prepare(o, files: files, into: staging)
+            try writeTokenizer(tokenizer, into: staging)
+            try install(staging, at: out)
+            return (summary, packing)
         } catch {
             try? FileManager.default.removeItem(at: staging)
             throw error
@@ -181,7 +206,8 @@ public enum Prepare {
     /// Files a data directory may hold; an output directory with anything else is refused.
     static func isDatasetFile(_ name: String) -> Bool {
         name == Dataset.tokenizerFile || name == "vocab.json" || name == "merges.txt" || name == "train.bin" || name == "val.bin"
-            || ((name.hasPrefix("train_") || name.hasPrefix("val_")) && name.hasSuffix(".bin"))
+            || name == Packing.file
+            || ((name.hasPrefix("train_") || name.hasPrefix("val_")) && (name.hasSuffix(".bin") || name.hasSuffix(".mask")))
     }
 
     private static func checkOutput(_ out: URL) throws(DataError) {

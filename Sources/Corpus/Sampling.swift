@@ -28,14 +28,17 @@ public struct BatchSampler: Sendable {
     public let batchSize: Int
     /// How windows are drawn.
     public let mode: Sampling
+    /// Whether windows start only at multiples of `blockSize` (packed rows); random draws
+    /// then pick a row.
+    public let rowAligned: Bool
 
     /// Creates a sampler.
-    public init(seed: UInt64, blockSize: Int, batchSize: Int = 1, mode: Sampling = .random) {
-        self.seed = seed; self.blockSize = blockSize; self.batchSize = batchSize; self.mode = mode
+    public init(seed: UInt64, blockSize: Int, batchSize: Int = 1, mode: Sampling = .random, rowAligned: Bool = false) {
+        self.seed = seed; self.blockSize = blockSize; self.batchSize = batchSize; self.mode = mode; self.rowAligned = rowAligned
     }
 
-    /// Valid random window starts in a shard.
-    private func randomStarts(_ s: TokenShard) -> Int { max(0, s.count - blockSize) }
+    /// Valid random window starts in a shard (rows, when aligned).
+    private func randomStarts(_ s: TokenShard) -> Int { rowAligned ? sequentialWindows(s) : max(0, s.count - blockSize) }
     /// Non-overlapping windows (with their one extra target token) in a shard.
     private func sequentialWindows(_ s: TokenShard) -> Int { max(0, (s.count - 1) / blockSize) }
 
@@ -51,7 +54,8 @@ public struct BatchSampler: Sendable {
         switch mode {
         case .random:
             let h = SplitMix64.hash(seed, which.rawValue, UInt64(batch), UInt64(index))
-            return split.locate(Int(h % UInt64(total)), perShard: randomStarts)
+            let (shard, start) = split.locate(Int(h % UInt64(total)), perShard: randomStarts)
+            return (shard, rowAligned ? start * blockSize : start)
         case .sequential:
             let (shard, w) = split.locate((batch * batchSize + index) % total, perShard: sequentialWindows)
             return (shard, w * blockSize)
@@ -63,8 +67,9 @@ public struct BatchSampler: Sendable {
         Double(batch * batchSize) / Double(max(1, windows(in: split)))
     }
 
-    /// Fills `x` and `y` (each `indices.count × blockSize`) with inputs and next-token targets,
-    /// and hands the pages read back to the kernel. Throws on an id outside the vocabulary.
+    /// Fills `x` and `y` (each `indices.count × blockSize`) with inputs and next-token targets
+    /// (−1 where a loss mask says the target does not count), and hands the pages read back to
+    /// the kernel. Throws on an id outside the vocabulary.
     public func fill(x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>, split: TokenSplit,
                      which: Dataset.Split, batch: Int, indices: some Collection<Int>, vocabSize: Int) throws(DataError) {
         let T = blockSize
@@ -74,6 +79,7 @@ public struct BatchSampler: Sendable {
             let last = shard[s + T]
             (y + row * T).update(from: x + row * T + 1, count: T - 1)
             y[row * T + T - 1] = Int32(bitPattern: last)
+            shard.maskTargets(y + row * T, first: s + 1, count: T)
             shard.release(from: s, count: T + 1)
             if Int(max(top, last)) >= vocabSize {
                 throw DataError.invalid(path: shard.path, problem: "a window at token \(s) holds id \(max(top, last)), outside the vocabulary of \(vocabSize)",

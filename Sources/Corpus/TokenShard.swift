@@ -36,6 +36,9 @@ public final class TokenShard: @unchecked Sendable {
     public let declaredVocab: Int
     private let tokens: UnsafeRawPointer
     private let mapping: (base: UnsafeMutableRawPointer, length: Int)?
+    /// Packed instruction data's loss mask, one byte per token (1: the token is a target
+    /// that counts), memory-mapped; nil for plain text, where every target counts.
+    public private(set) var lossMask: Data?
 
     /// Wraps tokens held in memory (tests and synthetic benchmark data).
     public init(tokens: [UInt16], vocabSize: Int, path: String = "<memory>") {
@@ -59,6 +62,26 @@ public final class TokenShard: @unchecked Sendable {
     @inline(__always) public subscript(i: Int) -> UInt32 {
         width == 2 ? UInt32(UInt16(littleEndian: tokens.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
                    : UInt32(littleEndian: tokens.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))
+    }
+
+    /// Attaches the loss mask in `path` (`prepare --format prompt-completion` wrote it).
+    public func attachLossMask(_ path: String) throws(DataError) {
+        guard let d = try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) else {
+            throw DataError.missing(path: path, fix: "the shard's loss mask is missing: re-run `tessera prepare --format prompt-completion`")
+        }
+        guard d.count == count else {
+            throw DataError.malformed(path: path, problem: "holds \(d.count) mask bytes for \(count) tokens in \(self.path)")
+        }
+        lossMask = d
+    }
+
+    /// Sets `targets[t]` to −1 (ignored by the loss) where the token at `first + t` does not
+    /// count as a target; nothing without a loss mask.
+    public func maskTargets(_ targets: UnsafeMutablePointer<Int32>, first: Int, count n: Int) {
+        guard let lossMask else { return }
+        lossMask.withUnsafeBytes { m in
+            for t in 0..<n where m.load(fromByteOffset: first + t, as: UInt8.self) == 0 { targets[t] = -1 }
+        }
     }
 
     /// Copies `n` tokens from `start` as Int32 and returns the largest.

@@ -19,6 +19,10 @@ import Kernels
 /// task's scratch, so the kernel runs in parallel whatever the format, and 16-bit formats get
 /// fp32 probabilities in P·V. Each task's arithmetic does not depend on which thread runs it,
 /// so results are reproducible and recomputation gives the same bits.
+///
+/// With `starts` (packed documents: the first position of the document each position is in)
+/// a query also ignores keys before its document's start: key blocks wholly before every
+/// query's document are skipped, as blocks above the diagonal are.
 public enum FusedAttention {
     /// Rows per query block and per key block (equal, so the diagonal falls inside one pair).
     public static let block = 128
@@ -38,7 +42,8 @@ public enum FusedAttention {
     public static func forward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                                                  qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
                                                  B: Int, T: Int, C: Int, NH: Int, workers: Int,
-                                                 dropout: DropoutPass? = nil, layer: Int = 0) {
+                                                 dropout: DropoutPass? = nil, layer: Int = 0,
+                                                 starts: UnsafePointer<Int32>? = nil) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot()
         ParallelFor.tasks(B * NH * nb, workers: workers) { task, worker in
@@ -54,7 +59,10 @@ public enum FusedAttention {
             rowMax.update(repeating: -.infinity, count: nq)
             rowSum.update(repeating: 0, count: nq)
             o.update(repeating: 0, count: nq * hs)
-            for kb in 0...qb {
+            // Starts only grow along a row: the block's first query has the earliest.
+            let rowStarts = starts.map { $0 + b * T + t0 }
+            let firstBlock = rowStarts.map { Int($0[0]) / block } ?? 0
+            for kb in firstBlock...qb {
                 let s0 = kb * block, nk = min(block, T - s0)
                 let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
                 let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
@@ -62,10 +70,13 @@ public enum FusedAttention {
                            b: k.base, ldb: k.ld, beta: 0, c: s, ldc: block)
                 for i in 0..<nq {
                     let row = s + i * block
-                    let seen = kb == qb ? i + 1 : nk   // keys this query may attend to
+                    let seen = kb == qb ? i + 1 : nk   // keys this query may attend to: lo..<seen
+                    let lo = rowStarts.map { max(0, Int($0[i]) - s0) } ?? 0
+                    if lo >= seen { row.update(repeating: 0, count: nk); continue }   // all before its document
                     var mx = rowMax[i]
-                    for j in 0..<seen { mx = max(mx, row[j]) }
-                    let sum = Vector.expShiftSum(row, seen, shift: mx)
+                    for j in lo..<seen { mx = max(mx, row[j]) }
+                    let sum = Vector.expShiftSum(row + lo, seen - lo, shift: mx)
+                    if lo > 0 { row.update(repeating: 0, count: lo) }
                     if seen < nk { (row + seen).update(repeating: 0, count: nk - seen) }
                     let correction = fexp(rowMax[i] - mx)   // 0 on the first block (max was −∞)
                     rowSum[i] = rowSum[i] * correction + sum
@@ -98,7 +109,8 @@ public enum FusedAttention {
                                                   out: UnsafePointer<F.Element>, lse: UnsafePointer<Float>,
                                                   qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
                                                   B: Int, T: Int, C: Int, NH: Int, workers: Int,
-                                                  dropout: DropoutPass? = nil, layer: Int = 0) {
+                                                  dropout: DropoutPass? = nil, layer: Int = 0,
+                                                  starts: UnsafePointer<Int32>? = nil) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot()
         ParallelFor.tasks(B * NH, workers: workers) { bh, worker in
@@ -131,6 +143,8 @@ public enum FusedAttention {
                 dv.update(repeating: 0, count: nk * hs)
                 for qb in kb..<nb {
                     let t0 = qb * block, nq = min(block, T - t0)
+                    let rowStarts = starts.map { $0 + b * T + t0 }
+                    if let rowStarts, Int(rowStarts[0]) >= s0 + nk { continue }   // every query's document starts later
                     let q = Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
                     let g = Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
                     Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
@@ -138,7 +152,9 @@ public enum FusedAttention {
                     for i in 0..<nq {
                         let row = p + i * block
                         let seen = kb == qb ? i + 1 : nk
-                        _ = Vector.expShiftSum(row, seen, shift: rowLSE[t0 + i])
+                        let lo = min(seen, rowStarts.map { max(0, Int($0[i]) - s0) } ?? 0)
+                        _ = Vector.expShiftSum(row + lo, seen - lo, shift: rowLSE[t0 + i])
+                        if lo > 0 { row.update(repeating: 0, count: lo) }
                         if seen < nk { (row + seen).update(repeating: 0, count: nk - seen) }
                     }
                     // dP = dO·Vᵀ ; dS = P ⊙ (dP − D)/√hs (zero where P is: above the diagonal).

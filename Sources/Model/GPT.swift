@@ -27,6 +27,10 @@ public final class GPT {
     public let lora: LoRAConfig?
     /// The adapters' flat layout (unit for unit with `layout`); nil without LoRA.
     public let adapterLayout: ParameterLayout?
+    /// Packed instruction data's `<|endoftext|>`: each sequence is then several documents,
+    /// each starting after one, with positions from 0 and attention only within it (fused
+    /// attention). nil: every sequence is one document.
+    public var documentSeparator: Int32?
     /// The layer sequence in that format.
     private let body: any ModelBody
 
@@ -103,7 +107,7 @@ public final class GPT {
             pass = DropoutPass(dropout: dropout, keys: keys)
         }
         return body.forward(tokens: tokens, targets: inTargets == nil ? nil : UnsafePointer(targets), B: B, T: T,
-                            params: params, adapters: adapters, dropout: pass)
+                            params: params, adapters: adapters, dropout: pass, separator: documentSeparator)
     }
 
     /// Logits of sequence `b` at position `t` after a forward without targets.
@@ -131,7 +135,8 @@ protocol ModelBody: AnyObject {
     var logits: UnsafeMutablePointer<Float> { get }
     func reserve(B: Int, T: Int, recompute: Recompute)
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
-                 params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?) -> (sum: Double, count: Int)
+                 params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?,
+                 separator: Int32?) -> (sum: Double, count: Int)
     func backward(lossScale: Float, tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, B: Int, T: Int,
                   params: ParameterProvider)
 }

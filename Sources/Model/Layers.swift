@@ -16,9 +16,18 @@ public enum Layers {
     public static func embeddingForward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>,
                                                           tokens: UnsafePointer<Int32>,
                                                           wte: UnsafePointer<F.Element>, wpe: UnsafePointer<F.Element>,
-                                                          B: Int, T: Int, C: Int) {
+                                                          B: Int, T: Int, C: Int, starts: UnsafePointer<Int32>? = nil) {
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * C) { rows in
             let scratch = rows.baseAddress!
+            if let starts {   // packed documents: positions restart at each document
+                for r in 0..<(B * T) {
+                    let position = F.widened(wpe + (r % T - Int(starts[r])) * C, scratch: scratch, C)
+                    let token = F.widened(wte + Int(tokens[r]) * C, scratch: scratch + C, C)
+                    let o = out + r * C
+                    for i in 0..<C { o[i] = token[i] + position[i] }
+                }
+                return
+            }
             for t in 0..<T {
                 let position = F.widened(wpe + t * C, scratch: scratch, C)
                 for b in 0..<B {
@@ -33,12 +42,12 @@ public enum Layers {
     /// Scatters `dout` into the token and position embedding gradients.
     public static func embeddingBackward(dwte: UnsafeMutablePointer<Float>, dwpe: UnsafeMutablePointer<Float>,
                                          dout: UnsafePointer<Float>, tokens: UnsafePointer<Int32>,
-                                         B: Int, T: Int, C: Int) {
+                                         B: Int, T: Int, C: Int, starts: UnsafePointer<Int32>? = nil) {
         for b in 0..<B {
             for t in 0..<T {
                 let d = dout + (b * T + t) * C
                 let e = dwte + Int(tokens[b * T + t]) * C
-                let p = dwpe + t * C
+                let p = dwpe + (t - Int(starts?[b * T + t] ?? 0)) * C
                 for i in 0..<C { e[i] += d[i]; p[i] += d[i] }
             }
         }

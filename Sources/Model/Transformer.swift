@@ -22,6 +22,10 @@ final class Transformer<F: ComputeFormat> {
     let lora: LoRABranch<F>?
     /// The adapters' provider during a pass (nil without LoRA).
     private var adapters: ParameterProvider?
+    /// Packed documents of the current pass: each position's document start (nil: one
+    /// document per row), and its capacity.
+    private var starts: UnsafeMutablePointer<Int32>?
+    private var startCapacity = 0
     /// How attention is computed.
     let attentionKernel: AttentionKernel
     private(set) var activations: Activations<F>?
@@ -101,9 +105,12 @@ final class Transformer<F: ComputeFormat> {
     /// counted positions and their number, leaving probabilities for `backward`. `adapters`
     /// provides the LoRA parameters (required with LoRA, `params` then being the frozen base).
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
-                 params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?) -> (sum: Double, count: Int) {
+                 params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?,
+                 separator: Int32?) -> (sum: Double, count: Int) {
         precondition((lora == nil) == (adapters == nil), "a LoRA model needs its adapters' provider, and only it does")
+        precondition(separator == nil || attentionKernel == .fused, "packed documents need the fused attention kernel")
         pass = dropout
+        markDocuments(tokens, B: B, T: T, separator: separator)
         self.adapters = adapters
         params.beginForward()
         adapters?.beginForward()
@@ -114,7 +121,7 @@ final class Transformer<F: ComputeFormat> {
 
         let emb = acquire(params, unit: 0)
         Layers.embeddingForward(F.self, out: a.residual[0].pointer, tokens: tokens, wte: emb.matrix(0),
-                                wpe: emb.matrix(at.wpe), B: B, T: T, C: C)
+                                wpe: emb.matrix(at.wpe), B: B, T: T, C: C, starts: starts)
         params.releaseParameters(unit: 0)
         pass?.apply(a.residual[0].pointer, B: B, T: T, C: C, site: .embedding, layer: 0)
 
@@ -188,7 +195,7 @@ final class Transformer<F: ComputeFormat> {
         case .fused:
             FusedAttention.forward(F.self, out: y, lse: a.lse[l].pointer, qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
                                    B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
-                                   dropout: pass, layer: l)
+                                   dropout: pass, layer: l, starts: starts)
         case .unfused:
             precondition(pass == nil, "dropout needs the fused attention kernel")
             Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer, scores: a.scores.pointer,
@@ -217,6 +224,30 @@ final class Transformer<F: ComputeFormat> {
             F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: pre, n: BT * 4 * config.nEmbd)
         }
     }
+
+    /// With a separator, where each position's document starts: after every separator token a
+    /// new document begins, whose positions count from 0 and whose queries see none of the
+    /// earlier documents' keys (packed examples computed as if alone). Without one, nil.
+    private func markDocuments(_ tokens: UnsafePointer<Int32>, B: Int, T: Int, separator: Int32?) {
+        guard let separator else { starts = nil; return }
+        if B * T > startCapacity {
+            starts?.deallocate()
+            startCapacity = B * T
+            starts = .allocate(capacity: startCapacity)
+        } else if starts == nil {
+            starts = .allocate(capacity: max(startCapacity, 1))
+        }
+        let s = starts!
+        for b in 0..<B {
+            var start: Int32 = 0
+            for t in 0..<T {
+                if t > 0 && tokens[b * T + t - 1] == separator { start = Int32(t) }
+                s[b * T + t] = start
+            }
+        }
+    }
+
+    deinit { starts?.deallocate() }
 
     /// LayerNorm of `N` rows of `x` kept in `F` in `out` (statistics in fp32 for backward).
     private func normalize(_ x: UnsafePointer<Float>, into out: AlignedBuffer<F.Element>, mean: FloatBuffer,
@@ -324,7 +355,8 @@ final class Transformer<F: ComputeFormat> {
             case .fused:
                 FusedAttention.backward(F.self, dqkv: dqkv, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
                                         qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
-                                        B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l)
+                                        B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l,
+                                        starts: starts)
             case .unfused:
                 Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
                                          scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
@@ -343,7 +375,7 @@ final class Transformer<F: ComputeFormat> {
 
         if let gE = gEmb.base {
             pass?.apply(dres, B: B, T: T, C: C, site: .embedding, layer: 0)
-            Layers.embeddingBackward(dwte: gE, dwpe: gE + at.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C)
+            Layers.embeddingBackward(dwte: gE, dwpe: gE + at.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C, starts: starts)
         }
         produced(0)
     }

@@ -38,7 +38,8 @@ public enum Evaluation {
 
     /// Mean loss over the whole split, its windows spread over the ranks (window i on rank
     /// i mod N), `batch` windows per forward pass. Every rank must hold the same weights.
-    public static func whole(model file: ModelFile, split: TokenSplit, name: String, batch: Int, comm: Communicator) throws -> EvalResult {
+    public static func whole(model file: ModelFile, split: TokenSplit, name: String, batch: Int, comm: Communicator,
+                             separator: Int32? = nil) throws -> EvalResult {
         let T = file.config.blockSize, V = file.config.vocabSize
         let all = windows(of: split, blockSize: T)
         guard !all.isEmpty else {
@@ -46,7 +47,7 @@ public enum Evaluation {
         }
         let mine = stride(from: comm.rank, to: all.count, by: comm.size).map { all[$0] }
         let lengths = file.tokenizer?.byteLengths(vocabSize: V)
-        let runner = Runner(file: file, rows: batch, T: T)
+        let runner = Runner(file: file, rows: batch, T: T, separator: separator)
         var nats = 0.0, counted = 0, bytes = 0
         // Full windows in batches; a shard's shorter last window alone.
         var i = 0
@@ -63,7 +64,8 @@ public enum Evaluation {
                     throw DataError.invalid(path: w.shard.path, problem: "a window at token \(w.start) holds id \(top), outside the model's vocabulary of \(V)",
                                             fix: "evaluate on data prepared with the model's tokenizer")
                 }
-                if let lengths { for t in 0..<len { bytes += lengths[Int(runner.y[r * len + t])] } }
+                w.shard.maskTargets(runner.y + r * len, first: w.start + 1, count: len)
+                if let lengths { for t in 0..<len where runner.y[r * len + t] >= 0 { bytes += lengths[Int(runner.y[r * len + t])] } }
             }
             let (sum, count) = runner.loss(B: rows, T: len)
             nats += sum; counted += count
@@ -81,23 +83,25 @@ public enum Evaluation {
     /// The number `train` reports as its validation loss: `batches` global batches drawn by
     /// `sampler` from `split` (sample i of each on rank i mod N), `micro` rows per pass.
     public static func asTrainer(model file: ModelFile, split: TokenSplit, name: String, sampler: BatchSampler, batches: Int,
-                                 micro: Int, comm: Communicator) throws -> EvalResult {
+                                 micro: Int, comm: Communicator, separator: Int32? = nil) throws -> EvalResult {
         let T = sampler.blockSize
         let indices = Array(stride(from: comm.rank, to: sampler.batchSize, by: comm.size))
-        let runner = Runner(file: file, rows: micro, T: T)
-        var nats = 0.0
+        let runner = Runner(file: file, rows: micro, T: T, separator: separator)
+        var nats = 0.0, counted = 0
         for j in 0..<batches {
             for lo in stride(from: 0, to: indices.count, by: micro) {
                 let chunk = indices[lo..<min(indices.count, lo + micro)]
                 try sampler.fill(x: runner.x, y: runner.y, split: split, which: name == "train" ? .train : .val, batch: j,
                                  indices: chunk, vocabSize: file.config.vocabSize)
-                nats += runner.loss(B: chunk.count, T: T).sum
+                let f = runner.loss(B: chunk.count, T: T)
+                nats += f.sum
+                counted += f.count
             }
         }
-        var total = [nats]
+        var total = [nats, Double(counted)]
         try comm.allReduce(&total, label: "all-reduce of evaluation sums")
-        let tokens = batches * sampler.batchSize * T
-        let loss = total[0] / Double(tokens)
+        let tokens = Int(total[1])
+        let loss = total[0] / max(total[1], 1)
         return EvalResult(split: name, loss: loss, perplexity: exp(loss), bitsPerByte: nil, tokens: tokens, bytes: nil,
                           windows: batches * sampler.batchSize, blockSize: T, ranks: comm.size, mode: "trainer")
     }
@@ -107,8 +111,9 @@ public enum Evaluation {
         let model: GPT, flat: FlatParameters, noGradients = FloatBuffer(count: 0)
         let x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
 
-        init(file: ModelFile, rows: Int, T: Int) {
+        init(file: ModelFile, rows: Int, T: Int, separator: Int32?) {
             model = GPT(config: file.config)
+            model.documentSeparator = separator
             flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
             x = .allocate(capacity: rows * T); y = .allocate(capacity: rows * T)
         }

@@ -73,7 +73,7 @@ extension Trainer {
         frozen?.waitSeconds = 0
         comm.sentElements = 0
         comm.sentBytes = 0
-        var lossSum = 0.0
+        var lossSum = 0.0, counted = 0
         var fwd = 0.0, bwd = 0.0
         var i = 0
         while i < myIndices.count {
@@ -85,8 +85,10 @@ extension Trainer {
                 for (r, sample) in chunk.enumerated() { keys[r] = Dropout.sequenceKey(seed: config.seed, step: step, sample: sample) }
             }
             let a = MPIClock.now()
-            lossSum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters,
-                                     adapters: modelAdapters, sequenceKeys: config.dropout > 0 ? keys : nil).sum
+            let f = model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters,
+                                  adapters: modelAdapters, sequenceKeys: config.dropout > 0 ? keys : nil)
+            lossSum += f.sum
+            counted += f.count
             let b = MPIClock.now()
             model.backward(lossScale: lossScale, params: modelParameters)
             bwd += MPIClock.now() - b
@@ -112,8 +114,9 @@ extension Trainer {
         // finite (an fp16 overflow, or divergence or corrupted arithmetic in any precision).
         let overflowHere = !lossSum.isFinite || !strategy.localGradientsFinite()
         // ... and whether any rank has been asked to stop (a signal reaches ranks at different
-        // times; agreeing here makes every rank stop after the same step).
-        var reduced = [lossSum, overflowHere ? 1 : 0, Double(Preemption.pending)]
+        // times; agreeing here makes every rank stop after the same step), and how many
+        // targets counted (all of them, unless a loss mask leaves prompts out).
+        var reduced = [lossSum, overflowHere ? 1 : 0, Double(Preemption.pending), Double(counted)]
         try comm.allReduce(&reduced, op: .sum, label: "all-reduce of the loss, overflow and stop flags")
         stopRequested = reduced[2] > 0 ? Int32(Preemption.pending == 0 ? SIGTERM : Preemption.pending) : 0
         let lr = schedule.lr(at: step)
@@ -129,14 +132,17 @@ extension Trainer {
         }
         badInARow = skipped == true && scaler == nil ? badInARow + 1 : 0
         if skipped != true {
-            norm = try strategy.gradientSquaredNorm().squareRoot() / scale
-            let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale)
+            // Backward scaled by 1/(tokens in the batch), before the count of targets that
+            // count was known: a loss mask's mean over fewer targets is `r` times that.
+            let r = Double(tokensPerStep) / max(reduced[3], 1)
+            norm = try strategy.gradientSquaredNorm().squareRoot() / scale * r
+            let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale / r)
             // The AdamW step count is the number of updates applied (skipped steps excluded).
             try strategy.optimizerStep(step: step + 1 - skippedSteps, lr: Float(lr), clip: clip)
         }
         if let f = config.flipAt, f.step == step + 1, f.rank == comm.rank { strategy.corruptReplicaForTesting() }
         let t1 = MPIClock.now()
-        var m = StepMetrics(step: step + 1, loss: reduced[0] / Double(tokensPerStep), val_loss: nil, lr: lr,
+        var m = StepMetrics(step: step + 1, loss: reduced[0] / max(reduced[3], 1), val_loss: nil, lr: lr,
                            grad_norm: norm, tokens_per_s: Double(tokensPerStep) / (t1 - t0), ms_per_step: (t1 - t0) * 1000,
                            ms_forward: fwd * 1000, ms_backward: bwd * 1000,
                            ms_comm_wait: (strategy.commWaitSeconds + (frozen?.waitSeconds ?? 0)) * 1000, ms_optimizer: (t1 - o0) * 1000,
@@ -153,7 +159,7 @@ extension Trainer {
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
     public func evaluate(batchOffset: Int) throws -> Double {
         let T = config.blockSize
-        var sum = 0.0
+        var sum = 0.0, counted = 0
         for j in 0..<config.evalSteps {
             var i = 0
             while i < myIndices.count {
@@ -161,13 +167,15 @@ extension Trainer {
                 i += chunk.count
                 try sampler.fill(x: x, y: y, split: data.val, which: .val, batch: batchOffset + j, indices: chunk,
                                  vocabSize: data.vocabSize)
-                sum += model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters,
-                                     adapters: modelAdapters).sum
+                let f = model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters, adapters: modelAdapters)
+                sum += f.sum
+                counted += f.count
             }
         }
-        var r = [sum]
+        // Over the targets that count: all of them, unless a loss mask leaves prompts out.
+        var r = [sum, Double(counted)]
         try comm.allReduce(&r, label: "all-reduce of validation loss")
-        return r[0] / Double(config.evalSteps * tokensPerStep)
+        return r[0] / max(r[1], 1)
     }
 
     /// Saves the full training state after `completedSteps` optimizer steps.

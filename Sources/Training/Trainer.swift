@@ -85,8 +85,18 @@ public final class Trainer {
         self.config = config
         self.comm = comm
         data = dataset
+        if let p = dataset.packing {
+            guard p.blockSize == config.blockSize else {
+                throw ConfigError(flag: "--block-size", problem: "is \(config.blockSize) but \(config.data) is packed in rows of \(p.blockSize) tokens",
+                                  fix: "train with --block-size \(p.blockSize), or prepare the examples again with --block-size \(config.blockSize)")
+            }
+            guard config.attention == .fused else {
+                throw ConfigError(flag: "--attention", problem: "is unfused, and packed examples need attention that stops at each example's start",
+                                  fix: "drop --attention unfused (the fused kernel keeps packed examples apart)")
+            }
+        }
         sampler = BatchSampler(seed: config.seed, blockSize: config.blockSize, batchSize: config.batchSize,
-                               mode: config.sampling)
+                               mode: config.sampling, rowAligned: dataset.packing != nil)
         // Weights to start from: the run takes their vocabulary (the data's ids must fit it).
         // LoRA's base is read on resume too: checkpoints hold only the adapters.
         let lora = config.lora
@@ -98,6 +108,7 @@ public final class Trainer {
         let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler, vocabSize: initial?.config.vocabSize)
         model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention,
                     dropout: Float(config.dropout), lora: lora)
+        model.documentSeparator = dataset.packing.map { Int32($0.separator) }
         schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,

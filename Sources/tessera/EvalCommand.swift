@@ -51,13 +51,20 @@ struct Eval: ParsableCommand {
                                   fix: "evaluate on data prepared with the model's tokenizer")
             }
             let tokens = split == "train" ? dataset.train : dataset.val
+            if let p = dataset.packing, p.blockSize != file.config.blockSize {
+                throw ConfigError(flag: "--data", problem: "\(path) is packed in rows of \(p.blockSize) tokens, the model's context is \(file.config.blockSize)",
+                                  fix: "evaluate on data prepared with --block-size \(file.config.blockSize)")
+            }
+            let separator = dataset.packing.map { Int32($0.separator) }
             let result: EvalResult
             if asTrainer, let c = trainConfig {
-                let sampler = BatchSampler(seed: c.seed, blockSize: c.blockSize, batchSize: c.batchSize, mode: c.sampling)
+                let sampler = BatchSampler(seed: c.seed, blockSize: c.blockSize, batchSize: c.batchSize, mode: c.sampling,
+                                           rowAligned: dataset.packing != nil)
                 result = try Evaluation.asTrainer(model: file, split: tokens, name: split, sampler: sampler,
-                                                  batches: evalSteps ?? c.evalSteps, micro: c.microBatchSize(worldSize: comm.size), comm: comm)
+                                                  batches: evalSteps ?? c.evalSteps, micro: c.microBatchSize(worldSize: comm.size), comm: comm,
+                                                  separator: separator)
             } else {
-                result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm)
+                result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator)
             }
             if comm.rank == 0 {
                 if json {
