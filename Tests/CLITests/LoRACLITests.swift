@@ -47,6 +47,7 @@ final class LoRACLITests: XCTestCase {
         XCTAssertEqual(ours.count, ref.logits.count)
         let worst = zip(ours, ref.logits).map { abs($0 - $1) }.max()!
         XCTAssertLessThan(worst, 1e-4, "tessera vs PEFT logits")
+        print("tessera vs PEFT logits: largest difference \(worst)")
         // The adapters matter: the base alone is far from PEFT's logits.
         let plain = GPT(config: base.config)
         plain.forward(tokens: ref.ids.flatMap { $0 }, targets: nil, B: B, T: T, params: flat)
@@ -110,6 +111,7 @@ final class LoRACLITests: XCTestCase {
         }
         XCTAssertEqual(changed, 2 * (48 * 16 + 16 * 16), "c_attn and attn.c_proj of both blocks")
         XCTAssertLessThan(worst, 1e-6, "merged = base + (alpha/r)·B·A")
+        print("merged export vs base + (alpha/r)·B·A: largest difference \(worst)")
         // model.bin, eval and generate see the merged model.
         XCTAssertEqual(try modelParameters(run), merged.parameters.toArray())
 
