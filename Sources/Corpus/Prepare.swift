@@ -66,28 +66,26 @@ public enum Prepare {
         let tokenizer = try makeTokenizer(o, reader: reader, files: files)
         guard tokenizer.vocabSize <= Int(Int32.max) else { throw DataError.vocabTooLarge(vocab: tokenizer.vocabSize) }
 
-        let out = URL(fileURLWithPath: o.output)
-        try checkOutput(out)
-        let staging = out.deletingLastPathComponent()
-            .appendingPathComponent(".\(out.lastPathComponent).prepare-\(ProcessInfo.processInfo.processIdentifier)")
-        try? FileManager.default.removeItem(at: staging)
-        do { try FileManager.default.createDirectory(at: staging, withIntermediateDirectories: true) } catch {
-            throw DataError.missing(path: staging.path, fix: "make the output's parent directory writable")
-        }
-        do {
+        return try staged(o.output) { staging throws(DataError) in
             let summary = try encode(o, reader: reader, tokenizer: tokenizer, into: staging)
             try writeTokenizer(tokenizer, into: staging)
-            try install(staging, at: out)
             return summary
-        } catch {
-            try? FileManager.default.removeItem(at: staging)
-            throw error
         }
     }
 
     /// `--format prompt-completion` (see `InstructionData`), staged like any dataset.
     public static func prepareInstructions(_ o: PrepareOptions, files: [String]) throws(DataError) -> (PrepareSummary, Packing) {
-        let out = URL(fileURLWithPath: o.output)
+        try staged(o.output) { staging throws(DataError) in
+            let (summary, packing, tokenizer) = try InstructionData.prepare(o, files: files, into: staging)
+            try writeTokenizer(tokenizer, into: staging)
+            return (summary, packing)
+        }
+    }
+
+    /// Runs `body` on a staging directory beside `output`, then installs what it wrote there
+    /// as the dataset: a failure leaves the output directory as it was.
+    private static func staged<T>(_ output: String, _ body: (URL) throws(DataError) -> T) throws(DataError) -> T {
+        let out = URL(fileURLWithPath: output)
         try checkOutput(out)
         let staging = out.deletingLastPathComponent()
             .appendingPathComponent(".\(out.lastPathComponent).prepare-\(ProcessInfo.processInfo.processIdentifier)")
@@ -96,10 +94,9 @@ public enum Prepare {
             throw DataError.missing(path: staging.path, fix: "make the output's parent directory writable")
         }
         do {
-            let (summary, packing, tokenizer) = try InstructionData.prepare(o, files: files, into: staging)
-            try writeTokenizer(tokenizer, into: staging)
+            let result = try body(staging)
             try install(staging, at: out)
-            return (summary, packing)
+            return result
         } catch {
             try? FileManager.default.removeItem(at: staging)
             throw error

@@ -25,21 +25,8 @@ final class GradientCheckTests: XCTestCase {
             let idx = (0..<spec.count).sorted { abs(analytic[spec.offset + $0]) > abs(analytic[spec.offset + $1]) }
             let picks = Array(idx.prefix(2)) + [rng.next(below: spec.count), rng.next(below: spec.count)]
             for k in picks {
-                let i = spec.offset + k
-                let saved = h.params[i]
-                let eps: Float = 1e-2
-                h.params[i] = saved + eps
-                let up = h.loss(tokens, targets, B: B, T: T)
-                h.params[i] = saved - eps
-                let down = h.loss(tokens, targets, B: B, T: T)
-                h.params[i] = saved
-                let numeric = (up - down) / Double(2 * eps)
-                let a = Double(analytic[i])
-                let scale = max(abs(a), abs(numeric))
-                if scale > 1e-3 {
-                    XCTAssertLessThan(abs(a - numeric) / scale, 1e-2, "\(spec.name)[\(k)]: analytic \(a) numeric \(numeric)")
-                } else {
-                    XCTAssertLessThan(abs(a - numeric), 2e-5, "\(spec.name)[\(k)]: analytic \(a) numeric \(numeric)")
+                checkElement(h.params, spec.offset + k, analytic: analytic[spec.offset + k], "\(spec.name)[\(k)]") {
+                    h.loss(tokens, targets, B: B, T: T)
                 }
                 checked += 1
             }

@@ -1,5 +1,6 @@
 import Kernels
 import Model
+import XCTest
 
 /// A model plus owned parameter/gradient buffers for tests.
 final class Harness {
@@ -58,4 +59,29 @@ func atEveryISA(_ body: (ISA) throws -> Void) rethrows {
         precondition(CPU.isa == level)
         try body(level)
     }
+}
+
+/// An analytic gradient element against a central difference: 1% relative where either is
+/// above 1e-3, else 2e-5 absolute (float32 noise of the difference quotient).
+func assertGradient(_ analytic: Double, _ numeric: Double, _ label: @autoclosure () -> String,
+                    file: StaticString = #filePath, line: UInt = #line) {
+    let scale = max(abs(analytic), abs(numeric))
+    if scale > 1e-3 {
+        XCTAssertLessThan(abs(analytic - numeric) / scale, 1e-2, "\(label()): analytic \(analytic) numeric \(numeric)", file: file, line: line)
+    } else {
+        XCTAssertLessThan(abs(analytic - numeric), 2e-5, "\(label()): analytic \(analytic) numeric \(numeric)", file: file, line: line)
+    }
+}
+
+/// Checks element `i` of `values` (whose analytic gradient is `analytic`) against the central
+/// difference of `loss` with the element moved by ±1e-2.
+func checkElement(_ values: FloatBuffer, _ i: Int, analytic: Float, _ label: @autoclosure () -> String,
+                  loss: () -> Double, file: StaticString = #filePath, line: UInt = #line) {
+    let saved = values[i], eps: Float = 1e-2
+    values[i] = saved + eps
+    let up = loss()
+    values[i] = saved - eps
+    let down = loss()
+    values[i] = saved
+    assertGradient(Double(analytic), (up - down) / Double(2 * eps), label(), file: file, line: line)
 }
