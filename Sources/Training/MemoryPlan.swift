@@ -45,8 +45,11 @@ public struct MemoryPlan: Codable, Sendable {
         let layout = ParameterLayout(shape)
         // With LoRA only the adapters train; the frozen base adds its values and gather buffers.
         let trained = config.lora?.layout(for: shape) ?? layout
-        var m = predictedMemory(stage: config.zero, layout: trained, worldSize: n, reduce: config.effectiveReduceDtype,
+        // A local SGD worker's strategy is a world of one, beside the outer loop's buffers.
+        let local = config.syncEvery > 0
+        var m = predictedMemory(stage: config.zero, layout: trained, worldSize: local ? 1 : n, reduce: config.effectiveReduceDtype,
                                 compute: config.precision)
+        if local { m.working[LocalSGD.workingName] = LocalSGD.bytes(count: trained.count, ranks: n, dtype: config.syncDtype) }
         if config.lora != nil {
             let f = predictedFrozenMemory(stage: config.zero, layout: layout, worldSize: n, compute: config.precision)
             m.parameters += f.parameters
@@ -90,7 +93,9 @@ public struct MemoryPlan: Codable, Sendable {
         // 0.4 GB per rank on the gpt2 shape). ZeRO-2/3 reduce one unit at a time: the largest.
         let wireBytes = config.effectiveReduceDtype.bytes
         let inFlight = config.zero.shardsGradients ? max(trained.units[0].count, trained.largestNonEmbeddingUnit) : psi
-        let collectives = n > 1 ? wireBytes * inFlight : 0
+        // Local SGD's one blocking collective at a synchronisation: the deltas on the wire.
+        let deltaBytes = config.syncDtype == .fp32 ? 4 : config.syncDtype == .bf16 ? 2 : 1
+        let collectives = n <= 1 ? 0 : local ? deltaBytes * psi : wireBytes * inFlight
         let save = max(snapshot + 2 * frameBytes, 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
         // ZeRO stages reduce-scatter gradients (ZeRO-2/3 after every micro-step) and all-gather
@@ -108,8 +113,18 @@ public struct MemoryPlan: Codable, Sendable {
         // LoRA's frozen base at stage 3 is gathered like trainable parameters, never reduced.
         let baseRing = Double(layout.count) * Double(n - 1) / Double(n)
         let baseGathered = config.lora != nil && config.zero == .three ? 2 * baseRing * steps : 0
-        let sentElements = Int(reduced + gathered + baseGathered)
-        let sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held) + baseGathered * held)
+        var sentElements = Int(reduced + gathered + baseGathered)
+        var sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held) + baseGathered * held)
+        if local {
+            // One synchronisation per `syncEvery` steps, averaged over them: an all-reduce of
+            // the deltas (fp32, bf16), or all-gathers of int8 codes and per-block scales.
+            let blocks = Double((psi + LocalSGD.block - 1) / LocalSGD.block)
+            let perSync = config.syncDtype == .int8 ? (blocks * Double(LocalSGD.block) + 4 * blocks) * Double(n - 1)
+                : 2 * ring * Double(deltaBytes)
+            sentBytes = Int(perSync / Double(config.syncEvery))
+            sentElements = Int((config.syncDtype == .int8 ? blocks * Double(LocalSGD.block + 1) * Double(n - 1) : 2 * ring)
+                               / Double(config.syncEvery))
+        }
         let tokens = Double(config.batchSize * config.blockSize)
         // A frozen base costs 4 FLOPs per parameter and token (no weight gradients), as the trainer counts.
         let computed = config.lora == nil ? Double(psi) : Double(layout.count) * 4 / 6 + Double(psi)

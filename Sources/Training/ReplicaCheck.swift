@@ -27,7 +27,7 @@ extension Trainer {
             for v in values { counts[v, default: 0] += 1 }
             let most = counts.values.max()!
             let right = counts[values[0]] == most ? values[0] : values.first { counts[$0] == most }!
-            throw ReplicaDivergence(step: step, tensor: model.layout.tensors[t].name,
+            throw ReplicaDivergence(step: step, tensor: strategy.layout.tensors[t].name,
                                     ranks: (0..<n).filter { values[$0] != right }, agreeing: counts[right]!, world: n)
         }
     }

@@ -41,9 +41,11 @@ final class RunReporter {
                                              precision: strategy.parameterPrecision, basePrecision: t.config.precision,
                                              gradientBytes: 4)
         } else {
-            predicted = try MemoryModel.perRank(params: psi, world: world, stage: strategy.stage,
+            // A local SGD worker holds what one process does, plus the outer loop's buffers.
+            predicted = try MemoryModel.perRank(params: psi, world: t.localSGD == nil ? world : 1, stage: strategy.stage,
                                                 precision: strategy.parameterPrecision, gradientBytes: 4)
         }
+        if let local = t.localSGD { mem.working[LocalSGD.workingName] = local.bytes }
         let activations = t.model.activationBytes.total
         var report = MemoryFile(psi: psi, world: world, zero: strategy.stage.rawValue, rank: 0,
                                 parameters: mem.parameters, gradients: mem.gradients, optimizer: mem.optimizer,

@@ -47,6 +47,13 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var gemm = GemmPolicy.auto
     // Parallelism
     public var zero = ZeroStage.ddp
+    /// Local SGD (DiLoCo): ranks train alone and synchronise every N steps (0: every step,
+    /// synchronous data parallelism).
+    public var syncEvery = 0
+    /// DiLoCo's outer optimizer: SGD with Nesterov momentum on the averaged deltas.
+    public var outerLR = 0.7, outerMomentum = 0.9
+    /// How the deltas travel.
+    public var syncDtype = SyncDType.bf16
     public var bucketMB = 25.0
     public var commTimeout = 300.0
     // Checkpoints
@@ -92,7 +99,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
-             threads, gemm, zero, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
+             threads, gemm, zero, syncEvery, outerLR, outerMomentum, syncDtype, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
@@ -122,6 +129,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
         try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
+        try get(.syncEvery, &syncEvery); try get(.outerLR, &outerLR); try get(.outerMomentum, &outerMomentum); try get(.syncDtype, &syncDtype)
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume); try get(.initFrom, &initFrom)
@@ -232,6 +240,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(debugFlipBit.isEmpty || flipAt != nil, "--debug-flip-bit", "is \(debugFlipBit)", "use STEP:RANK")
         try need((0...1024).contains(threads), "--threads", "is \(threads)", "use 0 (automatic) or a count up to 1024")
         try validateLoRA()
+        try validateLocalSGD()
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
                  "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "
@@ -265,6 +274,27 @@ extension TrainConfig {
             throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank) without --init-from",
                               fix: "LoRA adapts trained weights: pass --init-from HF_DIR|RUN|CKPT|model.bin")
         }
+    }
+}
+
+extension TrainConfig {
+    /// Local SGD's flags: a positive period, each rank its own (unsharded) worker, evaluations
+    /// at synchronisations (when every rank holds the same weights).
+    func validateLocalSGD() throws(ConfigError) {
+        guard syncEvery != 0 else { return }
+        func need(_ ok: Bool, _ flag: String, _ what: String, _ fix: String) throws(ConfigError) {
+            if !ok { throw ConfigError(flag: flag, problem: what, fix: fix) }
+        }
+        try need(syncEvery > 0, "--sync-every", "is \(syncEvery)", "use a positive number of inner steps, e.g. 50 (leave it out for synchronous training)")
+        try need(zero == .ddp, "--sync-every", "is \(syncEvery) with --zero \(zero.rawValue)",
+                 "local SGD runs every rank as its own worker holding the whole model: use --zero 0")
+        try need(outerLR > 0 && outerLR.isFinite, "--outer-lr", "is \(outerLR)", "use a positive outer learning rate (DiLoCo: 0.7)")
+        try need(outerMomentum >= 0 && outerMomentum < 1, "--outer-momentum", "is \(outerMomentum)", "use a value in [0, 1) (DiLoCo: 0.9)")
+        try need(evalEvery % syncEvery == 0, "--eval-every", "is \(evalEvery), not a multiple of --sync-every \(syncEvery)",
+                 "evaluate at synchronisations, when every rank holds the same weights: use a multiple of \(syncEvery) (or 0)")
+        try need(saveEvery == 0 && resume.isEmpty, saveEvery != 0 ? "--save-every" : "--resume",
+                 "is not available with --sync-every: checkpoints of local SGD (each rank's inner AdamW state and the outer momentum) are not built yet",
+                 "train without --save-every/--resume; the run ends with model.bin of the synchronised weights")
     }
 }
 

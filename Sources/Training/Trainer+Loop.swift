@@ -29,7 +29,10 @@ extension Trainer {
                 result.valLosses.append((step + 1, v))
             }
             reporter?.stepDone(m, step: step, elapsed: MPIClock.now() - start)
-            if config.checkReplicas > 0 && (step + 1) % config.checkReplicas == 0 { try checkReplicas(afterStep: step + 1) }
+            // Under local SGD the ranks agree only right after a synchronisation.
+            if config.checkReplicas > 0 && (step + 1) % config.checkReplicas == 0 && (localSGD == nil || synchronizes(step)) {
+                try checkReplicas(afterStep: step + 1)
+            }
             if badInARow >= config.maxBadSteps {
                 // Skipped steps left the parameters as the last good step did: save them.
                 try saveCheckpoint(completedSteps: step + 1)
@@ -51,8 +54,12 @@ extension Trainer {
             try checkpointer.finishPending(wait: false)
             if config.saveEvery > 0 && (step + 1) % config.saveEvery == 0 { try saveCheckpoint(completedSteps: step + 1) }
         }
-        try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
-        try checkpointer.finishPending(wait: true)
+        if localSGD == nil {
+            try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
+            try checkpointer.finishPending(wait: true)
+        } else if isCoordinator {
+            log("tessera: local SGD writes no checkpoint (not built yet); model.bin holds the synchronised weights")
+        }
         result.seconds = MPIClock.now() - start
         var peak = [Benchmark.peakRSSMB() * 1_048_576]
         try comm.allReduce(&peak, op: .max, label: "all-reduce of peak resident memory")
@@ -133,12 +140,21 @@ extension Trainer {
         badInARow = skipped == true && scaler == nil ? badInARow + 1 : 0
         if skipped != true {
             // Backward scaled by 1/(tokens in the batch), before the count of targets that
-            // count was known: a loss mask's mean over fewer targets is `r` times that.
-            let r = Double(tokensPerStep) / max(reduced[3], 1)
+            // count was known: a loss mask's mean over fewer targets is `r` times that. A
+            // local SGD worker averages over its own targets.
+            let r = Double(tokensPerStep) / max(localSGD == nil ? reduced[3] : Double(counted), 1)
             norm = try strategy.gradientSquaredNorm().squareRoot() / scale * r
             let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale / r)
             // The AdamW step count is the number of updates applied (skipped steps excluded).
             try strategy.optimizerStep(step: step + 1 - skippedSteps, lr: Float(lr), clip: clip)
+        }
+        if let localSGD, synchronizes(step) {
+            let values = FloatBuffer(count: strategy.layout.count)
+            try strategy.gatherParameters(into: values.pointer)
+            localSGD.waitSeconds = 0
+            try localSGD.synchronize(values.pointer)
+            strategy.loadParameters(from: values.pointer)
+            strategy.commWaitSeconds += localSGD.waitSeconds
         }
         if let f = config.flipAt, f.step == step + 1, f.rank == comm.rank { strategy.corruptReplicaForTesting() }
         let t1 = MPIClock.now()
@@ -155,6 +171,9 @@ extension Trainer {
         if config.sampling == .sequential { m.epoch = (sampler.epoch(batch: step + 1, split: data.train) * 1000).rounded() / 1000 }
         return m
     }
+
+    /// Whether local SGD synchronises after `step` (0-based): every `syncEvery` steps and at the end.
+    func synchronizes(_ step: Int) -> Bool { (step + 1) % config.syncEvery == 0 || step + 1 == config.maxSteps }
 
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
     public func evaluate(batchOffset: Int) throws -> Double {

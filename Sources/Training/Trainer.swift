@@ -37,6 +37,8 @@ public final class Trainer {
     public let strategy: TrainingStrategy
     /// LoRA's frozen base (nil when the whole model trains).
     public let frozen: FrozenParameters?
+    /// Local SGD's outer loop (`--sync-every`); the strategy is then each rank's own.
+    public let localSGD: LocalSGD?
     let sampler: BatchSampler
     let schedule: CosineSchedule
     /// Where progress lines go (rank 0 only); tests silence it.
@@ -113,9 +115,14 @@ public final class Trainer {
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
                          weightDecay: Float(config.weightDecay))
-        strategy = makeStrategy(stage: config.zero, layout: model.adapterLayout ?? model.layout, comm: comm, adam: adam,
+        // Local SGD: every rank is a worker of its own between synchronisations.
+        strategy = makeStrategy(stage: config.zero, layout: model.adapterLayout ?? model.layout,
+                                comm: config.syncEvery > 0 ? LocalCommunicator() : comm, adam: adam,
                                 bucketBytes: Int(config.bucketMB * 1_048_576), reduce: config.effectiveReduceDtype,
                                 compute: config.precision)
+        localSGD = config.syncEvery > 0
+            ? LocalSGD(count: strategy.layout.count, comm: comm, outerLR: Float(config.outerLR),
+                       momentum: Float(config.outerMomentum), dtype: config.syncDtype) : nil
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
         micro = config.microBatchSize(worldSize: comm.size)
         x = .allocate(capacity: micro * config.blockSize)
@@ -155,6 +162,11 @@ public final class Trainer {
         } else {
             frozen = nil
             try resume(from: URL(fileURLWithPath: config.resume))
+        }
+        if let localSGD {
+            let start = FloatBuffer(count: strategy.layout.count)
+            try strategy.gatherParameters(into: start.pointer)
+            localSGD.start(from: start.pointer)
         }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
         model.reserve(B: micro, T: config.blockSize)

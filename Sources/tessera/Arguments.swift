@@ -14,3 +14,4 @@ extension GemmPolicy: ExpressibleByArgument {}
 extension Sampling: ExpressibleByArgument {}
 extension Tokenizer.Kind: ExpressibleByArgument {}
 extension InputFormat: ExpressibleByArgument {}
+extension SyncDType: ExpressibleByArgument {}

@@ -61,6 +61,10 @@ struct Train: ParsableCommand {
 
     /// Flags given on the command line override `base`.
     func apply(to base: TrainConfig) throws -> TrainConfig {
+        if let h = options.syncEvery, h <= 0 {
+            throw ConfigError(flag: "--sync-every", problem: "is \(h)",
+                              fix: "use a positive number of inner steps such as 50, or leave out --sync-every for synchronous training")
+        }
         if let r = options.loraRank, r <= 0 {
             throw ConfigError(flag: "--lora-rank", problem: "is \(r)",
                               fix: "use a positive rank such as 8, or leave out --lora-rank to train the whole model")

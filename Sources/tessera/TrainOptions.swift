@@ -63,6 +63,11 @@ struct TrainOptions: ParsableArguments {
 
     // MARK: Parallelism and precision
     @Option(help: "ZeRO stage (0 = DDP).") var zero: ZeroStage?
+    @Option(help: "Local SGD (DiLoCo): each rank takes N inner steps alone, then the ranks average their parameter deltas and take an outer step.")
+    var syncEvery: Int?
+    @Option(name: .customLong("outer-lr"), help: "Local SGD: the outer Nesterov SGD's learning rate.") var outerLR: Double?
+    @Option(help: "Local SGD: the outer optimizer's momentum.") var outerMomentum: Double?
+    @Option(help: "Local SGD: how deltas travel (fp32, bf16, int8 with a scale per 256 values).") var syncDtype: SyncDType?
     @Option(name: .customLong("bucket-mb"), help: "DDP/ZeRO-1 gradient bucket size in MiB.") var bucketMB: Double?
     @Option(help: "Seconds a collective may wait before the watchdog aborts the job.") var commTimeout: Double?
     @Option(help: "Compute precision of matmuls and saved activations (master weights and optimizer stay fp32).") var precision: Precision?
@@ -99,7 +104,8 @@ struct TrainOptions: ParsableArguments {
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
-        set(\.zero, zero); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
+        set(\.zero, zero); set(\.syncEvery, syncEvery); set(\.outerLR, outerLR); set(\.outerMomentum, outerMomentum)
+        set(\.syncDtype, syncDtype); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
         set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
