@@ -130,10 +130,12 @@ public enum CheckpointReader {
     public static func verify(directory: URL) throws -> Manifest {
         let m = try manifest(directory: directory)
         for f in m.files { try verify(directory: directory, entry: f) }
-        for v in StateVector.allCases.map(\.rawValue) {
-            let covered = m.files.flatMap(\.frames).filter { $0.vector == v }.reduce(0) { $0 + $1.count }
-            guard covered == m.parameterCount else {
-                throw CheckpointError(directory.path, "vector \(v) covers \(covered) of \(m.parameterCount) elements",
+        for v in StateVector.allCases {
+            let covered = m.files.flatMap(\.frames).filter { $0.vector == v.rawValue }.reduce(0) { $0 + $1.count }
+            // Optional vectors are absent or complete; a local one once per rank file.
+            let needed = v.isLocal ? m.worldSize * m.parameterCount : m.parameterCount
+            guard covered == needed || (covered == 0 && !StateVector.required.contains(v)) else {
+                throw CheckpointError(directory.path, "vector \(v.rawValue) covers \(covered) of \(needed) elements",
                                       "the checkpoint is incomplete; resume from another one")
             }
         }
@@ -173,10 +175,17 @@ public enum CheckpointReader {
 
         public init(directory: URL, manifest: Manifest) { self.directory = directory; self.manifest = manifest }
 
-        public func read(_ state: StateVector, range: Range<Int>, into dest: UnsafeMutablePointer<Float>) throws {
+        /// Whether the checkpoint holds `state` at all (optional vectors may be absent).
+        public func holds(_ state: StateVector) -> Bool {
+            manifest.files.contains { $0.frames.contains { $0.vector == state.rawValue } }
+        }
+
+        /// `rank` picks whose copy of a local vector to read (required for those).
+        public func read(_ state: StateVector, range: Range<Int>, into dest: UnsafeMutablePointer<Float>, rank: Int? = nil) throws {
             let vector = state.rawValue
+            precondition(!state.isLocal || rank != nil, "a local vector is read from one rank's file")
             var filled = 0
-            for entry in manifest.files {
+            for entry in manifest.files where !state.isLocal || entry.rank == rank {
                 for f in entry.frames where f.vector == vector {
                     let lo = max(f.start, range.lowerBound), hi = min(f.start + f.count, range.upperBound)
                     guard lo < hi else { continue }

@@ -117,6 +117,9 @@ public typealias StateReader = (StateVector, Range<Int>, UnsafeMutablePointer<Fl
 public struct StatePiece: @unchecked Sendable {
     public var vector: StateVector, start: Int, count: Int
     public var pointer: UnsafePointer<Float>
+    public init(vector: StateVector, start: Int, count: Int, pointer: UnsafePointer<Float>) {
+        self.vector = vector; self.start = start; self.count = count; self.pointer = pointer
+    }
 }
 
 /// The three pieces of `shard.mine` given base pointers that address element `mine.lowerBound`.

@@ -1,6 +1,10 @@
 // MARK: - StateVector
 
 /// The flat vectors a checkpoint holds, each `Ψ` fp32 values in parameter-layout order.
+///
+/// Every checkpoint holds `required`, each element once across the rank files. Local SGD
+/// (`--sync-every`) adds the outer momentum (likewise sharded over the rank files) and each
+/// rank's own inner AdamW moments (`isLocal`: every rank file holds all Ψ elements of its own).
 public enum StateVector: String, CaseIterable, Codable, Sendable {
     /// The fp32 (master) parameters.
     case params = "params"
@@ -8,4 +12,15 @@ public enum StateVector: String, CaseIterable, Codable, Sendable {
     case adamM = "adam.m"
     /// AdamW's second moment.
     case adamV = "adam.v"
+    /// Local SGD: the outer optimizer's momentum.
+    case outerMomentum = "outer.momentum"
+    /// Local SGD: this rank's own inner AdamW moments.
+    case localAdamM = "local.adam.m"
+    case localAdamV = "local.adam.v"
+
+    /// The vectors of every checkpoint.
+    public static let required: [StateVector] = [.params, .adamM, .adamV]
+
+    /// Whether each rank file holds the whole vector, its rank's own.
+    public var isLocal: Bool { self == .localAdamM || self == .localAdamV }
 }

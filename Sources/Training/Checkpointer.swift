@@ -55,8 +55,9 @@ final class Checkpointer {
 
     /// Saves the training state after `step` completed optimizer steps: the strategy's
     /// vectors, and a manifest of everything else a resume needs.
+    /// `pieces` replaces the strategy's own (local SGD adds vectors the strategy does not know).
     func save(step: Int, config: TrainConfig, model: GPTConfig, layout: ParameterLayout, tokenizer: Tokenizer?,
-              scaler: DynamicLossScaler?, skippedSteps: Int, strategy: TrainingStrategy) throws {
+              scaler: DynamicLossScaler?, skippedSteps: Int, strategy: TrainingStrategy, pieces: [StatePiece]? = nil) throws {
         let cfg = try JSONDecoder().decode([String: JSONValue].self, from: JSONEncoder().encode(config))
         let shape: [String: JSONValue] = [
             "nLayer": .unsigned(UInt64(model.nLayer)), "nHead": .unsigned(UInt64(model.nHead)),
@@ -73,20 +74,20 @@ final class Checkpointer {
             compressionLevel: config.ckptLevel, tensors: tensors, files: [])
         let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
         manifest.tokenizer = try tokenizer.map { String(decoding: try enc.encode($0), as: UTF8.self) }
-        try save(manifest: manifest, strategy: strategy)
+        try save(manifest: manifest, pieces: pieces ?? strategy.statePieces())
     }
 
-    /// Starts (async) or performs (sync) a save of `strategy`'s state described by `manifest`.
-    private func save(manifest: Manifest, strategy: TrainingStrategy) throws {
+    /// Starts (async) or performs (sync) a save of `pieces` described by `manifest`.
+    private func save(manifest: Manifest, pieces: [StatePiece]) throws {
         let t0 = MPIClock.now()
-        do { try performSave(manifest: manifest, strategy: strategy) } catch let e as CommError { throw e } catch {
+        do { try performSave(manifest: manifest, pieces: pieces) } catch let e as CommError { throw e } catch {
             throw SaveFailure(underlying: error)
         }
         log(String(format: "checkpoint: step %d: training blocked %.0f ms by the save (%@)", manifest.step,
                    (MPIClock.now() - t0) * 1000, async ? "async: snapshot only" : "sync"))
     }
 
-    private func performSave(manifest: Manifest, strategy: TrainingStrategy) throws {
+    private func performSave(manifest: Manifest, pieces: [StatePiece]) throws {
         let t0 = MPIClock.now()
         try performFinish(wait: true)
         let partial = store.partialDirectory(step: manifest.step)
@@ -98,7 +99,7 @@ final class Checkpointer {
             }
         }
         try comm.barrier(label: "barrier before checkpoint write")
-        var pieces = strategy.statePieces()
+        var pieces = pieces
         var snapshot: [FloatBuffer] = []
         if async {
             // Copy the shard now; training may change the live buffers from the next step.
@@ -173,8 +174,10 @@ final class Checkpointer {
             let step = CheckpointWriter.frameElements
             return range.isEmpty ? [range] : stride(from: range.lowerBound, to: range.upperBound, by: step).map { $0..<min($0 + step, range.upperBound) }
         }
-        let perVector = frameRanges(0..<shard.shardSize).count
-        let k = 3 + StateVector.allCases.count * perVector
+        // Every rank wrote the same vectors in the same order: a shard of each (all Ψ of a local one).
+        let vectors = job.pieces.map(\.vector)
+        func range(_ v: StateVector, rank r: Int) -> Range<Int> { v.isLocal ? 0..<job.manifest.parameterCount : shard.shard(of: r) }
+        let k = 3 + vectors.reduce(0) { $0 + frameRanges($1.isLocal ? 0..<job.manifest.parameterCount : 0..<shard.shardSize).count }
         var records = [Double](repeating: 0, count: n * k)
         if let e = job.entry {
             precondition(e.frames.count <= k - 3, "checkpoint: \(e.frames.count) frames, room for \(k - 3)")
@@ -199,8 +202,8 @@ final class Checkpointer {
         manifest.files = (0..<n).map { r in
             var offset = 0, i = 0
             var frames: [Frame] = []
-            for vector in StateVector.allCases {
-                for range in frameRanges(shard.shard(of: r)) {
+            for vector in vectors {
+                for range in frameRanges(range(vector, rank: r)) {
                     let len = Int(records[r * k + 3 + i])
                     frames.append(Frame(vector: vector.rawValue, start: range.lowerBound, count: range.count, offset: offset, length: len))
                     offset += len; i += 1

@@ -96,7 +96,8 @@ public struct MemoryPlan: Codable, Sendable {
         // Local SGD's one blocking collective at a synchronisation: the deltas on the wire.
         let deltaBytes = config.syncDtype == .fp32 ? 4 : config.syncDtype == .bf16 ? 2 : 1
         let collectives = n <= 1 ? 0 : local ? deltaBytes * psi : wireBytes * inFlight
-        let save = max(snapshot + 2 * frameBytes, 4 * min(psi, 1 << 24))
+        // Local SGD's saves also average the ranks' inner moments (2Ψ) first.
+        let save = max(snapshot + 2 * frameBytes + (local ? 8 * psi : 0), 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
         // ZeRO stages reduce-scatter gradients (ZeRO-2/3 after every micro-step) and all-gather
         // parameters in the format they hold them: once after the update (ZeRO-1/2), or for

@@ -292,9 +292,8 @@ extension TrainConfig {
         try need(outerMomentum >= 0 && outerMomentum < 1, "--outer-momentum", "is \(outerMomentum)", "use a value in [0, 1) (DiLoCo: 0.9)")
         try need(evalEvery % syncEvery == 0, "--eval-every", "is \(evalEvery), not a multiple of --sync-every \(syncEvery)",
                  "evaluate at synchronisations, when every rank holds the same weights: use a multiple of \(syncEvery) (or 0)")
-        try need(saveEvery == 0 && resume.isEmpty, saveEvery != 0 ? "--save-every" : "--resume",
-                 "is not available with --sync-every: checkpoints of local SGD (each rank's inner AdamW state and the outer momentum) are not built yet",
-                 "train without --save-every/--resume; the run ends with model.bin of the synchronised weights")
+        try need(saveEvery % syncEvery == 0, "--save-every", "is \(saveEvery), not a multiple of --sync-every \(syncEvery)",
+                 "save at synchronisations, when every rank holds the same weights: use a multiple of \(syncEvery) (or 0)")
     }
 }
 

@@ -5,6 +5,7 @@ import Kernels
 import Model
 import Optim
 import Parallel
+import Settings
 
 // MARK: - The training loop
 
@@ -54,12 +55,8 @@ extension Trainer {
             try checkpointer.finishPending(wait: false)
             if config.saveEvery > 0 && (step + 1) % config.saveEvery == 0 { try saveCheckpoint(completedSteps: step + 1) }
         }
-        if localSGD == nil {
-            try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
-            try checkpointer.finishPending(wait: true)
-        } else if isCoordinator {
-            log("tessera: local SGD writes no checkpoint (not built yet); model.bin holds the synchronised weights")
-        }
+        try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
+        try checkpointer.finishPending(wait: true)
         result.seconds = MPIClock.now() - start
         var peak = [Benchmark.peakRSSMB() * 1_048_576]
         try comm.allReduce(&peak, op: .max, label: "all-reduce of peak resident memory")
@@ -172,8 +169,12 @@ extension Trainer {
         return m
     }
 
-    /// Whether local SGD synchronises after `step` (0-based): every `syncEvery` steps and at the end.
-    func synchronizes(_ step: Int) -> Bool { (step + 1) % config.syncEvery == 0 || step + 1 == config.maxSteps }
+    /// Whether local SGD synchronises after `step` (0-based): every `syncEvery` steps, at the
+    /// end, and before any unplanned save (a stop signal, the divergence guard), so every
+    /// checkpoint is taken where all ranks hold θ.
+    func synchronizes(_ step: Int) -> Bool {
+        (step + 1) % config.syncEvery == 0 || step + 1 == config.maxSteps || stopRequested != 0 || badInARow >= config.maxBadSteps
+    }
 
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
     public func evaluate(batchOffset: Int) throws -> Double {
@@ -199,8 +200,32 @@ extension Trainer {
 
     /// Saves the full training state after `completedSteps` optimizer steps.
     func saveCheckpoint(completedSteps: Int) throws {
+        let local = try localSGD.map { try localSGDState($0) }
         try checkpointer.save(step: completedSteps, config: config, model: model.config, layout: strategy.layout,
-                              tokenizer: data.tokenizer, scaler: scaler, skippedSteps: skippedSteps, strategy: strategy)
+                              tokenizer: data.tokenizer, scaler: scaler, skippedSteps: skippedSteps, strategy: strategy,
+                              pieces: local?.pieces)
+        withExtendedLifetime(local?.mean) {}
+    }
+
+    /// Local SGD's state at a synchronisation (every rank's parameters are θ): θ, the outer
+    /// momentum and the ranks' mean inner moments sharded like any checkpoint's vectors (what
+    /// a resume at another world size starts from), and each rank's own inner moments whole
+    /// (what a resume at the same world size restores, bit for bit). `mean` backs pieces.
+    func localSGDState(_ local: LocalSGD) throws -> (pieces: [StatePiece], mean: FloatBuffer) {
+        guard let inner = strategy as? DataParallel else { preconditionFailure("local SGD's workers are DataParallel") }
+        let psi = strategy.layout.count, n = comm.size
+        let mean = FloatBuffer(count: 2 * psi)
+        mean.pointer.update(from: inner.m.pointer, count: psi)
+        (mean.pointer + psi).update(from: inner.v.pointer, count: psi)
+        try comm.allReduce(mean.pointer, count: 2 * psi, label: "all-reduce of inner AdamW moments for the checkpoint")
+        Vector.scale(mean.pointer, 2 * psi, by: 1 / Float(n))
+        let mine = ShardLayout(total: psi, ranks: n, rank: comm.rank).mine, o = mine.lowerBound
+        func piece(_ v: StateVector, _ p: UnsafePointer<Float>) -> StatePiece {
+            v.isLocal ? StatePiece(vector: v, start: 0, count: psi, pointer: p) : StatePiece(vector: v, start: o, count: mine.count, pointer: p + o)
+        }
+        return ([piece(.params, local.anchor.pointer), piece(.adamM, mean.pointer), piece(.adamV, mean.pointer + psi),
+                 piece(.outerMomentum, local.velocity.pointer), piece(.localAdamM, inner.m.pointer), piece(.localAdamV, inner.v.pointer)],
+                mean)
     }
 
     /// Writes the trained weights (rank 0) and returns the path, gathering them in pieces of

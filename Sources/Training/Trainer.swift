@@ -167,6 +167,7 @@ public final class Trainer {
             let start = FloatBuffer(count: strategy.layout.count)
             try strategy.gatherParameters(into: start.pointer)
             localSGD.start(from: start.pointer)
+            if !config.resume.isEmpty { try resumeLocalSGD(localSGD, from: URL(fileURLWithPath: config.resume)) }
         }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
         model.reserve(B: micro, T: config.blockSize)
@@ -207,6 +208,27 @@ public final class Trainer {
             scaler = DynamicLossScaler(scale: manifest.lossScale ?? 65_536, goodSteps: manifest.lossScaleGoodSteps ?? 0,
                                        skippedSteps: manifest.skippedSteps)
         }
+    }
+
+    /// Local SGD's own state after `resume` loaded θ and the mean inner moments: the outer
+    /// momentum, and at the world size that saved it each rank's own inner moments.
+    private func resumeLocalSGD(_ local: LocalSGD, from dir: URL) throws {
+        let manifest = try CheckpointReader.manifest(directory: dir)
+        let reader = CheckpointReader.VectorReader(directory: dir, manifest: manifest)
+        let psi = strategy.layout.count
+        guard reader.holds(.outerMomentum) else {
+            throw ConfigError(flag: "--resume", problem: "\(dir.path) was not written by a local SGD run (no outer momentum)",
+                              fix: "resume it without --sync-every, or start the local SGD run from its weights with --init-from")
+        }
+        try reader.read(.outerMomentum, range: 0..<psi, into: local.velocity.pointer)
+        guard manifest.worldSize == comm.size, reader.holds(.localAdamM), let inner = strategy as? DataParallel else {
+            if isCoordinator {
+                log("tessera: local SGD resumed on \(comm.size) rank(s) from \(manifest.worldSize): every worker starts from the mean inner AdamW moments")
+            }
+            return
+        }
+        try reader.read(.localAdamM, range: 0..<psi, into: inner.m.pointer, rank: comm.rank)
+        try reader.read(.localAdamV, range: 0..<psi, into: inner.v.pointer, rank: comm.rank)
     }
 
     /// What the model reads its parameters from (with LoRA: the frozen base), and its

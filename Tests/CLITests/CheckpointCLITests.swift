@@ -34,7 +34,7 @@ final class CheckpointCLITests: XCTestCase {
             XCTAssertEqual(try losses(part), try losses(full), "losses, np \(n) \(extra)")
             XCTAssertEqual(try modelParameters(part), try modelParameters(full), "parameters, np \(n) \(extra)")
             let a = try checkpointVectors(part), b = try checkpointVectors(full)
-            for v in StateVector.allCases.map(\.rawValue) {
+            for v in StateVector.required.map(\.rawValue) {
                 XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v) np \(n) \(extra)")
             }
         }
@@ -79,7 +79,7 @@ final class CheckpointCLITests: XCTestCase {
             let m = try CheckpointReader.manifest(directory: URL(fileURLWithPath: dst + "/checkpoints/step-00000006"))
             XCTAssertEqual(m.worldSize, n2); XCTAssertEqual(m.zeroStage, s2); XCTAssertEqual(m.precision, precision)
             let a = try checkpointVectors(src), b = try checkpointVectors(dst)
-            for vector in StateVector.allCases {
+            for vector in StateVector.required {
             let v = vector.rawValue
                 XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v): \(n)/ZeRO-\(s) → \(n2)/ZeRO-\(s2)")
             }
@@ -157,7 +157,7 @@ final class CheckpointCLITests: XCTestCase {
         XCTAssertEqual(latest.trimmingCharacters(in: .whitespacesAndNewlines), "step-00000006")
         XCTAssertEqual(try tessera(["ckpt", "verify", run]).status, 0, "latest verifies")
         let a = try checkpointVectors(run), b = try checkpointVectors(clean)
-        for v in StateVector.allCases.map(\.rawValue) {
+        for v in StateVector.required.map(\.rawValue) {
             XCTAssertEqual(a[v]!.map(\.bitPattern), b[v]!.map(\.bitPattern), "\(v) equals the clean run's step 6")
         }
         let aside = try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").filter { $0.hasPrefix("damaged-step-00000006-") }

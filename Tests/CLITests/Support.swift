@@ -218,10 +218,15 @@ func checkpointVectors(_ dir: String) throws -> [String: [Float]] {
     let (url, m) = try CheckpointStore(runDirectory: dir).resolve(dir) { _ in }
     let reader = CheckpointReader.VectorReader(directory: url, manifest: m)
     var out: [String: [Float]] = [:]
-    for vector in StateVector.allCases {
-        var buf = [Float](repeating: 0, count: m.parameterCount)
-        try buf.withUnsafeMutableBufferPointer { try reader.read(vector, range: 0..<m.parameterCount, into: $0.baseAddress!) }
-        out[vector.rawValue] = buf
+    for vector in StateVector.allCases where reader.holds(vector) {
+        // A local vector once per rank ("local.adam.m@1"), the others once.
+        for rank in vector.isLocal ? Array(0..<m.worldSize) : [-1] {
+            var buf = [Float](repeating: 0, count: m.parameterCount)
+            try buf.withUnsafeMutableBufferPointer {
+                try reader.read(vector, range: 0..<m.parameterCount, into: $0.baseAddress!, rank: rank >= 0 ? rank : nil)
+            }
+            out[vector.rawValue + (rank >= 0 ? "@\(rank)" : "")] = buf
+        }
     }
     return out
 }

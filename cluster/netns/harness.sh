@@ -9,6 +9,7 @@
 #   cluster/netns/harness.sh cut K | restore K            take host K's link down / up (restore
 #                                                         also ends host K's leftover processes)
 #   cluster/netns/harness.sh delay K MS                   add latency on host K's link (tc netem)
+#   cluster/netns/harness.sh limit K RATE | unlimit K     cap host K's sending rate (tc tbf, e.g. 100mbit)
 #   cluster/netns/harness.sh down           remove everything (safe to repeat)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -69,11 +70,16 @@ case "${1:-}" in
     done
     for ns in $(ip netns list | awk '{print $1}' | grep -E "^${prefix}-h[0-9]+$"); do ip -n "$ns" neigh flush all 2>/dev/null || true; done ;;
   delay) ip netns exec "$(host_ns "${2:?host}")" tc qdisc replace dev eth0 root netem delay "${3:?ms}ms" ;;
+  # A token bucket on the host's egress: the link's bandwidth as a 1/10 Gb Ethernet port
+  # would give it (tbf works in these namespaces; netem's rate does not).
+  limit) ip netns exec "$(host_ns "${2:?host}")" tc qdisc replace dev eth0 root tbf rate "${3:?rate, e.g. 100mbit}" \
+           burst 256kb latency 50ms ;;
+  unlimit) ip netns exec "$(host_ns "${2:?host}")" tc qdisc del dev eth0 root 2>/dev/null || true ;;
   run)
     shift
     [ "${1:-}" = "-n" ] || { echo "usage: harness.sh run -n N -- <tessera args>" >&2; exit 64; }
     n="$2"; shift 2; [ "${1:-}" = "--" ] && shift
     exec ip netns exec "$(host_ns 1)" "$here/launch/multinode.sh" --hostfile "$state/hostfile" -n "$n" \
       --if "$net.0/24" --agent "$here/cluster/netns/agent.sh" -- "$@" ;;
-  *) sed -n '2,13p' "$0" >&2; exit 64 ;;
+  *) sed -n '2,14p' "$0" >&2; exit 64 ;;
 esac
