@@ -5,7 +5,7 @@ BIN := .build/release/tessera
 RUN_DIR ?= runs/demo
 DATA_DIR ?= data/default
 
-.PHONY: setup build test fuzz run bench bench-reference-setup fixture clean
+.PHONY: setup build test fuzz run bench bench-network bench-reference-setup fixture clean
 
 # Installs only what is missing; a second call does nothing.
 setup:
@@ -82,6 +82,11 @@ bench: build
 	@echo "results: bench/results.jsonl"
 
 # PyTorch for the benchmark reference only (never needed by tessera or CI).
+# DDP, ZeRO-3 and local SGD across two network-namespace hosts at unlimited, 1 Gbit/s and
+# 100 Mbit/s links (root; about 15 minutes on 2 cores).
+bench-network: build
+	Benchmarks/network.sh
+
 bench-reference-setup:
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q torch numpy
 

@@ -43,6 +43,18 @@ public struct BenchResult: Codable, Sendable {
     public var gflopsPerRank: Double, mfu: Double, peakGflops: Double
     public var peakRSSMB: Double
     public var activationMB: Double
+    /// Local SGD's period (nil: synchronous), and bytes one rank sent per step (mean over the
+    /// timed steps; with local SGD its tokens/s is also over them all: the synchronisations
+    /// are the point).
+    public var syncEvery: Int?, sentBytesPerStep: Double = 0
+}
+
+/// The parallelism `bench` runs besides the ZeRO stage.
+public struct BenchParallelism: Sendable {
+    public var syncEvery = 0, syncDtype = SyncDType.bf16
+    public init(syncEvery: Int = 0, syncDtype: SyncDType = .bf16) { self.syncEvery = syncEvery; self.syncDtype = syncDtype }
+    /// "DDP", "ZeRO-3", "local SGD H=50 bf16".
+    public func name(_ zero: ZeroStage) -> String { syncEvery > 0 ? "local SGD H=\(syncEvery) \(syncDtype.rawValue)" : zero.name }
 }
 
 public enum Benchmark {
@@ -82,12 +94,14 @@ public enum Benchmark {
 
     /// Warm-up then timed steps of one configuration with synthetic tokens.
     public static func run(_ shape: BenchShape, precision: Precision, zero: ZeroStage, recompute: Recompute = .none,
-                           attention: AttentionKernel = .fused, comm: Communicator, threads: Int, perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
+                           attention: AttentionKernel = .fused, parallelism: BenchParallelism = BenchParallelism(),
+                           comm: Communicator, threads: Int, perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
         var c = TrainConfig()
         c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
         c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
         c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
         c.precision = precision; c.recompute = recompute; c.attention = attention
+        c.syncEvery = parallelism.syncEvery; c.syncDtype = parallelism.syncDtype; c.evalEvery = 0
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
         let trainer = try Trainer(config: c, comm: comm, dataset: data)
@@ -102,7 +116,10 @@ public enum Benchmark {
             let v = timed.map(f).sorted(), n = v.count
             return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
         }
-        let ms = median(\.ms_per_step)
+        // Local SGD's steps differ by design (most send nothing, every H-th synchronises):
+        // its rate is over all timed steps, not the median step.
+        let local = parallelism.syncEvery > 0
+        let ms = local ? timed.map(\.ms_per_step).reduce(0, +) / Double(timed.count) : median(\.ms_per_step)
         let steps = timed.map(\.ms_per_step)
         let tokens = c.batchSize * c.blockSize
         let params = trainer.model.layout.count
@@ -117,6 +134,8 @@ public enum Benchmark {
                            msForward: median(\.ms_forward), msBackward: median(\.ms_backward), msOptimizer: median(\.ms_optimizer),
                            msCommWait: median(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,
                            mfu: perRank / peakGflops, peakGflops: peakGflops, peakRSSMB: rss[0],
-                           activationMB: Double(trainer.model.activationBytes.saved) / 1_048_576)
+                           activationMB: Double(trainer.model.activationBytes.saved) / 1_048_576,
+                           syncEvery: local ? parallelism.syncEvery : nil,
+                           sentBytesPerStep: Double(timed.map(\.sent_bytes).reduce(0, +)) / Double(timed.count))
     }
 }

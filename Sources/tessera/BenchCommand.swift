@@ -12,6 +12,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Configurations: tiny, small, gpt2, gpt2-1k, m59 (repeatable).") var config: [String] = ["tiny", "small"]
     @Option(help: "Precisions (repeatable): fp32, bf16, fp16.") var precision: [Precision] = [.fp32]
     @Option(help: "ZeRO stage: 0 = DDP.") var zero: ZeroStage = .ddp
+    @Option(help: "Local SGD (as train): ranks synchronise every N steps; tokens/s is then over all timed steps (use a multiple of N).")
+    var syncEvery: Int = 0
+    @Option(help: "Local SGD: how deltas travel (fp32, bf16, int8).") var syncDtype: SyncDType = .bf16
     @Option(help: "Activation recomputation modes (repeatable): none, selective, full.") var recompute: [Recompute] = [.none]
     @Option(help: "Attention kernels (repeatable): fused, unfused.") var attention: [AttentionKernel] = [.fused]
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
@@ -27,6 +30,11 @@ struct Bench: ParsableCommand {
             throw ValidationError("--config '\(c)' is not one of \(BenchShape.all.map(\.name).joined(separator: ", "))")
         }
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
+        guard syncEvery >= 0 else { throw ValidationError("--sync-every must be 0 (synchronous) or a positive number of steps") }
+        guard syncEvery == 0 || zero == .ddp else { throw ValidationError("--sync-every runs each rank unsharded: use --zero 0") }
+        guard syncEvery == 0 || (steps % syncEvery == 0 && warmup % syncEvery == 0) else {
+            throw ValidationError("with --sync-every \(syncEvery), --warmup and --steps must be multiples of it (whole rounds, each ending with its synchronisation)")
+        }
     }
 
     func run() throws {
@@ -54,14 +62,17 @@ struct Bench: ParsableCommand {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
                              t, peak, openblasPeak, bf16Peak))
-                print("config   prec  recomp     attn     gemm      ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  vs PyTorch")
+                print("parallelism: " + BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype).name(zero))
+                print("config   prec  recomp     attn     gemm      ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  sent MB/step  vs PyTorch")
             }
             for name in config {
                 for p in precision {
                 for mode in recompute {
                 for kernel in attention {
                     let shape = BenchShape.all.first { $0.name == name }!
-                    let r = try Benchmark.run(shape, precision: p, zero: zero, recompute: mode, attention: kernel, comm: comm, threads: t, perRankBatch: perRankBatch,
+                    let r = try Benchmark.run(shape, precision: p, zero: zero, recompute: mode, attention: kernel,
+                                              parallelism: BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype),
+                                              comm: comm, threads: t, perRankBatch: perRankBatch,
                                               warmup: warmup, steps: steps, peakGflops: p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }
                     let ratio = refs["\(name)/\(p.rawValue)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
@@ -72,7 +83,8 @@ struct Bench: ParsableCommand {
                           + pad(String(format: "(%.0f-%.0f)", r.msPerStepMin, r.msPerStepMax), 13)
                           + String(format: "  %6.1f  %6.1f  %6.1f  %5.1f  %12.1f  %5.1f%%  %6.0f  %6.1f  ",
                                    r.msForward, r.msBackward, r.msOptimizer, r.msCommWait,
-                                   r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB) + ratio)
+                                   r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB)
+                          + pad(String(format: "%12.2f", r.sentBytesPerStep / 1e6), 12) + "  " + ratio)
                     if let json {
                         let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
                         var line = try e.encode(r); line.append(0x0A)
