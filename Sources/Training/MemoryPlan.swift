@@ -81,7 +81,11 @@ public struct MemoryPlan: Codable, Sendable {
         // its checkpoint files in 16 MiB reads, then decompresses one frame at a time (the
         // compressed frame and the shuffled one beside the destination).
         let shardElements = (psi + n - 1) / n, frameBytes = 4 * min(shardElements, CheckpointWriter.frameElements)
-        let startup = config.resume.isEmpty ? 0 : (16 << 20) + 2 * frameBytes
+        var startup = config.resume.isEmpty ? 0 : (16 << 20) + 2 * frameBytes
+        // `--init-from` (and LoRA's base, read again on resume) reads the weights whole (the
+        // file, then its fp32 values, then them in this run's layout): twice the model in fp32
+        // at once, before the activations exist.
+        if !config.initFrom.isEmpty && (config.resume.isEmpty || config.lora != nil) { startup = max(startup, 8 * layout.count) }
         // Saving, while activations are still held: a checkpoint compresses one frame at a
         // time (shuffled and compressed copies), after an async save has snapshotted this
         // rank's share of the three vectors; the model.bin export gathers the parameters in

@@ -102,7 +102,7 @@ public final class Trainer {
         // Weights to start from: the run takes their vocabulary (the data's ids must fit it).
         // LoRA's base is read on resume too: checkpoints hold only the adapters.
         let lora = config.lora
-        let initial = (config.resume.isEmpty || lora != nil) && !config.initFrom.isEmpty ? try InitialWeights.load(config.initFrom) : nil
+        var initial = (config.resume.isEmpty || lora != nil) && !config.initFrom.isEmpty ? try InitialWeights.load(config.initFrom) : nil
         if let initial, dataset.vocabSize > initial.config.vocabSize {
             throw ConfigError(flag: "--init-from", problem: "the data's vocabulary (\(dataset.vocabSize)) is larger than the weights' (\(initial.config.vocabSize))",
                               fix: "prepare the data with the model's tokenizer")
@@ -170,6 +170,9 @@ public final class Trainer {
             if !config.resume.isEmpty { try resumeLocalSGD(localSGD, from: URL(fileURLWithPath: config.resume)) }
         }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
+        // The weights read for the start are in the strategy (or the frozen base) now: let
+        // them go before the activations arrive, so the two never add up.
+        initial = nil
         model.reserve(B: micro, T: config.blockSize)
     }
 
