@@ -83,7 +83,7 @@ bench: build
 
 # PyTorch for the benchmark reference only (never needed by tessera or CI).
 # DDP, ZeRO-3 and local SGD across two network-namespace hosts at unlimited, 1 Gbit/s and
-# 100 Mbit/s links (root; about 15 minutes on 2 cores).
+# 100 Mbit/s links (root; about 20 minutes on 2 cores).
 bench-network: build
 	Benchmarks/network.sh
 

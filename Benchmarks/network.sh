@@ -21,7 +21,7 @@ for rate in $rates; do
   for config in $configs; do
     # Few timed steps where each one moves hundreds of MB over a slow link; local SGD times
     # whole rounds (H inner steps and their synchronisation).
-    case "$config" in gpt2) steps=2; h=10 ;; *) steps=5; h=20 ;; esac
+    case "$config" in gpt2) steps=2; h=5 ;; *) steps=5; h=5 ;; esac
     for mode in "--zero 0" "--zero 3" "--sync-every $h"; do
       case "$mode" in --sync-every*) w="--warmup $h --steps $((2 * h))" ;; *) w="--warmup 1 --steps $steps" ;; esac
       echo "--- link $rate, $config, ${mode}"
