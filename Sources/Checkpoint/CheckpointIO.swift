@@ -170,7 +170,7 @@ public enum CheckpointReader {
     /// a time, so memory holds one frame whatever the checkpoint's size.
     public final class VectorReader {
         let directory: URL
-        let manifest: Manifest
+        public let manifest: Manifest
         private var verified: Set<String> = []
 
         public init(directory: URL, manifest: Manifest) { self.directory = directory; self.manifest = manifest }

@@ -120,12 +120,7 @@ enum InstructionData {
     /// The tokenizer: GPT-2's or bytes as given; a BPE learned from the examples' text.
     static func makeTokenizer(_ o: PrepareOptions, _ examples: [Example]) throws(DataError) -> Tokenizer {
         switch o.kind {
-        case .gpt2:
-            guard let v = o.vocabPath, let m = o.mergesPath else {
-                throw DataError.invalid(path: "--tokenizer gpt2", problem: "needs GPT-2's vocabulary files",
-                                        fix: "pass --vocab encoder.json --merges vocab.bpe (or vocab.json and merges.txt)")
-            }
-            return Tokenizer(kind: .gpt2, bpe: try BytePairEncoder.load(vocab: v, merges: m))
+        case .gpt2: return try Prepare.gpt2Tokenizer(o)
         case .bpe:
             var trainer = BPETrainer(vocabSize: o.vocabSize ?? 4096)
             trainer.count(examples.flatMap { [Array($0.prompt.utf8), Array($0.completion.utf8)] }, threads: o.threads)

@@ -108,12 +108,7 @@ public enum Prepare {
     private static func makeTokenizer(_ o: PrepareOptions, reader: DocumentReader, files: [String]) throws(DataError) -> Tokenizer {
         switch o.kind {
         case .byte: return .byte
-        case .gpt2:
-            guard let v = o.vocabPath, let m = o.mergesPath else {
-                throw DataError.invalid(path: "--tokenizer gpt2", problem: "needs GPT-2's vocabulary files",
-                                        fix: "pass --vocab encoder.json --merges vocab.bpe (or vocab.json and merges.txt)")
-            }
-            return Tokenizer(kind: .gpt2, bpe: try BytePairEncoder.load(vocab: v, merges: m))
+        case .gpt2: return try gpt2Tokenizer(o)
         case .char, .bpe:
             guard !files.contains("-") else {
                 throw DataError.invalid(path: "-", problem: "the \(o.kind.rawValue) tokenizer reads the corpus twice (once to build its vocabulary), and stdin can be read once",
@@ -135,6 +130,15 @@ public enum Prepare {
             trainer.count(batch, threads: o.threads)
             return Tokenizer(kind: .bpe, bpe: trainer.train())
         }
+    }
+
+    /// GPT-2's BPE from `--vocab` and `--merges`.
+    static func gpt2Tokenizer(_ o: PrepareOptions) throws(DataError) -> Tokenizer {
+        guard let v = o.vocabPath, let m = o.mergesPath else {
+            throw DataError.invalid(path: "--tokenizer gpt2", problem: "needs GPT-2's vocabulary files",
+                                    fix: "pass --vocab encoder.json --merges vocab.bpe (or vocab.json and merges.txt)")
+        }
+        return Tokenizer(kind: .gpt2, bpe: try BytePairEncoder.load(vocab: v, merges: m))
     }
 
     // MARK: Encoding

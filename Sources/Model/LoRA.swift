@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - LoRA
 
@@ -71,13 +72,25 @@ public struct LoRAConfig: Codable, Equatable, Sendable {
     /// Checks the adapter shape against the model's.
     public func validate(for c: GPTConfig) throws(ModelError) {
         guard rank >= 1 else { throw .invalidConfig("LoRA rank is \(rank): use a rank of at least 1, e.g. 8") }
-        let smallest = targets.map { min($0.shape(C: c.nEmbd).input, $0.shape(C: c.nEmbd).output) }.min() ?? c.nEmbd
+        let smallest = maximumRank(for: c)
         guard rank <= smallest else {
             throw .invalidConfig("LoRA rank \(rank) is larger than the dimension \(smallest) of the adapted maps: "
                                  + "use a rank below \(smallest) (low rank is the point; 4 to 64 is usual)")
         }
         guard alpha > 0, alpha.isFinite else { throw .invalidConfig("LoRA alpha is \(alpha): use a positive value, e.g. 16") }
         guard !targets.isEmpty else { throw .invalidConfig("no LoRA target given") }
+    }
+
+    /// The largest rank the targets allow: the smallest dimension of the adapted maps.
+    public func maximumRank(for c: GPTConfig) -> Int {
+        targets.map { min($0.shape(C: c.nEmbd).input, $0.shape(C: c.nEmbd).output) }.min() ?? c.nEmbd
+    }
+
+    /// Bytes `LoRABranch` keeps for `rows` rows per map in a model of `nLayer` blocks computing
+    /// in `precision` (its saved su per layer and target), and with its N × r scratch.
+    public func activationBytes(rows: Int, nLayer: Int, precision: Precision) -> (saved: Int, total: Int) {
+        let e = precision.bytes, saved = e * nLayer * targets.count * rows * rank
+        return (saved, saved + 4 * rows * rank + (precision.isLow ? e * rows * rank : 0))
     }
 
     /// The adapters' layout, unit for unit with `ParameterLayout(c)`: empty embedding and final

@@ -49,20 +49,9 @@ final class LoRABranch<F: ComputeFormat> {
         return (s, s + wide.byteCount + narrow.byteCount)
     }
 
-    /// Saved-activation bytes for `rows` rows per map, without allocating.
-    static func savedBytes(config: LoRAConfig, nLayer: Int, rows: Int) -> Int {
-        nLayer * config.targets.count * rows * config.rank * MemoryLayout<F.Element>.stride
-    }
-
-    /// Whether block maps of `target` carry adapters.
-    func adapts(_ target: LoRATarget) -> Bool { offsets[target] != nil }
-
     /// Block `unit`'s adapters as operands: the provider's 16-bit copy, or narrowed here.
     func acquire(_ adapters: ParameterProvider, unit: Int) -> UnsafeMutablePointer<F.Element> {
-        guard F.isLow else { return F.elements(adapters.acquireParameters(unit: unit)) }
-        if let own = adapters.acquireLowParameters(unit: unit, precision: F.precision) { return F.elements(own) }
-        F.commit(adapters.acquireParameters(unit: unit), into: copy.pointer, layout.units[unit].count)
-        return copy.pointer
+        adapters.operands(F.self, unit: unit, count: layout.units[unit].count, copy: copy.pointer).operands
     }
 
     private func su(_ l: Int, _ t: LoRATarget) -> UnsafeMutablePointer<F.Element> {

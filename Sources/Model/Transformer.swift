@@ -78,19 +78,10 @@ final class Transformer<F: ComputeFormat> {
     /// optimizer step, never between a forward pass and its backward).
     private func acquire(_ params: ParameterProvider, unit: Int, narrowed: Bool = false,
                          vectors: RoundedVectors? = nil) -> Weights {
-        guard F.isLow else {
-            let w = params.acquireParameters(unit: unit)
-            return Weights(operands: F.elements(w), vectors: w, rounded: nil)
-        }
-        let copy: UnsafeMutablePointer<F.Element>
-        if let own = params.acquireLowParameters(unit: unit, precision: F.precision) {
-            copy = F.elements(own)
-        } else {
-            copy = unit == 0 ? embeddingCopy.pointer : unitCopy.pointer
-            let w = params.acquireParameters(unit: unit)
-            if !narrowed { F.commit(w, into: copy, layout.units[unit].count) }
-        }
-        return Weights(operands: copy, vectors: nil, rounded: vectors?.filled(from: copy, precision: F.precision))
+        let (operands, wide) = params.operands(F.self, unit: unit, count: layout.units[unit].count,
+                                               copy: unit == 0 ? embeddingCopy.pointer : unitCopy.pointer, narrowed: narrowed)
+        return Weights(operands: operands, vectors: wide,
+                       rounded: wide == nil ? vectors?.filled(from: operands, precision: F.precision) : nil)
     }
 
     /// Block `unit`'s adapters as operands (nil without LoRA).

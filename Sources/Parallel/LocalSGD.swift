@@ -49,6 +49,18 @@ public final class LocalSGD {
         let blocks = (count + block - 1) / block
         return 12 * count + (dtype == .bf16 ? 2 * count : 0) + (dtype == .int8 ? ranks * (blocks * block + 4 * blocks) : 0)
     }
+    /// Elements and bytes one rank sends in a synchronisation of `count` deltas on `ranks`
+    /// ranks, as the ring algorithms count them: an all-reduce (fp32, bf16), or all-gathers of
+    /// the padded int8 codes and the per-block scales.
+    public static func traffic(count: Int, ranks n: Int, dtype: SyncDType) -> (elements: Double, bytes: Double) {
+        guard dtype == .int8 else {
+            let ring = 2 * Double(count) * Double(n - 1) / Double(n)
+            return (ring, ring * Double(dtype.bytes))
+        }
+        let blocks = Double((count + block - 1) / block)
+        return (blocks * Double(block + 1) * Double(n - 1), blocks * Double(block + 4) * Double(n - 1))
+    }
+
     /// Its name among a run's working buffers.
     public static let workingName = "local SGD (anchor, momentum, delta, wire)"
 

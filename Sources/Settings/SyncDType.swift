@@ -8,4 +8,7 @@ public enum SyncDType: String, Codable, CaseIterable, Sendable {
     case bf16
     /// int8 with one fp32 scale per block of 256: all-gathered and averaged in fp32.
     case int8
+
+    /// Bytes per delta on the wire (int8's per-block scales aside).
+    public var bytes: Int { self == .fp32 ? 4 : self == .bf16 ? 2 : 1 }
 }

@@ -223,8 +223,11 @@ final class Checkpointer {
 
     // MARK: Load
 
-    /// Loads the state of a verified checkpoint into `strategy`.
-    static func load(directory: URL, manifest: Manifest, layout: ParameterLayout, strategy: TrainingStrategy) throws {
+    /// Loads the state of a verified checkpoint into `strategy`; returns the reader (whose
+    /// files are verified) for anything else the resume reads.
+    @discardableResult
+    static func load(directory: URL, manifest: Manifest, layout: ParameterLayout,
+                     strategy: TrainingStrategy) throws -> CheckpointReader.VectorReader {
         guard manifest.parameterCount == layout.count else {
             throw CheckpointError(directory.appendingPathComponent("manifest.json").path,
                                   "holds \(manifest.parameterCount) parameters but the model has \(layout.count) (mismatched model config)",
@@ -232,6 +235,7 @@ final class Checkpointer {
         }
         let reader = CheckpointReader.VectorReader(directory: directory, manifest: manifest)
         try strategy.loadState { vector, range, dest in try reader.read(vector, range: range, into: dest) }
+        return reader
     }
 }
 

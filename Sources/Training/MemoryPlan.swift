@@ -69,11 +69,8 @@ public struct MemoryPlan: Codable, Sendable {
         var copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0
         if let lora = config.lora {
             // The adapters' own 16-bit copy, and the LoRA branch's saved su with its scratch.
-            let rows = micro * config.blockSize, e = config.precision.bytes, low = config.precision.isLow
-            copies += low ? 2 * trained.largestNonEmbeddingUnit : 0
-            let saved: Int = e * shape.nLayer * lora.targets.count * rows * lora.rank
-            let scratch: Int = 4 * rows * lora.rank + (low ? e * rows * lora.rank : 0)
-            acts += saved + scratch
+            copies += config.precision.isLow ? 2 * trained.largestNonEmbeddingUnit : 0
+            acts += lora.activationBytes(rows: micro * config.blockSize, nLayer: shape.nLayer, precision: config.precision).total
         }
         // Everything below that scales with what trains (state, saves, gradient traffic).
         let psi = trained.count
@@ -98,8 +95,7 @@ public struct MemoryPlan: Codable, Sendable {
         let wireBytes = config.effectiveReduceDtype.bytes
         let inFlight = config.zero.shardsGradients ? max(trained.units[0].count, trained.largestNonEmbeddingUnit) : psi
         // Local SGD's one blocking collective at a synchronisation: the deltas on the wire.
-        let deltaBytes = config.syncDtype == .fp32 ? 4 : config.syncDtype == .bf16 ? 2 : 1
-        let collectives = n <= 1 ? 0 : local ? deltaBytes * psi : wireBytes * inFlight
+        let collectives = n <= 1 ? 0 : local ? config.syncDtype.bytes * psi : wireBytes * inFlight
         // Local SGD's saves also average the ranks' inner moments (2Ψ) first.
         let save = max(snapshot + 2 * frameBytes + (local ? 8 * psi : 0), 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
@@ -121,14 +117,10 @@ public struct MemoryPlan: Codable, Sendable {
         var sentElements = Int(reduced + gathered + baseGathered)
         var sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held) + baseGathered * held)
         if local {
-            // One synchronisation per `syncEvery` steps, averaged over them: an all-reduce of
-            // the deltas (fp32, bf16), or all-gathers of int8 codes and per-block scales.
-            let blocks = Double((psi + LocalSGD.block - 1) / LocalSGD.block)
-            let perSync = config.syncDtype == .int8 ? (blocks * Double(LocalSGD.block) + 4 * blocks) * Double(n - 1)
-                : 2 * ring * Double(deltaBytes)
-            sentBytes = Int(perSync / Double(config.syncEvery))
-            sentElements = Int((config.syncDtype == .int8 ? blocks * Double(LocalSGD.block + 1) * Double(n - 1) : 2 * ring)
-                               / Double(config.syncEvery))
+            // One synchronisation per `syncEvery` steps, averaged over them.
+            let perSync = LocalSGD.traffic(count: psi, ranks: n, dtype: config.syncDtype)
+            sentBytes = Int(perSync.bytes / Double(config.syncEvery))
+            sentElements = Int(perSync.elements / Double(config.syncEvery))
         }
         let tokens = Double(config.batchSize * config.blockSize)
         // A frozen base costs 4 FLOPs per parameter and token (no weight gradients), as the trainer counts.

@@ -250,9 +250,16 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 }
 
 extension TrainConfig {
-    /// LoRA's flags: a positive rank below the adapted maps' dimensions, known targets, a
-    /// base to adapt.
-    public func validateLoRA() throws(ConfigError) {
+    /// LoRA's flags: adapters that fit the model (`validateLoRAShape`), and a base to adapt.
+    func validateLoRA() throws(ConfigError) {
+        try validateLoRAShape()
+        guard loraRank != 0, initFrom.isEmpty else { return }
+        throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank) without --init-from",
+                          fix: "LoRA adapts trained weights: pass --init-from HF_DIR|RUN|CKPT|model.bin")
+    }
+
+    /// A positive rank up to the adapted maps' smallest dimension, known targets, a positive alpha.
+    public func validateLoRAShape() throws(ConfigError) {
         guard loraRank != 0 else { return }
         guard loraRank > 0 else {
             throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank)", fix: "use 0 (no LoRA) or a positive rank such as 8")
@@ -262,17 +269,13 @@ extension TrainConfig {
             throw ConfigError(flag: "--lora-targets", problem: "is '\(loraTargets)'",
                               fix: "use a comma-separated list of " + LoRATarget.allCases.map(\.rawValue).joined(separator: ", "))
         }
-        let smallest = targets.map { min($0.shape(C: nEmbd).input, $0.shape(C: nEmbd).output) }.min()!
+        let smallest = LoRAConfig(rank: loraRank, alpha: loraAlpha, targets: targets).maximumRank(for: model(vocabSize: 2))
         guard loraRank <= smallest else {
             throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank), larger than \(smallest), the smallest dimension of the adapted maps "
                               + "(n_embd \(nEmbd))", fix: "use a rank from 1 to \(smallest); low rank is the point (4 to 64 is usual)")
         }
         guard loraAlpha > 0 && loraAlpha.isFinite else {
             throw ConfigError(flag: "--lora-alpha", problem: "is \(loraAlpha)", fix: "use a positive scale numerator, e.g. 16")
-        }
-        guard !initFrom.isEmpty else {
-            throw ConfigError(flag: "--lora-rank", problem: "is \(loraRank) without --init-from",
-                              fix: "LoRA adapts trained weights: pass --init-from HF_DIR|RUN|CKPT|model.bin")
         }
     }
 }

@@ -146,11 +146,8 @@ extension Trainer {
             try strategy.optimizerStep(step: step + 1 - skippedSteps, lr: Float(lr), clip: clip)
         }
         if let localSGD, synchronizes(step) {
-            let values = FloatBuffer(count: strategy.layout.count)
-            try strategy.gatherParameters(into: values.pointer)
             localSGD.waitSeconds = 0
-            try localSGD.synchronize(values.pointer)
-            strategy.loadParameters(from: values.pointer)
+            try localSGD.synchronize(localWorker.params.pointer)
             strategy.commWaitSeconds += localSGD.waitSeconds
         }
         if let f = config.flipAt, f.step == step + 1, f.rank == comm.rank { strategy.corruptReplicaForTesting() }
@@ -212,8 +209,7 @@ extension Trainer {
     /// a resume at another world size starts from), and each rank's own inner moments whole
     /// (what a resume at the same world size restores, bit for bit). `mean` backs pieces.
     func localSGDState(_ local: LocalSGD) throws -> (pieces: [StatePiece], mean: FloatBuffer) {
-        guard let inner = strategy as? DataParallel else { preconditionFailure("local SGD's workers are DataParallel") }
-        let psi = strategy.layout.count, n = comm.size
+        let inner = localWorker, psi = strategy.layout.count, n = comm.size
         let mean = FloatBuffer(count: 2 * psi)
         mean.pointer.update(from: inner.m.pointer, count: psi)
         (mean.pointer + psi).update(from: inner.v.pointer, count: psi)
@@ -252,10 +248,10 @@ extension Trainer {
         let adapters = FloatBuffer(count: strategy.layout.count)
         try strategy.gatherParameters(into: adapters.pointer)
         guard isCoordinator else { return path }
-        let merged = try InitialWeights.parameters(InitialWeights.load(config.initFrom), for: model.config)
-        lora.merge(adapters.pointer, into: merged.pointer, model: model.config)
+        let merged = try LoRACheckpoint(run: config, lora: lora, model: model.config, tokenizer: data.tokenizer, values: adapters)
+            .merged(checkpoint: config.out)
         let writer = try ModelFile.Writer(path: path, config: model.config, tokenizer: data.tokenizer, count: model.layout.count)
-        try writer.append(merged.pointer, count: model.layout.count)
+        try writer.append(merged.parameters.pointer, count: model.layout.count)
         try writer.finish()
         return path
     }

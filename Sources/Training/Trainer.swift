@@ -134,6 +134,7 @@ public final class Trainer {
         let computed = lora == nil ? Double(model.layout.count)
             : Double(model.layout.count) * 4 / 6 + Double(strategy.layout.count)
         flopsPerToken = Compute.flopsPerToken(params: computed, nLayer: gpt.nLayer, nEmbd: gpt.nEmbd, seq: config.blockSize)
+        var resumed: CheckpointReader.VectorReader?
         if let lora, let initial {
             let base = try InitialWeights.parameters(initial, for: gpt)
             let checksum = InitialWeights.checksum(base)
@@ -149,7 +150,7 @@ public final class Trainer {
                 let layout = strategy.layout, seed = config.seed
                 startFresh { dest, range in lora.initialize(dest, elements: range, layout: layout, seed: seed) }
             } else {
-                try resume(from: URL(fileURLWithPath: config.resume))
+                resumed = try resume(from: URL(fileURLWithPath: config.resume))
             }
         } else if let initial {
             frozen = nil
@@ -161,13 +162,11 @@ public final class Trainer {
             startFresh { dest, range in GPT.initialize(dest, elements: range, layout: layout, config: gpt, seed: seed) }
         } else {
             frozen = nil
-            try resume(from: URL(fileURLWithPath: config.resume))
+            resumed = try resume(from: URL(fileURLWithPath: config.resume))
         }
         if let localSGD {
-            let start = FloatBuffer(count: strategy.layout.count)
-            try strategy.gatherParameters(into: start.pointer)
-            localSGD.start(from: start.pointer)
-            if !config.resume.isEmpty { try resumeLocalSGD(localSGD, from: URL(fileURLWithPath: config.resume)) }
+            localSGD.start(from: localWorker.params.pointer)
+            if let resumed { try resumeLocalSGD(localSGD, reader: resumed) }
         }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
         // The weights read for the start are in the strategy (or the frozen base) now: let
@@ -201,37 +200,43 @@ public final class Trainer {
         }
     }
 
-    /// Loads a verified checkpoint's state, position and loss scaler.
-    private func resume(from dir: URL) throws {
+    /// Loads a verified checkpoint's state, position and loss scaler; returns its reader.
+    private func resume(from dir: URL) throws -> CheckpointReader.VectorReader {
         let manifest = try CheckpointReader.manifest(directory: dir)
-        try Checkpointer.load(directory: dir, manifest: manifest, layout: strategy.layout, strategy: strategy)
+        let reader = try Checkpointer.load(directory: dir, manifest: manifest, layout: strategy.layout, strategy: strategy)
         startStep = manifest.step
         guardSkipped = config.precision == .fp16 ? 0 : manifest.skippedSteps
         if config.precision == .fp16 {
             scaler = DynamicLossScaler(scale: manifest.lossScale ?? 65_536, goodSteps: manifest.lossScaleGoodSteps ?? 0,
                                        skippedSteps: manifest.skippedSteps)
         }
+        return reader
     }
 
-    /// Local SGD's own state after `resume` loaded θ and the mean inner moments: the outer
-    /// momentum, and at the world size that saved it each rank's own inner moments.
-    private func resumeLocalSGD(_ local: LocalSGD, from dir: URL) throws {
-        let manifest = try CheckpointReader.manifest(directory: dir)
-        let reader = CheckpointReader.VectorReader(directory: dir, manifest: manifest)
-        let psi = strategy.layout.count
+    /// Local SGD's own state after `resume` loaded θ and the mean inner moments (through
+    /// `reader`): the outer momentum, and at the world size that saved it each rank's own inner
+    /// moments.
+    private func resumeLocalSGD(_ local: LocalSGD, reader: CheckpointReader.VectorReader) throws {
+        let manifest = reader.manifest, psi = strategy.layout.count
         guard reader.holds(.outerMomentum) else {
-            throw ConfigError(flag: "--resume", problem: "\(dir.path) was not written by a local SGD run (no outer momentum)",
+            throw ConfigError(flag: "--resume", problem: "\(config.resume) was not written by a local SGD run (no outer momentum)",
                               fix: "resume it without --sync-every, or start the local SGD run from its weights with --init-from")
         }
         try reader.read(.outerMomentum, range: 0..<psi, into: local.velocity.pointer)
-        guard manifest.worldSize == comm.size, reader.holds(.localAdamM), let inner = strategy as? DataParallel else {
+        guard manifest.worldSize == comm.size, reader.holds(.localAdamM) else {
             if isCoordinator {
                 log("tessera: local SGD resumed on \(comm.size) rank(s) from \(manifest.worldSize): every worker starts from the mean inner AdamW moments")
             }
             return
         }
-        try reader.read(.localAdamM, range: 0..<psi, into: inner.m.pointer, rank: comm.rank)
-        try reader.read(.localAdamV, range: 0..<psi, into: inner.v.pointer, rank: comm.rank)
+        try reader.read(.localAdamM, range: 0..<psi, into: localWorker.m.pointer, rank: comm.rank)
+        try reader.read(.localAdamV, range: 0..<psi, into: localWorker.v.pointer, rank: comm.rank)
+    }
+
+    /// Local SGD's worker: the strategy, a `DataParallel` over a world of one.
+    var localWorker: DataParallel {
+        guard let worker = strategy as? DataParallel else { preconditionFailure("local SGD's workers are DataParallel") }
+        return worker
     }
 
     /// What the model reads its parameters from (with LoRA: the frozen base), and its

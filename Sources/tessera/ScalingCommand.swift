@@ -239,8 +239,8 @@ struct MemoryCmd: ParsableCommand {
         let s = try ModelShape.parse(m, vocabSize: vocab) { FileManager.default.contents(atPath: $0).map(Array.init) }
         var c = TrainConfig()
         c.nLayer = s.nLayer; c.nHead = s.nHead; c.nEmbd = s.nEmbd; c.blockSize = s.blockSize; c.bias = s.bias
-        c.loraRank = loraRank; c.loraTargets = loraTargets; c.initFrom = m
-        do { try c.validateLoRA() } catch { throw ScalingError(error.flag, error.problem, error.fix) }
+        c.loraRank = loraRank; c.loraTargets = loraTargets
+        do { try c.validateLoRAShape() } catch { throw ScalingError(error.flag, error.problem, error.fix) }
         let adapters = c.lora!.parameterCount(for: c.model(vocabSize: s.vocabSize))
         // The same (ZeRO paper's) accounting as the full-training rows, for the adapters.
         return (adapters, try stages.map {
