@@ -13,3 +13,5 @@ static inline MPI_Op tessera_mpi_max(void) { return MPI_MAX; }
 static inline MPI_Request tessera_mpi_request_null(void) { return MPI_REQUEST_NULL; }
 static inline void *tessera_mpi_in_place(void) { return MPI_IN_PLACE; }
 static inline MPI_Status *tessera_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
+static inline MPI_Info tessera_mpi_info_null(void) { return MPI_INFO_NULL; }
+static inline int tessera_mpi_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }

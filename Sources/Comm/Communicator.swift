@@ -121,6 +121,13 @@ public protocol Communicator: AnyObject {
     func wait(_ request: CommRequest) throws(CommError)
     /// Ends the whole job at once (all ranks) with `code`.
     func abort(code: Int32) -> Never
+
+    /// Splits the ranks into sub-communicators (collective over this one): the ranks passing
+    /// the same `color` form one, ranked by `key`. A sub-communicator reports its traffic to
+    /// this one's counters too and follows its watchdog context and timeout.
+    func split(color: Int, key: Int) throws(CommError) -> Communicator
+    /// The ranks of this one that share this rank's node (collective).
+    func splitByNode() throws(CommError) -> Communicator
 }
 
 // MARK: - Blocking conveniences

@@ -49,6 +49,10 @@ public final class LocalCommunicator: Communicator {
     public func wait(_ request: CommRequest) throws(CommError) {}
 
     public func abort(code: Int32) -> Never { exit(code) }
+
+    /// A world of one splits into itself.
+    public func split(color: Int, key: Int) throws(CommError) -> Communicator { self }
+    public func splitByNode() throws(CommError) -> Communicator { self }
 }
 
 #if canImport(Glibc)

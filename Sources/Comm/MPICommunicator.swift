@@ -16,11 +16,20 @@ import Glibc
 public final class MPICommunicator: Communicator {
     public let rank: Int
     public let size: Int
-    public var timeoutSeconds: Double = 300
-    public var context: String = "start-up"
+    public var timeoutSeconds: Double {
+        get { parent?.timeoutSeconds ?? ownTimeout }
+        set { ownTimeout = newValue }
+    }
+    public var context: String {
+        get { parent?.context ?? ownContext }
+        set { ownContext = newValue }
+    }
     public var sentElements = 0
     public var sentBytes = 0
+    private var ownTimeout = 300.0, ownContext = "start-up"
     private let world: MPI_Comm
+    /// The communicator this one was split from (nil for `MPI_COMM_WORLD`).
+    private let parent: MPICommunicator?
 
     private final class Box { var request: MPI_Request?; init(_ r: MPI_Request?) { request = r } }
 
@@ -31,15 +40,43 @@ public final class MPICommunicator: Communicator {
     }
 
     /// Initialises MPI (funneled: only the main thread calls MPI).
-    public init() {
+    public convenience init() {
         var provided: Int32 = 0
         MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided)
-        world = tessera_mpi_comm_world()
+        self.init(tessera_mpi_comm_world(), parent: nil)
+    }
+
+    private init(_ comm: MPI_Comm, parent: MPICommunicator?) {
+        world = comm
+        self.parent = parent
         var r: Int32 = 0, s: Int32 = 0
-        MPI_Comm_rank(world, &r)
-        MPI_Comm_size(world, &s)
+        MPI_Comm_rank(comm, &r)
+        MPI_Comm_size(comm, &s)
         rank = Int(r)
         size = Int(s)
+    }
+
+    // MARK: Sub-communicators
+
+    public func split(color: Int, key: Int) throws(CommError) -> Communicator {
+        var sub: MPI_Comm?
+        let rc = MPI_Comm_split(world, Int32(color), Int32(key), &sub)
+        guard rc == MPI_SUCCESS, let sub else { throw CommError.failed(label: "MPI_Comm_split", code: rc) }
+        return MPICommunicator(sub, parent: self)
+    }
+
+    public func splitByNode() throws(CommError) -> Communicator {
+        var sub: MPI_Comm?
+        let rc = MPI_Comm_split_type(world, tessera_mpi_comm_type_shared(), Int32(rank), tessera_mpi_info_null(), &sub)
+        guard rc == MPI_SUCCESS, let sub else { throw CommError.failed(label: "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", code: rc) }
+        return MPICommunicator(sub, parent: self)
+    }
+
+    /// Adds traffic to this communicator's counters and its parents'.
+    private func count(_ sent: Int, _ dtype: CommDType) {
+        sentElements += sent
+        sentBytes += sent * dtype.size
+        parent?.count(sent, dtype)
     }
 
     /// Shuts MPI down; call once, after the last collective.
@@ -86,8 +123,7 @@ public final class MPICommunicator: Communicator {
             writeStandardError("[rank \(rank)] error: \(label) could not start (MPI error \(rc)) (\(context)): check that all ranks are alive")
             abort(code: 1)
         }
-        sentElements += sent
-        sentBytes += sent * dtype.size
+        count(sent, dtype)
         return CommRequest(label: label, sentElements: sent, handle: Box(r), done: false)
     }
 
@@ -185,6 +221,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func abort(code: Int32) -> Never {
+        if let parent { parent.abort(code: code) }
         // Tell the launcher (which may have to end a hung mpirun), and never hang here: if
         // MPI_Abort cannot reach the other hosts, SIGALRM ends this process.
         if let path = getenv("TESSERA_ABORT_FILE") {

@@ -16,23 +16,37 @@ import Kernels
 public final class ThreadCommunicator: Communicator, @unchecked Sendable {
     public let rank: Int
     public var size: Int { world.size }
-    public var timeoutSeconds: Double = 300
-    public var context: String = ""
+    public var timeoutSeconds: Double {
+        get { parent?.timeoutSeconds ?? ownTimeout }
+        set { ownTimeout = newValue }
+    }
+    public var context: String {
+        get { parent?.context ?? ownContext }
+        set { ownContext = newValue }
+    }
     public var sentElements = 0
     public var sentBytes = 0
+    private var ownTimeout = 300.0, ownContext = ""
     private let world: ThreadWorld
+    /// The communicator this one was split from, and how many splits this one has made.
+    private let parent: ThreadCommunicator?
+    private var splits = 0
 
-    init(rank: Int, world: ThreadWorld) { self.rank = rank; self.world = world }
+    init(rank: Int, world: ThreadWorld, parent: ThreadCommunicator? = nil) {
+        self.rank = rank; self.world = world; self.parent = parent
+    }
 
     /// Communicators for `size` ranks of one in-process world; hand one to each thread.
-    public static func world(size: Int) -> [ThreadCommunicator] {
-        let w = ThreadWorld(size: size)
+    /// `ranksPerNode` consecutive ranks play one node (for `splitByNode`).
+    public static func world(size: Int, ranksPerNode: Int? = nil) -> [ThreadCommunicator] {
+        let w = ThreadWorld(size: size, ranksPerNode: ranksPerNode ?? size)
         return (0..<size).map { ThreadCommunicator(rank: $0, world: w) }
     }
 
     /// Runs `body(comm)` on `size` threads, one per rank, and returns their results in rank order.
-    public static func run<T>(size: Int, _ body: @escaping @Sendable (ThreadCommunicator) throws -> T) rethrows -> [T] {
-        let comms = world(size: size)
+    public static func run<T>(size: Int, ranksPerNode: Int? = nil,
+                              _ body: @escaping @Sendable (ThreadCommunicator) throws -> T) rethrows -> [T] {
+        let comms = world(size: size, ranksPerNode: ranksPerNode)
         let results = ResultBox<T>(count: size)
         let group = DispatchGroup()
         for c in comms {
@@ -45,10 +59,44 @@ public final class ThreadCommunicator: Communicator, @unchecked Sendable {
         return try results.values.map { try $0!.get() }
     }
 
+    /// Labels of the collectives this rank started here, in order (tests check which travel where).
+    public private(set) var labels: [String] = []
+
     private func done(_ label: String, sent: Int, dtype: CommDType) -> CommRequest {
+        labels.append(label)
+        count(sent, dtype)
+        return CommRequest(label: label, sentElements: sent, handle: nil, done: true)
+    }
+
+    /// Adds traffic to this communicator's counters and its parents'.
+    private func count(_ sent: Int, _ dtype: CommDType) {
         sentElements += sent
         sentBytes += sent * dtype.size
-        return CommRequest(label: label, sentElements: sent, handle: nil, done: true)
+        parent?.count(sent, dtype)
+    }
+
+    // MARK: Sub-communicators
+
+    public func split(color: Int, key: Int) throws(CommError) -> Communicator {
+        splits += 1
+        var members: [(key: Int, rank: Int)] = []
+        [color, key].withUnsafeBufferPointer { mine in
+            world.exchange(rank: rank, send: UnsafeRawPointer(mine.baseAddress!)) { sends in
+                members = sends.enumerated()
+                    .map { (color: $0.element.load(as: Int.self), key: $0.element.load(fromByteOffset: 8, as: Int.self), rank: $0.offset) }
+                    .filter { $0.color == color }
+                    .map { (key: $0.key, rank: $0.rank) }
+                    .sorted { ($0.key, $0.rank) < ($1.key, $1.rank) }
+                return {}
+            }
+        }
+        // Every member asks for the same sub-world: the first to ask creates it.
+        let sub = world.subworld(id: "\(splits):\(color)", size: members.count)
+        return ThreadCommunicator(rank: members.firstIndex { $0.rank == rank }!, world: sub, parent: self)
+    }
+
+    public func splitByNode() throws(CommError) -> Communicator {
+        try split(color: rank / world.ranksPerNode, key: rank)
     }
 
     // MARK: Collectives
@@ -128,14 +176,24 @@ public final class ThreadCommunicator: Communicator, @unchecked Sendable {
 
 /// Where the ranks of a `ThreadCommunicator` world meet.
 final class ThreadWorld: @unchecked Sendable {
-    let size: Int
+    let size: Int, ranksPerNode: Int
     private let condition = NSCondition()
     private var arrived = 0, generation = 0
     private var sends: [UnsafeRawPointer?]
+    private var subworlds: [String: ThreadWorld] = [:]
 
-    init(size: Int) {
-        self.size = size
+    init(size: Int, ranksPerNode: Int) {
+        self.size = size; self.ranksPerNode = ranksPerNode
         sends = Array(repeating: nil, count: size)
+    }
+
+    /// The sub-world `id` of a split, created by the first member that asks.
+    func subworld(id: String, size: Int) -> ThreadWorld {
+        condition.lock(); defer { condition.unlock() }
+        if let w = subworlds[id] { return w }
+        let w = ThreadWorld(size: size, ranksPerNode: size)
+        subworlds[id] = w
+        return w
     }
 
     /// One collective: every rank posts its send buffer; after all have, each computes its

@@ -5,8 +5,9 @@ import Settings
 
 /// The bytes a strategy will hold, by kind, computed from the layout alone: what
 /// `TrainingStrategy.memory` reports once the strategy exists (a test holds the two equal),
-/// so a run can be judged before anything is allocated.
-public func predictedMemory(stage: ZeroStage, layout: ParameterLayout, worldSize n: Int, rank: Int = 0,
+/// so a run can be judged before anything is allocated. Under hybrid sharding `n` is the
+/// group size and `groups` the number of groups.
+public func predictedMemory(stage: ZeroStage, layout: ParameterLayout, worldSize n: Int, rank: Int = 0, groups: Int = 1,
                             reduce: Precision, compute: Precision) -> MemoryReport {
     let shard = ShardLayout(total: layout.count, ranks: n, rank: rank)
     let psi = layout.count, S = shard.shardSize
@@ -39,6 +40,7 @@ public func predictedMemory(stage: ZeroStage, layout: ParameterLayout, worldSize
         working["gradient shard (reduce-scatter target)"] = 4 * S
         working["16-bit gradient staging"] = travels ? 2 * (psi + S) : 0
     }
+    if groups > 1 && reduce.isLow { working[ZeRO.replicaStagingName] = 2 * S }
     return MemoryReport(parameters: parameters, gradients: gradients, optimizer: 8 * S + master, working: working)
 }
 

@@ -58,9 +58,10 @@ public protocol TrainingStrategy: ParameterProvider {
     /// Sets parameters from a full vector (identical on every rank): replicated strategies copy
     /// it, sharded ones keep their shard.
     func loadParameters(from full: UnsafePointer<Float>)
-    /// This rank's part of the training state in checkpoint order: elements `shard.mine` of
-    /// every `StateVector` (ShardLayout over the world), whatever
-    /// the stage, so every rank writes an equal share and any stage can read any other's.
+    /// This rank's part of the training state in checkpoint order: a contiguous range of every
+    /// `StateVector` (`shard.mine` of a ShardLayout over the world, or under hybrid sharding
+    /// its share of its group's shard), the same range for each, so every rank writes an
+    /// equal share and any stage can read any other's.
     func statePieces() -> [StatePiece]
     /// Loads parameters and AdamW moments; `read(vector, range, dest)` fills elements.
     func loadState(_ read: StateReader) rethrows
@@ -94,14 +95,19 @@ extension TrainingStrategy {
 }
 
 /// The strategy for a ZeRO stage; `reduce` is the format gradients travel in, `compute` the
-/// model's (ZeRO stages replicate or gather parameters in it).
+/// model's (ZeRO stages replicate or gather parameters in it). A ZeRO stage given `replicas`
+/// shards over `comm`, one group, and all-reduces gradient shards across groups (hybrid
+/// sharding, `ShardGroups`).
 public func makeStrategy(stage: ZeroStage, layout: ParameterLayout, comm: Communicator, adam: AdamW,
-                         bucketBytes: Int, reduce: Precision = .fp32, compute: Precision = .fp32) -> TrainingStrategy {
+                         bucketBytes: Int, reduce: Precision = .fp32, compute: Precision = .fp32,
+                         replicas: Communicator? = nil) -> TrainingStrategy {
     switch stage {
-    case .ddp: return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
+    case .ddp:
+        precondition(replicas == nil, "DDP shards nothing: hybrid sharding needs a ZeRO stage")
+        return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
     case .one, .two, .three:
         return ZeRO(stage: stage, layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
-                    compute: compute)
+                    compute: compute, replicas: replicas)
     }
 }
 

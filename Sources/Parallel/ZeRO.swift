@@ -58,23 +58,37 @@ protocol ShardedGradients: AnyObject {
 /// | 1     | `ReplicatedParameters`      | `BucketReducer`, buckets reduce-scattered  |
 /// | 2     | `ReplicatedParameters`      | `UnitGradientReducer`                      |
 /// | 3     | `GatheredParameters`        | `UnitGradientReducer`                      |
+///
+/// Hybrid sharding (`replicas`): `comm` is one group of ranks and the stage runs within it
+/// unchanged; each group holds a full copy of the sharded state, and after the group's
+/// reduction each rank all-reduces its gradient shard with the ranks holding the same shard
+/// in the other groups (`ShardGroups`). Nothing else crosses groups: parameter gathers,
+/// gradient reduce-scatters and the norm's sum stay inside the group.
 public final class ZeRO: TrainingStrategy {
     public let stage: ZeroStage
     public let layout: ParameterLayout
     let comm: Communicator
+    /// The ranks holding the same shard in the other groups (hybrid sharding), or nil.
+    let replicas: Communicator?
     let shard: ShardLayout
     let optimizer: ShardedAdam
     let parameters: ShardedParameters
     let grads: ShardedGradients
+    /// The format gradients travel in, and the 16-bit staging of the cross-group all-reduce.
+    let reduce: Precision
+    private let replicaStaging: HalfBuffer
     private var ownWait = 0.0
 
-    /// Stage `stage` (1–3); `reduce` is the format gradients travel in, `compute` the model's
-    /// (parameters are replicated or gathered in it).
+    /// Stage `stage` (1–3) over the ranks of `comm`; `reduce` is the format gradients travel
+    /// in, `compute` the model's (parameters are replicated or gathered in it). With `replicas`
+    /// the state is sharded over `comm` only and gradient shards are all-reduced over `replicas`.
     public init(stage: ZeroStage, layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int,
-                reduce: Precision = .fp32, compute: Precision = .fp32) {
+                reduce: Precision = .fp32, compute: Precision = .fp32, replicas: Communicator? = nil) {
         precondition(stage != .ddp, "DDP is DataParallel")
-        self.stage = stage; self.layout = layout; self.comm = comm
+        self.stage = stage; self.layout = layout; self.comm = comm; self.reduce = reduce
+        self.replicas = replicas.flatMap { $0.size > 1 ? $0 : nil }
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
+        replicaStaging = HalfBuffer(count: self.replicas != nil && reduce.isLow ? shard.shardSize : 0)
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
         if stage.shardsGradients {
             grads = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
@@ -123,6 +137,23 @@ public final class ZeRO: TrainingStrategy {
     public func finishGradients() throws(CommError) {
         parameters.setBackward(false)
         try grads.finish(seconds: &ownWait)
+        if let replicas { try reduceAcrossGroups(replicas) }
+    }
+
+    /// Sums this rank's gradient shard (its group's sum) with the same shard of every other
+    /// group, in the gradients' wire format: once per step, after the last micro-step.
+    private func reduceAcrossGroups(_ replicas: Communicator) throws(CommError) {
+        let t0 = MPIClock.now()
+        defer { ownWait += MPIClock.now() - t0 }
+        let g = grads.gradShard.pointer, n = shard.mine.count
+        if reduce.isLow {
+            reduce.narrow(g, into: replicaStaging.pointer, n)
+            try replicas.wait(replicas.startAllReduce(UnsafeMutableRawPointer(replicaStaging.pointer), count: n,
+                                                      dtype: reduce.commDType, op: .sum, label: "all-reduce of gradient shard across groups"))
+            reduce.widen(replicaStaging.pointer, into: g, n)
+        } else {
+            try replicas.allReduce(g, count: n, label: "all-reduce of gradient shard across groups")
+        }
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
@@ -137,13 +168,26 @@ public final class ZeRO: TrainingStrategy {
 
     public var memory: MemoryReport {
         let p = parameters.bytes, g = grads.bytes
+        var working = p.working.merging(g.working) { $0 + $1 }
+        if replicaStaging.count > 0 { working[Self.replicaStagingName] = replicaStaging.byteCount }
         return MemoryReport(parameters: p.parameters, gradients: g.gradients, optimizer: optimizer.bytes + p.master,
-                            working: p.working.merging(g.working) { $0 + $1 })
+                            working: working)
     }
+
+    static let replicaStagingName = "16-bit cross-group gradient staging"
 
     // MARK: State
 
-    public func statePieces() -> [StatePiece] { optimizer.statePieces(paramShard: parameters.masterShard) }
+    /// This rank's shard; under hybrid sharding every group holds all of it, so each of the
+    /// shard's replicas writes 1/R of it and every rank still writes an equal share.
+    public func statePieces() -> [StatePiece] {
+        let all = optimizer.statePieces(paramShard: parameters.masterShard)
+        guard let replicas else { return all }
+        let part = ShardLayout(total: shard.mine.count, ranks: replicas.size, rank: replicas.rank).mine
+        return all.map {
+            StatePiece(vector: $0.vector, start: $0.start + part.lowerBound, count: part.count, pointer: $0.pointer + part.lowerBound)
+        }
+    }
     public func loadState(_ read: StateReader) rethrows { try parameters.loadState(read, into: optimizer) }
     public func loadParameters(from full: UnsafePointer<Float>) { parameters.load(from: full) }
     public func gatherParameters(range: Range<Int>, into out: UnsafeMutablePointer<Float>) throws(CommError) {

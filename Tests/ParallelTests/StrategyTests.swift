@@ -22,17 +22,23 @@ final class StrategyTests: XCTestCase {
         var losses: [Double] = [], norms: [Double] = []
         var parameters: [Float] = []
         var memory: MemoryReport?
+        /// The checkpoint ranges this rank writes; what it sent across shard groups, and the
+        /// labels of those collectives.
+        var pieces: [(StateVector, Range<Int>)] = []
+        var crossGroupBytes = 0, crossGroupLabels: [String] = []
     }
 
     /// Trains `steps` steps of a global batch of `batch` sequences split over `comm`'s ranks
     /// (rank r takes sequences r, r+N, …, one per micro-step), as the trainer does. 12 splits
     /// evenly on 1–4 ranks, as ZeRO-2/3 need (they reduce after every micro-step).
+    /// `group` splits the ranks for hybrid sharding (the stage shards within each group).
     static func train(stage: ZeroStage, comm: Communicator, precision: Precision = .fp32,
-                      reduce: Precision? = nil, microBatch: Int = 1) throws -> Trajectory {
+                      reduce: Precision? = nil, microBatch: Int = 1, group: ShardGroup = .world) throws -> Trajectory {
         let model = GPT(config: shape, precision: precision)
         let adam = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1)
-        let strategy = makeStrategy(stage: stage, layout: model.layout, comm: comm, adam: adam, bucketBytes: 4096,
-                                    reduce: reduce ?? precision, compute: precision)
+        let groups = try ShardGroups(world: comm, group: group)
+        let strategy = makeStrategy(stage: stage, layout: model.layout, comm: groups.shard, adam: adam, bucketBytes: 4096,
+                                    reduce: reduce ?? precision, compute: precision, replicas: groups.replicas)
         let initial = FloatBuffer(count: model.layout.count)
         GPT.initialize(initial.pointer, layout: model.layout, config: shape, seed: 5)
         strategy.loadParameters(from: initial.pointer)
@@ -63,6 +69,9 @@ final class StrategyTests: XCTestCase {
         try strategy.gatherParameters(into: full.pointer)
         out.parameters = full.toArray()
         out.memory = strategy.memory
+        out.pieces = strategy.statePieces().map { ($0.vector, $0.start..<($0.start + $0.count)) }
+        out.crossGroupBytes = groups.replicas?.sentBytes ?? 0
+        out.crossGroupLabels = (groups.replicas as? ThreadCommunicator)?.labels ?? []
         return out
     }
 
