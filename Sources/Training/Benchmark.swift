@@ -47,14 +47,21 @@ public struct BenchResult: Codable, Sendable {
     /// timed steps; with local SGD its tokens/s is also over them all: the synchronisations
     /// are the point).
     public var syncEvery: Int?, sentBytesPerStep: Double = 0
+    /// Hybrid sharding's groups (nil: none), and the bytes one rank sent across groups per step.
+    public var shardGroup: String? = nil, crossGroupBytesPerStep: Double? = nil
 }
 
 /// The parallelism `bench` runs besides the ZeRO stage.
 public struct BenchParallelism: Sendable {
-    public var syncEvery = 0, syncDtype = SyncDType.bf16
-    public init(syncEvery: Int = 0, syncDtype: SyncDType = .bf16) { self.syncEvery = syncEvery; self.syncDtype = syncDtype }
-    /// "DDP", "ZeRO-3", "local SGD H=50 bf16".
-    public func name(_ zero: ZeroStage) -> String { syncEvery > 0 ? "local SGD H=\(syncEvery) \(syncDtype.rawValue)" : zero.name }
+    public var syncEvery = 0, syncDtype = SyncDType.bf16, shardGroup = ShardGroup.world
+    public init(syncEvery: Int = 0, syncDtype: SyncDType = .bf16, shardGroup: ShardGroup = .world) {
+        self.syncEvery = syncEvery; self.syncDtype = syncDtype; self.shardGroup = shardGroup
+    }
+    /// "DDP", "ZeRO-3", "ZeRO-3 shard groups: node", "local SGD H=50 bf16".
+    public func name(_ zero: ZeroStage) -> String {
+        if syncEvery > 0 { return "local SGD H=\(syncEvery) \(syncDtype.rawValue)" }
+        return shardGroup == .world ? zero.name : "\(zero.name) shard groups: \(shardGroup)"
+    }
 }
 
 public enum Benchmark {
@@ -101,16 +108,20 @@ public enum Benchmark {
         c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
         c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
         c.precision = precision; c.recompute = recompute; c.attention = attention
-        c.syncEvery = parallelism.syncEvery; c.syncDtype = parallelism.syncDtype; c.evalEvery = 0
+        c.syncEvery = parallelism.syncEvery; c.syncDtype = parallelism.syncDtype; c.shardGroup = parallelism.shardGroup
+        c.evalEvery = 0
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
         let trainer = try Trainer(config: c, comm: comm, dataset: data)
         trainer.log = { _ in }
         var timed: [StepMetrics] = []
+        var crossGroupBytes = 0
         for s in 0..<(warmup + steps) {
+            if s == warmup { crossGroupBytes = trainer.groups.replicas?.sentBytes ?? 0 }
             let m = try trainer.trainStep(s)
             if s >= warmup { timed.append(m) }
         }
+        crossGroupBytes = (trainer.groups.replicas?.sentBytes ?? 0) - crossGroupBytes
         // Medians: one slow step (a page fault storm, a noisy neighbour) does not move them.
         func median(_ f: (StepMetrics) -> Double) -> Double {
             let v = timed.map(f).sorted(), n = v.count
@@ -136,6 +147,8 @@ public enum Benchmark {
                            mfu: perRank / peakGflops, peakGflops: peakGflops, peakRSSMB: rss[0],
                            activationMB: Double(trainer.model.activationBytes.saved) / 1_048_576,
                            syncEvery: local ? parallelism.syncEvery : nil,
-                           sentBytesPerStep: Double(timed.map(\.sent_bytes).reduce(0, +)) / Double(timed.count))
+                           sentBytesPerStep: Double(timed.map(\.sent_bytes).reduce(0, +)) / Double(timed.count),
+                           shardGroup: trainer.groups.replicas == nil ? nil : parallelism.shardGroup.description,
+                           crossGroupBytesPerStep: trainer.groups.replicas == nil ? nil : Double(crossGroupBytes) / Double(timed.count))
     }
 }

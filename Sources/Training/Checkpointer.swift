@@ -164,26 +164,30 @@ final class Checkpointer {
 
     /// Gathers every rank's file record; rank 0 writes the manifest and publishes it.
     ///
-    /// Each rank's file holds its shard of the three vectors, each cut into frames of
-    /// `CheckpointWriter.frameElements` (at least one), so rank 0 knows every frame's range
-    /// and needs only each file's size, CRC and frame lengths.
+    /// Each rank's file holds its range of each vector (its shard, or all Ψ of a local
+    /// vector), each cut into frames of `CheckpointWriter.frameElements` (at least one), so
+    /// rank 0 needs only each file's size, CRC, ranges and frame lengths.
     private func commit(_ job: Job) throws {
         let n = comm.size
-        let shard = ShardLayout(total: job.manifest.parameterCount, ranks: n, rank: comm.rank)
         func frameRanges(_ range: Range<Int>) -> [Range<Int>] {
             let step = CheckpointWriter.frameElements
             return range.isEmpty ? [range] : stride(from: range.lowerBound, to: range.upperBound, by: step).map { $0..<min($0 + step, range.upperBound) }
         }
-        // Every rank wrote the same vectors in the same order: a shard of each (all Ψ of a local one).
+        // Every rank wrote the same vectors in the same order, each a range of its own.
         let vectors = job.pieces.map(\.vector)
-        func range(_ v: StateVector, rank r: Int) -> Range<Int> { v.isLocal ? 0..<job.manifest.parameterCount : shard.shard(of: r) }
-        let k = 3 + vectors.reduce(0) { $0 + frameRanges($1.isLocal ? 0..<job.manifest.parameterCount : 0..<shard.shardSize).count }
+        let mine = job.pieces.map { $0.start..<($0.start + $0.count) }
+        var most = [Double(mine.reduce(0) { $0 + frameRanges($1).count })]
+        try comm.allReduce(&most, op: .max, label: "all-reduce of checkpoint frame counts")
+        let head = 3 + 2 * vectors.count, k = head + Int(most[0])
         var records = [Double](repeating: 0, count: n * k)
         if let e = job.entry {
-            precondition(e.frames.count <= k - 3, "checkpoint: \(e.frames.count) frames, room for \(k - 3)")
             records[comm.rank * k] = Double(e.bytes)
             records[comm.rank * k + 1] = Double(e.crc32)
-            for (i, f) in e.frames.enumerated() { records[comm.rank * k + 3 + i] = Double(f.length) }
+            for (i, r) in mine.enumerated() {
+                records[comm.rank * k + 3 + 2 * i] = Double(r.lowerBound)
+                records[comm.rank * k + 4 + 2 * i] = Double(r.count)
+            }
+            for (i, f) in e.frames.enumerated() { records[comm.rank * k + head + i] = Double(f.length) }
         } else {
             records[comm.rank * k + 2] = 1
         }
@@ -202,9 +206,10 @@ final class Checkpointer {
         manifest.files = (0..<n).map { r in
             var offset = 0, i = 0
             var frames: [Frame] = []
-            for vector in vectors {
-                for range in frameRanges(range(vector, rank: r)) {
-                    let len = Int(records[r * k + 3 + i])
+            for (v, vector) in vectors.enumerated() {
+                let start = Int(records[r * k + 3 + 2 * v]), count = Int(records[r * k + 4 + 2 * v])
+                for range in frameRanges(start..<(start + count)) {
+                    let len = Int(records[r * k + head + i])
                     frames.append(Frame(vector: vector.rawValue, start: range.lowerBound, count: range.count, offset: offset, length: len))
                     offset += len; i += 1
                 }

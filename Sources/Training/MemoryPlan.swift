@@ -1,4 +1,5 @@
 import Checkpoint
+import Comm
 import Foundation
 import Kernels
 import Model
@@ -24,6 +25,9 @@ public struct MemoryPlan: Codable, Sendable {
     public var collectives: Int
     /// Elements each rank sends per step, and the bytes they take on the wire.
     public var sentElementsPerStep: Int, sentBytesPerStep: Int
+    /// Hybrid sharding: ranks per shard group, and the bytes of each rank's per-step
+    /// all-reduce across groups (part of `sentBytesPerStep`; the only traffic leaving a group).
+    public var shardGroupSize: Int? = nil, crossGroupBytesPerStep: Int? = nil
     /// Model FLOPs of one optimizer step (6N per token plus attention, all ranks).
     public var flopsPerStep: Double
 
@@ -47,11 +51,13 @@ public struct MemoryPlan: Codable, Sendable {
         let trained = config.lora?.layout(for: shape) ?? layout
         // A local SGD worker's strategy is a world of one, beside the outer loop's buffers.
         let local = config.syncEvery > 0
-        var m = predictedMemory(stage: config.zero, layout: trained, worldSize: local ? 1 : n, reduce: config.effectiveReduceDtype,
-                                compute: config.precision)
+        // Hybrid sharding: the stage shards over groups of g ranks, and R groups replicate it.
+        let g = config.shardGroupSize(worldSize: n, ranksPerNode: ranksPerNode), groups = n / g
+        var m = predictedMemory(stage: config.zero, layout: trained, worldSize: local ? 1 : g, groups: local ? 1 : groups,
+                                reduce: config.effectiveReduceDtype, compute: config.precision)
         if local { m.working[LocalSGD.workingName] = LocalSGD.bytes(count: trained.count, ranks: n, dtype: config.syncDtype) }
         if config.lora != nil {
-            let f = predictedFrozenMemory(stage: config.zero, layout: layout, worldSize: n, compute: config.precision)
+            let f = predictedFrozenMemory(stage: config.zero, layout: layout, worldSize: g, compute: config.precision)
             m.parameters += f.parameters
             m.working.merge(f.working) { $0 + $1 }
         }
@@ -95,14 +101,19 @@ public struct MemoryPlan: Codable, Sendable {
         let wireBytes = config.effectiveReduceDtype.bytes
         let inFlight = config.zero.shardsGradients ? max(trained.units[0].count, trained.largestNonEmbeddingUnit) : psi
         // Local SGD's one blocking collective at a synchronisation: the deltas on the wire.
-        let collectives = n <= 1 ? 0 : local ? config.syncDtype.bytes * psi : wireBytes * inFlight
+        // Hybrid sharding's all-reduce of the gradient shard comes after the group's reductions.
+        let groupShard = (psi + g - 1) / g
+        let collectives = n <= 1 ? 0 : local ? config.syncDtype.bytes * psi
+            : wireBytes * max(g > 1 ? inFlight : 0, groups > 1 ? groupShard : 0)
         // Local SGD's saves also average the ranks' inner moments (2Ψ) first.
         let save = max(snapshot + 2 * frameBytes + (local ? 8 * psi : 0), 4 * min(psi, 1 << 24))
         // Per rank and step, as the ring algorithms send: DDP all-reduces gradients once; the
         // ZeRO stages reduce-scatter gradients (ZeRO-2/3 after every micro-step) and all-gather
         // parameters in the format they hold them: once after the update (ZeRO-1/2), or for
         // forward and again for backward in every micro-step (ZeRO-3).
-        let ring = Double(psi) * Double(n - 1) / Double(n)
+        // Under hybrid sharding the stage's collectives run within a group of g, and each rank
+        // all-reduces its gradient shard of ⌈Ψ/g⌉ across the R groups: 2⌈Ψ/g⌉(R−1)/R more.
+        let ring = Double(psi) * Double(g - 1) / Double(g)
         let wire = Double(config.effectiveReduceDtype.bytes), held = Double(config.precision.bytes)
         let steps = Double(config.zero.shardsGradients ? config.microSteps(worldSize: n).max() ?? 1 : 1)
         let (reduced, gathered): (Double, Double)
@@ -112,10 +123,13 @@ public struct MemoryPlan: Codable, Sendable {
         case .three: (reduced, gathered) = (ring * steps, 2 * ring * steps)
         }
         // LoRA's frozen base at stage 3 is gathered like trainable parameters, never reduced.
-        let baseRing = Double(layout.count) * Double(n - 1) / Double(n)
+        let baseRing = Double(layout.count) * Double(g - 1) / Double(g)
         let baseGathered = config.lora != nil && config.zero == .three ? 2 * baseRing * steps : 0
         var sentElements = Int(reduced + gathered + baseGathered)
         var sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held) + baseGathered * held)
+        let crossGroup = groups > 1 ? RingTraffic.allReduce(count: groupShard, ranks: groups) : 0
+        sentElements += crossGroup
+        sentBytes += crossGroup * Int(wire)
         if local {
             // One synchronisation per `syncEvery` steps, averaged over them.
             let perSync = LocalSGD.traffic(count: psi, ranks: n, dtype: config.syncDtype)
@@ -127,11 +141,13 @@ public struct MemoryPlan: Codable, Sendable {
         let computed = config.lora == nil ? Double(psi) : Double(layout.count) * 4 / 6 + Double(psi)
         let flops = Compute.flopsPerToken(params: computed, nLayer: shape.nLayer, nEmbd: shape.nEmbd,
                                           seq: config.blockSize) * tokens
-        return MemoryPlan(stage: config.zero, precision: config.precision, recompute: config.recompute, worldSize: n, ranksPerNode: ranksPerNode,
+        var plan = MemoryPlan(stage: config.zero, precision: config.precision, recompute: config.recompute, worldSize: n, ranksPerNode: ranksPerNode,
                           microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,
                           working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies,
                           startup: startup, save: save, runtime: runtimeBytes, collectives: collectives, sentElementsPerStep: n > 1 ? sentElements : 0,
                           sentBytesPerStep: n > 1 ? sentBytes : 0, flopsPerStep: flops)
+        if groups > 1 && !local { plan.shardGroupSize = g; plan.crossGroupBytesPerStep = crossGroup * Int(wire) }
+        return plan
     }
 
     // MARK: Fitting
@@ -199,6 +215,9 @@ public struct MemoryPlan: Codable, Sendable {
         out += "  peak per rank (state + max(start-up, activations + collectives + saving))  \(gibText(peakPerRank)); "
             + "per node \(gibText(peakPerNode))\n"
         out += "communication per step and rank: \(sentElementsPerStep) elements, \(gibText(sentBytesPerStep))\n"
+        if let g = shardGroupSize, let x = crossGroupBytesPerStep {
+            out += "hybrid sharding: groups of \(g) ranks; across groups per step and rank: \(gibText(x))\n"
+        }
         out += String(format: "compute per step: %.3g FLOPs", flopsPerStep)
         return out
     }

@@ -30,6 +30,8 @@ final class RunReporter {
         metrics = try MetricsWriter(path: outDir.appendingPathComponent("metrics.jsonl").path, keepThrough: t.startStep)
         events = config.tensorboard ? try TensorBoard.Writer(directory: outDir.appendingPathComponent("tb").path, keepThrough: t.startStep) : nil
         let strategy = t.strategy, psi = t.model.layout.count, world = t.comm.size
+        // The ZeRO stage shards over one group (the world, unless sharding is hybrid).
+        let group = t.groups.groupSize
         var mem = strategy.memory
         // Gradients accumulate in fp32 under every strategy. With LoRA the strategy holds the
         // adapters, and the frozen base adds its values (and gather buffers).
@@ -37,12 +39,12 @@ final class RunReporter {
         if let frozen = t.frozen {
             mem.parameters += frozen.bytes.parameters
             mem.working.merge(frozen.bytes.working) { $0 + $1 }
-            predicted = try MemoryModel.lora(base: psi, adapters: strategy.layout.count, world: world, stage: strategy.stage,
+            predicted = try MemoryModel.lora(base: psi, adapters: strategy.layout.count, world: group, stage: strategy.stage,
                                              precision: strategy.parameterPrecision, basePrecision: t.config.precision,
                                              gradientBytes: 4)
         } else {
             // A local SGD worker holds what one process does, plus the outer loop's buffers.
-            predicted = try MemoryModel.perRank(params: psi, world: t.localSGD == nil ? world : 1, stage: strategy.stage,
+            predicted = try MemoryModel.perRank(params: psi, world: t.localSGD == nil ? group : 1, stage: strategy.stage,
                                                 precision: strategy.parameterPrecision, gradientBytes: 4)
         }
         if let local = t.localSGD { mem.working[LocalSGD.workingName] = local.bytes }
@@ -60,6 +62,13 @@ final class RunReporter {
             + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
             + "activations \(mib(activations))")
         log("tessera: " + t.gemmNote)
+        if let replicas = t.groups.replicas {
+            log("tessera: hybrid sharding: \(strategy.name) within \(replicas.size) groups of \(group) ranks, gradient shards all-reduced across groups"
+                + (t.groups.withinNodes ? " (each group within one node)"
+                   : "; groups span nodes, so parameter and gradient traffic of the stage crosses the network (--shard-group node keeps it in each node)"))
+        } else if config.shardGroup != .world && t.localSGD == nil {
+            log("tessera: --shard-group \(config.shardGroup) makes one group of all \(world) ranks: plain \(strategy.name)")
+        }
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
             + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
             + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")

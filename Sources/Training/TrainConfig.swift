@@ -47,6 +47,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var gemm = GemmPolicy.auto
     // Parallelism
     public var zero = ZeroStage.ddp
+    /// Hybrid sharding: the ZeRO stage shards within groups of ranks (a node's, or blocks of
+    /// N) and gradients are all-reduced across groups; `world` is plain ZeRO.
+    public var shardGroup = ShardGroup.world
     /// Local SGD (DiLoCo): ranks train alone and synchronise every N steps (0: every step,
     /// synchronous data parallelism).
     public var syncEvery = 0
@@ -99,7 +102,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
-             threads, gemm, zero, syncEvery, outerLR, outerMomentum, syncDtype, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
+             threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
@@ -128,7 +131,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
         try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
-        try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.bucketMB, &bucketMB)
+        try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.shardGroup, &shardGroup); try get(.bucketMB, &bucketMB)
         try get(.syncEvery, &syncEvery); try get(.outerLR, &outerLR); try get(.outerMomentum, &outerMomentum); try get(.syncDtype, &syncDtype)
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
@@ -241,6 +244,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need((0...1024).contains(threads), "--threads", "is \(threads)", "use 0 (automatic) or a count up to 1024")
         try validateLoRA()
         try validateLocalSGD()
+        try validateShardGroup(worldSize: worldSize)
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
                  "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "
@@ -297,6 +301,34 @@ extension TrainConfig {
                  "evaluate at synchronisations, when every rank holds the same weights: use a multiple of \(syncEvery) (or 0)")
         try need(saveEvery % syncEvery == 0, "--save-every", "is \(saveEvery), not a multiple of --sync-every \(syncEvery)",
                  "save at synchronisations, when every rank holds the same weights: use a multiple of \(syncEvery) (or 0)")
+    }
+}
+
+extension TrainConfig {
+    /// Hybrid sharding's flag: a ZeRO stage to shard, and groups that divide the world.
+    func validateShardGroup(worldSize: Int) throws(ConfigError) {
+        switch shardGroup {
+        case .world: return
+        case .node: break
+        case .ranks(let g):
+            guard worldSize % g == 0 else {
+                throw ConfigError(flag: "--shard-group", problem: "is \(g), which does not divide the \(worldSize) ranks",
+                                  fix: "use a divisor of \(worldSize), usually the ranks per node (or: node)")
+            }
+        }
+        guard zero != .ddp else {
+            throw ConfigError(flag: "--shard-group", problem: "is \(shardGroup) with --zero 0 (DDP shards nothing)",
+                              fix: "shard within groups with --zero 1, 2 or 3 (3: HSDP), or leave --shard-group out")
+        }
+    }
+
+    /// Ranks per shard group on `worldSize` ranks, `ranksPerNode` per node.
+    public func shardGroupSize(worldSize: Int, ranksPerNode: Int) -> Int {
+        switch shardGroup {
+        case .world: return worldSize
+        case .node: return min(ranksPerNode, worldSize)
+        case .ranks(let g): return g
+        }
     }
 }
 

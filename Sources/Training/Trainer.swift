@@ -39,6 +39,8 @@ public final class Trainer {
     public let frozen: FrozenParameters?
     /// Local SGD's outer loop (`--sync-every`); the strategy is then each rank's own.
     public let localSGD: LocalSGD?
+    /// The ranks the strategy shards over, and the other groups' (hybrid sharding).
+    public let groups: ShardGroups
     let sampler: BatchSampler
     let schedule: CosineSchedule
     /// Where progress lines go (rank 0 only); tests silence it.
@@ -115,11 +117,15 @@ public final class Trainer {
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
                          weightDecay: Float(config.weightDecay))
+        do { groups = try ShardGroups(world: comm, group: config.shardGroup) } catch let e as ShardGroupError {
+            throw ConfigError(flag: "--shard-group", problem: "is \(config.shardGroup): \(e)",
+                              fix: "start the same number of ranks on every node, or use --shard-group N with N dividing the ranks")
+        }
         // Local SGD: every rank is a worker of its own between synchronisations.
         strategy = makeStrategy(stage: config.zero, layout: model.adapterLayout ?? model.layout,
-                                comm: config.syncEvery > 0 ? LocalCommunicator() : comm, adam: adam,
+                                comm: config.syncEvery > 0 ? LocalCommunicator() : groups.shard, adam: adam,
                                 bucketBytes: Int(config.bucketMB * 1_048_576), reduce: config.effectiveReduceDtype,
-                                compute: config.precision)
+                                compute: config.precision, replicas: groups.replicas)
         localSGD = config.syncEvery > 0
             ? LocalSGD(count: strategy.layout.count, comm: comm, outerLR: Float(config.outerLR),
                        momentum: Float(config.outerMomentum), dtype: config.syncDtype) : nil
@@ -144,7 +150,7 @@ public final class Trainer {
                                   fix: "pass the base the adapters were trained on (adapters only fit their own base)")
             }
             self.config.loraBase = checksum
-            frozen = FrozenParameters(layout: model.layout, stage: config.zero, comm: comm, precision: config.precision)
+            frozen = FrozenParameters(layout: model.layout, stage: config.zero, comm: groups.shard, precision: config.precision)
             frozen!.load(from: base.pointer)
             if config.resume.isEmpty {
                 let layout = strategy.layout, seed = config.seed

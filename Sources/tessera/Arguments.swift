@@ -15,3 +15,4 @@ extension Sampling: ExpressibleByArgument {}
 extension Tokenizer.Kind: ExpressibleByArgument {}
 extension InputFormat: ExpressibleByArgument {}
 extension SyncDType: ExpressibleByArgument {}
+extension ShardGroup: ExpressibleByArgument {}

@@ -15,6 +15,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Local SGD (as train): ranks synchronise every N steps; tokens/s is then over all timed steps (use a multiple of N).")
     var syncEvery: Int = 0
     @Option(help: "Local SGD: how deltas travel (fp32, bf16, int8).") var syncDtype: SyncDType = .bf16
+    @Option(help: "Hybrid sharding (as train): the ZeRO stage shards within groups (node, or N ranks).") var shardGroup: ShardGroup = .world
     @Option(help: "Activation recomputation modes (repeatable): none, selective, full.") var recompute: [Recompute] = [.none]
     @Option(help: "Attention kernels (repeatable): fused, unfused.") var attention: [AttentionKernel] = [.fused]
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
@@ -32,6 +33,9 @@ struct Bench: ParsableCommand {
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
         guard syncEvery >= 0 else { throw ValidationError("--sync-every must be 0 (synchronous) or a positive number of steps") }
         guard syncEvery == 0 || zero == .ddp else { throw ValidationError("--sync-every runs each rank unsharded: use --zero 0") }
+        guard shardGroup == .world || zero != .ddp else {
+            throw ValidationError("--shard-group shards a ZeRO stage within groups and DDP shards nothing: use --zero 1, 2 or 3")
+        }
         guard syncEvery == 0 || (steps % syncEvery == 0 && warmup % syncEvery == 0) else {
             throw ValidationError("with --sync-every \(syncEvery), --warmup and --steps must be multiples of it (whole rounds, each ending with its synchronisation)")
         }
@@ -62,7 +66,7 @@ struct Bench: ParsableCommand {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
                              t, peak, openblasPeak, bf16Peak))
-                print("parallelism: " + BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype).name(zero))
+                print("parallelism: " + BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup).name(zero))
                 print("config   prec  recomp     attn     gemm      ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  sent MB/step  vs PyTorch")
             }
             for name in config {
@@ -71,7 +75,7 @@ struct Bench: ParsableCommand {
                 for kernel in attention {
                     let shape = BenchShape.all.first { $0.name == name }!
                     let r = try Benchmark.run(shape, precision: p, zero: zero, recompute: mode, attention: kernel,
-                                              parallelism: BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype),
+                                              parallelism: BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup),
                                               comm: comm, threads: t, perRankBatch: perRankBatch,
                                               warmup: warmup, steps: steps, peakGflops: p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }
@@ -84,7 +88,8 @@ struct Bench: ParsableCommand {
                           + String(format: "  %6.1f  %6.1f  %6.1f  %5.1f  %12.1f  %5.1f%%  %6.0f  %6.1f  ",
                                    r.msForward, r.msBackward, r.msOptimizer, r.msCommWait,
                                    r.gflopsPerRank, 100 * r.mfu, r.peakRSSMB, r.activationMB)
-                          + pad(String(format: "%12.2f", r.sentBytesPerStep / 1e6), 12) + "  " + ratio)
+                          + pad(String(format: "%12.2f", r.sentBytesPerStep / 1e6), 12) + "  " + ratio
+                          + (r.crossGroupBytesPerStep.map { String(format: "  (across groups: %.2f MB/step)", $0 / 1e6) } ?? ""))
                     if let json {
                         let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
                         var line = try e.encode(r); line.append(0x0A)

@@ -63,6 +63,8 @@ struct TrainOptions: ParsableArguments {
 
     // MARK: Parallelism and precision
     @Option(help: "ZeRO stage (0 = DDP).") var zero: ZeroStage?
+    @Option(help: "Hybrid sharding: shard the ZeRO stage within groups (node: each node's ranks, or N consecutive ranks) and all-reduce gradients across groups (world: plain ZeRO).")
+    var shardGroup: ShardGroup?
     @Option(help: "Local SGD (DiLoCo): each rank takes N inner steps alone, then the ranks average their parameter deltas and take an outer step.")
     var syncEvery: Int?
     @Option(name: .customLong("outer-lr"), help: "Local SGD: the outer Nesterov SGD's learning rate.") var outerLR: Double?
@@ -104,7 +106,7 @@ struct TrainOptions: ParsableArguments {
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
-        set(\.zero, zero); set(\.syncEvery, syncEvery); set(\.outerLR, outerLR); set(\.outerMomentum, outerMomentum)
+        set(\.zero, zero); set(\.shardGroup, shardGroup); set(\.syncEvery, syncEvery); set(\.outerLR, outerLR); set(\.outerMomentum, outerMomentum)
         set(\.syncDtype, syncDtype); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)
         set(\.reduceDtype, reduceDtype.map(Optional.some))

@@ -1,0 +1,91 @@
+import Foundation
+import XCTest
+
+/// `train --zero 3 --shard-group G` (HSDP) under mpirun on 4 ranks: the same run as DDP,
+/// the cross-group traffic of the plan, bit-exact resume, and checkpoints any world size,
+/// stage and group size can load.
+final class HybridShardingCLITests: XCTestCase {
+    func args(_ data: String, _ out: String, steps: Int = 20) -> [String] {
+        tinyArgs(data: data, out: out, steps: steps) + ["--warmup-steps", "0", "--check-replicas", "5"]
+    }
+
+    func testGroupsMatchDDPAndSendThePlannedBytesAcrossGroups() throws {
+        let data = try Repo.dataDirectory()
+        let ddp = try Repo.temporaryDirectory("hsdp-ddp")
+        XCTAssertEqual(try mpirun(4, args(data, ddp)).status, 0)
+        for stage in ["3", "2"] {
+            let out = try Repo.temporaryDirectory("hsdp-z" + stage)
+            let r = try mpirun(4, args(data, out) + ["--zero", stage, "--shard-group", "2"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.contains("hybrid sharding: ZeRO-\(stage) within 2 groups of 2 ranks"), r.stdout)
+            try assertSameTrajectory(out, ddp, tolerance: 1e-5, "ZeRO-\(stage) in groups of 2 vs DDP on 4 ranks")
+            let m = try memoryFile(out), psi = m["psi"] as! Int, half = (psi + 1) / 2
+            XCTAssertEqual(m["optimizer"] as? Int, 8 * half, "AdamW sharded over the group of 2, not the world of 4")
+            let plan = m["plan"] as! [String: Any]
+            XCTAssertEqual(plan["shardGroupSize"] as? Int, 2)
+            // Each rank all-reduces its fp32 gradient shard ⌈Ψ/2⌉ across R = 2 groups:
+            // 2·⌈Ψ/2⌉·(R−1)/R elements of 4 bytes per step.
+            XCTAssertEqual(plan["crossGroupBytesPerStep"] as? Int, 4 * 2 * half / 2)
+        }
+    }
+
+    /// Saves at step 10 of an HSDP run; resumes it as it was (bit for bit), and on other
+    /// world sizes, stages and groups (the same trajectory to rounding).
+    func testResumeIsBitExactAndReshards() throws {
+        let data = try Repo.dataDirectory()
+        let hsdp = ["--zero", "3", "--shard-group", "2", "--save-every", "10"]
+        let reference = try Repo.temporaryDirectory("hsdp-ref"), run = try Repo.temporaryDirectory("hsdp-run")
+        XCTAssertEqual(try mpirun(4, args(data, reference) + hsdp).status, 0)
+        XCTAssertEqual(try mpirun(4, args(data, run) + hsdp).status, 0)
+        let step10 = run + "/checkpoints/step-00000010"
+        // Each of the 4 ranks wrote a quarter of each vector: its half of its group's shard.
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: step10 + "/manifest.json"))) as! [String: Any]
+        let starts = (manifest["files"] as! [[String: Any]]).map { (($0["frames"] as! [[String: Any]])[0]["start"] as! Int) }
+        let psi = manifest["parameterCount"] as! Int, half = (psi + 1) / 2, quarter = (half + 1) / 2
+        XCTAssertEqual(starts, [0, half, quarter, half + quarter], "rank r (group r/2, shard r%2) writes part r/2 of shard r%2")
+        for (name, ranks, extra) in [("same", 4, hsdp), ("zero3-2ranks", 2, ["--zero", "3", "--shard-group", "world"]),
+                                     ("ddp-1rank", 1, ["--zero", "0", "--shard-group", "world"]),
+                                     ("zero1-groups-of-1", 4, ["--zero", "1", "--shard-group", "1"])] {
+            let dir = try Repo.temporaryDirectory("hsdp-" + name)
+            try FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.copyItem(atPath: run, toPath: dir)
+            let r = try mpirun(ranks, ["train", "--out", dir, "--resume", dir + "/checkpoints/step-00000010", "--max-steps", "20"] + extra)
+            XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
+            if name == "same" {
+                XCTAssertTrue(try losses(dir) == losses(reference), "resumed losses bit for bit")
+                XCTAssertTrue(try modelParameters(dir) == modelParameters(reference), "final weights bit for bit")
+                XCTAssertTrue(try checkpointVectors(dir + "/checkpoints/step-00000020") == checkpointVectors(reference + "/checkpoints/step-00000020"),
+                              "final checkpoint bit for bit")
+            } else {
+                try assertSameTrajectory(dir, reference, tolerance: 1e-5, "resumed as \(name)", lastSteps: 10)
+            }
+        }
+        // And the other way: a plain ZeRO-1 checkpoint resumed in groups.
+        let z1 = try Repo.temporaryDirectory("hsdp-from-z1")
+        XCTAssertEqual(try mpirun(4, args(data, z1) + ["--zero", "1", "--save-every", "10"]).status, 0)
+        let r = try mpirun(4, ["train", "--out", z1, "--resume", z1 + "/checkpoints/step-00000010", "--max-steps", "20",
+                               "--zero", "3", "--shard-group", "2"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        try assertSameTrajectory(z1, reference, tolerance: 1e-5, "ZeRO-1 checkpoint resumed as HSDP", lastSteps: 10)
+    }
+
+    func testBadGroupsAreRefused() throws {
+        let data = try Repo.dataDirectory()
+        let out = try Repo.temporaryDirectory("hsdp-bad")
+        let cases: [(Int, [String], String)] = [
+            (4, ["--zero", "3", "--shard-group", "3"], "--shard-group is 3, which does not divide the 4 ranks"),
+            (1, ["--shard-group", "2"], "--shard-group is 2, which does not divide the 1 ranks"),
+            (1, ["--zero", "0", "--shard-group", "1"], "with --zero 0 (DDP shards nothing)"),
+            (1, ["--zero", "3", "--shard-group", "1", "--sync-every", "5"], "use --zero 0"),
+        ]
+        for (ranks, extra, needle) in cases {
+            let r = ranks == 1 ? try tessera(args(data, out) + extra) : try mpirun(ranks, args(data, out) + extra)
+            XCTAssertNotEqual(r.status, 0, "\(extra)")
+            XCTAssertTrue((r.stderr + r.stdout).contains(needle), "\(extra): \(r.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/metrics.jsonl"), "\(extra): nothing ran")
+        }
+        let parse = try tessera(args(data, out) + ["--zero", "3", "--shard-group", "rack"])
+        XCTAssertNotEqual(parse.status, 0)
+        XCTAssertTrue(parse.stderr.contains("--shard-group"), parse.stderr)
+    }
+}
