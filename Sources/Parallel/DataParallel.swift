@@ -20,6 +20,8 @@ public final class DataParallel: TrainingStrategy {
     /// Full parameters and moments.
     public let params: FloatBuffer, m: FloatBuffer, v: FloatBuffer
     let reducer: BucketReducer
+    /// PowerSGD's low-rank compression of the all-reduce (nil: exact gradients).
+    public let powerSGD: PowerSGD?
     public var commWaitSeconds: Double = 0
     public let stage = ZeroStage.ddp
     public let parameterPrecision = Precision.fp32
@@ -29,8 +31,11 @@ public final class DataParallel: TrainingStrategy {
     /// Bucket ranges (elements) in the order they are reduced.
     public var buckets: [Range<Int>] { reducer.buckets }
 
-    /// Creates the strategy; `reduce` is the format gradients travel in.
-    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32) {
+    /// Creates the strategy; `reduce` is the format gradients travel in, `powerSGD` an
+    /// optional compressor that replaces the bucket all-reduces from its start step.
+    public init(layout: ParameterLayout, comm: Communicator, adam: AdamW, bucketBytes: Int, reduce: Precision = .fp32,
+                powerSGD: PowerSGD? = nil) {
+        self.powerSGD = comm.size > 1 ? powerSGD : nil
         self.layout = layout
         self.comm = comm
         self.adam = adam
@@ -51,8 +56,18 @@ public final class DataParallel: TrainingStrategy {
     // MARK: TrainingStrategy
 
     public func beginStep() { reducer.beginStep() }
-    public func beginMicroStep(isLast: Bool) { reducer.beginMicroStep(isLast: isLast) }
-    public func finishGradients() throws(CommError) { try reducer.finish(seconds: &commWaitSeconds) }
+    /// A compressed step's buckets only accumulate; PowerSGD reduces the whole gradient at the end.
+    public func beginMicroStep(isLast: Bool) { reducer.beginMicroStep(isLast: isLast && powerSGD?.compresses != true) }
+    public func finishGradients() throws(CommError) {
+        try reducer.finish(seconds: &commWaitSeconds)
+        guard let powerSGD else { return }
+        if powerSGD.compresses {
+            let t0 = MPIClock.now()
+            try powerSGD.reduce(grads.pointer)
+            commWaitSeconds += MPIClock.now() - t0
+        }
+        powerSGD.step += 1
+    }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
         Vector.sumOfSquares(grads.pointer, layout.count)
@@ -72,9 +87,10 @@ public final class DataParallel: TrainingStrategy {
 
     public var memory: MemoryReport {
         let staging = reducer.stagingBytes
+        var working = staging > 0 ? ["16-bit gradient staging": staging] : [:]
+        if let powerSGD { working[PowerSGD.workingName] = powerSGD.bytes }
         return MemoryReport(parameters: params.byteCount, gradients: grads.byteCount,
-                            optimizer: m.byteCount + v.byteCount,
-                            working: staging > 0 ? ["16-bit gradient staging": staging] : [:])
+                            optimizer: m.byteCount + v.byteCount, working: working)
     }
 
     public func statePieces() -> [StatePiece] {

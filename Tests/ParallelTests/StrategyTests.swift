@@ -33,12 +33,16 @@ final class StrategyTests: XCTestCase {
     /// evenly on 1–4 ranks, as ZeRO-2/3 need (they reduce after every micro-step).
     /// `group` splits the ranks for hybrid sharding (the stage shards within each group).
     static func train(stage: ZeroStage, comm: Communicator, precision: Precision = .fp32,
-                      reduce: Precision? = nil, microBatch: Int = 1, group: ShardGroup = .world) throws -> Trajectory {
+                      reduce: Precision? = nil, microBatch: Int = 1, group: ShardGroup = .world,
+                      powerSGD: (rank: Int, start: Int)? = nil) throws -> Trajectory {
         let model = GPT(config: shape, precision: precision)
         let adam = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1)
         let groups = try ShardGroups(world: comm, group: group)
-        let strategy = makeStrategy(stage: stage, layout: model.layout, comm: groups.shard, adam: adam, bucketBytes: 4096,
-                                    reduce: reduce ?? precision, compute: precision, replicas: groups.replicas)
+        let strategy = powerSGD.map {
+            DataParallel(layout: model.layout, comm: comm, adam: adam, bucketBytes: 4096,
+                         powerSGD: PowerSGD(layout: model.layout, comm: comm, rank: $0.rank, startStep: $0.start))
+        } ?? makeStrategy(stage: stage, layout: model.layout, comm: groups.shard, adam: adam, bucketBytes: 4096,
+                          reduce: reduce ?? precision, compute: precision, replicas: groups.replicas)
         let initial = FloatBuffer(count: model.layout.count)
         GPT.initialize(initial.pointer, layout: model.layout, config: shape, seed: 5)
         strategy.loadParameters(from: initial.pointer)
