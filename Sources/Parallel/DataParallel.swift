@@ -96,8 +96,21 @@ public final class DataParallel: TrainingStrategy {
     public func statePieces() -> [StatePiece] {
         let shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
         let o = shard.mine.lowerBound
-        return pieces(shard, params: params.pointer + o, m: m.pointer + o, v: v.pointer + o)
+        var all = pieces(shard, params: params.pointer + o, m: m.pointer + o, v: v.pointer + o)
+        if let powerSGD {
+            // Q is the same on every rank: each writes its shard of the packed vector; the
+            // error feedback is each rank's own.
+            let packed = FloatBuffer(count: shard.mine.count)
+            powerSGD.packedQ(range: shard.mine, into: packed.pointer)
+            qSnapshot = packed
+            all.append(StatePiece(vector: .powerSGDQ, start: o, count: shard.mine.count, pointer: packed.pointer))
+            all.append(StatePiece(vector: .powerSGDError, start: 0, count: layout.count, pointer: powerSGD.error.pointer))
+        }
+        return all
     }
+
+    /// Backs the packed-Q piece of the latest `statePieces` until the next.
+    private var qSnapshot: FloatBuffer?
 
     public func loadState(_ read: StateReader) rethrows {
         let all = 0..<layout.count

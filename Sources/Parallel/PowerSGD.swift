@@ -75,22 +75,24 @@ public final class PowerSGD {
     /// Whether this step compresses.
     public var compresses: Bool { step >= startStep }
 
-    /// Elements one rank puts into the step's all-reduces when compressing: factors and the
-    /// uncompressed tensors (the ring algorithm sends twice that, less 1/N, as `RingTraffic` says).
-    public var reducedElements: Int { p.count + q.count + rest.count }
-
     /// Bytes of the compressor's own buffers.
     public var bytes: Int { p.byteCount + q.byteCount + rest.byteCount + error.byteCount }
     public static let workingName = "PowerSGD factors, error feedback, uncompressed staging"
 
-    /// Bytes and per-step all-reduce elements of a compressor of `layout` at `rank`, from
-    /// the layout alone (what `bytes` and `reducedElements` will be).
-    public static func plan(layout: ParameterLayout, rank: Int) -> (bytes: Int, reducedElements: Int) {
-        var factors = 0, rest = 0
+    /// The sizes of a compressor of `layout` at `rank`, from the layout alone: the elements
+    /// of its three all-reduces (P, Q, uncompressed) and its bytes (what `bytes` will be).
+    public static func plan(layout: ParameterLayout, rank: Int) -> (p: Int, q: Int, rest: Int, bytes: Int) {
+        var p = 0, q = 0, rest = 0
         for t in layout.tensors {
-            if let (n, m) = compressedShape(t.shape, rank: rank) { factors += (n + m) * rank } else { rest += t.count }
+            if let (n, m) = compressedShape(t.shape, rank: rank) { p += n * rank; q += m * rank } else { rest += t.count }
         }
-        return (4 * (factors + rest + layout.count), factors + rest)
+        return (p, q, rest, 4 * (p + q + rest + layout.count))
+    }
+
+    /// Elements one rank sends in a compressed step on `ranks` ranks (ring all-reduces).
+    public static func sentElements(layout: ParameterLayout, rank: Int, ranks: Int) -> Int {
+        let c = plan(layout: layout, rank: rank)
+        return [c.p, c.q, c.rest].reduce(0) { $0 + RingTraffic.allReduce(count: $1, ranks: ranks) }
     }
 
     // MARK: One step

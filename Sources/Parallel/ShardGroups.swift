@@ -17,21 +17,22 @@ public struct ShardGroups {
     public let shard: Communicator
     /// The same position in every group (nil when there is one group: plain ZeRO).
     public let replicas: Communicator?
-    /// Whether every group lies within one node (nothing but the replica all-reduce leaves it).
-    public let withinNodes: Bool
+    /// Whether every group lies within one node (nothing but the replica all-reduce leaves
+    /// it); nil with one group, when there is nothing to keep inside a node.
+    public let withinNodes: Bool?
 
     /// Ranks per group.
     public var groupSize: Int { shard.size }
     /// Number of groups.
     public var groupCount: Int { replicas?.size ?? 1 }
 
-    /// Splits `world` as `group` says (collective).
+    /// Splits `world` as `group` says (collective). `world` splits nothing.
     public init(world: Communicator, group: ShardGroup) throws {
-        let node = try world.splitByNode()
         switch group {
         case .world:
             shard = world
         case .node:
+            let node = try world.splitByNode()
             var sizes = [Double(node.size), -Double(node.size)]
             try world.allReduce(&sizes, op: .max, label: "all-reduce of ranks per node")
             guard Int(sizes[0]) == -Int(sizes[1]) else {
@@ -42,9 +43,13 @@ public struct ShardGroups {
             guard g > 0, world.size % g == 0 else { throw ShardGroupError.notDividing(group: g, world: world.size) }
             shard = g == world.size ? world : try world.split(color: world.rank / g, key: world.rank)
         }
-        replicas = shard.size == world.size ? nil : try world.split(color: shard.rank, key: world.rank)
+        guard shard.size < world.size else {
+            replicas = nil; withinNodes = nil
+            return
+        }
+        replicas = try world.split(color: shard.rank, key: world.rank)
         // A group is within one node when the ranks of its node are all of it, on every rank.
-        let local = shard === world ? node : try shard.splitByNode()
+        let local = try shard.splitByNode()
         var crosses = [local.size == shard.size ? 0.0 : 1.0]
         try world.allReduce(&crosses, op: .max, label: "all-reduce of groups crossing nodes")
         withinNodes = crosses[0] == 0

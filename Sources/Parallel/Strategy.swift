@@ -100,12 +100,14 @@ extension TrainingStrategy {
 /// sharding, `ShardGroups`).
 public func makeStrategy(stage: ZeroStage, layout: ParameterLayout, comm: Communicator, adam: AdamW,
                          bucketBytes: Int, reduce: Precision = .fp32, compute: Precision = .fp32,
-                         replicas: Communicator? = nil) -> TrainingStrategy {
+                         replicas: Communicator? = nil, powerSGD: (rank: Int, startStep: Int)? = nil) -> TrainingStrategy {
     switch stage {
     case .ddp:
         precondition(replicas == nil, "DDP shards nothing: hybrid sharding needs a ZeRO stage")
-        return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce)
+        return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
+                            powerSGD: powerSGD.map { PowerSGD(layout: layout, comm: comm, rank: $0.rank, startStep: $0.startStep) })
     case .one, .two, .three:
+        precondition(powerSGD == nil, "PowerSGD compresses DDP's all-reduce")
         return ZeRO(stage: stage, layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
                     compute: compute, replicas: replicas)
     }

@@ -49,17 +49,22 @@ public struct BenchResult: Codable, Sendable {
     public var syncEvery: Int?, sentBytesPerStep: Double = 0
     /// Hybrid sharding's groups (nil: none), and the bytes one rank sent across groups per step.
     public var shardGroup: String? = nil, crossGroupBytesPerStep: Double? = nil
+    /// PowerSGD's rank (nil: exact gradients).
+    public var powerSGDRank: Int? = nil
 }
 
 /// The parallelism `bench` runs besides the ZeRO stage.
 public struct BenchParallelism: Sendable {
     public var syncEvery = 0, syncDtype = SyncDType.bf16, shardGroup = ShardGroup.world
-    public init(syncEvery: Int = 0, syncDtype: SyncDType = .bf16, shardGroup: ShardGroup = .world) {
-        self.syncEvery = syncEvery; self.syncDtype = syncDtype; self.shardGroup = shardGroup
+    /// PowerSGD's rank (0: off); bench compresses from the first step.
+    public var powerSGDRank = 0
+    public init(syncEvery: Int = 0, syncDtype: SyncDType = .bf16, shardGroup: ShardGroup = .world, powerSGDRank: Int = 0) {
+        self.syncEvery = syncEvery; self.syncDtype = syncDtype; self.shardGroup = shardGroup; self.powerSGDRank = powerSGDRank
     }
     /// "DDP", "ZeRO-3", "ZeRO-3 shard groups: node", "local SGD H=50 bf16".
     public func name(_ zero: ZeroStage) -> String {
         if syncEvery > 0 { return "local SGD H=\(syncEvery) \(syncDtype.rawValue)" }
+        if powerSGDRank > 0 { return "DDP PowerSGD rank \(powerSGDRank)" }
         return shardGroup == .world ? zero.name : "\(zero.name) shard groups: \(shardGroup)"
     }
 }
@@ -109,6 +114,7 @@ public enum Benchmark {
         c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
         c.precision = precision; c.recompute = recompute; c.attention = attention
         c.syncEvery = parallelism.syncEvery; c.syncDtype = parallelism.syncDtype; c.shardGroup = parallelism.shardGroup
+        c.powerSGDRank = parallelism.powerSGDRank; c.powerSGDStart = 0
         c.evalEvery = 0
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
@@ -149,6 +155,7 @@ public enum Benchmark {
                            syncEvery: local ? parallelism.syncEvery : nil,
                            sentBytesPerStep: Double(timed.map(\.sent_bytes).reduce(0, +)) / Double(timed.count),
                            shardGroup: trainer.groups.replicas == nil ? nil : parallelism.shardGroup.description,
-                           crossGroupBytesPerStep: trainer.groups.replicas == nil ? nil : Double(crossGroupBytes) / Double(timed.count))
+                           crossGroupBytesPerStep: trainer.groups.replicas == nil ? nil : Double(crossGroupBytes) / Double(timed.count),
+                           powerSGDRank: parallelism.powerSGDRank > 0 ? parallelism.powerSGDRank : nil)
     }
 }

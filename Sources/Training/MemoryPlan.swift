@@ -56,6 +56,8 @@ public struct MemoryPlan: Codable, Sendable {
         var m = predictedMemory(stage: config.zero, layout: trained, worldSize: local ? 1 : g, groups: local ? 1 : groups,
                                 reduce: config.effectiveReduceDtype, compute: config.precision)
         if local { m.working[LocalSGD.workingName] = LocalSGD.bytes(count: trained.count, ranks: n, dtype: config.syncDtype) }
+        let compressed = config.powerSGDRank > 0 && n > 1
+        if compressed { m.working[PowerSGD.workingName] = PowerSGD.plan(layout: trained, rank: config.powerSGDRank).bytes }
         if config.lora != nil {
             let f = predictedFrozenMemory(stage: config.zero, layout: layout, worldSize: g, compute: config.precision)
             m.parameters += f.parameters
@@ -127,6 +129,11 @@ public struct MemoryPlan: Codable, Sendable {
         let baseGathered = config.lora != nil && config.zero == .three ? 2 * baseRing * steps : 0
         var sentElements = Int(reduced + gathered + baseGathered)
         var sentBytes = Int(reduced * wire + gathered * (config.zero == .ddp ? 4 : held) + baseGathered * held)
+        if compressed {
+            // After its first exact steps PowerSGD sends factors (fp32) instead of gradients.
+            sentElements = PowerSGD.sentElements(layout: trained, rank: config.powerSGDRank, ranks: n)
+            sentBytes = 4 * sentElements
+        }
         let crossGroup = groups > 1 ? RingTraffic.allReduce(count: groupShard, ranks: groups) : 0
         sentElements += crossGroup
         sentBytes += crossGroup * Int(wire)

@@ -64,7 +64,7 @@ final class RunReporter {
         log("tessera: " + t.gemmNote)
         if let replicas = t.groups.replicas {
             log("tessera: hybrid sharding: \(strategy.name) within \(replicas.size) groups of \(group) ranks, gradient shards all-reduced across groups"
-                + (t.groups.withinNodes ? " (each group within one node)"
+                + (t.groups.withinNodes == true ? " (each group within one node)"
                    : "; groups span nodes, so parameter and gradient traffic of the stage crosses the network (--shard-group node keeps it in each node)"))
         } else if config.shardGroup != .world && t.localSGD == nil {
             log("tessera: --shard-group \(config.shardGroup) makes one group of all \(world) ranks: plain \(strategy.name)")

@@ -57,6 +57,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var outerLR = 0.7, outerMomentum = 0.9
     /// How the deltas travel.
     public var syncDtype = SyncDType.bf16
+    /// PowerSGD: DDP's gradients travel as rank-r factors (0: exact all-reduce), from step
+    /// `powerSGDStart` on (the first steps all-reduce exactly, as PyTorch's hook does).
+    public var powerSGDRank = 0, powerSGDStart = 10
     public var bucketMB = 25.0
     public var commTimeout = 300.0
     // Checkpoints
@@ -102,7 +105,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
-             threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
+             threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, powerSGDRank, powerSGDStart, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
@@ -133,6 +136,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
         try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.shardGroup, &shardGroup); try get(.bucketMB, &bucketMB)
         try get(.syncEvery, &syncEvery); try get(.outerLR, &outerLR); try get(.outerMomentum, &outerMomentum); try get(.syncDtype, &syncDtype)
+        try get(.powerSGDRank, &powerSGDRank); try get(.powerSGDStart, &powerSGDStart)
         try get(.commTimeout, &commTimeout)
         try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume); try get(.initFrom, &initFrom)
@@ -245,6 +249,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try validateLoRA()
         try validateLocalSGD()
         try validateShardGroup(worldSize: worldSize)
+        try validatePowerSGD()
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
                  "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "
@@ -319,6 +324,21 @@ extension TrainConfig {
         guard zero != .ddp else {
             throw ConfigError(flag: "--shard-group", problem: "is \(shardGroup) with --zero 0 (DDP shards nothing)",
                               fix: "shard within groups with --zero 1, 2 or 3 (3: HSDP), or leave --shard-group out")
+        }
+    }
+
+    /// PowerSGD's flags: a positive rank, on DDP's synchronous all-reduce.
+    func validatePowerSGD() throws(ConfigError) {
+        guard powerSGDRank != 0 else { return }
+        guard powerSGDRank > 0 else {
+            throw ConfigError(flag: "--powersgd-rank", problem: "is \(powerSGDRank)", fix: "use 0 (exact gradients) or a positive rank such as 4")
+        }
+        guard zero == .ddp && syncEvery == 0 else {
+            throw ConfigError(flag: "--powersgd-rank", problem: "is \(powerSGDRank) with " + (syncEvery > 0 ? "--sync-every \(syncEvery)" : "--zero \(zero.rawValue)"),
+                              fix: "PowerSGD compresses DDP's gradient all-reduce: use --zero 0 without --sync-every")
+        }
+        guard powerSGDStart >= 0 else {
+            throw ConfigError(flag: "--powersgd-start", problem: "is \(powerSGDStart)", fix: "use 0 or more steps of exact all-reduce first")
         }
     }
 

@@ -125,7 +125,8 @@ public final class Trainer {
         strategy = makeStrategy(stage: config.zero, layout: model.adapterLayout ?? model.layout,
                                 comm: config.syncEvery > 0 ? LocalCommunicator() : groups.shard, adam: adam,
                                 bucketBytes: Int(config.bucketMB * 1_048_576), reduce: config.effectiveReduceDtype,
-                                compute: config.precision, replicas: groups.replicas)
+                                compute: config.precision, replicas: groups.replicas,
+                                powerSGD: config.powerSGDRank > 0 ? (config.powerSGDRank, config.powerSGDStart) : nil)
         localSGD = config.syncEvery > 0
             ? LocalSGD(count: strategy.layout.count, comm: comm, outerLR: Float(config.outerLR),
                        momentum: Float(config.outerMomentum), dtype: config.syncDtype) : nil
@@ -173,6 +174,10 @@ public final class Trainer {
         if let localSGD {
             localSGD.start(from: localWorker.params.pointer)
             if let resumed { try resumeLocalSGD(localSGD, reader: resumed) }
+        }
+        if let powerSGD = (strategy as? DataParallel)?.powerSGD {
+            powerSGD.step = startStep
+            if let resumed { try resumePowerSGD(powerSGD, reader: resumed) }
         }
         if config.precision == .fp16 && scaler == nil { scaler = DynamicLossScaler() }
         // The weights read for the start are in the strategy (or the frozen base) now: let
@@ -237,6 +242,24 @@ public final class Trainer {
         }
         try reader.read(.localAdamM, range: 0..<psi, into: localWorker.m.pointer, rank: comm.rank)
         try reader.read(.localAdamV, range: 0..<psi, into: localWorker.v.pointer, rank: comm.rank)
+    }
+
+    /// PowerSGD's state after `resume`: Q (whatever the world size), and at the world size
+    /// that saved it each rank's error feedback; without them the compressor starts afresh.
+    private func resumePowerSGD(_ powerSGD: PowerSGD, reader: CheckpointReader.VectorReader) throws {
+        let psi = strategy.layout.count
+        guard reader.holds(.powerSGDQ) else {
+            if isCoordinator { log("tessera: \(config.resume) holds no PowerSGD state: Q starts from its seed, error feedback from zero") }
+            return
+        }
+        let packed = FloatBuffer(count: psi)
+        try reader.read(.powerSGDQ, range: 0..<psi, into: packed.pointer)
+        powerSGD.unpackQ(packed.pointer)
+        guard reader.manifest.worldSize == comm.size, reader.holds(.powerSGDError) else {
+            if isCoordinator { log("tessera: PowerSGD resumed on \(comm.size) rank(s) from \(reader.manifest.worldSize): error feedback starts from zero") }
+            return
+        }
+        try reader.read(.powerSGDError, range: 0..<psi, into: powerSGD.error.pointer, rank: comm.rank)
     }
 
     /// Local SGD's worker: the strategy, a `DataParallel` over a world of one.

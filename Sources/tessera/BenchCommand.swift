@@ -16,6 +16,8 @@ struct Bench: ParsableCommand {
     var syncEvery: Int = 0
     @Option(help: "Local SGD: how deltas travel (fp32, bf16, int8).") var syncDtype: SyncDType = .bf16
     @Option(help: "Hybrid sharding (as train): the ZeRO stage shards within groups (node, or N ranks).") var shardGroup: ShardGroup = .world
+    @Option(name: .customLong("powersgd-rank"), help: "PowerSGD (as train, compressing from the first step): DDP's gradients as rank-R factors.")
+    var powerSGDRank: Int = 0
     @Option(help: "Activation recomputation modes (repeatable): none, selective, full.") var recompute: [Recompute] = [.none]
     @Option(help: "Attention kernels (repeatable): fused, unfused.") var attention: [AttentionKernel] = [.fused]
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
@@ -33,6 +35,9 @@ struct Bench: ParsableCommand {
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
         guard syncEvery >= 0 else { throw ValidationError("--sync-every must be 0 (synchronous) or a positive number of steps") }
         guard syncEvery == 0 || zero == .ddp else { throw ValidationError("--sync-every runs each rank unsharded: use --zero 0") }
+        guard powerSGDRank >= 0, powerSGDRank == 0 || (zero == .ddp && syncEvery == 0) else {
+            throw ValidationError("--powersgd-rank compresses DDP's all-reduce: use a rank >= 1 with --zero 0 and no --sync-every")
+        }
         guard shardGroup == .world || zero != .ddp else {
             throw ValidationError("--shard-group shards a ZeRO stage within groups and DDP shards nothing: use --zero 1, 2 or 3")
         }
@@ -66,7 +71,7 @@ struct Bench: ParsableCommand {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
                              t, peak, openblasPeak, bf16Peak))
-                print("parallelism: " + BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup).name(zero))
+                print("parallelism: " + BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup, powerSGDRank: powerSGDRank).name(zero))
                 print("config   prec  recomp     attn     gemm      ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  sent MB/step  vs PyTorch")
             }
             for name in config {
@@ -75,7 +80,7 @@ struct Bench: ParsableCommand {
                 for kernel in attention {
                     let shape = BenchShape.all.first { $0.name == name }!
                     let r = try Benchmark.run(shape, precision: p, zero: zero, recompute: mode, attention: kernel,
-                                              parallelism: BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup),
+                                              parallelism: BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup, powerSGDRank: powerSGDRank),
                                               comm: comm, threads: t, perRankBatch: perRankBatch,
                                               warmup: warmup, steps: steps, peakGflops: p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }

@@ -70,6 +70,10 @@ struct TrainOptions: ParsableArguments {
     @Option(name: .customLong("outer-lr"), help: "Local SGD: the outer Nesterov SGD's learning rate.") var outerLR: Double?
     @Option(help: "Local SGD: the outer optimizer's momentum.") var outerMomentum: Double?
     @Option(help: "Local SGD: how deltas travel (fp32, bf16, int8 with a scale per 256 values).") var syncDtype: SyncDType?
+    @Option(name: .customLong("powersgd-rank"), help: "PowerSGD: DDP's gradients travel as rank-R factors with error feedback (0: exact).")
+    var powerSGDRank: Int?
+    @Option(name: .customLong("powersgd-start"), help: "PowerSGD: steps of exact all-reduce before compressing (default 10).")
+    var powerSGDStart: Int?
     @Option(name: .customLong("bucket-mb"), help: "DDP/ZeRO-1 gradient bucket size in MiB.") var bucketMB: Double?
     @Option(help: "Seconds a collective may wait before the watchdog aborts the job.") var commTimeout: Double?
     @Option(help: "Compute precision of matmuls and saved activations (master weights and optimizer stay fp32).") var precision: Precision?
@@ -107,7 +111,7 @@ struct TrainOptions: ParsableArguments {
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
         set(\.zero, zero); set(\.shardGroup, shardGroup); set(\.syncEvery, syncEvery); set(\.outerLR, outerLR); set(\.outerMomentum, outerMomentum)
-        set(\.syncDtype, syncDtype); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
+        set(\.syncDtype, syncDtype); set(\.powerSGDRank, powerSGDRank); set(\.powerSGDStart, powerSGDStart); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
         set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)

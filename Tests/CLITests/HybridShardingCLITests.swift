@@ -69,6 +69,54 @@ final class HybridShardingCLITests: XCTestCase {
         try assertSameTrajectory(z1, reference, tolerance: 1e-5, "ZeRO-1 checkpoint resumed as HSDP", lastSteps: 10)
     }
 
+    /// 2 hosts × 2 ranks (network namespaces, TCP between hosts): with `--shard-group node`
+    /// each host is one group, and the only bytes on a host's link are its two ranks'
+    /// all-reduces of their fp32 gradient shards: 2 ranks × 4 B × 2⌈Ψ/2⌉(R−1)/R = 8⌈Ψ/2⌉ per
+    /// step (plus TCP/IP headers and the step's scalar all-reduces). Plain ZeRO-3 over the
+    /// same 4 ranks sends its parameter gathers across too.
+    func testOnlyGradientShardsCrossHostLinks() throws {
+        let harness = Repo.root.appendingPathComponent("cluster/netns/harness.sh")
+        let up = try runProcess(harness, ["up", "2", "2"])
+        guard up.status == 0 else {
+            _ = try? runProcess(harness, ["down"])
+            try requireEnvironment(false, "cannot create network namespaces here (\(up.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
+            return
+        }
+        defer { _ = try? runProcess(harness, ["down"]) }
+        let data = try Repo.dataDirectory()
+        func sent(_ host: Int) throws -> Int { Int(try runProcess(harness, ["txbytes", "\(host)"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))! }
+        /// Bytes each host sent per step, from runs of 10 and 30 steps (start-up and the end's
+        /// saves cancel); the 30-step run's directory.
+        func perStep(_ extra: [String]) throws -> (bytes: [Double], run: String, stdout: String) {
+            var delta: [[Int]] = [], run = "", stdout = ""
+            for steps in [10, 30] {
+                run = try Repo.temporaryDirectory("hsdp-hosts")
+                let before = [try sent(1), try sent(2)]
+                let r = try runProcess(harness, ["run", "-n", "4", "--"] + args(data, run, steps: steps) + extra)
+                XCTAssertEqual(r.status, 0, r.stderr)
+                delta.append([try sent(1) - before[0], try sent(2) - before[1]])
+                stdout = r.stdout
+            }
+            return ((0..<2).map { Double(delta[1][$0] - delta[0][$0]) / 20 }, run, stdout)
+        }
+        let hybrid = try perStep(["--zero", "3", "--shard-group", "node"])
+        XCTAssertTrue(hybrid.stdout.contains("within 2 groups of 2 ranks, gradient shards all-reduced across groups (each group within one node)"),
+                      hybrid.stdout)
+        let psi = try memoryFile(hybrid.run)["psi"] as! Int
+        let formula = Double(8 * ((psi + 1) / 2))
+        for (h, bytes) in hybrid.bytes.enumerated() {
+            print(String(format: "host %d sent %.0f B/step; formula 8⌈Ψ/2⌉ = %.0f (Ψ = %d): %+.2f%%", h + 1, bytes, formula, psi, 100 * (bytes / formula - 1)))
+            XCTAssertGreaterThanOrEqual(bytes, formula, "host \(h + 1): at least the gradient shards")
+            XCTAssertLessThan(bytes, formula * 1.02, "host \(h + 1): nothing else of size crosses (headers and scalars < 2%)")
+        }
+        let plain = try perStep(["--zero", "3"])
+        for (h, bytes) in plain.bytes.enumerated() {
+            print(String(format: "plain ZeRO-3: host %d sent %.0f B/step (%.1f× hybrid)", h + 1, bytes, bytes / hybrid.bytes[h]))
+        }
+        XCTAssertGreaterThan(plain.bytes.reduce(0, +), 2 * hybrid.bytes.reduce(0, +), "plain ZeRO-3 gathers parameters across hosts")
+        try assertSameTrajectory(hybrid.run, plain.run, tolerance: 1e-5, "hybrid vs plain ZeRO-3 across 2 hosts")
+    }
+
     func testBadGroupsAreRefused() throws {
         let data = try Repo.dataDirectory()
         let out = try Repo.temporaryDirectory("hsdp-bad")

@@ -84,12 +84,13 @@ final class PowerSGDTests: XCTestCase {
             let exact = (0..<Self.layout.count).map { i in (0..<n).reduce(0.0) { $0 + Double(Self.gradient(rank: $1, step: k)[i]) } }
             XCTAssertGreaterThan(zip(got, exact).map { abs(Double($0) - $1) }.max()!, 0.01 * scale, "rank 2 of a full-rank gradient is lossy")
         }
-        // Bytes per step: three all-reduces of the factors and the uncompressed values.
-        let factors = (40 + 24) * rank + (16 + 48) * rank, rest = 15 + 24
-        XCTAssertEqual(results[0].2, steps * 4 * (RingTraffic.allReduce(count: 40 * rank + 16 * rank, ranks: n)
-                                                + RingTraffic.allReduce(count: 24 * rank + 48 * rank, ranks: n)
-                                                + RingTraffic.allReduce(count: rest, ranks: n)))
-        XCTAssertEqual(PowerSGD.plan(layout: Self.layout, rank: rank).reducedElements, factors + rest)
+        // Bytes per step: three all-reduces, of P (n·r per matrix), Q (m·r) and the rest.
+        let plan = PowerSGD.plan(layout: Self.layout, rank: rank)
+        XCTAssertEqual([plan.p, plan.q, plan.rest], [(40 + 16) * rank, (24 + 48) * rank, 15 + 24])
+        XCTAssertEqual(results[0].2, steps * 4 * PowerSGD.sentElements(layout: Self.layout, rank: rank, ranks: n))
+        XCTAssertEqual(PowerSGD.sentElements(layout: Self.layout, rank: rank, ranks: n),
+                       RingTraffic.allReduce(count: plan.p, ranks: n) + RingTraffic.allReduce(count: plan.q, ranks: n)
+                        + RingTraffic.allReduce(count: plan.rest, ranks: n))
     }
 
     /// When the summed gradient has rank ≤ r (here 2 < 4: the extra columns of P are rounding
