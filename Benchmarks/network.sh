@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench-network`: DDP, ZeRO-3 and local SGD across two network-namespace hosts
+# `make bench-network`: DDP, ZeRO-3, local SGD and PowerSGD across two network-namespace hosts
 # (cluster/netns/harness.sh, one rank each) with each host's link unlimited, capped at
 # 1 Gbit/s and at 100 Mbit/s (tc tbf), for the `small` and `gpt2` shapes; then DDP, ZeRO-3
 # and hybrid sharding (ZeRO-3 within each host) on 2 hosts × 2 ranks for `small`, with the
@@ -15,6 +15,13 @@ rates="${BENCH_NETWORK_RATES:-unlimited 1gbit 100mbit}"
 out="${BENCH_NETWORK_OUT:-bench/network.jsonl}"
 mkdir -p bench; rm -f "$out"
 trap '$harness down' EXIT
+# BENCH_NETWORK_MODES (e.g. "powersgd-rank,shard-group") keeps only the modes whose flags
+# contain one of its words; BENCH_NETWORK_CONFIGS / _HYBRID_CONFIGS=" " skip a section.
+wanted() {
+  [ -z "${BENCH_NETWORK_MODES:-}" ] && return 0
+  local w; for w in ${BENCH_NETWORK_MODES//,/ }; do [[ "$1" == *"$w"* ]] && return 0; done
+  return 1
+}
 limit_links() {
   for k in 1 2; do
     if [ "$1" = unlimited ]; then $harness unlimit $k; else $harness limit $k "$1"; fi
@@ -43,7 +50,8 @@ for rate in $rates; do
     # Few timed steps where each one moves hundreds of MB over a slow link; local SGD times
     # whole rounds (H inner steps and their synchronisation).
     case "$config" in gpt2) steps=2; h=5 ;; *) steps=5; h=5 ;; esac
-    for mode in "--zero 0" "--zero 3" "--sync-every $h"; do
+    for mode in "--zero 0" "--zero 3" "--sync-every $h" "--powersgd-rank 4"; do
+      wanted "$mode" || continue
       case "$mode" in --sync-every*) w="--warmup $h --steps $((2 * h))" ;; *) w="--warmup 1 --steps $steps" ;; esac
       echo "--- link $rate, $config, ${mode}"
       tmp=$(mktemp)
@@ -60,6 +68,7 @@ for rate in $rates; do
   limit_links "$rate"
   for config in $hybrid_configs; do
     for mode in "--zero 0" "--zero 3" "--zero 3 --shard-group node"; do
+      wanted "$mode" || continue
       echo "--- link $rate, $config, ${mode}, 2 hosts × 2 ranks"
       measure "$rate" 4 2 --config "$config" $mode --warmup 1
     done
@@ -71,6 +80,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("\nlink       config  ranks  mode                 tokens/s   ms/step   comm ms  sent MB/step/rank  host link MB/step")
 for r in rows:
     mode = f"local SGD H={r['syncEvery']}" if r.get("syncEvery") else ("DDP" if r["zero"] == 0 else f"ZeRO-{r['zero']}")
+    if r.get("powerSGDRank"): mode += f" PowerSGD r={r['powerSGDRank']}"
     if r.get("shardGroup"): mode += f" groups={r['shardGroup']}"
     host = "/".join(f"{b/1e6:.2f}" for b in r["hostBytesPerStep"]) if "hostBytesPerStep" in r else "-"
     print(f"{r['link']:<10} {r['config']:<7} {r['ranks']:>5}  {mode:<19} {r['tokensPerSecond']:9.0f} {r['msPerStep']:9.1f} {r['msCommWait']:9.1f} {r['sentBytesPerStep']/1e6:18.2f}  {host:>17}")

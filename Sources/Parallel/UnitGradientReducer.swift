@@ -14,8 +14,12 @@ import Model
 /// buffers of the largest other unit, so one unit's reduction overlaps the next unit's
 /// backward; plus receive buffers for each rank's piece. Because the full gradient never
 /// exists, every micro-step communicates (as in DeepSpeed's stage 2).
+///
+/// Under hybrid sharding (`replicas`) each unit's piece of the shard, once its last
+/// micro-step is in, is all-reduced across groups while backward goes on (as PyTorch's HSDP
+/// does), in the order units were produced, so every group starts them in the same order.
 final class UnitGradientReducer: ShardedGradients {
-    struct Pending { var request: CommRequest; var recv: UnsafeMutablePointer<Float>; var dest: Int; var count: Int }
+    struct Pending { var request: CommRequest; var recv: UnsafeMutablePointer<Float>; var dest: Int; var count: Int; var sequence: Int }
 
     let layout: ParameterLayout
     let shard: ShardLayout
@@ -30,9 +34,19 @@ final class UnitGradientReducer: ShardedGradients {
     private var pending: [Pending?] = [nil, nil, nil]
     private var slotOfUnit: [Int: Int] = [:]
     private var nextSlot = 0
+    /// Hybrid sharding: the same shard in the other groups, the shard's 16-bit staging for
+    /// their all-reduces, the pieces produced this step (shard offset, count, on the last
+    /// micro-step, folded in yet) with the next one to look at, and the all-reduces in flight.
+    let replicas: Communicator?
+    private let replicaStaging: HalfBuffer
+    private var produced: [(dest: Int, count: Int, last: Bool, folded: Bool)] = []
+    private var nextAcross = 0
+    private var across: [CommRequest] = []
+    private var isLastMicroStep = true
 
-    init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, reduce: Precision = .fp32) {
-        self.layout = layout; self.shard = shard; self.comm = comm; self.reduce = reduce
+    init(layout: ParameterLayout, shard: ShardLayout, comm: Communicator, reduce: Precision = .fp32, replicas: Communicator? = nil) {
+        self.layout = layout; self.shard = shard; self.comm = comm; self.reduce = reduce; self.replicas = replicas
+        replicaStaging = HalfBuffer(count: replicas != nil && reduce.isLow ? shard.shardSize : 0)
         gradShard = FloatBuffer(count: shard.shardSize)
         let big = layout.largestNonEmbeddingUnit
         let u0 = layout.units[0].count
@@ -49,11 +63,16 @@ final class UnitGradientReducer: ShardedGradients {
         ["gradient unit buffers": buffers.reduce(0) { $0 + $1.byteCount },
          "gradient receive buffers": receives.reduce(0) { $0 + $1.byteCount },
          "16-bit gradient staging": (lowSend + lowRecv).reduce(0) { $0 + $1.byteCount }]
+            .merging(replicaStaging.count > 0 ? [ZeRO.replicaStagingName: replicaStaging.byteCount] : [:]) { $0 + $1 }
     }
 
-    func beginStep() { gradShard.zero() }
-    /// Every micro-step communicates: nothing to prepare.
-    func beginMicroStep(isLast: Bool) {}
+    func beginStep() {
+        gradShard.zero()
+        produced.removeAll(keepingCapacity: true)
+        nextAcross = 0
+    }
+    /// Every micro-step reduces within the group; only the last also reduces across groups.
+    func beginMicroStep(isLast: Bool) { isLastMicroStep = isLast }
 
     var bytes: (gradients: Int, working: [String: Int]) { (gradShard.byteCount, workingBytes) }
 
@@ -86,19 +105,29 @@ final class UnitGradientReducer: ShardedGradients {
                                          counts: shard.pieces(of: range), dtype: .float32, op: .sum,
                                          label: "reduce-scatter of unit \(unit) gradients")
         }
-        pending[slot] = Pending(request: r, recv: recv, dest: part.lowerBound - shard.mine.lowerBound, count: part.count)
+        let dest = part.lowerBound - shard.mine.lowerBound
+        pending[slot] = Pending(request: r, recv: recv, dest: dest, count: part.count, sequence: produced.count)
+        produced.append((dest, part.count, isLastMicroStep, false))
         progress()
     }
 
     /// Lets MPI advance the reductions in flight; folds finished ones into the shard.
     func progress() {
         for slot in 0..<pending.count { try? complete(slot, wait: false) }
+        if let replicas { for r in across { _ = replicas.test(r) } }
     }
 
     /// Waits for every reduction of the micro-step, adding the time waited to `seconds`.
     func finish(seconds: inout Double) throws(CommError) {
         let t0 = MPIClock.now()
         for slot in 0..<pending.count { try complete(slot, wait: true) }
+        if let replicas {
+            for r in across { try replicas.wait(r) }
+            across.removeAll(keepingCapacity: true)
+            if reduce.isLow {
+                for p in produced where p.last && p.count > 0 { reduce.widen(replicaStaging.pointer + p.dest, into: gradShard.pointer + p.dest, p.count) }
+            }
+        }
         seconds += MPIClock.now() - t0
     }
 
@@ -108,5 +137,29 @@ final class UnitGradientReducer: ShardedGradients {
         if reduce.isLow { reduce.widen(lowRecv[slot].pointer, into: p.recv, p.count) }
         Vector.add(p.recv, into: gradShard.pointer + p.dest, p.count)
         pending[slot] = nil
+        produced[p.sequence].folded = true
+        startAcrossGroups()
+    }
+
+    /// Starts the cross-group all-reduce of every piece of the last micro-step folded in, in
+    /// the order the pieces were produced (collectives must start in one order on all ranks).
+    /// A unit's earlier micro-steps are folded in by then: its slot was waited for before reuse.
+    private func startAcrossGroups() {
+        guard let replicas else { return }
+        while nextAcross < produced.count {
+            let p = produced[nextAcross]
+            if p.last && !p.folded { break }
+            nextAcross += 1
+            guard p.last, p.count > 0 else { continue }
+            let label = "all-reduce of gradient shard across groups"
+            if reduce.isLow {
+                reduce.narrow(gradShard.pointer + p.dest, into: replicaStaging.pointer + p.dest, p.count)
+                across.append(replicas.startAllReduce(UnsafeMutableRawPointer(replicaStaging.pointer + p.dest), count: p.count,
+                                                      dtype: reduce.commDType, op: .sum, label: label))
+            } else {
+                across.append(replicas.startAllReduce(UnsafeMutableRawPointer(gradShard.pointer + p.dest), count: p.count,
+                                                      dtype: .float32, op: .sum, label: label))
+            }
+        }
     }
 }

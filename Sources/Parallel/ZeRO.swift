@@ -88,10 +88,12 @@ public final class ZeRO: TrainingStrategy {
         self.stage = stage; self.layout = layout; self.comm = comm; self.reduce = reduce
         self.replicas = replicas.flatMap { $0.size > 1 ? $0 : nil }
         shard = ShardLayout(total: layout.count, ranks: comm.size, rank: comm.rank)
-        replicaStaging = HalfBuffer(count: self.replicas != nil && reduce.isLow ? shard.shardSize : 0)
+        // ZeRO-2/3 reduce across groups unit by unit inside their gradient half; ZeRO-1 here,
+        // once its buckets are in.
+        replicaStaging = HalfBuffer(count: self.replicas != nil && reduce.isLow && !stage.shardsGradients ? shard.shardSize : 0)
         optimizer = ShardedAdam(shard: shard, adam: adam, mask: decayMask(for: layout))
         if stage.shardsGradients {
-            grads = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce)
+            grads = UnitGradientReducer(layout: layout, shard: shard, comm: comm, reduce: reduce, replicas: self.replicas)
         } else {
             grads = BucketReducer(layout: layout, comm: comm, bucketBytes: bucketBytes, reduce: reduce,
                                   collective: .reduceScatter(shard, into: FloatBuffer(count: shard.shardSize)))
@@ -137,11 +139,11 @@ public final class ZeRO: TrainingStrategy {
     public func finishGradients() throws(CommError) {
         parameters.setBackward(false)
         try grads.finish(seconds: &ownWait)
-        if let replicas { try reduceAcrossGroups(replicas) }
+        if let replicas, !stage.shardsGradients { try reduceAcrossGroups(replicas) }
     }
 
-    /// Sums this rank's gradient shard (its group's sum) with the same shard of every other
-    /// group, in the gradients' wire format: once per step, after the last micro-step.
+    /// ZeRO-1: sums this rank's gradient shard (its group's sum) with the same shard of every
+    /// other group, in the gradients' wire format: once per step, after the last micro-step.
     private func reduceAcrossGroups(_ replicas: Communicator) throws(CommError) {
         let t0 = MPIClock.now()
         defer { ownWait += MPIClock.now() - t0 }
