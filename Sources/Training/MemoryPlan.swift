@@ -53,9 +53,10 @@ public struct MemoryPlan: Codable, Sendable {
         let local = config.syncEvery > 0
         // Hybrid sharding: the stage shards over groups of g ranks, and R groups replicate it.
         let g = config.shardGroupSize(worldSize: n, ranksPerNode: ranksPerNode), groups = n / g
-        var m = predictedMemory(stage: config.zero, layout: trained, worldSize: local ? 1 : g, groups: local ? 1 : groups,
+        // Local SGD's workers are those groups (single ranks by default), DDP inside each.
+        var m = predictedMemory(stage: config.zero, layout: trained, worldSize: g, groups: local ? 1 : groups,
                                 reduce: config.effectiveReduceDtype, compute: config.precision)
-        if local { m.working[LocalSGD.workingName] = LocalSGD.bytes(count: trained.count, ranks: n, dtype: config.syncDtype) }
+        if local { m.working[LocalSGD.workingName] = LocalSGD.bytes(count: trained.count, ranks: groups, dtype: config.syncDtype) }
         let compressed = config.powerSGDRank > 0 && n > 1
         if compressed { m.working[PowerSGD.workingName] = PowerSGD.plan(layout: trained, rank: config.powerSGDRank).bytes }
         if config.lora != nil {
@@ -105,7 +106,7 @@ public struct MemoryPlan: Codable, Sendable {
         // Local SGD's one blocking collective at a synchronisation: the deltas on the wire.
         // Hybrid sharding's all-reduce of the gradient shard comes after the group's reductions.
         let groupShard = (psi + g - 1) / g
-        let collectives = n <= 1 ? 0 : local ? config.syncDtype.bytes * psi
+        let collectives = n <= 1 ? 0 : local ? max(groups > 1 ? config.syncDtype.bytes * psi : 0, g > 1 ? wireBytes * inFlight : 0)
             : wireBytes * max(g > 1 ? inFlight : 0, groups > 1 ? groupShard : 0)
         // Local SGD's saves also average the ranks' inner moments (2Ψ) first.
         let save = max(snapshot + 2 * frameBytes + (local ? 8 * psi : 0), 4 * min(psi, 1 << 24))
@@ -134,14 +135,15 @@ public struct MemoryPlan: Codable, Sendable {
             sentElements = PowerSGD.sentElements(layout: trained, rank: config.powerSGDRank, ranks: n)
             sentBytes = 4 * sentElements
         }
-        let crossGroup = groups > 1 ? RingTraffic.allReduce(count: groupShard, ranks: groups) : 0
+        let crossGroup = groups > 1 && !local ? RingTraffic.allReduce(count: groupShard, ranks: groups) : 0
         sentElements += crossGroup
         sentBytes += crossGroup * Int(wire)
         if local {
-            // One synchronisation per `syncEvery` steps, averaged over them.
-            let perSync = LocalSGD.traffic(count: psi, ranks: n, dtype: config.syncDtype)
-            sentBytes = Int(perSync.bytes / Double(config.syncEvery))
-            sentElements = Int(perSync.elements / Double(config.syncEvery))
+            // One synchronisation across the workers per `syncEvery` steps, averaged over
+            // them, beside the gradient all-reduce of DDP within a worker's group.
+            let perSync = LocalSGD.traffic(count: psi, ranks: groups, dtype: config.syncDtype)
+            sentBytes = Int(perSync.bytes / Double(config.syncEvery) + reduced * wire)
+            sentElements = Int(perSync.elements / Double(config.syncEvery) + reduced)
         }
         let tokens = Double(config.batchSize * config.blockSize)
         // A frozen base costs 4 FLOPs per parameter and token (no weight gradients), as the trainer counts.
@@ -153,7 +155,7 @@ public struct MemoryPlan: Codable, Sendable {
                           working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies,
                           startup: startup, save: save, runtime: runtimeBytes, collectives: collectives, sentElementsPerStep: n > 1 ? sentElements : 0,
                           sentBytesPerStep: n > 1 ? sentBytes : 0, flopsPerStep: flops)
-        if groups > 1 && !local { plan.shardGroupSize = g; plan.crossGroupBytesPerStep = crossGroup * Int(wire) }
+        if groups > 1 && !local && config.shardGroup != .world { plan.shardGroupSize = g; plan.crossGroupBytesPerStep = crossGroup * Int(wire) }
         return plan
     }
 

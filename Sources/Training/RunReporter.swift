@@ -44,7 +44,7 @@ final class RunReporter {
                                              gradientBytes: 4)
         } else {
             // A local SGD worker holds what one process does, plus the outer loop's buffers.
-            predicted = try MemoryModel.perRank(params: psi, world: t.localSGD == nil ? group : 1, stage: strategy.stage,
+            predicted = try MemoryModel.perRank(params: psi, world: group, stage: strategy.stage,
                                                 precision: strategy.parameterPrecision, gradientBytes: 4)
         }
         if let local = t.localSGD { mem.working[LocalSGD.workingName] = local.bytes }
@@ -62,11 +62,15 @@ final class RunReporter {
             + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
             + "activations \(mib(activations))")
         log("tessera: " + t.gemmNote)
-        if let replicas = t.groups.replicas {
+        if t.localSGD != nil {
+            let workers = t.groups.replicas?.size ?? 1
+            log("tessera: local SGD: \(workers) worker(s) of \(group) rank(s)" + (group > 1 ? " (DDP within each)" : "")
+                + ", synchronising every \(config.syncEvery) steps")
+        } else if let replicas = t.groups.replicas {
             log("tessera: hybrid sharding: \(strategy.name) within \(replicas.size) groups of \(group) ranks, gradient shards all-reduced across groups"
                 + (t.groups.withinNodes == true ? " (each group within one node)"
                    : "; groups span nodes, so parameter and gradient traffic of the stage crosses the network (--shard-group node keeps it in each node)"))
-        } else if config.shardGroup != .world && t.localSGD == nil {
+        } else if config.shardGroup != .world {
             log("tessera: --shard-group \(config.shardGroup) makes one group of all \(world) ranks: plain \(strategy.name)")
         }
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "

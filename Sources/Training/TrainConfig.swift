@@ -290,7 +290,7 @@ extension TrainConfig {
 }
 
 extension TrainConfig {
-    /// Local SGD's flags: a positive period, each rank its own (unsharded) worker, evaluations
+    /// Local SGD's flags: a positive period, each rank (or group) its own unsharded worker, evaluations
     /// at synchronisations (when every rank holds the same weights).
     func validateLocalSGD() throws(ConfigError) {
         guard syncEvery != 0 else { return }
@@ -299,7 +299,7 @@ extension TrainConfig {
         }
         try need(syncEvery > 0, "--sync-every", "is \(syncEvery)", "use a positive number of inner steps, e.g. 50 (leave it out for synchronous training)")
         try need(zero == .ddp, "--sync-every", "is \(syncEvery) with --zero \(zero.rawValue)",
-                 "local SGD runs every rank as its own worker holding the whole model: use --zero 0")
+                 "local SGD runs every rank (or --shard-group) as its own worker holding the whole model: use --zero 0")
         try need(outerLR > 0 && outerLR.isFinite, "--outer-lr", "is \(outerLR)", "use a positive outer learning rate (DiLoCo: 0.7)")
         try need(outerMomentum >= 0 && outerMomentum < 1, "--outer-momentum", "is \(outerMomentum)", "use a value in [0, 1) (DiLoCo: 0.9)")
         try need(evalEvery % syncEvery == 0, "--eval-every", "is \(evalEvery), not a multiple of --sync-every \(syncEvery)",
@@ -321,9 +321,10 @@ extension TrainConfig {
                                   fix: "use a divisor of \(worldSize), usually the ranks per node (or: node)")
             }
         }
-        guard zero != .ddp else {
+        // Local SGD's workers may be groups (DDP inside each); otherwise a stage shards within them.
+        guard zero != .ddp || syncEvery > 0 else {
             throw ConfigError(flag: "--shard-group", problem: "is \(shardGroup) with --zero 0 (DDP shards nothing)",
-                              fix: "shard within groups with --zero 1, 2 or 3 (3: HSDP), or leave --shard-group out")
+                              fix: "shard within groups with --zero 1, 2 or 3 (3: HSDP), make each group a local SGD worker with --sync-every H, or leave --shard-group out")
         }
     }
 
@@ -342,9 +343,13 @@ extension TrainConfig {
         }
     }
 
-    /// Ranks per shard group on `worldSize` ranks, `ranksPerNode` per node.
+    /// The groups the strategy runs within: `shardGroup`, except that local SGD's workers
+    /// are single ranks unless groups are asked for.
+    public var workerGroup: ShardGroup { syncEvery > 0 && shardGroup == .world ? .ranks(1) : shardGroup }
+
+    /// Ranks per shard group (local SGD: per worker) on `worldSize` ranks, `ranksPerNode` per node.
     public func shardGroupSize(worldSize: Int, ranksPerNode: Int) -> Int {
-        switch shardGroup {
+        switch workerGroup {
         case .world: return worldSize
         case .node: return min(ranksPerNode, worldSize)
         case .ranks(let g): return g

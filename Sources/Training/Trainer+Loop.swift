@@ -138,8 +138,8 @@ extension Trainer {
         if skipped != true {
             // Backward scaled by 1/(tokens in the batch), before the count of targets that
             // count was known: a loss mask's mean over fewer targets is `r` times that. A
-            // local SGD worker averages over its own targets.
-            let r = Double(tokensPerStep) / max(localSGD == nil ? reduced[3] : Double(counted), 1)
+            // local SGD worker averages over its own targets (a group's: summed over it).
+            let r = Double(tokensPerStep) / max(localSGD == nil ? reduced[3] : try workerTargets(counted), 1)
             norm = try strategy.gradientSquaredNorm().squareRoot() / scale * r
             let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale / r)
             // The AdamW step count is the number of updates applied (skipped steps excluded).
@@ -164,6 +164,14 @@ extension Trainer {
         m.mfu = (flopsPerToken * m.tokens_per_s / Double(comm.size) / 1e9 / peakGFLOPS * 1e4).rounded() / 1e4
         if config.sampling == .sequential { m.epoch = (sampler.epoch(batch: step + 1, split: data.train) * 1000).rounded() / 1000 }
         return m
+    }
+
+    /// Targets that count in a local SGD worker's share of the batch: this rank's, or its group's.
+    private func workerTargets(_ counted: Int) throws -> Double {
+        guard groups.shard.size > 1 else { return Double(counted) }
+        var c = [Double(counted)]
+        try groups.shard.allReduce(&c, label: "all-reduce of the worker's target count")
+        return c[0]
     }
 
     /// Whether local SGD synchronises after `step` (0-based): every `syncEvery` steps, at the

@@ -117,18 +117,20 @@ public final class Trainer {
                                   decaySteps: config.maxSteps)
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
                          weightDecay: Float(config.weightDecay))
-        do { groups = try ShardGroups(world: comm, group: config.shardGroup) } catch let e as ShardGroupError {
+        do { groups = try ShardGroups(world: comm, group: config.workerGroup) } catch let e as ShardGroupError {
             throw ConfigError(flag: "--shard-group", problem: "is \(config.shardGroup): \(e)",
                               fix: "start the same number of ranks on every node, or use --shard-group N with N dividing the ranks")
         }
-        // Local SGD: every rank is a worker of its own between synchronisations.
+        // Local SGD: every rank (or group, training with DDP inside) is a worker of its own
+        // between synchronisations, which average over the workers.
+        let local = config.syncEvery > 0
         strategy = makeStrategy(stage: config.zero, layout: model.adapterLayout ?? model.layout,
-                                comm: config.syncEvery > 0 ? LocalCommunicator() : groups.shard, adam: adam,
+                                comm: local && groups.shard.size == 1 ? LocalCommunicator() : groups.shard, adam: adam,
                                 bucketBytes: Int(config.bucketMB * 1_048_576), reduce: config.effectiveReduceDtype,
-                                compute: config.precision, replicas: groups.replicas,
+                                compute: config.precision, replicas: local ? nil : groups.replicas,
                                 powerSGD: config.powerSGDRank > 0 ? (config.powerSGDRank, config.powerSGDStart) : nil)
         localSGD = config.syncEvery > 0
-            ? LocalSGD(count: strategy.layout.count, comm: comm, outerLR: Float(config.outerLR),
+            ? LocalSGD(count: strategy.layout.count, comm: groups.replicas ?? LocalCommunicator(), outerLR: Float(config.outerLR),
                        momentum: Float(config.outerMomentum), dtype: config.syncDtype) : nil
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
         micro = config.microBatchSize(worldSize: comm.size)
@@ -262,7 +264,7 @@ public final class Trainer {
         try reader.read(.powerSGDError, range: 0..<psi, into: powerSGD.error.pointer, rank: comm.rank)
     }
 
-    /// Local SGD's worker: the strategy, a `DataParallel` over a world of one.
+    /// Local SGD's worker: the strategy, a `DataParallel` over a world of one (or its group).
     var localWorker: DataParallel {
         guard let worker = strategy as? DataParallel else { preconditionFailure("local SGD's workers are DataParallel") }
         return worker

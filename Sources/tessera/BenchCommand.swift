@@ -38,8 +38,8 @@ struct Bench: ParsableCommand {
         guard powerSGDRank >= 0, powerSGDRank == 0 || (zero == .ddp && syncEvery == 0) else {
             throw ValidationError("--powersgd-rank compresses DDP's all-reduce: use a rank >= 1 with --zero 0 and no --sync-every")
         }
-        guard shardGroup == .world || zero != .ddp else {
-            throw ValidationError("--shard-group shards a ZeRO stage within groups and DDP shards nothing: use --zero 1, 2 or 3")
+        guard shardGroup == .world || zero != .ddp || syncEvery > 0 else {
+            throw ValidationError("--shard-group shards a ZeRO stage within groups (or makes each a local SGD worker with --sync-every) and DDP shards nothing: use --zero 1, 2 or 3")
         }
         guard syncEvery == 0 || (steps % syncEvery == 0 && warmup % syncEvery == 0) else {
             throw ValidationError("with --sync-every \(syncEvery), --warmup and --steps must be multiples of it (whole rounds, each ending with its synchronisation)")

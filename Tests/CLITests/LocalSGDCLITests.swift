@@ -80,6 +80,41 @@ final class LocalSGDCLITests: XCTestCase {
         XCTAssertEqual(try metrics(shrunk).count, 20)
     }
 
+    /// `--shard-group`: each group is one worker training with DDP inside. One group of 2 ranks
+    /// with outer lr 1 and no momentum is DDP; 2 groups of 2 send DDP's gradients within a
+    /// group every step and the deltas across groups at synchronisations, as the plan says,
+    /// and resume bit for bit.
+    func testGroupsAsWorkers() throws {
+        let data = try Repo.dataDirectory()
+        let ddp = try Repo.temporaryDirectory("sync-group-ddp"), one = try Repo.temporaryDirectory("sync-group-one")
+        XCTAssertEqual(try mpirun(2, args(data, ddp, steps: 10)).status, 0)
+        let r = try mpirun(2, args(data, one, steps: 10) + ["--sync-every", "5", "--shard-group", "2", "--outer-lr", "1", "--outer-momentum", "0", "--sync-dtype", "fp32"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("local SGD: 1 worker(s) of 2 rank(s) (DDP within each)"), r.stdout)
+        try assertSameTrajectory(one, ddp, tolerance: 1e-5, "one worker of 2 ranks (η = 1, μ = 0) vs DDP")
+
+        let extra = ["--sync-every", "5", "--shard-group", "2", "--save-every", "5"]
+        let reference = try Repo.temporaryDirectory("sync-groups-ref"), run = try Repo.temporaryDirectory("sync-groups")
+        let g = try mpirun(4, args(data, reference, steps: 10) + extra)
+        XCTAssertEqual(g.status, 0, g.stderr)
+        XCTAssertTrue(g.stdout.contains("local SGD: 2 worker(s) of 2 rank(s) (DDP within each)"), g.stdout)
+        let psi = try memoryFile(reference)["psi"] as! Int
+        let sent = try metrics(reference).map { $0["sent_bytes"] as! Int }
+        let scalars = sent[0] - 4 * psi          // DDP within the group of 2: 2·Ψ·(1/2) fp32 values
+        XCTAssertLessThan(scalars, 200)
+        for (i, s) in sent.enumerated() {
+            // A synchronisation adds the bf16 all-reduce of the deltas across the 2 workers.
+            XCTAssertEqual(s - scalars, 4 * psi + ((i + 1) % 5 == 0 ? 2 * psi : 0), "step \(i + 1)")
+        }
+        let plan = try memoryFile(reference)["plan"] as! [String: Any]
+        XCTAssertEqual(plan["sentBytesPerStep"] as? Int, 4 * psi + 2 * psi / 5)
+        XCTAssertEqual(try mpirun(4, args(data, run, steps: 10) + extra).status, 0)
+        let resumed = try mpirun(4, ["train", "--out", run, "--resume", run + "/checkpoints/step-00000005", "--max-steps", "10"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(try losses(run) == losses(reference), "resumed losses bit for bit")
+        XCTAssertTrue(try modelParameters(run) == modelParameters(reference), "final weights bit for bit")
+    }
+
     func testBadCombinationsAreRefused() throws {
         let data = try Repo.dataDirectory()
         for (extra, needle) in [(["--sync-every", "0"], "--sync-every is 0"),
