@@ -130,6 +130,60 @@ public protocol Communicator: AnyObject {
     func splitByNode() throws(CommError) -> Communicator
 }
 
+// MARK: - Settings and counters shared along splits
+
+/// A communicator's watchdog settings and traffic counters. One split from another keeps a
+/// state whose parent is the other's: it follows the parent's context and timeout (the trainer
+/// sets them on the world) and adds its traffic to the parent's counters too, so the world's
+/// counters remain the rank's total.
+public final class CommunicatorState {
+    let parent: CommunicatorState?
+    private var ownTimeout = 300.0, ownContext: String
+    var sentElements = 0, sentBytes = 0
+
+    init(context: String = "", parent: CommunicatorState? = nil) { ownContext = context; self.parent = parent }
+
+    var timeoutSeconds: Double {
+        get { parent?.timeoutSeconds ?? ownTimeout }
+        set { ownTimeout = newValue }
+    }
+    var context: String {
+        get { parent?.context ?? ownContext }
+        set { ownContext = newValue }
+    }
+
+    /// Adds `sent` elements of `dtype` to these counters and every parent's.
+    func count(_ sent: Int, _ dtype: CommDType) {
+        sentElements += sent
+        sentBytes += sent * dtype.size
+        parent?.count(sent, dtype)
+    }
+}
+
+/// A communicator whose settings and counters live in a `CommunicatorState`.
+public protocol StatefulCommunicator: Communicator {
+    var state: CommunicatorState { get }
+}
+
+extension StatefulCommunicator {
+    public var timeoutSeconds: Double {
+        get { state.timeoutSeconds }
+        set { state.timeoutSeconds = newValue }
+    }
+    public var context: String {
+        get { state.context }
+        set { state.context = newValue }
+    }
+    public var sentElements: Int {
+        get { state.sentElements }
+        set { state.sentElements = newValue }
+    }
+    public var sentBytes: Int {
+        get { state.sentBytes }
+        set { state.sentBytes = newValue }
+    }
+}
+
 // MARK: - Blocking conveniences
 
 extension Communicator {

@@ -13,20 +13,10 @@ import Glibc
 /// collective only inside MPI calls, so callers that overlap communication with compute call
 /// `test` between layers (the DDP hook does), and `wait` spins on `MPI_Test` against the
 /// watchdog deadline instead of blocking in `MPI_Wait` forever.
-public final class MPICommunicator: Communicator {
+public final class MPICommunicator: StatefulCommunicator {
     public let rank: Int
     public let size: Int
-    public var timeoutSeconds: Double {
-        get { parent?.timeoutSeconds ?? ownTimeout }
-        set { ownTimeout = newValue }
-    }
-    public var context: String {
-        get { parent?.context ?? ownContext }
-        set { ownContext = newValue }
-    }
-    public var sentElements = 0
-    public var sentBytes = 0
-    private var ownTimeout = 300.0, ownContext = "start-up"
+    public let state: CommunicatorState
     private let world: MPI_Comm
     /// The communicator this one was split from (nil for `MPI_COMM_WORLD`).
     private let parent: MPICommunicator?
@@ -49,6 +39,7 @@ public final class MPICommunicator: Communicator {
     private init(_ comm: MPI_Comm, parent: MPICommunicator?) {
         world = comm
         self.parent = parent
+        state = CommunicatorState(context: "start-up", parent: parent?.state)
         var r: Int32 = 0, s: Int32 = 0
         MPI_Comm_rank(comm, &r)
         MPI_Comm_size(comm, &s)
@@ -70,13 +61,6 @@ public final class MPICommunicator: Communicator {
         let rc = MPI_Comm_split_type(world, tessera_mpi_comm_type_shared(), Int32(rank), tessera_mpi_info_null(), &sub)
         guard rc == MPI_SUCCESS, let sub else { throw CommError.failed(label: "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", code: rc) }
         return MPICommunicator(sub, parent: self)
-    }
-
-    /// Adds traffic to this communicator's counters and its parents'.
-    private func count(_ sent: Int, _ dtype: CommDType) {
-        sentElements += sent
-        sentBytes += sent * dtype.size
-        parent?.count(sent, dtype)
     }
 
     /// Shuts MPI down; call once, after the last collective.
@@ -123,7 +107,7 @@ public final class MPICommunicator: Communicator {
             writeStandardError("[rank \(rank)] error: \(label) could not start (MPI error \(rc)) (\(context)): check that all ranks are alive")
             abort(code: 1)
         }
-        count(sent, dtype)
+        state.count(sent, dtype)
         return CommRequest(label: label, sentElements: sent, handle: Box(r), done: false)
     }
 

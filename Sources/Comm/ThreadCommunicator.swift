@@ -13,27 +13,17 @@ import Kernels
 /// bit-equal to Open MPI's ring order.
 ///
 /// Each communicator belongs to one thread (hence `@unchecked Sendable`: it is handed over once).
-public final class ThreadCommunicator: Communicator, @unchecked Sendable {
+public final class ThreadCommunicator: StatefulCommunicator, @unchecked Sendable {
     public let rank: Int
     public var size: Int { world.size }
-    public var timeoutSeconds: Double {
-        get { parent?.timeoutSeconds ?? ownTimeout }
-        set { ownTimeout = newValue }
-    }
-    public var context: String {
-        get { parent?.context ?? ownContext }
-        set { ownContext = newValue }
-    }
-    public var sentElements = 0
-    public var sentBytes = 0
-    private var ownTimeout = 300.0, ownContext = ""
+    public let state: CommunicatorState
     private let world: ThreadWorld
-    /// The communicator this one was split from, and how many splits this one has made.
-    private let parent: ThreadCommunicator?
+    /// How many splits this one has made (each names its sub-worlds).
     private var splits = 0
 
     init(rank: Int, world: ThreadWorld, parent: ThreadCommunicator? = nil) {
-        self.rank = rank; self.world = world; self.parent = parent
+        self.rank = rank; self.world = world
+        state = CommunicatorState(parent: parent?.state)
     }
 
     /// Communicators for `size` ranks of one in-process world; hand one to each thread.
@@ -64,15 +54,8 @@ public final class ThreadCommunicator: Communicator, @unchecked Sendable {
 
     private func done(_ label: String, sent: Int, dtype: CommDType) -> CommRequest {
         labels.append(label)
-        count(sent, dtype)
+        state.count(sent, dtype)
         return CommRequest(label: label, sentElements: sent, handle: nil, done: true)
-    }
-
-    /// Adds traffic to this communicator's counters and its parents'.
-    private func count(_ sent: Int, _ dtype: CommDType) {
-        sentElements += sent
-        sentBytes += sent * dtype.size
-        parent?.count(sent, dtype)
     }
 
     // MARK: Sub-communicators

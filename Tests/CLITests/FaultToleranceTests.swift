@@ -4,7 +4,6 @@ import XCTest
 /// Launchers and failures: restarts, pre-emption, multi-host over network namespaces, elastic.
 final class FaultToleranceTests: XCTestCase {
     var resilient: URL { Repo.root.appendingPathComponent("launch/resilient.sh") }
-    var harness: URL { Repo.root.appendingPathComponent("cluster/netns/harness.sh") }
 
     func args(_ data: String, _ out: String, steps: Int) -> [String] {
         tinyArgs(data: data, out: out, steps: steps) + ["--save-every", "5"]
@@ -130,12 +129,7 @@ final class FaultToleranceTests: XCTestCase {
     /// 2 hosts × 1 rank over TCP between network namespaces: same losses as one host; a cut
     /// link aborts within --comm-timeout + 10 s; after the link is back, resuming completes.
     func testMultiHostOverNetworkNamespaces() throws {
-        let up = try runProcess(harness, ["up", "2"])
-        guard up.status == 0 else {
-            _ = try? runProcess(harness, ["down"])
-            try requireEnvironment(false, "cannot create network namespaces here (\(up.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
-            return
-        }
+        let harness = try namespaceHarness(hosts: 2)
         defer { _ = try? runProcess(harness, ["down"]) }
         let data = try Repo.dataDirectory()
         let local = try Repo.temporaryDirectory("mh-local"), multi = try Repo.temporaryDirectory("mh")

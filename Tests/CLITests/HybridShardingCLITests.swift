@@ -75,13 +75,7 @@ final class HybridShardingCLITests: XCTestCase {
     /// step (plus TCP/IP headers and the step's scalar all-reduces). Plain ZeRO-3 over the
     /// same 4 ranks sends its parameter gathers across too.
     func testOnlyGradientShardsCrossHostLinks() throws {
-        let harness = Repo.root.appendingPathComponent("cluster/netns/harness.sh")
-        let up = try runProcess(harness, ["up", "2", "2"])
-        guard up.status == 0 else {
-            _ = try? runProcess(harness, ["down"])
-            try requireEnvironment(false, "cannot create network namespaces here (\(up.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
-            return
-        }
+        let harness = try namespaceHarness(hosts: 2, slots: 2)
         defer { _ = try? runProcess(harness, ["down"]) }
         let data = try Repo.dataDirectory()
         func sent(_ host: Int) throws -> Int { Int(try runProcess(harness, ["txbytes", "\(host)"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))! }

@@ -68,6 +68,19 @@ func runProcess(_ exe: URL, _ args: [String], environment: [String: String] = [:
 
 /// Skips a test whose environment lacks a facility (a tmpfs, network namespaces), saying
 /// why; under CI (`CI=true`) that is a failure instead, so CI cannot pass by skipping.
+/// `cluster/netns/harness.sh`, brought up with `hosts` namespace hosts of `slots` rank slots;
+/// skips (fails under CI=true) where namespaces cannot be made. Callers take it down.
+func namespaceHarness(hosts: Int, slots: Int = 1) throws -> URL {
+    let harness = Repo.root.appendingPathComponent("cluster/netns/harness.sh")
+    let up = try runProcess(harness, ["up", "\(hosts)", "\(slots)"])
+    guard up.status == 0 else {
+        _ = try? runProcess(harness, ["down"])
+        try requireEnvironment(false, "cannot create network namespaces here (\(up.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
+        return harness
+    }
+    return harness
+}
+
 func requireEnvironment(_ available: Bool, _ reason: @autoclosure () -> String) throws {
     guard !available else { return }
     if ProcessInfo.processInfo.environment["CI"] == "true" {
