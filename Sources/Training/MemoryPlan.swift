@@ -49,7 +49,8 @@ public struct MemoryPlan: Codable, Sendable {
         let layout = ParameterLayout(shape)
         // With LoRA only the adapters train; the frozen base adds its values and gather buffers.
         let trained = config.lora?.layout(for: shape) ?? layout
-        // A local SGD worker's strategy is a world of one, beside the outer loop's buffers.
+        // A local SGD worker's strategy is DDP over its group (one rank by default), beside
+        // the outer loop's buffers.
         let local = config.syncEvery > 0
         // Hybrid sharding: the stage shards over groups of g ranks, and R groups replicate it.
         let g = config.shardGroupSize(worldSize: n, ranksPerNode: ranksPerNode), groups = n / g

@@ -37,9 +37,11 @@ public final class Trainer {
     public let strategy: TrainingStrategy
     /// LoRA's frozen base (nil when the whole model trains).
     public let frozen: FrozenParameters?
-    /// Local SGD's outer loop (`--sync-every`); the strategy is then each rank's own.
+    /// Local SGD's outer loop (`--sync-every`); the strategy is then each worker's own (a
+    /// rank's, or its group's).
     public let localSGD: LocalSGD?
-    /// The ranks the strategy shards over, and the other groups' (hybrid sharding).
+    /// The ranks the strategy runs over, and the same positions in the other groups (hybrid
+    /// sharding's replicas, or local SGD's workers).
     public let groups: ShardGroups
     let sampler: BatchSampler
     let schedule: CosineSchedule
