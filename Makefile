@@ -81,12 +81,13 @@ bench: build
 	  --threads 2 --json bench/results.jsonl
 	@echo "results: bench/results.jsonl"
 
-# PyTorch for the benchmark reference only (never needed by tessera or CI).
-# DDP, ZeRO-3 and local SGD across two network-namespace hosts at unlimited, 1 Gbit/s and
-# 100 Mbit/s links (root; about 20 minutes on 2 cores).
+# DDP, ZeRO-3, local SGD and PowerSGD across two network-namespace hosts at unlimited,
+# 1 Gbit/s and 100 Mbit/s links, then DDP, ZeRO-3 and hybrid sharding on 2 hosts × 2 ranks
+# (root; about 40 minutes on 2 cores; BENCH_NETWORK_MODES=powersgd,shard-group runs a subset).
 bench-network: build
 	Benchmarks/network.sh
 
+# PyTorch for the benchmark reference only (never needed by tessera or CI).
 bench-reference-setup:
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q torch numpy
 
