@@ -58,6 +58,9 @@ public struct BenchParallelism: Sendable {
     public var syncEvery = 0, syncDtype = SyncDType.bf16, shardGroup = ShardGroup.world
     /// PowerSGD's rank (0: off); bench compresses from the first step.
     public var powerSGDRank = 0
+    /// As `train`'s flags of the same names (defaults: train's).
+    public var outerLR = TrainConfig().outerLR, outerMomentum = TrainConfig().outerMomentum
+    public var bucketMB = TrainConfig().bucketMB, reduceDtype: Precision? = nil
     public init(syncEvery: Int = 0, syncDtype: SyncDType = .bf16, shardGroup: ShardGroup = .world, powerSGDRank: Int = 0) {
         self.syncEvery = syncEvery; self.syncDtype = syncDtype; self.shardGroup = shardGroup; self.powerSGDRank = powerSGDRank
     }
@@ -115,6 +118,8 @@ public enum Benchmark {
         c.precision = precision; c.recompute = recompute; c.attention = attention
         c.syncEvery = parallelism.syncEvery; c.syncDtype = parallelism.syncDtype; c.shardGroup = parallelism.shardGroup
         c.powerSGDRank = parallelism.powerSGDRank; c.powerSGDStart = 0
+        c.outerLR = parallelism.outerLR; c.outerMomentum = parallelism.outerMomentum
+        c.bucketMB = parallelism.bucketMB; c.reduceDtype = parallelism.reduceDtype
         c.evalEvery = 0
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)

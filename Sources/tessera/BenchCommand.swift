@@ -18,6 +18,10 @@ struct Bench: ParsableCommand {
     @Option(help: "Hybrid sharding (as train): the ZeRO stage shards within groups (node, or N ranks).") var shardGroup: ShardGroup = .world
     @Option(name: .customLong("powersgd-rank"), help: "PowerSGD (as train, compressing from the first step): DDP's gradients as rank-R factors.")
     var powerSGDRank: Int = 0
+    @Option(name: .customLong("outer-lr"), help: "Local SGD: the outer Nesterov SGD's learning rate (as train).") var outerLR: Double?
+    @Option(help: "Local SGD: the outer optimizer's momentum (as train).") var outerMomentum: Double?
+    @Option(name: .customLong("bucket-mb"), help: "DDP/ZeRO-1 gradient bucket size in MiB (as train).") var bucketMB: Double?
+    @Option(help: "Gradient communication format (as train; default: the precision).") var reduceDtype: Precision?
     @Option(help: "Activation recomputation modes (repeatable): none, selective, full.") var recompute: [Recompute] = [.none]
     @Option(help: "Attention kernels (repeatable): fused, unfused.") var attention: [AttentionKernel] = [.fused]
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
@@ -35,6 +39,9 @@ struct Bench: ParsableCommand {
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
         guard syncEvery >= 0 else { throw ValidationError("--sync-every must be 0 (synchronous) or a positive number of steps") }
         guard syncEvery == 0 || zero == .ddp else { throw ValidationError("--sync-every runs each rank unsharded: use --zero 0") }
+        if let outerLR, !(outerLR > 0 && outerLR.isFinite) { throw ValidationError("--outer-lr must be positive (DiLoCo: 0.7)") }
+        if let outerMomentum, !(outerMomentum >= 0 && outerMomentum < 1) { throw ValidationError("--outer-momentum must be in [0, 1) (DiLoCo: 0.9)") }
+        if let bucketMB, !(bucketMB > 0) { throw ValidationError("--bucket-mb must be a positive size in MiB") }
         guard powerSGDRank >= 0, powerSGDRank == 0 || (zero == .ddp && syncEvery == 0) else {
             throw ValidationError("--powersgd-rank compresses DDP's all-reduce: use a rank >= 1 with --zero 0 and no --sync-every")
         }
@@ -44,6 +51,16 @@ struct Bench: ParsableCommand {
         guard syncEvery == 0 || (steps % syncEvery == 0 && warmup % syncEvery == 0) else {
             throw ValidationError("with --sync-every \(syncEvery), --warmup and --steps must be multiples of it (whole rounds, each ending with its synchronisation)")
         }
+    }
+
+    /// The flags beside the ZeRO stage, as `train` takes them.
+    var parallelism: BenchParallelism {
+        var p = BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup, powerSGDRank: powerSGDRank)
+        if let outerLR { p.outerLR = outerLR }
+        if let outerMomentum { p.outerMomentum = outerMomentum }
+        if let bucketMB { p.bucketMB = bucketMB }
+        p.reduceDtype = reduceDtype
+        return p
     }
 
     func run() throws {
@@ -71,7 +88,7 @@ struct Bench: ParsableCommand {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
                              t, peak, openblasPeak, bf16Peak))
-                print("parallelism: " + BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup, powerSGDRank: powerSGDRank).name(zero))
+                print("parallelism: " + parallelism.name(zero))
                 print("config   prec  recomp     attn     gemm      ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  sent MB/step  vs PyTorch")
             }
             for name in config {
@@ -80,7 +97,7 @@ struct Bench: ParsableCommand {
                 for kernel in attention {
                     let shape = BenchShape.all.first { $0.name == name }!
                     let r = try Benchmark.run(shape, precision: p, zero: zero, recompute: mode, attention: kernel,
-                                              parallelism: BenchParallelism(syncEvery: syncEvery, syncDtype: syncDtype, shardGroup: shardGroup, powerSGDRank: powerSGDRank),
+                                              parallelism: parallelism,
                                               comm: comm, threads: t, perRankBatch: perRankBatch,
                                               warmup: warmup, steps: steps, peakGflops: p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }

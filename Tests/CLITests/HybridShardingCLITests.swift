@@ -111,6 +111,26 @@ final class HybridShardingCLITests: XCTestCase {
         try assertSameTrajectory(hybrid.run, plain.run, tolerance: 1e-5, "hybrid vs plain ZeRO-3 across 2 hosts")
     }
 
+    /// `bench` takes train's parallelism flags: hybrid sharding reports its cross-group bytes
+    /// (exactly the formula's), PowerSGD its rank; bad combinations are refused.
+    func testBenchTakesTheParallelismFlags() throws {
+        let json = try Repo.temporaryDirectory("hsdp-bench") + "/bench.jsonl"
+        let r = try mpirun(4, ["bench", "--config", "tiny", "--zero", "3", "--shard-group", "2", "--warmup", "1", "--steps", "2",
+                               "--threads", "1", "--bucket-mb", "1", "--json", json])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("parallelism: ZeRO-3 shard groups: 2"), r.stdout)
+        let row = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as! [String: Any]
+        let psi = row["params"] as! Int
+        XCTAssertEqual(row["shardGroup"] as? String, "2")
+        XCTAssertEqual(row["crossGroupBytesPerStep"] as? Double, Double(4 * ((psi + 1) / 2)), "4 B × 2⌈Ψ/2⌉(R−1)/R per rank and step")
+        for (extra, needle) in [(["--shard-group", "2"], "--shard-group"), (["--powersgd-rank", "4", "--zero", "3"], "--powersgd-rank"),
+                                (["--outer-momentum", "1"], "--outer-momentum")] {
+            let bad = try tessera(["bench", "--config", "tiny"] + extra)
+            XCTAssertNotEqual(bad.status, 0, "\(extra)")
+            XCTAssertTrue(bad.stderr.contains(needle), "\(extra): \(bad.stderr)")
+        }
+    }
+
     func testBadGroupsAreRefused() throws {
         let data = try Repo.dataDirectory()
         let out = try Repo.temporaryDirectory("hsdp-bad")

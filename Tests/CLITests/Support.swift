@@ -47,10 +47,31 @@ enum Repo {
     }
 
     static func temporaryDirectory(_ tag: String) throws -> String {
-        let u = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-\(tag)-\(UUID().uuidString)")
+        let u = scratch.appendingPathComponent("\(tag)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
         return u.path
     }
+
+    /// This test process's scratch directory (runs, data, captured output): removed when the
+    /// tests end, so repeated `make test` runs do not fill the disk (a full run writes
+    /// gigabytes). `TESSERA_KEEP_TEST_DIRS=1` keeps it for a look after a failure.
+    static let scratch: URL = {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-tests-\(ProcessInfo.processInfo.processIdentifier)")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        if ProcessInfo.processInfo.environment["TESSERA_KEEP_TEST_DIRS"] != "1" {
+            XCTestObservationCenter.shared.addTestObserver(ScratchCleaner(dir))
+        } else {
+            print("test files are kept in \(dir.path)")
+        }
+        return dir
+    }()
+}
+
+/// Removes the scratch directory when the test bundle finishes.
+private final class ScratchCleaner: NSObject, XCTestObservation, @unchecked Sendable {
+    let dir: URL
+    init(_ dir: URL) { self.dir = dir }
+    func testBundleDidFinish(_ testBundle: Bundle) { try? FileManager.default.removeItem(at: dir) }
 }
 
 struct RunResult {
@@ -139,9 +160,8 @@ func start(_ exe: URL, _ args: [String], environment: [String: String] = [:]) th
     var env = ProcessInfo.processInfo.environment
     for (k, v) in environment { env[k] = v }
     p.environment = env
-    let tmp = FileManager.default.temporaryDirectory
-    let out = tmp.appendingPathComponent("tessera-out-\(UUID().uuidString)")
-    let err = tmp.appendingPathComponent("tessera-err-\(UUID().uuidString)")
+    let out = Repo.scratch.appendingPathComponent("out-\(UUID().uuidString)")
+    let err = Repo.scratch.appendingPathComponent("err-\(UUID().uuidString)")
     _ = FileManager.default.createFile(atPath: out.path, contents: nil)
     _ = FileManager.default.createFile(atPath: err.path, contents: nil)
     p.standardOutput = try FileHandle(forWritingTo: out)
