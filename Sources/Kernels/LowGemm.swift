@@ -36,9 +36,22 @@ extension Gemm {
         let (rb, cb) = transB == .none ? (k, n) : (n, k)
         if scratchA.count < ra * ca { scratchA = FloatBuffer(count: ra * ca) }
         if scratchB.count < rb * cb { scratchB = FloatBuffer(count: rb * cb) }
-        for r in 0..<ra { precision.widen(a + r * lda, into: scratchA.pointer + r * ca, ca) }
-        for r in 0..<rb { precision.widen(b + r * ldb, into: scratchB.pointer + r * cb, cb) }
+        widenRegion(precision, a, rows: ra, cols: ca, ld: lda, into: scratchA.pointer)
+        widenRegion(precision, b, rows: rb, cols: cb, ld: ldb, into: scratchB.pointer)
         sgemm(transA, transB, m: m, n: n, k: k, a: scratchA.pointer, lda: ca, b: scratchB.pointer, ldb: cb,
               beta: beta, c: c, ldc: ldc)
+    }
+
+    /// Widens a rows×cols region with row stride `ld` into a contiguous copy: a contiguous
+    /// region in one call (split over threads when large), otherwise row by row.
+    static func widenRegion(_ precision: Precision, _ src: UnsafePointer<UInt16>, rows: Int, cols: Int, ld: Int,
+                            into dst: UnsafeMutablePointer<Float>) {
+        if ld == cols { precision.widen(src, into: dst, rows * cols); return }
+        ParallelFor.chunks(rows * cols) { lo, hi in
+            for r in (lo / cols)..<((hi + cols - 1) / cols) {
+                let from = max(lo, r * cols), to = min(hi, (r + 1) * cols)
+                precision.widenSerial(src + r * ld + (from - r * cols), into: dst + from, to - from)
+            }
+        }
     }
 }

@@ -88,4 +88,19 @@ final class ConversionTests: XCTestCase {
             for i in 0..<(m * n) { XCTAssertEqual(c[i], ref[i], accuracy: 1e-4 * max(1, abs(ref[i])), "\(p) \(i)") }
         }
     }
+
+    /// fp16's widening fallback on strided operands (a sub-matrix of a wider one) large enough
+    /// to be widened on several threads: the rows land where the contiguous copy needs them.
+    func testWideningFallbackOnStridedOperands() {
+        Gemm.setThreads(2)
+        var rng = SplitMix64(seed: 11)
+        let m = 300, n = 150, k = 200, lda = 230, ldb = 210
+        let a = (0..<(m * lda)).map { _ in Convert.fp16(Float(rng.nextNormal())) }
+        let b = (0..<(k * ldb)).map { _ in Convert.fp16(Float(rng.nextNormal())) }
+        var c = [Float](repeating: 0, count: m * n), ref = c
+        Gemm.lowGemm(.fp16, .none, .none, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: &c, ldc: n)
+        Gemm.sgemm(.none, .none, m: m, n: n, k: k, a: a.map(Convert.float(fp16:)), lda: lda, b: b.map(Convert.float(fp16:)), ldb: ldb,
+                   c: &ref, ldc: n)
+        for i in 0..<(m * n) { XCTAssertEqual(c[i], ref[i], accuracy: 1e-5 * max(1, abs(ref[i])), "element \(i)") }
+    }
 }
