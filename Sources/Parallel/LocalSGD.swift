@@ -90,13 +90,9 @@ public final class LocalSGD {
     func average(_ d: UnsafeMutablePointer<Float>) throws(CommError) {
         let n = comm.size
         switch dtype {
-        case .fp32:
-            try comm.allReduce(d, count: count, label: "all-reduce of local SGD deltas")
-        case .bf16:
-            Precision.bf16.narrow(d, into: low.pointer, count)
-            try comm.wait(comm.startAllReduce(UnsafeMutableRawPointer(low.pointer), count: count, dtype: .bfloat16, op: .sum,
-                                              label: "all-reduce of local SGD deltas (bf16)"))
-            Precision.bf16.widen(low.pointer, into: d, count)
+        case .fp32, .bf16:
+            try comm.allReduce(d, count: count, wire: dtype == .bf16 ? .bf16 : .fp32, staging: low.pointer,
+                               label: "all-reduce of local SGD deltas (\(dtype.rawValue))")
         case .int8:
             let blocks = (count + Self.block - 1) / Self.block, padded = blocks * Self.block
             let mine = codes.pointer + comm.rank * padded, myScales = scales.pointer + comm.rank * blocks

@@ -167,8 +167,8 @@ public final class PowerSGD {
         }
     }
 
-    /// Restores Q from its packed vector (whole).
-    public func unpackQ(_ packed: UnsafePointer<Float>) {
-        for x in matrices { (q.pointer + x.q).update(from: packed + x.offset, count: x.cols * rank) }
+    /// Restores Q from its packed vector: `read(range, dest)` fills each matrix's elements of it.
+    public func loadQ(_ read: (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
+        for x in matrices { try read(x.offset..<(x.offset + x.cols * rank), q.pointer + x.q) }
     }
 }

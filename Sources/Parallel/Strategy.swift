@@ -118,6 +118,35 @@ extension Precision {
     var commDType: CommDType { self == .bf16 ? .bfloat16 : .float16 }
 }
 
+// MARK: - Sums that travel in 16 bits
+
+extension Communicator {
+    /// Starts an in-place sum over ranks of `count` fp32 values travelling in `wire`: as they
+    /// are, or rounded into `staging` (`count` 16-bit slots) and summed there, in which case
+    /// `finishAllReduce` widens the result back once the request has completed.
+    func startAllReduce(_ values: UnsafeMutablePointer<Float>, count: Int, wire: Precision,
+                        staging: UnsafeMutablePointer<UInt16>, label: String) -> CommRequest {
+        guard wire.isLow else {
+            return startAllReduce(UnsafeMutableRawPointer(values), count: count, dtype: .float32, op: .sum, label: label)
+        }
+        wire.narrow(values, into: staging, count)
+        return startAllReduce(UnsafeMutableRawPointer(staging), count: count, dtype: wire.commDType, op: .sum, label: label)
+    }
+
+    /// Brings a completed 16-bit sum from `staging` back into `values` (nothing for fp32).
+    func finishAllReduce(_ values: UnsafeMutablePointer<Float>, count: Int, wire: Precision,
+                         staging: UnsafePointer<UInt16>) {
+        if wire.isLow { wire.widen(staging, into: values, count) }
+    }
+
+    /// The blocking form: `values` hold the sum over ranks when it returns.
+    func allReduce(_ values: UnsafeMutablePointer<Float>, count: Int, wire: Precision,
+                   staging: UnsafeMutablePointer<UInt16>, label: String) throws(CommError) {
+        try wait(startAllReduce(values, count: count, wire: wire, staging: staging, label: label))
+        finishAllReduce(values, count: count, wire: wire, staging: staging)
+    }
+}
+
 /// Fills `destination` with elements `range` of a checkpoint's state vector.
 public typealias StateReader = (StateVector, Range<Int>, UnsafeMutablePointer<Float>) throws -> Void
 

@@ -124,8 +124,8 @@ final class UnitGradientReducer: ShardedGradients {
         if let replicas {
             for r in across { try replicas.wait(r) }
             across.removeAll(keepingCapacity: true)
-            if reduce.isLow {
-                for p in produced where p.last && p.count > 0 { reduce.widen(replicaStaging.pointer + p.dest, into: gradShard.pointer + p.dest, p.count) }
+            for p in produced where p.last && p.count > 0 {
+                replicas.finishAllReduce(gradShard.pointer + p.dest, count: p.count, wire: reduce, staging: replicaStaging.pointer + p.dest)
             }
         }
         seconds += MPIClock.now() - t0
@@ -151,15 +151,8 @@ final class UnitGradientReducer: ShardedGradients {
             if p.last && !p.folded { break }
             nextAcross += 1
             guard p.last, p.count > 0 else { continue }
-            let label = "all-reduce of gradient shard across groups"
-            if reduce.isLow {
-                reduce.narrow(gradShard.pointer + p.dest, into: replicaStaging.pointer + p.dest, p.count)
-                across.append(replicas.startAllReduce(UnsafeMutableRawPointer(replicaStaging.pointer + p.dest), count: p.count,
-                                                      dtype: reduce.commDType, op: .sum, label: label))
-            } else {
-                across.append(replicas.startAllReduce(UnsafeMutableRawPointer(gradShard.pointer + p.dest), count: p.count,
-                                                      dtype: .float32, op: .sum, label: label))
-            }
+            across.append(replicas.startAllReduce(gradShard.pointer + p.dest, count: p.count, wire: reduce,
+                                                  staging: replicaStaging.pointer + p.dest, label: "all-reduce of gradient shard across groups"))
         }
     }
 }

@@ -147,15 +147,8 @@ public final class ZeRO: TrainingStrategy {
     private func reduceAcrossGroups(_ replicas: Communicator) throws(CommError) {
         let t0 = MPIClock.now()
         defer { ownWait += MPIClock.now() - t0 }
-        let g = grads.gradShard.pointer, n = shard.mine.count
-        if reduce.isLow {
-            reduce.narrow(g, into: replicaStaging.pointer, n)
-            try replicas.wait(replicas.startAllReduce(UnsafeMutableRawPointer(replicaStaging.pointer), count: n,
-                                                      dtype: reduce.commDType, op: .sum, label: "all-reduce of gradient shard across groups"))
-            reduce.widen(replicaStaging.pointer, into: g, n)
-        } else {
-            try replicas.allReduce(g, count: n, label: "all-reduce of gradient shard across groups")
-        }
+        try replicas.allReduce(grads.gradShard.pointer, count: shard.mine.count, wire: reduce, staging: replicaStaging.pointer,
+                               label: "all-reduce of gradient shard across groups")
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {

@@ -64,6 +64,18 @@ public struct BenchParallelism: Sendable {
     public init(syncEvery: Int = 0, syncDtype: SyncDType = .bf16, shardGroup: ShardGroup = .world, powerSGDRank: Int = 0) {
         self.syncEvery = syncEvery; self.syncDtype = syncDtype; self.shardGroup = shardGroup; self.powerSGDRank = powerSGDRank
     }
+    /// The training configuration a bench run starts from: stage `zero` with these flags
+    /// (PowerSGD compressing from the first step) and no evaluations.
+    public func config(zero: ZeroStage) -> TrainConfig {
+        var c = TrainConfig()
+        c.zero = zero; c.evalEvery = 0
+        c.syncEvery = syncEvery; c.syncDtype = syncDtype; c.shardGroup = shardGroup
+        c.powerSGDRank = powerSGDRank; c.powerSGDStart = 0
+        c.outerLR = outerLR; c.outerMomentum = outerMomentum
+        c.bucketMB = bucketMB; c.reduceDtype = reduceDtype
+        return c
+    }
+
     /// "DDP", "ZeRO-3", "ZeRO-3 shard groups: node", "local SGD H=50 bf16".
     public func name(_ zero: ZeroStage) -> String {
         if syncEvery > 0 { return "local SGD H=\(syncEvery) \(syncDtype.rawValue)" }
@@ -111,16 +123,11 @@ public enum Benchmark {
     public static func run(_ shape: BenchShape, precision: Precision, zero: ZeroStage, recompute: Recompute = .none,
                            attention: AttentionKernel = .fused, parallelism: BenchParallelism = BenchParallelism(),
                            comm: Communicator, threads: Int, perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
-        var c = TrainConfig()
+        var c = parallelism.config(zero: zero)
         c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
         c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
-        c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.zero = zero; c.data = "synthetic"
+        c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.data = "synthetic"
         c.precision = precision; c.recompute = recompute; c.attention = attention
-        c.syncEvery = parallelism.syncEvery; c.syncDtype = parallelism.syncDtype; c.shardGroup = parallelism.shardGroup
-        c.powerSGDRank = parallelism.powerSGDRank; c.powerSGDStart = 0
-        c.outerLR = parallelism.outerLR; c.outerMomentum = parallelism.outerMomentum
-        c.bucketMB = parallelism.bucketMB; c.reduceDtype = parallelism.reduceDtype
-        c.evalEvery = 0
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path
         let data = Dataset.synthetic(vocab: shape.vocab, tokens: 200_000, seed: 7)
         let trainer = try Trainer(config: c, comm: comm, dataset: data)

@@ -43,7 +43,7 @@ final class RunReporter {
                                              precision: strategy.parameterPrecision, basePrecision: t.config.precision,
                                              gradientBytes: 4)
         } else {
-            // A local SGD worker holds what one process does, plus the outer loop's buffers.
+            // The stage divides state over its group (a local SGD worker: DDP over its group).
             predicted = try MemoryModel.perRank(params: psi, world: group, stage: strategy.stage,
                                                 precision: strategy.parameterPrecision, gradientBytes: 4)
         }

@@ -235,7 +235,6 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
         try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
         try need(vocabSize >= 0, "--vocab-size", "is \(vocabSize)", "use the number of ids the data was tokenized with")
-        try need(bucketMB > 0, "--bucket-mb", "is \(bucketMB)", "use a positive size in MiB")
         try need(commTimeout > 0, "--comm-timeout", "is \(commTimeout)", "use a positive number of seconds")
         try need(saveEvery >= 0, "--save-every", "is \(saveEvery)", "use 0 (only at the end) or more")
         try need(keepLast >= 0, "--keep-last", "is \(keepLast)", "use 0 (keep all) or more")
@@ -247,9 +246,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(debugFlipBit.isEmpty || flipAt != nil, "--debug-flip-bit", "is \(debugFlipBit)", "use STEP:RANK")
         try need((0...1024).contains(threads), "--threads", "is \(threads)", "use 0 (automatic) or a count up to 1024")
         try validateLoRA()
-        try validateLocalSGD()
-        try validateShardGroup(worldSize: worldSize)
-        try validatePowerSGD()
+        try validateParallelism(worldSize: worldSize)
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
                  "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "
@@ -310,13 +307,22 @@ extension TrainConfig {
 }
 
 extension TrainConfig {
+    /// The parallelism flags (what `bench` shares with `train`): buckets, local SGD, shard
+    /// groups (their fit to the world when `worldSize` is known) and PowerSGD.
+    public func validateParallelism(worldSize: Int?) throws(ConfigError) {
+        guard bucketMB > 0 else { throw ConfigError(flag: "--bucket-mb", problem: "is \(bucketMB)", fix: "use a positive size in MiB") }
+        try validateLocalSGD()
+        try validateShardGroup(worldSize: worldSize)
+        try validatePowerSGD()
+    }
+
     /// Hybrid sharding's flag: a ZeRO stage to shard, and groups that divide the world.
-    func validateShardGroup(worldSize: Int) throws(ConfigError) {
+    func validateShardGroup(worldSize: Int?) throws(ConfigError) {
         switch shardGroup {
         case .world: return
         case .node: break
         case .ranks(let g):
-            guard worldSize % g == 0 else {
+            if let worldSize, worldSize % g != 0 {
                 throw ConfigError(flag: "--shard-group", problem: "is \(g), which does not divide the \(worldSize) ranks",
                                   fix: "use a divisor of \(worldSize), usually the ranks per node (or: node)")
             }

@@ -131,7 +131,7 @@ public final class Trainer {
                                 bucketBytes: Int(config.bucketMB * 1_048_576), reduce: config.effectiveReduceDtype,
                                 compute: config.precision, replicas: local ? nil : groups.replicas,
                                 powerSGD: config.powerSGDRank > 0 ? (config.powerSGDRank, config.powerSGDStart) : nil)
-        localSGD = config.syncEvery > 0
+        localSGD = local
             ? LocalSGD(count: strategy.layout.count, comm: groups.replicas ?? LocalCommunicator(), outerLR: Float(config.outerLR),
                        momentum: Float(config.outerMomentum), dtype: config.syncDtype) : nil
         myIndices = Array(stride(from: comm.rank, to: config.batchSize, by: comm.size))
@@ -256,9 +256,7 @@ public final class Trainer {
             if isCoordinator { log("tessera: \(config.resume) holds no PowerSGD state: Q starts from its seed, error feedback from zero") }
             return
         }
-        let packed = FloatBuffer(count: psi)
-        try reader.read(.powerSGDQ, range: 0..<psi, into: packed.pointer)
-        powerSGD.unpackQ(packed.pointer)
+        try powerSGD.loadQ { range, dest in try reader.read(.powerSGDQ, range: range, into: dest) }
         guard reader.manifest.worldSize == comm.size, reader.holds(.powerSGDError) else {
             if isCoordinator { log("tessera: PowerSGD resumed on \(comm.size) rank(s) from \(reader.manifest.worldSize): error feedback starts from zero") }
             return

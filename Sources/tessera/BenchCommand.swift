@@ -37,17 +37,12 @@ struct Bench: ParsableCommand {
             throw ValidationError("--config '\(c)' is not one of \(BenchShape.all.map(\.name).joined(separator: ", "))")
         }
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be >= 1 and --warmup >= 0") }
-        guard syncEvery >= 0 else { throw ValidationError("--sync-every must be 0 (synchronous) or a positive number of steps") }
-        guard syncEvery == 0 || zero == .ddp else { throw ValidationError("--sync-every runs each rank unsharded: use --zero 0") }
+        // Train's own checks of these flags (the world size is not known yet: mpirun's is
+        // checked when the run starts).
+        do { try parallelism.config(zero: zero).validateParallelism(worldSize: nil) } catch { throw ValidationError("\(error.flag) \(error.problem): \(error.fix)") }
+        // Given explicitly, the outer optimizer's flags are checked without --sync-every too.
         if let outerLR, !(outerLR > 0 && outerLR.isFinite) { throw ValidationError("--outer-lr must be positive (DiLoCo: 0.7)") }
         if let outerMomentum, !(outerMomentum >= 0 && outerMomentum < 1) { throw ValidationError("--outer-momentum must be in [0, 1) (DiLoCo: 0.9)") }
-        if let bucketMB, !(bucketMB > 0) { throw ValidationError("--bucket-mb must be a positive size in MiB") }
-        guard powerSGDRank >= 0, powerSGDRank == 0 || (zero == .ddp && syncEvery == 0) else {
-            throw ValidationError("--powersgd-rank compresses DDP's all-reduce: use a rank >= 1 with --zero 0 and no --sync-every")
-        }
-        guard shardGroup == .world || zero != .ddp || syncEvery > 0 else {
-            throw ValidationError("--shard-group shards a ZeRO stage within groups (or makes each a local SGD worker with --sync-every) and DDP shards nothing: use --zero 1, 2 or 3")
-        }
         guard syncEvery == 0 || (steps % syncEvery == 0 && warmup % syncEvery == 0) else {
             throw ValidationError("with --sync-every \(syncEvery), --warmup and --steps must be multiples of it (whole rounds, each ending with its synchronisation)")
         }
