@@ -87,8 +87,6 @@ func runProcess(_ exe: URL, _ args: [String], environment: [String: String] = [:
     return p.finish(timeout: timeout)
 }
 
-/// Skips a test whose environment lacks a facility (a tmpfs, network namespaces), saying
-/// why; under CI (`CI=true`) that is a failure instead, so CI cannot pass by skipping.
 /// `cluster/netns/harness.sh`, brought up with `hosts` namespace hosts of `slots` rank slots;
 /// skips (fails under CI=true) where namespaces cannot be made. Callers take it down.
 func namespaceHarness(hosts: Int, slots: Int = 1) throws -> URL {
@@ -102,6 +100,8 @@ func namespaceHarness(hosts: Int, slots: Int = 1) throws -> URL {
     return harness
 }
 
+/// Skips a test whose environment lacks a facility (a tmpfs, network namespaces), saying
+/// why; under CI (`CI=true`) that is a failure instead, so CI cannot pass by skipping.
 func requireEnvironment(_ available: Bool, _ reason: @autoclosure () -> String) throws {
     guard !available else { return }
     if ProcessInfo.processInfo.environment["CI"] == "true" {
