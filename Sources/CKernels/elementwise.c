@@ -73,6 +73,19 @@ static inline float gelu_slope(float v) {
         for (int64_t i = 0; i < n; i++) { float e = fast_exp(x[i] - shift); x[i] = e; s += e; }   \
         return s;                                                                                 \
     }                                                                                             \
+    ATTR static float max_value_##SUFFIX(const float *x, int64_t n, float init) {                 \
+        /* 16 independent lanes: a scalar max chain waits on each compare; order does not */     \
+        /* matter for a maximum, so the result is the same bits as a sequential scan. */          \
+        float lane[16];                                                                           \
+        for (int j = 0; j < 16; j++) lane[j] = init;                                              \
+        int64_t i = 0;                                                                            \
+        for (; i + 16 <= n; i += 16)                                                              \
+            for (int j = 0; j < 16; j++) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];       \
+        float m = init;                                                                           \
+        for (int j = 0; j < 16; j++) m = lane[j] > m ? lane[j] : m;                               \
+        for (; i < n; i++) m = x[i] > m ? x[i] : m;                                               \
+        return m;                                                                                 \
+    }                                                                                             \
     ATTR static void to_bf16_##SUFFIX(uint16_t *dst, const float *src, int64_t n) {               \
         _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = round_bf16(src[i]); \
     }                                                                                             \
@@ -207,6 +220,7 @@ void tessera_set_cpu_level(int requested) {
 
 void tessera_gelu_forward(float *out, const float *x, int64_t n) { DISPATCH(gelu_fwd, out, x, n); }
 void tessera_gelu_backward(float *dx, const float *x, const float *dy, int64_t n) { DISPATCH(gelu_bwd, dx, x, dy, n); }
+float tessera_max_value(const float *x, int64_t n, float init) { return SELECT(max_value)(x, n, init); }
 float tessera_exp_shift_sum(float *x, int64_t n, float shift) {
     return SELECT(exp_shift_sum)(x, n, shift);
 }

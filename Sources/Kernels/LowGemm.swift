@@ -14,6 +14,19 @@ extension Gemm {
     /// widening fallback shares its scratch buffers.
     public static func lowGemmIsReentrant(_ precision: Precision) -> Bool { precision == .bf16 && bf16Native == true }
 
+    /// Whether bf16 products run on native bf16 dot products at the current dispatch level:
+    /// the CPU has AVX512-BF16 (and `TESSERA_ISA` does not lower it) and oneDNN's matmul works,
+    /// which a 1×1×1 product finds out on first call, so every caller decides alike from the
+    /// start. Call outside `ParallelFor.tasks` (the answer is cached in a shared variable).
+    public static var bf16IsNative: Bool {
+        guard CPU.isa >= .avx512bf16 else { return false }
+        if bf16Native == nil {
+            var one: UInt16 = 0x3F80, product: Float = 0
+            bf16Native = tessera_bf16_gemm(0, 0, 1, 1, 1, &one, 1, &one, 1, 0, &product, 1) == 0 && product == 1
+        }
+        return bf16Native == true
+    }
+
     /// `C = op(A)·op(B) + beta·C` with 16-bit operands and fp32 accumulation and output.
     ///
     /// bf16 runs on oneDNN's matmul on CPUs with AVX512-BF16 dot products (elsewhere oneDNN
@@ -40,6 +53,18 @@ extension Gemm {
         widenRegion(precision, b, rows: rb, cols: cb, ld: ldb, into: scratchB.pointer)
         sgemm(transA, transB, m: m, n: n, k: k, a: scratchA.pointer, lda: ca, b: scratchB.pointer, ldb: cb,
               beta: beta, c: c, ldc: ldc)
+    }
+
+    /// A small bf16 product inside a `ParallelFor.tasks` task (an attention block): oneDNN's
+    /// matmul on this thread's cached primitive, single-threaded in its task. Only where
+    /// `bf16IsNative`.
+    @inlinable
+    public static func taskBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                    a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
+                                    beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let rc = tessera_bf16_gemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
+                                   b, Int64(ldb), beta, c, Int64(ldc))
+        precondition(rc == 0, "oneDNN bf16 matmul failed for \(m)×\(n)×\(k)")
     }
 
     /// Widens a rows×cols region with row stride `ld` into a contiguous copy: a contiguous

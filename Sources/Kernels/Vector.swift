@@ -35,6 +35,12 @@ public enum Vector {
 // MARK: - Element-wise math (vectorised in C)
 
 extension Vector {
+    /// The largest of `initial` and `x[0..<n]` (NaN elements are skipped), in independent lanes.
+    @inlinable
+    public static func maxValue(_ x: UnsafePointer<Float>, _ n: Int, startingAt initial: Float) -> Float {
+        tessera_max_value(x, Int64(n), initial)
+    }
+
     /// In place `x[i] = e^(x[i] − shift)` over `n` elements; returns their sum (softmax numerators).
     @inlinable
     public static func expShiftSum(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {

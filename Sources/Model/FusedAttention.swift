@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - Fused causal attention
 
@@ -14,10 +15,12 @@ import Kernels
 /// dS = P ⊙ (dP − D) with D = rowsum(dO ⊙ O), dQ += dS·K, dK += dSᵀ·Q; dK and dV of a key block
 /// stay in the task's scratch until its last query block, and the task owns its head's dQ.
 ///
-/// All products run in fp32 on oneDNN (`Gemm.taskSgemm`, single-threaded in its task whatever
-/// backend the large GEMMs use): 16-bit Q, K, V and dO blocks are widened (exactly) into the
-/// task's scratch, so the kernel runs in parallel whatever the format, and 16-bit formats get
-/// fp32 probabilities in P·V. Each task's arithmetic does not depend on which thread runs it,
+/// Products run on oneDNN single-threaded in their task, whatever backend the large GEMMs use.
+/// bf16 where the CPU has bf16 dot products (AVX512-BF16) multiplies Q, K, V and dO as stored
+/// and rounds P and dS to bf16 for their products, as FlashAttention does on GPUs (about 1.7×
+/// the fp32 rate on these block shapes); elsewhere the products run in fp32
+/// (`Gemm.taskSgemm`), 16-bit Q, K, V and dO blocks widened (exactly) into the task's scratch
+/// and P and dS kept in fp32. Each task's arithmetic does not depend on which thread runs it,
 /// so results are reproducible and recomputation gives the same bits.
 ///
 /// With `starts` (packed documents: the first position of the document each position is in)
@@ -29,7 +32,25 @@ public enum FusedAttention {
 
     /// fp32 scratch per worker thread for sequence length `T` and head size `hs`.
     public static func scratchFloats(T: Int, hs: Int) -> Int {
-        2 * block * block + 6 * block * hs + 2 * block + T
+        3 * block * block + 6 * block * hs + 2 * block + T   // the last block² holds two bf16 blocks
+    }
+
+    /// Whether `F`'s block products run on native bf16 dot products here.
+    static func nativeBF16<F: ComputeFormat>(_: F.Type) -> Bool { F.precision == .bf16 && Gemm.bf16IsNative }
+
+    /// A 16-bit format's stored values as the bf16 bits they are.
+    @inline(__always)
+    static func bits<E>(_ p: UnsafePointer<E>) -> UnsafePointer<UInt16> {
+        UnsafeRawPointer(p).assumingMemoryBound(to: UInt16.self)
+    }
+
+    /// The two bf16 blocks at the end of a worker's scratch, bound to `UInt16` for `body`.
+    @inline(__always)
+    static func withLowBlocks<R>(_ workerScratch: UnsafeMutablePointer<Float>, per: Int,
+                                 _ body: (UnsafeMutablePointer<UInt16>, UnsafeMutablePointer<UInt16>) -> R) -> R {
+        (workerScratch + per - block * block).withMemoryRebound(to: UInt16.self, capacity: 2 * block * block) {
+            body($0, $0 + block * block)
+        }
     }
 
     /// Query/key blocks covering `T` positions.
@@ -45,7 +66,7 @@ public enum FusedAttention {
                                                  dropout: DropoutPass? = nil, layer: Int = 0,
                                                  starts: UnsafePointer<Int32>? = nil) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
-        let scale = 1 / Float(hs).squareRoot()
+        let scale = 1 / Float(hs).squareRoot(), native = nativeBF16(F.self)
         ParallelFor.tasks(B * NH * nb, workers: workers) { task, worker in
             let qb = nb - 1 - task % nb   // the longest rows first, so the queue ends evenly
             let bh = task / nb, b = bh / NH, h = bh % NH
@@ -55,7 +76,7 @@ public enum FusedAttention {
             let t0 = qb * block, nq = min(block, T - t0)
             let head = qkv + b * T * 3 * C + h * hs
             let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
-            let q = Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
+            let q = native ? nil : Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
             rowMax.update(repeating: -.infinity, count: nq)
             rowSum.update(repeating: 0, count: nq)
             o.update(repeating: 0, count: nq * hs)
@@ -64,17 +85,21 @@ public enum FusedAttention {
             let firstBlock = rowStarts.map { Int($0[0]) / block } ?? 0
             for kb in firstBlock...qb {
                 let s0 = kb * block, nk = min(block, T - s0)
-                let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
-                let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
-                Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
-                           b: k.base, ldb: k.ld, beta: 0, c: s, ldc: block)
+                if let q {
+                    let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
+                    Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
+                                   b: k.base, ldb: k.ld, beta: 0, c: s, ldc: block)
+                } else {
+                    Gemm.taskBF16Gemm(.none, .transpose, m: nq, n: nk, k: hs, a: bits(head + t0 * 3 * C), lda: 3 * C,
+                                      b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: s, ldc: block)
+                    for i in 0..<nq { Vector.scale(s + i * block, nk, by: scale) }
+                }
                 for i in 0..<nq {
                     let row = s + i * block
                     let seen = kb == qb ? i + 1 : nk   // keys this query may attend to: lo..<seen
                     let lo = rowStarts.map { max(0, Int($0[i]) - s0) } ?? 0
                     if lo >= seen { row.update(repeating: 0, count: nk); continue }   // all before its document
-                    var mx = rowMax[i]
-                    for j in lo..<seen { mx = max(mx, row[j]) }
+                    let mx = Vector.maxValue(row + lo, seen - lo, startingAt: rowMax[i])
                     let sum = Vector.expShiftSum(row + lo, seen - lo, shift: mx)
                     if lo > 0 { row.update(repeating: 0, count: lo) }
                     if seen < nk { (row + seen).update(repeating: 0, count: nk - seen) }
@@ -89,8 +114,17 @@ public enum FusedAttention {
                         for j in 0..<seen { row[j] *= d.factor(stream, index + j) }
                     }
                 }
-                Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: s, lda: block, b: v.base, ldb: v.ld,
-                           beta: 1, c: o, ldc: hs)
+                if !native {
+                    let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
+                    Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: s, lda: block, b: v.base, ldb: v.ld,
+                                   beta: 1, c: o, ldc: hs)
+                } else {
+                    withLowBlocks(s, per: per) { p16, _ in
+                        Precision.bf16.narrowSerial(s, into: p16, nq * block)
+                        Gemm.taskBF16Gemm(.none, .none, m: nq, n: hs, k: nk, a: p16, lda: block,
+                                          b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: o, ldc: hs)
+                    }
+                }
             }
             let y = out + b * T * C + t0 * C + h * hs, rowLSE = lse + bh * T + t0
             for i in 0..<nq {
@@ -112,7 +146,7 @@ public enum FusedAttention {
                                                   dropout: DropoutPass? = nil, layer: Int = 0,
                                                   starts: UnsafePointer<Int32>? = nil) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
-        let scale = 1 / Float(hs).squareRoot()
+        let scale = 1 / Float(hs).squareRoot(), native = nativeBF16(F.self)
         ParallelFor.tasks(B * NH, workers: workers) { bh, worker in
             let b = bh / NH, h = bh % NH
             let p = scratch + worker * per, dp = p + block * block
@@ -137,18 +171,25 @@ public enum FusedAttention {
             }
             for kb in 0..<nb {
                 let s0 = kb * block, nk = min(block, T - s0)
-                let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
-                let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
+                let k = native ? nil : Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
+                let v = native ? nil : Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
                 dk.update(repeating: 0, count: nk * hs)
                 dv.update(repeating: 0, count: nk * hs)
                 for qb in kb..<nb {
                     let t0 = qb * block, nq = min(block, T - t0)
                     let rowStarts = starts.map { $0 + b * T + t0 }
                     if let rowStarts, Int(rowStarts[0]) >= s0 + nk { continue }   // every query's document starts later
-                    let q = Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
-                    let g = Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
-                    Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
-                               b: k.base, ldb: k.ld, beta: 0, c: p, ldc: block)
+                    let q = native ? nil : Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
+                    let g = native ? nil : Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
+                    if let q, let k {
+                        Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
+                                       b: k.base, ldb: k.ld, beta: 0, c: p, ldc: block)
+                    } else {
+                        // The same product and scaling as forward's, so P is the same bits.
+                        Gemm.taskBF16Gemm(.none, .transpose, m: nq, n: nk, k: hs, a: bits(head + t0 * 3 * C), lda: 3 * C,
+                                          b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: p, ldc: block)
+                        for i in 0..<nq { Vector.scale(p + i * block, nk, by: scale) }
+                    }
                     for i in 0..<nq {
                         let row = p + i * block
                         let seen = kb == qb ? i + 1 : nk
@@ -160,8 +201,13 @@ public enum FusedAttention {
                     // dP = dO·Vᵀ ; dS = P ⊙ (dP − D)/√hs (zero where P is: above the diagonal).
                     // With dropout the output used P̃ = P ⊙ M: dO·Vᵀ is dP̃, dP = dP̃ ⊙ M, and
                     // P becomes P̃ for dV (D = rowsum(dO ⊙ O) already is rowsum(P ⊙ dP)).
-                    Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: 1, a: g.base, lda: g.ld, b: v.base, ldb: v.ld,
-                               beta: 0, c: dp, ldc: block)
+                    if let g, let v {
+                        Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: 1, a: g.base, lda: g.ld,
+                                       b: v.base, ldb: v.ld, beta: 0, c: dp, ldc: block)
+                    } else {
+                        Gemm.taskBF16Gemm(.none, .transpose, m: nq, n: nk, k: hs, a: bits(dy + t0 * C), lda: C,
+                                          b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, c: dp, ldc: block)
+                    }
                     for i in 0..<nq {
                         let pr = p + i * block, dr = dp + i * block, d = delta[t0 + i]
                         if let drop = dropout?.dropout, let stream {
@@ -175,14 +221,27 @@ public enum FusedAttention {
                             for j in 0..<nk { dr[j] = pr[j] * (dr[j] - d) * scale }
                         }
                     }
-                    // dV += P̃ᵀ·dO
-                    Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
-                               beta: 1, c: dv, ldc: hs)
-                    // dQ += dS·K ; dK += dSᵀ·Q
-                    Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: dp, lda: block, b: k.base, ldb: k.ld,
-                               beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)
-                    Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: dp, lda: block, b: q.base, ldb: q.ld,
-                               beta: 1, c: dk, ldc: hs)
+                    if let q, let k, let g {
+                        // dV += P̃ᵀ·dO
+                        Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
+                                       beta: 1, c: dv, ldc: hs)
+                        // dQ += dS·K ; dK += dSᵀ·Q
+                        Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: dp, lda: block, b: k.base, ldb: k.ld,
+                                       beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)
+                        Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: dp, lda: block, b: q.base, ldb: q.ld,
+                                       beta: 1, c: dk, ldc: hs)
+                    } else {
+                        withLowBlocks(p, per: per) { p16, ds16 in
+                            Precision.bf16.narrowSerial(p, into: p16, nq * block)
+                            Precision.bf16.narrowSerial(dp, into: ds16, nq * block)
+                            Gemm.taskBF16Gemm(.transpose, .none, m: nk, n: hs, k: nq, a: p16, lda: block,
+                                              b: bits(dy + t0 * C), ldb: C, beta: 1, c: dv, ldc: hs)
+                            Gemm.taskBF16Gemm(.none, .none, m: nq, n: hs, k: nk, a: ds16, lda: block,
+                                              b: bits(head + C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)
+                            Gemm.taskBF16Gemm(.transpose, .none, m: nk, n: hs, k: nq, a: ds16, lda: block,
+                                              b: bits(head + t0 * 3 * C), ldb: 3 * C, beta: 1, c: dk, ldc: hs)
+                        }
+                    }
                 }
                 for j in 0..<nk {
                     (dhead + (s0 + j) * 3 * C + C).update(from: dk + j * hs, count: hs)

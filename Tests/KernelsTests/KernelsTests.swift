@@ -86,4 +86,22 @@ final class ISALevelTests: XCTestCase {
         }
         print("kernel levels checked on \(CPU.model): \(CPU.runnableLevels.map(\.description).joined(separator: ", "))")
     }
+
+    /// The lane-wise maximum equals a sequential scan at every level: on lengths around the
+    /// 16 lanes, with the largest value in the tail, NaNs skipped, and the starting value kept
+    /// when nothing exceeds it.
+    func testMaxValueAtEveryLevel() {
+        defer { CPU.use(nil) }
+        var rng = SplitMix64(seed: 8)
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            for n in [0, 1, 15, 16, 17, 33, 128, 1003] {
+                var x = (0..<n).map { _ in Float(rng.nextNormal()) }
+                if n > 2 { x[n - 1] = 9; x[1] = .nan }
+                let scan = x.reduce(-Float.infinity) { $1 > $0 ? $1 : $0 }
+                XCTAssertEqual(Vector.maxValue(x, n, startingAt: -.infinity), scan, "\(level) n=\(n)")
+                XCTAssertEqual(Vector.maxValue(x, n, startingAt: 100), 100, "\(level) n=\(n) start kept")
+            }
+        }
+    }
 }

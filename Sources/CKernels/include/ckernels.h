@@ -50,6 +50,8 @@ void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const floa
 void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n);
 /// In place e^(x[i] − shift), returning the sum (softmax numerators).
 float tessera_exp_shift_sum(float *x, int64_t n, float shift);
+// max(init, x[0], …, x[n−1]) (NaN elements are skipped).
+float tessera_max_value(const float *x, int64_t n, float init);
 
 /// fp32 → bf16 (round to nearest even, NaN kept) and back, vectorised.
 void tessera_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
