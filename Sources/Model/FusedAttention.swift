@@ -85,14 +85,18 @@ public enum FusedAttention {
             let firstBlock = rowStarts.map { Int($0[0]) / block } ?? 0
             for kb in firstBlock...qb {
                 let s0 = kb * block, nk = min(block, T - s0)
-                if let q {
-                    let k = Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
-                    Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
-                                   b: k.base, ldb: k.ld, beta: 0, c: s, ldc: block)
-                } else {
-                    Gemm.taskBF16Gemm(.none, .transpose, m: nq, n: nk, k: hs, a: bits(head + t0 * 3 * C), lda: 3 * C,
-                                      b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: s, ldc: block)
-                    for i in 0..<nq { Vector.scale(s + i * block, nk, by: scale) }
+                let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
+                let k = native ? nil : Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
+                for part in 0..<pair.parts {
+                    let (r0, rows, keys) = pair.rows(part)
+                    if let q, let k {
+                        Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: scale, a: q.base + r0 * q.ld, lda: q.ld,
+                                       b: k.base, ldb: k.ld, beta: 0, c: s + r0 * block, ldc: block)
+                    } else {
+                        Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(head + (t0 + r0) * 3 * C), lda: 3 * C,
+                                          b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: s + r0 * block, ldc: block)
+                        for i in r0..<(r0 + rows) { Vector.scale(s + i * block, keys, by: scale) }
+                    }
                 }
                 for i in 0..<nq {
                     let row = s + i * block
@@ -116,13 +120,19 @@ public enum FusedAttention {
                 }
                 if !native {
                     let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
-                    Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: s, lda: block, b: v.base, ldb: v.ld,
-                                   beta: 1, c: o, ldc: hs)
+                    for part in 0..<pair.parts {
+                        let (r0, rows, keys) = pair.rows(part)
+                        Gemm.taskSgemm(.none, .none, m: rows, n: hs, k: keys, alpha: 1, a: s + r0 * block, lda: block,
+                                       b: v.base, ldb: v.ld, beta: 1, c: o + r0 * hs, ldc: hs)
+                    }
                 } else {
                     withLowBlocks(s, per: per) { p16, _ in
                         Precision.bf16.narrowSerial(s, into: p16, nq * block)
-                        Gemm.taskBF16Gemm(.none, .none, m: nq, n: hs, k: nk, a: p16, lda: block,
-                                          b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: o, ldc: hs)
+                        for part in 0..<pair.parts {
+                            let (r0, rows, keys) = pair.rows(part)
+                            Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: keys, a: p16 + r0 * block, lda: block,
+                                              b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: o + r0 * hs, ldc: hs)
+                        }
                     }
                 }
             }
@@ -181,14 +191,18 @@ public enum FusedAttention {
                     if let rowStarts, Int(rowStarts[0]) >= s0 + nk { continue }   // every query's document starts later
                     let q = native ? nil : Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
                     let g = native ? nil : Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
-                    if let q, let k {
-                        Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: scale, a: q.base, lda: q.ld,
-                                       b: k.base, ldb: k.ld, beta: 0, c: p, ldc: block)
-                    } else {
-                        // The same product and scaling as forward's, so P is the same bits.
-                        Gemm.taskBF16Gemm(.none, .transpose, m: nq, n: nk, k: hs, a: bits(head + t0 * 3 * C), lda: 3 * C,
-                                          b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: p, ldc: block)
-                        for i in 0..<nq { Vector.scale(p + i * block, nk, by: scale) }
+                    let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
+                    // The same products and scaling as forward's, so P is the same bits.
+                    for part in 0..<pair.parts {
+                        let (r0, rows, keys) = pair.rows(part)
+                        if let q, let k {
+                            Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: scale, a: q.base + r0 * q.ld,
+                                           lda: q.ld, b: k.base, ldb: k.ld, beta: 0, c: p + r0 * block, ldc: block)
+                        } else {
+                            Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(head + (t0 + r0) * 3 * C),
+                                              lda: 3 * C, b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: p + r0 * block, ldc: block)
+                            for i in r0..<(r0 + rows) { Vector.scale(p + i * block, keys, by: scale) }
+                        }
                     }
                     for i in 0..<nq {
                         let row = p + i * block
@@ -201,45 +215,58 @@ public enum FusedAttention {
                     // dP = dO·Vᵀ ; dS = P ⊙ (dP − D)/√hs (zero where P is: above the diagonal).
                     // With dropout the output used P̃ = P ⊙ M: dO·Vᵀ is dP̃, dP = dP̃ ⊙ M, and
                     // P becomes P̃ for dV (D = rowsum(dO ⊙ O) already is rowsum(P ⊙ dP)).
-                    if let g, let v {
-                        Gemm.taskSgemm(.none, .transpose, m: nq, n: nk, k: hs, alpha: 1, a: g.base, lda: g.ld,
-                                       b: v.base, ldb: v.ld, beta: 0, c: dp, ldc: block)
-                    } else {
-                        Gemm.taskBF16Gemm(.none, .transpose, m: nq, n: nk, k: hs, a: bits(dy + t0 * C), lda: C,
-                                          b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, c: dp, ldc: block)
+                    for part in 0..<pair.parts {
+                        let (r0, rows, keys) = pair.rows(part)
+                        if let g, let v {
+                            Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: 1, a: g.base + r0 * g.ld, lda: g.ld,
+                                           b: v.base, ldb: v.ld, beta: 0, c: dp + r0 * block, ldc: block)
+                        } else {
+                            Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(dy + (t0 + r0) * C), lda: C,
+                                              b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, c: dp + r0 * block, ldc: block)
+                        }
                     }
                     for i in 0..<nq {
-                        let pr = p + i * block, dr = dp + i * block, d = delta[t0 + i]
+                        let pr = p + i * block, dr = dp + i * block, d = delta[t0 + i], keys = pair.keys(row: i)
                         if let drop = dropout?.dropout, let stream {
                             let index = (t0 + i) * T + s0
-                            for j in 0..<nk {
+                            for j in 0..<keys {
                                 let m = drop.factor(stream, index + j)
                                 dr[j] = pr[j] * (dr[j] * m - d) * scale
                                 pr[j] *= m
                             }
                         } else {
-                            for j in 0..<nk { dr[j] = pr[j] * (dr[j] - d) * scale }
+                            for j in 0..<keys { dr[j] = pr[j] * (dr[j] - d) * scale }
                         }
                     }
+                    // dV += P̃ᵀ·dO and dK += dSᵀ·Q over each group of keys and the queries that
+                    // see them; dQ += dS·K over each group of queries and the keys they see.
                     if let q, let k, let g {
-                        // dV += P̃ᵀ·dO
-                        Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: p, lda: block, b: g.base, ldb: g.ld,
-                                       beta: 1, c: dv, ldc: hs)
-                        // dQ += dS·K ; dK += dSᵀ·Q
-                        Gemm.taskSgemm(.none, .none, m: nq, n: hs, k: nk, alpha: 1, a: dp, lda: block, b: k.base, ldb: k.ld,
-                                       beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)
-                        Gemm.taskSgemm(.transpose, .none, m: nk, n: hs, k: nq, alpha: 1, a: dp, lda: block, b: q.base, ldb: q.ld,
-                                       beta: 1, c: dk, ldc: hs)
+                        for part in 0..<pair.parts {
+                            let (c0, keys, q0, queries) = pair.keys(part)
+                            Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: p + q0 * block + c0,
+                                           lda: block, b: g.base + q0 * g.ld, ldb: g.ld, beta: 1, c: dv + c0 * hs, ldc: hs)
+                            Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: dp + q0 * block + c0,
+                                           lda: block, b: q.base + q0 * q.ld, ldb: q.ld, beta: 1, c: dk + c0 * hs, ldc: hs)
+                            let (r0, rows, seen) = pair.rows(part)
+                            Gemm.taskSgemm(.none, .none, m: rows, n: hs, k: seen, alpha: 1, a: dp + r0 * block, lda: block,
+                                           b: k.base, ldb: k.ld, beta: 1, c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
+                        }
                     } else {
                         withLowBlocks(p, per: per) { p16, ds16 in
                             Precision.bf16.narrowSerial(p, into: p16, nq * block)
                             Precision.bf16.narrowSerial(dp, into: ds16, nq * block)
-                            Gemm.taskBF16Gemm(.transpose, .none, m: nk, n: hs, k: nq, a: p16, lda: block,
-                                              b: bits(dy + t0 * C), ldb: C, beta: 1, c: dv, ldc: hs)
-                            Gemm.taskBF16Gemm(.none, .none, m: nq, n: hs, k: nk, a: ds16, lda: block,
-                                              b: bits(head + C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: dhead + t0 * 3 * C, ldc: 3 * C)
-                            Gemm.taskBF16Gemm(.transpose, .none, m: nk, n: hs, k: nq, a: ds16, lda: block,
-                                              b: bits(head + t0 * 3 * C), ldb: 3 * C, beta: 1, c: dk, ldc: hs)
+                            for part in 0..<pair.parts {
+                                let (c0, keys, q0, queries) = pair.keys(part)
+                                Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: p16 + q0 * block + c0,
+                                                  lda: block, b: bits(dy + (t0 + q0) * C), ldb: C, beta: 1, c: dv + c0 * hs, ldc: hs)
+                                Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: ds16 + q0 * block + c0,
+                                                  lda: block, b: bits(head + (t0 + q0) * 3 * C), ldb: 3 * C, beta: 1,
+                                                  c: dk + c0 * hs, ldc: hs)
+                                let (r0, rows, seen) = pair.rows(part)
+                                Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: seen, a: ds16 + r0 * block, lda: block,
+                                                  b: bits(head + C + s0 * 3 * C), ldb: 3 * C, beta: 1,
+                                                  c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
+                            }
                         }
                     }
                 }
@@ -250,6 +277,41 @@ public enum FusedAttention {
             }
         }
     }
+}
+
+// MARK: - The diagonal's triangle
+
+/// How a query block meets a key block in the products: whole, or on the diagonal (where
+/// query i sees keys up to i only) in two parts, the first half of the queries against the
+/// first half of the keys and the rest against all of them, so the masked quarter is skipped
+/// (a sixth of the work at T = 256, where two of the three block pairs are diagonal).
+struct BlockPair {
+    let nq: Int, nk: Int
+    /// Queries in the first part on the diagonal; 0 when the pair is one part.
+    let half: Int
+
+    init(nq: Int, nk: Int, diagonal: Bool) {
+        self.nq = nq
+        self.nk = nk
+        half = diagonal && nq >= 32 ? nq / 2 : 0   // shorter blocks are not worth two products
+    }
+
+    /// Parts the products run in: 1 or 2.
+    var parts: Int { half == 0 ? 1 : 2 }
+
+    /// Part `i` as (first query, queries, keys 0..<keys they see).
+    func rows(_ i: Int) -> (first: Int, count: Int, keys: Int) {
+        half == 0 ? (0, nq, nk) : i == 0 ? (0, half, half) : (half, nq - half, nk)
+    }
+
+    /// Part `i` by keys, for products summing over queries (dV, dK): (first key, keys, first
+    /// query that sees them, queries from there).
+    func keys(_ i: Int) -> (first: Int, count: Int, firstQuery: Int, queries: Int) {
+        half == 0 ? (0, nk, 0, nq) : i == 0 ? (0, half, 0, nq) : (half, nk - half, half, nq - half)
+    }
+
+    /// Keys computed for query `i` (the row's scores beyond are not written).
+    func keys(row i: Int) -> Int { half == 0 || i >= half ? nk : half }
 }
 
 // MARK: - Rows as fp32
