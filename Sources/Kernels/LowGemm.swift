@@ -55,6 +55,26 @@ extension Gemm {
               beta: beta, c: c, ldc: ldc)
     }
 
+    /// How products in `precision` run on this CPU, for a run's start-up lines (nil for fp32).
+    /// Without 16-bit dot products the 16-bit formats keep their storage and traffic savings
+    /// but not speed, and a user choosing a format should hear so before a long run.
+    public static func precisionNote(_ precision: Precision) -> String? {
+        switch precision {
+        case .fp32: return nil
+        case .bf16 where bf16IsNative:
+            return "bf16 products run on this CPU's bf16 dot products (AVX512-BF16), accumulated in fp32"
+        default:
+            let why = precision == .fp16 ? "there are no fp16 dot products on CPUs here"
+                : CPU.hardwareISA < .avx512bf16 ? "this CPU has no bf16 dot products (AVX512-BF16)"
+                : CPU.isa < .avx512bf16 ? "TESSERA_ISA=\(CPU.isa) keeps kernels below this CPU's bf16 dot products (AVX512-BF16)"
+                : "oneDNN's bf16 matmul does not run here"
+            return "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit "
+                + "storage (the same products): activation memory and 16-bit traffic keep their savings, but the conversions "
+                + "make steps slower than with --precision fp32 (`tessera bench --precision fp32 --precision \(precision)` "
+                + "measures both here); where memory allows, fp32 is faster"
+        }
+    }
+
     /// A small bf16 product inside a `ParallelFor.tasks` task (an attention block): oneDNN's
     /// matmul on this thread's cached primitive, single-threaded in its task. Only where
     /// `bf16IsNative`.

@@ -62,6 +62,7 @@ final class RunReporter {
             + "gradients \(mib(mem.gradients)), optimizer \(mib(mem.optimizer)), working \(mib(mem.working.values.reduce(0, +))), "
             + "activations \(mib(activations))")
         log("tessera: " + t.gemmNote)
+        if let note = Gemm.precisionNote(config.precision) { log("tessera: " + note) }
         if t.localSGD != nil {
             let workers = t.groups.replicas?.size ?? 1
             log("tessera: local SGD: \(workers) worker(s) of \(group) rank(s)" + (group > 1 ? " (DDP within each)" : "")

@@ -81,6 +81,7 @@ struct Bench: ParsableCommand {
             }
             if comm.rank == 0 {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
+                for p in precision { if let note = Gemm.precisionNote(p) { print(note) } }
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, bf16 oneDNN %.0f GFLOP/s (MFU is against the oneDNN peak of the precision)",
                              t, peak, openblasPeak, bf16Peak))
                 print("parallelism: " + parallelism.name(zero))

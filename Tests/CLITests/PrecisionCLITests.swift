@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import Kernels
 import Settings
 import XCTest
 
@@ -139,5 +140,32 @@ final class ISACLITests: XCTestCase {
                                        environment: ["TESSERA_ISA": isa])
             XCTAssertTrue(bench.stdout.contains("element-wise kernels: \(isa) "), bench.stdout + bench.stderr)
         }
+    }
+
+    /// A 16-bit run says at start how its products run: on bf16 dot products where the CPU
+    /// has them and the level allows, else in fp32 on widened operands, slower than fp32;
+    /// fp32 runs say nothing of it.
+    func testStartSaysHowSixteenBitProductsRun() throws {
+        let data = try Repo.dataDirectory()
+        let native = "bf16 products run on this CPU's bf16 dot products"
+        let widened = "compute in fp32 on operands widened from their 16-bit storage"
+        func start(_ precision: String, isa: String) throws -> String {
+            let out = try Repo.temporaryDirectory("note")
+            let r = try runProcess(Repo.binary, tinyArgs(data: data, out: out, steps: 1) + ["--precision", precision],
+                                   environment: isa.isEmpty ? [:] : ["TESSERA_ISA": isa])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            return r.stdout + r.stderr
+        }
+        let hasBF16 = CPU.hardwareISA >= .avx512bf16
+        let plain = try start("bf16", isa: "")
+        XCTAssertTrue(plain.contains(hasBF16 ? native : widened), plain)
+        XCTAssertFalse(plain.contains(hasBF16 ? widened : native), plain)
+        let avx2 = try start("bf16", isa: "avx2")
+        XCTAssertTrue(avx2.contains(widened) && avx2.contains("slower than with --precision fp32"), avx2)
+        XCTAssertTrue(avx2.contains(hasBF16 ? "TESSERA_ISA=avx2 keeps kernels below" : "this CPU has no bf16 dot products"), avx2)
+        let fp16 = try start("fp16", isa: "")
+        XCTAssertTrue(fp16.contains("fp16: there are no fp16 dot products") && fp16.contains(widened), fp16)
+        let fp32 = try start("fp32", isa: "")
+        XCTAssertFalse(fp32.contains(native) || fp32.contains(widened), fp32)
     }
 }
