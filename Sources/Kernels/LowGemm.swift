@@ -8,6 +8,23 @@ extension Gemm {
     nonisolated(unsafe) static var bf16Native: Bool? = nil
     nonisolated(unsafe) static var scratchA = FloatBuffer(count: 0)
     nonisolated(unsafe) static var scratchB = FloatBuffer(count: 0)
+    /// Inside `reusingWidenedOperands`: the stored regions `scratchA`/`scratchB` hold widened.
+    nonisolated(unsafe) static var reuse = false
+    nonisolated(unsafe) static var widenedA: WidenedRegion? = nil, widenedB: WidenedRegion? = nil
+
+    /// A 16-bit operand region as the widening fallback copied it.
+    struct WidenedRegion: Equatable {
+        let base: UnsafeRawPointer, rows: Int, cols: Int, ld: Int, precision: Precision
+    }
+
+    /// Runs `body`, whose 16-bit GEMMs do not change their operands' contents, letting the
+    /// widening fallback reuse an operand it widened for an earlier product of `body` (a linear
+    /// map's backward multiplies the same output gradient twice) instead of widening it again.
+    public static func reusingWidenedOperands<R>(_ body: () throws -> R) rethrows -> R {
+        reuse = true
+        defer { reuse = false; widenedA = nil; widenedB = nil }
+        return try body()
+    }
 
     /// Whether `lowGemm` in `precision` may run from several `ParallelFor.tasks` at once: only
     /// on the native bf16 path (per-thread oneDNN primitives), once it is known to work; the
@@ -47,10 +64,18 @@ extension Gemm {
         // Widen the stored region of each operand to a contiguous fp32 copy.
         let (ra, ca) = transA == .none ? (m, k) : (k, m)
         let (rb, cb) = transB == .none ? (k, n) : (n, k)
-        if scratchA.count < ra * ca { scratchA = FloatBuffer(count: ra * ca) }
-        if scratchB.count < rb * cb { scratchB = FloatBuffer(count: rb * cb) }
-        widenRegion(precision, a, rows: ra, cols: ca, ld: lda, into: scratchA.pointer)
-        widenRegion(precision, b, rows: rb, cols: cb, ld: ldb, into: scratchB.pointer)
+        let regionA = WidenedRegion(base: UnsafeRawPointer(a), rows: ra, cols: ca, ld: lda, precision: precision)
+        let regionB = WidenedRegion(base: UnsafeRawPointer(b), rows: rb, cols: cb, ld: ldb, precision: precision)
+        if !(reuse && widenedA == regionA) {
+            if scratchA.count < ra * ca { scratchA = FloatBuffer(count: ra * ca) }
+            widenRegion(precision, a, rows: ra, cols: ca, ld: lda, into: scratchA.pointer)
+            widenedA = reuse ? regionA : nil
+        }
+        if !(reuse && widenedB == regionB) {
+            if scratchB.count < rb * cb { scratchB = FloatBuffer(count: rb * cb) }
+            widenRegion(precision, b, rows: rb, cols: cb, ld: ldb, into: scratchB.pointer)
+            widenedB = reuse ? regionB : nil
+        }
         sgemm(transA, transB, m: m, n: n, k: k, a: scratchA.pointer, lda: ca, b: scratchB.pointer, ldb: cb,
               beta: beta, c: c, ldc: ldc)
     }

@@ -158,12 +158,16 @@ public enum Layers {
                                                         doutOperand: UnsafePointer<F.Element>,
                                                         inp: UnsafePointer<F.Element>, weight: UnsafePointer<F.Element>,
                                                         N: Int, IC: Int, OC: Int) {
-        F.gemm(.none, .none, m: N, n: IC, k: OC, alpha: 1, a: doutOperand, lda: OC, b: weight, ldb: IC,
-               beta: 0, c: dinp, ldc: IC)
-        guard let dweight else { return }
-        F.gemm(.transpose, .none, m: OC, n: IC, k: N, alpha: 1, a: doutOperand, lda: OC, b: inp, ldb: IC,
-               beta: 1, c: dweight, ldc: IC)
-        guard let dbias else { return }
+        // Both products read the output gradient: where 16-bit operands are widened, once.
+        Gemm.reusingWidenedOperands {
+            F.gemm(.none, .none, m: N, n: IC, k: OC, alpha: 1, a: doutOperand, lda: OC, b: weight, ldb: IC,
+                   beta: 0, c: dinp, ldc: IC)
+            if let dweight {
+                F.gemm(.transpose, .none, m: OC, n: IC, k: N, alpha: 1, a: doutOperand, lda: OC, b: inp, ldb: IC,
+                       beta: 1, c: dweight, ldc: IC)
+            }
+        }
+        guard dweight != nil, let dbias else { return }
         for r in 0..<N {
             let d = dout + r * OC
             for j in 0..<OC { dbias[j] += d[j] }

@@ -103,4 +103,46 @@ final class ConversionTests: XCTestCase {
                    c: &ref, ldc: n)
         for i in 0..<(m * n) { XCTAssertEqual(c[i], ref[i], accuracy: 1e-5 * max(1, abs(ref[i])), "element \(i)") }
     }
+
+    /// A linear map's backward multiplies its output gradient twice: inside
+    /// `reusingWidenedOperands` the fallback widens it once. Proven by changing the stored
+    /// operand between the two products (which the scope's contract forbids): inside the
+    /// scope the second product still sees the first widening, outside it sees the change;
+    /// the reused product equals a fresh one bit for bit, and a new shape or pointer widens.
+    func testWidenedOperandsAreReusedOnlyInsideTheScope() {
+        Gemm.setThreads(2)
+        var rng = SplitMix64(seed: 12)
+        let n = 64, k = 48
+        var g = (0..<(n * k)).map { _ in Convert.fp16(Float(rng.nextNormal())) }
+        let w = (0..<(k * n)).map { _ in Convert.fp16(Float(rng.nextNormal())) }
+        let x = (0..<(n * n)).map { _ in Convert.fp16(Float(rng.nextNormal())) }
+        func product(_ g: [UInt16], _ b: [UInt16]) -> [Float] {
+            var c = [Float](repeating: 0, count: n * n)
+            Gemm.lowGemm(.fp16, .none, .none, m: n, n: n, k: k, a: g, lda: k, b: b, ldb: n, c: &c, ldc: n)
+            return c
+        }
+        let original = g
+        let fresh = product(original, w)
+        let changed = g.map { _ in Convert.fp16(1) }
+        var inside: [Float] = [], afterChange: [Float] = [], otherB: [Float] = []
+        g.withUnsafeMutableBufferPointer { gp in
+            Gemm.reusingWidenedOperands {
+                var c = [Float](repeating: 0, count: n * n)
+                Gemm.lowGemm(.fp16, .none, .none, m: n, n: n, k: k, a: gp.baseAddress!, lda: k, b: w, ldb: n, c: &c, ldc: n)
+                XCTAssertEqual(c, fresh)
+                gp.baseAddress!.update(from: changed, count: n * k)   // breaks the contract on purpose
+                Gemm.lowGemm(.fp16, .none, .none, m: n, n: n, k: k, a: gp.baseAddress!, lda: k, b: w, ldb: n, c: &c, ldc: n)
+                inside = c
+                Gemm.lowGemm(.fp16, .none, .none, m: n, n: n, k: k, a: gp.baseAddress!, lda: k, b: x, ldb: n, c: &c, ldc: n)
+                otherB = c
+            }
+            var c = [Float](repeating: 0, count: n * n)
+            Gemm.lowGemm(.fp16, .none, .none, m: n, n: n, k: k, a: gp.baseAddress!, lda: k, b: w, ldb: n, c: &c, ldc: n)
+            afterChange = c
+        }
+        XCTAssertEqual(inside, fresh, "inside the scope the first widening of the gradient is reused")
+        XCTAssertEqual(otherB, product(original, x), "the gradient still reused, the new operand widened")
+        XCTAssertEqual(afterChange, product(changed, w), "after the scope the operand is widened again")
+        XCTAssertNotEqual(afterChange, fresh)
+    }
 }
