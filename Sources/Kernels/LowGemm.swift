@@ -27,9 +27,11 @@ extension Gemm {
     }
 
     /// Whether `lowGemm` in `precision` may run from several `ParallelFor.tasks` at once: only
-    /// on the native bf16 path (per-thread oneDNN primitives), once it is known to work; the
-    /// widening fallback shares its scratch buffers.
-    public static func lowGemmIsReentrant(_ precision: Precision) -> Bool { precision == .bf16 && bf16Native == true }
+    /// on the native bf16 path (per-thread oneDNN primitives), once it is known to work and at
+    /// a dispatch level that takes it; the widening fallback shares its scratch buffers.
+    public static func lowGemmIsReentrant(_ precision: Precision) -> Bool {
+        precision == .bf16 && CPU.isa >= .avx512bf16 && bf16Native == true
+    }
 
     /// Whether bf16 products run on native bf16 dot products at the current dispatch level:
     /// the CPU has AVX512-BF16 (and `TESSERA_ISA` does not lower it) and oneDNN's matmul works,

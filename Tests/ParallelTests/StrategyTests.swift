@@ -152,7 +152,7 @@ final class StrategyTests: XCTestCase {
     /// ranks first and DDP over micro-steps first; bf16 rounding of the updated parameters
     /// then magnifies those last-bit differences.)
     func testBF16StagesAgreeWithDDP() throws {
-        try XCTSkipUnless(nativeBF16(), "no native bf16 GEMM on this CPU: the widening fallback is not thread-safe")
+        try XCTSkipUnless(Gemm.bf16IsNative, "no native bf16 GEMM on this CPU: the widening fallback is not thread-safe")
         func run(_ stage: ZeroStage) throws -> Trajectory {
             try ThreadCommunicator.run(size: 2) {
                 try Self.train(stage: stage, comm: $0, precision: .bf16, reduce: .fp32, microBatch: Self.batch)
@@ -163,12 +163,5 @@ final class StrategyTests: XCTestCase {
             let run = try run(stage)
             assertClose(run, ddp, "bf16 \(stage)", tolerance: 1e-5)
         }
-    }
-
-    func nativeBF16() -> Bool {
-        var c = [Float](repeating: 0, count: 4)
-        let one = [Float](repeating: 1, count: 4).map(Convert.bf16)
-        Gemm.lowGemm(.bf16, .none, .none, m: 2, n: 2, k: 2, a: one, lda: 2, b: one, ldb: 2, c: &c, ldc: 2)
-        return BF16.gemmIsReentrant
     }
 }
