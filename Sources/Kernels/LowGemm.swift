@@ -4,7 +4,8 @@ import Settings
 // MARK: - Low-precision GEMM
 
 extension Gemm {
-    /// Whether the native bf16 path (oneDNN matmul) works on this machine; found out on first use.
+    /// Whether the native bf16 path (oneDNN matmul) works on this machine: `bf16IsNative`'s probe
+    /// finds out, and a product that fails later turns it off.
     nonisolated(unsafe) static var bf16Native: Bool? = nil
     nonisolated(unsafe) static var scratchA = FloatBuffer(count: 0)
     nonisolated(unsafe) static var scratchB = FloatBuffer(count: 0)
@@ -29,9 +30,7 @@ extension Gemm {
     /// Whether `lowGemm` in `precision` may run from several `ParallelFor.tasks` at once: only
     /// on the native bf16 path (per-thread oneDNN primitives), once it is known to work and at
     /// a dispatch level that takes it; the widening fallback shares its scratch buffers.
-    public static func lowGemmIsReentrant(_ precision: Precision) -> Bool {
-        precision == .bf16 && CPU.isa >= .avx512bf16 && bf16Native == true
-    }
+    public static func lowGemmIsReentrant(_ precision: Precision) -> Bool { precision == .bf16 && bf16IsNative }
 
     /// Whether bf16 products run on native bf16 dot products at the current dispatch level:
     /// the CPU has AVX512-BF16 (and `TESSERA_ISA` does not lower it) and oneDNN's matmul works,
@@ -57,10 +56,10 @@ extension Gemm {
                                m: Int, n: Int, k: Int,
                                a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
                                beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        if precision == .bf16 && bf16Native != false && CPU.isa >= .avx512bf16 {
+        if precision == .bf16 && bf16IsNative {
             let rc = tessera_bf16_gemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
                                        b, Int64(ldb), beta, c, Int64(ldc))
-            if rc == 0 { bf16Native = true; return }
+            if rc == 0 { return }
             bf16Native = false
         }
         // Widen the stored region of each operand to a contiguous fp32 copy.

@@ -53,6 +53,26 @@ public enum FusedAttention {
         }
     }
 
+    /// The scores S = Q·Kᵀ/√hs of a block pair into `s` (row stride `block`), part by part:
+    /// on the widened fp32 rows `q`, `k`, or with native bf16 on the stored `queries`, `keys`
+    /// (rows `ld` apart). Forward and backward both call this, so the probabilities backward
+    /// recomputes are the bits forward used.
+    static func scores<F: ComputeFormat>(into s: UnsafeMutablePointer<Float>, pair: BlockPair, q: Rows<F>?, k: Rows<F>?,
+                                         queries: UnsafePointer<F.Element>, keys: UnsafePointer<F.Element>,
+                                         ld: Int, hs: Int, scale: Float) {
+        for part in 0..<pair.parts {
+            let (r0, rows, seen) = pair.rows(part)
+            if let q, let k {
+                Gemm.taskSgemm(.none, .transpose, m: rows, n: seen, k: hs, alpha: scale, a: q.base + r0 * q.ld, lda: q.ld,
+                               b: k.base, ldb: k.ld, beta: 0, c: s + r0 * block, ldc: block)
+            } else {
+                Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: seen, k: hs, a: bits(queries + r0 * ld), lda: ld,
+                                  b: bits(keys), ldb: ld, c: s + r0 * block, ldc: block)
+                for i in r0..<(r0 + rows) { Vector.scale(s + i * block, seen, by: scale) }
+            }
+        }
+    }
+
     /// Query/key blocks covering `T` positions.
     static func blocks(_ T: Int) -> Int { (T + block - 1) / block }
 
@@ -87,17 +107,8 @@ public enum FusedAttention {
                 let s0 = kb * block, nk = min(block, T - s0)
                 let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
                 let k = native ? nil : Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
-                for part in 0..<pair.parts {
-                    let (r0, rows, keys) = pair.rows(part)
-                    if let q, let k {
-                        Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: scale, a: q.base + r0 * q.ld, lda: q.ld,
-                                       b: k.base, ldb: k.ld, beta: 0, c: s + r0 * block, ldc: block)
-                    } else {
-                        Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(head + (t0 + r0) * 3 * C), lda: 3 * C,
-                                          b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: s + r0 * block, ldc: block)
-                        for i in r0..<(r0 + rows) { Vector.scale(s + i * block, keys, by: scale) }
-                    }
-                }
+                scores(into: s, pair: pair, q: q, k: k, queries: head + t0 * 3 * C, keys: head + C + s0 * 3 * C,
+                       ld: 3 * C, hs: hs, scale: scale)
                 for i in 0..<nq {
                     let row = s + i * block
                     let seen = kb == qb ? i + 1 : nk   // keys this query may attend to: lo..<seen
@@ -192,18 +203,8 @@ public enum FusedAttention {
                     let q = native ? nil : Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
                     let g = native ? nil : Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
                     let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
-                    // The same products and scaling as forward's, so P is the same bits.
-                    for part in 0..<pair.parts {
-                        let (r0, rows, keys) = pair.rows(part)
-                        if let q, let k {
-                            Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: scale, a: q.base + r0 * q.ld,
-                                           lda: q.ld, b: k.base, ldb: k.ld, beta: 0, c: p + r0 * block, ldc: block)
-                        } else {
-                            Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(head + (t0 + r0) * 3 * C),
-                                              lda: 3 * C, b: bits(head + C + s0 * 3 * C), ldb: 3 * C, c: p + r0 * block, ldc: block)
-                            for i in r0..<(r0 + rows) { Vector.scale(p + i * block, keys, by: scale) }
-                        }
-                    }
+                    scores(into: p, pair: pair, q: q, k: k, queries: head + t0 * 3 * C, keys: head + C + s0 * 3 * C,
+                           ld: 3 * C, hs: hs, scale: scale)
                     for i in 0..<nq {
                         let row = p + i * block
                         let seen = kb == qb ? i + 1 : nk
