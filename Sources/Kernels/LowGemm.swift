@@ -27,10 +27,22 @@ extension Gemm {
         return try body()
     }
 
-    /// Whether `lowGemm` in `precision` may run from several `ParallelFor.tasks` at once: only
-    /// on the native bf16 path (per-thread oneDNN primitives), once it is known to work and at
-    /// a dispatch level that takes it; the widening fallback shares its scratch buffers.
-    public static func lowGemmIsReentrant(_ precision: Precision) -> Bool { precision == .bf16 && bf16IsNative }
+    /// Whether `lowGemm` in `precision` may run from several `ParallelFor.tasks` at once: on
+    /// the native bf16 path (per-thread oneDNN primitives, once known to work at a dispatch
+    /// level that takes it) and on the packing GEMM (per-thread panels); not on the widening
+    /// fallback, which shares its scratch buffers.
+    public static func lowGemmIsReentrant(_ precision: Precision) -> Bool {
+        (precision == .bf16 && bf16IsNative) || packsWhileWidening
+    }
+
+    /// Whether 16-bit products without bf16 dot products run on the GEMM that widens operands
+    /// while it packs them (`tessera_packed_gemm`, AVX2 + FMA + F16C kernels) rather than on
+    /// fp32 copies of whole operands handed to `sgemm`: at the AVX2 level, where the packing
+    /// GEMM keeps up with the libraries' AVX2 sgemm and saves the copies (measured on Zen 4
+    /// capped at AVX2: `small` bf16 4–8% faster in 2 of 3 runs, peak memory 1.94 GB against
+    /// 2.19). On AVX-512 the libraries' wider kernels are faster (fp16 `small` on Zen 4: 2%
+    /// slower packed; more on CPUs with two 512-bit FMA units), and the baseline has no FMA.
+    public static var packsWhileWidening: Bool { CPU.isa == .avx2 }
 
     /// Whether bf16 products run on native bf16 dot products at the current dispatch level:
     /// the CPU has AVX512-BF16 (and `TESSERA_ISA` does not lower it) and oneDNN's matmul works,
@@ -49,9 +61,11 @@ extension Gemm {
     ///
     /// bf16 runs on oneDNN's matmul on CPUs with AVX512-BF16 dot products (elsewhere oneDNN
     /// emulates them at a third of the fp32 rate: measured 76 against 211 GFLOP/s on Zen 4
-    /// capped at AVX512_CORE). fp16, and bf16 without them, widen the operands to fp32 and
-    /// use `sgemm`: the product of two 16-bit values is exact in fp32, so this computes the
-    /// same function, only not faster than fp32.
+    /// capped at AVX512_CORE). fp16, and bf16 without them, multiply in fp32 the operands
+    /// widened from 16 bits (the product of two 16-bit values is exact in fp32, so this is the
+    /// same function): at the AVX2 level in a GEMM that widens while it packs its panels, which
+    /// it copies anyway, so widening costs no extra pass over memory (`packsWhileWidening`);
+    /// elsewhere by widening whole operands for `sgemm`.
     public static func lowGemm(_ precision: Precision, _ transA: Transpose, _ transB: Transpose,
                                m: Int, n: Int, k: Int,
                                a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
@@ -61,6 +75,12 @@ extension Gemm {
                                        b, Int64(ldb), beta, c, Int64(ldc))
             if rc == 0 { return }
             bf16Native = false
+        }
+        if packsWhileWidening {
+            let rc = tessera_packed_gemm(precision.packedFormat, transA.flag, transB.flag, Int64(m), Int64(n), Int64(k),
+                                         a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc), Int64(ParallelFor.threads))
+            precondition(rc == 0, "packed \(precision) GEMM failed for \(m)×\(n)×\(k) (out of memory for its panels)")
+            return
         }
         // Widen the stored region of each operand to a contiguous fp32 copy.
         let (ra, ca) = transA == .none ? (m, k) : (k, m)
@@ -94,10 +114,15 @@ extension Gemm {
                 : CPU.hardwareISA < .avx512bf16 ? "this CPU has no bf16 dot products (AVX512-BF16)"
                 : CPU.isa < .avx512bf16 ? "TESSERA_ISA=\(CPU.isa) keeps kernels below this CPU's bf16 dot products (AVX512-BF16)"
                 : "oneDNN's bf16 matmul does not run here"
+            let measure = "(`tessera bench --precision fp32 --precision \(precision)` measures both here)"
+            if packsWhileWidening {
+                return "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit "
+                    + "storage as the GEMM packs them (the same products): activation memory and 16-bit traffic keep their "
+                    + "savings, and steps take about as long as with --precision fp32 \(measure)"
+            }
             return "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit "
                 + "storage (the same products): activation memory and 16-bit traffic keep their savings, but the conversions "
-                + "make steps slower than with --precision fp32 (`tessera bench --precision fp32 --precision \(precision)` "
-                + "measures both here); where memory allows, fp32 is faster"
+                + "make steps slower than with --precision fp32 \(measure); where memory allows, fp32 is faster"
         }
     }
 
@@ -123,6 +148,17 @@ extension Gemm {
                 let from = max(lo, r * cols), to = min(hi, (r + 1) * cols)
                 precision.widenSerial(src + r * ld + (from - r * cols), into: dst + from, to - from)
             }
+        }
+    }
+}
+
+extension Precision {
+    /// This format's operand code for `tessera_packed_gemm`.
+    var packedFormat: Int32 {
+        switch self {
+        case .fp32: Int32(TESSERA_F32)
+        case .bf16: Int32(TESSERA_BF16)
+        case .fp16: Int32(TESSERA_F16)
         }
     }
 }

@@ -143,8 +143,9 @@ final class ISACLITests: XCTestCase {
     }
 
     /// A 16-bit run says at start how its products run: on bf16 dot products where the CPU
-    /// has them and the level allows, else in fp32 on widened operands, slower than fp32;
-    /// fp32 runs say nothing of it.
+    /// has them and the level allows, else in fp32 on widened operands: at about fp32's speed
+    /// at the AVX2 level (the packing GEMM), slower than fp32 elsewhere; fp32 runs say nothing
+    /// of it.
     func testStartSaysHowSixteenBitProductsRun() throws {
         let data = try Repo.dataDirectory()
         let native = "bf16 products run on this CPU's bf16 dot products"
@@ -160,11 +161,18 @@ final class ISACLITests: XCTestCase {
         let plain = try start("bf16", isa: "")
         XCTAssertTrue(plain.contains(hasBF16 ? native : widened), plain)
         XCTAssertFalse(plain.contains(hasBF16 ? widened : native), plain)
+        let packed = "as the GEMM packs them", aboutFP32 = "about as long as with --precision fp32"
+        let slower = "slower than with --precision fp32"
         let avx2 = try start("bf16", isa: "avx2")
-        XCTAssertTrue(avx2.contains(widened) && avx2.contains("slower than with --precision fp32"), avx2)
+        XCTAssertTrue(avx2.contains(widened) && avx2.contains(packed) && avx2.contains(aboutFP32), avx2)
+        XCTAssertFalse(avx2.contains(slower), avx2)
         XCTAssertTrue(avx2.contains(hasBF16 ? "TESSERA_ISA=avx2 keeps kernels below" : "this CPU has no bf16 dot products"), avx2)
         let fp16 = try start("fp16", isa: "")
         XCTAssertTrue(fp16.contains("fp16: there are no fp16 dot products") && fp16.contains(widened), fp16)
+        // Above AVX2 the libraries' wider sgemm runs on whole widened operands.
+        XCTAssertTrue(fp16.contains(CPU.hardwareISA == .avx2 ? aboutFP32 : slower), fp16)
+        let generic = try start("fp16", isa: "generic")
+        XCTAssertTrue(generic.contains(widened) && generic.contains(slower) && !generic.contains(packed), generic)
         let fp32 = try start("fp32", isa: "")
         XCTAssertFalse(fp32.contains(native) || fp32.contains(widened), fp32)
     }

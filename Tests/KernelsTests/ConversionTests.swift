@@ -92,6 +92,9 @@ final class ConversionTests: XCTestCase {
     /// fp16's widening fallback on strided operands (a sub-matrix of a wider one) large enough
     /// to be widened on several threads: the rows land where the contiguous copy needs them.
     func testWideningFallbackOnStridedOperands() {
+        CPU.use(.generic)   // the level whose products widen whole operands on every CPU
+        defer { CPU.use(nil) }
+        XCTAssertFalse(Gemm.packsWhileWidening)
         Gemm.setThreads(2)
         var rng = SplitMix64(seed: 11)
         let m = 300, n = 150, k = 200, lda = 230, ldb = 210
@@ -110,6 +113,8 @@ final class ConversionTests: XCTestCase {
     /// scope the second product still sees the first widening, outside it sees the change;
     /// the reused product equals a fresh one bit for bit, and a new shape or pointer widens.
     func testWidenedOperandsAreReusedOnlyInsideTheScope() {
+        CPU.use(.generic)
+        defer { CPU.use(nil) }
         Gemm.setThreads(2)
         var rng = SplitMix64(seed: 12)
         let n = 64, k = 48

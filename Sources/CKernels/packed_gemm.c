@@ -1,0 +1,287 @@
+// fp32 GEMM that reads fp32, bf16 or fp16 operands, widening 16-bit values while it packs
+// them into the panels its micro-kernel streams (BLIS's loop structure: a 6×16 AVX2/FMA
+// register tile, K blocked to 256, A blocks of 168 rows kept in L2, B panels in L3).
+//
+// The result does not depend on the thread count: threads split C's rows (or columns), and
+// every element sums its products in the same order (along K, 256 at a time, into C).
+//
+// Why it exists: without bf16 dot products a 16-bit model's products are fp32 products of
+// widened operands. Widening a whole operand into fp32 scratch before sgemm writes and reads
+// it once more than needed; packing has to copy every operand anyway, so widening there is
+// free and the products stay the same (a 16-bit value is exact in fp32).
+#include "ckernels.h"
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MR 6
+#define NR 16
+#define KC 256
+#define MC 168
+#define NC 4080
+
+#define ATTR __attribute__((target("avx2,fma,f16c")))
+
+enum { FMT_F32 = TESSERA_F32, FMT_BF16 = TESSERA_BF16, FMT_F16 = TESSERA_F16 };
+
+typedef struct {
+    const char *base;   // element (r, c) of the stored matrix at base + (r·ld + c)·size
+    int64_t ld;
+    int trans;          // op(X) = Xᵀ
+    int fmt;
+} operand;
+
+static inline int64_t elem_size(int fmt) { return fmt == FMT_F32 ? 4 : 2; }
+
+ATTR static inline __m256 load8(const char *p, int fmt) {
+    if (fmt == FMT_F32) return _mm256_loadu_ps((const float *)p);
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (fmt == FMT_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+ATTR static inline float load1(const char *p, int fmt) {
+    if (fmt == FMT_F32) { float f; memcpy(&f, p, 4); return f; }
+    uint16_t h; memcpy(&h, p, 2);
+    if (fmt == FMT_BF16) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+    return _cvtsh_ss(h);
+}
+
+ATTR static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20); r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20); r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31); r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// MARK: Packing
+
+// Rows i0..<i0+rows (≤ MR) and columns p0..<p0+kc of op(A) into dst[p·MR + r], zero-padded.
+ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float *dst) {
+    int64_t size = elem_size(a->fmt);
+    if (a->trans) {
+        // op(A)(i, p) = A(p, i): each p reads `rows` neighbours.
+        for (int64_t p = 0; p < kc; p++) {
+            const char *src = a->base + ((p0 + p) * a->ld + i0) * size;
+            int64_t r = 0;
+            for (; r < rows; r++) dst[p * MR + r] = load1(src + r * size, a->fmt);
+            for (; r < MR; r++) dst[p * MR + r] = 0;
+        }
+        return;
+    }
+    // op(A)(i, p) = A(i, p): rows are contiguous in p; eight p at a time through a transpose.
+    int64_t p = 0;
+    if (rows == MR) {
+        for (; p + 8 <= kc; p += 8) {
+            __m256 r[8];
+            for (int q = 0; q < MR; q++) r[q] = load8(a->base + ((i0 + q) * a->ld + p0 + p) * size, a->fmt);
+            r[6] = r[7] = _mm256_setzero_ps();
+            transpose8(r);
+            // Overlapping stores: each writes two lanes the next one overwrites (dst is padded).
+            for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * MR, r[q]);
+        }
+    }
+    for (; p < kc; p++) {
+        int64_t r = 0;
+        for (; r < rows; r++) dst[p * MR + r] = load1(a->base + ((i0 + r) * a->ld + p0 + p) * size, a->fmt);
+        for (; r < MR; r++) dst[p * MR + r] = 0;
+    }
+}
+
+// Columns j0..<j0+cols (≤ NR) and rows p0..<p0+kc of op(B) into dst[p·NR + j], zero-padded.
+ATTR static void pack_b_sliver(const operand *b, int64_t j0, int64_t cols, int64_t p0, int64_t kc, float *dst) {
+    int64_t size = elem_size(b->fmt);
+    if (!b->trans) {
+        // op(B)(p, j) = B(p, j): sixteen contiguous values per p.
+        if (cols == NR) {
+            for (int64_t p = 0; p < kc; p++) {
+                const char *src = b->base + ((p0 + p) * b->ld + j0) * size;
+                _mm256_storeu_ps(dst + p * NR, load8(src, b->fmt));
+                _mm256_storeu_ps(dst + p * NR + 8, load8(src + 8 * size, b->fmt));
+            }
+            return;
+        }
+        for (int64_t p = 0; p < kc; p++) {
+            const char *src = b->base + ((p0 + p) * b->ld + j0) * size;
+            int64_t j = 0;
+            for (; j < cols; j++) dst[p * NR + j] = load1(src + j * size, b->fmt);
+            for (; j < NR; j++) dst[p * NR + j] = 0;
+        }
+        return;
+    }
+    // op(B)(p, j) = B(j, p): each column j is a contiguous run over p; 8×8 transposes.
+    int64_t p = 0;
+    if (cols == NR) {
+        for (; p + 8 <= kc; p += 8) {
+            for (int half = 0; half < 2; half++) {
+                __m256 r[8];
+                for (int q = 0; q < 8; q++)
+                    r[q] = load8(b->base + ((j0 + half * 8 + q) * b->ld + p0 + p) * size, b->fmt);
+                transpose8(r);
+                for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * NR + half * 8, r[q]);
+            }
+        }
+    }
+    for (; p < kc; p++) {
+        int64_t j = 0;
+        for (; j < cols; j++) dst[p * NR + j] = load1(b->base + ((j0 + j) * b->ld + p0 + p) * size, b->fmt);
+        for (; j < NR; j++) dst[p * NR + j] = 0;
+    }
+}
+
+// MARK: Micro-kernel
+
+// C[0..<MR, 0..<NR] = beta·C + Σp a[p·MR + r]·b[p·NR + j] (beta 0: C is only written).
+ATTR static void kernel_6x16(int64_t kc, const float *restrict a, const float *restrict b,
+                             float *c, int64_t ldc, float beta) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    // The tile's rows are read (beta ≠ 0) or written after the loop: start fetching them now.
+    for (int r = 0; r < MR; r++) { _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0); _mm_prefetch((const char *)(c + r * ldc + 15), _MM_HINT_T0); }
+#pragma clang loop unroll_count(4)
+    for (int64_t p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        __m256 av;
+        av = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+        a += MR; b += NR;
+    }
+    __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    if (beta == 0) {
+        for (int r = 0; r < MR; r++) {
+            _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+            _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+        }
+    } else if (beta == 1) {
+        for (int r = 0; r < MR; r++) {
+            _mm256_storeu_ps(c + r * ldc, _mm256_add_ps(acc[r][0], _mm256_loadu_ps(c + r * ldc)));
+            _mm256_storeu_ps(c + r * ldc + 8, _mm256_add_ps(acc[r][1], _mm256_loadu_ps(c + r * ldc + 8)));
+        }
+    } else {
+        __m256 vb = _mm256_set1_ps(beta);
+        for (int r = 0; r < MR; r++) {
+            _mm256_storeu_ps(c + r * ldc, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + r * ldc), acc[r][0]));
+            _mm256_storeu_ps(c + r * ldc + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + r * ldc + 8), acc[r][1]));
+        }
+    }
+}
+
+// MARK: Blocked loops
+
+typedef struct { float *a, *b; int64_t a_count, b_count; } pack_buffers;
+static _Thread_local pack_buffers buffers;
+
+static float *grow(float **p, int64_t *count, int64_t need) {
+    if (*count >= need) return *p;
+    free(*p);
+    *p = aligned_alloc(64, (size_t)((need * 4 + 63) / 64 * 64));
+    *count = *p ? need : 0;
+    return *p;
+}
+
+// C (m×n, ldc) = op(A)·op(B) + beta·C on this thread.
+ATTR static int gemm_serial(const operand *a, const operand *b, int64_t m, int64_t n, int64_t k,
+                            float beta, float *c, int64_t ldc) {
+    float *pa = grow(&buffers.a, &buffers.a_count, MC * KC + 16);
+    float *pb = grow(&buffers.b, &buffers.b_count, (int64_t)NC * KC + 16);
+    if (!pa || !pb) return 1;
+    if (k == 0) {
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+        return 0;
+    }
+    float edge[MR * NR];
+    for (int64_t jc = 0; jc < n; jc += NC) {
+        int64_t nc = n - jc < NC ? n - jc : NC;
+        for (int64_t pc = 0; pc < k; pc += KC) {
+            int64_t kc = k - pc < KC ? k - pc : KC;
+            float step_beta = pc == 0 ? beta : 1.0f;
+            for (int64_t jr = 0; jr < nc; jr += NR)
+                pack_b_sliver(b, jc + jr, nc - jr < NR ? nc - jr : NR, pc, kc, pb + jr * kc);
+            for (int64_t ic = 0; ic < m; ic += MC) {
+                int64_t mc = m - ic < MC ? m - ic : MC;
+                for (int64_t ir = 0; ir < mc; ir += MR)
+                    pack_a_sliver(a, ic + ir, mc - ir < MR ? mc - ir : MR, pc, kc, pa + ir * kc);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    int64_t cols = nc - jr < NR ? nc - jr : NR;
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        int64_t rows = mc - ir < MR ? mc - ir : MR;
+                        float *ct = c + (ic + ir) * ldc + jc + jr;
+                        if (rows == MR && cols == NR) {
+                            kernel_6x16(kc, pa + ir * kc, pb + jr * kc, ct, ldc, step_beta);
+                        } else {
+                            kernel_6x16(kc, pa + ir * kc, pb + jr * kc, edge, NR, 0);
+                            for (int64_t r = 0; r < rows; r++)
+                                for (int64_t j = 0; j < cols; j++)
+                                    ct[r * ldc + j] = edge[r * NR + j] + (step_beta == 0 ? 0 : step_beta * ct[r * ldc + j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+// MARK: Entry point
+
+typedef struct {
+    operand a, b;
+    int64_t m, n, k, ldc, parts, split_rows;
+    float beta;
+    float *c;
+    int failed;
+} split_gemm;
+
+static void run_part(void *context, int64_t index, int64_t worker) {
+    (void)worker;
+    split_gemm *g = context;
+    int64_t unit = g->split_rows ? MR : NR, total = g->split_rows ? g->m : g->n;
+    int64_t units = (total + unit - 1) / unit;
+    int64_t lo = units * index / g->parts * unit, hi = units * (index + 1) / g->parts * unit;
+    if (hi > total) hi = total;
+    if (lo >= hi) return;
+    operand a = g->a, b = g->b;
+    float *c = g->c;
+    if (g->split_rows) {
+        a.base += (a.trans ? lo : lo * a.ld) * elem_size(a.fmt);
+        c += lo * g->ldc;
+        if (gemm_serial(&a, &b, hi - lo, g->n, g->k, g->beta, c, g->ldc)) g->failed = 1;
+    } else {
+        b.base += (b.trans ? lo * b.ld : lo) * elem_size(b.fmt);
+        c += lo;
+        if (gemm_serial(&a, &b, g->m, hi - lo, g->k, g->beta, c, g->ldc)) g->failed = 1;
+    }
+}
+
+int tessera_packed_gemm(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                        const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
+                        float *c, int64_t ldc, int64_t threads) {
+    if (tessera_cpu_level() < 1 || (fmt != FMT_F32 && fmt != FMT_BF16 && fmt != FMT_F16)) return 2;
+    split_gemm g = {
+        .a = {a, lda, ta, fmt}, .b = {b, ldb, tb, fmt},
+        .m = m, .n = n, .k = k, .ldc = ldc, .beta = beta, .c = c,
+        .split_rows = m >= n,
+    };
+    // Each thread takes a band of rows (or columns) with its own packing: duplicated packing of
+    // the shared operand costs O(k·n) against the band's O(m·n·k / threads) flops.
+    int64_t total_units = m >= n ? (m + MR - 1) / MR : (n + NR - 1) / NR;
+    g.parts = threads < 1 ? 1 : threads;
+    if (g.parts > total_units) g.parts = total_units > 0 ? total_units : 1;
+    if ((double)m * n * k < 2e6 || tessera_in_parallel()) g.parts = 1;
+    tessera_parallel_tasks(g.parts, g.parts, run_part, &g);
+    return g.failed;
+}
