@@ -65,17 +65,19 @@ ATTR static inline void transpose8(__m256 r[8]) {
 
 // MARK: Packing
 
+// `count` contiguous values from src, widened, then zeros up to `width` (an edge sliver's padding).
+ATTR static inline void copy_run(float *dst, const char *src, int64_t count, int64_t width, int fmt) {
+    int64_t size = elem_size(fmt), j = 0;
+    for (; j < count; j++) dst[j] = load1(src + j * size, fmt);
+    for (; j < width; j++) dst[j] = 0;
+}
+
 // Rows i0..<i0+rows (≤ MR) and columns p0..<p0+kc of op(A) into dst[p·MR + r], zero-padded.
 ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float *dst) {
     int64_t size = elem_size(a->fmt);
     if (a->trans) {
         // op(A)(i, p) = A(p, i): each p reads `rows` neighbours.
-        for (int64_t p = 0; p < kc; p++) {
-            const char *src = a->base + ((p0 + p) * a->ld + i0) * size;
-            int64_t r = 0;
-            for (; r < rows; r++) dst[p * MR + r] = load1(src + r * size, a->fmt);
-            for (; r < MR; r++) dst[p * MR + r] = 0;
-        }
+        for (int64_t p = 0; p < kc; p++) copy_run(dst + p * MR, a->base + ((p0 + p) * a->ld + i0) * size, rows, MR, a->fmt);
         return;
     }
     // op(A)(i, p) = A(i, p): rows are contiguous in p; eight p at a time through a transpose.
@@ -110,12 +112,7 @@ ATTR static void pack_b_sliver(const operand *b, int64_t j0, int64_t cols, int64
             }
             return;
         }
-        for (int64_t p = 0; p < kc; p++) {
-            const char *src = b->base + ((p0 + p) * b->ld + j0) * size;
-            int64_t j = 0;
-            for (; j < cols; j++) dst[p * NR + j] = load1(src + j * size, b->fmt);
-            for (; j < NR; j++) dst[p * NR + j] = 0;
-        }
+        for (int64_t p = 0; p < kc; p++) copy_run(dst + p * NR, b->base + ((p0 + p) * b->ld + j0) * size, cols, NR, b->fmt);
         return;
     }
     // op(B)(p, j) = B(j, p): each column j is a contiguous run over p; 8×8 transposes.
