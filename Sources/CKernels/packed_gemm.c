@@ -192,14 +192,14 @@ static float *grow(float **p, int64_t *count, int64_t need) {
 // C (m×n, ldc) = op(A)·op(B) + beta·C on this thread.
 ATTR static int gemm_serial(const operand *a, const operand *b, int64_t m, int64_t n, int64_t k,
                             float beta, float *c, int64_t ldc) {
-    float *pa = grow(&buffers.a, &buffers.a_count, MC * KC + 16);
-    float *pb = grow(&buffers.b, &buffers.b_count, (int64_t)NC * KC + 16);
-    if (!pa || !pb) return 1;
     if (k == 0) {
         for (int64_t i = 0; i < m; i++)
             for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
         return 0;
     }
+    float *pa = grow(&buffers.a, &buffers.a_count, MC * KC + 16);
+    float *pb = grow(&buffers.b, &buffers.b_count, (int64_t)NC * KC + 16);
+    if (!pa || !pb) return 1;
     float edge[MR * NR];
     for (int64_t jc = 0; jc < n; jc += NC) {
         int64_t nc = n - jc < NC ? n - jc : NC;
@@ -238,6 +238,7 @@ ATTR static int gemm_serial(const operand *a, const operand *b, int64_t m, int64
 typedef struct {
     operand a, b;
     int64_t m, n, k, ldc, parts, split_rows;
+    int64_t unit, units;   // the split's granule (a tile's rows or columns) and how many cover C
     float beta;
     float *c;
     int failed;
@@ -246,9 +247,8 @@ typedef struct {
 static void run_part(void *context, int64_t index, int64_t worker) {
     (void)worker;
     split_gemm *g = context;
-    int64_t unit = g->split_rows ? MR : NR, total = g->split_rows ? g->m : g->n;
-    int64_t units = (total + unit - 1) / unit;
-    int64_t lo = units * index / g->parts * unit, hi = units * (index + 1) / g->parts * unit;
+    int64_t total = g->split_rows ? g->m : g->n;
+    int64_t lo = g->units * index / g->parts * g->unit, hi = g->units * (index + 1) / g->parts * g->unit;
     if (hi > total) hi = total;
     if (lo >= hi) return;
     operand a = g->a, b = g->b;
@@ -271,13 +271,13 @@ int tessera_packed_gemm(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k
     split_gemm g = {
         .a = {a, lda, ta, fmt}, .b = {b, ldb, tb, fmt},
         .m = m, .n = n, .k = k, .ldc = ldc, .beta = beta, .c = c,
-        .split_rows = m >= n,
+        .split_rows = m >= n, .unit = m >= n ? MR : NR,
     };
     // Each thread takes a band of rows (or columns) with its own packing: duplicated packing of
     // the shared operand costs O(k·n) against the band's O(m·n·k / threads) flops.
-    int64_t total_units = m >= n ? (m + MR - 1) / MR : (n + NR - 1) / NR;
+    g.units = ((m >= n ? m : n) + g.unit - 1) / g.unit;
     g.parts = threads < 1 ? 1 : threads;
-    if (g.parts > total_units) g.parts = total_units > 0 ? total_units : 1;
+    if (g.parts > g.units) g.parts = g.units > 0 ? g.units : 1;
     if ((double)m * n * k < 2e6 || tessera_in_parallel()) g.parts = 1;
     tessera_parallel_tasks(g.parts, g.parts, run_part, &g);
     return g.failed;

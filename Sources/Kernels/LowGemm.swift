@@ -103,7 +103,7 @@ extension Gemm {
 
     /// How products in `precision` run on this CPU, for a run's start-up lines (nil for fp32).
     /// Without 16-bit dot products the 16-bit formats keep their storage and traffic savings
-    /// but not speed, and a user choosing a format should hear so before a long run.
+    /// but at best fp32's speed, and a user choosing a format should hear so before a long run.
     public static func precisionNote(_ precision: Precision) -> String? {
         switch precision {
         case .fp32: return nil
@@ -115,13 +115,12 @@ extension Gemm {
                 : CPU.isa < .avx512bf16 ? "TESSERA_ISA=\(CPU.isa) keeps kernels below this CPU's bf16 dot products (AVX512-BF16)"
                 : "oneDNN's bf16 matmul does not run here"
             let measure = "(`tessera bench --precision fp32 --precision \(precision)` measures both here)"
+            let how = "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit storage"
             if packsWhileWidening {
-                return "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit "
-                    + "storage as the GEMM packs them (the same products): activation memory and 16-bit traffic keep their "
+                return how + " as the GEMM packs them (the same products): activation memory and 16-bit traffic keep their "
                     + "savings, and steps take about as long as with --precision fp32 \(measure)"
             }
-            return "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit "
-                + "storage (the same products): activation memory and 16-bit traffic keep their savings, but the conversions "
+            return how + " (the same products): activation memory and 16-bit traffic keep their savings, but the conversions "
                 + "make steps slower than with --precision fp32 \(measure); where memory allows, fp32 is faster"
         }
     }
