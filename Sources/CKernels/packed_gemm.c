@@ -1,6 +1,7 @@
 // fp32 GEMM that reads fp32, bf16 or fp16 operands, widening 16-bit values while it packs
 // them into the panels its micro-kernel streams (BLIS's loop structure: a 6×16 AVX2/FMA
-// register tile, K blocked to 256, A blocks of 168 rows kept in L2, B panels in L3).
+// register tile, or 6×32 with AVX-512, K blocked to 256, A blocks of 168 rows kept in L2,
+// B panels in L3).
 //
 // The result does not depend on the thread count: threads split C's rows (or columns), and
 // every element sums its products in the same order (along K, 256 at a time, into C).
@@ -16,12 +17,13 @@
 #include <string.h>
 
 #define MR 6
-#define NR 16
+#define NR_MAX 32   // a tile's columns: 16 (two ymm registers per row) or 32 (two zmm)
 #define KC 256
 #define MC 168
-#define NC 4080
+#define NC 4064     // a multiple of both tile widths
 
 #define ATTR __attribute__((target("avx2,fma,f16c")))
+#define ATTR512 __attribute__((target("avx512f,fma,f16c")))
 
 enum { FMT_F32 = TESSERA_F32, FMT_BF16 = TESSERA_BF16, FMT_F16 = TESSERA_F16 };
 
@@ -72,11 +74,19 @@ ATTR static inline void copy_run(float *dst, const char *src, int64_t count, int
     for (; j < width; j++) dst[j] = 0;
 }
 
-// Rows i0..<i0+rows (≤ MR) and columns p0..<p0+kc of op(A) into dst[p·MR + r], zero-padded.
-ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float *dst) {
+// Rows i0..<i0+rows (≤ MR) and columns p0..<p0+kc of op(A) into dst[p·MR + r], zero-padded;
+// op(A) has at least `readable` rows from i0.
+ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64_t readable, int64_t p0, int64_t kc,
+                               float *dst) {
     int64_t size = elem_size(a->fmt);
     if (a->trans) {
-        // op(A)(i, p) = A(p, i): each p reads `rows` neighbours.
+        // op(A)(i, p) = A(p, i): each p reads `rows` neighbours; eight at once where eight exist,
+        // each store writing two lanes the next one overwrites (dst is padded).
+        if (rows == MR && readable >= 8) {
+            for (int64_t p = 0; p < kc; p++)
+                _mm256_storeu_ps(dst + p * MR, load8(a->base + ((p0 + p) * a->ld + i0) * size, a->fmt));
+            return;
+        }
         for (int64_t p = 0; p < kc; p++) copy_run(dst + p * MR, a->base + ((p0 + p) * a->ld + i0) * size, rows, MR, a->fmt);
         return;
     }
@@ -99,45 +109,45 @@ ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64
     }
 }
 
-// Columns j0..<j0+cols (≤ NR) and rows p0..<p0+kc of op(B) into dst[p·NR + j], zero-padded.
-ATTR static void pack_b_sliver(const operand *b, int64_t j0, int64_t cols, int64_t p0, int64_t kc, float *dst) {
+// Columns j0..<j0+cols (≤ nr) and rows p0..<p0+kc of op(B) into dst[p·nr + j], zero-padded.
+ATTR static void pack_b_sliver(const operand *b, int64_t nr, int64_t j0, int64_t cols, int64_t p0, int64_t kc,
+                               float *dst) {
     int64_t size = elem_size(b->fmt);
     if (!b->trans) {
-        // op(B)(p, j) = B(p, j): sixteen contiguous values per p.
-        if (cols == NR) {
+        // op(B)(p, j) = B(p, j): nr contiguous values per p.
+        if (cols == nr) {
             for (int64_t p = 0; p < kc; p++) {
                 const char *src = b->base + ((p0 + p) * b->ld + j0) * size;
-                _mm256_storeu_ps(dst + p * NR, load8(src, b->fmt));
-                _mm256_storeu_ps(dst + p * NR + 8, load8(src + 8 * size, b->fmt));
+                for (int64_t j = 0; j < nr; j += 8) _mm256_storeu_ps(dst + p * nr + j, load8(src + j * size, b->fmt));
             }
             return;
         }
-        for (int64_t p = 0; p < kc; p++) copy_run(dst + p * NR, b->base + ((p0 + p) * b->ld + j0) * size, cols, NR, b->fmt);
+        for (int64_t p = 0; p < kc; p++) copy_run(dst + p * nr, b->base + ((p0 + p) * b->ld + j0) * size, cols, nr, b->fmt);
         return;
     }
     // op(B)(p, j) = B(j, p): each column j is a contiguous run over p; 8×8 transposes.
     int64_t p = 0;
-    if (cols == NR) {
+    if (cols == nr) {
         for (; p + 8 <= kc; p += 8) {
-            for (int half = 0; half < 2; half++) {
+            for (int64_t j = 0; j < nr; j += 8) {
                 __m256 r[8];
                 for (int q = 0; q < 8; q++)
-                    r[q] = load8(b->base + ((j0 + half * 8 + q) * b->ld + p0 + p) * size, b->fmt);
+                    r[q] = load8(b->base + ((j0 + j + q) * b->ld + p0 + p) * size, b->fmt);
                 transpose8(r);
-                for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * NR + half * 8, r[q]);
+                for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * nr + j, r[q]);
             }
         }
     }
     for (; p < kc; p++) {
         int64_t j = 0;
-        for (; j < cols; j++) dst[p * NR + j] = load1(b->base + ((j0 + j) * b->ld + p0 + p) * size, b->fmt);
-        for (; j < NR; j++) dst[p * NR + j] = 0;
+        for (; j < cols; j++) dst[p * nr + j] = load1(b->base + ((j0 + j) * b->ld + p0 + p) * size, b->fmt);
+        for (; j < nr; j++) dst[p * nr + j] = 0;
     }
 }
 
 // MARK: Micro-kernel
 
-// C[0..<MR, 0..<NR] = beta·C + Σp a[p·MR + r]·b[p·NR + j] (beta 0: C is only written).
+// C[0..<MR, 0..<16] = beta·C + Σp a[p·MR + r]·b[p·16 + j] (beta 0: C is only written).
 ATTR static void kernel_6x16(int64_t kc, const float *restrict a, const float *restrict b,
                              float *c, int64_t ldc, float beta) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
@@ -154,7 +164,7 @@ ATTR static void kernel_6x16(int64_t kc, const float *restrict a, const float *r
         av = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
         av = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
         av = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-        a += MR; b += NR;
+        a += MR; b += 16;
     }
     __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
     if (beta == 0) {
@@ -176,7 +186,43 @@ ATTR static void kernel_6x16(int64_t kc, const float *restrict a, const float *r
     }
 }
 
+// The same tile 32 columns wide in zmm registers: on CPUs with two 512-bit FMA units twice the
+// AVX2 tile's flops per instruction; on Zen 4/5 (512-bit operations split in two) as many flops
+// in half the instructions.
+ATTR512 static void kernel_6x32(int64_t kc, const float *restrict a, const float *restrict b,
+                                float *c, int64_t ldc, float beta) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int r = 0; r < MR; r++) { _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0); _mm_prefetch((const char *)(c + r * ldc + 31), _MM_HINT_T0); }
+#pragma clang loop unroll_count(4)
+    for (int64_t p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        __m512 av;
+        av = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);
+        av = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);
+        av = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);
+        av = _mm512_set1_ps(a[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);
+        av = _mm512_set1_ps(a[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);
+        av = _mm512_set1_ps(a[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);
+        a += MR; b += 32;
+    }
+    __m512 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int r = 0; r < MR; r++) {
+        for (int h = 0; h < 2; h++) {
+            float *row = c + r * ldc + 16 * h;
+            __m512 v = acc[r][h];
+            if (beta == 1) v = _mm512_add_ps(v, _mm512_loadu_ps(row));
+            else if (beta != 0) v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(row), v);
+            _mm512_storeu_ps(row, v);
+        }
+    }
+}
+
 // MARK: Blocked loops
+
+typedef void (*micro_kernel)(int64_t kc, const float *restrict a, const float *restrict b, float *c, int64_t ldc,
+                             float beta);
+typedef struct { int64_t nr; micro_kernel run; } tile;   // B slivers of nr columns, and the kernel for them
 
 typedef struct { float *a, *b; int64_t a_count, b_count; } pack_buffers;
 static _Thread_local pack_buffers buffers;
@@ -190,7 +236,7 @@ static float *grow(float **p, int64_t *count, int64_t need) {
 }
 
 // C (m×n, ldc) = op(A)·op(B) + beta·C on this thread.
-ATTR static int gemm_serial(const operand *a, const operand *b, int64_t m, int64_t n, int64_t k,
+ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t m, int64_t n, int64_t k,
                             float beta, float *c, int64_t ldc) {
     if (k == 0) {
         for (int64_t i = 0; i < m; i++)
@@ -200,30 +246,31 @@ ATTR static int gemm_serial(const operand *a, const operand *b, int64_t m, int64
     float *pa = grow(&buffers.a, &buffers.a_count, MC * KC + 16);
     float *pb = grow(&buffers.b, &buffers.b_count, (int64_t)NC * KC + 16);
     if (!pa || !pb) return 1;
-    float edge[MR * NR];
+    int64_t nr = t.nr;
+    float edge[MR * NR_MAX];
     for (int64_t jc = 0; jc < n; jc += NC) {
         int64_t nc = n - jc < NC ? n - jc : NC;
         for (int64_t pc = 0; pc < k; pc += KC) {
             int64_t kc = k - pc < KC ? k - pc : KC;
             float step_beta = pc == 0 ? beta : 1.0f;
-            for (int64_t jr = 0; jr < nc; jr += NR)
-                pack_b_sliver(b, jc + jr, nc - jr < NR ? nc - jr : NR, pc, kc, pb + jr * kc);
+            for (int64_t jr = 0; jr < nc; jr += nr)
+                pack_b_sliver(b, nr, jc + jr, nc - jr < nr ? nc - jr : nr, pc, kc, pb + jr * kc);
             for (int64_t ic = 0; ic < m; ic += MC) {
                 int64_t mc = m - ic < MC ? m - ic : MC;
                 for (int64_t ir = 0; ir < mc; ir += MR)
-                    pack_a_sliver(a, ic + ir, mc - ir < MR ? mc - ir : MR, pc, kc, pa + ir * kc);
-                for (int64_t jr = 0; jr < nc; jr += NR) {
-                    int64_t cols = nc - jr < NR ? nc - jr : NR;
+                    pack_a_sliver(a, ic + ir, mc - ir < MR ? mc - ir : MR, m - ic - ir, pc, kc, pa + ir * kc);
+                for (int64_t jr = 0; jr < nc; jr += nr) {
+                    int64_t cols = nc - jr < nr ? nc - jr : nr;
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         int64_t rows = mc - ir < MR ? mc - ir : MR;
                         float *ct = c + (ic + ir) * ldc + jc + jr;
-                        if (rows == MR && cols == NR) {
-                            kernel_6x16(kc, pa + ir * kc, pb + jr * kc, ct, ldc, step_beta);
+                        if (rows == MR && cols == nr) {
+                            t.run(kc, pa + ir * kc, pb + jr * kc, ct, ldc, step_beta);
                         } else {
-                            kernel_6x16(kc, pa + ir * kc, pb + jr * kc, edge, NR, 0);
+                            t.run(kc, pa + ir * kc, pb + jr * kc, edge, nr, 0);
                             for (int64_t r = 0; r < rows; r++)
                                 for (int64_t j = 0; j < cols; j++)
-                                    ct[r * ldc + j] = edge[r * NR + j] + (step_beta == 0 ? 0 : step_beta * ct[r * ldc + j]);
+                                    ct[r * ldc + j] = edge[r * nr + j] + (step_beta == 0 ? 0 : step_beta * ct[r * ldc + j]);
                         }
                     }
                 }
@@ -237,6 +284,7 @@ ATTR static int gemm_serial(const operand *a, const operand *b, int64_t m, int64
 
 typedef struct {
     operand a, b;
+    tile tile;
     int64_t m, n, k, ldc, parts, split_rows;
     int64_t unit, units;   // the split's granule (a tile's rows or columns) and how many cover C
     float beta;
@@ -256,22 +304,24 @@ static void run_part(void *context, int64_t index, int64_t worker) {
     if (g->split_rows) {
         a.base += (a.trans ? lo : lo * a.ld) * elem_size(a.fmt);
         c += lo * g->ldc;
-        if (gemm_serial(&a, &b, hi - lo, g->n, g->k, g->beta, c, g->ldc)) g->failed = 1;
+        if (gemm_serial(&a, &b, g->tile, hi - lo, g->n, g->k, g->beta, c, g->ldc)) g->failed = 1;
     } else {
         b.base += (b.trans ? lo * b.ld : lo) * elem_size(b.fmt);
         c += lo;
-        if (gemm_serial(&a, &b, g->m, hi - lo, g->k, g->beta, c, g->ldc)) g->failed = 1;
+        if (gemm_serial(&a, &b, g->tile, g->m, hi - lo, g->k, g->beta, c, g->ldc)) g->failed = 1;
     }
 }
 
 int tessera_packed_gemm(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k,
                         const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
                         float *c, int64_t ldc, int64_t threads) {
-    if (tessera_cpu_level() < 1 || (fmt != FMT_F32 && fmt != FMT_BF16 && fmt != FMT_F16)) return 2;
+    int level = tessera_cpu_level();
+    if (level < 1 || (fmt != FMT_F32 && fmt != FMT_BF16 && fmt != FMT_F16)) return 2;
+    tile t = level >= 2 ? (tile){32, kernel_6x32} : (tile){16, kernel_6x16};
     split_gemm g = {
-        .a = {a, lda, ta, fmt}, .b = {b, ldb, tb, fmt},
+        .a = {a, lda, ta, fmt}, .b = {b, ldb, tb, fmt}, .tile = t,
         .m = m, .n = n, .k = k, .ldc = ldc, .beta = beta, .c = c,
-        .split_rows = m >= n, .unit = m >= n ? MR : NR,
+        .split_rows = m >= n, .unit = m >= n ? MR : t.nr,
     };
     // Each thread takes a band of rows (or columns) with its own packing: duplicated packing of
     // the shared operand costs O(k·n) against the band's O(m·n·k / threads) flops.

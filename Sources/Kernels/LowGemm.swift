@@ -36,13 +36,15 @@ extension Gemm {
     }
 
     /// Whether 16-bit products without bf16 dot products run on the GEMM that widens operands
-    /// while it packs them (`tessera_packed_gemm`, AVX2 + FMA + F16C kernels) rather than on
-    /// fp32 copies of whole operands handed to `sgemm`: at the AVX2 level, where the packing
-    /// GEMM keeps up with the libraries' AVX2 sgemm and saves the copies (measured on Zen 4
-    /// capped at AVX2: `small` bf16 4–8% faster in 2 of 3 runs, peak memory 1.94 GB against
-    /// 2.19). On AVX-512 the libraries' wider kernels are faster (fp16 `small` on Zen 4: 2%
-    /// slower packed; more on CPUs with two 512-bit FMA units), and the baseline has no FMA.
-    public static var packsWhileWidening: Bool { CPU.isa == .avx2 }
+    /// while it packs them (`tessera_packed_gemm`: 6×16 AVX2/FMA tiles, 6×32 AVX-512 tiles)
+    /// rather than on fp32 copies of whole operands handed to `sgemm`: everywhere but the
+    /// baseline level (no FMA). Against the libraries' sgemm on widened copies, on Zen 4, steps
+    /// take as long within the VM's noise (capped at AVX2, `small` bf16: 4–8% faster in 2 of 3
+    /// runs; capped at AVX-512 without BF16, three interleaved runs: `small` bf16 2,619–2,672
+    /// against 2,542–2,723 tokens/s, `gpt2` 240–246 against 240–252, fp16 `small` 2,531–2,730
+    /// against 2,631–2,755; forward 3–5% faster, backward 3–5% slower) and peak memory drops by
+    /// the fp32 copies (`gpt2` bf16 2.70 GB against 3.11–3.13, `small` 1.94 against 2.20).
+    public static var packsWhileWidening: Bool { CPU.isa >= .avx2 }
 
     /// Whether bf16 products run on native bf16 dot products at the current dispatch level:
     /// the CPU has AVX512-BF16 (and `TESSERA_ISA` does not lower it) and oneDNN's matmul works,
@@ -63,9 +65,9 @@ extension Gemm {
     /// emulates them at a third of the fp32 rate: measured 76 against 211 GFLOP/s on Zen 4
     /// capped at AVX512_CORE). fp16, and bf16 without them, multiply in fp32 the operands
     /// widened from 16 bits (the product of two 16-bit values is exact in fp32, so this is the
-    /// same function): at the AVX2 level in a GEMM that widens while it packs its panels, which
-    /// it copies anyway, so widening costs no extra pass over memory (`packsWhileWidening`);
-    /// elsewhere by widening whole operands for `sgemm`.
+    /// same function): with AVX2 or AVX-512 in a GEMM that widens while it packs its panels,
+    /// which it copies anyway, so widening costs no extra pass over memory (`packsWhileWidening`);
+    /// at the baseline level by widening whole operands for `sgemm`.
     public static func lowGemm(_ precision: Precision, _ transA: Transpose, _ transB: Transpose,
                                m: Int, n: Int, k: Int,
                                a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
@@ -101,6 +103,14 @@ extension Gemm {
               beta: beta, c: c, ldc: ldc)
     }
 
+    /// The code that runs products in `precision` (16-bit) here, as `bench` labels its peak:
+    /// "oneDNN" on bf16 dot products, "packing GEMM", or "widened + oneDNN sgemm".
+    public static func lowGemmPath(_ precision: Precision) -> String {
+        if precision == .bf16 && bf16IsNative { return "oneDNN" }
+        if packsWhileWidening { return "packing GEMM" }
+        return "widened + \(backend == .openblas ? "OpenBLAS" : "oneDNN") sgemm"
+    }
+
     /// How products in `precision` run on this CPU, for a run's start-up lines (nil for fp32).
     /// Without 16-bit dot products the 16-bit formats keep their storage and traffic savings
     /// but at best fp32's speed, and a user choosing a format should hear so before a long run.
@@ -118,7 +128,7 @@ extension Gemm {
             let how = "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit storage"
             if packsWhileWidening {
                 return how + " as the GEMM packs them (the same products): activation memory and 16-bit traffic keep their "
-                    + "savings, and steps take about as long as with --precision fp32 \(measure)"
+                    + "savings, and steps take about as long as with --precision fp32, or up to 10% longer \(measure)"
             }
             return how + " (the same products): activation memory and 16-bit traffic keep their savings, but the conversions "
                 + "make steps slower than with --precision fp32 \(measure); where memory allows, fp32 is faster"

@@ -2,14 +2,17 @@ import Kernels
 import Settings
 import XCTest
 
-/// The GEMM that widens 16-bit operands while packing them (16-bit products at the AVX2
-/// level): every transpose, edge tiles, blocks crossed in every dimension, beta, strided
-/// operands, thread counts and concurrent calls.
+/// The GEMM that widens 16-bit operands while packing them (16-bit products without bf16 dot
+/// products, AVX2 and AVX-512 kernels): every transpose, edge tiles, blocks crossed in every
+/// dimension, beta, strided operands, thread counts and concurrent calls.
 final class PackedGemmTests: XCTestCase {
     override func setUpWithError() throws {
         try XCTSkipIf(CPU.hardwareISA < .avx2, "this CPU has no AVX2 + FMA + F16C, so the packing GEMM never runs here")
-        CPU.use(.avx2)
     }
+
+    /// The kernel levels this CPU can run: AVX2's 6×16 tiles, and AVX-512's 6×32 where present
+    /// (a CPU without AVX-512 tests only the tiles it will use).
+    var levels: [ISA] { CPU.hardwareISA >= .avx512 ? [.avx2, .avx512] : [.avx2] }
 
     override func tearDown() {
         CPU.use(nil)
@@ -58,19 +61,23 @@ final class PackedGemmTests: XCTestCase {
     }
 
     func testMatchesDoubleReferenceForEveryTransposeAndEdge() {
-        XCTAssertTrue(Gemm.packsWhileWidening)
-        // Tiles are 6×16, K blocks 256, row blocks 168, column panels 4080: shapes below,
-        // at, and across each, on one and two threads.
-        let shapes = [(1, 1, 1), (5, 7, 3), (6, 16, 8), (13, 33, 300), (170, 50, 257), (37, 300, 530), (300, 37, 530), (8, 4100, 9)]
+        // Tiles are 6×16 (AVX2) or 6×32 (AVX-512), K blocks 256, row blocks 168, column panels
+        // 4064: shapes below, at, and across each, on one and two threads.
+        let shapes = [(1, 1, 1), (5, 7, 3), (6, 16, 8), (6, 32, 8), (13, 33, 300), (170, 50, 257), (37, 300, 530),
+                      (300, 37, 530), (8, 4100, 9)]
         var seed: UInt64 = 1
-        for threads in [1, 2] {
-            Gemm.setThreads(threads)
-            for (s, (m, n, k)) in shapes.enumerated() {
-                for p in [Precision.bf16, .fp16] {
-                    for ta in [Transpose.none, .transpose] {
-                        for tb in [Transpose.none, .transpose] {
-                            seed += 1
-                            check(Case(p: p, transA: ta, transB: tb, m: m, n: n, k: k, beta: [0, 1, 0.5][s % 3]), seed: seed)
+        for level in levels {
+            CPU.use(level)
+            XCTAssertTrue(Gemm.packsWhileWidening, "\(level)")
+            for threads in [1, 2] {
+                Gemm.setThreads(threads)
+                for (s, (m, n, k)) in shapes.enumerated() {
+                    for p in [Precision.bf16, .fp16] {
+                        for ta in [Transpose.none, .transpose] {
+                            for tb in [Transpose.none, .transpose] {
+                                seed += 1
+                                check(Case(p: p, transA: ta, transB: tb, m: m, n: n, k: k, beta: [0, 1, 0.5][s % 3]), seed: seed)
+                            }
                         }
                     }
                 }
@@ -82,7 +89,6 @@ final class PackedGemmTests: XCTestCase {
     /// bits do not depend on the thread count; calls from concurrent tasks (the attention
     /// kernels' use) each get their own panels and give the serial call's bits.
     func testBitsIndependentOfThreadsAndSafeFromConcurrentTasks() {
-        XCTAssertTrue(Gemm.lowGemmIsReentrant(.bf16) && Gemm.lowGemmIsReentrant(.fp16))
         var rng = SplitMix64(seed: 77)
         let shapes = [(700, 90, 300), (90, 700, 300), (400, 400, 520)]
         let inputs = shapes.map { (m, n, k) in
@@ -94,14 +100,18 @@ final class PackedGemmTests: XCTestCase {
             Gemm.lowGemm(.bf16, .transpose, .none, m: m, n: n, k: k, a: inputs[s].0, lda: m, b: inputs[s].1, ldb: n, c: &c, ldc: n)
             return c
         }
-        Gemm.setThreads(1)
-        let serial = shapes.indices.map(product)
-        Gemm.setThreads(2)
-        for s in shapes.indices { XCTAssertEqual(product(s), serial[s], "2 threads, shape \(shapes[s])") }
-        let results = UnsafeMutablePointer<[Float]>.allocate(capacity: 3 * shapes.count)
-        results.initialize(repeating: [], count: 3 * shapes.count)
-        defer { results.deinitialize(count: 3 * shapes.count); results.deallocate() }
-        ParallelFor.tasks(3 * shapes.count, workers: 2) { task, _ in results[task] = product(task % shapes.count) }
-        for t in 0..<(3 * shapes.count) { XCTAssertEqual(results[t], serial[t % shapes.count], "task \(t)") }
+        for level in levels {
+            CPU.use(level)
+            XCTAssertTrue(Gemm.lowGemmIsReentrant(.bf16) && Gemm.lowGemmIsReentrant(.fp16), "\(level)")
+            Gemm.setThreads(1)
+            let serial = shapes.indices.map(product)
+            Gemm.setThreads(2)
+            for s in shapes.indices { XCTAssertEqual(product(s), serial[s], "\(level), 2 threads, shape \(shapes[s])") }
+            let results = UnsafeMutablePointer<[Float]>.allocate(capacity: 3 * shapes.count)
+            results.initialize(repeating: [], count: 3 * shapes.count)
+            defer { results.deinitialize(count: 3 * shapes.count); results.deallocate() }
+            ParallelFor.tasks(3 * shapes.count, workers: 2) { task, _ in results[task] = product(task % shapes.count) }
+            for t in 0..<(3 * shapes.count) { XCTAssertEqual(results[t], serial[t % shapes.count], "\(level), task \(t)") }
+        }
     }
 }

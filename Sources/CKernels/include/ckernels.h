@@ -20,7 +20,8 @@ int tessera_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 /// Operand formats of tessera_packed_gemm.
 enum { TESSERA_F32 = 0, TESSERA_BF16 = 1, TESSERA_F16 = 2 };
 /// Row-major C = op(A)·op(B) + beta·C in fp32 with fp32, bf16 or fp16 operands (`format`,
-/// both alike), widened while packed (AVX2 + FMA + F16C kernels: needs tessera_cpu_level() ≥ 1).
+/// both alike), widened while packed (needs tessera_cpu_level() ≥ 1: AVX2 + FMA + F16C kernels
+/// at level 1, AVX-512 ones above; the level decides the result's bits).
 /// Splits over `threads` OpenMP threads (one inside a parallel region); reentrant. Returns 0 on
 /// success, 1 when out of memory, 2 when the level or format does not allow it.
 int tessera_packed_gemm(int format, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
