@@ -147,76 +147,46 @@ ATTR static void pack_b_sliver(const operand *b, int64_t nr, int64_t j0, int64_t
 
 // MARK: Micro-kernel
 
-// C[0..<MR, 0..<16] = beta·C + Σp a[p·MR + r]·b[p·16 + j] (beta 0: C is only written).
-ATTR static void kernel_6x16(int64_t kc, const float *restrict a, const float *restrict b,
-                             float *c, int64_t ldc, float beta) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    // The tile's rows are read (beta ≠ 0) or written after the loop: start fetching them now.
-    for (int r = 0; r < MR; r++) { _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0); _mm_prefetch((const char *)(c + r * ldc + 15), _MM_HINT_T0); }
-#pragma clang loop unroll_count(4)
-    for (int64_t p = 0; p < kc; p++) {
-        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-        __m256 av;
-        av = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-        a += MR; b += 16;
+// C[0..<MR, 0..<2W] = beta·C + Σp a[p·MR + r]·b[p·2W + j] (beta 0: C is only written), each
+// row of the tile in two registers of W floats: 12 accumulators, two B loads and six A
+// broadcasts per step of p. The loops over rows unroll fully, so the tile stays in registers.
+#define DEFINE_MICRO_KERNEL(NAME, ATTR_, V, W, ZERO, LOAD, LOADU, STOREU, SET1, FMADD, ADD)           \
+    ATTR_ static void NAME(int64_t kc, const float *restrict a, const float *restrict b, float *c,        \
+                           int64_t ldc, float beta) {                                                   \
+        V acc[MR][2];                                                                                   \
+        _Pragma("clang loop unroll(full)") for (int r = 0; r < MR; r++) {                              \
+            acc[r][0] = acc[r][1] = ZERO();                                                             \
+            /* The tile's rows are read (beta ≠ 0) or written after the loop: fetch them now. */        \
+            _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);                                     \
+            _mm_prefetch((const char *)(c + r * ldc + 2 * W - 1), _MM_HINT_T0);                         \
+        }                                                                                               \
+        _Pragma("clang loop unroll_count(4)") for (int64_t p = 0; p < kc; p++) {                       \
+            V b0 = LOAD(b), b1 = LOAD(b + W);                                                           \
+            _Pragma("clang loop unroll(full)") for (int r = 0; r < MR; r++) {                          \
+                V av = SET1(a[r]);                                                                      \
+                acc[r][0] = FMADD(av, b0, acc[r][0]);                                                   \
+                acc[r][1] = FMADD(av, b1, acc[r][1]);                                                   \
+            }                                                                                           \
+            a += MR; b += 2 * W;                                                                        \
+        }                                                                                               \
+        _Pragma("clang loop unroll(full)") for (int r = 0; r < MR; r++) {                              \
+            for (int h = 0; h < 2; h++) {                                                               \
+                float *row = c + r * ldc + W * h;                                                       \
+                V v = acc[r][h];                                                                        \
+                if (beta == 1) v = ADD(v, LOADU(row));                                                  \
+                else if (beta != 0) v = FMADD(SET1(beta), LOADU(row), v);                               \
+                STOREU(row, v);                                                                         \
+            }                                                                                           \
+        }                                                                                               \
     }
-    __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    if (beta == 0) {
-        for (int r = 0; r < MR; r++) {
-            _mm256_storeu_ps(c + r * ldc, acc[r][0]);
-            _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
-        }
-    } else if (beta == 1) {
-        for (int r = 0; r < MR; r++) {
-            _mm256_storeu_ps(c + r * ldc, _mm256_add_ps(acc[r][0], _mm256_loadu_ps(c + r * ldc)));
-            _mm256_storeu_ps(c + r * ldc + 8, _mm256_add_ps(acc[r][1], _mm256_loadu_ps(c + r * ldc + 8)));
-        }
-    } else {
-        __m256 vb = _mm256_set1_ps(beta);
-        for (int r = 0; r < MR; r++) {
-            _mm256_storeu_ps(c + r * ldc, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + r * ldc), acc[r][0]));
-            _mm256_storeu_ps(c + r * ldc + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + r * ldc + 8), acc[r][1]));
-        }
-    }
-}
 
+DEFINE_MICRO_KERNEL(kernel_6x16, ATTR, __m256, 8, _mm256_setzero_ps, _mm256_load_ps, _mm256_loadu_ps,
+                    _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
 // The same tile 32 columns wide in zmm registers: on CPUs with two 512-bit FMA units twice the
-// AVX2 tile's flops per instruction; on Zen 4/5 (512-bit operations split in two) as many flops
+// AVX2 tile's flops per instruction; on Zen 4 (512-bit operations split in two) as many flops
 // in half the instructions.
-ATTR512 static void kernel_6x32(int64_t kc, const float *restrict a, const float *restrict b,
-                                float *c, int64_t ldc, float beta) {
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (int r = 0; r < MR; r++) { _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0); _mm_prefetch((const char *)(c + r * ldc + 31), _MM_HINT_T0); }
-#pragma clang loop unroll_count(4)
-    for (int64_t p = 0; p < kc; p++) {
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-        __m512 av;
-        av = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);
-        av = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);
-        av = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);
-        av = _mm512_set1_ps(a[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);
-        av = _mm512_set1_ps(a[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);
-        av = _mm512_set1_ps(a[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);
-        a += MR; b += 32;
-    }
-    __m512 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    for (int r = 0; r < MR; r++) {
-        for (int h = 0; h < 2; h++) {
-            float *row = c + r * ldc + 16 * h;
-            __m512 v = acc[r][h];
-            if (beta == 1) v = _mm512_add_ps(v, _mm512_loadu_ps(row));
-            else if (beta != 0) v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(row), v);
-            _mm512_storeu_ps(row, v);
-        }
-    }
-}
+DEFINE_MICRO_KERNEL(kernel_6x32, ATTR512, __m512, 16, _mm512_setzero_ps, _mm512_load_ps, _mm512_loadu_ps,
+                    _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
 
 // MARK: Blocked loops
 
