@@ -74,22 +74,10 @@ ATTR static inline void copy_run(float *dst, const char *src, int64_t count, int
     for (; j < width; j++) dst[j] = 0;
 }
 
-// Rows i0..<i0+rows (≤ MR) and columns p0..<p0+kc of op(A) into dst[p·MR + r], zero-padded;
-// op(A) has at least `readable` rows from i0.
-ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64_t readable, int64_t p0, int64_t kc,
-                               float *dst) {
+// Rows i0..<i0+rows (≤ MR) and columns p0..<p0+kc of op(A) = A (not transposed) into
+// dst[p·MR + r], zero-padded.
+ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float *dst) {
     int64_t size = elem_size(a->fmt);
-    if (a->trans) {
-        // op(A)(i, p) = A(p, i): each p reads `rows` neighbours; eight at once where eight exist,
-        // each store writing two lanes the next one overwrites (dst is padded).
-        if (rows == MR && readable >= 8) {
-            for (int64_t p = 0; p < kc; p++)
-                _mm256_storeu_ps(dst + p * MR, load8(a->base + ((p0 + p) * a->ld + i0) * size, a->fmt));
-            return;
-        }
-        for (int64_t p = 0; p < kc; p++) copy_run(dst + p * MR, a->base + ((p0 + p) * a->ld + i0) * size, rows, MR, a->fmt);
-        return;
-    }
     // op(A)(i, p) = A(i, p): rows are contiguous in p; eight p at a time through a transpose.
     int64_t p = 0;
     if (rows == MR) {
@@ -109,22 +97,10 @@ ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64
     }
 }
 
-// Columns j0..<j0+cols (≤ nr) and rows p0..<p0+kc of op(B) into dst[p·nr + j], zero-padded.
+// Columns j0..<j0+cols (≤ nr) and rows p0..<p0+kc of op(B) = Bᵀ into dst[p·nr + j], zero-padded.
 ATTR static void pack_b_sliver(const operand *b, int64_t nr, int64_t j0, int64_t cols, int64_t p0, int64_t kc,
                                float *dst) {
     int64_t size = elem_size(b->fmt);
-    if (!b->trans) {
-        // op(B)(p, j) = B(p, j): nr contiguous values per p.
-        if (cols == nr) {
-            for (int64_t p = 0; p < kc; p++) {
-                const char *src = b->base + ((p0 + p) * b->ld + j0) * size;
-                for (int64_t j = 0; j < nr; j += 8) _mm256_storeu_ps(dst + p * nr + j, load8(src + j * size, b->fmt));
-            }
-            return;
-        }
-        for (int64_t p = 0; p < kc; p++) copy_run(dst + p * nr, b->base + ((p0 + p) * b->ld + j0) * size, cols, nr, b->fmt);
-        return;
-    }
     // op(B)(p, j) = B(j, p): each column j is a contiguous run over p; 8×8 transposes.
     int64_t p = 0;
     if (cols == nr) {
@@ -142,6 +118,49 @@ ATTR static void pack_b_sliver(const operand *b, int64_t nr, int64_t j0, int64_t
         int64_t j = 0;
         for (; j < cols; j++) dst[p * nr + j] = load1(b->base + ((j0 + j) * b->ld + p0 + p) * size, b->fmt);
         for (; j < nr; j++) dst[p * nr + j] = 0;
+    }
+}
+
+// Rows i0..<i0+mc of op(A) and columns p0..<p0+kc as slivers of MR rows, sliver ir at
+// dst + ir·kc; op(A) has at least `readable` rows from i0.
+ATTR static void pack_a_block(const operand *a, int64_t i0, int64_t mc, int64_t readable, int64_t p0, int64_t kc,
+                              float *dst) {
+    if (!a->trans) {
+        for (int64_t ir = 0; ir < mc; ir += MR) pack_a_sliver(a, i0 + ir, mc - ir < MR ? mc - ir : MR, p0, kc, dst + ir * kc);
+        return;
+    }
+    // op(A)(i, p) = A(p, i): stored row p holds the block's values side by side, so each row is
+    // read once, in order (sliver by sliver it would be walked MR values at a time, a cache
+    // line fetched again for every sliver it spans). Eight values per load where eight exist,
+    // six stored.
+    int64_t size = elem_size(a->fmt);
+    for (int64_t p = 0; p < kc; p++) {
+        const char *row = a->base + ((p0 + p) * a->ld + i0) * size;
+        int64_t ir = 0;
+        for (; ir + MR <= mc && ir + 8 <= readable; ir += MR) {
+            __m256 v = load8(row + ir * size, a->fmt);
+            float *d = dst + ir * kc + p * MR;
+            _mm_storeu_ps(d, _mm256_castps256_ps128(v));
+            _mm_storel_pi((__m64 *)(d + 4), _mm256_extractf128_ps(v, 1));
+        }
+        for (; ir < mc; ir += MR) copy_run(dst + ir * kc + p * MR, row + ir * size, mc - ir < MR ? mc - ir : MR, MR, a->fmt);
+    }
+}
+
+// Columns j0..<j0+nc of op(B) and rows p0..<p0+kc as slivers of nr columns, sliver jr at dst + jr·kc.
+ATTR static void pack_b_panel(const operand *b, int64_t nr, int64_t j0, int64_t nc, int64_t p0, int64_t kc, float *dst) {
+    if (b->trans) {
+        for (int64_t jr = 0; jr < nc; jr += nr) pack_b_sliver(b, nr, j0 + jr, nc - jr < nr ? nc - jr : nr, p0, kc, dst + jr * kc);
+        return;
+    }
+    // op(B)(p, j) = B(p, j): each stored row read once, in order, each sliver taking nr values.
+    int64_t size = elem_size(b->fmt);
+    for (int64_t p = 0; p < kc; p++) {
+        const char *row = b->base + ((p0 + p) * b->ld + j0) * size;
+        int64_t jr = 0;
+        for (; jr + nr <= nc; jr += nr)
+            for (int64_t j = 0; j < nr; j += 8) _mm256_storeu_ps(dst + jr * kc + p * nr + j, load8(row + (jr + j) * size, b->fmt));
+        if (jr < nc) copy_run(dst + jr * kc + p * nr, row + jr * size, nc - jr, nr, b->fmt);
     }
 }
 
@@ -223,12 +242,10 @@ ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t 
         for (int64_t pc = 0; pc < k; pc += KC) {
             int64_t kc = k - pc < KC ? k - pc : KC;
             float step_beta = pc == 0 ? beta : 1.0f;
-            for (int64_t jr = 0; jr < nc; jr += nr)
-                pack_b_sliver(b, nr, jc + jr, nc - jr < nr ? nc - jr : nr, pc, kc, pb + jr * kc);
+            pack_b_panel(b, nr, jc, nc, pc, kc, pb);
             for (int64_t ic = 0; ic < m; ic += MC) {
                 int64_t mc = m - ic < MC ? m - ic : MC;
-                for (int64_t ir = 0; ir < mc; ir += MR)
-                    pack_a_sliver(a, ic + ir, mc - ir < MR ? mc - ir : MR, m - ic - ir, pc, kc, pa + ir * kc);
+                pack_a_block(a, ic, mc, m - ic, pc, kc, pa);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int64_t cols = nc - jr < nr ? nc - jr : nr;
                     for (int64_t ir = 0; ir < mc; ir += MR) {
