@@ -74,50 +74,31 @@ ATTR static inline void copy_run(float *dst, const char *src, int64_t count, int
     for (; j < width; j++) dst[j] = 0;
 }
 
-// Rows i0..<i0+rows (≤ MR) and columns p0..<p0+kc of op(A) = A (not transposed) into
-// dst[p·MR + r], zero-padded.
-ATTR static void pack_a_sliver(const operand *a, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float *dst) {
-    int64_t size = elem_size(a->fmt);
-    // op(A)(i, p) = A(i, p): rows are contiguous in p; eight p at a time through a transpose.
-    int64_t p = 0;
-    if (rows == MR) {
+// Stored rows 0..<count (≤ width) from `base`, each contiguous over columns p0..<p0+kc,
+// transposed into dst[p·width + r] with rows count..<width zero: a sliver of A (width MR) or
+// of Bᵀ (width nr). Eight columns at a time through 8×8 transposes; width is at most 8 or a
+// multiple of 8, so a group narrower than 8 is the only one, and each of its 8-lane stores
+// spills into the next column's first lanes before that column's own store overwrites them
+// (dst is padded).
+ATTR static void pack_transposed(const char *base, int64_t ld, int fmt, int64_t count, int64_t width, int64_t p0,
+                                 int64_t kc, float *dst) {
+    int64_t size = elem_size(fmt), p = 0;
+    if (count == width) {
         for (; p + 8 <= kc; p += 8) {
-            __m256 r[8];
-            for (int q = 0; q < MR; q++) r[q] = load8(a->base + ((i0 + q) * a->ld + p0 + p) * size, a->fmt);
-            r[6] = r[7] = _mm256_setzero_ps();
-            transpose8(r);
-            // Overlapping stores: each writes two lanes the next one overwrites (dst is padded).
-            for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * MR, r[q]);
-        }
-    }
-    for (; p < kc; p++) {
-        int64_t r = 0;
-        for (; r < rows; r++) dst[p * MR + r] = load1(a->base + ((i0 + r) * a->ld + p0 + p) * size, a->fmt);
-        for (; r < MR; r++) dst[p * MR + r] = 0;
-    }
-}
-
-// Columns j0..<j0+cols (≤ nr) and rows p0..<p0+kc of op(B) = Bᵀ into dst[p·nr + j], zero-padded.
-ATTR static void pack_b_sliver(const operand *b, int64_t nr, int64_t j0, int64_t cols, int64_t p0, int64_t kc,
-                               float *dst) {
-    int64_t size = elem_size(b->fmt);
-    // op(B)(p, j) = B(j, p): each column j is a contiguous run over p; 8×8 transposes.
-    int64_t p = 0;
-    if (cols == nr) {
-        for (; p + 8 <= kc; p += 8) {
-            for (int64_t j = 0; j < nr; j += 8) {
+            for (int64_t j = 0; j < width; j += 8) {
                 __m256 r[8];
-                for (int q = 0; q < 8; q++)
-                    r[q] = load8(b->base + ((j0 + j + q) * b->ld + p0 + p) * size, b->fmt);
+                int q = 0;
+                for (; q < 8 && j + q < width; q++) r[q] = load8(base + ((j + q) * ld + p0 + p) * size, fmt);
+                for (; q < 8; q++) r[q] = _mm256_setzero_ps();
                 transpose8(r);
-                for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * nr + j, r[q]);
+                for (q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * width + j, r[q]);
             }
         }
     }
     for (; p < kc; p++) {
-        int64_t j = 0;
-        for (; j < cols; j++) dst[p * nr + j] = load1(b->base + ((j0 + j) * b->ld + p0 + p) * size, b->fmt);
-        for (; j < nr; j++) dst[p * nr + j] = 0;
+        int64_t r = 0;
+        for (; r < count; r++) dst[p * width + r] = load1(base + (r * ld + p0 + p) * size, fmt);
+        for (; r < width; r++) dst[p * width + r] = 0;
     }
 }
 
@@ -125,15 +106,18 @@ ATTR static void pack_b_sliver(const operand *b, int64_t nr, int64_t j0, int64_t
 // dst + ir·kc; op(A) has at least `readable` rows from i0.
 ATTR static void pack_a_block(const operand *a, int64_t i0, int64_t mc, int64_t readable, int64_t p0, int64_t kc,
                               float *dst) {
+    int64_t size = elem_size(a->fmt);
     if (!a->trans) {
-        for (int64_t ir = 0; ir < mc; ir += MR) pack_a_sliver(a, i0 + ir, mc - ir < MR ? mc - ir : MR, p0, kc, dst + ir * kc);
+        // op(A)(i, p) = A(i, p): each sliver's rows are contiguous in p.
+        for (int64_t ir = 0; ir < mc; ir += MR)
+            pack_transposed(a->base + (i0 + ir) * a->ld * size, a->ld, a->fmt, mc - ir < MR ? mc - ir : MR, MR, p0, kc,
+                            dst + ir * kc);
         return;
     }
     // op(A)(i, p) = A(p, i): stored row p holds the block's values side by side, so each row is
     // read once, in order (sliver by sliver it would be walked MR values at a time, a cache
     // line fetched again for every sliver it spans). Eight values per load where eight exist,
     // six stored.
-    int64_t size = elem_size(a->fmt);
     for (int64_t p = 0; p < kc; p++) {
         const char *row = a->base + ((p0 + p) * a->ld + i0) * size;
         int64_t ir = 0;
@@ -149,12 +133,15 @@ ATTR static void pack_a_block(const operand *a, int64_t i0, int64_t mc, int64_t 
 
 // Columns j0..<j0+nc of op(B) and rows p0..<p0+kc as slivers of nr columns, sliver jr at dst + jr·kc.
 ATTR static void pack_b_panel(const operand *b, int64_t nr, int64_t j0, int64_t nc, int64_t p0, int64_t kc, float *dst) {
+    int64_t size = elem_size(b->fmt);
     if (b->trans) {
-        for (int64_t jr = 0; jr < nc; jr += nr) pack_b_sliver(b, nr, j0 + jr, nc - jr < nr ? nc - jr : nr, p0, kc, dst + jr * kc);
+        // op(B)(p, j) = B(j, p): each sliver's columns are stored rows, contiguous in p.
+        for (int64_t jr = 0; jr < nc; jr += nr)
+            pack_transposed(b->base + (j0 + jr) * b->ld * size, b->ld, b->fmt, nc - jr < nr ? nc - jr : nr, nr, p0, kc,
+                            dst + jr * kc);
         return;
     }
     // op(B)(p, j) = B(p, j): each stored row read once, in order, each sliver taking nr values.
-    int64_t size = elem_size(b->fmt);
     for (int64_t p = 0; p < kc; p++) {
         const char *row = b->base + ((p0 + p) * b->ld + j0) * size;
         int64_t jr = 0;
