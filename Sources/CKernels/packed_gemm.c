@@ -102,53 +102,49 @@ ATTR static void pack_transposed(const char *base, int64_t ld, int fmt, int64_t 
     }
 }
 
-// Rows i0..<i0+mc of op(A) and columns p0..<p0+kc as slivers of MR rows, sliver ir at
-// dst + ir·kc; op(A) has at least `readable` rows from i0.
-ATTR static void pack_a_block(const operand *a, int64_t i0, int64_t mc, int64_t readable, int64_t p0, int64_t kc,
-                              float *dst) {
-    int64_t size = elem_size(a->fmt);
-    if (!a->trans) {
-        // op(A)(i, p) = A(i, p): each sliver's rows are contiguous in p.
-        for (int64_t ir = 0; ir < mc; ir += MR)
-            pack_transposed(a->base + (i0 + ir) * a->ld * size, a->ld, a->fmt, mc - ir < MR ? mc - ir : MR, MR, p0, kc,
-                            dst + ir * kc);
-        return;
-    }
-    // op(A)(i, p) = A(p, i): stored row p holds the block's values side by side, so each row is
-    // read once, in order (sliver by sliver it would be walked MR values at a time, a cache
-    // line fetched again for every sliver it spans). Eight values per load where eight exist,
-    // six stored.
+// Values 0..<count of stored rows p0..<p0+kc (row p at base + p·ld), each row read once and
+// in order, into slivers of `width` values (sliver s at dst + s·kc, its row p at p·width),
+// the last sliver zero-padded: A transposed (width MR) or B as stored (width nr). `readable`
+// values exist in every row; width is 6 or a multiple of 8: six come from an eight-value load
+// where eight are readable, stored as four and two so a store never reaches the next sliver.
+ATTR static void pack_rows(const char *base, int64_t ld, int fmt, int64_t count, int64_t readable, int64_t width,
+                           int64_t p0, int64_t kc, float *dst) {
+    int64_t size = elem_size(fmt), loaded = (width + 7) / 8 * 8;
     for (int64_t p = 0; p < kc; p++) {
-        const char *row = a->base + ((p0 + p) * a->ld + i0) * size;
-        int64_t ir = 0;
-        for (; ir + MR <= mc && ir + 8 <= readable; ir += MR) {
-            __m256 v = load8(row + ir * size, a->fmt);
-            float *d = dst + ir * kc + p * MR;
-            _mm_storeu_ps(d, _mm256_castps256_ps128(v));
-            _mm_storel_pi((__m64 *)(d + 4), _mm256_extractf128_ps(v, 1));
+        const char *row = base + (p0 + p) * ld * size;
+        int64_t s = 0;
+        for (; s + width <= count && s + loaded <= readable; s += width) {
+            float *d = dst + s * kc + p * width;
+            for (int64_t j = 0; j < width; j += 8) {
+                __m256 v = load8(row + (s + j) * size, fmt);
+                if (width - j >= 8) {
+                    _mm256_storeu_ps(d + j, v);
+                } else {
+                    _mm_storeu_ps(d + j, _mm256_castps256_ps128(v));
+                    _mm_storel_pi((__m64 *)(d + j + 4), _mm256_extractf128_ps(v, 1));
+                }
+            }
         }
-        for (; ir < mc; ir += MR) copy_run(dst + ir * kc + p * MR, row + ir * size, mc - ir < MR ? mc - ir : MR, MR, a->fmt);
+        for (; s < count; s += width) copy_run(dst + s * kc + p * width, row + s * size, count - s < width ? count - s : width, width, fmt);
     }
 }
 
-// Columns j0..<j0+nc of op(B) and rows p0..<p0+kc as slivers of nr columns, sliver jr at dst + jr·kc.
-ATTR static void pack_b_panel(const operand *b, int64_t nr, int64_t j0, int64_t nc, int64_t p0, int64_t kc, float *dst) {
-    int64_t size = elem_size(b->fmt);
-    if (b->trans) {
-        // op(B)(p, j) = B(j, p): each sliver's columns are stored rows, contiguous in p.
-        for (int64_t jr = 0; jr < nc; jr += nr)
-            pack_transposed(b->base + (j0 + jr) * b->ld * size, b->ld, b->fmt, nc - jr < nr ? nc - jr : nr, nr, p0, kc,
-                            dst + jr * kc);
+// One block of slivers: indices first..<first+count of the dimension slivers split (op(A)'s
+// rows, op(B)'s columns; `readable` of them exist from `first`), `width` to a sliver, over
+// K = p0..<p0+kc, sliver s at dst + s·kc. `across`: that dimension runs across stored rows
+// (A as stored, Bᵀ), each sliver a transposed copy; otherwise along them (A transposed, B as
+// stored), where each stored row is read once, in order (sliver by sliver it would be walked
+// `width` values at a time, a cache line fetched again for every sliver it spans).
+ATTR static void pack_block(const operand *x, int across, int64_t first, int64_t count, int64_t readable, int64_t width,
+                            int64_t p0, int64_t kc, float *dst) {
+    int64_t size = elem_size(x->fmt);
+    if (!across) {
+        pack_rows(x->base + first * size, x->ld, x->fmt, count, readable, width, p0, kc, dst);
         return;
     }
-    // op(B)(p, j) = B(p, j): each stored row read once, in order, each sliver taking nr values.
-    for (int64_t p = 0; p < kc; p++) {
-        const char *row = b->base + ((p0 + p) * b->ld + j0) * size;
-        int64_t jr = 0;
-        for (; jr + nr <= nc; jr += nr)
-            for (int64_t j = 0; j < nr; j += 8) _mm256_storeu_ps(dst + jr * kc + p * nr + j, load8(row + (jr + j) * size, b->fmt));
-        if (jr < nc) copy_run(dst + jr * kc + p * nr, row + jr * size, nc - jr, nr, b->fmt);
-    }
+    for (int64_t s = 0; s < count; s += width)
+        pack_transposed(x->base + (first + s) * x->ld * size, x->ld, x->fmt, count - s < width ? count - s : width, width,
+                        p0, kc, dst + s * kc);
 }
 
 // MARK: Micro-kernel
@@ -229,10 +225,10 @@ ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t 
         for (int64_t pc = 0; pc < k; pc += KC) {
             int64_t kc = k - pc < KC ? k - pc : KC;
             float step_beta = pc == 0 ? beta : 1.0f;
-            pack_b_panel(b, nr, jc, nc, pc, kc, pb);
+            pack_block(b, b->trans, jc, nc, nc, nr, pc, kc, pb);
             for (int64_t ic = 0; ic < m; ic += MC) {
                 int64_t mc = m - ic < MC ? m - ic : MC;
-                pack_a_block(a, ic, mc, m - ic, pc, kc, pa);
+                pack_block(a, !a->trans, ic, mc, m - ic, MR, pc, kc, pa);
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int64_t cols = nc - jr < nr ? nc - jr : nr;
                     for (int64_t ir = 0; ir < mc; ir += MR) {
