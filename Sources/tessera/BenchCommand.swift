@@ -83,10 +83,9 @@ struct Bench: ParsableCommand {
                 print("cpu: \(CPU.model); element-wise kernels: \(CPU.isa) (this CPU runs up to \(CPU.hardwareISA); TESSERA_ISA lowers it)")
                 for p in precision { if let note = Gemm.precisionNote(p) { print(note) } }
                 // Without bf16 dot products the bf16 peak measures the packing GEMM or widening + sgemm.
-                let path = Gemm.lowGemmPath(.bf16)
                 print(String(format: "GEMM 2048³ peak, %d thread(s) per rank: fp32 oneDNN %.0f, fp32 OpenBLAS %.0f, ", t, peak, openblasPeak)
-                      + "bf16 \(path) " + String(format: "%.0f", bf16Peak) + " GFLOP/s (MFU is against the "
-                      + (path == "oneDNN" ? "oneDNN peak of the precision)" : "peak of the precision: fp32 oneDNN's, or the bf16 one above)"))
+                      + "bf16 \(Gemm.lowGemmPath(.bf16)) " + String(format: "%.0f", bf16Peak) + " GFLOP/s (MFU is against the "
+                      + (Gemm.bf16IsNative ? "oneDNN peak of the precision)" : "peak of the precision: fp32 oneDNN's, or the bf16 one above)"))
                 print("parallelism: " + parallelism.name(zero))
                 print("config   prec  recomp     attn     gemm      ranks×thr  tokens/s  ms/step (min-max)      fwd     bwd   optim   comm  GFLOP/s/rank    MFU  RSS MB  act MB  sent MB/step  vs PyTorch")
             }
