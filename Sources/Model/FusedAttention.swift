@@ -19,9 +19,12 @@ import Settings
 /// bf16 where the CPU has bf16 dot products (AVX512-BF16) multiplies Q, K, V and dO as stored
 /// and rounds P and dS to bf16 for their products, as FlashAttention does on GPUs (about 1.7×
 /// the fp32 rate on these block shapes); elsewhere the products run in fp32
-/// (`Gemm.taskSgemm`), 16-bit Q, K, V and dO blocks widened (exactly) into the task's scratch
-/// and P and dS kept in fp32. Each task's arithmetic does not depend on which thread runs it,
-/// so results are reproducible and recomputation gives the same bits.
+/// (`Gemm.taskSgemm`) on fp32 inputs, P and dS kept in fp32. A 16-bit model without bf16 dot
+/// products (`runsOnFP32Copies`) passes exact fp32 copies of its Q, K, V, O and dO, made in
+/// one pass over each tensor: widening blocks here instead would widen each Q and dO block
+/// again for every key block it meets, and each K and V block for every query block. Each
+/// task's arithmetic does not depend on which thread runs it, so results are reproducible and
+/// recomputation gives the same bits.
 ///
 /// With `starts` (packed documents: the first position of the document each position is in)
 /// a query also ignores keys before its document's start: key blocks wholly before every
@@ -32,11 +35,21 @@ public enum FusedAttention {
 
     /// fp32 scratch per worker thread for sequence length `T` and head size `hs`.
     public static func scratchFloats(T: Int, hs: Int) -> Int {
-        3 * block * block + 6 * block * hs + 2 * block + T   // the last block² holds two bf16 blocks
+        3 * block * block + 4 * block * hs + T   // the last block² holds two bf16 blocks
     }
 
     /// Whether `F`'s block products run on native bf16 dot products here.
     static func nativeBF16<F: ComputeFormat>(_: F.Type) -> Bool { F.precision == .bf16 && Gemm.bf16IsNative }
+
+    /// Whether a model computing in `F` calls this kernel with `FP32` and exact fp32 copies of
+    /// its 16-bit inputs: 16-bit formats whose block products would run in fp32 anyway.
+    public static func runsOnFP32Copies<F: ComputeFormat>(_: F.Type) -> Bool { F.isLow && !nativeBF16(F.self) }
+
+    /// fp32 inputs as the floats they are (the fp32-product path, whose `F` is `FP32`).
+    @inline(__always)
+    static func floats<E>(_ p: UnsafePointer<E>) -> UnsafePointer<Float> {
+        UnsafeRawPointer(p).assumingMemoryBound(to: Float.self)
+    }
 
     /// A 16-bit format's stored values as the bf16 bits they are.
     @inline(__always)
@@ -53,22 +66,21 @@ public enum FusedAttention {
         }
     }
 
-    /// The scores S = Q·Kᵀ/√hs of a block pair into `s` (row stride `block`), part by part:
-    /// on the widened fp32 rows `q`, `k`, or with native bf16 on the stored `queries`, `keys`
-    /// (rows `ld` apart). Forward and backward both call this, so the probabilities backward
+    /// The scores S = Q·Kᵀ/√hs of a block pair into `s` (row stride `block`), part by part,
+    /// from the stored `queries` and `keys` (rows `ld` apart): fp32 products, or bf16 dot
+    /// products (`native`). Forward and backward both call this, so the probabilities backward
     /// recomputes are the bits forward used.
-    static func scores<F: ComputeFormat>(into s: UnsafeMutablePointer<Float>, pair: BlockPair, q: Rows<F>?, k: Rows<F>?,
-                                         queries: UnsafePointer<F.Element>, keys: UnsafePointer<F.Element>,
-                                         ld: Int, hs: Int, scale: Float) {
+    static func scores<E>(into s: UnsafeMutablePointer<Float>, pair: BlockPair, queries: UnsafePointer<E>,
+                          keys: UnsafePointer<E>, ld: Int, hs: Int, scale: Float, native: Bool) {
         for part in 0..<pair.parts {
             let (r0, rows, seen) = pair.rows(part)
-            if let q, let k {
-                Gemm.taskSgemm(.none, .transpose, m: rows, n: seen, k: hs, alpha: scale, a: q.base + r0 * q.ld, lda: q.ld,
-                               b: k.base, ldb: k.ld, beta: 0, c: s + r0 * block, ldc: block)
-            } else {
+            if native {
                 Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: seen, k: hs, a: bits(queries + r0 * ld), lda: ld,
                                   b: bits(keys), ldb: ld, c: s + r0 * block, ldc: block)
                 for i in r0..<(r0 + rows) { Vector.scale(s + i * block, seen, by: scale) }
+            } else {
+                Gemm.taskSgemm(.none, .transpose, m: rows, n: seen, k: hs, alpha: scale, a: floats(queries + r0 * ld), lda: ld,
+                               b: floats(keys), ldb: ld, beta: 0, c: s + r0 * block, ldc: block)
             }
         }
     }
@@ -87,16 +99,15 @@ public enum FusedAttention {
                                                  starts: UnsafePointer<Int32>? = nil) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot(), native = nativeBF16(F.self)
+        precondition(!runsOnFP32Copies(F.self), "\(F.precision) attention here runs as FP32 on fp32 copies of its inputs")
         ParallelFor.tasks(B * NH * nb, workers: workers) { task, worker in
             let qb = nb - 1 - task % nb   // the longest rows first, so the queue ends evenly
             let bh = task / nb, b = bh / NH, h = bh % NH
             let s = scratch + worker * per, o = s + block * block
             let rowMax = o + block * hs, rowSum = rowMax + block
-            let wq = rowSum + block, wk = wq + block * hs, wv = wk + block * hs
             let t0 = qb * block, nq = min(block, T - t0)
             let head = qkv + b * T * 3 * C + h * hs
             let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
-            let q = native ? nil : Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
             rowMax.update(repeating: -.infinity, count: nq)
             rowSum.update(repeating: 0, count: nq)
             o.update(repeating: 0, count: nq * hs)
@@ -106,9 +117,8 @@ public enum FusedAttention {
             for kb in firstBlock...qb {
                 let s0 = kb * block, nk = min(block, T - s0)
                 let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
-                let k = native ? nil : Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
-                scores(into: s, pair: pair, q: q, k: k, queries: head + t0 * 3 * C, keys: head + C + s0 * 3 * C,
-                       ld: 3 * C, hs: hs, scale: scale)
+                scores(into: s, pair: pair, queries: head + t0 * 3 * C, keys: head + C + s0 * 3 * C, ld: 3 * C, hs: hs,
+                       scale: scale, native: native)
                 for i in 0..<nq {
                     let row = s + i * block
                     let seen = kb == qb ? i + 1 : nk   // keys this query may attend to: lo..<seen
@@ -130,11 +140,10 @@ public enum FusedAttention {
                     }
                 }
                 if !native {
-                    let v = Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
                     for part in 0..<pair.parts {
                         let (r0, rows, keys) = pair.rows(part)
                         Gemm.taskSgemm(.none, .none, m: rows, n: hs, k: keys, alpha: 1, a: s + r0 * block, lda: block,
-                                       b: v.base, ldb: v.ld, beta: 1, c: o + r0 * hs, ldc: hs)
+                                       b: floats(head + 2 * C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: o + r0 * hs, ldc: hs)
                     }
                 } else {
                     withLowBlocks(s, per: per) { p16, _ in
@@ -168,12 +177,13 @@ public enum FusedAttention {
                                                   starts: UnsafePointer<Int32>? = nil) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot(), native = nativeBF16(F.self)
+        precondition(!runsOnFP32Copies(F.self), "\(F.precision) attention here runs as FP32 on fp32 copies of its inputs")
         ParallelFor.tasks(B * NH, workers: workers) { bh, worker in
             let b = bh / NH, h = bh % NH
             let p = scratch + worker * per, dp = p + block * block
             let dk = dp + block * block, dv = dk + block * hs
-            let wq = dv + block * hs, wdo = wq + block * hs, wk = wdo + block * hs, wv = wk + block * hs
-            let delta = wv + block * hs + 2 * block   // T values
+            let wg = dv + block * hs, wo = wg + block * hs   // dO and O rows widened for D (bf16)
+            let delta = wo + block * hs   // T values
             let head = qkv + b * T * 3 * C + h * hs, dhead = dqkv + b * T * 3 * C + h * hs
             let dy = dout + b * T * C + h * hs, y = out + b * T * C + h * hs
             let rowLSE = lse + bh * T
@@ -181,8 +191,8 @@ public enum FusedAttention {
             // D = rowsum(dO ⊙ O) = rowsum(P ⊙ dP), and this head's dQ, which key blocks add to.
             for t0 in stride(from: 0, to: T, by: block) {
                 let n = min(block, T - t0)
-                let g = Rows<F>(dy + t0 * C, ld: C, count: n, width: hs, scratch: wq)
-                let o = Rows<F>(y + t0 * C, ld: C, count: n, width: hs, scratch: wk)
+                let g = Rows<F>(dy + t0 * C, ld: C, count: n, width: hs, scratch: wg)
+                let o = Rows<F>(y + t0 * C, ld: C, count: n, width: hs, scratch: wo)
                 for i in 0..<n {
                     var d: Float = 0
                     for c in 0..<hs { d += g.base[i * g.ld + c] * o.base[i * o.ld + c] }
@@ -192,19 +202,17 @@ public enum FusedAttention {
             }
             for kb in 0..<nb {
                 let s0 = kb * block, nk = min(block, T - s0)
-                let k = native ? nil : Rows<F>(head + C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wk)
-                let v = native ? nil : Rows<F>(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, width: hs, scratch: wv)
+                let keyRows = head + C + s0 * 3 * C, valueRows = head + 2 * C + s0 * 3 * C
                 dk.update(repeating: 0, count: nk * hs)
                 dv.update(repeating: 0, count: nk * hs)
                 for qb in kb..<nb {
                     let t0 = qb * block, nq = min(block, T - t0)
                     let rowStarts = starts.map { $0 + b * T + t0 }
                     if let rowStarts, Int(rowStarts[0]) >= s0 + nk { continue }   // every query's document starts later
-                    let q = native ? nil : Rows<F>(head + t0 * 3 * C, ld: 3 * C, count: nq, width: hs, scratch: wq)
-                    let g = native ? nil : Rows<F>(dy + t0 * C, ld: C, count: nq, width: hs, scratch: wdo)
+                    let queryRows = head + t0 * 3 * C, gradientRows = dy + t0 * C
                     let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
-                    scores(into: p, pair: pair, q: q, k: k, queries: head + t0 * 3 * C, keys: head + C + s0 * 3 * C,
-                           ld: 3 * C, hs: hs, scale: scale)
+                    scores(into: p, pair: pair, queries: queryRows, keys: keyRows, ld: 3 * C, hs: hs, scale: scale,
+                           native: native)
                     for i in 0..<nq {
                         let row = p + i * block
                         let seen = kb == qb ? i + 1 : nk
@@ -218,12 +226,12 @@ public enum FusedAttention {
                     // P becomes P̃ for dV (D = rowsum(dO ⊙ O) already is rowsum(P ⊙ dP)).
                     for part in 0..<pair.parts {
                         let (r0, rows, keys) = pair.rows(part)
-                        if let g, let v {
-                            Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: 1, a: g.base + r0 * g.ld, lda: g.ld,
-                                           b: v.base, ldb: v.ld, beta: 0, c: dp + r0 * block, ldc: block)
+                        if native {
+                            Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(gradientRows + r0 * C), lda: C,
+                                              b: bits(valueRows), ldb: 3 * C, c: dp + r0 * block, ldc: block)
                         } else {
-                            Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(dy + (t0 + r0) * C), lda: C,
-                                              b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, c: dp + r0 * block, ldc: block)
+                            Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: 1, a: floats(gradientRows + r0 * C),
+                                           lda: C, b: floats(valueRows), ldb: 3 * C, beta: 0, c: dp + r0 * block, ldc: block)
                         }
                     }
                     for i in 0..<nq {
@@ -241,16 +249,17 @@ public enum FusedAttention {
                     }
                     // dV += P̃ᵀ·dO and dK += dSᵀ·Q over each group of keys and the queries that
                     // see them; dQ += dS·K over each group of queries and the keys they see.
-                    if let q, let k, let g {
+                    if !native {
                         for part in 0..<pair.parts {
                             let (c0, keys, q0, queries) = pair.keys(part)
                             Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: p + q0 * block + c0,
-                                           lda: block, b: g.base + q0 * g.ld, ldb: g.ld, beta: 1, c: dv + c0 * hs, ldc: hs)
+                                           lda: block, b: floats(gradientRows + q0 * C), ldb: C, beta: 1, c: dv + c0 * hs, ldc: hs)
                             Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: dp + q0 * block + c0,
-                                           lda: block, b: q.base + q0 * q.ld, ldb: q.ld, beta: 1, c: dk + c0 * hs, ldc: hs)
+                                           lda: block, b: floats(queryRows + q0 * 3 * C), ldb: 3 * C, beta: 1, c: dk + c0 * hs,
+                                           ldc: hs)
                             let (r0, rows, seen) = pair.rows(part)
                             Gemm.taskSgemm(.none, .none, m: rows, n: hs, k: seen, alpha: 1, a: dp + r0 * block, lda: block,
-                                           b: k.base, ldb: k.ld, beta: 1, c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
+                                           b: floats(keyRows), ldb: 3 * C, beta: 1, c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
                         }
                     } else {
                         withLowBlocks(p, per: per) { p16, ds16 in
@@ -259,13 +268,13 @@ public enum FusedAttention {
                             for part in 0..<pair.parts {
                                 let (c0, keys, q0, queries) = pair.keys(part)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: p16 + q0 * block + c0,
-                                                  lda: block, b: bits(dy + (t0 + q0) * C), ldb: C, beta: 1, c: dv + c0 * hs, ldc: hs)
+                                                  lda: block, b: bits(gradientRows + q0 * C), ldb: C, beta: 1, c: dv + c0 * hs, ldc: hs)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: ds16 + q0 * block + c0,
-                                                  lda: block, b: bits(head + (t0 + q0) * 3 * C), ldb: 3 * C, beta: 1,
+                                                  lda: block, b: bits(queryRows + q0 * 3 * C), ldb: 3 * C, beta: 1,
                                                   c: dk + c0 * hs, ldc: hs)
                                 let (r0, rows, seen) = pair.rows(part)
                                 Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: seen, a: ds16 + r0 * block, lda: block,
-                                                  b: bits(head + C + s0 * 3 * C), ldb: 3 * C, beta: 1,
+                                                  b: bits(keyRows), ldb: 3 * C, beta: 1,
                                                   c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
                             }
                         }

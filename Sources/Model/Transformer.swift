@@ -183,6 +183,12 @@ final class Transformer<F: ComputeFormat> {
         let a = activations!, BT = B * T
         let y = F.workspace(for: a.atty[l].pointer, scratch: a.wide.pointer)
         switch attentionKernel {
+        case .fused where FusedAttention.runsOnFP32Copies(F.self):
+            // y is the first BT·C floats of wide; the copy of qkv takes the other 3·BT·C.
+            let qkv = F.widened(a.qkv[l].pointer, scratch: a.wide.pointer + BT * config.nEmbd, BT * 3 * config.nEmbd)
+            FusedAttention.forward(FP32.self, out: y, lse: a.lse[l].pointer, qkv: qkv, scratch: a.scores.pointer,
+                                   B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
+                                   dropout: pass, layer: l, starts: starts)
         case .fused:
             FusedAttention.forward(F.self, out: y, lse: a.lse[l].pointer, qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
                                    B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
@@ -341,14 +347,24 @@ final class Transformer<F: ComputeFormat> {
             Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.projw), dbias: g.at(at.projb), dout: branch,
                                   doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(at.projw), N: BT, IC: C, OC: C)
             adapt(.attnProj, dinp: dln, dout: d, inp: a.atty[l].pointer)
-            d = F.operand(dln, scratch: narrow, BT * C)
             switch attentionKernel {
+            case .fused where FusedAttention.runsOnFP32Copies(F.self):
+                // fp32 copies of what the format holds: Q, K, V and O widened into wide (free
+                // here, 4·BT·C floats), dO rounded in place (dln is not read again).
+                let qkv = F.widened(a.qkv[l].pointer, scratch: a.wide.pointer, BT * 3 * C)
+                let out = F.widened(a.atty[l].pointer, scratch: a.wide.pointer + BT * 3 * C, BT * C)
+                F.precision.round(dln, BT * C)
+                FusedAttention.backward(FP32.self, dqkv: dqkv, dout: dln, out: out, lse: a.lse[l].pointer, qkv: qkv,
+                                        scratch: a.scores.pointer, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers,
+                                        dropout: pass, layer: l, starts: starts)
             case .fused:
+                d = F.operand(dln, scratch: narrow, BT * C)
                 FusedAttention.backward(F.self, dqkv: dqkv, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
                                         qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
                                         B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l,
                                         starts: starts)
             case .unfused:
+                d = F.operand(dln, scratch: narrow, BT * C)
                 Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
                                          scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             }

@@ -26,13 +26,28 @@ final class FusedAttentionTests: XCTestCase {
         let out = FloatBuffer(count: B * T * C), kept = AlignedBuffer<F.Element>(count: B * T * C)
         let lse = FloatBuffer(count: B * NH * T)
         let scratch = FloatBuffer(count: FusedAttention.scratchFloats(T: T, hs: hs) * workers)
-        FusedAttention.forward(F.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
-                               B: B, T: T, C: C, NH: NH, workers: workers)
-        let fused = Array(UnsafeBufferPointer(start: out.pointer, count: out.count))
-        F.commit(out.pointer, into: kept.pointer, out.count)
         let dqkv = FloatBuffer(count: B * T * 3 * C)
-        FusedAttention.backward(F.self, dqkv: dqkv.pointer, dout: dout.pointer, out: kept.pointer, lse: lse.pointer,
-                                qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
+        if FusedAttention.runsOnFP32Copies(F.self) {
+            // As the model calls it: fp32 copies of the 16-bit tensors.
+            let qkvCopy = FloatBuffer(count: qkv.count), outCopy = FloatBuffer(count: out.count)
+            let doutCopy = FloatBuffer(count: dout.count)
+            _ = F.widened(qkv.pointer, scratch: qkvCopy.pointer, qkv.count)
+            _ = F.widened(dout.pointer, scratch: doutCopy.pointer, dout.count)
+            FusedAttention.forward(FP32.self, out: out.pointer, lse: lse.pointer, qkv: qkvCopy.pointer,
+                                   scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
+            F.commit(out.pointer, into: kept.pointer, out.count)
+            _ = F.widened(kept.pointer, scratch: outCopy.pointer, out.count)
+            FusedAttention.backward(FP32.self, dqkv: dqkv.pointer, dout: doutCopy.pointer, out: outCopy.pointer,
+                                    lse: lse.pointer, qkv: qkvCopy.pointer, scratch: scratch.pointer, B: B, T: T, C: C,
+                                    NH: NH, workers: workers)
+        } else {
+            FusedAttention.forward(F.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
+                                   B: B, T: T, C: C, NH: NH, workers: workers)
+            F.commit(out.pointer, into: kept.pointer, out.count)
+            FusedAttention.backward(F.self, dqkv: dqkv.pointer, dout: dout.pointer, out: kept.pointer, lse: lse.pointer,
+                                    qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
+        }
+        let fused = Array(UnsafeBufferPointer(start: out.pointer, count: out.count))
         let dFused = Array(UnsafeBufferPointer(start: dqkv.pointer, count: dqkv.count))
 
         let att = AlignedBuffer<F.Element>(count: B * NH * T * T), scores = FloatBuffer(count: T * T * workers)
