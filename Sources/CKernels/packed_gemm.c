@@ -21,6 +21,7 @@
 #define KC 256
 #define MC 168
 #define NC 4064     // a multiple of both tile widths
+#define ROWS_AHEAD 12   // how far ahead packing fetches the stored rows it reads one at a time
 
 #define ATTR __attribute__((target("avx2,fma,f16c")))
 #define ATTR512 __attribute__((target("avx512f,fma,f16c")))
@@ -67,6 +68,14 @@ ATTR static inline void transpose8(__m256 r[8]) {
 
 // MARK: Packing
 
+// Fetches `bytes` from p into L1. Packing reads short runs of rows far apart (a K step's row,
+// or a sliver's few rows of one K block): too short for the hardware prefetchers to follow,
+// so without this every run waits on memory (+1–5% GFLOP/s on the backward products).
+static inline void prefetch_run(const char *p, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+    _mm_prefetch(p + bytes - 1, _MM_HINT_T0);
+}
+
 // `count` contiguous values from src, widened, then zeros up to `width` (an edge sliver's padding).
 ATTR static inline void copy_run(float *dst, const char *src, int64_t count, int64_t width, int fmt) {
     int64_t size = elem_size(fmt), j = 0;
@@ -112,6 +121,7 @@ ATTR static void pack_rows(const char *base, int64_t ld, int fmt, int64_t count,
     int64_t size = elem_size(fmt), loaded = (width + 7) / 8 * 8;
     for (int64_t p = 0; p < kc; p++) {
         const char *row = base + (p0 + p) * ld * size;
+        if (p + ROWS_AHEAD < kc) prefetch_run(row + ROWS_AHEAD * ld * size, count * size);
         int64_t s = 0;
         for (; s + width <= count && s + loaded <= readable; s += width) {
             float *d = dst + s * kc + p * width;
@@ -142,9 +152,12 @@ ATTR static void pack_block(const operand *x, int across, int64_t first, int64_t
         pack_rows(x->base + first * size, x->ld, x->fmt, count, readable, width, p0, kc, dst);
         return;
     }
-    for (int64_t s = 0; s < count; s += width)
+    for (int64_t s = 0; s < count; s += width) {
+        for (int64_t r = s + width; r < s + 2 * width && r < readable; r++)   // the next sliver's rows
+            prefetch_run(x->base + ((first + r) * x->ld + p0) * size, kc * size);
         pack_transposed(x->base + (first + s) * x->ld * size, x->ld, x->fmt, count - s < width ? count - s : width, width,
                         p0, kc, dst + s * kc);
+    }
 }
 
 // MARK: Micro-kernel
