@@ -61,10 +61,11 @@ final class PackedGemmTests: XCTestCase {
     }
 
     func testMatchesDoubleReferenceForEveryTransposeAndEdge() {
-        // Tiles are 6×16 (AVX2) or 6×32 (AVX-512), K blocks 256, row blocks 168, column panels
-        // 4064: shapes below, at, and across each, on one and two threads.
+        // Tiles are 6×16 (AVX2) or 6×32 (AVX-512), K in one block up to 384 and in equal blocks
+        // of about 256 beyond, row blocks 168, column panels 4064: shapes below, at, and across
+        // each, on one and two threads.
         let shapes = [(1, 1, 1), (5, 7, 3), (6, 16, 8), (6, 32, 8), (13, 33, 300), (170, 50, 257), (37, 300, 530),
-                      (300, 37, 530), (8, 4100, 9)]
+                      (300, 37, 530), (8, 4100, 9), (40, 20, 384), (20, 40, 385)]
         var seed: UInt64 = 1
         for level in levels {
             CPU.use(level)
