@@ -61,16 +61,20 @@ public enum Layers {
         UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
     }
 
-    /// Normalises each of the `N` rows of width `C`; saves mean and 1/std for backward.
+    /// Normalises each of the `N` rows of width `C` into `out` in the compute format (a 16-bit
+    /// row is computed in fp32 on the stack and rounded while in L1, not written to memory in
+    /// fp32 and read back); saves mean and 1/std for backward.
     ///
     /// A row's sums run in 16 lanes (lane j takes elements j, j + 16, …; the lanes are added,
     /// then the last C mod 16 elements): a fixed order for a given C, so results are
     /// reproducible, without one add waiting on the previous for each of C elements.
-    public static func layerNormForward(out: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>,
-                                        rstd: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
-                                        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                                        N: Int, C: Int) {
+    public static func layerNormForward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<F.Element>,
+                                                          mean: UnsafeMutablePointer<Float>,
+                                                          rstd: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
+                                                          weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                                          N: Int, C: Int) {
         ParallelFor.chunks(N, minimum: max(1, 32_768 / C)) { lo, hi in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: C) { rowScratch in
         let whole = C / 16 * 16
         for r in lo..<hi {
             let x = inp + r * C
@@ -88,14 +92,16 @@ public enum Layers {
             for i in whole..<C { let d = x[i] - m; v += d * d }
             v /= Float(C)
             let s = 1 / (v + layerNormEps).squareRoot()
-            let o = out + r * C
+            let o = F.workspace(for: out + r * C, scratch: rowScratch.baseAddress!)
             if let bias {
                 for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] + bias[i] }
             } else {
                 for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] }
             }
+            F.commit(o, into: out + r * C, C)
             mean[r] = m
             rstd[r] = s
+        }
         }
         }
     }

@@ -108,7 +108,6 @@ final class Transformer<F: ComputeFormat> {
         let a = activations!
         let C = config.nEmbd, V = config.vocabSize, BT = B * T
         let lay = layout
-        let wide = a.wide.pointer
 
         let emb = acquire(params, unit: 0)
         Layers.embeddingForward(F.self, out: a.residual[0].pointer, tokens: tokens, wte: emb.matrix(0),
@@ -126,7 +125,7 @@ final class Transformer<F: ComputeFormat> {
 
         let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
         normalize(a.residual[config.nLayer].pointer, into: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd,
-                  weight: f.vector(at.lnfw), bias: f.vector(at.lnfb), N: BT, scratch: wide)
+                  weight: f.vector(at.lnfw), bias: f.vector(at.lnfb), N: BT)
         params.releaseParameters(unit: lay.finalUnit)
 
         let head = acquire(params, unit: 0, narrowed: true)
@@ -148,7 +147,7 @@ final class Transformer<F: ComputeFormat> {
         let wide = a.wide.pointer
         let x = a.residual[l].pointer
         normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(at.ln1w),
-                  bias: w.vector(at.ln1b), N: BT, scratch: wide)
+                  bias: w.vector(at.ln1b), N: BT)
         var y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
         Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw),
                              bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C)
@@ -162,7 +161,7 @@ final class Transformer<F: ComputeFormat> {
         pass?.apply(r2, B: B, T: T, C: C, site: .attentionOutput, layer: l)
         Vector.add(x, into: r2, BT * C)
         normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(at.ln2w),
-                  bias: w.vector(at.ln2b), N: BT, scratch: wide)
+                  bias: w.vector(at.ln2b), N: BT)
         y = F.workspace(for: a.fch[l].pointer, scratch: wide)
         Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
                              bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C)
@@ -213,10 +212,10 @@ final class Transformer<F: ComputeFormat> {
         case .selective:
             let wide = a.wide.pointer
             normalize(a.residual[l].pointer, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l],
-                      weight: w.vector(at.ln1w), bias: w.vector(at.ln1b), N: BT, scratch: wide)
+                      weight: w.vector(at.ln1w), bias: w.vector(at.ln1b), N: BT)
             if attentionKernel == .unfused { attention(l, B: B, T: T) }
             normalize(a.res2[l].pointer, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l],
-                      weight: w.vector(at.ln2w), bias: w.vector(at.ln2b), N: BT, scratch: wide)
+                      weight: w.vector(at.ln2w), bias: w.vector(at.ln2b), N: BT)
             let pre = F.widened(a.fch[l].pointer, scratch: wide, BT * 4 * config.nEmbd)
             F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: pre, n: BT * 4 * config.nEmbd)
         }
@@ -248,12 +247,9 @@ final class Transformer<F: ComputeFormat> {
 
     /// LayerNorm of `N` rows of `x` kept in `F` in `out` (statistics in fp32 for backward).
     private func normalize(_ x: UnsafePointer<Float>, into out: AlignedBuffer<F.Element>, mean: FloatBuffer,
-                           rstd: FloatBuffer, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, N: Int,
-                           scratch: UnsafeMutablePointer<Float>) {
-        let C = config.nEmbd
-        let y = F.workspace(for: out.pointer, scratch: scratch)
-        Layers.layerNormForward(out: y, mean: mean.pointer, rstd: rstd.pointer, inp: x, weight: weight, bias: bias, N: N, C: C)
-        F.commit(y, into: out.pointer, N * C)
+                           rstd: FloatBuffer, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, N: Int) {
+        Layers.layerNormForward(F.self, out: out.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x, weight: weight,
+                                bias: bias, N: N, C: config.nEmbd)
     }
 
     // MARK: Backward

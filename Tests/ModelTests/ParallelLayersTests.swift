@@ -74,7 +74,7 @@ final class ParallelLayersTests: XCTestCase {
         func run(threads: Int) -> [[UInt32]] {
             Gemm.setThreads(threads)
             var out = [Float](repeating: 0, count: N * C), mean = [Float](repeating: 0, count: N), rstd = mean
-            Layers.layerNormForward(out: &out, mean: &mean, rstd: &rstd, inp: x, weight: w, bias: w, N: N, C: C)
+            Layers.layerNormForward(FP32.self, out: &out, mean: &mean, rstd: &rstd, inp: x, weight: w, bias: w, N: N, C: C)
             var dx = [Float](repeating: 0, count: N * C), dw = [Float](repeating: 0, count: C), db = dw
             Layers.layerNormBackward(dinp: &dx, dweight: &dw, dbias: &db, dout: dy, inp: x, weight: w,
                                      mean: mean, rstd: rstd, N: N, C: C)
