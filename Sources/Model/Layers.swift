@@ -73,36 +73,36 @@ public enum Layers {
                                                           rstd: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                                           weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                                           N: Int, C: Int) {
-        ParallelFor.chunks(N, minimum: max(1, 32_768 / C)) { lo, hi in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: C) { rowScratch in
         let whole = C / 16 * 16
-        for r in lo..<hi {
-            let x = inp + r * C
-            var sum = SIMD16<Float>()
-            for i in stride(from: 0, to: whole, by: 16) { sum += lanes(x + i) }
-            var m = sum.sum()
-            for i in whole..<C { m += x[i] }
-            m /= Float(C)
-            var squares = SIMD16<Float>()
-            for i in stride(from: 0, to: whole, by: 16) {
-                let d = lanes(x + i) - m
-                squares += d * d
+        ParallelFor.chunks(N, minimum: max(1, 32_768 / C)) { lo, hi in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: C) { rowScratch in
+                for r in lo..<hi {
+                    let x = inp + r * C
+                    var sum = SIMD16<Float>()
+                    for i in stride(from: 0, to: whole, by: 16) { sum += lanes(x + i) }
+                    var m = sum.sum()
+                    for i in whole..<C { m += x[i] }
+                    m /= Float(C)
+                    var squares = SIMD16<Float>()
+                    for i in stride(from: 0, to: whole, by: 16) {
+                        let d = lanes(x + i) - m
+                        squares += d * d
+                    }
+                    var v = squares.sum()
+                    for i in whole..<C { let d = x[i] - m; v += d * d }
+                    v /= Float(C)
+                    let s = 1 / (v + layerNormEps).squareRoot()
+                    let o = F.workspace(for: out + r * C, scratch: rowScratch.baseAddress!)
+                    if let bias {
+                        for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] + bias[i] }
+                    } else {
+                        for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] }
+                    }
+                    F.commit(o, into: out + r * C, C)
+                    mean[r] = m
+                    rstd[r] = s
+                }
             }
-            var v = squares.sum()
-            for i in whole..<C { let d = x[i] - m; v += d * d }
-            v /= Float(C)
-            let s = 1 / (v + layerNormEps).squareRoot()
-            let o = F.workspace(for: out + r * C, scratch: rowScratch.baseAddress!)
-            if let bias {
-                for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] + bias[i] }
-            } else {
-                for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] }
-            }
-            F.commit(o, into: out + r * C, C)
-            mean[r] = m
-            rstd[r] = s
-        }
-        }
         }
     }
 
