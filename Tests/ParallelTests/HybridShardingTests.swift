@@ -100,7 +100,12 @@ final class HybridShardingTests: XCTestCase {
         XCTAssertEqual(a.losses.count, b.losses.count)
         for (i, (x, y)) in zip(a.losses, b.losses).enumerated() { XCTAssertEqual(x, y, accuracy: 1e-5 * y, "\(what): loss \(i + 1)") }
         for (i, (x, y)) in zip(a.norms, b.norms).enumerated() { XCTAssertEqual(x, y, accuracy: 1e-5 * y, "\(what): norm \(i + 1)") }
+        // Parameters to 10× the loss tolerance, as StrategyTests: ZeRO-2/3 sum a gradient over
+        // ranks before micro-steps and DDP the other way round, and Adam's update, normalised
+        // by √v, carries those rounding differences at the scale of lr (1e-2), not of the
+        // gradient (measured 1.6e-5 once LayerNorm summed in lanes). A gradient-scale error
+        // shows in the losses and norms above.
         let worst = zip(a.parameters, b.parameters).map { abs($0 - $1) }.max()!
-        XCTAssertLessThan(worst, 1e-5, "\(what): largest parameter difference")
+        XCTAssertLessThan(worst, 1e-4, "\(what): largest parameter difference")
     }
 }
