@@ -23,6 +23,7 @@
 #define MC 168
 #define NC 4064     // a multiple of both tile widths
 #define ROWS_AHEAD 12   // how far ahead packing fetches the stored rows it reads one at a time
+#define SLIVER_PAD 16   // floats after each packed sliver (see sliver_stride)
 
 #define ATTR __attribute__((target("avx2,fma,f16c")))
 #define ATTR512 __attribute__((target("avx512f,fma,f16c")))
@@ -68,6 +69,16 @@ ATTR static inline void transpose8(__m256 r[8]) {
 }
 
 // MARK: Packing
+
+// Floats from one packed sliver (kc rows of `width`) to the next. Packing row by row (not
+// `across`) writes a row into every sliver in turn; slivers kc·width floats apart (16 KB for
+// B's 16-wide ones at kc 256, 6 KB for A's) fall into one or two L1 sets, more lines than
+// those sets hold, so each store missed L1. 64 bytes more apart they spread over the sets
+// (packing's share of small's weight-gradient products 8% -> 4.5%); B's slivers stay 64-byte
+// aligned. Transposed slivers are written one at a time and keep the plain stride.
+static inline int64_t sliver_stride(int64_t kc, int64_t width, int across) {
+    return kc * width + (across ? 0 : SLIVER_PAD);
+}
 
 // Fetches `bytes` from p into L1 (`to_l1`) or L2. Packing reads short runs of rows far apart
 // (a K step's row, or a sliver's few rows of one K block): too short for the hardware
@@ -116,27 +127,25 @@ ATTR static inline __attribute__((always_inline)) void pack_transposed(
 }
 
 // Values 0..<count of stored rows p0..<p0+kc (row p at base + p·ld), each row read once and
-// in order, into slivers of `width` values (sliver s at dst + s·kc, its row p at p·width),
-// the last sliver zero-padded: A transposed (width MR) or B as stored (width nr). `readable`
-// values exist in every row; width is 6 or a multiple of 8: six come from an eight-value load
-// where eight are readable, stored whole where its two extra values land on the sliver's next
-// row (written after it), and as four and two in the last row, so that no store reaches the
-// next sliver (one store instead of two: −6% of packing's share of the backward products).
+// in order, into slivers of `width` values (sliver i at dst + i·sliver_stride, its row p at
+// p·width), the last sliver zero-padded: A transposed (width MR) or B as stored (width nr).
+// `readable` values exist in every row; width is 6 or a multiple of 8: six come from an
+// eight-value load where eight are readable, stored whole, its two extra values landing on
+// the sliver's next row (written after it) or, from the last row, in the padding (one store
+// instead of two: −6% of packing's share of the backward products).
 ATTR static inline __attribute__((always_inline)) void pack_rows(
     const char *base, int64_t ld, int fmt, int64_t count, int64_t readable, int64_t width, int64_t p0, int64_t kc,
     float *dst) {
-    int64_t size = elem_size(fmt), loaded = (width + 7) / 8 * 8;
+    int64_t size = elem_size(fmt), loaded = (width + 7) / 8 * 8, stride = sliver_stride(kc, width, 0);
     for (int64_t p = 0; p < kc; p++) {
         const char *row = base + (p0 + p) * ld * size;
         if (p + ROWS_AHEAD < kc) prefetch_run(row + ROWS_AHEAD * ld * size, count * size, 1);
         int64_t s = 0;
-        if (width == MR && p + 1 < kc) {
-            float *d = dst + p * MR;
-            for (; s + MR <= count && s + 8 <= readable; s += MR, d += MR * kc)
+        float *d = dst + p * width;   // row p of the sliver that value s starts
+        if (width == MR)
+            for (; s + MR <= count && s + 8 <= readable; s += MR, d += stride)
                 _mm256_storeu_ps(d, load8(row + s * size, fmt));
-        }
-        for (; s + width <= count && s + loaded <= readable; s += width) {
-            float *d = dst + s * kc + p * width;
+        for (; s + width <= count && s + loaded <= readable; s += width, d += stride) {
             for (int64_t j = 0; j < width; j += 8) {
                 __m256 v = load8(row + (s + j) * size, fmt);
                 if (width - j >= 8) {
@@ -147,16 +156,16 @@ ATTR static inline __attribute__((always_inline)) void pack_rows(
                 }
             }
         }
-        for (; s < count; s += width) copy_run(dst + s * kc + p * width, row + s * size, count - s < width ? count - s : width, width, fmt);
+        for (; s < count; s += width, d += stride) copy_run(d, row + s * size, count - s < width ? count - s : width, width, fmt);
     }
 }
 
 // One block of slivers: indices first..<first+count of the dimension slivers split (op(A)'s
 // rows, op(B)'s columns; `readable` of them exist from `first`), `width` to a sliver, over
-// K = p0..<p0+kc, sliver s at dst + s·kc. `across`: that dimension runs across stored rows
-// (A as stored, Bᵀ), each sliver a transposed copy; otherwise along them (A transposed, B as
-// stored), where each stored row is read once, in order (sliver by sliver it would be walked
-// `width` values at a time, a cache line fetched again for every sliver it spans).
+// K = p0..<p0+kc, sliver i at dst + i·sliver_stride. `across`: that dimension runs across
+// stored rows (A as stored, Bᵀ), each sliver a transposed copy; otherwise along them (A
+// transposed, B as stored), where each stored row is read once, in order (sliver by sliver it
+// would be walked `width` values at a time, a cache line fetched again for every sliver it spans).
 ATTR static inline __attribute__((always_inline)) void pack_block_as(
     int fmt, const operand *x, int across, int64_t first, int64_t count, int64_t readable, int64_t width, int64_t p0,
     int64_t kc, float *dst) {
@@ -165,11 +174,11 @@ ATTR static inline __attribute__((always_inline)) void pack_block_as(
         pack_rows(x->base + first * size, x->ld, fmt, count, readable, width, p0, kc, dst);
         return;
     }
-    for (int64_t s = 0; s < count; s += width) {
+    for (int64_t s = 0; s < count; s += width, dst += sliver_stride(kc, width, 1)) {
         for (int64_t r = s + width; r < s + 2 * width && r < readable; r++)   // the next sliver's rows
             prefetch_run(x->base + ((first + r) * x->ld + p0) * size, kc * size, 1);
         pack_transposed(x->base + (first + s) * x->ld * size, x->ld, fmt, count - s < width ? count - s : width, width,
-                        p0, kc, dst + s * kc);
+                        p0, kc, dst);
     }
 }
 
@@ -266,8 +275,8 @@ ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t 
             for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
         return 0;
     }
-    float *pa = grow(&buffers.a, &buffers.a_count, MC * KC_MAX + 16);
-    float *pb = grow(&buffers.b, &buffers.b_count, (int64_t)NC * KC_MAX + 16);
+    float *pa = grow(&buffers.a, &buffers.a_count, MC / MR * sliver_stride(KC_MAX, MR, 0) + 16);
+    float *pb = grow(&buffers.b, &buffers.b_count, NC / 16 * sliver_stride(KC_MAX, 16, 0) + 16);
     // K in equal blocks: a short last block (K = 384 as 256 + 128) would pass over all of C
     // again for little work; a K up to KC_MAX is one block, deeper than KC (+1–8% GFLOP/s on
     // the layer products with K = 384 or 1152 measured on Zen 4, none slower).
@@ -280,6 +289,7 @@ ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t 
         for (int64_t pc = 0; pc < k; pc += depth) {
             int64_t kc = k - pc < depth ? k - pc : depth;
             float step_beta = pc == 0 ? beta : 1.0f;
+            int64_t sa = sliver_stride(kc, MR, !a->trans), sb = sliver_stride(kc, nr, b->trans);
             pack_block(b, b->trans, jc, nc, nc, nr, pc, kc, pb);
             for (int64_t ic = 0; ic < m; ic += MC) {
                 int64_t mc = m - ic < MC ? m - ic : MC;
@@ -295,9 +305,9 @@ ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t 
                         int64_t rows = mc - ir < MR ? mc - ir : MR;
                         float *ct = c + (ic + ir) * ldc + jc + jr;
                         if (rows == MR && cols == nr) {
-                            t.run(kc, pa + ir * kc, pb + jr * kc, ct, ldc, step_beta);
+                            t.run(kc, pa + ir / MR * sa, pb + jr / nr * sb, ct, ldc, step_beta);
                         } else {
-                            t.run(kc, pa + ir * kc, pb + jr * kc, edge, nr, 0);
+                            t.run(kc, pa + ir / MR * sa, pb + jr / nr * sb, edge, nr, 0);
                             for (int64_t r = 0; r < rows; r++)
                                 for (int64_t j = 0; j < cols; j++)
                                     ct[r * ldc + j] = edge[r * nr + j] + (step_beta == 0 ? 0 : step_beta * ct[r * ldc + j]);
