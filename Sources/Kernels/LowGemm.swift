@@ -128,7 +128,7 @@ extension Gemm {
             let how = "\(precision): \(why), so GEMMs and attention compute in fp32 on operands widened from their 16-bit storage"
             if packsWhileWidening {
                 return how + " as the GEMM packs them (the same products): activation memory and 16-bit traffic keep their "
-                    + "savings, and steps take about as long as with --precision fp32, or up to 10% longer \(measure)"
+                    + "savings, and steps take about as long as with --precision fp32 \(measure)"
             }
             return how + " (the same products): activation memory and 16-bit traffic keep their savings, but the conversions "
                 + "make steps slower than with --precision fp32 \(measure); where memory allows, fp32 is faster"
