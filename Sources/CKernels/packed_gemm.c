@@ -102,8 +102,9 @@ ATTR static inline void copy_run(float *dst, const char *src, int64_t count, int
 // transposed into dst[p·width + r] with rows count..<width zero: a sliver of A (width MR) or
 // of Bᵀ (width nr). Eight columns at a time through 8×8 transposes; width is at most 8 or a
 // multiple of 8, so a group narrower than 8 is the only one, and each of its 8-lane stores
-// spills into the next column's first lanes before that column's own store overwrites them
-// (dst is padded).
+// spills into the next column's first lanes before that column's own store overwrites them;
+// the last column's spill lands on the next sliver, packed after this one, or on the 16 spare
+// floats at the end of the packing buffer.
 ATTR static inline __attribute__((always_inline)) void pack_transposed(
     const char *base, int64_t ld, int fmt, int64_t count, int64_t width, int64_t p0, int64_t kc, float *dst) {
     int64_t size = elem_size(fmt), p = 0;
