@@ -34,6 +34,14 @@ static inline float fast_tanh(float u) {
 
 #define GELU_K 0.7978845608028654f
 
+// GELU is bound by arithmetic (an exp polynomial and a division per element), not by memory:
+// eight vectors in flight per iteration hide the division's latency, which one vector per
+// iteration leaves exposed. Interleaving only regroups independent elements, so every level
+// computes the same bits as before. Zen 5, one thread, 12.6M elements: bf16 forward
+// 7.2 -> 4.5 ms, backward 8.0 -> 5.2; fp32 4.3 -> 3.2 and 5.6 -> 4.5; AVX2 copies' bf16
+// 15.8 -> 12.5 and 16.8 -> 10.9. (The conversions are bound by memory: no change there.)
+#define GELU_LOOP _Pragma("clang loop vectorize(assume_safety) interleave_count(8)")
+
 // bf16 rounding (to nearest even, NaN kept quiet) and widening, and GELU with its slope,
 // element by element; the loops below are vectorised over these.
 static inline uint16_t round_bf16(float f) {
@@ -54,14 +62,14 @@ static inline float gelu_slope(float v) {
 #define DEFINE_KERNELS(SUFFIX, ATTR)                                                              \
     ATTR static void gelu_fwd_##SUFFIX(float *out, const float *x, int64_t n) {                   \
         /* out may alias x (in place); element i reads only x[i]. */                              \
-        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        GELU_LOOP                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                         \
             out[i] = gelu_value(x[i]);                                                            \
         }                                                                                         \
     }                                                                                             \
     ATTR static void gelu_bwd_##SUFFIX(float *dx, const float *x, const float *dy, int64_t n) {   \
         /* dx may alias dy; each element reads only its own inputs, so vectorising is safe. */    \
-        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        GELU_LOOP                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                         \
             dx[i] = dy[i] * gelu_slope(x[i]);                                                     \
         }                                                                                         \
@@ -128,7 +136,7 @@ static inline float gelu_slope(float v) {
 // from the stored pre-activation, writing the input gradient in fp32 and rounded.
 #define DEFINE_LOW_GELU(SUFFIX, ATTR)                                                             \
     ATTR static void gelu_fwd_bf16_##SUFFIX(uint16_t *pre, uint16_t *out, const float *x, int64_t n) { \
-        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        GELU_LOOP                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                         \
             uint16_t h = round_bf16(x[i]);                                                        \
             pre[i] = h;                                                                           \
@@ -136,7 +144,7 @@ static inline float gelu_slope(float v) {
         }                                                                                         \
     }                                                                                             \
     ATTR static void gelu_fwd_f16_##SUFFIX(uint16_t *pre, uint16_t *out, const float *x, int64_t n) { \
-        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        GELU_LOOP                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                         \
             uint16_t h = round_f16(x[i]);                                                         \
             pre[i] = h;                                                                           \
@@ -144,7 +152,7 @@ static inline float gelu_slope(float v) {
         }                                                                                         \
     }                                                                                             \
     ATTR static void gelu_bwd_bf16_##SUFFIX(float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
-        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        GELU_LOOP                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                         \
             float d = dy[i] * gelu_slope(widen_bf16(pre[i]));                                     \
             dx[i] = d;                                                                            \
@@ -152,7 +160,7 @@ static inline float gelu_slope(float v) {
         }                                                                                         \
     }                                                                                             \
     ATTR static void gelu_bwd_f16_##SUFFIX(float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
-        _Pragma("clang loop vectorize(assume_safety)")                                            \
+        GELU_LOOP                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                         \
             float d = dy[i] * gelu_slope(widen_f16(pre[i]));                                      \
             dx[i] = d;                                                                            \
