@@ -132,7 +132,8 @@ static inline float gelu_slope(float v) {
     }
 
 // GELU of a 16-bit model in one pass: the pre-activation is rounded and stored (backward
-// reads it), GELU is taken of the rounded value, and the output is rounded; and backward
+// reads it), GELU is taken of the rounded value, and the output is rounded (or, where the GEMM
+// stored the rounded pre-activation itself, just the second half); and backward
 // from the stored pre-activation, writing the input gradient in fp32 and rounded.
 #define DEFINE_LOW_GELU(SUFFIX, ATTR)                                                             \
     ATTR static void gelu_fwd_bf16_##SUFFIX(uint16_t *pre, uint16_t *out, const float *x, int64_t n) { \
@@ -150,6 +151,14 @@ static inline float gelu_slope(float v) {
             pre[i] = h;                                                                           \
             out[i] = round_f16(gelu_value(widen_f16(h)));                                         \
         }                                                                                         \
+    }                                                                                             \
+    ATTR static void gelu_stored_bf16_##SUFFIX(const uint16_t *pre, uint16_t *out, int64_t n) {   \
+        GELU_LOOP                                                                                 \
+        for (int64_t i = 0; i < n; i++) out[i] = round_bf16(gelu_value(widen_bf16(pre[i])));     \
+    }                                                                                             \
+    ATTR static void gelu_stored_f16_##SUFFIX(const uint16_t *pre, uint16_t *out, int64_t n) {    \
+        GELU_LOOP                                                                                 \
+        for (int64_t i = 0; i < n; i++) out[i] = round_f16(gelu_value(widen_f16(pre[i])));       \
     }                                                                                             \
     ATTR static void gelu_bwd_bf16_##SUFFIX(float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
         GELU_LOOP                                                                                 \
@@ -252,6 +261,9 @@ int tessera_all_finite(const float *x, int64_t n) {
 
 void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n) {
     if (bf16) DISPATCH(gelu_fwd_bf16, pre, out, x, n); else DISPATCH(gelu_fwd_f16, pre, out, x, n);
+}
+void tessera_gelu_forward_stored(int bf16, const uint16_t *pre, uint16_t *out, int64_t n) {
+    if (bf16) DISPATCH(gelu_stored_bf16, pre, out, n); else DISPATCH(gelu_stored_f16, pre, out, n);
 }
 void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) {
     if (bf16) DISPATCH(gelu_bwd_bf16, dx, dx16, pre, dy, n); else DISPATCH(gelu_bwd_f16, dx, dx16, pre, dy, n);

@@ -33,6 +33,14 @@ public protocol ComputeFormat {
     /// Stores `n` fp32 values from `workspace(for: destination, …)` into `destination`.
     static func commit(_ values: UnsafePointer<Float>, into destination: UnsafeMutablePointer<Element>, _ n: Int)
 
+    /// `destination (N×OC) = inp (N×IC) · Wᵀ + bias` (`W` stored OC×IC) where this format's GEMM
+    /// can round its own output as it stores it: the bits of `gemm` into `workspace(for:…)`, the
+    /// bias added, then `commit`, without the fp32 pass over memory. Returns false where it
+    /// cannot (fp32, which writes in place anyway; fp16; bf16 without bf16 dot products), and
+    /// the caller takes that way instead.
+    static func linearRounded(into destination: UnsafeMutablePointer<Element>, inp: UnsafePointer<Element>,
+                              weight: UnsafePointer<Element>, bias: UnsafePointer<Float>?, N: Int, IC: Int, OC: Int) -> Bool
+
     /// `n` fp32 values as a GEMM operand: themselves in fp32, else rounded into `scratch`.
     static func operand(_ values: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Element>,
                         _ n: Int) -> UnsafePointer<Element>
@@ -46,6 +54,10 @@ public protocol ComputeFormat {
     /// `out`.
     static func geluForward(pre: UnsafeMutablePointer<Element>, out: UnsafeMutablePointer<Element>,
                             inp: UnsafePointer<Float>, n: Int)
+
+    /// `gelu(pre)` into `out` from a pre-activation already stored in the format: the `out` that
+    /// `geluForward(pre:out:inp:n:)` writes when `inp` holds the same values.
+    static func geluForward(storedPre pre: UnsafePointer<Element>, out: UnsafeMutablePointer<Element>, n: Int)
 
     /// `dinp = dout · gelu'(pre)` in fp32 (`dinp` may alias `dout`); returns it as the next
     /// GEMM's operand (rounded into `scratch` in 16 bits, in the same pass).
@@ -94,6 +106,10 @@ public enum FP32: ComputeFormat {
         if values != UnsafePointer(destination) { destination.update(from: values, count: n) }
     }
 
+    public static func linearRounded(into destination: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
+                                     weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                     N: Int, IC: Int, OC: Int) -> Bool { false }
+
     @inlinable
     public static func operand(_ values: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                                _ n: Int) -> UnsafePointer<Float> { values }
@@ -105,6 +121,10 @@ public enum FP32: ComputeFormat {
     public static func geluForward(pre: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
                                    inp: UnsafePointer<Float>, n: Int) {
         GELU.forward(out: out, inp: inp, n: n)
+    }
+
+    public static func geluForward(storedPre pre: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int) {
+        GELU.forward(out: out, inp: pre, n: n)
     }
 
     public static func geluBackward(dinp: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
@@ -147,6 +167,13 @@ extension HalfFormat {
         precision.narrow(values, into: destination, n)
     }
 
+    public static func linearRounded(into destination: UnsafeMutablePointer<UInt16>, inp: UnsafePointer<UInt16>,
+                                     weight: UnsafePointer<UInt16>, bias: UnsafePointer<Float>?,
+                                     N: Int, IC: Int, OC: Int) -> Bool {
+        precision == .bf16 && Gemm.bf16RoundedGemm(.none, .transpose, m: N, n: OC, k: IC, a: inp, lda: IC, b: weight,
+                                                    ldb: IC, bias: bias, c: destination, ldc: OC)
+    }
+
     @inlinable
     public static func operand(_ values: UnsafePointer<Float>, scratch: UnsafeMutablePointer<UInt16>,
                                _ n: Int) -> UnsafePointer<UInt16> {
@@ -164,6 +191,10 @@ extension HalfFormat {
     public static func geluForward(pre: UnsafeMutablePointer<UInt16>, out: UnsafeMutablePointer<UInt16>,
                                    inp: UnsafePointer<Float>, n: Int) {
         GELU.forward(precision, pre: pre, out: out, inp: inp, n: n)
+    }
+
+    public static func geluForward(storedPre pre: UnsafePointer<UInt16>, out: UnsafeMutablePointer<UInt16>, n: Int) {
+        GELU.forward(precision, storedPre: pre, out: out, n: n)
     }
 
     public static func geluBackward(dinp: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<UInt16>,

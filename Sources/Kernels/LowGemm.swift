@@ -103,6 +103,19 @@ extension Gemm {
               beta: beta, c: c, ldc: ldc)
     }
 
+    /// `C = op(A)·op(B) + bias` (one fp32 value per column of C, or none) rounded to bf16 as
+    /// oneDNN's matmul stores it, where bf16 products run on bf16 dot products: the same bits as
+    /// `lowGemm` into fp32, the bias added in fp32, then rounded to nearest even (the matmul
+    /// accumulates alike whichever its destination), one pass over C instead of three. Returns
+    /// false, having written nothing, where it does not run.
+    public static func bf16RoundedGemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                       a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
+                                       bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<UInt16>, ldc: Int) -> Bool {
+        guard bf16IsNative else { return false }
+        return tessera_bf16_gemm_rounded(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
+                                         b, Int64(ldb), bias, c, Int64(ldc)) == 0
+    }
+
     /// The code that runs products in `precision` (16-bit) here, as `bench` labels its peak:
     /// "oneDNN" on bf16 dot products, "packing GEMM", or "widened + oneDNN sgemm".
     public static func lowGemmPath(_ precision: Precision) -> String {

@@ -78,6 +78,14 @@ public enum GELU {
         ParallelFor.chunks(n) { lo, hi in tessera_gelu_forward_low(bf, pre + lo, out + lo, inp + lo, Int64(hi - lo)) }
     }
 
+    /// `out = round(gelu(pre))` from a pre-activation already stored in 16 bits (a GEMM that
+    /// rounds as it stores wrote it, or selective recomputation re-reads it).
+    public static func forward(_ p: Precision, storedPre pre: UnsafePointer<UInt16>, out: UnsafeMutablePointer<UInt16>,
+                               n: Int) {
+        let bf = p == .bf16 ? Int32(1) : 0
+        ParallelFor.chunks(n) { lo, hi in tessera_gelu_forward_stored(bf, pre + lo, out + lo, Int64(hi - lo)) }
+    }
+
     /// `dinp = dout · gelu'(pre)` from the stored 16-bit pre-activation, in fp32 and rounded
     /// into `dinpLow` (the next matmul's operand); `dinp` may alias `dout`.
     public static func backward(_ p: Precision, dinp: UnsafeMutablePointer<Float>, dinpLow: UnsafeMutablePointer<UInt16>,

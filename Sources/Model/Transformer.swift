@@ -148,11 +148,16 @@ final class Transformer<F: ComputeFormat> {
         let x = a.residual[l].pointer
         normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(at.ln1w),
                   bias: w.vector(at.ln1b), N: BT)
-        var y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
-        Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw),
-                             bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C)
-        if let lw { lora!.forward(.attn, layer: l, out: y, inp: a.ln1[l].pointer, weights: lw, N: BT) }
-        F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
+        // qkv straight from a GEMM that rounds as it stores, where the format has one and no
+        // adapter adds to the fp32 result first.
+        if lw != nil || !F.linearRounded(into: a.qkv[l].pointer, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw),
+                                         bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C) {
+            let y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
+            Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw),
+                                 bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C)
+            if let lw { lora!.forward(.attn, layer: l, out: y, inp: a.ln1[l].pointer, weights: lw, N: BT) }
+            F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
+        }
         attention(l, B: B, T: T)
         let r2 = a.res2[l].pointer
         Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(at.projw),
@@ -162,11 +167,17 @@ final class Transformer<F: ComputeFormat> {
         Vector.add(x, into: r2, BT * C)
         normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(at.ln2w),
                   bias: w.vector(at.ln2b), N: BT)
-        y = F.workspace(for: a.fch[l].pointer, scratch: wide)
-        Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
-                             bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C)
-        if let lw { lora!.forward(.mlp, layer: l, out: y, inp: a.ln2[l].pointer, weights: lw, N: BT) }
-        F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: y, n: BT * 4 * C)
+        // Likewise fc's pre-activation, GELU then reading it in 16 bits.
+        if lw == nil && F.linearRounded(into: a.fch[l].pointer, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
+                                        bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C) {
+            F.geluForward(storedPre: a.fch[l].pointer, out: a.fcg[l].pointer, n: BT * 4 * C)
+        } else {
+            let y = F.workspace(for: a.fch[l].pointer, scratch: wide)
+            Layers.linearForward(F.self, out: y, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
+                                 bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C)
+            if let lw { lora!.forward(.mlp, layer: l, out: y, inp: a.ln2[l].pointer, weights: lw, N: BT) }
+            F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: y, n: BT * 4 * C)
+        }
         guard complete else { return }
         let out = a.residual[l + 1].pointer
         Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(at.fcprojw),
@@ -210,14 +221,12 @@ final class Transformer<F: ComputeFormat> {
         case .none: return
         case .full: blockForward(l, w, lw, B: B, T: T, complete: false)
         case .selective:
-            let wide = a.wide.pointer
             normalize(a.residual[l].pointer, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l],
                       weight: w.vector(at.ln1w), bias: w.vector(at.ln1b), N: BT)
             if attentionKernel == .unfused { attention(l, B: B, T: T) }
             normalize(a.res2[l].pointer, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l],
                       weight: w.vector(at.ln2w), bias: w.vector(at.ln2b), N: BT)
-            let pre = F.widened(a.fch[l].pointer, scratch: wide, BT * 4 * config.nEmbd)
-            F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: pre, n: BT * 4 * config.nEmbd)
+            F.geluForward(storedPre: a.fch[l].pointer, out: a.fcg[l].pointer, n: BT * 4 * config.nEmbd)
         }
     }
 

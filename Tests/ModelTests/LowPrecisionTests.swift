@@ -32,6 +32,34 @@ final class LowPrecisionTests: XCTestCase {
         }
     }
 
+    /// A linear map whose GEMM rounds its own output to bf16 (qkv's, on bf16 dot products) stores
+    /// the bits of the fp32 way: the product into fp32, the bias added, then committed.
+    func testRoundedLinearHasTheBitsOfTheFP32WayThenCommitted() throws {
+        guard Gemm.bf16IsNative else {
+            throw XCTSkip("bf16 products do not run on bf16 dot products here (no AVX512-BF16, or TESSERA_ISA lowers it): "
+                + "the rounding GEMM is not used, and there is nothing to compare")
+        }
+        var rng = SplitMix64(seed: 11)
+        func values(_ n: Int, _ scale: Float) -> [Float] { (0..<n).map { _ in (Float(rng.nextUniform()) - 0.5) * scale } }
+        for (N, IC, OC, hasBias) in [(64, 48, 144, true), (1000, 384, 1152, false), (300, 96, 200, true), (7, 5, 3, true)] {
+            var inp = [UInt16](repeating: 0, count: N * IC), weight = [UInt16](repeating: 0, count: OC * IC)
+            Precision.bf16.narrow(values(N * IC, 4), into: &inp, N * IC)
+            Precision.bf16.narrow(values(OC * IC, 0.2), into: &weight, OC * IC)
+            let bias = values(OC, 0.5)
+            var viaFP32 = [UInt16](repeating: 0, count: N * OC), rounded = [UInt16](repeating: 0xFFFF, count: N * OC)
+            var y = [Float](repeating: 0, count: N * OC)
+            bias.withUnsafeBufferPointer { bp in
+                let b = hasBias ? bp.baseAddress : nil
+                Layers.linearForward(BF16.self, out: &y, inp: inp, weight: weight, bias: b, N: N, IC: IC, OC: OC)
+                BF16.commit(y, into: &viaFP32, N * OC)
+                XCTAssertTrue(BF16.linearRounded(into: &rounded, inp: inp, weight: weight, bias: b, N: N, IC: IC, OC: OC))
+            }
+            let differing = zip(viaFP32, rounded).filter { $0 != $1 }.count
+            XCTAssertEqual(differing, 0, "\(N)×\(IC)→\(OC) bias \(hasBias): values that differ from the fp32 way")
+            XCTAssertGreaterThan(Set(rounded).count, min(N * OC, 1000) / 2, "a real product, not a constant")
+        }
+    }
+
     /// Saved activations in 16 bits take at most 60% of fp32's at the benchmark's small shape.
     func testActivationMemory() {
         let c = GPTConfig(nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 256, vocabSize: 65, bias: false)
@@ -68,6 +96,10 @@ final class LowPrecisionTests: XCTestCase {
             XCTAssertEqual(out, refOut, "\(p) output")
             XCTAssertEqual(d.map(\.bitPattern), refD.map(\.bitPattern), "\(p) input gradient")
             XCTAssertEqual(dLow, refLow, "\(p) rounded input gradient")
+            // From the pre-activation as stored (a rounding GEMM wrote it): the same output.
+            var fromStored = [UInt16](repeating: 0x1234, count: n)
+            GELU.forward(p, storedPre: refPre, out: &fromStored, n: n)
+            XCTAssertEqual(fromStored, refOut, "\(p) output from the stored pre-activation")
         }
     }
 }

@@ -16,6 +16,11 @@ int tessera_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, flo
 /// through a cached oneDNN matmul primitive. Returns 0 on success.
 int tessera_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                       const uint16_t *a, int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/// Row-major C = op(A)·op(B) + bias (one fp32 value per column; bias may be NULL) rounded to
+/// bf16 (nearest even) as the matmul stores it: the bits of the fp32 product with the bias
+/// added in fp32 and then rounded, without the fp32 pass over memory. Returns 0 on success.
+int tessera_bf16_gemm_rounded(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                              const uint16_t *b, int64_t ldb, const float *bias, uint16_t *c, int64_t ldc);
 
 /// Operand formats of tessera_packed_gemm.
 enum { TESSERA_F32 = 0, TESSERA_BF16 = 1, TESSERA_F16 = 2 };
@@ -57,6 +62,9 @@ void tessera_gelu_backward(float *dx, const float *x, const float *dy, int64_t n
 /// GELU for 16-bit models (bf16 when `bf16`, else fp16): pre[i] = round(x[i]),
 /// out[i] = round(gelu(pre[i])), in one pass.
 void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n);
+/// out[i] = round(gelu(pre[i])) from a pre-activation already stored in 16 bits: what
+/// tessera_gelu_forward_low writes into `out` when x holds those values.
+void tessera_gelu_forward_stored(int bf16, const uint16_t *pre, uint16_t *out, int64_t n);
 /// dx[i] = dy[i]·gelu'(pre[i]) and dx16[i] = round(dx[i]); dx may alias dy.
 void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n);
 /// In place e^(x[i] − shift), returning the sum (softmax numerators).
