@@ -7,6 +7,9 @@ extension Gemm {
     /// Whether the native bf16 path (oneDNN matmul) works on this machine: `bf16IsNative`'s probe
     /// finds out, and a product that fails later turns it off.
     nonisolated(unsafe) static var bf16Native: Bool? = nil
+    /// Set when oneDNN would not build or run a bf16-destination matmul: later calls of
+    /// `bf16RoundedGemm` then decline at once instead of trying to build one on every forward.
+    nonisolated(unsafe) static var bf16RoundedFailed = false
     nonisolated(unsafe) static var scratchA = FloatBuffer(count: 0)
     nonisolated(unsafe) static var scratchB = FloatBuffer(count: 0)
     /// Inside `reusingWidenedOperands`: the stored regions `scratchA`/`scratchB` hold widened.
@@ -106,14 +109,17 @@ extension Gemm {
     /// `C = op(A)·op(B) + bias` (one fp32 value per column of C, or none) rounded to bf16 as
     /// oneDNN's matmul stores it, where bf16 products run on bf16 dot products: the same bits as
     /// `lowGemm` into fp32, the bias added in fp32, then rounded to nearest even (the matmul
-    /// accumulates alike whichever its destination), one pass over C instead of three. Returns
-    /// false, having written nothing, where it does not run.
+    /// accumulates alike whichever its destination), one pass over C instead of two (three with
+    /// a bias). Returns false where it does not run, and the caller computes C the fp32 way,
+    /// which overwrites whatever a failed run left. Call outside `ParallelFor.tasks`.
     public static func bf16RoundedGemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                        a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
                                        bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<UInt16>, ldc: Int) -> Bool {
-        guard bf16IsNative else { return false }
-        return tessera_bf16_gemm_rounded(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
-                                         b, Int64(ldb), bias, c, Int64(ldc)) == 0
+        guard bf16IsNative && !bf16RoundedFailed else { return false }
+        let rc = tessera_bf16_gemm_rounded(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
+                                           b, Int64(ldb), bias, c, Int64(ldc))
+        if rc != 0 { bf16RoundedFailed = true }
+        return rc == 0
     }
 
     /// The code that runs products in `precision` (16-bit) here, as `bench` labels its peak:
