@@ -22,6 +22,13 @@ int tessera_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 int tessera_bf16_gemm_rounded(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                               const uint16_t *b, int64_t ldb, const float *bias, uint16_t *c, int64_t ldc);
 
+/// What tessera_bf16_gemm computes, with the same bits, for small products inside a task (the
+/// attention kernel's blocks): AVX512-BF16 dot products in a register tile, without oneDNN's
+/// per-call overhead. Returns 0 on success, 1 when out of memory, 2 below level 3 (no bf16
+/// dot products) or for a beta other than 0 or 1.
+int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                            const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
 /// Operand formats of tessera_packed_gemm.
 enum { TESSERA_F32 = 0, TESSERA_BF16 = 1, TESSERA_F16 = 2 };
 /// Row-major C = op(A)·op(B) + beta·C in fp32 with fp32, bf16 or fp16 operands (`format`,

@@ -1,0 +1,78 @@
+import Kernels
+import Settings
+import XCTest
+
+/// The register-tile bf16 GEMM that runs attention's block products: the same bits as
+/// oneDNN's matmul, which it replaces there, on every layout and edge the attention kernel
+/// and odd shapes can give it.
+final class BlockGemmTests: XCTestCase {
+    override func setUpWithError() throws {
+        try XCTSkipIf(!Gemm.bf16IsNative, "bf16 products do not run on bf16 dot products here (no AVX512-BF16, or "
+                      + "TESSERA_ISA lowers it): the block GEMM declines, and there is nothing to compare")
+    }
+
+    override func tearDown() { CPU.use(nil) }
+
+    /// A bf16 value of about `scale`, now and then one of fp32's subnormals (which bf16 dot
+    /// products flush: both ways must).
+    func value(_ rng: inout SplitMix64, scale: Float = 1) -> UInt16 {
+        if rng.next() % 97 == 0 { return Convert.bf16(Float(bitPattern: 0x0000_8000 + UInt32(rng.next() % 1000))) }
+        return Convert.bf16(Float(rng.nextNormal()) * scale)
+    }
+
+    func testSameBitsAsOneDNNOnEveryLayoutAndEdge() {
+        var rng = SplitMix64(seed: 5)
+        // (transA, transB, m, n, k, beta): attention's block products at head size 64 (scores
+        // Q·Kᵀ and dO·Vᵀ; P·V and dS·K; Pᵀ·dO and dSᵀ·Q), then edges: tails of the 6-row and
+        // 64-column tile, an odd depth, depths past one 16×16 transpose, single rows.
+        let cases: [(Transpose, Transpose, Int, Int, Int, Float)] = [
+            (.none, .transpose, 64, 64, 64, 0), (.none, .transpose, 64, 128, 64, 0), (.none, .transpose, 128, 128, 64, 0),
+            (.none, .none, 64, 64, 64, 1), (.none, .none, 64, 64, 128, 1), (.none, .none, 128, 64, 128, 1),
+            (.transpose, .none, 64, 64, 64, 1), (.transpose, .none, 64, 64, 128, 1), (.transpose, .none, 128, 64, 128, 1),
+            (.none, .transpose, 37, 75, 21, 0), (.none, .none, 37, 75, 21, 1), (.transpose, .none, 37, 75, 21, 1),
+            (.transpose, .transpose, 13, 29, 66, 1), (.none, .transpose, 200, 300, 96, 0), (.none, .none, 5, 17, 130, 0),
+            (.none, .transpose, 1, 1, 1, 1), (.transpose, .transpose, 7, 3, 33, 0),
+        ]
+        for (ta, tb, m, n, k, beta) in cases {
+            let lda = (ta == .none ? k : m) + 3, ldb = (tb == .none ? n : k) + 7, ldc = n + 5
+            let a = (0..<((ta == .none ? m : k) * lda)).map { _ in value(&rng) }
+            let b = (0..<((tb == .none ? k : n) * ldb)).map { _ in value(&rng, scale: 0.5) }
+            // beta 0 overwrites whatever C holds (NaN included); C's padding columns stay.
+            let c0: [Float] = (0..<(m * ldc)).map { i in beta == 0 && i % 11 == 0 ? .nan : Float(rng.nextNormal()) }
+            var tile = c0, matmul = c0
+            XCTAssertTrue(Gemm.blockBF16Gemm(ta, tb, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta,
+                                             c: &tile, ldc: ldc))
+            Gemm.matmulBF16Gemm(ta, tb, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: &matmul, ldc: ldc)
+            let what = "\(ta) \(tb) \(m)×\(n)×\(k) beta \(beta)"
+            let differing = zip(tile, matmul).filter { $0.bitPattern != $1.bitPattern }.count
+            XCTAssertEqual(differing, 0, "\(what): values that differ from oneDNN's")
+            for i in 0..<m {
+                for j in n..<ldc where tile[i * ldc + j].bitPattern != c0[i * ldc + j].bitPattern {
+                    XCTFail("\(what): padding at (\(i), \(j)) was written")
+                }
+            }
+            // A real product: one element against a double-precision sum of its products.
+            func at(_ x: [UInt16], _ ld: Int, _ t: Transpose, _ r: Int, _ c: Int) -> Double {
+                Double(Convert.float(bf16: t == .none ? x[r * ld + c] : x[c * ld + r]))
+            }
+            let (i, j) = (m - 1, n / 2)
+            let expected = (0..<k).reduce(Double(beta) * Double(c0[i * ldc + j])) { $0 + at(a, lda, ta, i, $1) * at(b, ldb, tb, $1, j) }
+            let size = (0..<k).reduce(1.0) { $0 + abs(at(a, lda, ta, i, $1) * at(b, ldb, tb, $1, j)) }
+            XCTAssertEqual(Double(tile[i * ldc + j]), expected, accuracy: 1e-5 * size, what)
+        }
+    }
+
+    func testDeclinesWhereItCannotKeepTheBits() {
+        let one: [UInt16] = [0x3F80]
+        var c: [Float] = [7]
+        XCTAssertFalse(Gemm.blockBF16Gemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 0.5,
+                                          c: &c, ldc: 1), "a beta of 0.5 (oneDNN may fuse it into the sum)")
+        CPU.use(.avx512)
+        XCTAssertFalse(Gemm.blockBF16Gemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 0,
+                                          c: &c, ldc: 1), "below AVX512-BF16")
+        XCTAssertEqual(c, [7], "C untouched when it declines")
+        CPU.use(nil)
+        XCTAssertTrue(Gemm.blockBF16Gemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 1, c: &c, ldc: 1))
+        XCTAssertEqual(c, [8])
+    }
+}
