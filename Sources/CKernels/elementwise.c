@@ -134,7 +134,8 @@ static inline float gelu_slope(float v) {
 // GELU of a 16-bit model in one pass: the pre-activation is rounded and stored (backward
 // reads it), GELU is taken of the rounded value, and the output is rounded (or, where the GEMM
 // stored the rounded pre-activation itself, just the second half); and backward
-// from the stored pre-activation, writing the input gradient in fp32 and rounded.
+// from the stored pre-activation, writing the input gradient in fp32 and rounded, or rounded
+// only (where nothing reads the fp32 values: no bias gradient to sum).
 #define DEFINE_LOW_GELU(SUFFIX, ATTR)                                                             \
     ATTR static void gelu_fwd_bf16_##SUFFIX(uint16_t *pre, uint16_t *out, const float *x, int64_t n) { \
         GELU_LOOP                                                                                 \
@@ -175,6 +176,14 @@ static inline float gelu_slope(float v) {
             dx[i] = d;                                                                            \
             dx16[i] = round_f16(d);                                                               \
         }                                                                                         \
+    }                                                                                             \
+    ATTR static void gelu_bwd_rounded_bf16_##SUFFIX(uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
+        GELU_LOOP                                                                                 \
+        for (int64_t i = 0; i < n; i++) dx16[i] = round_bf16(dy[i] * gelu_slope(widen_bf16(pre[i]))); \
+    }                                                                                             \
+    ATTR static void gelu_bwd_rounded_f16_##SUFFIX(uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) { \
+        GELU_LOOP                                                                                 \
+        for (int64_t i = 0; i < n; i++) dx16[i] = round_f16(dy[i] * gelu_slope(widen_f16(pre[i]))); \
     }
 
 DEFINE_LOW_GELU(generic, )
@@ -266,5 +275,7 @@ void tessera_gelu_forward_stored(int bf16, const uint16_t *pre, uint16_t *out, i
     if (bf16) DISPATCH(gelu_stored_bf16, pre, out, n); else DISPATCH(gelu_stored_f16, pre, out, n);
 }
 void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n) {
-    if (bf16) DISPATCH(gelu_bwd_bf16, dx, dx16, pre, dy, n); else DISPATCH(gelu_bwd_f16, dx, dx16, pre, dy, n);
+    if (!dx) {
+        if (bf16) DISPATCH(gelu_bwd_rounded_bf16, dx16, pre, dy, n); else DISPATCH(gelu_bwd_rounded_f16, dx16, pre, dy, n);
+    } else if (bf16) DISPATCH(gelu_bwd_bf16, dx, dx16, pre, dy, n); else DISPATCH(gelu_bwd_f16, dx, dx16, pre, dy, n);
 }

@@ -41,6 +41,13 @@ public protocol ComputeFormat {
     static func linearRounded(into destination: UnsafeMutablePointer<Element>, inp: UnsafePointer<Element>,
                               weight: UnsafePointer<Element>, bias: UnsafePointer<Float>?, N: Int, IC: Int, OC: Int) -> Bool
 
+    /// `destination (N×IC) = dout (N×OC) · W` (`W` stored OC×IC; a linear map's input
+    /// gradient) where this format's GEMM can round its own output: the bits of `gemm` into
+    /// fp32 and then `operand`, for the next product to read, without the fp32 tensor. Returns
+    /// false where it cannot, as `linearRounded` does.
+    static func inputGradientRounded(into destination: UnsafeMutablePointer<Element>, dout: UnsafePointer<Element>,
+                                     weight: UnsafePointer<Element>, N: Int, IC: Int, OC: Int) -> Bool
+
     /// `n` fp32 values as a GEMM operand: themselves in fp32, else rounded into `scratch`.
     static func operand(_ values: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Element>,
                         _ n: Int) -> UnsafePointer<Element>
@@ -60,9 +67,11 @@ public protocol ComputeFormat {
     static func geluForward(storedPre pre: UnsafePointer<Element>, out: UnsafeMutablePointer<Element>, n: Int)
 
     /// `dinp = dout · gelu'(pre)` in fp32 (`dinp` may alias `dout`); returns it as the next
-    /// GEMM's operand (rounded into `scratch` in 16 bits, in the same pass).
+    /// GEMM's operand (rounded into `scratch` in 16 bits, in the same pass). A 16-bit format
+    /// writes only the operand unless `keepFP32` (the fp32 values feed a bias gradient).
     static func geluBackward(dinp: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Element>,
-                             pre: UnsafePointer<Element>, dout: UnsafePointer<Float>, n: Int) -> UnsafePointer<Element>
+                             pre: UnsafePointer<Element>, dout: UnsafePointer<Float>, n: Int,
+                             keepFP32: Bool) -> UnsafePointer<Element>
 
     /// Where attention's backward applies the 1/√head-size factor: fp32 folds it into the
     /// dQ/dK GEMMs (alpha), the 16-bit formats into the softmax gradient before it is rounded
@@ -110,6 +119,9 @@ public enum FP32: ComputeFormat {
                                      weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                      N: Int, IC: Int, OC: Int) -> Bool { false }
 
+    public static func inputGradientRounded(into destination: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+                                            weight: UnsafePointer<Float>, N: Int, IC: Int, OC: Int) -> Bool { false }
+
     @inlinable
     public static func operand(_ values: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                                _ n: Int) -> UnsafePointer<Float> { values }
@@ -128,7 +140,8 @@ public enum FP32: ComputeFormat {
     }
 
     public static func geluBackward(dinp: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
-                                    pre: UnsafePointer<Float>, dout: UnsafePointer<Float>, n: Int) -> UnsafePointer<Float> {
+                                    pre: UnsafePointer<Float>, dout: UnsafePointer<Float>, n: Int,
+                                    keepFP32: Bool) -> UnsafePointer<Float> {
         GELU.backward(dinp: dinp, inp: pre, dout: dout, n: n)
         return UnsafePointer(dinp)
     }
@@ -174,6 +187,12 @@ extension HalfFormat {
                                                     ldb: IC, bias: bias, c: destination, ldc: OC)
     }
 
+    public static func inputGradientRounded(into destination: UnsafeMutablePointer<UInt16>, dout: UnsafePointer<UInt16>,
+                                            weight: UnsafePointer<UInt16>, N: Int, IC: Int, OC: Int) -> Bool {
+        precision == .bf16 && Gemm.bf16RoundedGemm(.none, .none, m: N, n: IC, k: OC, a: dout, lda: OC, b: weight,
+                                                    ldb: IC, bias: nil, c: destination, ldc: IC)
+    }
+
     @inlinable
     public static func operand(_ values: UnsafePointer<Float>, scratch: UnsafeMutablePointer<UInt16>,
                                _ n: Int) -> UnsafePointer<UInt16> {
@@ -198,8 +217,9 @@ extension HalfFormat {
     }
 
     public static func geluBackward(dinp: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<UInt16>,
-                                    pre: UnsafePointer<UInt16>, dout: UnsafePointer<Float>, n: Int) -> UnsafePointer<UInt16> {
-        GELU.backward(precision, dinp: dinp, dinpLow: scratch, pre: pre, dout: dout, n: n)
+                                    pre: UnsafePointer<UInt16>, dout: UnsafePointer<Float>, n: Int,
+                                    keepFP32: Bool) -> UnsafePointer<UInt16> {
+        GELU.backward(precision, dinp: keepFP32 ? dinp : nil, dinpLow: scratch, pre: pre, dout: dout, n: n)
         return UnsafePointer(scratch)
     }
 

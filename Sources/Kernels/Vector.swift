@@ -87,12 +87,13 @@ public enum GELU {
     }
 
     /// `dinp = dout · gelu'(pre)` from the stored 16-bit pre-activation, in fp32 and rounded
-    /// into `dinpLow` (the next matmul's operand); `dinp` may alias `dout`.
-    public static func backward(_ p: Precision, dinp: UnsafeMutablePointer<Float>, dinpLow: UnsafeMutablePointer<UInt16>,
+    /// into `dinpLow` (the next matmul's operand); `dinp` may alias `dout`, or be nil where no
+    /// one reads the fp32 values (saving their store).
+    public static func backward(_ p: Precision, dinp: UnsafeMutablePointer<Float>?, dinpLow: UnsafeMutablePointer<UInt16>,
                                 pre: UnsafePointer<UInt16>, dout: UnsafePointer<Float>, n: Int) {
         let bf = p == .bf16 ? Int32(1) : 0
         ParallelFor.chunks(n) { lo, hi in
-            tessera_gelu_backward_low(bf, dinp + lo, dinpLow + lo, pre + lo, dout + lo, Int64(hi - lo))
+            tessera_gelu_backward_low(bf, dinp.map { $0 + lo }, dinpLow + lo, pre + lo, dout + lo, Int64(hi - lo))
         }
     }
 }

@@ -182,8 +182,9 @@ public enum Layers {
 
     /// Writes `dinp = dout · W` and accumulates `dW += doutᵀ · inp` from `doutOperand` (the
     /// fp32 gradient `dout` as a compute-format operand), and `db += Σ_rows dout` in fp32;
-    /// a frozen map (no `dweight`) gets `dinp` only.
-    public static func linearBackward<F: ComputeFormat>(_: F.Type, dinp: UnsafeMutablePointer<Float>,
+    /// a frozen map (no `dweight`) gets `dinp` only, and without `dinp` (the caller computed it
+    /// another way) only the parameters' gradients are computed.
+    public static func linearBackward<F: ComputeFormat>(_: F.Type, dinp: UnsafeMutablePointer<Float>?,
                                                         dweight: UnsafeMutablePointer<Float>?,
                                                         dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
                                                         doutOperand: UnsafePointer<F.Element>,
@@ -191,8 +192,10 @@ public enum Layers {
                                                         N: Int, IC: Int, OC: Int) {
         // Both products read the output gradient: where 16-bit operands are widened, once.
         Gemm.reusingWidenedOperands {
-            F.gemm(.none, .none, m: N, n: IC, k: OC, alpha: 1, a: doutOperand, lda: OC, b: weight, ldb: IC,
-                   beta: 0, c: dinp, ldc: IC)
+            if let dinp {
+                F.gemm(.none, .none, m: N, n: IC, k: OC, alpha: 1, a: doutOperand, lda: OC, b: weight, ldb: IC,
+                       beta: 0, c: dinp, ldc: IC)
+            }
             if let dweight {
                 F.gemm(.transpose, .none, m: OC, n: IC, k: N, alpha: 1, a: doutOperand, lda: OC, b: inp, ldb: IC,
                        beta: 1, c: dweight, ldc: IC)

@@ -333,8 +333,11 @@ final class Transformer<F: ComputeFormat> {
                                   dout: branch, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(at.fcprojw),
                                   N: BT, IC: 4 * C, OC: C)
             adapt(.mlpProj, dinp: dfc, dout: d, inp: a.fcg[l].pointer)
-            d = F.geluBackward(dinp: dfc, scratch: narrow, pre: a.fch[l].pointer, dout: dfc, n: BT * 4 * C)
-            Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.fcw), dbias: g.at(at.fcb), dout: dfc,
+            // fc's backward reads the fp32 gradient only to sum its bias gradient.
+            let fcBias = g.at(at.fcb)
+            d = F.geluBackward(dinp: dfc, scratch: narrow, pre: a.fch[l].pointer, dout: dfc, n: BT * 4 * C,
+                               keepFP32: fcBias != nil)
+            Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.fcw), dbias: fcBias, dout: dfc,
                                   doutOperand: d, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw), N: BT, IC: C, OC: 4 * C)
             adapt(.mlp, dinp: dln, dout: d, inp: a.ln2[l].pointer)
             Layers.layerNormBackward(dinp: dres, dweight: g.at(at.ln2w), dbias: g.at(at.ln2b), dout: dln,
@@ -349,8 +352,15 @@ final class Transformer<F: ComputeFormat> {
                 branch = dqkv
             }
             d = F.operand(branch, scratch: narrow, BT * C)
-            Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.projw), dbias: g.at(at.projb), dout: branch,
-                                  doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(at.projw), N: BT, IC: C, OC: C)
+            // Attention's output gradient straight from proj's GEMM as the operand attention reads
+            // (after d in narrow), where it rounds as it stores and no adapter adds to it first;
+            // otherwise in fp32 in dln.
+            let attentionGradient = narrow + BT * C
+            let rounded = lw == nil && attentionKernel == .fused && !FusedAttention.runsOnFP32Copies(F.self)
+                && F.inputGradientRounded(into: attentionGradient, dout: d, weight: w.matrix(at.projw), N: BT, IC: C, OC: C)
+            Layers.linearBackward(F.self, dinp: rounded ? nil : dln, dweight: g.at(at.projw), dbias: g.at(at.projb),
+                                  dout: branch, doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(at.projw),
+                                  N: BT, IC: C, OC: C)
             adapt(.attnProj, dinp: dln, dout: d, inp: a.atty[l].pointer)
             switch attentionKernel {
             case .fused where FusedAttention.runsOnFP32Copies(F.self):
@@ -363,7 +373,7 @@ final class Transformer<F: ComputeFormat> {
                                         scratch: a.scores.pointer, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers,
                                         dropout: pass, layer: l, starts: starts)
             case .fused:
-                d = F.operand(dln, scratch: narrow, BT * C)
+                d = rounded ? UnsafePointer(attentionGradient) : F.operand(dln, scratch: narrow, BT * C)
                 FusedAttention.backward(F.self, dqkv: dqkv, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
                                         qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
                                         B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l,

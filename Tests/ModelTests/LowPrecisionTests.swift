@@ -33,7 +33,8 @@ final class LowPrecisionTests: XCTestCase {
     }
 
     /// A linear map whose GEMM rounds its own output to bf16 (qkv's, on bf16 dot products) stores
-    /// the bits of the fp32 way: the product into fp32, the bias added, then committed.
+    /// the bits of the fp32 way: the product into fp32, the bias added, then committed; so does
+    /// one whose input gradient is rounded as it is stored (proj's, for attention's backward).
     func testRoundedLinearHasTheBitsOfTheFP32WayThenCommitted() throws {
         guard Gemm.bf16IsNative else {
             throw XCTSkip("bf16 products do not run on bf16 dot products here (no AVX512-BF16, or TESSERA_ISA lowers it): "
@@ -41,7 +42,8 @@ final class LowPrecisionTests: XCTestCase {
         }
         var rng = SplitMix64(seed: 11)
         func values(_ n: Int, _ scale: Float) -> [Float] { (0..<n).map { _ in (Float(rng.nextUniform()) - 0.5) * scale } }
-        for (N, IC, OC, hasBias) in [(64, 48, 144, true), (1000, 384, 1152, false), (300, 96, 200, true), (7, 5, 3, true)] {
+        for (N, IC, OC, hasBias) in [(64, 48, 144, true), (1000, 384, 1152, false), (300, 96, 200, true), (7, 5, 3, true),
+                                     (2048, 384, 384, false), (1024, 768, 768, true)] {
             var inp = [UInt16](repeating: 0, count: N * IC), weight = [UInt16](repeating: 0, count: OC * IC)
             Precision.bf16.narrow(values(N * IC, 4), into: &inp, N * IC)
             Precision.bf16.narrow(values(OC * IC, 0.2), into: &weight, OC * IC)
@@ -57,6 +59,17 @@ final class LowPrecisionTests: XCTestCase {
             let differing = zip(viaFP32, rounded).filter { $0 != $1 }.count
             XCTAssertEqual(differing, 0, "\(N)×\(IC)→\(OC) bias \(hasBias): values that differ from the fp32 way")
             XCTAssertGreaterThan(Set(rounded).count, min(N * OC, 1000) / 2, "a real product, not a constant")
+
+            // The map's input gradient from an output gradient (the rounded outputs serve).
+            var dinp = [Float](repeating: 0, count: N * IC)
+            var gradientViaFP32 = [UInt16](repeating: 0, count: N * IC), gradient = [UInt16](repeating: 0xFFFF, count: N * IC)
+            Layers.linearBackward(BF16.self, dinp: &dinp, dweight: nil, dbias: nil, dout: y, doutOperand: rounded,
+                                  inp: inp, weight: weight, N: N, IC: IC, OC: OC)
+            BF16.commit(dinp, into: &gradientViaFP32, N * IC)
+            XCTAssertTrue(BF16.inputGradientRounded(into: &gradient, dout: rounded, weight: weight, N: N, IC: IC, OC: OC))
+            XCTAssertEqual(zip(gradientViaFP32, gradient).filter { $0 != $1 }.count, 0,
+                           "\(N)×\(OC)→\(IC): input-gradient values that differ from the fp32 way")
+            XCTAssertGreaterThan(Set(gradient).count, min(N * IC, 1000) / 2, "a real product, not a constant")
         }
     }
 
@@ -69,7 +82,7 @@ final class LowPrecisionTests: XCTestCase {
     }
 
     /// The one-pass 16-bit GELU computes exactly what round → widen → GELU → round does, and
-    /// its backward what widen → GELU' → (fp32, round) does, including NaN, ±inf and values
+    /// its backward what widen → GELU' → (fp32, round) does (or round only), including NaN, ±inf and values
     /// that overflow fp16.
     func testFusedLowGeluMatchesTheStepByStepComputation() {
         var rng = SplitMix64(seed: 11)
@@ -100,6 +113,10 @@ final class LowPrecisionTests: XCTestCase {
             var fromStored = [UInt16](repeating: 0x1234, count: n)
             GELU.forward(p, storedPre: refPre, out: &fromStored, n: n)
             XCTAssertEqual(fromStored, refOut, "\(p) output from the stored pre-activation")
+            // Without the fp32 gradient (no bias gradient reads it): the same rounded one.
+            var roundedOnly = [UInt16](repeating: 0x1234, count: n)
+            GELU.backward(p, dinp: nil, dinpLow: &roundedOnly, pre: pre, dout: dy, n: n)
+            XCTAssertEqual(roundedOnly, refLow, "\(p) rounded input gradient without the fp32 one")
         }
     }
 }

@@ -72,7 +72,7 @@ void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const floa
 /// out[i] = round(gelu(pre[i])) from a pre-activation already stored in 16 bits: what
 /// tessera_gelu_forward_low writes into `out` when x holds those values.
 void tessera_gelu_forward_stored(int bf16, const uint16_t *pre, uint16_t *out, int64_t n);
-/// dx[i] = dy[i]·gelu'(pre[i]) and dx16[i] = round(dx[i]); dx may alias dy.
+/// dx[i] = dy[i]·gelu'(pre[i]) and dx16[i] = round(dx[i]); dx may alias dy, or be NULL (dx16 only).
 void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n);
 /// In place e^(x[i] − shift), returning the sum (softmax numerators).
 float tessera_exp_shift_sum(float *x, int64_t n, float shift);
