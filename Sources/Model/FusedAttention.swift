@@ -91,8 +91,11 @@ public enum FusedAttention {
     // MARK: Forward
 
     /// Writes the attention output `out` (fp32, B×T×C) and the row log-sum-exps `lse`
-    /// (B×NH×T) from a packed `qkv` (B×T×3C).
-    public static func forward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+    /// (B×NH×T) from a packed `qkv` (B×T×3C). With `rounded` (bf16 on bf16 dot products) the
+    /// output goes there instead, rounded as each row is finished: the bits of `out` rounded
+    /// afterwards, without the fp32 tensor.
+    public static func forward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>,
+                                                 rounded: UnsafeMutablePointer<UInt16>? = nil, lse: UnsafeMutablePointer<Float>,
                                                  qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
                                                  B: Int, T: Int, C: Int, NH: Int, workers: Int,
                                                  dropout: DropoutPass? = nil, layer: Int = 0,
@@ -156,10 +159,15 @@ public enum FusedAttention {
                     }
                 }
             }
-            let y = out + b * T * C + t0 * C + h * hs, rowLSE = lse + bh * T + t0
+            let first = b * T * C + t0 * C + h * hs, rowLSE = lse + bh * T + t0
             for i in 0..<nq {
                 let inv = 1 / rowSum[i]
-                for d in 0..<hs { y[i * C + d] = o[i * hs + d] * inv }
+                if let rounded {
+                    for d in 0..<hs { o[i * hs + d] *= inv }
+                    Precision.bf16.narrowSerial(o + i * hs, into: rounded + first + i * C, hs)
+                } else {
+                    for d in 0..<hs { out[first + i * C + d] = o[i * hs + d] * inv }
+                }
                 rowLSE[i] = rowMax[i] + flog(rowSum[i])
             }
         }
@@ -168,8 +176,11 @@ public enum FusedAttention {
     // MARK: Backward
 
     /// Writes `dqkv` (fp32, B×T×3C) from `dout` (the output gradient as an operand), the kept
-    /// output `out` and log-sum-exps `lse`, and `qkv`.
-    public static func backward<F: ComputeFormat>(_: F.Type, dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<F.Element>,
+    /// output `out` and log-sum-exps `lse`, and `qkv`; with `rounded` (bf16 on bf16 dot
+    /// products) also `dqkv` rounded, as the next product's operand, while each head's part is
+    /// still in cache.
+    public static func backward<F: ComputeFormat>(_: F.Type, dqkv: UnsafeMutablePointer<Float>,
+                                                  rounded: UnsafeMutablePointer<UInt16>? = nil, dout: UnsafePointer<F.Element>,
                                                   out: UnsafePointer<F.Element>, lse: UnsafePointer<Float>,
                                                   qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
                                                   B: Int, T: Int, C: Int, NH: Int, workers: Int,
@@ -283,6 +294,15 @@ public enum FusedAttention {
                 for j in 0..<nk {
                     (dhead + (s0 + j) * 3 * C + C).update(from: dk + j * hs, count: hs)
                     (dhead + (s0 + j) * 3 * C + 2 * C).update(from: dv + j * hs, count: hs)
+                }
+            }
+            if let rounded {
+                let first = b * T * 3 * C + h * hs
+                for t in 0..<T {
+                    for part in 0..<3 {
+                        let at = first + t * 3 * C + part * C
+                        Precision.bf16.narrowSerial(dqkv + at, into: rounded + at, hs)
+                    }
                 }
             }
         }

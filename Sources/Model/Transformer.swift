@@ -200,9 +200,12 @@ final class Transformer<F: ComputeFormat> {
                                    B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
                                    dropout: pass, layer: l, starts: starts)
         case .fused:
-            FusedAttention.forward(F.self, out: y, lse: a.lse[l].pointer, qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
+            // bf16 (on bf16 dot products) stores its output rounded as the kernel finishes each row.
+            FusedAttention.forward(F.self, out: y, rounded: F.isLow ? bits(a.atty[l].pointer) : nil, lse: a.lse[l].pointer,
+                                   qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
                                    B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
                                    dropout: pass, layer: l, starts: starts)
+            if F.isLow { return }
         case .unfused:
             precondition(pass == nil, "dropout needs the fused attention kernel")
             Layers.attentionForward(F.self, out: y, att: a.att[l].pointer, qkv: a.qkv[l].pointer, scores: a.scores.pointer,
@@ -253,6 +256,11 @@ final class Transformer<F: ComputeFormat> {
     }
 
     deinit { starts?.deallocate() }
+
+    /// A 16-bit tensor's elements as the `UInt16` bits the kernels write.
+    private func bits(_ p: UnsafeMutablePointer<F.Element>) -> UnsafeMutablePointer<UInt16> {
+        UnsafeMutableRawPointer(p).assumingMemoryBound(to: UInt16.self)
+    }
 
     /// LayerNorm of `N` rows of `x` kept in `F` in `out` (statistics in fp32 for backward).
     private func normalize(_ x: UnsafePointer<Float>, into out: AlignedBuffer<F.Element>, mean: FloatBuffer,
@@ -353,10 +361,12 @@ final class Transformer<F: ComputeFormat> {
             }
             d = F.operand(branch, scratch: narrow, BT * C)
             // Attention's output gradient straight from proj's GEMM as the operand attention reads
-            // (after d in narrow), where it rounds as it stores and no adapter adds to it first;
-            // otherwise in fp32 in dln.
-            let attentionGradient = narrow + BT * C
-            let rounded = lw == nil && attentionKernel == .fused && !FusedAttention.runsOnFP32Copies(F.self)
+            // (in narrow's last quarter: d is in its first, and bf16 attention writes dQKV's
+            // operand into the first three), where it rounds as it stores and no adapter adds to
+            // it first; otherwise in fp32 in dln.
+            let attentionGradient = narrow + 3 * BT * C
+            let roundsGradient = F.isLow && attentionKernel == .fused && !FusedAttention.runsOnFP32Copies(F.self)
+            let rounded = lw == nil && roundsGradient
                 && F.inputGradientRounded(into: attentionGradient, dout: d, weight: w.matrix(at.projw), N: BT, IC: C, OC: C)
             Layers.linearBackward(F.self, dinp: rounded ? nil : dln, dweight: g.at(at.projw), dbias: g.at(at.projb),
                                   dout: branch, doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(at.projw),
@@ -373,8 +383,8 @@ final class Transformer<F: ComputeFormat> {
                                         scratch: a.scores.pointer, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers,
                                         dropout: pass, layer: l, starts: starts)
             case .fused:
-                d = rounded ? UnsafePointer(attentionGradient) : F.operand(dln, scratch: narrow, BT * C)
-                FusedAttention.backward(F.self, dqkv: dqkv, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
+                d = rounded ? UnsafePointer(attentionGradient) : F.operand(dln, scratch: attentionGradient, BT * C)
+                FusedAttention.backward(F.self, dqkv: dqkv, rounded: roundsGradient ? bits(narrow) : nil, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
                                         qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
                                         B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l,
                                         starts: starts)
@@ -383,7 +393,7 @@ final class Transformer<F: ComputeFormat> {
                 Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
                                          scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             }
-            d = F.operand(dqkv, scratch: narrow, BT * 3 * C)
+            d = roundsGradient ? UnsafePointer(narrow) : F.operand(dqkv, scratch: narrow, BT * 3 * C)
             Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.qkvw), dbias: g.at(at.qkvb), dout: dqkv,
                                   doutOperand: d, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw), N: BT, IC: C, OC: 3 * C)
             adapt(.attn, dinp: dln, dout: d, inp: a.ln1[l].pointer)
