@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - Layers
 // Each layer is a forward/backward pair over raw pointers, shapes passed explicitly.
@@ -107,12 +108,15 @@ public enum Layers {
     }
 
     /// Accumulates into `dinp`, `dweight` and `dbias` (when present: a frozen LayerNorm has
-    /// neither).
+    /// neither). With `rounded`, also stores each row of `dinp` once accumulated rounded to
+    /// that 16-bit format in `rounded.into` (the next product's operand, while the row is in
+    /// cache).
     public static func layerNormBackward(dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?,
                                          dbias: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
                                          inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                                          mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
-                                         N: Int, C: Int) {
+                                         N: Int, C: Int,
+                                         rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil) {
         // Rows are independent for dinp; the weight and bias gradients sum over rows, so each
         // fixed block of rows sums into its own partial and the partials are added in order.
         // A row's two sums over C run in 16 lanes, as in forward.
@@ -149,6 +153,7 @@ public enum Layers {
                         dw[i] += norm * dy[i]
                     }
                     if dbias != nil { for i in 0..<C { db[i] += dy[i] } }
+                    if let rounded { rounded.precision.narrowSerial(dx, into: rounded.into + r * C, C) }
                 }
             }
             for block in 0..<blocks {

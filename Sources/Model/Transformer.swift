@@ -310,9 +310,13 @@ final class Transformer<F: ComputeFormat> {
         let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
         let gf = gradients(lay.finalUnit)
         dres.update(repeating: 0, count: BT * C)
+        // Without dropout the residual gradient is the next product's output gradient as it is:
+        // 16-bit formats round it into that operand as LayerNorm's backward finishes each row.
+        let roundsResidual = F.isLow && pass == nil
+        let residualOperand = roundsResidual ? (into: bits(narrow), precision: F.precision) : nil
         Layers.layerNormBackward(dinp: dres, dweight: gf.at(at.lnfw), dbias: gf.at(at.lnfb), dout: dln,
                                  inp: a.residual[config.nLayer].pointer, weight: f.vector(at.lnfw),
-                                 mean: a.lnfMean.pointer, rstd: a.lnfRstd.pointer, N: BT, C: C)
+                                 mean: a.lnfMean.pointer, rstd: a.lnfRstd.pointer, N: BT, C: C, rounded: residualOperand)
         params.releaseParameters(unit: lay.finalUnit)
         produced(lay.finalUnit)
 
@@ -336,7 +340,7 @@ final class Transformer<F: ComputeFormat> {
                 pass.apply(dln, B: B, T: T, C: C, site: .mlpOutput, layer: l)
                 branch = dln
             }
-            d = F.operand(branch, scratch: narrow, BT * C)
+            d = roundsResidual ? UnsafePointer(narrow) : F.operand(branch, scratch: narrow, BT * C)
             Layers.linearBackward(F.self, dinp: dfc, dweight: g.at(at.fcprojw), dbias: g.at(at.fcprojb),
                                   dout: branch, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(at.fcprojw),
                                   N: BT, IC: 4 * C, OC: C)
@@ -350,7 +354,8 @@ final class Transformer<F: ComputeFormat> {
             adapt(.mlp, dinp: dln, dout: d, inp: a.ln2[l].pointer)
             Layers.layerNormBackward(dinp: dres, dweight: g.at(at.ln2w), dbias: g.at(at.ln2b), dout: dln,
                                      inp: a.res2[l].pointer, weight: w.vector(at.ln2w),
-                                     mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, N: BT, C: C)
+                                     mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, N: BT, C: C,
+                                     rounded: residualOperand)
             // Attention: r2 = x + proj(attn(qkv(ln1(x)))); the masked gradient of proj's output
             // goes in dqkv, free until attention's backward writes it.
             branch = dres
@@ -359,7 +364,7 @@ final class Transformer<F: ComputeFormat> {
                 pass.apply(dqkv, B: B, T: T, C: C, site: .attentionOutput, layer: l)
                 branch = dqkv
             }
-            d = F.operand(branch, scratch: narrow, BT * C)
+            d = roundsResidual ? UnsafePointer(narrow) : F.operand(branch, scratch: narrow, BT * C)
             // Attention's output gradient straight from proj's GEMM as the operand attention reads
             // (in narrow's last quarter: d is in its first, and bf16 attention writes dQKV's
             // operand into the first three), where it rounds as it stores and no adapter adds to
@@ -384,8 +389,9 @@ final class Transformer<F: ComputeFormat> {
                                         dropout: pass, layer: l, starts: starts)
             case .fused:
                 d = rounded ? UnsafePointer(attentionGradient) : F.operand(dln, scratch: attentionGradient, BT * C)
-                FusedAttention.backward(F.self, dqkv: dqkv, rounded: roundsGradient ? bits(narrow) : nil, dout: d, out: a.atty[l].pointer, lse: a.lse[l].pointer,
-                                        qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
+                FusedAttention.backward(F.self, dqkv: dqkv, rounded: roundsGradient ? bits(narrow) : nil, dout: d,
+                                        out: a.atty[l].pointer, lse: a.lse[l].pointer, qkv: a.qkv[l].pointer,
+                                        scratch: a.scores.pointer,
                                         B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l,
                                         starts: starts)
             case .unfused:
@@ -399,7 +405,8 @@ final class Transformer<F: ComputeFormat> {
             adapt(.attn, dinp: dln, dout: d, inp: a.ln1[l].pointer)
             Layers.layerNormBackward(dinp: dres, dweight: g.at(at.ln1w), dbias: g.at(at.ln1b), dout: dln,
                                      inp: a.residual[l].pointer, weight: w.vector(at.ln1w),
-                                     mean: a.ln1Mean[l].pointer, rstd: a.ln1Rstd[l].pointer, N: BT, C: C)
+                                     mean: a.ln1Mean[l].pointer, rstd: a.ln1Rstd[l].pointer, N: BT, C: C,
+                                     rounded: l > 0 ? residualOperand : nil)
             adapters?.releaseParameters(unit: unit)
             params.releaseParameters(unit: unit)
             produced(unit)
