@@ -188,3 +188,206 @@ int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int6
     if (m <= 0 || n <= 0) return 0;
     return block_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta != 0.0f, c, ldc);
 }
+
+// MARK: - fp32
+
+// The fp32 attention products (fp32 models, and 16-bit ones on fp32 copies where there are no
+// bf16 dot products) of 16–128 on a side, where oneDNN's sgemm spends much of each call
+// outside its kernel (0.5–0.8 µs for a 32×32×32 product on Zen 5, a third of its rate).
+//
+// Bits: each element of C is its products fused-multiply-added from zero along the depth in
+// order, then scaled by alpha and added to C once; oneDNN's AVX-512 sgemm gives the same bits
+// on the attention kernel's shapes when alpha is a power of two (scaling is then exact,
+// wherever it is applied), so other alphas decline and stay on oneDNN. Its AVX2 sgemm sums in
+// another order on some shapes, so at the AVX2 level the results are this kernel's (as
+// correct, not the same bits as oneDNN's there).
+
+#define F32_ATTR_512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define F32_ATTR_256 __attribute__((target("avx2,fma")))
+
+// B's row p of op(B) as contiguous floats: B itself when not transposed, else a transposed copy.
+F32_ATTR_512 static void transpose_block_f32(float *dst, int64_t ldd, const float *x, int64_t ld, int64_t k, int64_t n,
+                                            int64_t padded) {
+    // dst[p·ldd + j] = x[j·ld + p] for p < k, j < padded (zero past n).
+    __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                      _mm512_set1_epi32((int)ld));
+    for (int64_t j = 0; j < padded; j += 16) {
+        int64_t w = n - j;
+        __mmask16 m = w >= 16 ? 0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
+        const float *base = x + j * ld;
+        int64_t p = 0;
+        if (w >= 16)
+            for (; p + 16 <= k; p += 16) {
+                __m512i r[16];
+                for (int i = 0; i < 16; i++) r[i] = _mm512_castps_si512(_mm512_loadu_ps(base + i * ld + p));
+                transpose16(r);
+                for (int i = 0; i < 16; i++) _mm512_store_ps(dst + (p + i) * ldd + j, _mm512_castsi512_ps(r[i]));
+            }
+        for (; p < k; p++)
+            _mm512_store_ps(dst + p * ldd + j, m ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, rows, base + p, 4)
+                                                 : _mm512_setzero_ps());
+    }
+}
+
+// C[rows × 16·vectors] = alpha·A·B (+ C): A's element (r, p) at a + r·ars + p·aps, B's row p
+// at b + p·ldb (its columns past n may be read but are masked off on store).
+F32_ATTR_512 static inline __attribute__((always_inline)) void
+tile_f32_512(int rows, int vectors, int64_t k, const float *a, int64_t ars, int64_t aps, const float *b, int64_t ldb,
+             float alpha, int accumulate, float *c, int64_t ldc, __mmask16 last) {
+    __m512 acc[TILE_ROWS][TILE_VECTORS];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int v = 0; v < TILE_VECTORS; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < k; p++) {
+        __m512 bv[TILE_VECTORS];
+        for (int v = 0; v < vectors; v++)
+            bv[v] = _mm512_maskz_loadu_ps(v == vectors - 1 ? last : 0xFFFF, b + p * ldb + 16 * v);
+        for (int r = 0; r < rows; r++) {
+            __m512 av = _mm512_set1_ps(a[r * ars + p * aps]);
+            for (int v = 0; v < vectors; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+    }
+    __m512 scale = _mm512_set1_ps(alpha);
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vectors; v++) {
+            __mmask16 m = v == vectors - 1 ? last : 0xFFFF;
+            float *cp = c + r * ldc + 16 * v;
+            __m512 x = _mm512_mul_ps(acc[r][v], scale);
+            if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, cp));
+            _mm512_mask_storeu_ps(cp, m, x);
+        }
+}
+
+#define TILE_F32_512(R, V) tile_f32_512(R, V, k, ap + i * ars, ars, aps, bp + j, ldbp, alpha, accumulate, \
+                                        c + i * ldc + j, ldc, last)
+#define TILE_ROW_F32_512(R)                                            \
+    switch (vectors) {                                                 \
+    case 4: TILE_F32_512(R, 4); break;                                 \
+    case 3: TILE_F32_512(R, 3); break;                                 \
+    case 2: TILE_F32_512(R, 2); break;                                 \
+    default: TILE_F32_512(R, 1);                                       \
+    }
+
+static _Thread_local float *transposed_b;
+static _Thread_local int64_t capacity_t;
+
+F32_ATTR_512 static int block_sgemm_512(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                                        int64_t lda, const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc) {
+    const float *bp = b;
+    int64_t ldbp = ldb;
+    if (tb) {
+        int64_t padded = (n + 15) / 16 * 16;
+        float *t = (float *)reserve((uint32_t **)&transposed_b, &capacity_t, k * padded);
+        if (!t) return 1;
+        transpose_block_f32(t, padded, b, ldb, k, n, padded);
+        bp = t;
+        ldbp = padded;
+    }
+    const float *ap = a;
+    int64_t ars = ta ? 1 : lda, aps = ta ? lda : 1;
+    for (int64_t j = 0; j < n; j += 16 * TILE_VECTORS) {
+        int64_t w = n - j < 16 * TILE_VECTORS ? n - j : 16 * TILE_VECTORS;
+        int vectors = (int)((w + 15) / 16);
+        __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);
+        int64_t i = 0;
+        for (; i + TILE_ROWS <= m; i += TILE_ROWS) TILE_ROW_F32_512(TILE_ROWS)
+        switch (m - i) {
+        case 5: TILE_ROW_F32_512(5) break;
+        case 4: TILE_ROW_F32_512(4) break;
+        case 3: TILE_ROW_F32_512(3) break;
+        case 2: TILE_ROW_F32_512(2) break;
+        case 1: TILE_ROW_F32_512(1) break;
+        default: break;
+        }
+    }
+    return 0;
+}
+
+// AVX2: 16 registers, so a 6×16 tile (12 accumulators, two B vectors, one broadcast); B read
+// where it is stored (a transposed B element by element from its rows).
+#define TILE_VECTORS_256 2
+
+F32_ATTR_256 static inline __attribute__((always_inline)) void
+tile_f32_256(int rows, int vectors, int64_t k, const float *a, int64_t ars, int64_t aps, const float *b, int64_t ldb,
+             float alpha, int accumulate, float *c, int64_t ldc, int width) {
+    __m256 acc[TILE_ROWS][TILE_VECTORS_256];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int v = 0; v < TILE_VECTORS_256; v++) acc[r][v] = _mm256_setzero_ps();
+    // Lanes of the last vector that are columns of C (width counts this tile's columns).
+    __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(width - 8 * (vectors - 1)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int64_t p = 0; p < k; p++) {
+        __m256 bv[TILE_VECTORS_256];
+        for (int v = 0; v < vectors; v++)
+            bv[v] = v == vectors - 1 ? _mm256_maskload_ps(b + p * ldb + 8 * v, lanes) : _mm256_loadu_ps(b + p * ldb + 8 * v);
+        for (int r = 0; r < rows; r++) {
+            __m256 av = _mm256_broadcast_ss(a + r * ars + p * aps);
+            for (int v = 0; v < vectors; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+    }
+    __m256 scale = _mm256_set1_ps(alpha);
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vectors; v++) {
+            float *cp = c + r * ldc + 8 * v;
+            __m256 x = _mm256_mul_ps(acc[r][v], scale);
+            if (v == vectors - 1) {
+                if (accumulate) x = _mm256_add_ps(x, _mm256_maskload_ps(cp, lanes));
+                _mm256_maskstore_ps(cp, lanes, x);
+            } else {
+                if (accumulate) x = _mm256_add_ps(x, _mm256_loadu_ps(cp));
+                _mm256_storeu_ps(cp, x);
+            }
+        }
+}
+
+#define TILE_F32_256(R, V) tile_f32_256(R, V, k, ap + i * ars, ars, aps, bp + j, ldbp, alpha, accumulate, \
+                                        c + i * ldc + j, ldc, (int)w)
+#define TILE_ROW_F32_256(R)                                            \
+    if (vectors == 2) TILE_F32_256(R, 2); else TILE_F32_256(R, 1);
+
+F32_ATTR_256 static int block_sgemm_256(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                                        int64_t lda, const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc) {
+    const float *bp = b;
+    int64_t ldbp = ldb;
+    if (tb) {
+        int64_t padded = (n + 7) / 8 * 8;
+        float *t = (float *)reserve((uint32_t **)&transposed_b, &capacity_t, k * padded);
+        if (!t) return 1;
+        for (int64_t j = 0; j < padded; j++)
+            for (int64_t p = 0; p < k; p++) t[p * padded + j] = j < n ? b[j * ldb + p] : 0.0f;
+        bp = t;
+        ldbp = padded;
+    }
+    const float *ap = a;
+    int64_t ars = ta ? 1 : lda, aps = ta ? lda : 1;
+    for (int64_t j = 0; j < n; j += 8 * TILE_VECTORS_256) {
+        int64_t w = n - j < 8 * TILE_VECTORS_256 ? n - j : 8 * TILE_VECTORS_256;
+        int vectors = (int)((w + 7) / 8);
+        int64_t i = 0;
+        for (; i + TILE_ROWS <= m; i += TILE_ROWS) { TILE_ROW_F32_256(TILE_ROWS) }
+        switch (m - i) {
+        case 5: TILE_ROW_F32_256(5) break;
+        case 4: TILE_ROW_F32_256(4) break;
+        case 3: TILE_ROW_F32_256(3) break;
+        case 2: TILE_ROW_F32_256(2) break;
+        case 1: TILE_ROW_F32_256(1) break;
+        default: break;
+        }
+    }
+    return 0;
+}
+
+// Whether alpha is a positive power of two (1 included): scaling by it is exact.
+static int power_of_two(float alpha) {
+    uint32_t bits;
+    memcpy(&bits, &alpha, 4);
+    uint32_t exponent = bits >> 23 & 0xFF;
+    return !(bits >> 31) && (bits & 0x7FFFFF) == 0 && exponent > 0 && exponent < 0xFF;
+}
+
+int tessera_block_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                        int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    int level = tessera_cpu_level();
+    if (level < 1 || !power_of_two(alpha) || (beta != 0.0f && beta != 1.0f)) return 2;
+    if (m <= 0 || n <= 0) return 0;
+    if (level >= 2) return block_sgemm_512(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta != 0.0f, c, ldc);
+    return block_sgemm_256(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta != 0.0f, c, ldc);
+}

@@ -76,3 +76,94 @@ final class BlockGemmTests: XCTestCase {
         XCTAssertEqual(c, [8])
     }
 }
+
+/// The fp32 register-tile GEMM of attention's block products: exactly its stated order (each
+/// element's products fused-multiply-added along the depth from zero, then scaled, then C
+/// added) at AVX2 and AVX-512, and at AVX-512 the bits of oneDNN's sgemm, which it replaces.
+final class BlockSgemmTests: XCTestCase {
+    override func setUpWithError() throws {
+        try XCTSkipIf(CPU.hardwareISA < .avx2, "this CPU has no AVX2 + FMA: the fp32 block GEMM declines at the baseline level")
+    }
+
+    override func tearDown() { CPU.use(nil) }
+
+    /// (transA, transB, m, n, k, alpha, beta): attention's products at head sizes 16 to 64
+    /// (scores with alpha 1/√hs a power of two), then tails of every tile, an empty depth.
+    static let cases: [(Transpose, Transpose, Int, Int, Int, Float, Float)] = [
+        (.none, .transpose, 16, 16, 16, 0.25, 0), (.none, .transpose, 16, 32, 16, 0.25, 0), (.none, .none, 16, 16, 32, 1, 1),
+        (.transpose, .none, 16, 16, 32, 1, 1), (.none, .transpose, 32, 64, 32, 1, 0), (.none, .none, 32, 32, 64, 1, 1),
+        (.transpose, .none, 32, 32, 64, 1, 1), (.none, .transpose, 64, 128, 64, 0.125, 0),
+        (.none, .transpose, 128, 128, 64, 0.125, 0), (.none, .none, 128, 64, 128, 1, 1), (.transpose, .none, 64, 64, 128, 1, 1),
+        (.none, .transpose, 37, 75, 21, 0.5, 0), (.none, .none, 13, 29, 7, 1, 1), (.transpose, .transpose, 7, 19, 33, 2, 1),
+        (.none, .none, 5, 3, 0, 1, 1),
+    ]
+
+    func run(_ c: (Transpose, Transpose, Int, Int, Int, Float, Float), seed: UInt64,
+             _ body: ([Float], Int, [Float], Int, [Float], Int) -> Void) {
+        let (ta, tb, m, n, k, _, beta) = c
+        var rng = SplitMix64(seed: seed)
+        let lda = (ta == .none ? k : m) + 3, ldb = (tb == .none ? n : k) + 5, ldc = n + 2
+        let a = (0..<((ta == .none ? m : k) * lda)).map { _ in Float(rng.nextNormal()) }
+        let b = (0..<((tb == .none ? k : n) * ldb)).map { _ in Float(rng.nextNormal()) }
+        let c0: [Float] = (0..<(m * ldc)).map { i in beta == 0 && i % 7 == 0 ? .nan : Float(rng.nextNormal()) }
+        body(a, lda, b, ldb, c0, ldc)
+    }
+
+    func testExactlyItsOrderAtEveryLevel() {
+        for level in CPU.hardwareISA >= .avx512 ? [ISA.avx2, .avx512] : [.avx2] {
+            CPU.use(level)
+            for (index, c) in Self.cases.enumerated() {
+                let (ta, tb, m, n, k, alpha, beta) = c
+                run(c, seed: UInt64(index)) { a, lda, b, ldb, c0, ldc in
+                    var got = c0
+                    XCTAssertTrue(Gemm.blockSgemm(ta, tb, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                                                  beta: beta, c: &got, ldc: ldc))
+                    for i in 0..<m {
+                        for j in 0..<ldc {
+                            var expected = c0[i * ldc + j]
+                            if j < n {
+                                var acc: Float = 0
+                                for p in 0..<k {
+                                    acc = acc.addingProduct(ta == .none ? a[i * lda + p] : a[p * lda + i],
+                                                            tb == .none ? b[p * ldb + j] : b[j * ldb + p])
+                                }
+                                expected = beta == 0 ? acc * alpha : acc * alpha + c0[i * ldc + j]
+                            }
+                            if got[i * ldc + j].bitPattern != expected.bitPattern {
+                                XCTFail("\(level) \(ta) \(tb) \(m)×\(n)×\(k): (\(i), \(j)) is \(got[i * ldc + j]), not \(expected)")
+                                return
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testSameBitsAsOneDNNAtAVX512() throws {
+        try XCTSkipIf(CPU.hardwareISA < .avx512, "oneDNN's sgemm sums in this kernel's order at AVX-512 only; no AVX-512 here")
+        for (index, c) in Self.cases.enumerated() where c.4 > 0 {
+            let (ta, tb, m, n, k, alpha, beta) = c
+            run(c, seed: UInt64(100 + index)) { a, lda, b, ldb, c0, ldc in
+                var tile = c0, onednn = c0
+                XCTAssertTrue(Gemm.blockSgemm(ta, tb, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                                              beta: beta, c: &tile, ldc: ldc))
+                Gemm.onednnSgemm(ta, tb, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta,
+                                 c: &onednn, ldc: ldc)
+                XCTAssertEqual(zip(tile, onednn).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                               "\(ta) \(tb) \(m)×\(n)×\(k) alpha \(alpha) beta \(beta): values that differ from oneDNN's")
+            }
+        }
+    }
+
+    func testDeclinesWhereItCannotKeepTheBits() {
+        let one: [Float] = [1]
+        var c: [Float] = [7]
+        XCTAssertFalse(Gemm.blockSgemm(.none, .none, m: 1, n: 1, k: 1, alpha: 1 / Float(32).squareRoot(), a: one, lda: 1,
+                                       b: one, ldb: 1, beta: 0, c: &c, ldc: 1), "alpha 1/√32 (not a power of two)")
+        XCTAssertFalse(Gemm.blockSgemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 0.5, c: &c, ldc: 1))
+        CPU.use(.generic)
+        XCTAssertFalse(Gemm.blockSgemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 0, c: &c, ldc: 1))
+        XCTAssertEqual(c, [7], "C untouched when it declines")
+    }
+}

@@ -29,6 +29,14 @@ int tessera_bf16_gemm_rounded(int trans_a, int trans_b, int64_t m, int64_t n, in
 int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                             const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/// C = alpha·op(A)·op(B) + beta·C in fp32 for small products inside a task (the attention
+/// kernel's blocks): each element's products fused-multiply-added from zero along the depth in
+/// order, then scaled and added to C (oneDNN's AVX-512 sgemm's bits on those shapes), in AVX-512
+/// or AVX2 register tiles. Returns 0 on success, 1 when out of memory, 2 at the baseline level,
+/// for an alpha that is not a power of two or a beta other than 0 or 1.
+int tessera_block_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                        int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
 /// Operand formats of tessera_packed_gemm.
 enum { TESSERA_F32 = 0, TESSERA_BF16 = 1, TESSERA_F16 = 2 };
 /// Row-major C = op(A)·op(B) + beta·C in fp32 with fp32, bf16 or fp16 operands (`format`,
