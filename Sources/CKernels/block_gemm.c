@@ -198,9 +198,10 @@ int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int6
 // Bits: each element of C is its products fused-multiply-added from zero along the depth in
 // order, then scaled by alpha and added to C once; oneDNN's AVX-512 sgemm gives the same bits
 // on the attention kernel's shapes when alpha is a power of two (scaling is then exact,
-// wherever it is applied), so other alphas decline and stay on oneDNN. Its AVX2 sgemm sums in
-// another order on some shapes, so at the AVX2 level the results are this kernel's (as
-// correct, not the same bits as oneDNN's there).
+// wherever it is applied: the head sizes 16, 64 and 256 of the recorded golden trajectories
+// and the benchmark's small and gpt2). For other alphas (head size 32 or 128) oneDNN scales A
+// before summing on some shapes, and its AVX2 sgemm sums in another order on some; there the
+// results are this kernel's, as correct, within a rounding of oneDNN's.
 
 #define F32_ATTR_512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define F32_ATTR_256 __attribute__((target("avx2,fma")))
@@ -375,18 +376,10 @@ F32_ATTR_256 static int block_sgemm_256(int ta, int tb, int64_t m, int64_t n, in
     return 0;
 }
 
-// Whether alpha is a positive power of two (1 included): scaling by it is exact.
-static int power_of_two(float alpha) {
-    uint32_t bits;
-    memcpy(&bits, &alpha, 4);
-    uint32_t exponent = bits >> 23 & 0xFF;
-    return !(bits >> 31) && (bits & 0x7FFFFF) == 0 && exponent > 0 && exponent < 0xFF;
-}
-
 int tessera_block_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                         int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
     int level = tessera_cpu_level();
-    if (level < 1 || !power_of_two(alpha) || (beta != 0.0f && beta != 1.0f)) return 2;
+    if (level < 1 || (beta != 0.0f && beta != 1.0f)) return 2;
     if (m <= 0 || n <= 0) return 0;
     if (level >= 2) return block_sgemm_512(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta != 0.0f, c, ldc);
     return block_sgemm_256(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta != 0.0f, c, ldc);

@@ -88,14 +88,14 @@ final class BlockSgemmTests: XCTestCase {
     override func tearDown() { CPU.use(nil) }
 
     /// (transA, transB, m, n, k, alpha, beta): attention's products at head sizes 16 to 64
-    /// (scores with alpha 1/√hs a power of two), then tails of every tile, an empty depth.
+    /// (scores with alpha 1/√hs), then tails of every tile, an empty depth.
     static let cases: [(Transpose, Transpose, Int, Int, Int, Float, Float)] = [
         (.none, .transpose, 16, 16, 16, 0.25, 0), (.none, .transpose, 16, 32, 16, 0.25, 0), (.none, .none, 16, 16, 32, 1, 1),
         (.transpose, .none, 16, 16, 32, 1, 1), (.none, .transpose, 32, 64, 32, 1, 0), (.none, .none, 32, 32, 64, 1, 1),
         (.transpose, .none, 32, 32, 64, 1, 1), (.none, .transpose, 64, 128, 64, 0.125, 0),
         (.none, .transpose, 128, 128, 64, 0.125, 0), (.none, .none, 128, 64, 128, 1, 1), (.transpose, .none, 64, 64, 128, 1, 1),
         (.none, .transpose, 37, 75, 21, 0.5, 0), (.none, .none, 13, 29, 7, 1, 1), (.transpose, .transpose, 7, 19, 33, 2, 1),
-        (.none, .none, 5, 3, 0, 1, 1),
+        (.none, .none, 5, 3, 0, 1, 1), (.none, .transpose, 32, 32, 32, 0.17677669, 0),
     ]
 
     func run(_ c: (Transpose, Transpose, Int, Int, Int, Float, Float), seed: UInt64,
@@ -142,7 +142,8 @@ final class BlockSgemmTests: XCTestCase {
 
     func testSameBitsAsOneDNNAtAVX512() throws {
         try XCTSkipIf(CPU.hardwareISA < .avx512, "oneDNN's sgemm sums in this kernel's order at AVX-512 only; no AVX-512 here")
-        for (index, c) in Self.cases.enumerated() where c.4 > 0 {
+        // Where alpha is a power of two: otherwise oneDNN scales A before summing on some shapes.
+        for (index, c) in Self.cases.enumerated() where c.4 > 0 && c.5.significandBitPattern == 0 {
             let (ta, tb, m, n, k, alpha, beta) = c
             run(c, seed: UInt64(100 + index)) { a, lda, b, ldb, c0, ldc in
                 var tile = c0, onednn = c0
@@ -159,8 +160,6 @@ final class BlockSgemmTests: XCTestCase {
     func testDeclinesWhereItCannotKeepTheBits() {
         let one: [Float] = [1]
         var c: [Float] = [7]
-        XCTAssertFalse(Gemm.blockSgemm(.none, .none, m: 1, n: 1, k: 1, alpha: 1 / Float(32).squareRoot(), a: one, lda: 1,
-                                       b: one, ldb: 1, beta: 0, c: &c, ldc: 1), "alpha 1/√32 (not a power of two)")
         XCTAssertFalse(Gemm.blockSgemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 0.5, c: &c, ldc: 1))
         CPU.use(.generic)
         XCTAssertFalse(Gemm.blockSgemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 0, c: &c, ldc: 1))
