@@ -13,6 +13,9 @@ import Glibc
 /// Replicated training: every rank holds all parameters, gradients and AdamW states, and
 /// gradients are all-reduced bucket by bucket while backward goes on (see `BucketReducer`).
 public final class DataParallel: TrainingStrategy {
+    /// The gradients' sum of squares from `localGradientsFinite`, for `gradientSquaredNorm`
+    /// (nil once used, and when new gradients arrive).
+    private var localSquares: Double?
     public let layout: ParameterLayout
     let comm: Communicator
     let adam: AdamW
@@ -59,6 +62,7 @@ public final class DataParallel: TrainingStrategy {
     /// A compressed step's buckets only accumulate; PowerSGD reduces the whole gradient at the end.
     public func beginMicroStep(isLast: Bool) { reducer.beginMicroStep(isLast: isLast && powerSGD?.compresses != true) }
     public func finishGradients() throws(CommError) {
+        localSquares = nil
         try reducer.finish(seconds: &commWaitSeconds)
         guard let powerSGD else { return }
         if powerSGD.compresses {
@@ -70,11 +74,20 @@ public final class DataParallel: TrainingStrategy {
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
-        Vector.sumOfSquares(grads.pointer, layout.count)
+        defer { localSquares = nil }
+        return localSquares ?? Vector.sumOfSquares(grads.pointer, layout.count)
     }
 
-    public func localGradientsFinite() -> Bool { Vector.allFinite(grads.pointer, layout.count) }
-    public func poisonGradientForTesting() { grads[0] = .infinity }
+    public func localGradientsFinite() -> Bool {
+        let squares = Vector.sumOfSquares(grads.pointer, layout.count)
+        localSquares = squares
+        return squares.isFinite
+    }
+
+    public func poisonGradientForTesting() {
+        localSquares = nil
+        grads[0] = .infinity
+    }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
         if clip != 1 { Vector.scale(grads.pointer, layout.count, by: clip) }

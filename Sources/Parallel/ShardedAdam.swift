@@ -19,9 +19,11 @@ final class ShardedAdam {
         v = FloatBuffer(count: shard.shardSize)
     }
 
-    /// Global squared gradient norm: local sum over the shard, one all-reduce.
-    func globalNormSquared(gradShard: UnsafePointer<Float>, comm: Communicator) throws(CommError) -> Double {
-        var s = [Vector.sumOfSquares(gradShard, shard.mine.count)]
+    /// Global squared gradient norm: local sum over the shard (`local`, when already known),
+    /// one all-reduce.
+    func globalNormSquared(gradShard: UnsafePointer<Float>, local: Double? = nil,
+                           comm: Communicator) throws(CommError) -> Double {
+        var s = [local ?? Vector.sumOfSquares(gradShard, shard.mine.count)]
         try comm.allReduce(&s, label: "all-reduce of the gradient norm")
         return s[0]
     }

@@ -65,6 +65,9 @@ protocol ShardedGradients: AnyObject {
 /// in the other groups (`ShardGroups`). Nothing else crosses groups: parameter gathers,
 /// gradient reduce-scatters and the norm's sum stay inside the group.
 public final class ZeRO: TrainingStrategy {
+    /// This rank's shard's sum of squares from `localGradientsFinite`, for
+    /// `gradientSquaredNorm` (nil once used, and when new gradients arrive).
+    private var localSquares: Double?
     public let stage: ZeroStage
     public let layout: ParameterLayout
     let comm: Communicator
@@ -137,6 +140,7 @@ public final class ZeRO: TrainingStrategy {
         grads.beginMicroStep(isLast: isLast)
     }
     public func finishGradients() throws(CommError) {
+        localSquares = nil
         parameters.setBackward(false)
         try grads.finish(seconds: &ownWait)
         if let replicas, !stage.shardsGradients { try reduceAcrossGroups(replicas) }
@@ -152,10 +156,18 @@ public final class ZeRO: TrainingStrategy {
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
-        try optimizer.globalNormSquared(gradShard: grads.gradShard.pointer, comm: comm)
+        defer { localSquares = nil }
+        return try optimizer.globalNormSquared(gradShard: grads.gradShard.pointer, local: localSquares, comm: comm)
     }
-    public func localGradientsFinite() -> Bool { Vector.allFinite(grads.gradShard.pointer, shard.mine.count) }
-    public func poisonGradientForTesting() { grads.gradShard[0] = .infinity }
+    public func localGradientsFinite() -> Bool {
+        let squares = Vector.sumOfSquares(grads.gradShard.pointer, shard.mine.count)
+        localSquares = squares
+        return squares.isFinite
+    }
+    public func poisonGradientForTesting() {
+        localSquares = nil
+        grads.gradShard[0] = .infinity
+    }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
         try parameters.update(optimizer, grads: grads.gradShard.pointer, step: step, lr: lr, clip: clip)
