@@ -245,8 +245,7 @@ public enum Layers {
     @inlinable static func causalSoftmaxRows(_ p: UnsafeMutablePointer<Float>, _ T: Int) {
         for t in 0..<T {
             let row = p + t * T
-            var mx = -Float.infinity
-            for j in 0...t where row[j] > mx { mx = row[j] }
+            let mx = Vector.maxValue(row, t + 1, startingAt: -.infinity)
             let sum = Vector.expShiftSum(row, t + 1, shift: mx)
             let inv = 1 / sum
             for j in 0...t { row[j] *= inv }
@@ -330,8 +329,7 @@ public enum Layers {
                 var total = 0.0, counted = 0
                 for r in lo..<hi {
                     let row = logits + r * V
-                    var mx = -Float.infinity
-                    for j in 0..<V where row[j] > mx { mx = row[j] }
+                    let mx = Vector.maxValue(row, V, startingAt: -.infinity)   // a sequential scan's bits, in lanes
                     let sum = Vector.expShiftSum(row, V, shift: mx)
                     let inv = 1 / sum
                     for j in 0..<V { row[j] *= inv }
