@@ -8,8 +8,7 @@
 // vdpbf16ps over the depth's pairs in order (the odd depth padded with a zero), then add C
 // once for beta = 1; this kernel does the same with the same instruction, so the results are
 // identical (checked against oneDNN's matmul in the tests, on every shape and layout the
-// attention kernel uses, and by the golden trajectories). An alpha scales each sum as it is
-// stored: the bits of scaling the stored product afterwards.
+// attention kernel uses, and by the golden trajectories).
 #include "ckernels.h"
 #include <immintrin.h>
 #include <stdint.h>
@@ -106,11 +105,11 @@ BF16_ATTR static void pack_column_pairs(uint32_t *dst, int64_t ldd, const uint16
 
 // MARK: The register tile
 
-// C[rows × 16·vectors] = alpha·A·B (+ C when accumulate): A's pair p of row r is the 32-bit word at
+// C[rows × 16·vectors] = A·B (+ C when accumulate): A's pair p of row r is the 32-bit word at
 // a + r·row_step + p·pair_step (bf16 units), B's pairs p of these columns at b + p·ldb.
 BF16_ATTR static inline __attribute__((always_inline)) void
 tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, int64_t pair_step, const uint32_t *b,
-     int64_t ldb, float alpha, int accumulate, float *c, int64_t ldc, __mmask16 last) {
+     int64_t ldb, int accumulate, float *c, int64_t ldc, __mmask16 last) {
     __m512 acc[TILE_ROWS][TILE_VECTORS];
     for (int r = 0; r < TILE_ROWS; r++)
         for (int v = 0; v < TILE_VECTORS; v++) acc[r][v] = _mm512_setzero_ps();
@@ -128,14 +127,14 @@ tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, 
         for (int v = 0; v < vectors; v++) {
             __mmask16 m = v == vectors - 1 ? last : 0xFFFF;
             float *cp = c + r * ldc + 16 * v;
-            __m512 x = alpha == 1.0f ? acc[r][v] : _mm512_mul_ps(acc[r][v], _mm512_set1_ps(alpha));
+            __m512 x = acc[r][v];
             if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, cp));
             _mm512_mask_storeu_ps(cp, m, x);
         }
 }
 
 // Constant rows and vectors for each call site, so the tile is unrolled into registers.
-#define TILE_CASE(R, V) tile(R, V, pairs, ap + i * row_step, row_step, pair_step, bp + j, padded_n, alpha, accumulate, \
+#define TILE_CASE(R, V) tile(R, V, pairs, ap + i * row_step, row_step, pair_step, bp + j, padded_n, accumulate, \
                              c + i * ldc + j, ldc, last)
 #define TILE_ROW(R)                                                    \
     switch (vectors) {                                                 \
@@ -146,7 +145,7 @@ tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, 
     }
 
 BF16_ATTR static int block_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
-                                const uint16_t *b, int64_t ldb, float alpha, int accumulate, float *c, int64_t ldc) {
+                                const uint16_t *b, int64_t ldb, int accumulate, float *c, int64_t ldc) {
     int64_t pairs = (k + 1) / 2, padded_n = (n + 15) / 16 * 16, padded_m = (m + 15) / 16 * 16;
     uint32_t *bp = reserve(&packed_b, &capacity_b, pairs * padded_n);
     if (!bp) return 1;
@@ -183,11 +182,11 @@ BF16_ATTR static int block_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k,
     return 0;
 }
 
-int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                            int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                            const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc) {
     if (tessera_cpu_level() < 3 || (beta != 0.0f && beta != 1.0f)) return 2;
     if (m <= 0 || n <= 0) return 0;
-    return block_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, alpha, beta != 0.0f, c, ldc);
+    return block_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta != 0.0f, c, ldc);
 }
 
 // MARK: - fp32

@@ -154,33 +154,29 @@ extension Gemm {
         }
     }
 
-    /// A small bf16 product `C = alpha·op(A)·op(B) + beta·C` inside a `ParallelFor.tasks` task
-    /// (an attention block), single-threaded in its task: on tessera's register tile
-    /// (`blockBF16Gemm`), or on oneDNN's matmul should the tile decline (then an alpha other
-    /// than 1 needs beta 0, and scales the stored product). Only where `bf16IsNative`.
+    /// A small bf16 product inside a `ParallelFor.tasks` task (an attention block), single-
+    /// threaded in its task: on tessera's register tile (`blockBF16Gemm`), or on oneDNN's matmul
+    /// should the tile decline. Only where `bf16IsNative`.
     @inlinable
-    public static func taskBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+    public static func taskBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                     a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
                                     beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        if blockBF16Gemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta,
-                         c: c, ldc: ldc) {
+        if blockBF16Gemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) {
             return
         }
-        precondition(alpha == 1 || beta == 0, "a scaled bf16 product that accumulates has no oneDNN fallback")
         matmulBF16Gemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-        if alpha != 1 { for i in 0..<m { Vector.scale(c + i * ldc, n, by: alpha) } }
     }
 
-    /// `C = alpha·op(A)·op(B) + beta·C` for bf16 operands on AVX512-BF16 dot products in a
-    /// register tile, with the bits of oneDNN's matmul (`matmulBF16Gemm`, its product then
-    /// scaled by alpha) but without its cost per call: attention's block products (64–128 on a
-    /// side) ran 1.2–1.7× as fast in a harness on Zen 5. False, with C untouched, where it
-    /// declines: below `ISA.avx512bf16`, or for a beta other than 0 and 1.
+    /// `C = op(A)·op(B) + beta·C` for bf16 operands on AVX512-BF16 dot products in a register
+    /// tile, with the bits of oneDNN's matmul (`matmulBF16Gemm`) but without its cost per call:
+    /// attention's block products (64–128 on a side) ran 1.2–1.7× as fast in a harness on
+    /// Zen 5. False, with C untouched, where it declines: below `ISA.avx512bf16`, or for a beta
+    /// other than 0 and 1.
     @inlinable
-    public static func blockBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+    public static func blockBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                      a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
                                      beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
-        tessera_bf16_block_gemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda),
+        tessera_bf16_block_gemm(transA.flag, transB.flag, Int64(m), Int64(n), Int64(k), a, Int64(lda),
                                 b, Int64(ldb), beta, c, Int64(ldc)) == 0
     }
 

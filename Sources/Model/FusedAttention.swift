@@ -75,8 +75,9 @@ public enum FusedAttention {
         for part in 0..<pair.parts {
             let (r0, rows, seen) = pair.rows(part)
             if native {
-                Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: seen, k: hs, alpha: scale, a: bits(queries + r0 * ld),
-                                  lda: ld, b: bits(keys), ldb: ld, c: s + r0 * block, ldc: block)
+                Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: seen, k: hs, a: bits(queries + r0 * ld), lda: ld,
+                                  b: bits(keys), ldb: ld, c: s + r0 * block, ldc: block)
+                for i in r0..<(r0 + rows) { Vector.scale(s + i * block, seen, by: scale) }
             } else {
                 Gemm.taskSgemm(.none, .transpose, m: rows, n: seen, k: hs, alpha: scale, a: floats(queries + r0 * ld), lda: ld,
                                b: floats(keys), ldb: ld, beta: 0, c: s + r0 * block, ldc: block)

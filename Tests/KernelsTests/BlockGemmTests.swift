@@ -62,21 +62,6 @@ final class BlockGemmTests: XCTestCase {
         }
     }
 
-    /// Scores scaled by 1/√hs as they are stored: the bits of oneDNN's product scaled afterwards.
-    func testScaledAsStoredIsTheProductScaledAfterwards() {
-        var rng = SplitMix64(seed: 9)
-        for (m, n, k) in [(64, 128, 64), (128, 128, 64), (37, 75, 32), (16, 16, 16)] {
-            let alpha = 1 / Float(k).squareRoot() * (k == 32 ? 1 : 1.1)   // a power of two or not
-            let a = (0..<(m * k)).map { _ in value(&rng) }, b = (0..<(n * k)).map { _ in value(&rng) }
-            var tile = [Float](repeating: .nan, count: m * n), matmul = tile
-            XCTAssertTrue(Gemm.blockBF16Gemm(.none, .transpose, m: m, n: n, k: k, alpha: alpha, a: a, lda: k, b: b, ldb: k,
-                                             c: &tile, ldc: n))
-            Gemm.matmulBF16Gemm(.none, .transpose, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: &matmul, ldc: n)
-            Vector.scale(&matmul, m * n, by: alpha)
-            XCTAssertEqual(zip(tile, matmul).filter { $0.bitPattern != $1.bitPattern }.count, 0, "\(m)×\(n)×\(k) alpha \(alpha)")
-        }
-    }
-
     func testDeclinesWhereItCannotKeepTheBits() {
         let one: [UInt16] = [0x3F80]
         var c: [Float] = [7]

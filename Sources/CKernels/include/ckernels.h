@@ -24,11 +24,10 @@ int tessera_bf16_gemm_rounded(int trans_a, int trans_b, int64_t m, int64_t n, in
 
 /// What tessera_bf16_gemm computes, with the same bits, for small products inside a task (the
 /// attention kernel's blocks): AVX512-BF16 dot products in a register tile, without oneDNN's
-/// per-call overhead; alpha scales each sum before C is added (the bits of scaling
-/// tessera_bf16_gemm's product afterwards). Returns 0 on success, 1 when out of memory, 2 below
-/// level 3 (no bf16 dot products) or for a beta other than 0 or 1.
-int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                            int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/// per-call overhead. Returns 0 on success, 1 when out of memory, 2 below level 3 (no bf16
+/// dot products) or for a beta other than 0 or 1.
+int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                            const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
 /// C = alpha·op(A)·op(B) + beta·C in fp32 for small products inside a task (the attention
 /// kernel's blocks): each element's products fused-multiply-added from zero along the depth in
