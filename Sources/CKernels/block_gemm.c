@@ -200,11 +200,14 @@ int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int6
 // on the attention kernel's shapes when alpha is a power of two (scaling is then exact,
 // wherever it is applied: the head sizes 16, 64 and 256 of the recorded golden trajectories
 // and the benchmark's small and gpt2). For other alphas (head size 32 or 128) oneDNN scales A
-// before summing on some shapes, and its AVX2 sgemm sums in another order on some; there the
-// results are this kernel's, as correct, within a rounding of oneDNN's.
+// before summing on some shapes; there the results are this kernel's, as correct, within a
+// rounding of oneDNN's.
+//
+// AVX-512 only: an AVX2 version (6×16 tiles, B transposed element by element) ran these
+// shapes at 74–118 GFLOP/s on one Zen 5 thread against oneDNN's AVX2 sgemm at 85–129, so below
+// AVX-512 the products stay on oneDNN.
 
 #define F32_ATTR_512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-#define F32_ATTR_256 __attribute__((target("avx2,fma")))
 
 // B's row p of op(B) as contiguous floats: B itself when not transposed, else a transposed copy.
 F32_ATTR_512 static void transpose_block_f32(float *dst, int64_t ldd, const float *x, int64_t ld, int64_t k, int64_t n,
@@ -303,84 +306,9 @@ F32_ATTR_512 static int block_sgemm_512(int ta, int tb, int64_t m, int64_t n, in
     return 0;
 }
 
-// AVX2: 16 registers, so a 6×16 tile (12 accumulators, two B vectors, one broadcast); B read
-// where it is stored (a transposed B element by element from its rows).
-#define TILE_VECTORS_256 2
-
-F32_ATTR_256 static inline __attribute__((always_inline)) void
-tile_f32_256(int rows, int vectors, int64_t k, const float *a, int64_t ars, int64_t aps, const float *b, int64_t ldb,
-             float alpha, int accumulate, float *c, int64_t ldc, int width) {
-    __m256 acc[TILE_ROWS][TILE_VECTORS_256];
-    for (int r = 0; r < TILE_ROWS; r++)
-        for (int v = 0; v < TILE_VECTORS_256; v++) acc[r][v] = _mm256_setzero_ps();
-    // Lanes of the last vector that are columns of C (width counts this tile's columns).
-    __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(width - 8 * (vectors - 1)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int64_t p = 0; p < k; p++) {
-        __m256 bv[TILE_VECTORS_256];
-        for (int v = 0; v < vectors; v++)
-            bv[v] = v == vectors - 1 ? _mm256_maskload_ps(b + p * ldb + 8 * v, lanes) : _mm256_loadu_ps(b + p * ldb + 8 * v);
-        for (int r = 0; r < rows; r++) {
-            __m256 av = _mm256_broadcast_ss(a + r * ars + p * aps);
-            for (int v = 0; v < vectors; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
-        }
-    }
-    __m256 scale = _mm256_set1_ps(alpha);
-    for (int r = 0; r < rows; r++)
-        for (int v = 0; v < vectors; v++) {
-            float *cp = c + r * ldc + 8 * v;
-            __m256 x = _mm256_mul_ps(acc[r][v], scale);
-            if (v == vectors - 1) {
-                if (accumulate) x = _mm256_add_ps(x, _mm256_maskload_ps(cp, lanes));
-                _mm256_maskstore_ps(cp, lanes, x);
-            } else {
-                if (accumulate) x = _mm256_add_ps(x, _mm256_loadu_ps(cp));
-                _mm256_storeu_ps(cp, x);
-            }
-        }
-}
-
-#define TILE_F32_256(R, V) tile_f32_256(R, V, k, ap + i * ars, ars, aps, bp + j, ldbp, alpha, accumulate, \
-                                        c + i * ldc + j, ldc, (int)w)
-#define TILE_ROW_F32_256(R)                                            \
-    if (vectors == 2) TILE_F32_256(R, 2); else TILE_F32_256(R, 1);
-
-F32_ATTR_256 static int block_sgemm_256(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
-                                        int64_t lda, const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc) {
-    const float *bp = b;
-    int64_t ldbp = ldb;
-    if (tb) {
-        int64_t padded = (n + 7) / 8 * 8;
-        float *t = (float *)reserve((uint32_t **)&transposed_b, &capacity_t, k * padded);
-        if (!t) return 1;
-        for (int64_t j = 0; j < padded; j++)
-            for (int64_t p = 0; p < k; p++) t[p * padded + j] = j < n ? b[j * ldb + p] : 0.0f;
-        bp = t;
-        ldbp = padded;
-    }
-    const float *ap = a;
-    int64_t ars = ta ? 1 : lda, aps = ta ? lda : 1;
-    for (int64_t j = 0; j < n; j += 8 * TILE_VECTORS_256) {
-        int64_t w = n - j < 8 * TILE_VECTORS_256 ? n - j : 8 * TILE_VECTORS_256;
-        int vectors = (int)((w + 7) / 8);
-        int64_t i = 0;
-        for (; i + TILE_ROWS <= m; i += TILE_ROWS) { TILE_ROW_F32_256(TILE_ROWS) }
-        switch (m - i) {
-        case 5: TILE_ROW_F32_256(5) break;
-        case 4: TILE_ROW_F32_256(4) break;
-        case 3: TILE_ROW_F32_256(3) break;
-        case 2: TILE_ROW_F32_256(2) break;
-        case 1: TILE_ROW_F32_256(1) break;
-        default: break;
-        }
-    }
-    return 0;
-}
-
 int tessera_block_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                         int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
-    int level = tessera_cpu_level();
-    if (level < 1 || (beta != 0.0f && beta != 1.0f)) return 2;
+    if (tessera_cpu_level() < 2 || (beta != 0.0f && beta != 1.0f)) return 2;
     if (m <= 0 || n <= 0) return 0;
-    if (level >= 2) return block_sgemm_512(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta != 0.0f, c, ldc);
-    return block_sgemm_256(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta != 0.0f, c, ldc);
+    return block_sgemm_512(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta != 0.0f, c, ldc);
 }

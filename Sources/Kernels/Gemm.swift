@@ -72,14 +72,15 @@ public enum Gemm {
                     c: c, ldc: ldc)
     }
 
-    /// `C = alpha·op(A)·op(B) + beta·C` in fp32 on an AVX-512 or AVX2 register tile: each
-    /// element's products fused-multiply-added along the depth in order, then scaled and added
-    /// to C, without oneDNN's cost per call (a 32×32×32 product took its sgemm 0.5–0.8 µs on
-    /// Zen 5, a third of its rate). At AVX-512 with alpha a power of two these are the bits of
-    /// oneDNN's sgemm (`onednnSgemm`) on attention's block shapes; other alphas (head sizes
-    /// 32 and 128), which oneDNN applies before summing on some shapes, and AVX2, where it sums
-    /// in another order on some, give results within a rounding of its. False, with C
-    /// untouched, where it declines: at the baseline level, or for a beta other than 0 and 1.
+    /// `C = alpha·op(A)·op(B) + beta·C` in fp32 on an AVX-512 register tile: each element's
+    /// products fused-multiply-added along the depth in order, then scaled and added to C,
+    /// without oneDNN's cost per call (on one Zen 5 thread a 32×32×32 product took its sgemm
+    /// 0.74 µs and the tile 0.40; 128×64×128 8.9 and 8.2). With alpha a power of two these are
+    /// the bits of oneDNN's sgemm (`onednnSgemm`) on attention's block shapes; other alphas
+    /// (head sizes 32 and 128), which oneDNN applies before summing on some shapes, give
+    /// results within a rounding of its. False, with C untouched, where it declines: below
+    /// AVX-512 (an AVX2 tile was slower than oneDNN's AVX2 sgemm), or for a beta other than 0
+    /// and 1.
     @inlinable
     public static func blockSgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
                                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,

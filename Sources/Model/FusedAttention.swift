@@ -15,11 +15,12 @@ import Settings
 /// dS = P ⊙ (dP − D) with D = rowsum(dO ⊙ O), dQ += dS·K, dK += dSᵀ·Q; dK and dV of a key block
 /// stay in the task's scratch until its last query block, and the task owns its head's dQ.
 ///
-/// Products run on oneDNN single-threaded in their task, whatever backend the large GEMMs use.
-/// bf16 where the CPU has bf16 dot products (AVX512-BF16) multiplies Q, K, V and dO as stored
-/// and rounds P and dS to bf16 for their products, as FlashAttention does on GPUs (about 1.7×
-/// the fp32 rate on these block shapes); elsewhere the products run in fp32
-/// (`Gemm.taskSgemm`) on fp32 inputs, P and dS kept in fp32. A 16-bit model without bf16 dot
+/// Products run single-threaded in their task on tessera's register tiles (`Gemm.taskBF16Gemm`,
+/// `Gemm.taskSgemm`: without oneDNN's cost per call, and with its bits where they say so),
+/// whatever backend the large GEMMs use. bf16 where the CPU has bf16 dot products (AVX512-BF16)
+/// multiplies Q, K, V and dO as stored and rounds P and dS to bf16 for their products, as
+/// FlashAttention does on GPUs (about 1.7× the fp32 rate on these block shapes); elsewhere the
+/// products run in fp32 on fp32 inputs, P and dS kept in fp32. A 16-bit model without bf16 dot
 /// products (`runsOnFP32Copies`) passes exact fp32 copies of its Q, K, V, O and dO, made in
 /// one pass over each tensor: widening blocks here instead would widen each Q and dO block
 /// again for every key block it meets, and each K and V block for every query block. Each

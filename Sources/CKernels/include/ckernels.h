@@ -32,8 +32,8 @@ int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int6
 /// C = alpha·op(A)·op(B) + beta·C in fp32 for small products inside a task (the attention
 /// kernel's blocks): each element's products fused-multiply-added from zero along the depth in
 /// order, then scaled and added to C (oneDNN's AVX-512 sgemm's bits on those shapes when alpha
-/// is a power of two), in AVX-512 or AVX2 register tiles. Returns 0 on success, 1 when out of
-/// memory, 2 at the baseline level or for a beta other than 0 or 1.
+/// is a power of two), in AVX-512 register tiles. Returns 0 on success, 1 when out of memory,
+/// 2 below level 2 (AVX-512) or for a beta other than 0 or 1.
 int tessera_block_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                         int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
