@@ -203,12 +203,13 @@ func tinyArgs(data: String, out: String, steps: Int = 20) -> [String] {
      "--eval-steps", "2", "--no-bias", "--log-every", "1000"]
 }
 
-/// Process ids of tessera ranks (by OMPI_COMM_WORLD_RANK) that are children of this test.
+/// Process ids of tessera ranks (by OMPI_COMM_WORLD_RANK) that descend from this test process
+/// (another test run on the machine has ranks of its own, which must not be the ones killed).
 func rankPIDs() -> [Int: Int32] {
     var out: [Int: Int32] = [:]
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return out }
     for e in entries {
-        guard let pid = Int32(e),
+        guard let pid = Int32(e), descendsFromThisProcess(pid),
               let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(e)/exe"),
               exe.hasSuffix("/tessera"),
               let env = FileManager.default.contents(atPath: "/proc/\(e)/environ") else { continue }
@@ -218,6 +219,22 @@ func rankPIDs() -> [Int: Int32] {
         }
     }
     return out
+}
+
+/// Whether `pid`'s chain of parents (from /proc/<pid>/stat) reaches this process.
+func descendsFromThisProcess(_ pid: Int32) -> Bool {
+    let me = getpid()
+    var current = pid
+    for _ in 0..<64 {
+        guard current > 1, let stat = try? String(contentsOfFile: "/proc/\(current)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        // After "pid (comm)": state, then the parent's pid.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 1, let parent = Int32(fields[1]) else { return false }
+        if parent == me { return true }
+        current = parent
+    }
+    return false
 }
 
 /// The tokens and vocabulary size of a prepared split's first shard (`train_000000.bin` or
