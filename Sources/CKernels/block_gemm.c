@@ -52,7 +52,7 @@ BF16_ATTR static void pack_row_pairs(uint32_t *dst, int64_t ldd, const uint16_t 
 }
 
 // A 16×16 transpose of 32-bit elements.
-BF16_ATTR static inline void transpose16(__m512i r[16]) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void transpose16(__m512i r[16]) {
     __m512i t[16], u[16];
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
@@ -75,32 +75,43 @@ BF16_ATTR static inline void transpose16(__m512i r[16]) {
     }
 }
 
-// dst[p·ldd + j] = (x[j][2p], x[j][2p+1]) for p < ⌈k/2⌉, j < padded: row j's pairs, transposed
-// (16 rows × 16 pairs at a time; gathered at the edges), zero past n rows and past k columns.
-BF16_ATTR static void pack_column_pairs(uint32_t *dst, int64_t ldd, const uint16_t *x, int64_t ld, int64_t k, int64_t n,
-                                        int64_t padded) {
-    int64_t pairs = (k + 1) / 2;
+#define AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+// dst[p·ldd + j] = 32-bit word p of row j (rows `stride` bytes apart from x) for p < words,
+// j < padded: rows transposed 16 × 16 words at a time (gathered at the edges), zero past n
+// rows; with `half_last` the last word keeps its low half only (an odd depth's last pair).
+// bf16 pairs and fp32 values alike are 32-bit words here.
+AVX512_ATTR static void transpose_words(uint32_t *dst, int64_t ldd, const char *x, int64_t stride, int64_t words,
+                                        int64_t n, int64_t padded, int half_last) {
     __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                      _mm512_set1_epi32((int)ld));
+                                      _mm512_set1_epi32((int)stride));
+    int64_t whole = half_last ? words - 1 : words;
     for (int64_t j = 0; j < padded; j += 16) {
         int64_t w = n - j;
         __mmask16 m = w >= 16 ? 0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
-        const uint16_t *base = x + j * ld;
+        const char *base = x + j * stride;
         int64_t p = 0;
         if (w >= 16)
-            for (; p + 16 <= k / 2; p += 16) {
+            for (; p + 16 <= whole; p += 16) {
                 __m512i r[16];
-                for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(base + i * ld + 2 * p);
+                for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(base + i * stride + 4 * p);
                 transpose16(r);
                 for (int i = 0; i < 16; i++) _mm512_store_si512(dst + (p + i) * ldd + j, r[i]);
             }
-        for (; p < pairs; p++) {
-            __m512i v = m ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rows, base + 2 * p, 2)
+        for (; p < words; p++) {
+            __m512i v = m ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rows, base + 4 * p, 1)
                           : _mm512_setzero_si512();
-            if (2 * p + 1 >= k) v = _mm512_and_si512(v, _mm512_set1_epi32(0xFFFF));
+            if (half_last && p == words - 1) v = _mm512_and_si512(v, _mm512_set1_epi32(0xFFFF));
             _mm512_store_si512(dst + p * ldd + j, v);
         }
     }
+}
+
+// dst[p·ldd + j] = (x[j][2p], x[j][2p+1]) for p < ⌈k/2⌉, j < padded: row j's pairs, transposed,
+// zero past n rows and past k columns.
+BF16_ATTR static void pack_column_pairs(uint32_t *dst, int64_t ldd, const uint16_t *x, int64_t ld, int64_t k, int64_t n,
+                                        int64_t padded) {
+    transpose_words(dst, ldd, (const char *)x, 2 * ld, (k + 1) / 2, n, padded, (int)(k & 1));
 }
 
 // MARK: The register tile
@@ -133,6 +144,26 @@ tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, 
         }
 }
 
+// C's tiles in 64-column strips (`vectors` of 16, the last one's valid lanes in `last`), six
+// rows at a time and then the rows left, each through ROW(rows), which sees i, j, vectors and
+// last.
+#define FOR_EACH_TILE(ROW)                                                                  \
+    for (int64_t j = 0; j < n; j += 16 * TILE_VECTORS) {                                    \
+        int64_t w = n - j < 16 * TILE_VECTORS ? n - j : 16 * TILE_VECTORS;                  \
+        int vectors = (int)((w + 15) / 16);                                                 \
+        __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);                \
+        int64_t i = 0;                                                                      \
+        for (; i + TILE_ROWS <= m; i += TILE_ROWS) ROW(TILE_ROWS)                           \
+        switch (m - i) {                                                                    \
+        case 5: ROW(5) break;                                                               \
+        case 4: ROW(4) break;                                                               \
+        case 3: ROW(3) break;                                                               \
+        case 2: ROW(2) break;                                                               \
+        case 1: ROW(1) break;                                                               \
+        default: break;                                                                     \
+        }                                                                                   \
+    }
+
 // Constant rows and vectors for each call site, so the tile is unrolled into registers.
 #define TILE_CASE(R, V) tile(R, V, pairs, ap + i * row_step, row_step, pair_step, bp + j, padded_n, accumulate, \
                              c + i * ldc + j, ldc, last)
@@ -164,21 +195,7 @@ BF16_ATTR static int block_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k,
         row_step = 2;
         pair_step = 2 * padded_m;
     }
-    for (int64_t j = 0; j < n; j += 16 * TILE_VECTORS) {
-        int64_t w = n - j < 16 * TILE_VECTORS ? n - j : 16 * TILE_VECTORS;
-        int vectors = (int)((w + 15) / 16);
-        __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);
-        int64_t i = 0;
-        for (; i + TILE_ROWS <= m; i += TILE_ROWS) TILE_ROW(TILE_ROWS)
-        switch (m - i) {
-        case 5: TILE_ROW(5) break;
-        case 4: TILE_ROW(4) break;
-        case 3: TILE_ROW(3) break;
-        case 2: TILE_ROW(2) break;
-        case 1: TILE_ROW(1) break;
-        default: break;
-        }
-    }
+    FOR_EACH_TILE(TILE_ROW)
     return 0;
 }
 
@@ -209,28 +226,11 @@ int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int6
 
 #define F32_ATTR_512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 
-// B's row p of op(B) as contiguous floats: B itself when not transposed, else a transposed copy.
+// op(B)'s rows as contiguous floats where B is stored transposed: dst[p·ldd + j] = x[j·ld + p]
+// for p < k, j < padded (zero past n).
 F32_ATTR_512 static void transpose_block_f32(float *dst, int64_t ldd, const float *x, int64_t ld, int64_t k, int64_t n,
                                             int64_t padded) {
-    // dst[p·ldd + j] = x[j·ld + p] for p < k, j < padded (zero past n).
-    __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                      _mm512_set1_epi32((int)ld));
-    for (int64_t j = 0; j < padded; j += 16) {
-        int64_t w = n - j;
-        __mmask16 m = w >= 16 ? 0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
-        const float *base = x + j * ld;
-        int64_t p = 0;
-        if (w >= 16)
-            for (; p + 16 <= k; p += 16) {
-                __m512i r[16];
-                for (int i = 0; i < 16; i++) r[i] = _mm512_castps_si512(_mm512_loadu_ps(base + i * ld + p));
-                transpose16(r);
-                for (int i = 0; i < 16; i++) _mm512_store_ps(dst + (p + i) * ldd + j, _mm512_castsi512_ps(r[i]));
-            }
-        for (; p < k; p++)
-            _mm512_store_ps(dst + p * ldd + j, m ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, rows, base + p, 4)
-                                                 : _mm512_setzero_ps());
-    }
+    transpose_words((uint32_t *)dst, ldd, (const char *)x, 4 * ld, k, n, padded, 0);
 }
 
 // C[rows × 16·vectors] = alpha·A·B (+ C): A's element (r, p) at a + r·ars + p·aps, B's row p
@@ -288,21 +288,7 @@ F32_ATTR_512 static int block_sgemm_512(int ta, int tb, int64_t m, int64_t n, in
     }
     const float *ap = a;
     int64_t ars = ta ? 1 : lda, aps = ta ? lda : 1;
-    for (int64_t j = 0; j < n; j += 16 * TILE_VECTORS) {
-        int64_t w = n - j < 16 * TILE_VECTORS ? n - j : 16 * TILE_VECTORS;
-        int vectors = (int)((w + 15) / 16);
-        __mmask16 last = (__mmask16)(w % 16 ? (1u << (w % 16)) - 1 : 0xFFFF);
-        int64_t i = 0;
-        for (; i + TILE_ROWS <= m; i += TILE_ROWS) TILE_ROW_F32_512(TILE_ROWS)
-        switch (m - i) {
-        case 5: TILE_ROW_F32_512(5) break;
-        case 4: TILE_ROW_F32_512(4) break;
-        case 3: TILE_ROW_F32_512(3) break;
-        case 2: TILE_ROW_F32_512(2) break;
-        case 1: TILE_ROW_F32_512(1) break;
-        default: break;
-        }
-    }
+    FOR_EACH_TILE(TILE_ROW_F32_512)
     return 0;
 }
 
