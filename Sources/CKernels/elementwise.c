@@ -105,11 +105,6 @@ static inline float gelu_slope(float v) {
     }                                                                                             \
     ATTR static void from_f16_##SUFFIX(float *dst, const uint16_t *src, int64_t n) {              \
         _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = widen_f16(src[i]); \
-    }                                                                                             \
-    ATTR static int all_finite_##SUFFIX(const float *x, int64_t n) {                              \
-        uint32_t bad = 0;                                                                         \
-        for (int64_t i = 0; i < n; i++) bad |= ((float_to_bits(x[i]) & 0x7f800000u) == 0x7f800000u); \
-        return bad == 0;                                                                          \
     }
 
 #define DEFINE_OPTIM(SUFFIX, ATTR)                                                                 \
@@ -264,9 +259,6 @@ double tessera_sum_of_squares(const float *x, int64_t n) {
 
 void tessera_f32_to_f16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(to_f16, dst, src, n); }
 void tessera_f16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_f16, dst, src, n); }
-int tessera_all_finite(const float *x, int64_t n) {
-    return SELECT(all_finite)(x, n);
-}
 
 void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n) {
     if (bf16) DISPATCH(gelu_fwd_bf16, pre, out, x, n); else DISPATCH(gelu_fwd_f16, pre, out, x, n);

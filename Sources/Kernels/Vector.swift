@@ -24,12 +24,6 @@ public enum Vector {
     public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
         ParallelFor.chunks(n) { lo, hi in for i in lo..<hi { y[i] += x[i] } }
     }
-
-    /// True when every element is finite (no NaN, no ±inf).
-    @inlinable
-    public static func allFinite(_ x: UnsafePointer<Float>, _ n: Int) -> Bool {
-        tessera_all_finite(x, Int64(n)) != 0
-    }
 }
 
 // MARK: - Element-wise math (vectorised in C)

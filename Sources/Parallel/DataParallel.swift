@@ -13,9 +13,8 @@ import Glibc
 /// Replicated training: every rank holds all parameters, gradients and AdamW states, and
 /// gradients are all-reduced bucket by bucket while backward goes on (see `BucketReducer`).
 public final class DataParallel: TrainingStrategy {
-    /// The gradients' sum of squares from `localGradientsFinite`, for `gradientSquaredNorm`
-    /// (nil once used, and when new gradients arrive).
-    private var localSquares: Double?
+    /// The gradients' sum of squares, read once for `localGradientsFinite` and `gradientSquaredNorm`.
+    private var squares = GradientSquares()
     public let layout: ParameterLayout
     let comm: Communicator
     let adam: AdamW
@@ -62,7 +61,7 @@ public final class DataParallel: TrainingStrategy {
     /// A compressed step's buckets only accumulate; PowerSGD reduces the whole gradient at the end.
     public func beginMicroStep(isLast: Bool) { reducer.beginMicroStep(isLast: isLast && powerSGD?.compresses != true) }
     public func finishGradients() throws(CommError) {
-        localSquares = nil
+        squares.forget()
         try reducer.finish(seconds: &commWaitSeconds)
         guard let powerSGD else { return }
         if powerSGD.compresses {
@@ -74,18 +73,13 @@ public final class DataParallel: TrainingStrategy {
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
-        defer { localSquares = nil }
-        return localSquares ?? Vector.sumOfSquares(grads.pointer, layout.count)
+        squares.take(grads.pointer, layout.count)
     }
 
-    public func localGradientsFinite() -> Bool {
-        let squares = Vector.sumOfSquares(grads.pointer, layout.count)
-        localSquares = squares
-        return squares.isFinite
-    }
+    public func localGradientsFinite() -> Bool { squares.finite(grads.pointer, layout.count) }
 
     public func poisonGradientForTesting() {
-        localSquares = nil
+        squares.forget()
         grads[0] = .infinity
     }
 

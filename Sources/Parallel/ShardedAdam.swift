@@ -19,11 +19,9 @@ final class ShardedAdam {
         v = FloatBuffer(count: shard.shardSize)
     }
 
-    /// Global squared gradient norm: local sum over the shard (`local`, when already known),
-    /// one all-reduce.
-    func globalNormSquared(gradShard: UnsafePointer<Float>, local: Double? = nil,
-                           comm: Communicator) throws(CommError) -> Double {
-        var s = [local ?? Vector.sumOfSquares(gradShard, shard.mine.count)]
+    /// Global squared gradient norm from this rank's shard's sum of squares: one all-reduce.
+    func globalNormSquared(local: Double, comm: Communicator) throws(CommError) -> Double {
+        var s = [local]
         try comm.allReduce(&s, label: "all-reduce of the gradient norm")
         return s[0]
     }

@@ -48,8 +48,7 @@ public protocol TrainingStrategy: ParameterProvider {
     /// strategies sum their shards with one all-reduce).
     func gradientSquaredNorm() throws(CommError) -> Double
     /// Whether every gradient element this rank holds (after `finishGradients`) is finite.
-    /// Strategies find out from the sum of squares of those elements (finite exactly when they
-    /// all are: squares of finite floats summed in fp64 cannot overflow), which
+    /// Strategies find out from the sum of squares of those elements (`GradientSquares`), which
     /// `gradientSquaredNorm` then reuses instead of reading the gradients again.
     func localGradientsFinite() -> Bool
     /// Writes +inf into one gradient element this rank holds (tests of overflow handling).

@@ -65,9 +65,9 @@ protocol ShardedGradients: AnyObject {
 /// in the other groups (`ShardGroups`). Nothing else crosses groups: parameter gathers,
 /// gradient reduce-scatters and the norm's sum stay inside the group.
 public final class ZeRO: TrainingStrategy {
-    /// This rank's shard's sum of squares from `localGradientsFinite`, for
-    /// `gradientSquaredNorm` (nil once used, and when new gradients arrive).
-    private var localSquares: Double?
+    /// This rank's gradient shard's sum of squares, read once for `localGradientsFinite` and
+    /// `gradientSquaredNorm`.
+    private var squares = GradientSquares()
     public let stage: ZeroStage
     public let layout: ParameterLayout
     let comm: Communicator
@@ -140,7 +140,7 @@ public final class ZeRO: TrainingStrategy {
         grads.beginMicroStep(isLast: isLast)
     }
     public func finishGradients() throws(CommError) {
-        localSquares = nil
+        squares.forget()
         parameters.setBackward(false)
         try grads.finish(seconds: &ownWait)
         if let replicas, !stage.shardsGradients { try reduceAcrossGroups(replicas) }
@@ -156,16 +156,11 @@ public final class ZeRO: TrainingStrategy {
     }
 
     public func gradientSquaredNorm() throws(CommError) -> Double {
-        defer { localSquares = nil }
-        return try optimizer.globalNormSquared(gradShard: grads.gradShard.pointer, local: localSquares, comm: comm)
+        try optimizer.globalNormSquared(local: squares.take(grads.gradShard.pointer, shard.mine.count), comm: comm)
     }
-    public func localGradientsFinite() -> Bool {
-        let squares = Vector.sumOfSquares(grads.gradShard.pointer, shard.mine.count)
-        localSquares = squares
-        return squares.isFinite
-    }
+    public func localGradientsFinite() -> Bool { squares.finite(grads.gradShard.pointer, shard.mine.count) }
     public func poisonGradientForTesting() {
-        localSquares = nil
+        squares.forget()
         grads.gradShard[0] = .infinity
     }
 

@@ -44,9 +44,14 @@ final class KernelsTests: XCTestCase {
     func testSumOfSquaresAndFinite() {
         let x: [Float] = [1, 2, 3, 4, 5]
         XCTAssertEqual(Vector.sumOfSquares(x, 5), 55)
-        XCTAssertTrue(Vector.allFinite(x, 5))
-        XCTAssertFalse(Vector.allFinite([1, .nan], 2))
-        XCTAssertFalse(Vector.allFinite([.infinity], 1))
+        // Finite exactly when every element is (what the strategies' overflow check relies on),
+        // even for the largest floats, whose squares fp64 still holds.
+        XCTAssertTrue(Vector.sumOfSquares(x, 5).isFinite)
+        XCTAssertFalse(Vector.sumOfSquares([1, .nan], 2).isFinite)
+        XCTAssertFalse(Vector.sumOfSquares([.infinity], 1).isFinite)
+        XCTAssertFalse(Vector.sumOfSquares([-.infinity, 2], 2).isFinite)
+        let largest = [Float](repeating: .greatestFiniteMagnitude, count: 100_000)
+        XCTAssertTrue(Vector.sumOfSquares(largest, largest.count).isFinite)
     }
 }
 

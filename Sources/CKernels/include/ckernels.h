@@ -94,8 +94,6 @@ void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
 /// fp32 → IEEE binary16 (round to nearest even, overflow → ±inf, NaN kept) and back.
 void tessera_f32_to_f16(uint16_t *dst, const float *src, int64_t n);
 void tessera_f16_to_f32(float *dst, const uint16_t *src, int64_t n);
-/// 1 when no element is NaN or ±inf.
-int tessera_all_finite(const float *x, int64_t n);
 
 /// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW).
 void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
