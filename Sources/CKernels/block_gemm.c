@@ -167,13 +167,15 @@ tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, 
 // Constant rows and vectors for each call site, so the tile is unrolled into registers.
 #define TILE_CASE(R, V) tile(R, V, pairs, ap + i * row_step, row_step, pair_step, bp + j, padded_n, accumulate, \
                              c + i * ldc + j, ldc, last)
-#define TILE_ROW(R)                                                    \
+// TILE(R, V) with the strip's vector count as a constant.
+#define BY_VECTORS(TILE, R)                                            \
     switch (vectors) {                                                 \
-    case 4: TILE_CASE(R, 4); break;                                    \
-    case 3: TILE_CASE(R, 3); break;                                    \
-    case 2: TILE_CASE(R, 2); break;                                    \
-    default: TILE_CASE(R, 1);                                          \
+    case 4: TILE(R, 4); break;                                         \
+    case 3: TILE(R, 3); break;                                         \
+    case 2: TILE(R, 2); break;                                         \
+    default: TILE(R, 1);                                               \
     }
+#define TILE_ROW(R) BY_VECTORS(TILE_CASE, R)
 
 BF16_ATTR static int block_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                                 const uint16_t *b, int64_t ldb, int accumulate, float *c, int64_t ldc) {
@@ -263,13 +265,7 @@ tile_f32_512(int rows, int vectors, int64_t k, const float *a, int64_t ars, int6
 
 #define TILE_F32_512(R, V) tile_f32_512(R, V, k, ap + i * ars, ars, aps, bp + j, ldbp, alpha, accumulate, \
                                         c + i * ldc + j, ldc, last)
-#define TILE_ROW_F32_512(R)                                            \
-    switch (vectors) {                                                 \
-    case 4: TILE_F32_512(R, 4); break;                                 \
-    case 3: TILE_F32_512(R, 3); break;                                 \
-    case 2: TILE_F32_512(R, 2); break;                                 \
-    default: TILE_F32_512(R, 1);                                       \
-    }
+#define TILE_ROW_F32_512(R) BY_VECTORS(TILE_F32_512, R)
 
 static _Thread_local float *transposed_b;
 static _Thread_local int64_t capacity_t;
