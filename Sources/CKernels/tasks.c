@@ -37,3 +37,26 @@ void tessera_parallel_tasks(int64_t count, int64_t workers, tessera_task_fn fn, 
 }
 
 int tessera_in_parallel(void) { return omp_in_parallel(); }
+
+// MARK: A team working in step
+
+extern void GOMP_barrier(void);
+extern int omp_get_num_threads(void);
+
+typedef struct {
+    tessera_team_fn fn;
+    void *context;
+} team_job;
+
+static void run_member(void *data) {
+    team_job *job = data;
+    job->fn(job->context, omp_get_thread_num(), omp_get_num_threads());
+}
+
+void tessera_parallel_team(int64_t workers, tessera_team_fn fn, void *context) {
+    team_job job = {.fn = fn, .context = context};
+    // Inside a region OpenMP does not nest: the team is then this thread alone.
+    GOMP_parallel(run_member, &job, (unsigned)(workers > 1 ? workers : 1), 0);
+}
+
+void tessera_team_barrier(void) { GOMP_barrier(); }

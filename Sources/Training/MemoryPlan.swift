@@ -15,7 +15,8 @@ import Settings
 /// memory-mapped and each batch's pages released, so they hold no memory of their own),
 /// the start-up transient (none for a fresh run, which initialises each rank's own elements
 /// in place; a resume's frame buffers) and the runtime's own share (libraries, MPI, oneDNN:
-/// 48 MiB, measured as the peak of minimal runs less their buffers) and Open MPI's
+/// 48 MiB, measured as the peak of minimal runs less their buffers; with bf16 dot products,
+/// the buffers of tessera's weight-gradient kernel beside them) and Open MPI's
 /// temporaries for the gradient collectives in flight.
 public struct MemoryPlan: Codable, Sendable {
     public var stage: ZeroStage, precision: Precision, recompute: Recompute, worldSize: Int, ranksPerNode: Int, microBatch: Int
@@ -82,6 +83,12 @@ public struct MemoryPlan: Codable, Sendable {
             copies += config.precision.isLow ? 2 * trained.largestNonEmbeddingUnit : 0
             acts += lora.activationBytes(rows: micro * config.blockSize, nLayer: shape.nLayer, precision: config.precision).total
         }
+        // bf16 weight gradients on tessera's kernel keep its buffers (per thread) for the
+        // process's life, sized by the largest products: the runtime's share grows by them.
+        let rows = micro * config.blockSize, C = shape.nEmbd
+        let weightProducts = config.precision == .bf16 && config.lora == nil
+            ? [(m: 3 * C, n: C, k: rows), (C, C, rows), (4 * C, C, rows), (C, 4 * C, rows), (shape.vocabSize, C, rows)] : []
+        let gemmScratch = Gemm.weightGradientScratchBytes(weightProducts, threads: threads)
         // Everything below that scales with what trains (state, saves, gradient traffic).
         let psi = trained.count
         // A fresh run initialises straight into the strategy's own buffers. A resume verifies
@@ -154,7 +161,7 @@ public struct MemoryPlan: Codable, Sendable {
         var plan = MemoryPlan(stage: config.zero, precision: config.precision, recompute: config.recompute, worldSize: n, ranksPerNode: ranksPerNode,
                           microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,
                           working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies,
-                          startup: startup, save: save, runtime: runtimeBytes, collectives: collectives, sentElementsPerStep: n > 1 ? sentElements : 0,
+                          startup: startup, save: save, runtime: runtimeBytes + gemmScratch, collectives: collectives, sentElementsPerStep: n > 1 ? sentElements : 0,
                           sentBytesPerStep: n > 1 ? sentBytes : 0, flopsPerStep: flops)
         if groups > 1 && !local && config.shardGroup != .world { plan.shardGroupSize = g; plan.crossGroupBytesPerStep = crossGroup * Int(wire) }
         return plan

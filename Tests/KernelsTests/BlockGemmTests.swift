@@ -77,6 +77,126 @@ final class BlockGemmTests: XCTestCase {
     }
 }
 
+/// The bf16 weight-gradient GEMM (`C += Aᵀ·B`, a linear map's `doutᵀ·inp`): exactly its stated
+/// order, and on dense operands the bits of oneDNN's matmul, which it replaces there, on one
+/// thread and two, with depth tails, an odd depth and products split to bound its buffers.
+final class WeightGradientGemmTests: XCTestCase {
+    override func setUpWithError() throws {
+        try XCTSkipIf(!Gemm.bf16IsNative, "bf16 products do not run on bf16 dot products here (no AVX512-BF16, or "
+                      + "TESSERA_ISA lowers it): the weight-gradient GEMM declines, and oneDNN's matmul is not used")
+    }
+
+    override func tearDown() { CPU.use(nil) }
+
+    /// (m, n, k): `small`'s attention projection at a shorter depth (4 blocks), tails of the
+    /// 6-row and 64-column tiles with an odd depth (3 blocks and 1 row), a short last block, and
+    /// products whose partial sums a member could not hold at once (split by rows, by columns).
+    static let cases: [(Int, Int, Int)] = [(384, 384, 2048), (257, 259, 1537), (391, 170, 1100), (3000, 768, 1024),
+                                           (700, 3100, 1030)]
+
+    func run(_ index: Int, pad: Int = 0, _ body: (Int, Int, Int, [UInt16], Int, [UInt16], Int, [Float], Int) -> Void) {
+        let (m, n, k) = Self.cases[index]
+        var rng = SplitMix64(seed: 40 + UInt64(index))
+        let lda = m + pad, ldb = n + pad, ldc = n + pad
+        let a = (0..<(k * lda)).map { _ in Convert.bf16(Float(rng.nextNormal())) }
+        let b = (0..<(k * ldb)).map { _ in Convert.bf16(Float(rng.nextNormal()) * 0.5) }
+        let c0 = (0..<(m * ldc)).map { _ in Float(rng.nextNormal()) }
+        body(m, n, k, a, lda, b, ldb, c0, ldc)
+    }
+
+    func withThreads(_ threads: Int, _ body: () -> Void) {
+        let before = ParallelFor.threads
+        Gemm.setThreads(threads)
+        defer { Gemm.setThreads(before) }
+        body()
+    }
+
+    func testExactlyItsOrder() {
+        // Each block of 512 along the depth summed from zero (the block tile's order, checked
+        // against oneDNN above), the block sums added in order, then C added; padding untouched.
+        for index in Self.cases.indices {
+            run(index, pad: 3) { m, n, k, a, lda, b, ldb, c0, ldc in
+                var expected = c0, block = [Float](repeating: 0, count: m * n), sums = [Float](repeating: 0, count: m * n)
+                for k0 in stride(from: 0, to: k, by: 512) {
+                    let depth = min(512, k - k0)
+                    a.withUnsafeBufferPointer { a in
+                        b.withUnsafeBufferPointer { b in
+                            XCTAssertTrue(Gemm.blockBF16Gemm(.transpose, .none, m: m, n: n, k: depth, a: a.baseAddress! + k0 * lda,
+                                                             lda: lda, b: b.baseAddress! + k0 * ldb, ldb: ldb, beta: 0,
+                                                             c: &block, ldc: n))
+                        }
+                    }
+                    for e in 0..<(m * n) { sums[e] = k0 == 0 ? block[e] : block[e] + sums[e] }
+                }
+                for i in 0..<m { for j in 0..<n { expected[i * ldc + j] = sums[i * n + j] + c0[i * ldc + j] } }
+                withThreads(2) {
+                    var got = c0
+                    XCTAssertTrue(Gemm.weightGradientBF16(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: &got, ldc: ldc))
+                    let differing = zip(got, expected).filter { $0.bitPattern != $1.bitPattern }.count
+                    XCTAssertEqual(differing, 0, "\(m)×\(n)×\(k): values not in the stated order (or padding written)")
+                }
+            }
+        }
+    }
+
+    func testSameBitsAsOneDNNOnOneThreadAndTwo() {
+        for index in Self.cases.indices {
+            run(index) { m, n, k, a, lda, b, ldb, c0, ldc in
+                for threads in [1, 2] {
+                    withThreads(threads) {
+                        var kernel = c0, onednn = c0
+                        XCTAssertTrue(Gemm.weightGradientBF16(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                                                              c: &kernel, ldc: ldc))
+                        Gemm.matmulBF16Gemm(.transpose, .none, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: 1,
+                                            c: &onednn, ldc: ldc)
+                        XCTAssertEqual(zip(kernel, onednn).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                                       "\(m)×\(n)×\(k) on \(threads) threads: values that differ from oneDNN's")
+                    }
+                }
+            }
+        }
+    }
+
+    func testLowGemmTakesItOnlyForWeightGradientsItSpeeds() {
+        XCTAssertTrue(Gemm.takesWeightGradient(m: 384, n: 384, k: 16_384), "small's weight gradients")
+        XCTAssertTrue(Gemm.takesWeightGradient(m: 2304, n: 768, k: 1024), "gpt2's")
+        XCTAssertFalse(Gemm.takesWeightGradient(m: 512, n: 128, k: 768), "tiny's (depth 768), where oneDNN was faster")
+        XCTAssertFalse(Gemm.takesWeightGradient(m: 64, n: 64, k: 4096), "a 64×64 gradient")
+        let one = [UInt16](repeating: 0x3F80, count: 1024)
+        var c: [Float] = [7]
+        XCTAssertFalse(Gemm.weightGradientBF16(m: 1, n: 1, k: 1024, a: one, lda: 1, b: one, ldb: 1, c: &c, ldc: 1))
+        XCTAssertEqual(c, [7], "C untouched when it declines")
+        // A product it takes gives oneDNN's bits through lowGemm too: 1,024 ones summed onto 7.
+        var big = [Float](repeating: 7, count: 256 * 256), wide = [UInt16](repeating: 0x3F80, count: 1024 * 256)
+        Gemm.lowGemm(.bf16, .transpose, .none, m: 256, n: 256, k: 1024, a: &wide, lda: 256, b: wide, ldb: 256, beta: 1,
+                     c: &big, ldc: 256)
+        XCTAssertEqual(Set(big), [1031])
+        // Strided operands, which oneDNN runs another way with other bits, stay on oneDNN.
+        run(0, pad: 3) { m, n, k, a, lda, b, ldb, c0, ldc in
+            var routed = c0, onednn = c0
+            Gemm.lowGemm(.bf16, .transpose, .none, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: &routed,
+                         ldc: ldc)
+            Gemm.matmulBF16Gemm(.transpose, .none, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: &onednn,
+                                ldc: ldc)
+            XCTAssertEqual(zip(routed, onednn).filter { $0.bitPattern != $1.bitPattern }.count, 0, "strided operands")
+        }
+        CPU.use(.avx512)
+        XCTAssertFalse(Gemm.weightGradientBF16(m: 256, n: 256, k: 1024, a: wide, lda: 256, b: wide, ldb: 256, c: &big,
+                                               ldc: 256), "below AVX512-BF16")
+    }
+
+    func testScratchIsWhatTheBuffersHold() {
+        // Two threads, `small`'s products: the shared B blocks (2 × 256 pairs × 1,536 columns)
+        // and per member a 96-row chunk of A and its 768 × 384 or 192 × 1,536 partial sums.
+        let shapes = [(m: 1152, n: 384, k: 16_384), (384, 384, 16_384), (1536, 384, 16_384), (384, 1536, 16_384)]
+        XCTAssertEqual(Gemm.weightGradientScratchBytes(shapes, threads: 2), 4 * (2 * 256 * 1536 + 2 * (256 * 96 + 768 * 384)))
+        XCTAssertEqual(Gemm.weightGradientScratchBytes([(m: 64, n: 64, k: 768)], threads: 2), 0, "a product it leaves to oneDNN")
+        // gpt2's head (50,257 × 768) is split so a member's partial sums stay within 4 MiB.
+        let head = Gemm.weightGradientScratchBytes([(m: 50_257, n: 768, k: 1024)], threads: 2)
+        XCTAssertEqual(head, 4 * (2 * 256 * 768 + 2 * (256 * 96 + 1362 * 768)))
+    }
+}
+
 /// The fp32 register-tile GEMM of attention's block products (AVX-512): exactly its stated
 /// order (each element's products fused-multiply-added along the depth from zero, then scaled,
 /// then C added), and the bits of oneDNN's sgemm, which it replaces.

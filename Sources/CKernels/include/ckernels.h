@@ -29,6 +29,19 @@ int tessera_bf16_gemm_rounded(int trans_a, int trans_b, int64_t m, int64_t n, in
 int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                             const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/// C += Aᵀ·B with bf16 A (k×m, row stride lda) and B (k×n, row stride ldb): a linear map's
+/// weight gradient (output gradient ᵀ · input): the depth in blocks of 512, each summed from
+/// zero with bf16 dot products, the block sums added in order, C added last, which are the
+/// bits of tessera_bf16_gemm (oneDNN's) for dense operands (lda = m, ldb = ldc = n), on
+/// `threads` OpenMP threads (one inside a parallel region). Returns 0 on success, 1 when out
+/// of memory (C may then be partly updated), 2 below level 3.
+int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const uint16_t *b,
+                             int64_t ldb, float *c, int64_t ldc, int64_t threads);
+/// Bytes of scratch tessera_bf16_weight_gemm holds for the process's life (packing and
+/// partial-sum buffers, per thread) once it has run the products `shapes` (`count` triples m,
+/// n, k) on `threads` threads.
+int64_t tessera_bf16_weight_gemm_scratch(const int64_t *shapes, int64_t count, int64_t threads);
+
 /// C = alpha·op(A)·op(B) + beta·C in fp32 for small products inside a task (the attention
 /// kernel's blocks): each element's products fused-multiply-added from zero along the depth in
 /// order, then scaled and added to C (oneDNN's AVX-512 sgemm's bits on those shapes when alpha
@@ -59,6 +72,14 @@ typedef void (*tessera_task_fn)(void *context, int64_t index, int64_t worker);
 void tessera_parallel_tasks(int64_t count, int64_t workers, tessera_task_fn fn, void *context);
 /// 1 inside a tessera_parallel_tasks (OpenMP) region.
 int tessera_in_parallel(void);
+/// A member of a tessera_parallel_team: `member` in 0..<`members`.
+typedef void (*tessera_team_fn)(void *context, int64_t member, int64_t members);
+/// Runs fn(context, member, members) once on each thread of an OpenMP team of `workers`
+/// threads (of one thread inside a parallel region, which does not nest), for work whose
+/// members wait for each other with tessera_team_barrier, which every member must reach alike.
+void tessera_parallel_team(int64_t workers, tessera_team_fn fn, void *context);
+/// Waits until every member of the current team has reached it.
+void tessera_team_barrier(void);
 
 /// 1 when the CPU has AVX-512 F/BW/VL (the fast element-wise paths), 2 when it also has
 /// AVX512-BF16 (native bf16 dot products in oneDNN), 0 otherwise.
