@@ -1,8 +1,9 @@
-// Small bf16 products on bf16 dot products (AVX512-BF16): the attention kernel's block
-// products (64–128 rows, columns and depth), which oneDNN's matmul ran at 45–60% of a thread's
-// bf16 peak on Zen 5 because each call pays for a primitive execution, a stream and, for a
-// transposed operand, oneDNN's own copy; here each call packs what it needs into a thread's
-// buffers and runs a 6×64 register tile.
+// bf16 products on bf16 dot products (AVX512-BF16) in one 6×64 register tile: the attention
+// kernel's block products (64–128 rows, columns and depth), which oneDNN's matmul ran at
+// 45–60% of a thread's bf16 peak on Zen 5 because each call pays for a primitive execution, a
+// stream and, for a transposed operand, oneDNN's own copy (here each call packs what it needs
+// into a thread's buffers); and, in their own section below, linear layers' weight gradients;
+// then attention's fp32 block products on an AVX-512 FMA tile.
 //
 // The bits are oneDNN's: its brgemm kernels accumulate every element of C from zero with
 // vdpbf16ps over the depth's pairs in order (the odd depth padded with a zero), then add C
