@@ -341,16 +341,78 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
     }
 }
 
-// The split into products whose partial sums fit WEIGHT_TOTALS_BYTES a member: along the
-// rows when there are at least as many as columns, else along the columns.
+// Depths of at most two blocks (`gpt2`'s 1,024 rows): the team packs both blocks of B at
+// once, each member packs both blocks of its rows of doutᵀ 96 at a time, and each tile runs
+// the two blocks back to back, the first one's sums kept in a buffer of the tile's own instead
+// of the partial-sum buffer: nothing the size of C is held, so large products (gpt2's LM head)
+// need no splitting and B is packed once. The same order, so the same bits.
+
+#define SHORT_TILE(R, V)                                                                             \
+    {                                                                                                \
+        prefetch_some(&next_a);                                                                      \
+        const uint16_t *a0 = (const uint16_t *)(ap + i);                                             \
+        if (blocks == 1)                                                                             \
+            tile(R, V, pairs0, a0, 2, 2 * padded_c, bp + j, g->padded_n, ADD_C, first, 64, c0 + i * ldc + j, ldc, \
+                 last);                                                                              \
+        else {                                                                                       \
+            tile(R, V, pairs0, a0, 2, 2 * padded_c, bp + j, g->padded_n, TO_T, first, 64, c0 + i * ldc + j, ldc, last); \
+            tile(R, V, pairs1, a0 + 2 * WEIGHT_PAIRS * padded_c, 2, 2 * padded_c,                    \
+                 bp + WEIGHT_PAIRS * g->padded_n + j, g->padded_n, T_TO_C, first, 64, c0 + i * ldc + j, ldc, last); \
+        }                                                                                            \
+    }
+#define SHORT_ROW(R) BY_VECTORS(SHORT_TILE, R)
+
+BF16_ATTR static void weight_member_short(void *context, int64_t member, int64_t members) {
+    weight_job *g = context;
+    int64_t per = member_rows(g->m, members), m0 = member * per;
+    int64_t rows = g->m - m0 < per ? g->m - m0 : per, n = g->n, K = g->k, ldc = g->ldc;
+    if (rows < 0) rows = 0;
+    int64_t blocks = (K + WEIGHT_BLOCK - 1) / WEIGHT_BLOCK;
+    uint32_t *ap = reserve(&packed_a, &capacity_a, 2 * WEIGHT_PAIRS * WEIGHT_CHUNK);
+    if (!ap) g->failed = 1;
+    const uint32_t *bp = g->packed_b;
+    for (int64_t block = 0; block < blocks; block++) {
+        int64_t k0 = block * WEIGHT_BLOCK, depth = K - k0 < WEIGHT_BLOCK ? K - k0 : WEIGHT_BLOCK;
+        int64_t pairs = (depth + 1) / 2, p0 = pairs * member / members, p1 = pairs * (member + 1) / members;
+        if (p1 > p0) {
+            int64_t share = depth - 2 * p0 < 2 * (p1 - p0) ? depth - 2 * p0 : 2 * (p1 - p0);
+            pack_row_pairs(g->packed_b + (block * WEIGHT_PAIRS + p0) * g->padded_n, g->padded_n,
+                           g->b + (k0 + 2 * p0) * g->ldb, g->ldb, share, n, g->padded_n);
+        }
+    }
+    tessera_team_barrier();
+    if (g->failed) return;
+    float first[TILE_ROWS * 64] __attribute__((aligned(64)));
+    int64_t depth0 = K < WEIGHT_BLOCK ? K : WEIGHT_BLOCK, pairs0 = (depth0 + 1) / 2, pairs1 = (K - depth0 + 1) / 2;
+    float *c = g->c + m0 * ldc;
+    for (int64_t i0 = 0; i0 < rows; i0 += WEIGHT_CHUNK) {
+        int64_t chunk = rows - i0 < WEIGHT_CHUNK ? rows - i0 : WEIGHT_CHUNK, padded_c = (chunk + 15) / 16 * 16;
+        for (int64_t block = 0; block < blocks; block++) {
+            int64_t k0 = block * WEIGHT_BLOCK, depth = K - k0 < WEIGHT_BLOCK ? K - k0 : WEIGHT_BLOCK;
+            pack_row_pairs(ap + block * WEIGHT_PAIRS * padded_c, padded_c, g->a + k0 * g->lda + m0 + i0, g->lda, depth,
+                           chunk, padded_c);
+        }
+        // The rows of doutᵀ the next chunk will pack (both blocks).
+        int64_t next = rows - i0 - WEIGHT_CHUNK < WEIGHT_CHUNK ? rows - i0 - WEIGHT_CHUNK : WEIGHT_CHUNK;
+        row_prefetch next_a = row_prefetcher(g->a + m0 + i0 + WEIGHT_CHUNK, 2 * g->lda, next > 0 ? K : 0, 2 * next,
+                                             (chunk + TILE_ROWS - 1) / TILE_ROWS * ((n + 63) / 64));
+        float *c0 = c + i0 * ldc;
+        int64_t m = chunk;
+        FOR_EACH_TILE(SHORT_ROW)
+    }
+}
+
+// The split into products whose partial sums fit WEIGHT_TOTALS_BYTES a member (none for short
+// depths, which hold no partial sums): along the rows when there are at least as many as
+// columns, else along the columns.
 typedef struct {
     int64_t rows, cols;
 } weight_split;
 
-static weight_split split_of(int64_t m, int64_t n, int64_t members) {
+static weight_split split_of(int64_t m, int64_t n, int64_t k, int64_t members) {
     int64_t padded_n = (n + 15) / 16 * 16;
     weight_split s = {m, n};
-    if (member_rows(m, members) * padded_n * 4 <= WEIGHT_TOTALS_BYTES) return s;
+    if (k <= 2 * WEIGHT_BLOCK || member_rows(m, members) * padded_n * 4 <= WEIGHT_TOTALS_BYTES) return s;
     if (m >= n) {
         int64_t per = WEIGHT_TOTALS_BYTES / (padded_n * 4) / TILE_ROWS * TILE_ROWS;
         s.rows = (per > TILE_ROWS ? per : TILE_ROWS) * members;
@@ -363,14 +425,16 @@ static weight_split split_of(int64_t m, int64_t n, int64_t members) {
 
 int64_t tessera_bf16_weight_gemm_scratch(const int64_t *shapes, int64_t count, int64_t threads) {
     // Each buffer grows to the largest any product asks of it, and stays.
-    int64_t members = threads > 1 ? threads : 1, shared = 0, sums = 0;
+    int64_t members = threads > 1 ? threads : 1, shared = 0, sums = 0, chunk = 0;
     for (int64_t i = 0; i < count; i++) {
-        weight_split s = split_of(shapes[3 * i], shapes[3 * i + 1], members);
-        int64_t padded_n = (s.cols + 15) / 16 * 16, rows = member_rows(s.rows, members) * padded_n;
+        int64_t k = shapes[3 * i + 2];
+        weight_split s = split_of(shapes[3 * i], shapes[3 * i + 1], k, members);
+        int64_t padded_n = (s.cols + 15) / 16 * 16, rows = k <= 2 * WEIGHT_BLOCK ? 0 : member_rows(s.rows, members) * padded_n;
         if (2 * WEIGHT_PAIRS * padded_n > shared) shared = 2 * WEIGHT_PAIRS * padded_n;
         if (rows > sums) sums = rows;
+        if ((k <= 2 * WEIGHT_BLOCK ? 2 : 1) * WEIGHT_PAIRS * WEIGHT_CHUNK > chunk) chunk = (k <= 2 * WEIGHT_BLOCK ? 2 : 1) * WEIGHT_PAIRS * WEIGHT_CHUNK;
     }
-    return count ? 4 * (shared + members * (WEIGHT_PAIRS * WEIGHT_CHUNK + sums)) : 0;
+    return count ? 4 * (shared + members * (chunk + sums)) : 0;
 }
 
 int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const uint16_t *b,
@@ -378,7 +442,7 @@ int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a,
     if (tessera_cpu_level() < 3) return 2;
     if (m <= 0 || n <= 0 || k <= 0) return 0;
     int64_t members = tessera_in_parallel() || threads < 1 ? 1 : threads;
-    weight_split s = split_of(m, n, members);
+    weight_split s = split_of(m, n, k, members);
     for (int64_t i = 0; i < m; i += s.rows)
         for (int64_t j = 0; j < n; j += s.cols) {
             weight_job g = {.m = m - i < s.rows ? m - i : s.rows, .n = n - j < s.cols ? n - j : s.cols, .k = k,
@@ -386,7 +450,7 @@ int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a,
             g.padded_n = (g.n + 15) / 16 * 16;
             g.packed_b = reserve(&shared_b, &capacity_shared_b, 2 * WEIGHT_PAIRS * g.padded_n);
             if (!g.packed_b) return 1;
-            tessera_parallel_team(members, weight_member, &g);
+            tessera_parallel_team(members, k <= 2 * WEIGHT_BLOCK ? weight_member_short : weight_member, &g);
             if (g.failed) return 1;
         }
     return 0;

@@ -89,10 +89,11 @@ final class WeightGradientGemmTests: XCTestCase {
     override func tearDown() { CPU.use(nil) }
 
     /// (m, n, k): `small`'s attention projection at a shorter depth (4 blocks), tails of the
-    /// 6-row and 64-column tiles with an odd depth (3 blocks and 1 row), a short last block, and
-    /// products whose partial sums a member could not hold at once (split by rows, by columns).
-    static let cases: [(Int, Int, Int)] = [(384, 384, 2048), (257, 259, 1537), (391, 170, 1100), (3000, 768, 1024),
-                                           (700, 3100, 1030)]
+    /// 6-row and 64-column tiles with an odd depth (3 blocks and 1 row), a short last block,
+    /// products whose partial sums a member could not hold at once (split by rows, by columns),
+    /// and two blocks (`gpt2`'s depth), which run both blocks per tile, with tails.
+    static let cases: [(Int, Int, Int)] = [(384, 384, 2048), (257, 259, 1537), (391, 170, 1100), (3000, 768, 1100),
+                                           (700, 3100, 1030), (391, 300, 1024)]
 
     func run(_ index: Int, pad: Int = 0, _ body: (Int, Int, Int, [UInt16], Int, [UInt16], Int, [Float], Int) -> Void) {
         let (m, n, k) = Self.cases[index]
@@ -191,9 +192,13 @@ final class WeightGradientGemmTests: XCTestCase {
         let shapes = [(m: 1152, n: 384, k: 16_384), (384, 384, 16_384), (1536, 384, 16_384), (384, 1536, 16_384)]
         XCTAssertEqual(Gemm.weightGradientScratchBytes(shapes, threads: 2), 4 * (2 * 256 * 1536 + 2 * (256 * 96 + 768 * 384)))
         XCTAssertEqual(Gemm.weightGradientScratchBytes([(m: 64, n: 64, k: 768)], threads: 2), 0, "a product it leaves to oneDNN")
-        // gpt2's head (50,257 × 768) is split so a member's partial sums stay within 4 MiB.
+        // gpt2's head (50,257 × 768) at depth 1,024 holds no partial sums: two blocks of B, and
+        // per member both blocks of a 96-row chunk of A. Deeper, it is split so a member's
+        // partial sums stay within 4 MiB.
         let head = Gemm.weightGradientScratchBytes([(m: 50_257, n: 768, k: 1024)], threads: 2)
-        XCTAssertEqual(head, 4 * (2 * 256 * 768 + 2 * (256 * 96 + 1362 * 768)))
+        XCTAssertEqual(head, 4 * (2 * 256 * 768 + 2 * (2 * 256 * 96)))
+        let deeper = Gemm.weightGradientScratchBytes([(m: 50_257, n: 768, k: 2048)], threads: 2)
+        XCTAssertEqual(deeper, 4 * (2 * 256 * 768 + 2 * (256 * 96 + 1362 * 768)))
     }
 }
 
