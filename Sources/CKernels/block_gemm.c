@@ -280,6 +280,24 @@ static int64_t member_rows(int64_t m, int64_t members) {
     return ((m + members - 1) / members + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
 }
 
+// This member's rows of C: the first in *first, how many returned (none for a member past m).
+static int64_t member_span(const weight_job *g, int64_t member, int64_t members, int64_t *first) {
+    int64_t per = member_rows(g->m, members);
+    *first = member * per;
+    int64_t rows = g->m - *first < per ? g->m - *first : per;
+    return rows > 0 ? rows : 0;
+}
+
+// This member's share of the pairs of depth block `block` of B, packed into `buffer`.
+BF16_ATTR static void pack_b_share(const weight_job *g, int64_t block, uint32_t *buffer, int64_t member, int64_t members) {
+    int64_t k0 = block * WEIGHT_BLOCK, depth = g->k - k0 < WEIGHT_BLOCK ? g->k - k0 : WEIGHT_BLOCK;
+    int64_t pairs = (depth + 1) / 2, p0 = pairs * member / members, p1 = pairs * (member + 1) / members;
+    if (p1 <= p0) return;
+    int64_t share = depth - 2 * p0 < 2 * (p1 - p0) ? depth - 2 * p0 : 2 * (p1 - p0);
+    pack_row_pairs(buffer + p0 * g->padded_n, g->padded_n, g->b + (k0 + 2 * p0) * g->ldb, g->ldb, share, g->n,
+                   g->padded_n);
+}
+
 #define WEIGHT_TILE(R, V)                                                                          \
     {                                                                                              \
         prefetch_some(&next_a);                                                                    \
@@ -291,9 +309,7 @@ static int64_t member_rows(int64_t m, int64_t members) {
 
 BF16_ATTR static void weight_member(void *context, int64_t member, int64_t members) {
     weight_job *g = context;
-    int64_t per = member_rows(g->m, members), m0 = member * per;
-    int64_t rows = g->m - m0 < per ? g->m - m0 : per, n = g->n, K = g->k, ldc = g->ldc;
-    if (rows < 0) rows = 0;
+    int64_t m0, rows = member_span(g, member, members, &m0), n = g->n, K = g->k, ldc = g->ldc;
     uint32_t *ap = reserve(&packed_a, &capacity_a, WEIGHT_PAIRS * WEIGHT_CHUNK);
     float *sums = (float *)reserve((uint32_t **)&partial_sums, &capacity_sums, rows * g->padded_n);
     if (!ap || (rows && !sums)) g->failed = 1;
@@ -309,12 +325,7 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
         // This member's share of the block's pairs of B, into the buffer the block before last
         // used (everyone has passed the barrier after this block's packing since).
         uint32_t *bp = g->packed_b + (block & 1) * WEIGHT_PAIRS * g->padded_n;
-        int64_t p0 = pairs * member / members, p1 = pairs * (member + 1) / members;
-        if (p1 > p0) {
-            int64_t depth_share = depth - 2 * p0 < 2 * (p1 - p0) ? depth - 2 * p0 : 2 * (p1 - p0);
-            pack_row_pairs(bp + p0 * g->padded_n, g->padded_n, g->b + (k0 + 2 * p0) * g->ldb, g->ldb, depth_share, n,
-                           g->padded_n);
-        }
+        pack_b_share(g, block, bp, member, members);
         tessera_team_barrier();
         if (rows == 0) continue;
         int mode = blocks == 1 ? ADD_C : block == 0 ? TO_T : block == blocks - 1 ? T_TO_C : ADD_T;
@@ -364,22 +375,13 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
 
 BF16_ATTR static void weight_member_short(void *context, int64_t member, int64_t members) {
     weight_job *g = context;
-    int64_t per = member_rows(g->m, members), m0 = member * per;
-    int64_t rows = g->m - m0 < per ? g->m - m0 : per, n = g->n, K = g->k, ldc = g->ldc;
-    if (rows < 0) rows = 0;
+    int64_t m0, rows = member_span(g, member, members, &m0), n = g->n, K = g->k, ldc = g->ldc;
     int64_t blocks = (K + WEIGHT_BLOCK - 1) / WEIGHT_BLOCK;
     uint32_t *ap = reserve(&packed_a, &capacity_a, 2 * WEIGHT_PAIRS * WEIGHT_CHUNK);
     if (!ap) g->failed = 1;
     const uint32_t *bp = g->packed_b;
-    for (int64_t block = 0; block < blocks; block++) {
-        int64_t k0 = block * WEIGHT_BLOCK, depth = K - k0 < WEIGHT_BLOCK ? K - k0 : WEIGHT_BLOCK;
-        int64_t pairs = (depth + 1) / 2, p0 = pairs * member / members, p1 = pairs * (member + 1) / members;
-        if (p1 > p0) {
-            int64_t share = depth - 2 * p0 < 2 * (p1 - p0) ? depth - 2 * p0 : 2 * (p1 - p0);
-            pack_row_pairs(g->packed_b + (block * WEIGHT_PAIRS + p0) * g->padded_n, g->padded_n,
-                           g->b + (k0 + 2 * p0) * g->ldb, g->ldb, share, n, g->padded_n);
-        }
-    }
+    for (int64_t block = 0; block < blocks; block++)
+        pack_b_share(g, block, g->packed_b + block * WEIGHT_PAIRS * g->padded_n, member, members);
     tessera_team_barrier();
     if (g->failed) return;
     float first[TILE_ROWS * 64] __attribute__((aligned(64)));
