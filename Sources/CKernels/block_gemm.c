@@ -280,6 +280,21 @@ static int64_t member_rows(int64_t m, int64_t members) {
     return ((m + members - 1) / members + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
 }
 
+// Rows of depth block `block` of a depth-k product (the last may be short; none past the end).
+static int64_t block_depth(int64_t k, int64_t block) {
+    int64_t left = k - block * WEIGHT_BLOCK;
+    return left < 0 ? 0 : left < WEIGHT_BLOCK ? left : WEIGHT_BLOCK;
+}
+
+// Whether a depth-k product runs both its blocks in each tile (weight_member_short): no
+// partial sums, so no splitting, and both blocks of a chunk of A packed at once.
+static int short_depth(int64_t k) { return k <= 2 * WEIGHT_BLOCK; }
+
+// Tiles of C in `rows` rows of n columns.
+static int64_t tiles_of(int64_t rows, int64_t n) {
+    return (rows + TILE_ROWS - 1) / TILE_ROWS * ((n + 16 * TILE_VECTORS - 1) / (16 * TILE_VECTORS));
+}
+
 // This member's rows of C: the first in *first, how many returned (none for a member past m).
 static int64_t member_span(const weight_job *g, int64_t member, int64_t members, int64_t *first) {
     int64_t per = member_rows(g->m, members);
@@ -290,7 +305,7 @@ static int64_t member_span(const weight_job *g, int64_t member, int64_t members,
 
 // This member's share of the pairs of depth block `block` of B, packed into `buffer`.
 BF16_ATTR static void pack_b_share(const weight_job *g, int64_t block, uint32_t *buffer, int64_t member, int64_t members) {
-    int64_t k0 = block * WEIGHT_BLOCK, depth = g->k - k0 < WEIGHT_BLOCK ? g->k - k0 : WEIGHT_BLOCK;
+    int64_t k0 = block * WEIGHT_BLOCK, depth = block_depth(g->k, block);
     int64_t pairs = (depth + 1) / 2, p0 = pairs * member / members, p1 = pairs * (member + 1) / members;
     if (p1 <= p0) return;
     int64_t share = depth - 2 * p0 < 2 * (p1 - p0) ? depth - 2 * p0 : 2 * (p1 - p0);
@@ -317,10 +332,10 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
     if (g->failed) return;   // every member sees it after the barrier, before any of C changes
     float *c = g->c + m0 * ldc;
     int64_t blocks = (K + WEIGHT_BLOCK - 1) / WEIGHT_BLOCK;
-    int64_t tiles_per_block = ((rows + TILE_ROWS - 1) / TILE_ROWS + (rows + WEIGHT_CHUNK - 1) / WEIGHT_CHUNK) *
-                              ((n + 16 * TILE_VECTORS - 1) / (16 * TILE_VECTORS));
+    // Every chunk's last tile row may be short: up to one more tile row per chunk.
+    int64_t tiles_per_block = tiles_of(rows + (rows + WEIGHT_CHUNK - 1) / WEIGHT_CHUNK * TILE_ROWS, n);
     for (int64_t block = 0; block < blocks; block++) {
-        int64_t k0 = block * WEIGHT_BLOCK, depth = K - k0 < WEIGHT_BLOCK ? K - k0 : WEIGHT_BLOCK;
+        int64_t k0 = block * WEIGHT_BLOCK, depth = block_depth(K, block);
         int64_t pairs = (depth + 1) / 2;
         // This member's share of the block's pairs of B, into the buffer the block before last
         // used (everyone has passed the barrier after this block's packing since).
@@ -328,10 +343,10 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
         pack_b_share(g, block, bp, member, members);
         tessera_team_barrier();
         if (rows == 0) continue;
-        int mode = blocks == 1 ? ADD_C : block == 0 ? TO_T : block == blocks - 1 ? T_TO_C : ADD_T;
+        // Three blocks or more here (fewer run in weight_member_short).
+        int mode = block == 0 ? TO_T : block == blocks - 1 ? T_TO_C : ADD_T;
         // The rows of B this member will pack for the next block.
-        int64_t next_depth = K - k0 - WEIGHT_BLOCK < WEIGHT_BLOCK ? K - k0 - WEIGHT_BLOCK : WEIGHT_BLOCK;
-        int64_t next_pairs = next_depth > 0 ? (next_depth + 1) / 2 : 0;
+        int64_t next_depth = block_depth(K, block + 1), next_pairs = (next_depth + 1) / 2;
         int64_t q0 = next_pairs * member / members, q1 = next_pairs * (member + 1) / members;
         row_prefetch next_b = row_prefetcher(g->b + (k0 + WEIGHT_BLOCK + 2 * q0) * g->ldb, 2 * g->ldb, 2 * (q1 - q0),
                                              2 * n, tiles_per_block);
@@ -341,10 +356,9 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
             // The rows of doutᵀ the next chunk (or the next block's first) will pack.
             row_prefetch next_a = i0 + WEIGHT_CHUNK < rows
                 ? row_prefetcher(g->a + k0 * g->lda + m0 + i0 + WEIGHT_CHUNK, 2 * g->lda, depth, 2 * WEIGHT_CHUNK,
-                                 (chunk + TILE_ROWS - 1) / TILE_ROWS * ((n + 63) / 64))
+                                 tiles_of(chunk, n))
                 : row_prefetcher(g->a + (k0 + WEIGHT_BLOCK) * g->lda + m0, 2 * g->lda, next_depth,
-                                 2 * (rows < WEIGHT_CHUNK ? rows : WEIGHT_CHUNK),
-                                 (chunk + TILE_ROWS - 1) / TILE_ROWS * ((n + 63) / 64));
+                                 2 * (rows < WEIGHT_CHUNK ? rows : WEIGHT_CHUNK), tiles_of(chunk, n));
             float *sums0 = sums + i0 * g->padded_n, *c0 = c + i0 * ldc;
             int64_t m = chunk;
             FOR_EACH_TILE(WEIGHT_ROW)
@@ -385,19 +399,17 @@ BF16_ATTR static void weight_member_short(void *context, int64_t member, int64_t
     tessera_team_barrier();
     if (g->failed) return;
     float first[TILE_ROWS * 64] __attribute__((aligned(64)));
-    int64_t depth0 = K < WEIGHT_BLOCK ? K : WEIGHT_BLOCK, pairs0 = (depth0 + 1) / 2, pairs1 = (K - depth0 + 1) / 2;
+    int64_t pairs0 = (block_depth(K, 0) + 1) / 2, pairs1 = (block_depth(K, 1) + 1) / 2;
     float *c = g->c + m0 * ldc;
     for (int64_t i0 = 0; i0 < rows; i0 += WEIGHT_CHUNK) {
         int64_t chunk = rows - i0 < WEIGHT_CHUNK ? rows - i0 : WEIGHT_CHUNK, padded_c = (chunk + 15) / 16 * 16;
-        for (int64_t block = 0; block < blocks; block++) {
-            int64_t k0 = block * WEIGHT_BLOCK, depth = K - k0 < WEIGHT_BLOCK ? K - k0 : WEIGHT_BLOCK;
-            pack_row_pairs(ap + block * WEIGHT_PAIRS * padded_c, padded_c, g->a + k0 * g->lda + m0 + i0, g->lda, depth,
-                           chunk, padded_c);
-        }
+        for (int64_t block = 0; block < blocks; block++)
+            pack_row_pairs(ap + block * WEIGHT_PAIRS * padded_c, padded_c, g->a + block * WEIGHT_BLOCK * g->lda + m0 + i0,
+                           g->lda, block_depth(K, block), chunk, padded_c);
         // The rows of doutᵀ the next chunk will pack (both blocks).
         int64_t next = rows - i0 - WEIGHT_CHUNK < WEIGHT_CHUNK ? rows - i0 - WEIGHT_CHUNK : WEIGHT_CHUNK;
         row_prefetch next_a = row_prefetcher(g->a + m0 + i0 + WEIGHT_CHUNK, 2 * g->lda, next > 0 ? K : 0, 2 * next,
-                                             (chunk + TILE_ROWS - 1) / TILE_ROWS * ((n + 63) / 64));
+                                             tiles_of(chunk, n));
         float *c0 = c + i0 * ldc;
         int64_t m = chunk;
         FOR_EACH_TILE(SHORT_ROW)
@@ -414,7 +426,7 @@ typedef struct {
 static weight_split split_of(int64_t m, int64_t n, int64_t k, int64_t members) {
     int64_t padded_n = (n + 15) / 16 * 16;
     weight_split s = {m, n};
-    if (k <= 2 * WEIGHT_BLOCK || member_rows(m, members) * padded_n * 4 <= WEIGHT_TOTALS_BYTES) return s;
+    if (short_depth(k) || member_rows(m, members) * padded_n * 4 <= WEIGHT_TOTALS_BYTES) return s;
     if (m >= n) {
         int64_t per = WEIGHT_TOTALS_BYTES / (padded_n * 4) / TILE_ROWS * TILE_ROWS;
         s.rows = (per > TILE_ROWS ? per : TILE_ROWS) * members;
@@ -431,10 +443,11 @@ int64_t tessera_bf16_weight_gemm_scratch(const int64_t *shapes, int64_t count, i
     for (int64_t i = 0; i < count; i++) {
         int64_t k = shapes[3 * i + 2];
         weight_split s = split_of(shapes[3 * i], shapes[3 * i + 1], k, members);
-        int64_t padded_n = (s.cols + 15) / 16 * 16, rows = k <= 2 * WEIGHT_BLOCK ? 0 : member_rows(s.rows, members) * padded_n;
+        int64_t padded_n = (s.cols + 15) / 16 * 16, rows = short_depth(k) ? 0 : member_rows(s.rows, members) * padded_n;
+        int64_t a_words = (short_depth(k) ? 2 : 1) * WEIGHT_PAIRS * WEIGHT_CHUNK;
         if (2 * WEIGHT_PAIRS * padded_n > shared) shared = 2 * WEIGHT_PAIRS * padded_n;
         if (rows > sums) sums = rows;
-        if ((k <= 2 * WEIGHT_BLOCK ? 2 : 1) * WEIGHT_PAIRS * WEIGHT_CHUNK > chunk) chunk = (k <= 2 * WEIGHT_BLOCK ? 2 : 1) * WEIGHT_PAIRS * WEIGHT_CHUNK;
+        if (a_words > chunk) chunk = a_words;
     }
     return count ? 4 * (shared + members * (chunk + sums)) : 0;
 }
@@ -452,7 +465,7 @@ int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a,
             g.padded_n = (g.n + 15) / 16 * 16;
             g.packed_b = reserve(&shared_b, &capacity_shared_b, 2 * WEIGHT_PAIRS * g.padded_n);
             if (!g.packed_b) return 1;
-            tessera_parallel_team(members, k <= 2 * WEIGHT_BLOCK ? weight_member_short : weight_member, &g);
+            tessera_parallel_team(members, short_depth(k) ? weight_member_short : weight_member, &g);
             if (g.failed) return 1;
         }
     return 0;

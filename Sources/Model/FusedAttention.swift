@@ -16,8 +16,9 @@ import Settings
 /// stay in the task's scratch until its last query block, and the task owns its head's dQ.
 ///
 /// Products run single-threaded in their task on tessera's register tiles (`Gemm.taskBF16Gemm`,
-/// `Gemm.taskSgemm`: without oneDNN's cost per call, and with its bits where they say so),
-/// whatever backend the large GEMMs use. bf16 where the CPU has bf16 dot products (AVX512-BF16)
+/// `Gemm.taskSgemm`: without oneDNN's cost per call, and with its bits where they say so; fp32
+/// ones below AVX-512 on oneDNN's sgemm, which beat an AVX2 tile), whatever backend the large
+/// GEMMs use. bf16 where the CPU has bf16 dot products (AVX512-BF16)
 /// multiplies Q, K, V and dO as stored and rounds P and dS to bf16 for their products, as
 /// FlashAttention does on GPUs (about 1.7× the fp32 rate on these block shapes); elsewhere the
 /// products run in fp32 on fp32 inputs, P and dS kept in fp32. A 16-bit model without bf16 dot
