@@ -2,12 +2,10 @@
 // vectorises them; each is compiled three times, for AVX-512, for AVX2 + FMA + F16C and for
 // the baseline (SSE2), and the widest copy the CPU runs is chosen at run time.
 #include "ckernels.h"
+#include "rounding.h"
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
-
-static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
 // e^x with a degree-6 polynomial after range reduction x = n·ln2 + r, |r| ≤ ln2/2;
 // relative error below 2e-7 over the fp32 range (inputs clamped to [-87.3, 88.7]).
@@ -42,17 +40,8 @@ static inline float fast_tanh(float u) {
 // 15.8 -> 12.5 and 16.8 -> 10.9. (The conversions are bound by memory: no change there.)
 #define GELU_LOOP _Pragma("clang loop vectorize(assume_safety) interleave_count(8)")
 
-// bf16 rounding (to nearest even, NaN kept quiet) and widening, and GELU with its slope,
-// element by element; the loops below are vectorised over these.
-static inline uint16_t round_bf16(float f) {
-    uint32_t b = float_to_bits(f);
-    uint32_t nan = (b & 0x7fffffffu) > 0x7f800000u;
-    return (uint16_t)(nan ? ((b >> 16) | 0x40u) : ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16));
-}
-static inline float widen_bf16(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
-// IEEE binary16 through the compiler's _Float16 (F16C where the target has it).
-static inline uint16_t round_f16(float f) { _Float16 h = (_Float16)f; uint16_t u; memcpy(&u, &h, 2); return u; }
-static inline float widen_f16(uint16_t u) { _Float16 h; memcpy(&h, &u, 2); return (float)h; }
+// GELU with its slope, element by element; the loops below are vectorised over these (and
+// the conversions of rounding.h).
 static inline float gelu_value(float v) { return 0.5f * v * (1.0f + fast_tanh(GELU_K * (v + 0.044715f * v * v * v))); }
 static inline float gelu_slope(float v) {
     float th = fast_tanh(GELU_K * (v + 0.044715f * v * v * v));

@@ -11,6 +11,7 @@
 // it once more than needed; packing has to copy every operand anyway, so widening there is
 // free and the products stay the same (a 16-bit value is exact in fp32).
 #include "ckernels.h"
+#include "rounding.h"
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -251,6 +252,56 @@ DEFINE_MICRO_KERNEL(kernel_6x16, ATTR, __m256, 8, _mm256_setzero_ps, _mm256_load
 DEFINE_MICRO_KERNEL(kernel_6x32, ATTR512, __m512, 16, _mm512_setzero_ps, _mm512_load_ps, _mm512_loadu_ps,
                     _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
 
+// MARK: Rounded output
+
+// Where a product's result goes when it is stored in 16 bits (tessera_packed_gemm_rounded):
+// each element of the last K block's tile plus the K blocks before it (summed in fp32 in C as
+// usual) plus its column's bias, rounded.
+typedef struct {
+    int fmt;
+    uint16_t *out;
+    int64_t ldo;
+    const float *bias;   // one per column of C, or NULL
+} rounding;
+
+// One tile's rows × cols results from `tile` (row stride nr), plus `before` (the earlier K
+// blocks' sums, row stride ldb; NULL for the first), plus `bias`, rounded into `out`: the
+// operations, in order, of the fp32 product into C, a bias pass and a rounding pass. A whole
+// row of a tile W wide runs with W a constant, whose loops vectorise without remainders (with
+// the width a variable they ran at the speed of a pass over memory).
+#define DEFINE_ROUND_TILE(NAME, ROUND, W)                                                           \
+    ATTR static void NAME(const float *tile, int64_t rows, int64_t cols, const float *before, int64_t ldb, \
+                          const float *bias, uint16_t *out, int64_t ldo) {                          \
+        for (int64_t r = 0; r < rows; r++) {                                                        \
+            float v[W];                                                                             \
+            const float *t = tile + r * W, *p = before ? before + r * ldb : NULL;                   \
+            uint16_t *o = out + r * ldo;                                                            \
+            if (cols == W) {                                                                        \
+                for (int j = 0; j < W; j++) v[j] = t[j];                                            \
+                if (p) for (int j = 0; j < W; j++) v[j] += p[j];                                    \
+                if (bias) for (int j = 0; j < W; j++) v[j] += bias[j];                              \
+                for (int j = 0; j < W; j++) o[j] = ROUND(v[j]);                                     \
+            } else {                                                                                \
+                for (int64_t j = 0; j < cols; j++) v[j] = t[j];                                     \
+                if (p) for (int64_t j = 0; j < cols; j++) v[j] += p[j];                             \
+                if (bias) for (int64_t j = 0; j < cols; j++) v[j] += bias[j];                       \
+                for (int64_t j = 0; j < cols; j++) o[j] = ROUND(v[j]);                              \
+            }                                                                                       \
+        }                                                                                           \
+    }
+DEFINE_ROUND_TILE(round_tile_bf16_16, round_bf16, 16)
+DEFINE_ROUND_TILE(round_tile_bf16_32, round_bf16, 32)
+DEFINE_ROUND_TILE(round_tile_f16_16, round_f16, 16)
+DEFINE_ROUND_TILE(round_tile_f16_32, round_f16, 32)
+
+typedef void (*tile_rounder)(const float *tile, int64_t rows, int64_t cols, const float *before, int64_t ldb,
+                             const float *bias, uint16_t *out, int64_t ldo);
+
+static tile_rounder rounder(int fmt, int64_t nr) {
+    if (fmt == FMT_BF16) return nr == 32 ? round_tile_bf16_32 : round_tile_bf16_16;
+    return nr == 32 ? round_tile_f16_32 : round_tile_f16_16;
+}
+
 // MARK: Blocked loops
 
 typedef void (*micro_kernel)(int64_t kc, const float *restrict a, const float *restrict b, float *c, int64_t ldc,
@@ -268,9 +319,11 @@ static float *grow(float **p, int64_t *count, int64_t need) {
     return *p;
 }
 
-// C (m×n, ldc) = op(A)·op(B) + beta·C on this thread.
+// C (m×n, ldc) = op(A)·op(B) + beta·C on this thread; with `rd`, the result goes to rd's
+// 16-bit output instead and C (beta 0) holds the sums of all K blocks but the last, so it is
+// only written when K takes more than one.
 ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t m, int64_t n, int64_t k,
-                            float beta, float *c, int64_t ldc) {
+                            float beta, float *c, int64_t ldc, const rounding *rd) {
     if (k == 0) {
         for (int64_t i = 0; i < m; i++)
             for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
@@ -304,8 +357,13 @@ ATTR static int gemm_serial(const operand *a, const operand *b, tile t, int64_t 
                     if (next_pc < k) prefetch_block(a, !a->trans, next_ic, next_mc, next_pc, next_kc, jr / nr, slivers);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         int64_t rows = mc - ir < MR ? mc - ir : MR;
-                        float *ct = c + (ic + ir) * ldc + jc + jr;
-                        if (rows == MR && cols == nr) {
+                        float *ct = c ? c + (ic + ir) * ldc + jc + jr : NULL;
+                        if (rd && pc + kc == k) {
+                            t.run(kc, pa + ir / MR * sa, pb + jr / nr * sb, edge, nr, 0);
+                            rounder(rd->fmt, nr)(edge, rows, cols, pc > 0 ? ct : NULL, ldc,
+                                                 rd->bias ? rd->bias + jc + jr : NULL,
+                                                 rd->out + (ic + ir) * rd->ldo + jc + jr, rd->ldo);
+                        } else if (rows == MR && cols == nr) {
                             t.run(kc, pa + ir / MR * sa, pb + jr / nr * sb, ct, ldc, step_beta);
                         } else {
                             t.run(kc, pa + ir / MR * sa, pb + jr / nr * sb, edge, nr, 0);
@@ -330,6 +388,7 @@ typedef struct {
     int64_t unit, units;   // the split's granule (a tile's rows or columns) and how many cover C
     float beta;
     float *c;
+    rounding rd;   // rd.out NULL: the result is C itself
     int failed;
 } split_gemm;
 
@@ -342,26 +401,28 @@ static void run_part(void *context, int64_t index, int64_t worker) {
     if (lo >= hi) return;
     operand a = g->a, b = g->b;
     float *c = g->c;
+    rounding rd = g->rd;
     if (g->split_rows) {
         a.base += (a.trans ? lo : lo * a.ld) * elem_size(a.fmt);
-        c += lo * g->ldc;
-        if (gemm_serial(&a, &b, g->tile, hi - lo, g->n, g->k, g->beta, c, g->ldc)) g->failed = 1;
+        if (c) c += lo * g->ldc;
+        if (rd.out) rd.out += lo * rd.ldo;
+        if (gemm_serial(&a, &b, g->tile, hi - lo, g->n, g->k, g->beta, c, g->ldc, rd.out ? &rd : NULL)) g->failed = 1;
     } else {
         b.base += (b.trans ? lo * b.ld : lo) * elem_size(b.fmt);
-        c += lo;
-        if (gemm_serial(&a, &b, g->tile, g->m, hi - lo, g->k, g->beta, c, g->ldc)) g->failed = 1;
+        if (c) c += lo;
+        if (rd.out) { rd.out += lo; if (rd.bias) rd.bias += lo; }
+        if (gemm_serial(&a, &b, g->tile, g->m, hi - lo, g->k, g->beta, c, g->ldc, rd.out ? &rd : NULL)) g->failed = 1;
     }
 }
 
-int tessera_packed_gemm(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k,
-                        const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
-                        float *c, int64_t ldc, int64_t threads) {
+static int run_split(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k, const void *a, int64_t lda,
+                     const void *b, int64_t ldb, float beta, float *c, int64_t ldc, rounding rd, int64_t threads) {
     int level = tessera_cpu_level();
     if (level < 1 || (fmt != FMT_F32 && fmt != FMT_BF16 && fmt != FMT_F16)) return 2;
     tile t = level >= 2 ? (tile){32, kernel_6x32} : (tile){16, kernel_6x16};
     split_gemm g = {
         .a = {a, lda, ta, fmt}, .b = {b, ldb, tb, fmt}, .tile = t,
-        .m = m, .n = n, .k = k, .ldc = ldc, .beta = beta, .c = c,
+        .m = m, .n = n, .k = k, .ldc = ldc, .beta = beta, .c = c, .rd = rd,
         .split_rows = m >= n, .unit = m >= n ? MR : t.nr,
     };
     // Each thread takes a band of rows (or columns) with its own packing: duplicated packing of
@@ -372,4 +433,18 @@ int tessera_packed_gemm(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k
     if ((double)m * n * k < 2e6 || tessera_in_parallel()) g.parts = 1;
     tessera_parallel_tasks(g.parts, g.parts, run_part, &g);
     return g.failed;
+}
+
+int tessera_packed_gemm(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                        const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
+                        float *c, int64_t ldc, int64_t threads) {
+    return run_split(fmt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc, (rounding){0}, threads);
+}
+
+int tessera_packed_gemm_rounded(int fmt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                const void *a, int64_t lda, const void *b, int64_t ldb, const float *bias,
+                                uint16_t *out, int64_t ldo, float *partial, int64_t ldp, int64_t threads) {
+    if (fmt != FMT_BF16 && fmt != FMT_F16) return 2;
+    if (k == 0 || (k > KC_MAX && !partial)) return 3;
+    return run_split(fmt, ta, tb, m, n, k, a, lda, b, ldb, 0, partial, ldp, (rounding){fmt, out, ldo, bias}, threads);
 }

@@ -35,11 +35,13 @@ public protocol ComputeFormat {
 
     /// `destination (N×OC) = inp (N×IC) · Wᵀ + bias` (`W` stored OC×IC) where this format's GEMM
     /// can round its own output as it stores it: the bits of `gemm` into `workspace(for:…)`, the
-    /// bias added, then `commit`, without the fp32 pass over memory. Returns false where it
-    /// cannot (fp32, which writes in place anyway; fp16; bf16 without bf16 dot products), and
-    /// the caller takes that way instead.
+    /// bias added, then `commit`, without the fp32 pass over memory. `scratch` is
+    /// `workspace(for:…)`'s scratch (N×OC floats), which the packing GEMM may use for partial
+    /// sums. Returns false where it cannot (fp32, which writes in place anyway; the baseline
+    /// level without bf16 dot products), and the caller takes that way instead.
     static func linearRounded(into destination: UnsafeMutablePointer<Element>, inp: UnsafePointer<Element>,
-                              weight: UnsafePointer<Element>, bias: UnsafePointer<Float>?, N: Int, IC: Int, OC: Int) -> Bool
+                              weight: UnsafePointer<Element>, bias: UnsafePointer<Float>?, N: Int, IC: Int, OC: Int,
+                              scratch: UnsafeMutablePointer<Float>) -> Bool
 
     /// `destination (N×IC) = dout (N×OC) · W` (`W` stored OC×IC; a linear map's input
     /// gradient) where this format's GEMM can round its own output: the bits of `gemm` into
@@ -117,7 +119,7 @@ public enum FP32: ComputeFormat {
 
     public static func linearRounded(into destination: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                      weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                                     N: Int, IC: Int, OC: Int) -> Bool { false }
+                                     N: Int, IC: Int, OC: Int, scratch: UnsafeMutablePointer<Float>) -> Bool { false }
 
     public static func inputGradientRounded(into destination: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                                             weight: UnsafePointer<Float>, N: Int, IC: Int, OC: Int) -> Bool { false }
@@ -182,9 +184,13 @@ extension HalfFormat {
 
     public static func linearRounded(into destination: UnsafeMutablePointer<UInt16>, inp: UnsafePointer<UInt16>,
                                      weight: UnsafePointer<UInt16>, bias: UnsafePointer<Float>?,
-                                     N: Int, IC: Int, OC: Int) -> Bool {
-        precision == .bf16 && Gemm.bf16RoundedGemm(.none, .transpose, m: N, n: OC, k: IC, a: inp, lda: IC, b: weight,
-                                                    ldb: IC, bias: bias, c: destination, ldc: OC)
+                                     N: Int, IC: Int, OC: Int, scratch: UnsafeMutablePointer<Float>) -> Bool {
+        if precision == .bf16 && Gemm.bf16IsNative {
+            return Gemm.bf16RoundedGemm(.none, .transpose, m: N, n: OC, k: IC, a: inp, lda: IC, b: weight, ldb: IC,
+                                        bias: bias, c: destination, ldc: OC)
+        }
+        return Gemm.packedRoundedGemm(precision, .none, .transpose, m: N, n: OC, k: IC, a: inp, lda: IC, b: weight,
+                                      ldb: IC, bias: bias, c: destination, ldc: OC, partial: scratch)
     }
 
     public static func inputGradientRounded(into destination: UnsafeMutablePointer<UInt16>, dout: UnsafePointer<UInt16>,

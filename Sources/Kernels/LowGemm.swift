@@ -163,6 +163,25 @@ extension Gemm {
         return rc == 0
     }
 
+    /// `C = op(A)·op(B) + bias` rounded to `precision` (bf16 or fp16) on the packing GEMM, where
+    /// 16-bit products run on it (`packsWhileWidening`, and not on bf16 dot products): the bits
+    /// of `lowGemm` into fp32, the bias added in fp32, then rounded to nearest even, each tile
+    /// rounded as it is finished instead of a pass over an fp32 C. `partial` (m×n floats, row
+    /// stride n) holds the sums of earlier depth blocks when the depth takes several. Returns
+    /// false where it does not run, and the caller computes C the fp32 way.
+    public static func packedRoundedGemm(_ precision: Precision, _ transA: Transpose, _ transB: Transpose,
+                                         m: Int, n: Int, k: Int, a: UnsafePointer<UInt16>, lda: Int,
+                                         b: UnsafePointer<UInt16>, ldb: Int, bias: UnsafePointer<Float>?,
+                                         c: UnsafeMutablePointer<UInt16>, ldc: Int,
+                                         partial: UnsafeMutablePointer<Float>) -> Bool {
+        guard precision.isLow && !(precision == .bf16 && bf16IsNative) && packsWhileWidening && k > 0 else { return false }
+        let rc = tessera_packed_gemm_rounded(precision.packedFormat, transA.flag, transB.flag, Int64(m), Int64(n),
+                                             Int64(k), a, Int64(lda), b, Int64(ldb), bias, c, Int64(ldc), partial,
+                                             Int64(n), Int64(ParallelFor.threads))
+        precondition(rc != 1, "packed \(precision) GEMM failed for \(m)×\(n)×\(k) (out of memory for its panels)")
+        return rc == 0
+    }
+
     /// The code that runs products in `precision` (16-bit) here, as `bench` labels its peak:
     /// "oneDNN" on bf16 dot products, "packing GEMM", or "widened + oneDNN sgemm".
     public static func lowGemmPath(_ precision: Precision) -> String {

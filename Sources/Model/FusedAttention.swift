@@ -93,11 +93,12 @@ public enum FusedAttention {
     // MARK: Forward
 
     /// Writes the attention output `out` (fp32, B×T×C) and the row log-sum-exps `lse`
-    /// (B×NH×T) from a packed `qkv` (B×T×3C). With `rounded` (bf16 on bf16 dot products) the
-    /// output goes there instead, rounded as each row is finished: the bits of `out` rounded
+    /// (B×NH×T) from a packed `qkv` (B×T×3C). With `rounded` (a 16-bit model's) the output goes
+    /// there instead, rounded to that format as each row is finished: the bits of `out` rounded
     /// afterwards, without the fp32 tensor.
     public static func forward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<Float>,
-                                                 rounded: UnsafeMutablePointer<UInt16>? = nil, lse: UnsafeMutablePointer<Float>,
+                                                 rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil,
+                                                 lse: UnsafeMutablePointer<Float>,
                                                  qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
                                                  B: Int, T: Int, C: Int, NH: Int, workers: Int,
                                                  dropout: DropoutPass? = nil, layer: Int = 0,
@@ -166,7 +167,7 @@ public enum FusedAttention {
                 let inv = 1 / rowSum[i]
                 if let rounded {
                     for d in 0..<hs { o[i * hs + d] *= inv }
-                    Precision.bf16.narrowSerial(o + i * hs, into: rounded + first + i * C, hs)
+                    rounded.precision.narrowSerial(o + i * hs, into: rounded.into + first + i * C, hs)
                 } else {
                     for d in 0..<hs { out[first + i * C + d] = o[i * hs + d] * inv }
                 }
@@ -178,11 +179,12 @@ public enum FusedAttention {
     // MARK: Backward
 
     /// Writes `dqkv` (fp32, B×T×3C) from `dout` (the output gradient as an operand), the kept
-    /// output `out` and log-sum-exps `lse`, and `qkv`; with `rounded` (bf16 on bf16 dot
-    /// products) also `dqkv` rounded, as the next product's operand, while each head's part is
+    /// output `out` and log-sum-exps `lse`, and `qkv`; with `rounded` (a 16-bit model's) also
+    /// `dqkv` rounded to that format, as the next product's operand, while each head's part is
     /// still in cache.
     public static func backward<F: ComputeFormat>(_: F.Type, dqkv: UnsafeMutablePointer<Float>,
-                                                  rounded: UnsafeMutablePointer<UInt16>? = nil, dout: UnsafePointer<F.Element>,
+                                                  rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil,
+                                                  dout: UnsafePointer<F.Element>,
                                                   out: UnsafePointer<F.Element>, lse: UnsafePointer<Float>,
                                                   qkv: UnsafePointer<F.Element>, scratch: UnsafeMutablePointer<Float>,
                                                   B: Int, T: Int, C: Int, NH: Int, workers: Int,
@@ -303,7 +305,7 @@ public enum FusedAttention {
                 for t in 0..<T {
                     for part in 0..<3 {
                         let at = first + t * 3 * C + part * C
-                        Precision.bf16.narrowSerial(dqkv + at, into: rounded + at, hs)
+                        rounded.precision.narrowSerial(dqkv + at, into: rounded.into + at, hs)
                     }
                 }
             }

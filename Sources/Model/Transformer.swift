@@ -151,7 +151,7 @@ final class Transformer<F: ComputeFormat> {
         // qkv straight from a GEMM that rounds as it stores, where the format has one and no
         // adapter adds to the fp32 result first.
         if lw != nil || !F.linearRounded(into: a.qkv[l].pointer, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw),
-                                         bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C) {
+                                         bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C, scratch: wide) {
             let y = F.workspace(for: a.qkv[l].pointer, scratch: wide)
             Layers.linearForward(F.self, out: y, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw),
                                  bias: w.vector(at.qkvb), N: BT, IC: C, OC: 3 * C)
@@ -169,7 +169,7 @@ final class Transformer<F: ComputeFormat> {
                   bias: w.vector(at.ln2b), N: BT)
         // Likewise fc's pre-activation, GELU then reading it in 16 bits.
         if lw == nil && F.linearRounded(into: a.fch[l].pointer, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
-                                        bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C) {
+                                        bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C, scratch: wide) {
             F.geluForward(storedPre: a.fch[l].pointer, out: a.fcg[l].pointer, n: BT * 4 * C)
         } else {
             let y = F.workspace(for: a.fch[l].pointer, scratch: wide)
@@ -195,13 +195,17 @@ final class Transformer<F: ComputeFormat> {
         switch attentionKernel {
         case .fused where FusedAttention.runsOnFP32Copies(F.self):
             // y is the first BT·C floats of wide; the copy of qkv takes the other 3·BT·C.
+            // The output is rounded into the format as the kernel finishes each row.
             let qkv = F.widened(a.qkv[l].pointer, scratch: a.wide.pointer + BT * config.nEmbd, BT * 3 * config.nEmbd)
-            FusedAttention.forward(FP32.self, out: y, lse: a.lse[l].pointer, qkv: qkv, scratch: a.scores.pointer,
+            FusedAttention.forward(FP32.self, out: y, rounded: (bits(a.atty[l].pointer), F.precision), lse: a.lse[l].pointer,
+                                   qkv: qkv, scratch: a.scores.pointer,
                                    B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
                                    dropout: pass, layer: l, starts: starts)
+            return
         case .fused:
             // bf16 (on bf16 dot products) stores its output rounded as the kernel finishes each row.
-            FusedAttention.forward(F.self, out: y, rounded: F.isLow ? bits(a.atty[l].pointer) : nil, lse: a.lse[l].pointer,
+            FusedAttention.forward(F.self, out: y, rounded: F.isLow ? (bits(a.atty[l].pointer), F.precision) : nil,
+                                   lse: a.lse[l].pointer,
                                    qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
                                    B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
                                    dropout: pass, layer: l, starts: starts)
@@ -370,7 +374,10 @@ final class Transformer<F: ComputeFormat> {
             // operand into the first three), where it rounds as it stores and no adapter adds to
             // it first; otherwise in fp32 in dln.
             let attentionGradient = narrow + 3 * BT * C
-            let roundsGradient = F.isLow && attentionKernel == .fused && !FusedAttention.runsOnFP32Copies(F.self)
+            // The fused kernel rounds dQKV into the next product's operand (narrow's first three
+            // quarters) as it finishes each head, in every 16-bit format.
+            let attentionRounds = F.isLow && attentionKernel == .fused
+            let roundsGradient = attentionRounds && !FusedAttention.runsOnFP32Copies(F.self)
             let rounded = lw == nil && roundsGradient
                 && F.inputGradientRounded(into: attentionGradient, dout: d, weight: w.matrix(at.projw), N: BT, IC: C, OC: C)
             Layers.linearBackward(F.self, dinp: rounded ? nil : dln, dweight: g.at(at.projw), dbias: g.at(at.projb),
@@ -384,12 +391,13 @@ final class Transformer<F: ComputeFormat> {
                 let qkv = F.widened(a.qkv[l].pointer, scratch: a.wide.pointer, BT * 3 * C)
                 let out = F.widened(a.atty[l].pointer, scratch: a.wide.pointer + BT * 3 * C, BT * C)
                 F.precision.round(dln, BT * C)
-                FusedAttention.backward(FP32.self, dqkv: dqkv, dout: dln, out: out, lse: a.lse[l].pointer, qkv: qkv,
+                FusedAttention.backward(FP32.self, dqkv: dqkv, rounded: (bits(narrow), F.precision), dout: dln, out: out,
+                                        lse: a.lse[l].pointer, qkv: qkv,
                                         scratch: a.scores.pointer, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers,
                                         dropout: pass, layer: l, starts: starts)
             case .fused:
                 d = rounded ? UnsafePointer(attentionGradient) : F.operand(dln, scratch: attentionGradient, BT * C)
-                FusedAttention.backward(F.self, dqkv: dqkv, rounded: roundsGradient ? bits(narrow) : nil, dout: d,
+                FusedAttention.backward(F.self, dqkv: dqkv, rounded: attentionRounds ? (bits(narrow), F.precision) : nil, dout: d,
                                         out: a.atty[l].pointer, lse: a.lse[l].pointer, qkv: a.qkv[l].pointer,
                                         scratch: a.scores.pointer,
                                         B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers, dropout: pass, layer: l,
@@ -399,7 +407,7 @@ final class Transformer<F: ComputeFormat> {
                 Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
                                          scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             }
-            d = roundsGradient ? UnsafePointer(narrow) : F.operand(dqkv, scratch: narrow, BT * 3 * C)
+            d = attentionRounds ? UnsafePointer(narrow) : F.operand(dqkv, scratch: narrow, BT * 3 * C)
             Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.qkvw), dbias: g.at(at.qkvb), dout: dqkv,
                                   doutOperand: d, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw), N: BT, IC: C, OC: 3 * C)
             adapt(.attn, dinp: dln, dout: d, inp: a.ln1[l].pointer)

@@ -115,4 +115,48 @@ final class PackedGemmTests: XCTestCase {
             for t in 0..<(3 * shapes.count) { XCTAssertEqual(results[t], serial[t % shapes.count], "\(level), task \(t)") }
         }
     }
+
+    /// A product rounded as its tiles finish (`packedRoundedGemm`, a linear map's output kept in
+    /// 16 bits) stores the bits of the product into fp32, the bias added, then rounded: K in one
+    /// block and in several (the earlier blocks' sums in `partial`), edge tiles, rows and
+    /// columns split over threads, with and without a bias, strided output whose padding stays.
+    func testRoundedOutputHasTheBitsOfTheProductBiasedThenRounded() {
+        let shapes = [(1, 1, 1), (13, 33, 300), (170, 50, 384), (37, 300, 385), (300, 37, 768), (64, 1152, 384),
+                      (200, 97, 1000)]
+        var rng = SplitMix64(seed: 5)
+        for level in levels {
+            CPU.use(level)
+            for threads in [1, 2] {
+                Gemm.setThreads(threads)
+                for (s, (m, n, k)) in shapes.enumerated() {
+                    for p in [Precision.bf16, .fp16] {
+                        for tb in [Transpose.transpose, .none] {
+                            let hasBias = s % 2 == 0 || tb == .none, ldo = n + 3
+                            let a = (0..<(m * k)).map { _ in narrow(Float(rng.nextNormal()), p) }
+                            let b = (0..<(k * n)).map { _ in narrow(Float(rng.nextNormal()) * 0.3, p) }
+                            let bias = (0..<n).map { _ in Float(rng.nextNormal()) }
+                            let ldb = tb == .none ? n : k
+                            var fp32 = [Float](repeating: 0, count: m * n)
+                            Gemm.lowGemm(p, .none, tb, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: ldb, c: &fp32, ldc: n)
+                            var expected = [UInt16](repeating: 0xABCD, count: m * ldo)
+                            for i in 0..<m {
+                                for j in 0..<n { expected[i * ldo + j] = narrow(fp32[i * n + j] + (hasBias ? bias[j] : 0), p) }
+                            }
+                            var out = [UInt16](repeating: 0xABCD, count: m * ldo)
+                            var partial = [Float](repeating: .nan, count: m * n)
+                            let ran = bias.withUnsafeBufferPointer { bp in
+                                Gemm.packedRoundedGemm(p, .none, tb, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: ldb,
+                                                       bias: hasBias ? bp.baseAddress : nil, c: &out, ldc: ldo,
+                                                       partial: &partial)
+                            }
+                            XCTAssertTrue(ran, "\(level) \(p)")
+                            let label = "\(level), \(threads) thread(s), \(p), \(m)×\(n)×\(k) \(tb) bias \(hasBias)"
+                            XCTAssertEqual(zip(out, expected).filter { $0 != $1 }.count, 0, "\(label): differing values")
+                            XCTAssertGreaterThan(Set(out).count, min(m * n, 1000) / 2, "\(label): a real product")
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

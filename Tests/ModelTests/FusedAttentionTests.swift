@@ -124,6 +124,43 @@ final class FusedAttentionTests: XCTestCase {
         XCTAssertLessThan(maxRelative(native.dFused, widened.dFused), 6e-3)
     }
 
+    /// With `rounded` the kernel stores its output, and dQKV besides the fp32 one, rounded to the
+    /// 16-bit format as it finishes each row or head: the bits of the fp32 results rounded
+    /// afterwards (the model's 16-bit operands, on either path).
+    func testRoundedOutputsAreTheFP32OnesRounded() {
+        let c = cases[0], (B, T, C, NH) = (c.B, c.T, c.C, c.NH), workers = ParallelFor.threads
+        var rng = SplitMix64(seed: 21)
+        let qkv = FloatBuffer(count: B * T * 3 * C), dout = FloatBuffer(count: B * T * C)
+        for i in 0..<qkv.count { qkv[i] = Float(rng.nextUniform() * 4 - 2) }
+        for i in 0..<dout.count { dout[i] = Float(rng.nextUniform() * 2 - 1) }
+        let lse = FloatBuffer(count: B * NH * T), scratch = FloatBuffer(count: FusedAttention.scratchFloats(T: T, hs: C / NH) * workers)
+        let out = FloatBuffer(count: B * T * C), dqkv = FloatBuffer(count: B * T * 3 * C), dqkvAgain = FloatBuffer(count: dqkv.count)
+        FusedAttention.forward(FP32.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
+                               B: B, T: T, C: C, NH: NH, workers: workers)
+        FusedAttention.backward(FP32.self, dqkv: dqkv.pointer, dout: dout.pointer, out: out.pointer, lse: lse.pointer,
+                                qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
+        for p in [Precision.bf16, .fp16] {
+            var outLow = [UInt16](repeating: 0xABCD, count: out.count), expected = outLow
+            p.narrow(out.pointer, into: &expected, out.count)
+            outLow.withUnsafeMutableBufferPointer { o in
+                FusedAttention.forward(FP32.self, out: out.pointer, rounded: (o.baseAddress!, p), lse: lse.pointer,
+                                       qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
+            }
+            XCTAssertEqual(outLow, expected, "\(p) output")
+            var dLow = [UInt16](repeating: 0xABCD, count: dqkv.count), dExpected = dLow
+            p.narrow(dqkv.pointer, into: &dExpected, dqkv.count)
+            dLow.withUnsafeMutableBufferPointer { d in
+                FusedAttention.backward(FP32.self, dqkv: dqkvAgain.pointer, rounded: (d.baseAddress!, p), dout: dout.pointer,
+                                        out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
+                                        B: B, T: T, C: C, NH: NH, workers: workers)
+            }
+            XCTAssertEqual(dLow, dExpected, "\(p) dqkv")
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: dqkvAgain.pointer, count: dqkv.count)),
+                           Array(UnsafeBufferPointer(start: dqkv.pointer, count: dqkv.count)), "\(p): the fp32 dqkv too")
+            XCTAssertGreaterThan(Set(dLow).count, 1000, "a real gradient")
+        }
+    }
+
     /// The whole model: loss and every gradient within 1e-5 of the unfused model in fp32.
     func testModelGradientsMatchUnfused() {
         let T = FusedAttention.block + 40

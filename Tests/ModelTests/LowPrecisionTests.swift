@@ -49,12 +49,13 @@ final class LowPrecisionTests: XCTestCase {
             Precision.bf16.narrow(values(OC * IC, 0.2), into: &weight, OC * IC)
             let bias = values(OC, 0.5)
             var viaFP32 = [UInt16](repeating: 0, count: N * OC), rounded = [UInt16](repeating: 0xFFFF, count: N * OC)
-            var y = [Float](repeating: 0, count: N * OC)
+            var y = [Float](repeating: 0, count: N * OC), scratch = y
             bias.withUnsafeBufferPointer { bp in
                 let b = hasBias ? bp.baseAddress : nil
                 Layers.linearForward(BF16.self, out: &y, inp: inp, weight: weight, bias: b, N: N, IC: IC, OC: OC)
                 BF16.commit(y, into: &viaFP32, N * OC)
-                XCTAssertTrue(BF16.linearRounded(into: &rounded, inp: inp, weight: weight, bias: b, N: N, IC: IC, OC: OC))
+                XCTAssertTrue(BF16.linearRounded(into: &rounded, inp: inp, weight: weight, bias: b, N: N, IC: IC, OC: OC,
+                                                 scratch: &scratch))
             }
             let differing = zip(viaFP32, rounded).filter { $0 != $1 }.count
             XCTAssertEqual(differing, 0, "\(N)×\(IC)→\(OC) bias \(hasBias): values that differ from the fp32 way")

@@ -61,6 +61,17 @@ int tessera_packed_gemm(int format, int trans_a, int trans_b, int64_t m, int64_t
                         const void *a, int64_t lda, const void *b, int64_t ldb, float beta,
                         float *c, int64_t ldc, int64_t threads);
 
+/// out = op(A)·op(B) + bias rounded to bf16 or fp16 (`format`, the operands' format too; bias
+/// one fp32 value per column, or NULL), with the bits of tessera_packed_gemm into fp32 (beta 0),
+/// the bias added, then rounded to nearest even, but without a pass over an fp32 C: each tile
+/// is rounded as it is finished. `partial` (m×n fp32, row stride ldp) holds the sums of the
+/// earlier K blocks when K takes more than one (K above 384); it may be NULL otherwise. Returns
+/// 0 on success, 1 when out of memory, 2 for the level or format, 3 for K = 0 or a missing
+/// `partial`.
+int tessera_packed_gemm_rounded(int format, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                const void *a, int64_t lda, const void *b, int64_t ldb, const float *bias,
+                                uint16_t *out, int64_t ldo, float *partial, int64_t ldp, int64_t threads);
+
 /// Threads used by oneDNN (OpenMP) in this process.
 void tessera_set_threads(int n);
 int tessera_get_threads(void);
