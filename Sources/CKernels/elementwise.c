@@ -174,6 +174,50 @@ DEFINE_LOW_GELU(generic, )
 DEFINE_LOW_GELU(avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
+// Strided blocks: an attention head's rows of hs values, converted into or out of the kernel's
+// scratch. Sixteen values at a time with the count a constant, so each row's loop vectorises
+// without the set-up and remainder a call per row paid (the per-row calls ran no faster than a
+// pass over memory).
+#define DEFINE_ROW_CONVERSIONS(SUFFIX, ATTR)                                                      \
+    ATTR static void widen_rows_##SUFFIX(int bf16, float *dst, int64_t ldd, const uint16_t *src, int64_t lds, \
+                                         int64_t rows, int64_t cols) {                            \
+        for (int64_t r = 0; r < rows; r++) {                                                      \
+            const uint16_t *s = src + r * lds;                                                    \
+            float *d = dst + r * ldd;                                                             \
+            int64_t j = 0;                                                                        \
+            if (bf16) {                                                                           \
+                for (; j + 16 <= cols; j += 16)                                                   \
+                    for (int q = 0; q < 16; q++) d[j + q] = widen_bf16(s[j + q]);                 \
+                for (; j < cols; j++) d[j] = widen_bf16(s[j]);                                    \
+            } else {                                                                              \
+                for (; j + 16 <= cols; j += 16)                                                   \
+                    for (int q = 0; q < 16; q++) d[j + q] = widen_f16(s[j + q]);                  \
+                for (; j < cols; j++) d[j] = widen_f16(s[j]);                                     \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    ATTR static void narrow_rows_##SUFFIX(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, \
+                                          int64_t rows, int64_t cols) {                           \
+        for (int64_t r = 0; r < rows; r++) {                                                      \
+            const float *s = src + r * lds;                                                       \
+            uint16_t *d = dst + r * ldd;                                                          \
+            int64_t j = 0;                                                                        \
+            if (bf16) {                                                                           \
+                for (; j + 16 <= cols; j += 16)                                                   \
+                    for (int q = 0; q < 16; q++) d[j + q] = round_bf16(s[j + q]);                 \
+                for (; j < cols; j++) d[j] = round_bf16(s[j]);                                    \
+            } else {                                                                              \
+                for (; j + 16 <= cols; j += 16)                                                   \
+                    for (int q = 0; q < 16; q++) d[j + q] = round_f16(s[j + q]);                  \
+                for (; j < cols; j++) d[j] = round_f16(s[j]);                                     \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_ROW_CONVERSIONS(generic, )
+DEFINE_ROW_CONVERSIONS(avx2, __attribute__((target("avx2,fma,f16c"))))
+DEFINE_ROW_CONVERSIONS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
+
 DEFINE_OPTIM(generic, )
 DEFINE_OPTIM(avx2, __attribute__((target("avx2,fma"))))
 DEFINE_OPTIM(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
@@ -248,6 +292,14 @@ double tessera_sum_of_squares(const float *x, int64_t n) {
 
 void tessera_f32_to_f16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(to_f16, dst, src, n); }
 void tessera_f16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_f16, dst, src, n); }
+void tessera_widen_rows(int bf16, float *dst, int64_t ldd, const uint16_t *src, int64_t lds, int64_t rows,
+                        int64_t cols) {
+    DISPATCH(widen_rows, bf16, dst, ldd, src, lds, rows, cols);
+}
+void tessera_narrow_rows(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                         int64_t cols) {
+    DISPATCH(narrow_rows, bf16, dst, ldd, src, lds, rows, cols);
+}
 
 void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n) {
     if (bf16) DISPATCH(gelu_fwd_bf16, pre, out, x, n); else DISPATCH(gelu_fwd_f16, pre, out, x, n);

@@ -97,6 +97,22 @@ extension Precision {
         if self == .bf16 { tessera_f32_to_bf16(dst, src, Int64(n)) } else { tessera_f32_to_f16(dst, src, Int64(n)) }
     }
 
+    /// `rows` runs of `cols` values `ld` apart widened to floats `dstLD` apart, on the calling
+    /// thread (a strided block in one call).
+    @inlinable public func widenRows(_ src: UnsafePointer<UInt16>, ld: Int, rows: Int, cols: Int,
+                                     into dst: UnsafeMutablePointer<Float>, dstLD: Int) {
+        precondition(isLow, "fp32 has no 16-bit form")
+        tessera_widen_rows(self == .bf16 ? 1 : 0, dst, Int64(dstLD), src, Int64(ld), Int64(rows), Int64(cols))
+    }
+
+    /// `rows` runs of `cols` floats `ld` apart rounded to this format `dstLD` apart, on the
+    /// calling thread (a strided block in one call).
+    @inlinable public func narrowRows(_ src: UnsafePointer<Float>, ld: Int, rows: Int, cols: Int,
+                                      into dst: UnsafeMutablePointer<UInt16>, dstLD: Int) {
+        precondition(isLow, "fp32 has no 16-bit form")
+        tessera_narrow_rows(self == .bf16 ? 1 : 0, dst, Int64(dstLD), src, Int64(ld), Int64(rows), Int64(cols))
+    }
+
     /// `widen` on the calling thread only.
     @inlinable public func widenSerial(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
         precondition(isLow, "fp32 has no 16-bit form")

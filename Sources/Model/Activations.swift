@@ -72,7 +72,7 @@ public final class Activations<F: ComputeFormat> {
         dfc = FloatBuffer(count: BT * 4 * C)
         attentionWorkers = max(1, ParallelFor.threads)
         let square = fused ? 0 : maxT * maxT * attentionWorkers
-        scores = FloatBuffer(count: fused ? FusedAttention.scratchFloats(T: maxT, hs: c.headSize) * attentionWorkers : square)
+        scores = FloatBuffer(count: fused ? FusedAttention.scratchFloats(F.self, T: maxT, hs: c.headSize) * attentionWorkers : square)
         let low = F.isLow
         wide = FloatBuffer(count: low ? BT * 4 * C : 0)
         narrow = AlignedBuffer(count: low ? max(BT * 4 * C, BT * c.vocabSize) : 0)
@@ -92,7 +92,7 @@ public final class Activations<F: ComputeFormat> {
         let fp32Kept = 4 * ((L + 1) * BT * C + gemm * BT * C + 4 * gemm * BT + 2 * BT + BT * V + lse)
         let probabilities = fused ? 0 : maxB * c.nHead * maxT * maxT
         let formatKept = e * (gemm * 8 * BT * C + all * (6 * BT * C + probabilities) + BT * C)
-        let blockScratch = fused ? FusedAttention.scratchFloats(T: maxT, hs: c.headSize) * max(1, workers) : square
+        let blockScratch = fused ? FusedAttention.scratchFloats(F.self, T: maxT, hs: c.headSize) * max(1, workers) : square
         let scratch = 4 * (9 * BT * C + blockScratch)
         let lowScratch = F.isLow ? 4 * 4 * BT * C + e * max(4 * BT * C, BT * V) + 4 * square + e * square : 0
         let saved = fp32Kept + formatKept

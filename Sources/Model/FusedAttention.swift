@@ -21,11 +21,15 @@ import Settings
 /// GEMMs use. bf16 where the CPU has bf16 dot products (AVX512-BF16)
 /// multiplies Q, K, V and dO as stored and rounds P and dS to bf16 for their products, as
 /// FlashAttention does on GPUs (about 1.7× the fp32 rate on these block shapes); elsewhere the
-/// products run in fp32 on fp32 inputs, P and dS kept in fp32. A 16-bit model without bf16 dot
-/// products (`runsOnFP32Copies`) passes exact fp32 copies of its Q, K, V, O and dO, made in
-/// one pass over each tensor: widening blocks here instead would widen each Q and dO block
-/// again for every key block it meets, and each K and V block for every query block. Each
-/// task's arithmetic does not depend on which thread runs it, so results are reproducible and
+/// products run in fp32 on fp32 values, P and dS kept in fp32. A 16-bit model without bf16 dot
+/// products (`widens`) has its stored Q, K, V, O and dO widened into the worker's scratch,
+/// each value once per task: backward widens its head's Q and dO whole and each key block's K
+/// and V as it starts it; forward a query block's Q, and its head's K and V as far as the
+/// block sees, which the worker keeps for its next task of the same head (a head's tasks come
+/// one after another). Widening each block as a product needed it had widened every Q and dO
+/// block again for every key block (gpt2-1k bf16 capped at AVX2: 220 against 235 tokens/s
+/// for fp32 copies of whole tensors made before the kernel, which this replaces). Each task's
+/// arithmetic does not depend on which thread runs it, so results are reproducible and
 /// recomputation gives the same bits.
 ///
 /// With `starts` (packed documents: the first position of the document each position is in)
@@ -35,29 +39,29 @@ public enum FusedAttention {
     /// Rows per query block and per key block (equal, so the diagonal falls inside one pair).
     public static let block = 128
 
-    /// fp32 scratch per worker thread for sequence length `T` and head size `hs`.
-    public static func scratchFloats(T: Int, hs: Int) -> Int {
-        3 * block * block + 4 * block * hs + T   // the last block² holds two bf16 blocks
+    /// fp32 scratch per worker thread for sequence length `T` and head size `hs` in format `F`:
+    /// a 16-bit format whose products run in fp32 (`widens`) adds room for a head's widened
+    /// Q and dO (backward) or K and V (forward), and a block of each of the others.
+    public static func scratchFloats<F: ComputeFormat>(_: F.Type, T: Int, hs: Int) -> Int {
+        let base = 3 * block * block + 4 * block * hs + T   // the last block² holds two bf16 blocks
+        return base + (widens(F.self) ? 2 * T * hs + 2 * block * hs : 0)
     }
 
     /// Whether `F`'s block products run on native bf16 dot products here.
     static func nativeBF16<F: ComputeFormat>(_: F.Type) -> Bool { F.precision == .bf16 && Gemm.bf16IsNative }
 
-    /// Whether a model computing in `F` calls this kernel with `FP32` and exact fp32 copies of
-    /// its 16-bit inputs: 16-bit formats whose block products would run in fp32 anyway.
-    public static func runsOnFP32Copies<F: ComputeFormat>(_: F.Type) -> Bool { F.isLow && !nativeBF16(F.self) }
+    /// Whether a model computing in `F` keeps 16-bit Q, K, V, O and dO whose block products run
+    /// in fp32 here (fp16, and bf16 without bf16 dot products): the kernel widens them into its
+    /// scratch, each value once per task.
+    public static func widens<F: ComputeFormat>(_: F.Type) -> Bool { F.isLow && !nativeBF16(F.self) }
 
-    /// fp32 inputs as the floats they are (the fp32-product path, whose `F` is `FP32`).
+    /// Stored fp32 values at `p` (the fp32-product path).
     @inline(__always)
-    static func floats<E>(_ p: UnsafePointer<E>) -> UnsafePointer<Float> {
-        UnsafeRawPointer(p).assumingMemoryBound(to: Float.self)
-    }
+    static func floats(_ p: UnsafeRawPointer) -> UnsafePointer<Float> { p.assumingMemoryBound(to: Float.self) }
 
-    /// A 16-bit format's stored values as the bf16 bits they are.
+    /// A 16-bit format's stored values at `p` as the bits they are.
     @inline(__always)
-    static func bits<E>(_ p: UnsafePointer<E>) -> UnsafePointer<UInt16> {
-        UnsafeRawPointer(p).assumingMemoryBound(to: UInt16.self)
-    }
+    static func bits(_ p: UnsafeRawPointer) -> UnsafePointer<UInt16> { p.assumingMemoryBound(to: UInt16.self) }
 
     /// The two bf16 blocks at the end of a worker's scratch, bound to `UInt16` for `body`.
     @inline(__always)
@@ -69,19 +73,19 @@ public enum FusedAttention {
     }
 
     /// The scores S = Q·Kᵀ/√hs of a block pair into `s` (row stride `block`), part by part,
-    /// from the stored `queries` and `keys` (rows `ld` apart): fp32 products, or bf16 dot
-    /// products (`native`). Forward and backward both call this, so the probabilities backward
-    /// recomputes are the bits forward used.
-    static func scores<E>(into s: UnsafeMutablePointer<Float>, pair: BlockPair, queries: UnsafePointer<E>,
-                          keys: UnsafePointer<E>, ld: Int, hs: Int, scale: Float, native: Bool) {
+    /// from `queries` and `keys` (rows `ld` apart): fp32 products on fp32 values, or bf16 dot
+    /// products on bf16 ones (`native`). Forward and backward both call this, so the
+    /// probabilities backward recomputes are the bits forward used.
+    static func scores(into s: UnsafeMutablePointer<Float>, pair: BlockPair, queries: UnsafeRawPointer,
+                       keys: UnsafeRawPointer, ld: Int, hs: Int, scale: Float, native: Bool) {
         for part in 0..<pair.parts {
             let (r0, rows, seen) = pair.rows(part)
             if native {
-                Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: seen, k: hs, a: bits(queries + r0 * ld), lda: ld,
+                Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: seen, k: hs, a: bits(queries) + r0 * ld, lda: ld,
                                   b: bits(keys), ldb: ld, c: s + r0 * block, ldc: block)
                 for i in r0..<(r0 + rows) { Vector.scale(s + i * block, seen, by: scale) }
             } else {
-                Gemm.taskSgemm(.none, .transpose, m: rows, n: seen, k: hs, alpha: scale, a: floats(queries + r0 * ld), lda: ld,
+                Gemm.taskSgemm(.none, .transpose, m: rows, n: seen, k: hs, alpha: scale, a: floats(queries) + r0 * ld, lda: ld,
                                b: floats(keys), ldb: ld, beta: 0, c: s + r0 * block, ldc: block)
             }
         }
@@ -89,6 +93,28 @@ public enum FusedAttention {
 
     /// Query/key blocks covering `T` positions.
     static func blocks(_ T: Int) -> Int { (T + block - 1) / block }
+
+    /// One head's rows of a stored tensor as the block products read them: row r at
+    /// `base + r·ld·size` bytes.
+    struct HeadRows {
+        let base: UnsafeRawPointer, ld: Int, size: Int
+        @inline(__always) func row(_ r: Int) -> UnsafeRawPointer { base + r * ld * size }
+        /// The rows from `r` on.
+        @inline(__always) func from(_ r: Int) -> HeadRows { HeadRows(base: row(r), ld: ld, size: size) }
+    }
+
+    /// One head's part of a stored tensor (`head`: its row 0, rows `ld` apart) as the products
+    /// read it: as stored, or, where the format `widens`, in `into` (rows `hs` apart), rows
+    /// `first..<first+count` widened now (the rest already were, or are not read).
+    @inline(__always)
+    static func rows<E>(_ head: UnsafePointer<E>, ld: Int, first: Int = 0, count: Int, hs: Int, widen: Precision?,
+                        into: UnsafeMutablePointer<Float>) -> HeadRows {
+        guard let widen else { return HeadRows(base: UnsafeRawPointer(head), ld: ld, size: MemoryLayout<E>.stride) }
+        if count > 0 {
+            widen.widenRows(bits(head + first * ld), ld: ld, rows: count, cols: hs, into: into + first * hs, dstLD: hs)
+        }
+        return HeadRows(base: UnsafeRawPointer(into), ld: hs, size: MemoryLayout<Float>.stride)
+    }
 
     // MARK: Forward
 
@@ -103,16 +129,30 @@ public enum FusedAttention {
                                                  B: Int, T: Int, C: Int, NH: Int, workers: Int,
                                                  dropout: DropoutPass? = nil, layer: Int = 0,
                                                  starts: UnsafePointer<Int32>? = nil) {
-        let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
+        let hs = C / NH, nb = blocks(T), per = scratchFloats(F.self, T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot(), native = nativeBF16(F.self)
-        precondition(!runsOnFP32Copies(F.self), "\(F.precision) attention here runs as FP32 on fp32 copies of its inputs")
+        let widen = widens(F.self) ? F.precision : nil
+        // Widened: which head's keys and values each worker holds, and how many rows of them.
+        // A head's tasks come one after another, longest first, so a worker that takes several
+        // widens that head's keys and values once rather than once per query block.
+        let held = UnsafeMutablePointer<(head: Int, rows: Int)>.allocate(capacity: workers)
+        held.initialize(repeating: (-1, 0), count: workers)
+        defer { held.deallocate() }
         ParallelFor.tasks(B * NH * nb, workers: workers) { task, worker in
             let qb = nb - 1 - task % nb   // the longest rows first, so the queue ends evenly
             let bh = task / nb, b = bh / NH, h = bh % NH
             let s = scratch + worker * per, o = s + block * block
             let rowMax = o + block * hs, rowSum = rowMax + block
+            let wq = rowSum + block, wk = wq + block * hs, wv = wk + T * hs   // widened Q block, K, V
             let t0 = qb * block, nq = min(block, T - t0)
             let head = qkv + b * T * 3 * C + h * hs
+            let queryRows = rows(head + t0 * 3 * C, ld: 3 * C, count: nq, hs: hs, widen: widen, into: wq)
+            let needed = t0 + nq   // keys this block's queries may see
+            if held[worker].head != bh { held[worker] = (bh, 0) }
+            let have = held[worker].rows, more = widen == nil ? 0 : max(0, needed - have)
+            let keyRows = rows(head + C, ld: 3 * C, first: have, count: more, hs: hs, widen: widen, into: wk)
+            let valueRows = rows(head + 2 * C, ld: 3 * C, first: have, count: more, hs: hs, widen: widen, into: wv)
+            held[worker].rows = have + more
             let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
             rowMax.update(repeating: -.infinity, count: nq)
             rowSum.update(repeating: 0, count: nq)
@@ -123,7 +163,7 @@ public enum FusedAttention {
             for kb in firstBlock...qb {
                 let s0 = kb * block, nk = min(block, T - s0)
                 let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
-                scores(into: s, pair: pair, queries: head + t0 * 3 * C, keys: head + C + s0 * 3 * C, ld: 3 * C, hs: hs,
+                scores(into: s, pair: pair, queries: queryRows.base, keys: keyRows.row(s0), ld: queryRows.ld, hs: hs,
                        scale: scale, native: native)
                 for i in 0..<nq {
                     let row = s + i * block
@@ -149,7 +189,7 @@ public enum FusedAttention {
                     for part in 0..<pair.parts {
                         let (r0, rows, keys) = pair.rows(part)
                         Gemm.taskSgemm(.none, .none, m: rows, n: hs, k: keys, alpha: 1, a: s + r0 * block, lda: block,
-                                       b: floats(head + 2 * C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: o + r0 * hs, ldc: hs)
+                                       b: floats(valueRows.row(s0)), ldb: valueRows.ld, beta: 1, c: o + r0 * hs, ldc: hs)
                     }
                 } else {
                     withLowBlocks(s, per: per) { p16, _ in
@@ -157,7 +197,7 @@ public enum FusedAttention {
                         for part in 0..<pair.parts {
                             let (r0, rows, keys) = pair.rows(part)
                             Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: keys, a: p16 + r0 * block, lda: block,
-                                              b: bits(head + 2 * C + s0 * 3 * C), ldb: 3 * C, beta: 1, c: o + r0 * hs, ldc: hs)
+                                              b: bits(valueRows.row(s0)), ldb: valueRows.ld, beta: 1, c: o + r0 * hs, ldc: hs)
                         }
                     }
                 }
@@ -165,14 +205,14 @@ public enum FusedAttention {
             let first = b * T * C + t0 * C + h * hs, rowLSE = lse + bh * T + t0
             for i in 0..<nq {
                 let inv = 1 / rowSum[i]
-                if let rounded {
+                if rounded != nil {
                     for d in 0..<hs { o[i * hs + d] *= inv }
-                    rounded.precision.narrowSerial(o + i * hs, into: rounded.into + first + i * C, hs)
                 } else {
                     for d in 0..<hs { out[first + i * C + d] = o[i * hs + d] * inv }
                 }
                 rowLSE[i] = rowMax[i] + flog(rowSum[i])
             }
+            if let rounded { rounded.precision.narrowRows(o, ld: hs, rows: nq, cols: hs, into: rounded.into + first, dstLD: C) }
         }
     }
 
@@ -190,43 +230,49 @@ public enum FusedAttention {
                                                   B: Int, T: Int, C: Int, NH: Int, workers: Int,
                                                   dropout: DropoutPass? = nil, layer: Int = 0,
                                                   starts: UnsafePointer<Int32>? = nil) {
-        let hs = C / NH, nb = blocks(T), per = scratchFloats(T: T, hs: hs)
+        let hs = C / NH, nb = blocks(T), per = scratchFloats(F.self, T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot(), native = nativeBF16(F.self)
-        precondition(!runsOnFP32Copies(F.self), "\(F.precision) attention here runs as FP32 on fp32 copies of its inputs")
+        let widen = widens(F.self) ? F.precision : nil, low = F.isLow ? F.precision : nil
         ParallelFor.tasks(B * NH, workers: workers) { bh, worker in
             let b = bh / NH, h = bh % NH
             let p = scratch + worker * per, dp = p + block * block
             let dk = dp + block * block, dv = dk + block * hs
-            let wg = dv + block * hs, wo = wg + block * hs   // dO and O rows widened for D (bf16)
+            let wg = dv + block * hs, wo = wg + block * hs   // dO and O rows widened for D (16-bit)
             let delta = wo + block * hs   // T values
+            // Widened (16-bit, fp32 products): the head's Q and dO, once, and a block of K and V.
+            let wq = delta + T, wdo = wq + T * hs, wk = wdo + T * hs, wv = wk + block * hs
             let head = qkv + b * T * 3 * C + h * hs, dhead = dqkv + b * T * 3 * C + h * hs
             let dy = dout + b * T * C + h * hs, y = out + b * T * C + h * hs
+            let queryRows = rows(head, ld: 3 * C, count: T, hs: hs, widen: widen, into: wq)
+            let gradientRows = rows(dy, ld: C, count: T, hs: hs, widen: widen, into: wdo)
             let rowLSE = lse + bh * T
             let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
             // D = rowsum(dO ⊙ O) = rowsum(P ⊙ dP), and this head's dQ, which key blocks add to.
             for t0 in stride(from: 0, to: T, by: block) {
                 let n = min(block, T - t0)
-                let g = Rows<F>(dy + t0 * C, ld: C, count: n, width: hs, scratch: wg)
-                let o = Rows<F>(y + t0 * C, ld: C, count: n, width: hs, scratch: wo)
+                let g = widen != nil ? gradientRows.from(t0) : rows(dy + t0 * C, ld: C, count: n, hs: hs, widen: low, into: wg)
+                let o = rows(y + t0 * C, ld: C, count: n, hs: hs, widen: low, into: wo)
                 for i in 0..<n {
+                    let gi = floats(g.row(i)), oi = floats(o.row(i))
                     var d: Float = 0
-                    for c in 0..<hs { d += g.base[i * g.ld + c] * o.base[i * o.ld + c] }
+                    for c in 0..<hs { d += gi[c] * oi[c] }
                     delta[t0 + i] = d
                     (dhead + (t0 + i) * 3 * C).update(repeating: 0, count: hs)
                 }
             }
             for kb in 0..<nb {
                 let s0 = kb * block, nk = min(block, T - s0)
-                let keyRows = head + C + s0 * 3 * C, valueRows = head + 2 * C + s0 * 3 * C
+                let keyRows = rows(head + C + s0 * 3 * C, ld: 3 * C, count: nk, hs: hs, widen: widen, into: wk)
+                let valueRows = rows(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, hs: hs, widen: widen, into: wv)
                 dk.update(repeating: 0, count: nk * hs)
                 dv.update(repeating: 0, count: nk * hs)
                 for qb in kb..<nb {
                     let t0 = qb * block, nq = min(block, T - t0)
                     let rowStarts = starts.map { $0 + b * T + t0 }
                     if let rowStarts, Int(rowStarts[0]) >= s0 + nk { continue }   // every query's document starts later
-                    let queryRows = head + t0 * 3 * C, gradientRows = dy + t0 * C
+                    let queryBlock = queryRows.from(t0), gradientBlock = gradientRows.from(t0)
                     let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
-                    scores(into: p, pair: pair, queries: queryRows, keys: keyRows, ld: 3 * C, hs: hs, scale: scale,
+                    scores(into: p, pair: pair, queries: queryBlock.base, keys: keyRows.base, ld: queryBlock.ld, hs: hs, scale: scale,
                            native: native)
                     for i in 0..<nq {
                         let row = p + i * block
@@ -242,11 +288,13 @@ public enum FusedAttention {
                     for part in 0..<pair.parts {
                         let (r0, rows, keys) = pair.rows(part)
                         if native {
-                            Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(gradientRows + r0 * C), lda: C,
-                                              b: bits(valueRows), ldb: 3 * C, c: dp + r0 * block, ldc: block)
+                            Gemm.taskBF16Gemm(.none, .transpose, m: rows, n: keys, k: hs, a: bits(gradientBlock.row(r0)),
+                                              lda: gradientBlock.ld, b: bits(valueRows.base), ldb: valueRows.ld, c: dp + r0 * block,
+                                              ldc: block)
                         } else {
-                            Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: 1, a: floats(gradientRows + r0 * C),
-                                           lda: C, b: floats(valueRows), ldb: 3 * C, beta: 0, c: dp + r0 * block, ldc: block)
+                            Gemm.taskSgemm(.none, .transpose, m: rows, n: keys, k: hs, alpha: 1, a: floats(gradientBlock.row(r0)),
+                                           lda: gradientBlock.ld, b: floats(valueRows.base), ldb: valueRows.ld, beta: 0,
+                                           c: dp + r0 * block, ldc: block)
                         }
                     }
                     for i in 0..<nq {
@@ -268,13 +316,15 @@ public enum FusedAttention {
                         for part in 0..<pair.parts {
                             let (c0, keys, q0, queries) = pair.keys(part)
                             Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: p + q0 * block + c0,
-                                           lda: block, b: floats(gradientRows + q0 * C), ldb: C, beta: 1, c: dv + c0 * hs, ldc: hs)
+                                           lda: block, b: floats(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: 1, c: dv + c0 * hs,
+                                           ldc: hs)
                             Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: dp + q0 * block + c0,
-                                           lda: block, b: floats(queryRows + q0 * 3 * C), ldb: 3 * C, beta: 1, c: dk + c0 * hs,
+                                           lda: block, b: floats(queryBlock.row(q0)), ldb: queryBlock.ld, beta: 1, c: dk + c0 * hs,
                                            ldc: hs)
                             let (r0, rows, seen) = pair.rows(part)
                             Gemm.taskSgemm(.none, .none, m: rows, n: hs, k: seen, alpha: 1, a: dp + r0 * block, lda: block,
-                                           b: floats(keyRows), ldb: 3 * C, beta: 1, c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
+                                           b: floats(keyRows.base), ldb: keyRows.ld, beta: 1, c: dhead + (t0 + r0) * 3 * C,
+                                           ldc: 3 * C)
                         }
                     } else {
                         withLowBlocks(p, per: per) { p16, ds16 in
@@ -283,13 +333,14 @@ public enum FusedAttention {
                             for part in 0..<pair.parts {
                                 let (c0, keys, q0, queries) = pair.keys(part)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: p16 + q0 * block + c0,
-                                                  lda: block, b: bits(gradientRows + q0 * C), ldb: C, beta: 1, c: dv + c0 * hs, ldc: hs)
+                                                  lda: block, b: bits(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: 1,
+                                                  c: dv + c0 * hs, ldc: hs)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: ds16 + q0 * block + c0,
-                                                  lda: block, b: bits(queryRows + q0 * 3 * C), ldb: 3 * C, beta: 1,
+                                                  lda: block, b: bits(queryBlock.row(q0)), ldb: queryBlock.ld, beta: 1,
                                                   c: dk + c0 * hs, ldc: hs)
                                 let (r0, rows, seen) = pair.rows(part)
                                 Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: seen, a: ds16 + r0 * block, lda: block,
-                                                  b: bits(keyRows), ldb: 3 * C, beta: 1,
+                                                  b: bits(keyRows.base), ldb: keyRows.ld, beta: 1,
                                                   c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
                             }
                         }
@@ -301,12 +352,9 @@ public enum FusedAttention {
                 }
             }
             if let rounded {
-                let first = b * T * 3 * C + h * hs
-                for t in 0..<T {
-                    for part in 0..<3 {
-                        let at = first + t * 3 * C + part * C
-                        rounded.precision.narrowSerial(dqkv + at, into: rounded.into + at, hs)
-                    }
+                for part in 0..<3 {
+                    let at = b * T * 3 * C + part * C + h * hs
+                    rounded.precision.narrowRows(dqkv + at, ld: 3 * C, rows: T, cols: hs, into: rounded.into + at, dstLD: 3 * C)
                 }
             }
         }
@@ -346,23 +394,4 @@ struct BlockPair {
 
     /// Keys computed for query `i` (the row's scores beyond are not written).
     func keys(row i: Int) -> Int { half == 0 || i >= half ? nk : half }
-}
-
-// MARK: - Rows as fp32
-
-/// `count` rows of `width` values at stride `ld` as an fp32 GEMM operand: the rows themselves
-/// in fp32, else widened into `scratch` (contiguous, stride `width`).
-struct Rows<F: ComputeFormat> {
-    let base: UnsafePointer<Float>, ld: Int
-
-    init(_ rows: UnsafePointer<F.Element>, ld: Int, count: Int, width: Int, scratch: UnsafeMutablePointer<Float>) {
-        if !F.isLow {
-            base = UnsafeRawPointer(rows).assumingMemoryBound(to: Float.self)
-            self.ld = ld
-            return
-        }
-        for r in 0..<count { _ = F.widened(rows + r * ld, scratch: scratch + r * width, width) }
-        base = UnsafePointer(scratch)
-        self.ld = width
-    }
 }

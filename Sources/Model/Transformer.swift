@@ -193,17 +193,8 @@ final class Transformer<F: ComputeFormat> {
         let a = activations!, BT = B * T
         let y = F.workspace(for: a.atty[l].pointer, scratch: a.wide.pointer)
         switch attentionKernel {
-        case .fused where FusedAttention.runsOnFP32Copies(F.self):
-            // y is the first BT·C floats of wide; the copy of qkv takes the other 3·BT·C.
-            // The output is rounded into the format as the kernel finishes each row.
-            let qkv = F.widened(a.qkv[l].pointer, scratch: a.wide.pointer + BT * config.nEmbd, BT * 3 * config.nEmbd)
-            FusedAttention.forward(FP32.self, out: y, rounded: (bits(a.atty[l].pointer), F.precision), lse: a.lse[l].pointer,
-                                   qkv: qkv, scratch: a.scores.pointer,
-                                   B: B, T: T, C: config.nEmbd, NH: config.nHead, workers: a.attentionWorkers,
-                                   dropout: pass, layer: l, starts: starts)
-            return
         case .fused:
-            // bf16 (on bf16 dot products) stores its output rounded as the kernel finishes each row.
+            // A 16-bit format stores the output rounded as the kernel finishes each row.
             FusedAttention.forward(F.self, out: y, rounded: F.isLow ? (bits(a.atty[l].pointer), F.precision) : nil,
                                    lse: a.lse[l].pointer,
                                    qkv: a.qkv[l].pointer, scratch: a.scores.pointer,
@@ -370,31 +361,20 @@ final class Transformer<F: ComputeFormat> {
             }
             d = roundsResidual ? UnsafePointer(narrow) : F.operand(branch, scratch: narrow, BT * C)
             // Attention's output gradient straight from proj's GEMM as the operand attention reads
-            // (in narrow's last quarter: d is in its first, and bf16 attention writes dQKV's
+            // (in narrow's last quarter: d is in its first, and 16-bit attention writes dQKV's
             // operand into the first three), where it rounds as it stores and no adapter adds to
             // it first; otherwise in fp32 in dln.
             let attentionGradient = narrow + 3 * BT * C
             // The fused kernel rounds dQKV into the next product's operand (narrow's first three
             // quarters) as it finishes each head, in every 16-bit format.
             let attentionRounds = F.isLow && attentionKernel == .fused
-            let roundsGradient = attentionRounds && !FusedAttention.runsOnFP32Copies(F.self)
-            let rounded = lw == nil && roundsGradient
+            let rounded = lw == nil && attentionRounds
                 && F.inputGradientRounded(into: attentionGradient, dout: d, weight: w.matrix(at.projw), N: BT, IC: C, OC: C)
             Layers.linearBackward(F.self, dinp: rounded ? nil : dln, dweight: g.at(at.projw), dbias: g.at(at.projb),
                                   dout: branch, doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(at.projw),
                                   N: BT, IC: C, OC: C)
             adapt(.attnProj, dinp: dln, dout: d, inp: a.atty[l].pointer)
             switch attentionKernel {
-            case .fused where FusedAttention.runsOnFP32Copies(F.self):
-                // fp32 copies of what the format holds: Q, K, V and O widened into wide (free
-                // here, 4·BT·C floats), dO rounded in place (dln is not read again).
-                let qkv = F.widened(a.qkv[l].pointer, scratch: a.wide.pointer, BT * 3 * C)
-                let out = F.widened(a.atty[l].pointer, scratch: a.wide.pointer + BT * 3 * C, BT * C)
-                F.precision.round(dln, BT * C)
-                FusedAttention.backward(FP32.self, dqkv: dqkv, rounded: (bits(narrow), F.precision), dout: dln, out: out,
-                                        lse: a.lse[l].pointer, qkv: qkv,
-                                        scratch: a.scores.pointer, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers,
-                                        dropout: pass, layer: l, starts: starts)
             case .fused:
                 d = rounded ? UnsafePointer(attentionGradient) : F.operand(dln, scratch: attentionGradient, BT * C)
                 FusedAttention.backward(F.self, dqkv: dqkv, rounded: attentionRounds ? (bits(narrow), F.precision) : nil, dout: d,

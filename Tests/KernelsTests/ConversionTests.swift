@@ -80,6 +80,40 @@ final class ConversionTests: XCTestCase {
         }
     }
 
+    /// Strided blocks converted in one call (the attention kernel's head rows) give the
+    /// element-wise conversions' bits at every level, with row lengths that are and are not
+    /// multiples of 16, and leave the values between rows alone.
+    func testRowConversionsMatchElementwise() {
+        defer { CPU.use(nil) }
+        var rng = SplitMix64(seed: 8)
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            for p in [Precision.bf16, .fp16] {
+                for (rows, cols) in [(7, 64), (5, 37), (3, 16), (4, 1)] {
+                    let ld = 3 * cols + 5, dstLD = cols + 3
+                    var xs: [Float] = (0..<(rows * ld)).map { _ in Float(rng.nextNormal()) * 100 }
+                    xs[1] = .infinity
+                    var low = [UInt16](repeating: 0xABCD, count: rows * dstLD)
+                    p.narrowRows(xs, ld: ld, rows: rows, cols: cols, into: &low, dstLD: dstLD)
+                    var wide = [Float](repeating: -7, count: rows * ld)
+                    p.widenRows(low, ld: dstLD, rows: rows, cols: cols, into: &wide, dstLD: ld)
+                    for r in 0..<rows {
+                        for j in 0..<dstLD {
+                            let x = xs[r * ld + j], h = low[r * dstLD + j]
+                            let label = "\(level) \(p) \(rows)×\(cols) (\(r), \(j))"
+                            if j >= cols { XCTAssertEqual(h, 0xABCD, "\(label): between rows"); continue }
+                            let ref = p == .bf16 ? Convert.bf16(x) : Convert.fp16(x)
+                            XCTAssertEqual(h, ref, label)
+                            let back = p == .bf16 ? Convert.float(bf16: ref) : Convert.float(fp16: ref)
+                            XCTAssertEqual(wide[r * ld + j].bitPattern, back.bitPattern, label)
+                        }
+                        for j in cols..<ld { XCTAssertEqual(wide[r * ld + j], -7, "\(level) \(p): between widened rows") }
+                    }
+                }
+            }
+        }
+    }
+
     /// bf16 GEMM (oneDNN or the widening fallback) equals fp32 GEMM on bf16-exact operands.
     func testLowGemmMatchesWidenedSgemm() {
         var rng = SplitMix64(seed: 9)

@@ -25,28 +25,13 @@ final class FusedAttentionTests: XCTestCase {
         // Fused: output committed to the format, as the model keeps it for backward.
         let out = FloatBuffer(count: B * T * C), kept = AlignedBuffer<F.Element>(count: B * T * C)
         let lse = FloatBuffer(count: B * NH * T)
-        let scratch = FloatBuffer(count: FusedAttention.scratchFloats(T: T, hs: hs) * workers)
+        let scratch = FloatBuffer(count: FusedAttention.scratchFloats(F.self, T: T, hs: hs) * workers)
         let dqkv = FloatBuffer(count: B * T * 3 * C)
-        if FusedAttention.runsOnFP32Copies(F.self) {
-            // As the model calls it: fp32 copies of the 16-bit tensors.
-            let qkvCopy = FloatBuffer(count: qkv.count), outCopy = FloatBuffer(count: out.count)
-            let doutCopy = FloatBuffer(count: dout.count)
-            _ = F.widened(qkv.pointer, scratch: qkvCopy.pointer, qkv.count)
-            _ = F.widened(dout.pointer, scratch: doutCopy.pointer, dout.count)
-            FusedAttention.forward(FP32.self, out: out.pointer, lse: lse.pointer, qkv: qkvCopy.pointer,
-                                   scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
-            F.commit(out.pointer, into: kept.pointer, out.count)
-            _ = F.widened(kept.pointer, scratch: outCopy.pointer, out.count)
-            FusedAttention.backward(FP32.self, dqkv: dqkv.pointer, dout: doutCopy.pointer, out: outCopy.pointer,
-                                    lse: lse.pointer, qkv: qkvCopy.pointer, scratch: scratch.pointer, B: B, T: T, C: C,
-                                    NH: NH, workers: workers)
-        } else {
-            FusedAttention.forward(F.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
-                                   B: B, T: T, C: C, NH: NH, workers: workers)
-            F.commit(out.pointer, into: kept.pointer, out.count)
-            FusedAttention.backward(F.self, dqkv: dqkv.pointer, dout: dout.pointer, out: kept.pointer, lse: lse.pointer,
-                                    qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
-        }
+        FusedAttention.forward(F.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
+                               B: B, T: T, C: C, NH: NH, workers: workers)
+        F.commit(out.pointer, into: kept.pointer, out.count)
+        FusedAttention.backward(F.self, dqkv: dqkv.pointer, dout: dout.pointer, out: kept.pointer, lse: lse.pointer,
+                                qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: workers)
         let fused = Array(UnsafeBufferPointer(start: out.pointer, count: out.count))
         let dFused = Array(UnsafeBufferPointer(start: dqkv.pointer, count: dqkv.count))
 
@@ -133,7 +118,7 @@ final class FusedAttentionTests: XCTestCase {
         let qkv = FloatBuffer(count: B * T * 3 * C), dout = FloatBuffer(count: B * T * C)
         for i in 0..<qkv.count { qkv[i] = Float(rng.nextUniform() * 4 - 2) }
         for i in 0..<dout.count { dout[i] = Float(rng.nextUniform() * 2 - 1) }
-        let lse = FloatBuffer(count: B * NH * T), scratch = FloatBuffer(count: FusedAttention.scratchFloats(T: T, hs: C / NH) * workers)
+        let lse = FloatBuffer(count: B * NH * T), scratch = FloatBuffer(count: FusedAttention.scratchFloats(FP32.self, T: T, hs: C / NH) * workers)
         let out = FloatBuffer(count: B * T * C), dqkv = FloatBuffer(count: B * T * 3 * C), dqkvAgain = FloatBuffer(count: dqkv.count)
         FusedAttention.forward(FP32.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
                                B: B, T: T, C: C, NH: NH, workers: workers)
@@ -183,26 +168,39 @@ final class FusedAttentionTests: XCTestCase {
     }
 
     /// A sequence's outputs and gradients are the same bits whatever else is in the batch
-    /// (every task reads only its own sequence and head).
+    /// (every task reads only its own sequence and head), in fp32 and in 16 bits (fp16 widens
+    /// its blocks at every level, and forward's workers keep a head's widened keys between
+    /// tasks: which worker ran what must not matter).
     func testSequencesDoNotDependOnTheBatch() {
-        let T = FusedAttention.block + 20, C = 64, NH = 4, hs = 16
-        var rng = SplitMix64(seed: 1)
-        let qkv = FloatBuffer(count: 5 * T * 3 * C), dout = FloatBuffer(count: 5 * T * C)
-        for i in 0..<qkv.count { qkv[i] = Float(rng.nextUniform() * 2 - 1) }
-        for i in 0..<dout.count { dout[i] = Float(rng.nextUniform() * 2 - 1) }
-        var outs: [[UInt32]] = [], grads: [[UInt32]] = []
-        for B in [5, 2] {
-            let out = FloatBuffer(count: B * T * C), lse = FloatBuffer(count: B * NH * T), dqkv = FloatBuffer(count: B * T * 3 * C)
-            let scratch = FloatBuffer(count: FusedAttention.scratchFloats(T: T, hs: hs) * ParallelFor.threads)
-            FusedAttention.forward(FP32.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
-                                   B: B, T: T, C: C, NH: NH, workers: ParallelFor.threads)
-            FusedAttention.backward(FP32.self, dqkv: dqkv.pointer, dout: dout.pointer, out: out.pointer, lse: lse.pointer,
-                                    qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH, workers: ParallelFor.threads)
-            outs.append(out.toArray().prefix(2 * T * C).map(\.bitPattern))
-            grads.append(dqkv.toArray().prefix(2 * T * 3 * C).map(\.bitPattern))
+        func check<F: ComputeFormat>(_: F.Type) {
+            let T = 2 * FusedAttention.block + 20, C = 64, NH = 4, hs = 16
+            var rng = SplitMix64(seed: 1)
+            let qkv32 = FloatBuffer(count: 5 * T * 3 * C), dout32 = FloatBuffer(count: 5 * T * C)
+            for i in 0..<qkv32.count { qkv32[i] = Float(rng.nextUniform() * 2 - 1) }
+            for i in 0..<dout32.count { dout32[i] = Float(rng.nextUniform() * 2 - 1) }
+            let qkv = AlignedBuffer<F.Element>(count: qkv32.count), dout = AlignedBuffer<F.Element>(count: dout32.count)
+            F.commit(qkv32.pointer, into: qkv.pointer, qkv32.count)
+            F.commit(dout32.pointer, into: dout.pointer, dout32.count)
+            var outs: [[UInt32]] = [], grads: [[UInt32]] = []
+            for B in [5, 2] {
+                let out = FloatBuffer(count: B * T * C), lse = FloatBuffer(count: B * NH * T), dqkv = FloatBuffer(count: B * T * 3 * C)
+                let kept = AlignedBuffer<F.Element>(count: out.count)
+                let scratch = FloatBuffer(count: FusedAttention.scratchFloats(F.self, T: T, hs: hs) * ParallelFor.threads)
+                FusedAttention.forward(F.self, out: out.pointer, lse: lse.pointer, qkv: qkv.pointer, scratch: scratch.pointer,
+                                       B: B, T: T, C: C, NH: NH, workers: ParallelFor.threads)
+                F.commit(out.pointer, into: kept.pointer, out.count)
+                FusedAttention.backward(F.self, dqkv: dqkv.pointer, dout: dout.pointer, out: kept.pointer, lse: lse.pointer,
+                                        qkv: qkv.pointer, scratch: scratch.pointer, B: B, T: T, C: C, NH: NH,
+                                        workers: ParallelFor.threads)
+                outs.append(out.toArray().prefix(2 * T * C).map(\.bitPattern))
+                grads.append(dqkv.toArray().prefix(2 * T * 3 * C).map(\.bitPattern))
+            }
+            XCTAssertEqual(outs[0], outs[1], "\(F.precision) forward")
+            XCTAssertEqual(grads[0], grads[1], "\(F.precision) backward")
         }
-        XCTAssertEqual(outs[0], outs[1], "forward")
-        XCTAssertEqual(grads[0], grads[1], "backward")
+        check(FP32.self)
+        check(BF16.self)
+        check(FP16.self)
     }
 
     /// Saved activations: the fused kernel keeps one fp32 log-sum-exp per (head, position)

@@ -126,6 +126,13 @@ void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
 /// fp32 → IEEE binary16 (round to nearest even, overflow → ±inf, NaN kept) and back.
 void tessera_f32_to_f16(uint16_t *dst, const float *src, int64_t n);
 void tessera_f16_to_f32(float *dst, const uint16_t *src, int64_t n);
+/// `rows` runs of `cols` bf16 (`bf16` ≠ 0) or fp16 values, `lds` apart, widened to floats
+/// `ldd` apart (one call for a strided block: the attention kernel's per-head rows).
+void tessera_widen_rows(int bf16, float *dst, int64_t ldd, const uint16_t *src, int64_t lds, int64_t rows,
+                        int64_t cols);
+/// The other way: `rows` runs of `cols` floats, `lds` apart, rounded to 16-bit values `ldd` apart.
+void tessera_narrow_rows(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                         int64_t cols);
 
 /// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW).
 void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
