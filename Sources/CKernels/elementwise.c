@@ -178,40 +178,21 @@ DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512d
 // scratch. Sixteen values at a time with the count a constant, so each row's loop vectorises
 // without the set-up and remainder a call per row paid (the per-row calls ran no faster than a
 // pass over memory).
+#define CONVERT_ROWS(CONVERT)                                                                     \
+    for (int64_t r = 0; r < rows; r++) {                                                          \
+        int64_t j = 0;                                                                            \
+        for (; j + 16 <= cols; j += 16)                                                           \
+            for (int q = 0; q < 16; q++) dst[r * ldd + j + q] = CONVERT(src[r * lds + j + q]);    \
+        for (; j < cols; j++) dst[r * ldd + j] = CONVERT(src[r * lds + j]);                       \
+    }
 #define DEFINE_ROW_CONVERSIONS(SUFFIX, ATTR)                                                      \
     ATTR static void widen_rows_##SUFFIX(int bf16, float *dst, int64_t ldd, const uint16_t *src, int64_t lds, \
                                          int64_t rows, int64_t cols) {                            \
-        for (int64_t r = 0; r < rows; r++) {                                                      \
-            const uint16_t *s = src + r * lds;                                                    \
-            float *d = dst + r * ldd;                                                             \
-            int64_t j = 0;                                                                        \
-            if (bf16) {                                                                           \
-                for (; j + 16 <= cols; j += 16)                                                   \
-                    for (int q = 0; q < 16; q++) d[j + q] = widen_bf16(s[j + q]);                 \
-                for (; j < cols; j++) d[j] = widen_bf16(s[j]);                                    \
-            } else {                                                                              \
-                for (; j + 16 <= cols; j += 16)                                                   \
-                    for (int q = 0; q < 16; q++) d[j + q] = widen_f16(s[j + q]);                  \
-                for (; j < cols; j++) d[j] = widen_f16(s[j]);                                     \
-            }                                                                                     \
-        }                                                                                         \
+        if (bf16) { CONVERT_ROWS(widen_bf16) } else { CONVERT_ROWS(widen_f16) }                   \
     }                                                                                             \
     ATTR static void narrow_rows_##SUFFIX(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, \
                                           int64_t rows, int64_t cols) {                           \
-        for (int64_t r = 0; r < rows; r++) {                                                      \
-            const float *s = src + r * lds;                                                       \
-            uint16_t *d = dst + r * ldd;                                                          \
-            int64_t j = 0;                                                                        \
-            if (bf16) {                                                                           \
-                for (; j + 16 <= cols; j += 16)                                                   \
-                    for (int q = 0; q < 16; q++) d[j + q] = round_bf16(s[j + q]);                 \
-                for (; j < cols; j++) d[j] = round_bf16(s[j]);                                    \
-            } else {                                                                              \
-                for (; j + 16 <= cols; j += 16)                                                   \
-                    for (int q = 0; q < 16; q++) d[j + q] = round_f16(s[j + q]);                  \
-                for (; j < cols; j++) d[j] = round_f16(s[j]);                                     \
-            }                                                                                     \
-        }                                                                                         \
+        if (bf16) { CONVERT_ROWS(round_bf16) } else { CONVERT_ROWS(round_f16) }                   \
     }
 
 DEFINE_ROW_CONVERSIONS(generic, )
