@@ -473,8 +473,8 @@ int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a,
 
 // MARK: - fp32
 
-// The fp32 attention products (fp32 models, and 16-bit ones on fp32 copies where there are no
-// bf16 dot products) of 16–128 on a side, where oneDNN's sgemm spends much of each call
+// The fp32 attention products (fp32 models, and 16-bit ones on widened blocks where there are
+// no bf16 dot products) of 16–128 on a side, where oneDNN's sgemm spends much of each call
 // outside its kernel (0.5–0.8 µs for a 32×32×32 product on Zen 5, a third of its rate).
 //
 // Bits: each element of C is its products fused-multiply-added from zero along the depth in

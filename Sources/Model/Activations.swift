@@ -42,9 +42,9 @@ public final class Activations<F: ComputeFormat> {
     /// Per attention worker: T×T fp32 (unfused), or the fused kernel's block scratch.
     let scores: FloatBuffer
     let attentionWorkers: Int
-    // 16-bit formats only (empty in fp32): fp32 results before rounding (and fused attention's
-    // fp32 copies of its inputs where its products run in fp32), rounded gradients as GEMM
-    // operands, and unfused attention's per-worker widened probabilities and rounded dS.
+    // 16-bit formats only (empty in fp32): fp32 results before rounding (or the packing GEMM's
+    // partial sums where it rounds its own output), rounded gradients as GEMM operands, and
+    // unfused attention's per-worker widened probabilities and rounded dS.
     let wide: FloatBuffer
     let narrow: AlignedBuffer<F.Element>
     let probs: FloatBuffer
