@@ -75,21 +75,6 @@ extension Precision {
         ParallelFor.chunks(n) { lo, hi in widenSerial(src + lo, into: dst + lo, hi - lo) }
     }
 
-    /// Replaces each of `n` floats by its value in this 16-bit format (rounded, widened back):
-    /// an exact fp32 copy of what `narrow` would store, without a 16-bit buffer.
-    @inlinable public func round(_ values: UnsafeMutablePointer<Float>, _ n: Int) {
-        let piece = 2048   // rounded into a stack buffer and back while in L1
-        ParallelFor.chunks(n) { lo, hi in
-            withUnsafeTemporaryAllocation(of: UInt16.self, capacity: piece) { low in
-                for start in stride(from: lo, to: hi, by: piece) {
-                    let count = min(piece, hi - start)
-                    narrowSerial(values + start, into: low.baseAddress!, count)
-                    widenSerial(low.baseAddress!, into: values + start, count)
-                }
-            }
-        }
-    }
-
     /// `narrow` on the calling thread only (for callbacks that must not start threads, such as
     /// MPI's user-defined reductions).
     @inlinable public func narrowSerial(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, _ n: Int) {
