@@ -96,16 +96,31 @@ static inline float gelu_slope(float v) {
         _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = widen_f16(src[i]); \
     }
 
+// AdamW over n elements; with `low` it also stores each updated parameter rounded to bf16 or
+// fp16 (the model's compute copy, written while the value is in a register instead of in a
+// pass of its own). The update is the same expression either way, so the same bits.
+#define ADAMW_LOOP(STORE_LOW)                                                                     \
+    for (int64_t i = 0; i < n; i++) {                                                             \
+        float gi = g[i];                                                                          \
+        float mi = b1 * m[i] + (1.0f - b1) * gi;                                                  \
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;                                             \
+        m[i] = mi; v[i] = vi;                                                                     \
+        float denom = __builtin_sqrtf(vi) * inv_bc2_sqrt + eps;                                   \
+        float pi = p[i] * shrink - step_size * mi / denom;                                        \
+        p[i] = pi;                                                                                \
+        STORE_LOW                                                                                 \
+    }
+
 #define DEFINE_OPTIM(SUFFIX, ATTR)                                                                 \
     ATTR static void adamw_##SUFFIX(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2, \
-                                    float step_size, float inv_bc2_sqrt, float eps, float shrink) {          \
-        for (int64_t i = 0; i < n; i++) {                                                         \
-            float gi = g[i];                                                                      \
-            float mi = b1 * m[i] + (1.0f - b1) * gi;                                              \
-            float vi = b2 * v[i] + (1.0f - b2) * gi * gi;                                         \
-            m[i] = mi; v[i] = vi;                                                                 \
-            float denom = __builtin_sqrtf(vi) * inv_bc2_sqrt + eps;                               \
-            p[i] = p[i] * shrink - step_size * mi / denom;                                        \
+                                    float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, \
+                                    int bf16) {                                                   \
+        if (!low) {                                                                               \
+            ADAMW_LOOP()                                                                          \
+        } else if (bf16) {                                                                        \
+            ADAMW_LOOP(low[i] = round_bf16(pi);)                                                  \
+        } else {                                                                                  \
+            ADAMW_LOOP(low[i] = round_f16(pi);)                                                   \
         }                                                                                         \
     }                                                                                             \
     ATTR static double sumsq_##SUFFIX(const float *x, int64_t n) {                                \
@@ -200,8 +215,8 @@ DEFINE_ROW_CONVERSIONS(avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_ROW_CONVERSIONS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
 DEFINE_OPTIM(generic, )
-DEFINE_OPTIM(avx2, __attribute__((target("avx2,fma"))))
-DEFINE_OPTIM(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
+DEFINE_OPTIM(avx2, __attribute__((target("avx2,fma,f16c"))))
+DEFINE_OPTIM(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
 DEFINE_KERNELS(generic, )
 DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma,f16c"))))
@@ -263,8 +278,8 @@ void tessera_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(
 void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_bf16, dst, src, n); }
 
 void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
-                   float step_size, float inv_bc2_sqrt, float eps, float shrink) {
-    DISPATCH(adamw, p, g, m, v, n, b1, b2, step_size, inv_bc2_sqrt, eps, shrink);
+                   float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16) {
+    DISPATCH(adamw, p, g, m, v, n, b1, b2, step_size, inv_bc2_sqrt, eps, shrink, low, bf16);
 }
 
 double tessera_sum_of_squares(const float *x, int64_t n) {

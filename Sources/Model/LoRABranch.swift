@@ -21,8 +21,9 @@ final class LoRABranch<F: ComputeFormat> {
     /// N × r fp32 results before rounding or scaling, and their rounded operand form.
     private var wide = FloatBuffer(count: 0)
     private var narrow = AlignedBuffer<F.Element>(count: 0)
-    /// 16-bit copy of a block's adapters when the provider holds none.
-    private let copy: AlignedBuffer<F.Element>
+    /// 16-bit copy of a block's adapters, made on first use: only where the provider holds
+    /// none (training's strategies all hold one).
+    private lazy var copy = AlignedBuffer<F.Element>(count: F.isLow ? layout.largestNonEmbeddingUnit : 0)
 
     init(config: LoRAConfig, model: GPTConfig) {
         self.config = config
@@ -30,7 +31,6 @@ final class LoRABranch<F: ComputeFormat> {
         offsets = config.offsets(in: layout)
         nLayer = model.nLayer
         C = model.nEmbd
-        copy = AlignedBuffer(count: F.isLow ? layout.largestNonEmbeddingUnit : 0)
     }
 
     /// Makes room for `N` rows per map.

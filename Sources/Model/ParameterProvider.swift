@@ -34,15 +34,15 @@ public protocol ParameterProvider: AnyObject {
 extension ParameterProvider {
     /// `unit`'s parameters (`count` elements) as `F` operands: the fp32 values themselves
     /// (also returned as `wide`), the provider's own 16-bit copy, or the fp32 values narrowed
-    /// into `copy` — unless `narrowed` says `copy` already holds them.
-    func operands<F: ComputeFormat>(_: F.Type, unit: Int, count: Int, copy: UnsafeMutablePointer<F.Element>,
+    /// into `copy` (asked for only then) — unless `narrowed` says `copy` already holds them.
+    func operands<F: ComputeFormat>(_: F.Type, unit: Int, count: Int, copy: @autoclosure () -> UnsafeMutablePointer<F.Element>,
                                     narrowed: Bool = false) -> (operands: UnsafeMutablePointer<F.Element>, wide: UnsafeMutablePointer<Float>?) {
         guard F.isLow else {
             let w = acquireParameters(unit: unit)
             return (F.elements(w), w)
         }
         if let own = acquireLowParameters(unit: unit, precision: F.precision) { return (F.elements(own), nil) }
-        let w = acquireParameters(unit: unit)
+        let w = acquireParameters(unit: unit), copy = copy()
         if !narrowed { F.commit(w, into: copy, count) }
         return (copy, nil)
     }

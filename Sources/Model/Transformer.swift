@@ -32,8 +32,10 @@ final class Transformer<F: ComputeFormat> {
     /// Dropout of the current forward pass and its backward (nil: none, as in eval).
     private var pass: DropoutPass?
     /// 16-bit compute copies of the parameters in use (one block or final unit; the embedding
-    /// unit, whose `wte` is also the tied LM head), when the provider has none. Empty in fp32.
-    private let unitCopy: AlignedBuffer<F.Element>, embeddingCopy: AlignedBuffer<F.Element>
+    /// unit, whose `wte` is also the tied LM head), made on first use: only where the provider
+    /// has no copy of its own (training's strategies all have one). Empty in fp32.
+    private lazy var unitCopy = AlignedBuffer<F.Element>(count: F.isLow ? layout.largestNonEmbeddingUnit : 0)
+    private lazy var embeddingCopy = AlignedBuffer<F.Element>(count: F.isLow ? layout.units[0].count : 0)
     /// The compute copy's LayerNorm and bias vectors widened to fp32 (16-bit formats).
     private lazy var blockVectors = RoundedVectors(layout: layout, unit: layout.blockUnit(0))
     private lazy var finalVectors = RoundedVectors(layout: layout, unit: layout.finalUnit)
@@ -44,8 +46,6 @@ final class Transformer<F: ComputeFormat> {
         at = GPTOffsets(layout)
         self.lora = lora.map { LoRABranch(config: $0, model: config) }
         attentionKernel = attention
-        unitCopy = AlignedBuffer(count: F.isLow ? layout.largestNonEmbeddingUnit : 0)
-        embeddingCopy = AlignedBuffer(count: F.isLow ? layout.units[0].count : 0)
     }
 
     /// Makes sure activations hold a `B`×`T` micro-batch (allocates only when it grows).

@@ -1,4 +1,5 @@
 import Kernels
+import Settings
 
 // MARK: - AdamW
 
@@ -24,10 +25,12 @@ public struct AdamW: Codable, Equatable, Sendable {
     /// Applies update number `step` (1-based) to `count` elements.
     ///
     /// `p ← p·(1 − lr·wd)` when `decay`; then Adam with bias correction:
-    /// `p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`.
+    /// `p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`. With `rounded`, the updated parameters
+    /// are also stored there in that 16-bit format (a model's compute copy).
     public func update(step: Int, lr: Float, decay: Bool,
                        param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>,
-                       m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int) {
+                       m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int,
+                       rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil) {
         let t = Double(step)
         let bc1 = 1 - Float(pow(Double(beta1), t))
         let bc2 = 1 - Float(pow(Double(beta2), t))
@@ -35,7 +38,7 @@ public struct AdamW: Codable, Equatable, Sendable {
         let bc2Sqrt = bc2.squareRoot()
         let shrink: Float = decay ? 1 - lr * weightDecay : 1
         Vector.adamW(param: param, grad: grad, m: m, v: v, count, beta1: beta1, beta2: beta2, stepSize: stepSize,
-                     invBias2Sqrt: 1 / bc2Sqrt, eps: eps, shrink: shrink)
+                     invBias2Sqrt: 1 / bc2Sqrt, eps: eps, shrink: shrink, rounded: rounded)
     }
 }
 

@@ -69,8 +69,10 @@ final class GatheredParameters: ShardedParameters {
 
     func update(_ optimizer: ShardedAdam, grads: UnsafeMutablePointer<Float>, step: Int, lr: Float,
                 clip: Float) throws(CommError) {
-        optimizer.update(params: paramShard.pointer, grads: grads, step: step, lr: lr, clip: clip)
-        parametersChanged()
+        // AdamW rounds the updated shard into the 16-bit compute copy as it writes it.
+        optimizer.update(params: paramShard.pointer, grads: grads, step: step, lr: lr, clip: clip,
+                         rounded: precision.isLow ? (into: lowShard.pointer, precision: precision) : nil)
+        embeddingResident = false
     }
 
     /// Re-derives everything computed from the parameter shard: the 16-bit compute copy, and

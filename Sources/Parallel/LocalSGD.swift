@@ -86,6 +86,13 @@ public final class LocalSGD {
         waitSeconds += MPIClock.now() - t0
     }
 
+    /// `synchronize` on a DDP worker's parameters, which then rounds its 16-bit compute copy
+    /// from the new values.
+    public func synchronize(_ worker: DataParallel) throws(CommError) {
+        try synchronize(worker.params.pointer)
+        worker.parametersChanged()
+    }
+
     /// Replaces `d` by the mean over ranks of every rank's `d`, in the wire format.
     func average(_ d: UnsafeMutablePointer<Float>) throws(CommError) {
         let n = comm.size

@@ -14,8 +14,9 @@ public func predictedMemory(stage: ZeroStage, layout: ParameterLayout, worldSize
     let big = layout.largestNonEmbeddingUnit, u0 = layout.units[0].count
     let travels = reduce.isLow && n > 1
     if stage == .ddp {
-        return MemoryReport(parameters: 4 * psi, gradients: 4 * psi, optimizer: 8 * psi,
-                            working: travels ? ["16-bit gradient staging": 2 * psi] : [:])
+        var working = travels ? ["16-bit gradient staging": 2 * psi] : [:]
+        if compute.isLow { working[DataParallel.computeCopyName] = 2 * psi }
+        return MemoryReport(parameters: 4 * psi, gradients: 4 * psi, optimizer: 8 * psi, working: working)
     }
     var working: [String: Int] = [:]
     let parameters: Int, master: Int, gradients: Int

@@ -47,18 +47,18 @@ final class ReplicatedParameters: ShardedParameters {
 
     // MARK: Updating
 
-    /// Clips and applies AdamW to this rank's master shard with its reduced gradient, then
-    /// brings every rank the updated values of every shard.
+    /// Clips and applies AdamW to this rank's master shard with its reduced gradient (in the
+    /// mixed form also rounding it into its slice of the compute copy), then brings every
+    /// rank the updated values of every shard.
     func update(_ optimizer: ShardedAdam, grads: UnsafeMutablePointer<Float>, step: Int, lr: Float,
                 clip: Float) throws(CommError) {
-        optimizer.update(params: masterShard, grads: grads, step: step, lr: lr, clip: clip)
+        let slice = values.low(at: shard.rank * shard.shardSize, as: precision).map { (into: $0, precision: precision) }
+        optimizer.update(params: masterShard, grads: grads, step: step, lr: lr, clip: clip, rounded: slice)
         try allGather()
     }
 
-    /// Brings every rank the values of every shard after each rank updated its master shard.
+    /// Brings every rank the values of every shard after each rank updated its shard of them.
     private func allGather() throws(CommError) {
-        let mine = shard.rank * shard.shardSize
-        if isMixed { values.store(master.pointer, at: mine, count: shard.shardSize) }
         let t0 = MPIClock.now()
         try allGatherInPlace(values.address(0), dtype: values.dtype, shard: shard, comm: comm,
                              label: "all-gather of updated parameters")

@@ -1,6 +1,7 @@
 import Comm
 import Kernels
 import Optim
+import Settings
 
 // MARK: - ShardedAdam
 
@@ -26,15 +27,18 @@ final class ShardedAdam {
         return s[0]
     }
 
-    /// Clips and updates the shard. Pointers address the first element of this rank's shard.
+    /// Clips and updates the shard, and with `rounded` stores the updated values there in that
+    /// 16-bit format (the stage's compute copy of the shard). Pointers address the first
+    /// element of this rank's shard.
     func update(params: UnsafeMutablePointer<Float>, grads: UnsafeMutablePointer<Float>,
-                step: Int, lr: Float, clip: Float) {
+                step: Int, lr: Float, clip: Float, rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil) {
         let mine = shard.mine
         if clip != 1 { Vector.scale(grads, mine.count, by: clip) }
         mask.forEach(in: mine) { range, decays in
             let o = range.lowerBound - mine.lowerBound
             adam.update(step: step, lr: lr, decay: decays, param: params + o, grad: grads + o,
-                        m: m.pointer + o, v: v.pointer + o, count: range.count)
+                        m: m.pointer + o, v: v.pointer + o, count: range.count,
+                        rounded: rounded.map { (into: $0.into + o, precision: $0.precision) })
         }
     }
 

@@ -107,7 +107,7 @@ public func makeStrategy(stage: ZeroStage, layout: ParameterLayout, comm: Commun
     case .ddp:
         precondition(replicas == nil, "DDP shards nothing: hybrid sharding needs a ZeRO stage")
         return DataParallel(layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,
-                            powerSGD: powerSGD.map { PowerSGD(layout: layout, comm: comm, rank: $0.rank, startStep: $0.startStep) })
+                            compute: compute, powerSGD: powerSGD.map { PowerSGD(layout: layout, comm: comm, rank: $0.rank, startStep: $0.startStep) })
     case .one, .two, .three:
         precondition(powerSGD == nil, "PowerSGD compresses DDP's all-reduce")
         return ZeRO(stage: stage, layout: layout, comm: comm, adam: adam, bucketBytes: bucketBytes, reduce: reduce,

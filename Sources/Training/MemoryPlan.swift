@@ -21,7 +21,7 @@ import Settings
 public struct MemoryPlan: Codable, Sendable {
     public var stage: ZeroStage, precision: Precision, recompute: Recompute, worldSize: Int, ranksPerNode: Int, microBatch: Int
     public var parameters: Int, gradients: Int, optimizer: Int, working: Int
-    public var activations: Int, modelCopies: Int, startup: Int, save: Int, runtime: Int
+    public var activations: Int, startup: Int, save: Int, runtime: Int
     /// Open MPI's temporaries for the gradient collectives in flight (see `make`).
     public var collectives: Int
     /// Elements each rank sends per step, and the bytes they take on the wire.
@@ -39,7 +39,7 @@ public struct MemoryPlan: Codable, Sendable {
     /// step holds (activations, and at a save the save's buffers): the high-water mark one
     /// rank reaches.
     public var peakPerRank: Int {
-        runtime + parameters + gradients + optimizer + working + max(startup, activations + modelCopies + collectives + save)
+        runtime + parameters + gradients + optimizer + working + max(startup, activations + collectives + save)
     }
     public var peakPerNode: Int { peakPerRank * ranksPerNode }
 
@@ -76,11 +76,11 @@ public struct MemoryPlan: Codable, Sendable {
         case .fp16: acts = Activations<FP16>.bytes(config: shape, maxB: micro, maxT: config.blockSize, workers: threads,
                                                               recompute: config.recompute, attention: config.attention).total
         }
-        // A 16-bit model narrows the embedding unit and one other unit into copies of its own.
-        var copies = config.precision.isLow ? 2 * (layout.units[0].count + layout.largestNonEmbeddingUnit) : 0
+        // Every strategy holds the 16-bit compute copy a 16-bit model reads (DDP's among its
+        // working buffers), and so does the frozen base under LoRA: neither the model nor the
+        // LoRA branch makes copies of its own.
         if let lora = config.lora {
-            // The adapters' own 16-bit copy, and the LoRA branch's saved su with its scratch.
-            copies += config.precision.isLow ? 2 * trained.largestNonEmbeddingUnit : 0
+            // The LoRA branch's saved su with its scratch.
             acts += lora.activationBytes(rows: micro * config.blockSize, nLayer: shape.nLayer, precision: config.precision).total
         }
         // bf16 weight gradients on tessera's kernel keep its buffers (per thread) for the
@@ -160,7 +160,7 @@ public struct MemoryPlan: Codable, Sendable {
                                           seq: config.blockSize) * tokens
         var plan = MemoryPlan(stage: config.zero, precision: config.precision, recompute: config.recompute, worldSize: n, ranksPerNode: ranksPerNode,
                           microBatch: micro, parameters: m.parameters, gradients: m.gradients, optimizer: m.optimizer,
-                          working: m.working.values.reduce(0, +), activations: acts, modelCopies: copies,
+                          working: m.working.values.reduce(0, +), activations: acts,
                           startup: startup, save: save, runtime: runtimeBytes + gemmScratch, collectives: collectives, sentElementsPerStep: n > 1 ? sentElements : 0,
                           sentBytesPerStep: n > 1 ? sentBytes : 0, flopsPerStep: flops)
         if groups > 1 && !local && config.shardGroup != .world { plan.shardGroupSize = g; plan.crossGroupBytesPerStep = crossGroup * Int(wire) }
@@ -223,7 +223,6 @@ public struct MemoryPlan: Codable, Sendable {
     public var description: String {
         var rows = [("parameters", parameters), ("gradients", gradients), ("optimizer states", optimizer),
                     ("working buffers", working), ("activations (micro-batch \(microBatch))", activations)]
-        if modelCopies > 0 { rows.append(("16-bit parameter copies", modelCopies)) }
         if collectives > 0 { rows.append(("MPI collective temporaries", collectives)) }
         rows += [("saving (checkpoint, model.bin)", save), ("start-up transient", startup),
                  ("runtime", runtime)]

@@ -147,7 +147,7 @@ extension Trainer {
         }
         if let localSGD, synchronizes(step) {
             localSGD.waitSeconds = 0
-            try localSGD.synchronize(localWorker.params.pointer)
+            try localSGD.synchronize(localWorker)
             strategy.commWaitSeconds += localSGD.waitSeconds
         }
         if let f = config.flipAt, f.step == step + 1, f.rank == comm.rank { strategy.corruptReplicaForTesting() }

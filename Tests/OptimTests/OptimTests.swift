@@ -1,4 +1,6 @@
+import Kernels
 import Optim
+import Settings
 import XCTest
 
 final class OptimTests: XCTestCase {
@@ -38,5 +40,50 @@ final class OptimTests: XCTestCase {
         mask.forEach(in: 3..<8) { seen.append(($0, $1)) }
         XCTAssertEqual(seen.map(\.0), [3..<4, 4..<6, 6..<8])
         XCTAssertEqual(seen.map(\.1), [true, false, true])
+    }
+
+    /// The update split over two threads is the one-thread update, and with `rounded` it also
+    /// writes each updated parameter narrowed (the model's 16-bit compute copy) while leaving
+    /// the parameters and moments as they are without it: at every level this CPU runs, in
+    /// bf16 and fp16, on a count that does not split evenly, with values that round both ways
+    /// and some that overflow fp16.
+    func testUpdateWithRoundedCopyIsTheUpdateThenNarrowed() {
+        defer { CPU.use(nil); Gemm.setThreads(1) }
+        let n = 100_003
+        var rng = SystemRandomNumberGenerator()
+        let p0 = (0..<n).map { i in Float.random(in: -2...2, using: &rng) * (i % 97 == 0 ? 70_000 : 1) }
+        let g = (0..<n).map { _ in Float.random(in: -1...1, using: &rng) }
+        let m0 = (0..<n).map { _ in Float.random(in: -0.1...0.1, using: &rng) }
+        let v0 = (0..<n).map { _ in Float.random(in: 0...0.01, using: &rng) }
+        let adam = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1)
+        func step(threads: Int, rounded precision: Precision?) -> (p: [Float], m: [Float], v: [Float], low: [UInt16]) {
+            Gemm.setThreads(threads)
+            var p = p0, m = m0, v = v0, low = [UInt16](repeating: 0, count: n)
+            low.withUnsafeMutableBufferPointer { l in
+                adam.update(step: 3, lr: 3e-3, decay: true, param: &p, grad: g, m: &m, v: &v, count: n,
+                            rounded: precision.map { (into: l.baseAddress!, precision: $0) })
+            }
+            return (p, m, v, low)
+        }
+        /// Elements whose bits differ (0 when equal), so a failure prints a count, not arrays.
+        func differing<T: Equatable>(_ a: [T], _ b: [T]) -> Int { zip(a, b).filter { $0 != $1 }.count + abs(a.count - b.count) }
+        func bits(_ x: [Float]) -> [UInt32] { x.map(\.bitPattern) }
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            let plain = step(threads: 1, rounded: nil)
+            XCTAssertGreaterThan(differing(bits(plain.p), bits(p0)), n / 2, "\(level): the step moves the parameters")
+            for precision in [Precision.bf16, .fp16] {
+                for threads in [1, 2] {
+                    let r = step(threads: threads, rounded: precision), at = "\(level) \(precision) \(threads) thread(s)"
+                    XCTAssertEqual(differing(bits(r.p), bits(plain.p)), 0, "parameters, \(at)")
+                    XCTAssertEqual(differing(bits(r.m), bits(plain.m)), 0, "m, \(at)")
+                    XCTAssertEqual(differing(bits(r.v), bits(plain.v)), 0, "v, \(at)")
+                    var narrowed = [UInt16](repeating: 1, count: n)
+                    precision.narrowSerial(plain.p, into: &narrowed, n)
+                    XCTAssertEqual(differing(r.low, narrowed), 0, "rounded copy, \(at)")
+                }
+            }
+            XCTAssertEqual(differing(bits(step(threads: 2, rounded: nil).p), bits(plain.p)), 0, "\(level), 2 threads")
+        }
     }
 }

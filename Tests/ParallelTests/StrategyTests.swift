@@ -165,4 +165,50 @@ final class StrategyTests: XCTestCase {
             assertClose(run, ddp, "bf16 \(stage)", tolerance: 1e-5)
         }
     }
+
+    /// A 16-bit model under DDP reads the strategy's compute copy, which must always be the
+    /// parameters as they are now, rounded: after loading, after AdamW (which writes it), and
+    /// after parameters are written from outside (local SGD's averaging) and reported.
+    func testDDPsComputeCopyIsTheParametersRounded() throws {
+        let model = GPT(config: Self.shape, precision: .bf16), layout = model.layout
+        let adam = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1)
+        let ddp = try XCTUnwrap(makeStrategy(stage: .ddp, layout: layout, comm: LocalCommunicator(), adam: adam,
+                                             bucketBytes: 4096, compute: .bf16) as? DataParallel)
+        /// Units whose copy differs from the parameters rounded now.
+        func staleUnits() -> [Int] {
+            let rounded = [UInt16](unsafeUninitializedCapacity: layout.count) { b, n in
+                Precision.bf16.narrowSerial(ddp.params.pointer, into: b.baseAddress!, layout.count)
+                n = layout.count
+            }
+            return layout.units.indices.filter { u in
+                let copy = ddp.acquireLowParameters(unit: u, precision: .bf16)!
+                defer { ddp.releaseParameters(unit: u) }
+                return layout.units[u].contains { copy[$0 - layout.units[u].lowerBound] != rounded[$0] }
+            }
+        }
+        let initial = FloatBuffer(count: layout.count)
+        GPT.initialize(initial.pointer, layout: layout, config: Self.shape, seed: 5)
+        ddp.loadParameters(from: initial.pointer)
+        XCTAssertEqual(staleUnits(), [], "after loading")
+        let before = ddp.params.toArray()
+        for step in 1...2 {
+            ddp.beginStep()
+            ddp.beginMicroStep(isLast: true)
+            let (x, y) = Self.tokens(step: step, sequence: 0)
+            _ = model.forward(tokens: x, targets: y, B: 1, T: Self.shape.blockSize, params: ddp)
+            model.backward(lossScale: 1 / Float(Self.shape.blockSize), params: ddp)
+            try ddp.finishGradients()
+            try ddp.optimizerStep(step: step, lr: 1e-2, clip: 0.5)
+            XCTAssertEqual(staleUnits(), [], "after AdamW step \(step)")
+        }
+        XCTAssertGreaterThan(zip(before, ddp.params.toArray()).filter { $0 != $1 }.count, layout.count / 2)
+        ddp.loadParameters(from: initial.pointer)
+        XCTAssertEqual(staleUnits(), [], "after loading again")
+        for i in 0..<layout.count { ddp.params.pointer[i] *= 1.5 }
+        ddp.parametersChanged()
+        XCTAssertEqual(staleUnits(), [], "after a write from outside")
+        XCTAssertEqual(ddp.memory.working[DataParallel.computeCopyName], 2 * layout.count)
+        let fp32 = makeStrategy(stage: .ddp, layout: layout, comm: LocalCommunicator(), adam: adam, bucketBytes: 4096)
+        XCTAssertNil(fp32.provider.acquireLowParameters(unit: 1, precision: .bf16), "an fp32 model's DDP keeps no copy")
+    }
 }

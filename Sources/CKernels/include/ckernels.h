@@ -134,9 +134,10 @@ void tessera_widen_rows(int bf16, float *dst, int64_t ldd, const uint16_t *src, 
 void tessera_narrow_rows(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
                          int64_t cols);
 
-/// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW).
+/// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW); with `low`, each
+/// updated parameter is also stored there rounded to bf16 (`bf16` nonzero) or fp16.
 void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
-                   float step_size, float inv_bc2_sqrt, float eps, float shrink);
+                   float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16);
 
 /// Σ x² accumulated in double. Summation order is fixed for a given n (deterministic).
 double tessera_sum_of_squares(const float *x, int64_t n);
