@@ -208,6 +208,13 @@ DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512d
     ATTR static void narrow_rows_##SUFFIX(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, \
                                           int64_t rows, int64_t cols) {                           \
         if (bf16) { CONVERT_ROWS(round_bf16) } else { CONVERT_ROWS(round_f16) }                   \
+    }                                                                                             \
+    ATTR static void narrow_scaled_##SUFFIX(int bf16, uint16_t *dst, const float *src, int64_t n, float s) { \
+        if (bf16) {                                                                               \
+            _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = round_bf16(src[i] * s); \
+        } else {                                                                                  \
+            _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) dst[i] = round_f16(src[i] * s); \
+        }                                                                                         \
     }
 
 DEFINE_ROW_CONVERSIONS(generic, )
@@ -295,6 +302,9 @@ void tessera_widen_rows(int bf16, float *dst, int64_t ldd, const uint16_t *src, 
 void tessera_narrow_rows(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
                          int64_t cols) {
     DISPATCH(narrow_rows, bf16, dst, ldd, src, lds, rows, cols);
+}
+void tessera_narrow_scaled(int bf16, uint16_t *dst, const float *src, int64_t n, float scale) {
+    DISPATCH(narrow_scaled, bf16, dst, src, n, scale);
 }
 
 void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const float *x, int64_t n) {

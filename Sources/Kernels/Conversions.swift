@@ -98,6 +98,13 @@ extension Precision {
         tessera_narrow_rows(self == .bf16 ? 1 : 0, dst, Int64(dstLD), src, Int64(ld), Int64(rows), Int64(cols))
     }
 
+    /// `n` floats times `scale` (the fp32 product) rounded to this format, on the calling thread.
+    @inlinable public func narrowScaled(_ src: UnsafePointer<Float>, by scale: Float, into dst: UnsafeMutablePointer<UInt16>,
+                                        _ n: Int) {
+        precondition(isLow, "fp32 has no 16-bit form")
+        tessera_narrow_scaled(self == .bf16 ? 1 : 0, dst, src, Int64(n), scale)
+    }
+
     /// `widen` on the calling thread only.
     @inlinable public func widenSerial(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, _ n: Int) {
         precondition(isLow, "fp32 has no 16-bit form")

@@ -294,8 +294,12 @@ final class Transformer<F: ComputeFormat> {
 
         params.beginBackward()
         adapters?.beginBackward()
-        Layers.softmaxCrossEntropyBackward(probs: a.logits.pointer, targets: targets, N: BT, V: V, scale: lossScale)
-        var d = F.operand(a.logits.pointer, scratch: narrow, BT * V)
+        // The LM head has no bias, so its products read only the gradient's operand: a 16-bit
+        // model gets it rounded straight from the cross-entropy backward (the logits then keep
+        // the probabilities, which nothing reads again).
+        Layers.softmaxCrossEntropyBackward(probs: a.logits.pointer, targets: targets, N: BT, V: V, scale: lossScale,
+                                           rounded: F.isLow ? (bits(narrow), F.precision) : nil)
+        var d = F.isLow ? UnsafePointer(narrow) : F.operand(a.logits.pointer, scratch: narrow, BT * V)
         let head = acquire(params, unit: 0, narrowed: true)
         let gEmb = gradients(0)
         Layers.linearBackward(F.self, dinp: dln, dweight: gEmb.at(0), dbias: nil, dout: a.logits.pointer, doutOperand: d,

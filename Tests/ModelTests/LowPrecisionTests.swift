@@ -120,6 +120,37 @@ final class LowPrecisionTests: XCTestCase {
             XCTAssertEqual(roundedOnly, refLow, "\(p) rounded input gradient without the fp32 one")
         }
     }
+
+    /// The cross-entropy backward that writes the 16-bit gradient (the LM head's operand) is
+    /// the fp32 gradient rounded, at every level this CPU runs: rows split over two threads,
+    /// ignored rows (target −1) zero, a loss scale that overflows fp16 on the largest values,
+    /// and the probabilities left as they were.
+    func testRoundedCrossEntropyGradientIsTheFP32OneRounded() {
+        defer { CPU.use(nil); Gemm.setThreads(1) }
+        Gemm.setThreads(2)
+        var rng = SplitMix64(seed: 13)
+        let N = 67, V = 1_037
+        let probs: [Float] = (0..<(N * V)).map { _ in Float(rng.nextUniform()) / 40 }
+        let targets: [Int32] = (0..<N).map { $0 % 9 == 4 ? -1 : Int32(rng.next(below: V)) }
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            for p in [Precision.bf16, .fp16] {
+                for scale: Float in [1 / 300, 3_000_000] {
+                    var reference = probs, expected = [UInt16](repeating: 0, count: N * V)
+                    Layers.softmaxCrossEntropyBackward(probs: &reference, targets: targets, N: N, V: V, scale: scale)
+                    p.narrowSerial(reference, into: &expected, N * V)
+                    var kept = probs, rounded = [UInt16](repeating: 0x1234, count: N * V)
+                    rounded.withUnsafeMutableBufferPointer { r in
+                        Layers.softmaxCrossEntropyBackward(probs: &kept, targets: targets, N: N, V: V, scale: scale,
+                                                           rounded: (r.baseAddress!, p))
+                    }
+                    let at = "\(level) \(p) scale \(scale)"
+                    XCTAssertEqual(zip(rounded, expected).filter { $0 != $1 }.count, 0, "gradient, \(at)")
+                    XCTAssertEqual(kept, probs, "probabilities, \(at)")
+                }
+            }
+        }
+    }
 }
 
 /// Activation bytes are predictable without allocating (memory plans use the formula).

@@ -134,6 +134,9 @@ void tessera_widen_rows(int bf16, float *dst, int64_t ldd, const uint16_t *src, 
 void tessera_narrow_rows(int bf16, uint16_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
                          int64_t cols);
 
+/// dst[i] = src[i]·scale rounded to bf16 (`bf16` nonzero) or fp16: the product in fp32, then rounded.
+void tessera_narrow_scaled(int bf16, uint16_t *dst, const float *src, int64_t n, float scale);
+
 /// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW); with `low`, each
 /// updated parameter is also stored there rounded to bf16 (`bf16` nonzero) or fp16.
 void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
