@@ -207,9 +207,12 @@ public enum Layers {
             }
         }
         guard dweight != nil, let dbias else { return }
-        for r in 0..<N {
-            let d = dout + r * OC
-            for j in 0..<OC { dbias[j] += d[j] }
+        // Split over columns, each summed over the rows in order: the bits of one thread.
+        ParallelFor.chunks(OC, minimum: max(16, 32_768 / max(N, 1))) { lo, hi in
+            for r in 0..<N {
+                let d = dout + r * OC
+                for j in lo..<hi { dbias[j] += d[j] }
+            }
         }
     }
 
