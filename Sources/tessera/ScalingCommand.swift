@@ -225,7 +225,7 @@ struct MemoryCmd: ParsableCommand {
             }
             guard !plans.isEmpty else { return }
             print("the trainer's plan (train --dry-run), micro-batch \(microBatch ?? 0), recompute \(recompute.rawValue): "
-                  + "adds working buffers, 16-bit copies, collective temporaries, saving and the runtime")
+                  + "adds working buffers (a 16-bit model's compute copy among them), collective temporaries, saving and the runtime")
             table([["mode", "working", "activations", "collectives", "saving", "peak per rank"]] + plans.map { p in
                 [p.stage.name, bytes(p.working), bytes(p.activations), bytes(p.collectives), bytes(p.save), bytes(p.peakPerRank)]
             })
