@@ -188,17 +188,17 @@ final class WeightGradientGemmTests: XCTestCase {
 
     func testScratchIsWhatTheBuffersHold() {
         // Two threads, `small`'s products: the shared B blocks (2 × 256 pairs × 1,536 columns)
-        // and per member a 96-row chunk of A and its 768 × 384 or 192 × 1,536 partial sums.
+        // and per member a 192-row chunk of A and its 768 × 384 or 192 × 1,536 partial sums.
         let shapes = [(m: 1152, n: 384, k: 16_384), (384, 384, 16_384), (1536, 384, 16_384), (384, 1536, 16_384)]
-        XCTAssertEqual(Gemm.weightGradientScratchBytes(shapes, threads: 2), 4 * (2 * 256 * 1536 + 2 * (256 * 96 + 768 * 384)))
+        XCTAssertEqual(Gemm.weightGradientScratchBytes(shapes, threads: 2), 4 * (2 * 256 * 1536 + 2 * (256 * 192 + 768 * 384)))
         XCTAssertEqual(Gemm.weightGradientScratchBytes([(m: 64, n: 64, k: 768)], threads: 2), 0, "a product it leaves to oneDNN")
         // gpt2's head (50,257 × 768) at depth 1,024 holds no partial sums: two blocks of B, and
-        // per member both blocks of a 96-row chunk of A. Deeper, it is split so a member's
+        // per member both blocks of a 192-row chunk of A. Deeper, it is split so a member's
         // partial sums stay within 4 MiB.
         let head = Gemm.weightGradientScratchBytes([(m: 50_257, n: 768, k: 1024)], threads: 2)
-        XCTAssertEqual(head, 4 * (2 * 256 * 768 + 2 * (2 * 256 * 96)))
+        XCTAssertEqual(head, 4 * (2 * 256 * 768 + 2 * (2 * 256 * 192)))
         let deeper = Gemm.weightGradientScratchBytes([(m: 50_257, n: 768, k: 2048)], threads: 2)
-        XCTAssertEqual(deeper, 4 * (2 * 256 * 768 + 2 * (256 * 96 + 1362 * 768)))
+        XCTAssertEqual(deeper, 4 * (2 * 256 * 768 + 2 * (256 * 192 + 1362 * 768)))
     }
 }
 
