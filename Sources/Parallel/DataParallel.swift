@@ -109,7 +109,7 @@ public final class DataParallel: TrainingStrategy {
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
         if clip != 1 { Vector.scale(grads.pointer, layout.count, by: clip) }
         // The mask's ranges cover every parameter, so the copy is current afterwards.
-        let rounded = copyIsCurrent ? computeCopy.map { (into: $0.low(as: $0.precision)!, precision: $0.precision) } : nil
+        let rounded = copyIsCurrent ? computeCopy?.roundedTarget(at: 0) : nil
         mask.forEach(in: 0..<layout.count) { range, decays in
             let o = range.lowerBound
             adam.update(step: step, lr: lr, decay: decays, param: params.pointer + o, grad: grads.pointer + o,

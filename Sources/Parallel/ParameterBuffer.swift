@@ -49,6 +49,13 @@ final class ParameterBuffer {
         return address(i).assumingMemoryBound(to: UInt16.self)
     }
 
+    /// Where AdamW stores the values it updates, rounded, from element `i` on: this buffer's
+    /// 16-bit elements in its format, or nil for an fp32 buffer.
+    func roundedTarget(at i: Int) -> (into: UnsafeMutablePointer<UInt16>, precision: Precision)? {
+        guard precision.isLow else { return nil }
+        return (address(i).assumingMemoryBound(to: UInt16.self), precision)
+    }
+
     /// Stores `n` fp32 values from element `i` on, rounding them to a 16-bit format.
     func store(_ values: UnsafePointer<Float>, at i: Int, count n: Int) {
         if precision.isLow { precision.narrow(values, into: address(i).assumingMemoryBound(to: UInt16.self), n) }

@@ -52,8 +52,8 @@ final class ReplicatedParameters: ShardedParameters {
     /// rank the updated values of every shard.
     func update(_ optimizer: ShardedAdam, grads: UnsafeMutablePointer<Float>, step: Int, lr: Float,
                 clip: Float) throws(CommError) {
-        let slice = values.low(at: shard.rank * shard.shardSize, as: precision).map { (into: $0, precision: precision) }
-        optimizer.update(params: masterShard, grads: grads, step: step, lr: lr, clip: clip, rounded: slice)
+        optimizer.update(params: masterShard, grads: grads, step: step, lr: lr, clip: clip,
+                         rounded: values.roundedTarget(at: shard.rank * shard.shardSize))
         try allGather()
     }
 
