@@ -101,7 +101,10 @@ final class HybridShardingCLITests: XCTestCase {
         let formula = Double(8 * ((psi + 1) / 2))
         for (h, bytes) in hybrid.bytes.enumerated() {
             print(String(format: "host %d sent %.0f B/step; formula 8⌈Ψ/2⌉ = %.0f (Ψ = %d): %+.2f%%", h + 1, bytes, formula, psi, 100 * (bytes / formula - 1)))
-            XCTAssertGreaterThanOrEqual(bytes, formula, "host \(h + 1): at least the gradient shards")
+            // The payload is a floor, but the estimate scatters around payload + headers: eleven
+            // 60-step runs on one machine read +0.17% to +0.97% above the formula, and two CI runs
+            // read −0.04% and −0.01%. 1% below still fails if any shard did not cross.
+            XCTAssertGreaterThan(bytes, formula * 0.99, "host \(h + 1): the gradient shards, to the estimate's scatter")
             XCTAssertLessThan(bytes, formula * 1.02, "host \(h + 1): nothing else of size crosses (headers and scalars < 2%)")
         }
         let plain = try perStep(["--zero", "3"])
