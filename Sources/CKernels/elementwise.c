@@ -3,6 +3,7 @@
 // the baseline (SSE2), and the widest copy the CPU runs is chosen at run time.
 #include "ckernels.h"
 #include "rounding.h"
+#include "dispatch.h"
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
@@ -265,15 +266,6 @@ void tessera_set_cpu_level(int requested) {
     int hw = tessera_cpu_hardware_level();
     level = requested < 0 ? -1 : (requested < hw ? requested : hw);
 }
-
-#define DISPATCH(name, ...)                                                        \
-    do {                                                                           \
-        int l_ = tessera_cpu_level();                                              \
-        if (l_ >= 2) name##_avx512(__VA_ARGS__);                                   \
-        else if (l_ == 1) name##_avx2(__VA_ARGS__);                                \
-        else name##_generic(__VA_ARGS__);                                          \
-    } while (0)
-#define SELECT(name) (tessera_cpu_level() >= 2 ? name##_avx512 : tessera_cpu_level() == 1 ? name##_avx2 : name##_generic)
 
 void tessera_gelu_forward(float *out, const float *x, int64_t n) { DISPATCH(gelu_fwd, out, x, n); }
 void tessera_gelu_backward(float *dx, const float *x, const float *dy, int64_t n) { DISPATCH(gelu_bwd, dx, x, dy, n); }

@@ -56,15 +56,9 @@ public enum Layers {
 
     // MARK: LayerNorm
 
-    /// 16 floats from `p` (any alignment).
-    @inline(__always)
-    static func lanes(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
-        UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
-    }
-
     /// Normalises each of the `N` rows of width `C` into `out` in the compute format (a 16-bit
-    /// row is computed in fp32 on the stack and rounded while in L1, not written to memory in
-    /// fp32 and read back); saves mean and 1/std for backward.
+    /// row is rounded as it is computed, never written in fp32); saves mean and 1/std for
+    /// backward.
     ///
     /// A row's sums run in 16 lanes (lane j takes elements j, j + 16, …; the lanes are added,
     /// then the last C mod 16 elements): a fixed order for a given C, so results are
@@ -74,36 +68,10 @@ public enum Layers {
                                                           rstd: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                                           weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                                           N: Int, C: Int) {
-        let whole = C / 16 * 16
         ParallelFor.chunks(N, minimum: max(1, 32_768 / C)) { lo, hi in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: C) { rowScratch in
-                for r in lo..<hi {
-                    let x = inp + r * C
-                    var sum = SIMD16<Float>()
-                    for i in stride(from: 0, to: whole, by: 16) { sum += lanes(x + i) }
-                    var m = sum.sum()
-                    for i in whole..<C { m += x[i] }
-                    m /= Float(C)
-                    var squares = SIMD16<Float>()
-                    for i in stride(from: 0, to: whole, by: 16) {
-                        let d = lanes(x + i) - m
-                        squares += d * d
-                    }
-                    var v = squares.sum()
-                    for i in whole..<C { let d = x[i] - m; v += d * d }
-                    v /= Float(C)
-                    let s = 1 / (v + layerNormEps).squareRoot()
-                    let o = F.workspace(for: out + r * C, scratch: rowScratch.baseAddress!)
-                    if let bias {
-                        for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] + bias[i] }
-                    } else {
-                        for i in 0..<C { o[i] = (x[i] - m) * s * weight[i] }
-                    }
-                    F.commit(o, into: out + r * C, C)
-                    mean[r] = m
-                    rstd[r] = s
-                }
-            }
+            LayerNormRows.forward(out: UnsafeMutableRawPointer(out + lo * C), precision: F.precision, mean: mean + lo,
+                                  rstd: rstd + lo, inp: inp + lo * C, weight: weight, bias: bias, rows: hi - lo, C: C,
+                                  eps: layerNormEps)
         }
     }
 
@@ -119,42 +87,16 @@ public enum Layers {
                                          rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil) {
         // Rows are independent for dinp; the weight and bias gradients sum over rows, so each
         // fixed block of rows sums into its own partial and the partials are added in order.
-        // A row's two sums over C run in 16 lanes, as in forward.
-        let blockRows = 256, whole = C / 16 * 16
+        let blockRows = 256
         let blocks = ParallelFor.blockCount(N, size: blockRows)
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * blocks * C) { partial in
             let pw = partial.baseAddress!, pb = pw + blocks * C
             pw.initialize(repeating: 0, count: 2 * blocks * C)
             ParallelFor.blocks(N, size: blockRows) { lo, hi, block in
-                let dw = pw + block * C, db = pb + block * C
-                for r in lo..<hi {
-                    let x = inp + r * C, dy = dout + r * C, dx = dinp + r * C
-                    let m = mean[r], s = rstd[r]
-                    var dnormSum = SIMD16<Float>(), dnormNormSum = SIMD16<Float>()
-                    for i in stride(from: 0, to: whole, by: 16) {
-                        let norm = (lanes(x + i) - m) * s
-                        let dnorm = lanes(weight + i) * lanes(dy + i)
-                        dnormSum += dnorm
-                        dnormNormSum += dnorm * norm
-                    }
-                    var dnormMean = dnormSum.sum(), dnormNormMean = dnormNormSum.sum()
-                    for i in whole..<C {
-                        let norm = (x[i] - m) * s
-                        let dnorm = weight[i] * dy[i]
-                        dnormMean += dnorm
-                        dnormNormMean += dnorm * norm
-                    }
-                    dnormMean /= Float(C)
-                    dnormNormMean /= Float(C)
-                    for i in 0..<C {
-                        let norm = (x[i] - m) * s
-                        let dnorm = weight[i] * dy[i]
-                        dx[i] += (dnorm - dnormMean - norm * dnormNormMean) * s
-                        dw[i] += norm * dy[i]
-                    }
-                    if dbias != nil { for i in 0..<C { db[i] += dy[i] } }
-                    if let rounded { rounded.precision.narrowSerial(dx, into: rounded.into + r * C, C) }
-                }
+                LayerNormRows.backward(dinp: dinp + lo * C, dweight: pw + block * C, dbias: dbias == nil ? nil : pb + block * C,
+                                       dout: dout + lo * C, inp: inp + lo * C, weight: weight, mean: mean + lo,
+                                       rstd: rstd + lo, rows: hi - lo, C: C,
+                                       rounded: rounded.map { (into: $0.into + lo * C, precision: $0.precision) })
             }
             for block in 0..<blocks {
                 if let dweight { Vector.add(pw + block * C, into: dweight, C) }

@@ -114,6 +114,17 @@ void tessera_gelu_forward_low(int bf16, uint16_t *pre, uint16_t *out, const floa
 void tessera_gelu_forward_stored(int bf16, const uint16_t *pre, uint16_t *out, int64_t n);
 /// dx[i] = dy[i]·gelu'(pre[i]) and dx16[i] = round(dx[i]); dx may alias dy, or be NULL (dx16 only).
 void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16_t *pre, const float *dy, int64_t n);
+/// LayerNorm of `rows` rows of C values: mean and 1/√(var + eps) per row, and
+/// (x − mean)·rstd·weight (+ bias) into out32, or rounded into out16 (bf16 when `bf16`, else
+/// fp16) when out32 is NULL. bias may be NULL.
+void tessera_layernorm_forward(float *out32, uint16_t *out16, int bf16, float *mean, float *rstd, const float *inp,
+                               const float *weight, const float *bias, int64_t rows, int64_t C, float eps);
+/// LayerNorm backward over `rows` rows: accumulates into dinp and into dweight (and dbias when
+/// not NULL) the rows' sums in row order; with `rounded`, also stores each finished row of dinp
+/// rounded (bf16 when `bf16`, else fp16).
+void tessera_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                                const float *weight, const float *mean, const float *rstd, int64_t rows, int64_t C,
+                                uint16_t *rounded, int bf16);
 /// In place e^(x[i] − shift), returning the sum (softmax numerators).
 float tessera_exp_shift_sum(float *x, int64_t n, float shift);
 // max(init, x[0], …, x[n−1]) (NaN elements are skipped).
