@@ -99,10 +99,12 @@ static inline float gelu_slope(float v) {
 
 // AdamW over n elements; with `low` it also stores each updated parameter rounded to bf16 or
 // fp16 (the model's compute copy, written while the value is in a register instead of in a
-// pass of its own). The update is the same expression either way, so the same bits.
+// pass of its own). The update is the same expression either way, so the same bits. The
+// gradient is scaled (clipped) as it is read, in a statement of its own so nothing fuses it:
+// the bits of scaling the gradients in a pass before, without that pass over memory.
 #define ADAMW_LOOP(STORE_LOW)                                                                     \
     for (int64_t i = 0; i < n; i++) {                                                             \
-        float gi = g[i];                                                                          \
+        float gi = g[i] * g_scale;                                                                \
         float mi = b1 * m[i] + (1.0f - b1) * gi;                                                  \
         float vi = b2 * v[i] + (1.0f - b2) * gi * gi;                                             \
         m[i] = mi; v[i] = vi;                                                                     \
@@ -113,7 +115,8 @@ static inline float gelu_slope(float v) {
     }
 
 #define DEFINE_OPTIM(SUFFIX, ATTR)                                                                 \
-    ATTR static void adamw_##SUFFIX(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2, \
+    ATTR static void adamw_##SUFFIX(float *p, const float *g, float g_scale, float *m, float *v, int64_t n,   \
+                                    float b1, float b2,                                           \
                                     float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, \
                                     int bf16) {                                                   \
         if (!low) {                                                                               \
@@ -276,9 +279,9 @@ float tessera_exp_shift_sum(float *x, int64_t n, float shift) {
 void tessera_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) { DISPATCH(to_bf16, dst, src, n); }
 void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(from_bf16, dst, src, n); }
 
-void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
+void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, int64_t n, float b1, float b2,
                    float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16) {
-    DISPATCH(adamw, p, g, m, v, n, b1, b2, step_size, inv_bc2_sqrt, eps, shrink, low, bf16);
+    DISPATCH(adamw, p, g, g_scale, m, v, n, b1, b2, step_size, inv_bc2_sqrt, eps, shrink, low, bf16);
 }
 
 double tessera_sum_of_squares(const float *x, int64_t n) {

@@ -41,21 +41,23 @@ extension Vector {
         tessera_exp_shift_sum(x, Int64(n), shift)
     }
 
-    /// One AdamW update over `n` elements in PyTorch's formula: `stepSize` = lr / (1 − β1ᵗ),
+    /// One AdamW update over `n` elements in PyTorch's formula, from the gradients `grad[i]·gradScale`
+    /// (clipping's factor, applied as each is read: the bits of scaling them first, without
+    /// that pass): `stepSize` = lr / (1 − β1ᵗ),
     /// `invBias2Sqrt` = 1 / √(1 − β2ᵗ), `shrink` = 1 − lr·decay; with `rounded`, each updated
     /// parameter is also stored there in that 16-bit format (the bits `Precision.narrow`
     /// gives). Split over the rank's threads (each element's update is its own, so the split
     /// changes no bits): it moves 28 bytes per parameter, more than one thread moves at the
     /// memory's rate.
     @inlinable
-    public static func adamW(param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>,
+    public static func adamW(param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>, gradScale: Float = 1,
                              m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, _ n: Int,
                              beta1: Float, beta2: Float, stepSize: Float, invBias2Sqrt: Float, eps: Float, shrink: Float,
                              rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil) {
         precondition(rounded.map { $0.precision.isLow } ?? true, "fp32 has no 16-bit form")
         let bf = rounded?.precision == .bf16 ? Int32(1) : 0
         ParallelFor.chunks(n) { lo, hi in
-            tessera_adamw(param + lo, grad + lo, m + lo, v + lo, Int64(hi - lo), beta1, beta2, stepSize, invBias2Sqrt,
+            tessera_adamw(param + lo, grad + lo, gradScale, m + lo, v + lo, Int64(hi - lo), beta1, beta2, stepSize, invBias2Sqrt,
                           eps, shrink, rounded.map { $0.into + lo }, bf)
         }
     }

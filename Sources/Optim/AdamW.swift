@@ -22,13 +22,14 @@ public struct AdamW: Codable, Equatable, Sendable {
         self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay
     }
 
-    /// Applies update number `step` (1-based) to `count` elements.
+    /// Applies update number `step` (1-based) to `count` elements, from the gradients
+    /// `grad[i]·gradScale` (clipping's factor, applied as each is read; `grad` is left as it is).
     ///
     /// `p ← p·(1 − lr·wd)` when `decay`; then Adam with bias correction:
     /// `p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`. With `rounded`, the updated parameters
     /// are also stored there in that 16-bit format (a model's compute copy).
     public func update(step: Int, lr: Float, decay: Bool,
-                       param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>,
+                       param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>, gradScale: Float = 1,
                        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int,
                        rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil) {
         let t = Double(step)
@@ -37,8 +38,8 @@ public struct AdamW: Codable, Equatable, Sendable {
         let stepSize = lr / bc1
         let bc2Sqrt = bc2.squareRoot()
         let shrink: Float = decay ? 1 - lr * weightDecay : 1
-        Vector.adamW(param: param, grad: grad, m: m, v: v, count, beta1: beta1, beta2: beta2, stepSize: stepSize,
-                     invBias2Sqrt: 1 / bc2Sqrt, eps: eps, shrink: shrink, rounded: rounded)
+        Vector.adamW(param: param, grad: grad, gradScale: gradScale, m: m, v: v, count, beta1: beta1, beta2: beta2,
+                     stepSize: stepSize, invBias2Sqrt: 1 / bc2Sqrt, eps: eps, shrink: shrink, rounded: rounded)
     }
 }
 

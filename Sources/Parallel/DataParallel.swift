@@ -23,11 +23,14 @@ public final class DataParallel: TrainingStrategy {
     private var squares = GradientSquares()
     public let layout: ParameterLayout
     let comm: Communicator
-    let adam: AdamW
-    let mask: DecayMask
-    /// Full parameters and moments. Whoever writes `params` other than this strategy's
-    /// optimizer step must call `parametersChanged()` afterwards.
-    public let params: FloatBuffer, m: FloatBuffer, v: FloatBuffer
+    /// AdamW over every parameter: the one shard of a world of one.
+    let optimizer: ShardedAdam
+    /// Full parameters. Whoever writes them other than this strategy's optimizer step must
+    /// call `parametersChanged()` afterwards.
+    public let params: FloatBuffer
+    /// AdamW's first and second moments of every parameter.
+    public var m: FloatBuffer { optimizer.m }
+    public var v: FloatBuffer { optimizer.v }
     /// The parameters rounded to the model's 16-bit format (nil for an fp32 model).
     private let computeCopy: ParameterBuffer?
     /// Whether `computeCopy` holds `params` as they are now: AdamW keeps it so; any other
@@ -54,11 +57,9 @@ public final class DataParallel: TrainingStrategy {
         self.powerSGD = comm.size > 1 ? powerSGD : nil
         self.layout = layout
         self.comm = comm
-        self.adam = adam
-        self.mask = decayMask(for: layout)
+        optimizer = ShardedAdam(shard: ShardLayout(total: layout.count, ranks: 1, rank: 0), adam: adam,
+                                mask: decayMask(for: layout))
         params = FloatBuffer(count: layout.count)
-        m = FloatBuffer(count: layout.count)
-        v = FloatBuffer(count: layout.count)
         computeCopy = compute.isLow ? ParameterBuffer(count: layout.count, precision: compute) : nil
         reducer = BucketReducer(layout: layout, comm: comm, bucketBytes: bucketBytes, reduce: reduce, collective: .allReduce)
     }
@@ -107,15 +108,9 @@ public final class DataParallel: TrainingStrategy {
     }
 
     public func optimizerStep(step: Int, lr: Float, clip: Float) throws(CommError) {
-        if clip != 1 { Vector.scale(grads.pointer, layout.count, by: clip) }
         // The mask's ranges cover every parameter, so the copy is current afterwards.
-        let rounded = copyIsCurrent ? computeCopy?.roundedTarget(at: 0) : nil
-        mask.forEach(in: 0..<layout.count) { range, decays in
-            let o = range.lowerBound
-            adam.update(step: step, lr: lr, decay: decays, param: params.pointer + o, grad: grads.pointer + o,
-                        m: m.pointer + o, v: v.pointer + o, count: range.count,
-                        rounded: rounded.map { (into: $0.into + o, precision: $0.precision) })
-        }
+        optimizer.update(params: params.pointer, grads: grads.pointer, step: step, lr: lr, clip: clip,
+                         rounded: copyIsCurrent ? computeCopy?.roundedTarget(at: 0) : nil)
     }
 
     /// Says `params` were written other than by the optimizer step: the 16-bit compute copy

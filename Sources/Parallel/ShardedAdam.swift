@@ -6,7 +6,7 @@ import Settings
 // MARK: - ShardedAdam
 
 /// AdamW states for one rank's shard, and the shard-local half of clipping: what every ZeRO
-/// stage shares.
+/// stage shares, and DDP with the whole vector as its one shard.
 final class ShardedAdam {
     let shard: ShardLayout
     let adam: AdamW
@@ -27,16 +27,16 @@ final class ShardedAdam {
         return s[0]
     }
 
-    /// Clips and updates the shard, and with `rounded` stores the updated values there in that
-    /// 16-bit format (the stage's compute copy of the shard). Pointers address the first
+    /// Updates the shard from its gradients times `clip` (applied as AdamW reads each one:
+    /// `grads` are left as they are), and with `rounded` stores the updated values there in
+    /// that 16-bit format (the stage's compute copy of the shard). Pointers address the first
     /// element of this rank's shard.
-    func update(params: UnsafeMutablePointer<Float>, grads: UnsafeMutablePointer<Float>,
+    func update(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>,
                 step: Int, lr: Float, clip: Float, rounded: (into: UnsafeMutablePointer<UInt16>, precision: Precision)? = nil) {
         let mine = shard.mine
-        if clip != 1 { Vector.scale(grads, mine.count, by: clip) }
         mask.forEach(in: mine) { range, decays in
             let o = range.lowerBound - mine.lowerBound
-            adam.update(step: step, lr: lr, decay: decays, param: params + o, grad: grads + o,
+            adam.update(step: step, lr: lr, decay: decays, param: params + o, grad: grads + o, gradScale: clip,
                         m: m.pointer + o, v: v.pointer + o, count: range.count,
                         rounded: rounded.map { (into: $0.into + o, precision: $0.precision) })
         }

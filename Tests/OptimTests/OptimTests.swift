@@ -86,4 +86,47 @@ final class OptimTests: XCTestCase {
             XCTAssertEqual(differing(bits(step(threads: 2, rounded: nil).p), bits(plain.p)), 0, "\(level), 2 threads")
         }
     }
+
+    /// Clipping's factor applied as AdamW reads each gradient gives the bits of scaling the
+    /// gradients in a pass first (what DDP and ZeRO did before), at every level, with and
+    /// without the rounded copy.
+    func testScaledGradientsAreTheScalingPassFused() {
+        defer { CPU.use(nil); Gemm.setThreads(1) }
+        Gemm.setThreads(2)
+        let n = 50_001
+        var rng = SystemRandomNumberGenerator()
+        let p0 = (0..<n).map { _ in Float.random(in: -2...2, using: &rng) }
+        let g0 = (0..<n).map { i in Float.random(in: -1...1, using: &rng) * (i % 89 == 0 ? 1e30 : 1) }
+        let m0 = (0..<n).map { _ in Float.random(in: -0.1...0.1, using: &rng) }
+        let v0 = (0..<n).map { _ in Float.random(in: 0...0.01, using: &rng) }
+        let adam = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1)
+        func step(_ grads: [Float], scale: Float, rounded: Precision?) -> [[UInt32]] {
+            var p = p0, m = m0, v = v0, low = [UInt16](repeating: 0, count: n)
+            low.withUnsafeMutableBufferPointer { l in
+                adam.update(step: 7, lr: 1e-3, decay: true, param: &p, grad: grads, gradScale: scale, m: &m, v: &v,
+                            count: n, rounded: rounded.map { (into: l.baseAddress!, precision: $0) })
+            }
+            return [p, m, v].map { $0.map(\.bitPattern) } + [low.map(UInt32.init)]
+        }
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            // A clip with a loss scale folded in (an inexact product), one that overflows the
+            // large gradients, and 1.
+            for scale: Float in [0.3141, 1e-9, 1] {
+                var scaled = g0
+                Vector.scale(&scaled, n, by: scale)
+                for rounded in [nil, Precision.bf16, .fp16] {
+                    let fused = step(g0, scale: scale, rounded: rounded), first = step(scaled, scale: 1, rounded: rounded)
+                    for (i, name) in ["parameters", "m", "v", "rounded copy"].enumerated() {
+                        XCTAssertEqual(zip(fused[i], first[i]).filter { $0 != $1 }.count, 0,
+                                       "\(name), \(level), scale \(scale), \(rounded.map { "\($0)" } ?? "no copy")")
+                    }
+                }
+                if scale != 1 {
+                    XCTAssertNotEqual(step(g0, scale: scale, rounded: nil)[0], step(g0, scale: 1, rounded: nil)[0],
+                                      "the factor is applied")
+                }
+            }
+        }
+    }
 }

@@ -148,9 +148,10 @@ void tessera_narrow_rows(int bf16, uint16_t *dst, int64_t ldd, const float *src,
 /// dst[i] = src[i]·scale rounded to bf16 (`bf16` nonzero) or fp16: the product in fp32, then rounded.
 void tessera_narrow_scaled(int bf16, uint16_t *dst, const float *src, int64_t n, float scale);
 
-/// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW); with `low`, each
+/// One AdamW update over n elements (PyTorch's formula; see Optim.AdamW) from the gradients
+/// g[i]·g_scale (clipping's factor, applied as the gradient is read); with `low`, each
 /// updated parameter is also stored there rounded to bf16 (`bf16` nonzero) or fp16.
-void tessera_adamw(float *p, const float *g, float *m, float *v, int64_t n, float b1, float b2,
+void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, int64_t n, float b1, float b2,
                    float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16);
 
 /// Σ x² accumulated in double. Summation order is fixed for a given n (deterministic).
