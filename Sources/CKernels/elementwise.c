@@ -221,6 +221,28 @@ DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512d
         }                                                                                         \
     }
 
+// sums[j] += Σ_r x[r·ld + j]: each column summed in row order from its own value, the bits
+// of the plain loop over rows; 256 columns at a time run down the rows with their running
+// sums in L1, so each row's stretch is one vectorised pass.
+#define COLUMN_STRIP 256
+#define DEFINE_COLUMN_SUMS(SUFFIX, ATTR)                                                          \
+    ATTR static void column_sums_##SUFFIX(float *sums, const float *x, int64_t rows, int64_t cols, int64_t ld) { \
+        float acc[COLUMN_STRIP];                                                                  \
+        for (int64_t j0 = 0; j0 < cols; j0 += COLUMN_STRIP) {                                     \
+            int64_t w = cols - j0 < COLUMN_STRIP ? cols - j0 : COLUMN_STRIP;                      \
+            for (int64_t j = 0; j < w; j++) acc[j] = sums[j0 + j];                                \
+            for (int64_t r = 0; r < rows; r++) {                                                  \
+                const float *row = x + r * ld + j0;                                               \
+                _Pragma("clang loop vectorize(assume_safety)") for (int64_t j = 0; j < w; j++) acc[j] += row[j]; \
+            }                                                                                     \
+            for (int64_t j = 0; j < w; j++) sums[j0 + j] = acc[j];                                \
+        }                                                                                         \
+    }
+
+DEFINE_COLUMN_SUMS(generic, )
+DEFINE_COLUMN_SUMS(avx2, LEVEL_AVX2)
+DEFINE_COLUMN_SUMS(avx512, LEVEL_AVX512)
+
 DEFINE_ROW_CONVERSIONS(generic, )
 DEFINE_ROW_CONVERSIONS(avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_ROW_CONVERSIONS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
@@ -282,6 +304,10 @@ void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(
 void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, int64_t n, float b1, float b2,
                    float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16) {
     DISPATCH(adamw, p, g, g_scale, m, v, n, b1, b2, step_size, inv_bc2_sqrt, eps, shrink, low, bf16);
+}
+
+void tessera_column_sums(float *sums, const float *x, int64_t rows, int64_t cols, int64_t ld) {
+    DISPATCH(column_sums, sums, x, rows, cols, ld);
 }
 
 double tessera_sum_of_squares(const float *x, int64_t n) {

@@ -19,6 +19,14 @@ public enum Vector {
         for i in 0..<n { x[i] *= s }
     }
 
+    /// `sums[j] += Σ_r x[r·ld + j]` for `j < cols`, each column summed over the rows in order
+    /// from its own value (on the calling thread; split the columns to share it out).
+    @inlinable
+    public static func addColumnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int,
+                                     into sums: UnsafeMutablePointer<Float>) {
+        tessera_column_sums(sums, x, Int64(rows), Int64(cols), Int64(ld))
+    }
+
     /// `y += x` over `n` elements.
     @inlinable
     public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {

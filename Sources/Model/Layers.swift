@@ -151,10 +151,7 @@ public enum Layers {
         guard dweight != nil, let dbias else { return }
         // Split over columns, each summed over the rows in order: the bits of one thread.
         ParallelFor.chunks(OC, minimum: max(16, 32_768 / max(N, 1))) { lo, hi in
-            for r in 0..<N {
-                let d = dout + r * OC
-                for j in lo..<hi { dbias[j] += d[j] }
-            }
+            Vector.addColumnSums(dout + lo, rows: N, cols: hi - lo, ld: OC, into: dbias + lo)
         }
     }
 

@@ -109,4 +109,25 @@ final class ISALevelTests: XCTestCase {
             }
         }
     }
+
+    /// Column sums (bias gradients) are each column added over the rows in order from its own
+    /// value, at every level: widths around the vector lanes and the 256-column strips, a
+    /// stride wider than the columns read, and a large first value that shows the order.
+    func testColumnSumsAreTheRowOrderSumsAtEveryLevel() {
+        defer { CPU.use(nil) }
+        var rng = SplitMix64(seed: 12)
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            for (rows, cols, ld) in [(1, 1, 1), (7, 15, 15), (33, 17, 40), (300, 256, 256), (129, 600, 613)] {
+                let x = (0..<(rows * ld)).map { _ in Float(rng.nextNormal()) }
+                let start = (0..<cols).map { j in j % 3 == 0 ? Float(1e7) : Float(rng.nextNormal()) }
+                var expected = start
+                for r in 0..<rows { for j in 0..<cols { expected[j] += x[r * ld + j] } }
+                var sums = start
+                Vector.addColumnSums(x, rows: rows, cols: cols, ld: ld, into: &sums)
+                XCTAssertEqual(sums.map(\.bitPattern), expected.map(\.bitPattern), "\(level) \(rows)×\(cols), ld \(ld)")
+                XCTAssertNotEqual(sums, start, "the sums move")
+            }
+        }
+    }
 }

@@ -154,6 +154,9 @@ void tessera_narrow_scaled(int bf16, uint16_t *dst, const float *src, int64_t n,
 void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, int64_t n, float b1, float b2,
                    float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16);
 
+/// sums[j] += Σ_r x[r·ld + j] for j < cols: each column summed in row order (a bias gradient).
+void tessera_column_sums(float *sums, const float *x, int64_t rows, int64_t cols, int64_t ld);
+
 /// Σ x² accumulated in double. Summation order is fixed for a given n (deterministic).
 double tessera_sum_of_squares(const float *x, int64_t n);
 
