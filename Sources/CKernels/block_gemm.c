@@ -119,8 +119,8 @@ BF16_ATTR static void pack_column_pairs(uint32_t *dst, int64_t ldd, const uint16
 // MARK: The register tile
 
 // Where a tile's sums go: C (= or +=), or a buffer of partial sums T (= or +=), or T's
-// partial sum and this one into C (C + (sums + T)).
-enum { TO_C, ADD_C, TO_T, ADD_T, T_TO_C };
+// partial sum and this one into C (C + (sums + T), or = sums + T).
+enum { TO_C, ADD_C, TO_T, ADD_T, T_TO_C, T_SET_C };
 
 // Per `mode`, C or T[rows × 16·vectors] = A·B: A's pair p of row r is the 32-bit word at
 // a + r·row_step + p·pair_step (bf16 units), B's pairs p of these columns at b + p·ldb. T's
@@ -148,6 +148,10 @@ tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, 
             __m512 x = acc[r][v];
             if (mode == TO_T || mode == ADD_T) {
                 _mm512_store_ps(tp, mode == ADD_T ? _mm512_add_ps(x, _mm512_load_ps(tp)) : x);
+                continue;
+            }
+            if (mode == T_SET_C) {
+                _mm512_mask_storeu_ps(cp, m, _mm512_add_ps(x, _mm512_load_ps(tp)));
                 continue;
             }
             if (mode == T_TO_C) x = _mm512_add_ps(x, _mm512_load_ps(tp));
@@ -270,6 +274,7 @@ typedef struct {
     const uint16_t *a, *b;
     float *c;
     uint32_t *packed_b;                     // two blocks of B, the caller's, shared by the team
+    int overwrite;                          // C's old values are not read: C = the sums
     _Atomic int failed;
 } weight_job;
 
@@ -346,7 +351,7 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
         tessera_team_barrier();
         if (rows == 0) continue;
         // Three blocks or more here (fewer run in weight_member_short).
-        int mode = block == 0 ? TO_T : block == blocks - 1 ? T_TO_C : ADD_T;
+        int mode = block == 0 ? TO_T : block < blocks - 1 ? ADD_T : g->overwrite ? T_SET_C : T_TO_C;
         // The rows of B this member will pack for the next block.
         int64_t next_depth = block_depth(K, block + 1), next_pairs = (next_depth + 1) / 2;
         int64_t q0 = next_pairs * member / members, q1 = next_pairs * (member + 1) / members;
@@ -439,19 +444,87 @@ static weight_split split_of(int64_t m, int64_t n, int64_t k, int64_t members) {
     return s;
 }
 
+// Wide products of three blocks or more (at least twice as many columns as rows: `small`'s MLP
+// output projection, 384 × 1,536 at depth 16,384) run transposed, Cᵀ = inpᵀ·dout, into a buffer
+// that is then added into C. The operand the team packs and shares each block is B, and its
+// packing (before a barrier, not overlapped) and reads grow with its width; transposed, that is
+// the narrow side. That product ran at 928–943 GFLOP/s against 879–915 as it was (harness, 2
+// Zen 5 threads, three alternated rounds). At two blocks (`gpt2`'s 768 × 3,072 at depth 1,024),
+// where B is packed once for the whole product, it ran level and the step no faster, so those
+// stay as they are.
+//
+// The same bits: vdpbf16ps forms each pair's two products alike whichever operand is
+// broadcast; the buffer takes the sums without adding a C (a sum that starts from +0 is never
+// −0, so that equals adding a zero); and each element of C then gets C + sums, as directly.
+static int runs_transposed(int64_t m, int64_t n, int64_t k) { return n >= 2 * m && !short_depth(k); }
+
+static _Thread_local float *transposed_c;
+static _Thread_local int64_t capacity_tc;
+
+// C[i·ldc + j] += T[j·ldt + i] for i < m, j < n, on a team member's share of C's rows (16 × 16
+// blocks through registers).
+typedef struct {
+    float *c;
+    const float *t;
+    int64_t ldc, ldt, m, n;
+} transposed_add;
+
+AVX512_ATTR static void add_transposed_member(void *context, int64_t member, int64_t members) {
+    const transposed_add *x = context;
+    int64_t strips = (x->m + 15) / 16, first = strips * member / members, last = strips * (member + 1) / members;
+    for (int64_t i0 = 16 * first; i0 < 16 * last && i0 < x->m; i0 += 16) {
+        int64_t cols = x->m - i0 < 16 ? x->m - i0 : 16;
+        __mmask16 cm = (__mmask16)(cols == 16 ? 0xFFFF : (1u << cols) - 1);
+        for (int64_t j0 = 0; j0 < x->n; j0 += 16) {
+            int64_t rows = x->n - j0 < 16 ? x->n - j0 : 16;
+            __mmask16 rm = (__mmask16)(rows == 16 ? 0xFFFF : (1u << rows) - 1);
+            __m512i r[16];
+            for (int q = 0; q < 16; q++)
+                r[q] = q < rows ? _mm512_maskz_loadu_epi32(cm, x->t + (j0 + q) * x->ldt + i0) : _mm512_setzero_si512();
+            transpose16(r);
+            for (int q = 0; q < cols; q++) {
+                float *cp = x->c + (i0 + q) * x->ldc + j0;
+                _mm512_mask_storeu_ps(cp, rm, _mm512_add_ps(_mm512_maskz_loadu_ps(rm, cp), _mm512_castsi512_ps(r[q])));
+            }
+        }
+    }
+}
+
 int64_t tessera_bf16_weight_gemm_scratch(const int64_t *shapes, int64_t count, int64_t threads) {
     // Each buffer grows to the largest any product asks of it, and stays.
-    int64_t members = threads > 1 ? threads : 1, shared = 0, sums = 0, chunk = 0;
+    int64_t members = threads > 1 ? threads : 1, shared = 0, sums = 0, chunk = 0, transposed = 0;
     for (int64_t i = 0; i < count; i++) {
-        int64_t k = shapes[3 * i + 2];
-        weight_split s = split_of(shapes[3 * i], shapes[3 * i + 1], k, members);
+        int64_t m = shapes[3 * i], n = shapes[3 * i + 1], k = shapes[3 * i + 2];
+        if (runs_transposed(m, n, k)) {
+            if (m * n > transposed) transposed = m * n;
+            int64_t t = m; m = n; n = t;
+        }
+        weight_split s = split_of(m, n, k, members);
         int64_t padded_n = (s.cols + 15) / 16 * 16, rows = short_depth(k) ? 0 : member_rows(s.rows, members) * padded_n;
         int64_t a_words = (short_depth(k) ? 2 : 1) * WEIGHT_PAIRS * WEIGHT_CHUNK;
         if (2 * WEIGHT_PAIRS * padded_n > shared) shared = 2 * WEIGHT_PAIRS * padded_n;
         if (rows > sums) sums = rows;
         if (a_words > chunk) chunk = a_words;
     }
-    return count ? 4 * (shared + members * (chunk + sums)) : 0;
+    return count ? 4 * (shared + members * (chunk + sums) + transposed) : 0;
+}
+
+// C (+)= Aᵀ·B as described above, or with `overwrite` C = Aᵀ·B (C's old values not read).
+static int weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const uint16_t *b,
+                       int64_t ldb, float *c, int64_t ldc, int64_t members, int overwrite) {
+    weight_split s = split_of(m, n, k, members);
+    for (int64_t i = 0; i < m; i += s.rows)
+        for (int64_t j = 0; j < n; j += s.cols) {
+            weight_job g = {.m = m - i < s.rows ? m - i : s.rows, .n = n - j < s.cols ? n - j : s.cols, .k = k,
+                            .lda = lda, .ldb = ldb, .ldc = ldc, .a = a + i, .b = b + j, .c = c + i * ldc + j,
+                            .overwrite = overwrite};
+            g.padded_n = (g.n + 15) / 16 * 16;
+            g.packed_b = reserve(&shared_b, &capacity_shared_b, 2 * WEIGHT_PAIRS * g.padded_n);
+            if (!g.packed_b) return 1;
+            tessera_parallel_team(members, short_depth(k) ? weight_member_short : weight_member, &g);
+            if (g.failed) return 1;
+        }
+    return 0;
 }
 
 int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda, const uint16_t *b,
@@ -459,17 +532,13 @@ int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a,
     if (tessera_cpu_level() < 3) return 2;
     if (m <= 0 || n <= 0 || k <= 0) return 0;
     int64_t members = tessera_in_parallel() || threads < 1 ? 1 : threads;
-    weight_split s = split_of(m, n, k, members);
-    for (int64_t i = 0; i < m; i += s.rows)
-        for (int64_t j = 0; j < n; j += s.cols) {
-            weight_job g = {.m = m - i < s.rows ? m - i : s.rows, .n = n - j < s.cols ? n - j : s.cols, .k = k,
-                            .lda = lda, .ldb = ldb, .ldc = ldc, .a = a + i, .b = b + j, .c = c + i * ldc + j};
-            g.padded_n = (g.n + 15) / 16 * 16;
-            g.packed_b = reserve(&shared_b, &capacity_shared_b, 2 * WEIGHT_PAIRS * g.padded_n);
-            if (!g.packed_b) return 1;
-            tessera_parallel_team(members, short_depth(k) ? weight_member_short : weight_member, &g);
-            if (g.failed) return 1;
-        }
+    if (!runs_transposed(m, n, k)) return weight_gemm(m, n, k, a, lda, b, ldb, c, ldc, members, 0);
+    float *t = (float *)reserve((uint32_t **)&transposed_c, &capacity_tc, n * m);
+    if (!t) return 1;
+    int rc = weight_gemm(n, m, k, b, ldb, a, lda, t, m, members, 1);
+    if (rc) return rc;
+    transposed_add x = {.c = c, .t = t, .ldc = ldc, .ldt = m, .m = m, .n = n};
+    tessera_parallel_team(members, add_transposed_member, &x);
     return 0;
 }
 

@@ -91,9 +91,11 @@ final class WeightGradientGemmTests: XCTestCase {
     /// (m, n, k): `small`'s attention projection at a shorter depth (4 blocks), tails of the
     /// 6-row and 64-column tiles with an odd depth (3 blocks and 1 row), a short last block,
     /// products whose partial sums a member could not hold at once (split by rows, by columns),
-    /// and two blocks (`gpt2`'s depth), which run both blocks per tile, with tails.
+    /// and two blocks (`gpt2`'s depth), which run both blocks per tile, with tails; products at
+    /// least twice as wide as tall, which run transposed from three blocks on (and at two as
+    /// they are).
     static let cases: [(Int, Int, Int)] = [(384, 384, 2048), (257, 259, 1537), (391, 170, 1100), (3000, 768, 1100),
-                                           (700, 3100, 1030), (391, 300, 1024)]
+                                           (700, 3100, 1030), (391, 300, 1024), (300, 700, 1024)]
 
     func run(_ index: Int, pad: Int = 0, _ body: (Int, Int, Int, [UInt16], Int, [UInt16], Int, [Float], Int) -> Void) {
         let (m, n, k) = Self.cases[index]
@@ -187,10 +189,12 @@ final class WeightGradientGemmTests: XCTestCase {
     }
 
     func testScratchIsWhatTheBuffersHold() {
-        // Two threads, `small`'s products: the shared B blocks (2 × 256 pairs × 1,536 columns)
-        // and per member a 192-row chunk of A and its 768 × 384 or 192 × 1,536 partial sums.
+        // Two threads, `small`'s products: the shared B blocks (2 × 256 pairs × 384 columns: the
+        // 384 × 1,536 product runs transposed), per member a 192-row chunk of A and its 768 × 384
+        // partial sums, and the transposed product's 1,536 × 384 result.
         let shapes = [(m: 1152, n: 384, k: 16_384), (384, 384, 16_384), (1536, 384, 16_384), (384, 1536, 16_384)]
-        XCTAssertEqual(Gemm.weightGradientScratchBytes(shapes, threads: 2), 4 * (2 * 256 * 1536 + 2 * (256 * 192 + 768 * 384)))
+        XCTAssertEqual(Gemm.weightGradientScratchBytes(shapes, threads: 2),
+                       4 * (2 * 256 * 384 + 2 * (256 * 192 + 768 * 384) + 1536 * 384))
         XCTAssertEqual(Gemm.weightGradientScratchBytes([(m: 64, n: 64, k: 768)], threads: 2), 0, "a product it leaves to oneDNN")
         // gpt2's head (50,257 × 768) at depth 1,024 holds no partial sums: two blocks of B, and
         // per member both blocks of a 192-row chunk of A. Deeper, it is split so a member's
