@@ -239,6 +239,33 @@ DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512d
         }                                                                                         \
     }
 
+// Attention backward's softmax gradient on a block pair with bf16 block products: for row i's
+// first keys(i) columns (`half` for rows before `half`, else `keys`), dS = P·(dP − D_i)·scale
+// into dp, and P and dS rounded to bf16 for the products, in one pass. The product is taken
+// left to right as written, nothing fused: the bits of that loop followed by two conversions.
+#define DEFINE_SOFTMAX_GRADIENT(SUFFIX, ATTR)                                                     \
+    ATTR static void softmax_grad_bf16_##SUFFIX(const float *p, float *dp, int64_t ld, int64_t rows, int64_t half, \
+                                                int64_t keys, const float *delta, float scale, uint16_t *p16, \
+                                                uint16_t *ds16) {                                 \
+        _Pragma("clang fp contract(off)")                                                         \
+        for (int64_t i = 0; i < rows; i++) {                                                      \
+            const float *pr = p + i * ld;                                                         \
+            float *dr = dp + i * ld, d = delta[i];                                                \
+            uint16_t *pl = p16 + i * ld, *dl = ds16 + i * ld;                                     \
+            int64_t n = i < half ? half : keys;                                                   \
+            _Pragma("clang loop vectorize(assume_safety)") for (int64_t j = 0; j < n; j++) {      \
+                float s = pr[j] * (dr[j] - d) * scale;                                            \
+                dr[j] = s;                                                                        \
+                pl[j] = round_bf16(pr[j]);                                                        \
+                dl[j] = round_bf16(s);                                                            \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_SOFTMAX_GRADIENT(generic, )
+DEFINE_SOFTMAX_GRADIENT(avx2, LEVEL_AVX2)
+DEFINE_SOFTMAX_GRADIENT(avx512, LEVEL_AVX512)
+
 DEFINE_COLUMN_SUMS(generic, )
 DEFINE_COLUMN_SUMS(avx2, LEVEL_AVX2)
 DEFINE_COLUMN_SUMS(avx512, LEVEL_AVX512)
@@ -304,6 +331,11 @@ void tessera_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) { DISPATCH(
 void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, int64_t n, float b1, float b2,
                    float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16) {
     DISPATCH(adamw, p, g, g_scale, m, v, n, b1, b2, step_size, inv_bc2_sqrt, eps, shrink, low, bf16);
+}
+
+void tessera_softmax_gradient_bf16(const float *p, float *dp, int64_t ld, int64_t rows, int64_t half, int64_t keys,
+                                   const float *delta, float scale, uint16_t *p16, uint16_t *ds16) {
+    DISPATCH(softmax_grad_bf16, p, dp, ld, rows, half, keys, delta, scale, p16, ds16);
 }
 
 void tessera_column_sums(float *sums, const float *x, int64_t rows, int64_t cols, int64_t ld) {

@@ -43,6 +43,18 @@ extension Vector {
         tessera_max_value(x, Int64(n), initial)
     }
 
+    /// Attention backward's softmax gradient where the block products take bf16, for `rows`
+    /// rows `ld` apart, on row i's first `half` columns (rows before `half`) or `keys` (the
+    /// rest): `dS = P·(dP − delta[i])·scale` written over `dp`, and P and dS rounded to bf16
+    /// into `p16` and `ds16` (the same layout), in one pass: the bits of the loop and two
+    /// conversions after it.
+    @inlinable
+    public static func softmaxGradientBF16(p: UnsafePointer<Float>, dp: UnsafeMutablePointer<Float>, ld: Int, rows: Int,
+                                           half: Int, keys: Int, delta: UnsafePointer<Float>, scale: Float,
+                                           p16: UnsafeMutablePointer<UInt16>, ds16: UnsafeMutablePointer<UInt16>) {
+        tessera_softmax_gradient_bf16(p, dp, Int64(ld), Int64(rows), Int64(half), Int64(keys), delta, scale, p16, ds16)
+    }
+
     /// In place `x[i] = e^(x[i] − shift)` over `n` elements; returns their sum (softmax numerators).
     @inlinable
     public static func expShiftSum(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {

@@ -297,7 +297,10 @@ public enum FusedAttention {
                                            c: dp + r0 * block, ldc: block)
                         }
                     }
-                    for i in 0..<nq {
+                    // With bf16 products and no dropout, one kernel takes dS and both roundings
+                    // below; otherwise this loop, then the conversions.
+                    let fused = native && dropout == nil
+                    for i in 0..<nq where !fused {
                         let pr = p + i * block, dr = dp + i * block, d = delta[t0 + i], keys = pair.keys(row: i)
                         if let drop = dropout?.dropout, let stream {
                             let index = (t0 + i) * T + s0
@@ -328,8 +331,13 @@ public enum FusedAttention {
                         }
                     } else {
                         withLowBlocks(p, per: per) { p16, ds16 in
-                            Precision.bf16.narrowSerial(p, into: p16, nq * block)
-                            Precision.bf16.narrowSerial(dp, into: ds16, nq * block)
+                            if fused {
+                                Vector.softmaxGradientBF16(p: p, dp: dp, ld: block, rows: nq, half: pair.half, keys: nk,
+                                                           delta: delta + t0, scale: scale, p16: p16, ds16: ds16)
+                            } else {
+                                Precision.bf16.narrowSerial(p, into: p16, nq * block)
+                                Precision.bf16.narrowSerial(dp, into: ds16, nq * block)
+                            }
                             for part in 0..<pair.parts {
                                 let (c0, keys, q0, queries) = pair.keys(part)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: p16 + q0 * block + c0,

@@ -154,6 +154,12 @@ void tessera_narrow_scaled(int bf16, uint16_t *dst, const float *src, int64_t n,
 void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, int64_t n, float b1, float b2,
                    float step_size, float inv_bc2_sqrt, float eps, float shrink, uint16_t *low, int bf16);
 
+/// Attention backward's dS = P·(dP − delta[i])·scale on row i's first `half` (rows before
+/// `half`) or `keys` columns (rows `ld` apart; dS written over dP), with P and dS also rounded
+/// to bf16 into p16 and ds16 (same layout).
+void tessera_softmax_gradient_bf16(const float *p, float *dp, int64_t ld, int64_t rows, int64_t half, int64_t keys,
+                                   const float *delta, float scale, uint16_t *p16, uint16_t *ds16);
+
 /// sums[j] += Σ_r x[r·ld + j] for j < cols: each column summed in row order (a bias gradient).
 void tessera_column_sums(float *sums, const float *x, int64_t rows, int64_t cols, int64_t ld);
 
