@@ -150,6 +150,9 @@ tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, 
                 _mm512_store_ps(tp, mode == ADD_T ? _mm512_add_ps(x, _mm512_load_ps(tp)) : x);
                 continue;
             }
+            // Its own exit, not folded into the two tests below: written as
+            // `mode == T_TO_C || mode == T_SET_C` there, clang's code for every weight gradient
+            // ran 2.8× slower (325 against 908 GFLOP/s on `small`'s products, Zen 5).
             if (mode == T_SET_C) {
                 _mm512_mask_storeu_ps(cp, m, _mm512_add_ps(x, _mm512_load_ps(tp)));
                 continue;
