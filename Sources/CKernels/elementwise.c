@@ -262,6 +262,50 @@ DEFINE_LOW_GELU(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512d
         }                                                                                         \
     }
 
+// Attention backward's D_i = Σ_c dO[i][c]·O[i][c] over each row of one head (rows `ldg` and
+// `ldo` elements apart, in the model's storage format), each sum from +0 in column order,
+// product then add: the bits of the one-row loop it replaces. Rows run eight at a time, their
+// chains interleaved in scalar registers, since one row's chain is bound by the adder's
+// latency (clang's SLP pass packs the eight into one vector, filled an element at a time),
+// and the rows sixteen ahead are prefetched: a head's rows are short pieces of long ones, read
+// once, from memory. On `small`'s heads out of cache: 11.7 ms per four layers against 25 for
+// the one-row loop, 15.2 without the prefetches (harness, one Zen 5 thread).
+#define ROW_DOTS(NAME, TYPE, WIDEN, ATTR)                                                         \
+    ATTR static void NAME(float *out, const TYPE *g, int64_t ldg, const TYPE *o, int64_t ldo, int64_t rows, \
+                          int64_t n) {                                                            \
+        _Pragma("clang fp contract(off)")                                                         \
+        int64_t r = 0;                                                                            \
+        for (; r + 8 <= rows; r += 8) {                                                           \
+            float d[8] = {0};                                                                     \
+            if (r + 24 <= rows)                                                                   \
+                for (int q = 0; q < 8; q++)                                                       \
+                    for (int64_t c = 0; c < n; c += 64 / (int64_t)sizeof(TYPE)) {                 \
+                        __builtin_prefetch(g + (r + 16 + q) * ldg + c);                           \
+                        __builtin_prefetch(o + (r + 16 + q) * ldo + c);                           \
+                    }                                                                             \
+            _Pragma("clang loop vectorize(disable)")                                              \
+            for (int64_t c = 0; c < n; c++) {                                                     \
+                _Pragma("clang loop vectorize(disable) unroll(full)")                             \
+                for (int q = 0; q < 8; q++) d[q] += WIDEN(g[(r + q) * ldg + c]) * WIDEN(o[(r + q) * ldo + c]); \
+            }                                                                                     \
+            for (int q = 0; q < 8; q++) out[r + q] = d[q];                                        \
+        }                                                                                         \
+        for (; r < rows; r++) {                                                                   \
+            float d = 0;                                                                          \
+            for (int64_t c = 0; c < n; c++) d += WIDEN(g[r * ldg + c]) * WIDEN(o[r * ldo + c]);   \
+            out[r] = d;                                                                           \
+        }                                                                                         \
+    }
+#define SAME(x) (x)
+#define DEFINE_ROW_DOTS(SUFFIX, ATTR)                                                             \
+    ROW_DOTS(row_dots_f32_##SUFFIX, float, SAME, ATTR)                                            \
+    ROW_DOTS(row_dots_bf16_##SUFFIX, uint16_t, widen_bf16, ATTR)                                  \
+    ROW_DOTS(row_dots_f16_##SUFFIX, uint16_t, widen_f16, ATTR)
+
+DEFINE_ROW_DOTS(generic, )
+DEFINE_ROW_DOTS(avx2, LEVEL_AVX2)
+DEFINE_ROW_DOTS(avx512, LEVEL_AVX512)
+
 DEFINE_SOFTMAX_GRADIENT(generic, )
 DEFINE_SOFTMAX_GRADIENT(avx2, LEVEL_AVX2)
 DEFINE_SOFTMAX_GRADIENT(avx512, LEVEL_AVX512)
@@ -336,6 +380,13 @@ void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, 
 void tessera_softmax_gradient_bf16(const float *p, float *dp, int64_t ld, int64_t rows, int64_t half, int64_t keys,
                                    const float *delta, float scale, uint16_t *p16, uint16_t *ds16) {
     DISPATCH(softmax_grad_bf16, p, dp, ld, rows, half, keys, delta, scale, p16, ds16);
+}
+
+void tessera_row_dots(int format, float *out, const void *g, int64_t ldg, const void *o, int64_t ldo, int64_t rows,
+                      int64_t n) {
+    if (format == 0) DISPATCH(row_dots_f32, out, g, ldg, o, ldo, rows, n);
+    else if (format == 1) DISPATCH(row_dots_bf16, out, g, ldg, o, ldo, rows, n);
+    else DISPATCH(row_dots_f16, out, g, ldg, o, ldo, rows, n);
 }
 
 void tessera_column_sums(float *sums, const float *x, int64_t rows, int64_t cols, int64_t ld) {

@@ -55,6 +55,16 @@ extension Vector {
         tessera_softmax_gradient_bf16(p, dp, Int64(ld), Int64(rows), Int64(half), Int64(keys), delta, scale, p16, ds16)
     }
 
+    /// `out[i] = Σ_c g[i·ldg + c]·o[i·ldo + c]` for `rows` rows of `n` values stored in `F`, each
+    /// sum from +0 in column order, product then add (attention backward's D = rowsum(dO ⊙ O)).
+    @inlinable
+    public static func rowDots<F: ComputeFormat>(_: F.Type, into out: UnsafeMutablePointer<Float>,
+                                                 _ g: UnsafePointer<F.Element>, ldg: Int, _ o: UnsafePointer<F.Element>,
+                                                 ldo: Int, rows: Int, n: Int) {
+        let format: Int32 = !F.isLow ? 0 : F.precision == .bf16 ? 1 : 2
+        tessera_row_dots(format, out, g, Int64(ldg), o, Int64(ldo), Int64(rows), Int64(n))
+    }
+
     /// In place `x[i] = e^(x[i] − shift)` over `n` elements; returns their sum (softmax numerators).
     @inlinable
     public static func expShiftSum(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {

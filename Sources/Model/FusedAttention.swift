@@ -12,8 +12,8 @@ import Settings
 /// computed, no T×T tensor exists, and forward keeps only each row's log-sum-exp
 /// `lse = max + log(sum)`. Backward runs one task per (batch, head), over key blocks then the
 /// query blocks that see them: P = exp(S − lse) is recomputed, dV += Pᵀ·dO, dP = dO·Vᵀ,
-/// dS = P ⊙ (dP − D) with D = rowsum(dO ⊙ O), dQ += dS·K, dK += dSᵀ·Q; dK and dV of a key block
-/// stay in the task's scratch until its last query block, and the task owns its head's dQ.
+/// dS = P ⊙ (dP − D) with D = rowsum(dO ⊙ O), dQ += dS·K, dK += dSᵀ·Q; the task owns its head's
+/// columns of dQ, dK and dV, and the products add into them where they lie.
 ///
 /// Products run single-threaded in their task on tessera's register tiles (`Gemm.taskBF16Gemm`,
 /// `Gemm.taskSgemm`: without oneDNN's cost per call, and with its bits where they say so; fp32
@@ -43,7 +43,9 @@ public enum FusedAttention {
     /// a 16-bit format whose products run in fp32 (`widens`) adds room for a head's widened
     /// Q and dO (backward) or K and V (forward), and a block of each of the others.
     public static func scratchFloats<F: ComputeFormat>(_: F.Type, T: Int, hs: Int) -> Int {
-        let base = 3 * block * block + 4 * block * hs + T   // the last block² holds two bf16 blocks
+        // Backward's P, dP and D, forward's S, output block and row statistics; the last block²
+        // holds two bf16 blocks.
+        let base = 3 * block * block + 2 * block * hs + T
         return base + (widens(F.self) ? 2 * T * hs + 2 * block * hs : 0)
     }
 
@@ -232,13 +234,11 @@ public enum FusedAttention {
                                                   starts: UnsafePointer<Int32>? = nil) {
         let hs = C / NH, nb = blocks(T), per = scratchFloats(F.self, T: T, hs: hs)
         let scale = 1 / Float(hs).squareRoot(), native = nativeBF16(F.self)
-        let widen = widens(F.self) ? F.precision : nil, low = F.isLow ? F.precision : nil
+        let widen = widens(F.self) ? F.precision : nil
         ParallelFor.tasks(B * NH, workers: workers) { bh, worker in
             let b = bh / NH, h = bh % NH
             let p = scratch + worker * per, dp = p + block * block
-            let dk = dp + block * block, dv = dk + block * hs
-            let wg = dv + block * hs, wo = wg + block * hs   // dO and O rows widened for D (16-bit)
-            let delta = wo + block * hs   // T values
+            let delta = dp + block * block   // T values
             // Widened (16-bit, fp32 products): the head's Q and dO, once, and a block of K and V.
             let wq = delta + T, wdo = wq + T * hs, wk = wdo + T * hs, wv = wk + block * hs
             let head = qkv + b * T * 3 * C + h * hs, dhead = dqkv + b * T * 3 * C + h * hs
@@ -248,24 +248,19 @@ public enum FusedAttention {
             let rowLSE = lse + bh * T
             let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
             // D = rowsum(dO ⊙ O) = rowsum(P ⊙ dP), and this head's dQ, which key blocks add to.
-            for t0 in stride(from: 0, to: T, by: block) {
-                let n = min(block, T - t0)
-                let g = widen != nil ? gradientRows.from(t0) : rows(dy + t0 * C, ld: C, count: n, hs: hs, widen: low, into: wg)
-                let o = rows(y + t0 * C, ld: C, count: n, hs: hs, widen: low, into: wo)
-                for i in 0..<n {
-                    let gi = floats(g.row(i)), oi = floats(o.row(i))
-                    var d: Float = 0
-                    for c in 0..<hs { d += gi[c] * oi[c] }
-                    delta[t0 + i] = d
-                    (dhead + (t0 + i) * 3 * C).update(repeating: 0, count: hs)
-                }
-            }
+            Vector.rowDots(F.self, into: delta, dy, ldg: C, y, ldo: C, rows: T, n: hs)
+            for t in 0..<T { (dhead + t * 3 * C).update(repeating: 0, count: hs) }
             for kb in 0..<nb {
                 let s0 = kb * block, nk = min(block, T - s0)
                 let keyRows = rows(head + C + s0 * 3 * C, ld: 3 * C, count: nk, hs: hs, widen: widen, into: wk)
                 let valueRows = rows(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, hs: hs, widen: widen, into: wv)
-                dk.update(repeating: 0, count: nk * hs)
-                dv.update(repeating: 0, count: nk * hs)
+                // dK and dV of the key block add up in place (each product adds into C once,
+                // so from zero the bits of summing elsewhere and copying).
+                let dk = dhead + s0 * 3 * C + C, dv = dk + C
+                for j in 0..<nk {
+                    (dk + j * 3 * C).update(repeating: 0, count: hs)
+                    (dv + j * 3 * C).update(repeating: 0, count: hs)
+                }
                 for qb in kb..<nb {
                     let t0 = qb * block, nq = min(block, T - t0)
                     let rowStarts = starts.map { $0 + b * T + t0 }
@@ -319,11 +314,11 @@ public enum FusedAttention {
                         for part in 0..<pair.parts {
                             let (c0, keys, q0, queries) = pair.keys(part)
                             Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: p + q0 * block + c0,
-                                           lda: block, b: floats(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: 1, c: dv + c0 * hs,
-                                           ldc: hs)
+                                           lda: block, b: floats(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: 1, c: dv + c0 * 3 * C,
+                                           ldc: 3 * C)
                             Gemm.taskSgemm(.transpose, .none, m: keys, n: hs, k: queries, alpha: 1, a: dp + q0 * block + c0,
-                                           lda: block, b: floats(queryBlock.row(q0)), ldb: queryBlock.ld, beta: 1, c: dk + c0 * hs,
-                                           ldc: hs)
+                                           lda: block, b: floats(queryBlock.row(q0)), ldb: queryBlock.ld, beta: 1, c: dk + c0 * 3 * C,
+                                           ldc: 3 * C)
                             let (r0, rows, seen) = pair.rows(part)
                             Gemm.taskSgemm(.none, .none, m: rows, n: hs, k: seen, alpha: 1, a: dp + r0 * block, lda: block,
                                            b: floats(keyRows.base), ldb: keyRows.ld, beta: 1, c: dhead + (t0 + r0) * 3 * C,
@@ -342,10 +337,10 @@ public enum FusedAttention {
                                 let (c0, keys, q0, queries) = pair.keys(part)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: p16 + q0 * block + c0,
                                                   lda: block, b: bits(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: 1,
-                                                  c: dv + c0 * hs, ldc: hs)
+                                                  c: dv + c0 * 3 * C, ldc: 3 * C)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: ds16 + q0 * block + c0,
                                                   lda: block, b: bits(queryBlock.row(q0)), ldb: queryBlock.ld, beta: 1,
-                                                  c: dk + c0 * hs, ldc: hs)
+                                                  c: dk + c0 * 3 * C, ldc: 3 * C)
                                 let (r0, rows, seen) = pair.rows(part)
                                 Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: seen, a: ds16 + r0 * block, lda: block,
                                                   b: bits(keyRows.base), ldb: keyRows.ld, beta: 1,
@@ -353,10 +348,6 @@ public enum FusedAttention {
                             }
                         }
                     }
-                }
-                for j in 0..<nk {
-                    (dhead + (s0 + j) * 3 * C + C).update(from: dk + j * hs, count: hs)
-                    (dhead + (s0 + j) * 3 * C + 2 * C).update(from: dv + j * hs, count: hs)
                 }
             }
             if let rounded {

@@ -130,4 +130,47 @@ final class ISALevelTests: XCTestCase {
             }
         }
     }
+
+    /// Attention backward's D = rowsum(dO ⊙ O): every level's kernel gives, for each format,
+    /// the bits of the one-row loop (from +0, product then add, column order), on row counts
+    /// around its groups of eight and prefetch distance and with rows longer than they are read.
+    func testRowDotsAreTheOneRowLoopsAtEveryLevel() {
+        defer { CPU.use(nil) }
+        var rng = SplitMix64(seed: 21)
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            for (rows, n, ld) in [(1, 1, 1), (7, 16, 20), (8, 64, 64), (41, 64, 384), (256, 33, 97)] {
+                let g = (0..<(rows * ld)).map { i in i % 11 == 0 ? Float(3e4) : Float(rng.nextNormal()) }
+                let o = (0..<(rows * ld)).map { i in i % 13 == 0 ? -Float(3e4) : Float(rng.nextNormal()) }
+                func oneRowLoops(_ g: [Float], _ o: [Float]) -> [UInt32] {
+                    (0..<rows).map { r in
+                        var d: Float = 0
+                        for c in 0..<n { d += g[r * ld + c] * o[r * ld + c] }
+                        return d.bitPattern
+                    }
+                }
+                func differing(_ out: [Float], _ expected: [UInt32]) -> [Int] {
+                    (0..<rows).filter { out[$0].bitPattern != expected[$0] }
+                }
+                var out = [Float](repeating: .nan, count: rows)
+                Vector.rowDots(FP32.self, into: &out, g, ldg: ld, o, ldo: ld, rows: rows, n: n)
+                XCTAssertEqual(differing(out, oneRowLoops(g, o)), [], "fp32 \(level) \(rows)×\(n), ld \(ld): rows")
+                for precision in [Precision.bf16, .fp16] {
+                    var g16 = [UInt16](repeating: 0, count: g.count), o16 = g16
+                    precision.narrow(g, into: &g16, g.count)
+                    precision.narrow(o, into: &o16, o.count)
+                    var gw = [Float](repeating: 0, count: g.count), ow = gw
+                    precision.widen(g16, into: &gw, g.count)
+                    precision.widen(o16, into: &ow, o.count)
+                    out = [Float](repeating: .nan, count: rows)
+                    if precision == .bf16 {
+                        Vector.rowDots(BF16.self, into: &out, g16, ldg: ld, o16, ldo: ld, rows: rows, n: n)
+                    } else {
+                        Vector.rowDots(FP16.self, into: &out, g16, ldg: ld, o16, ldo: ld, rows: rows, n: n)
+                    }
+                    XCTAssertEqual(differing(out, oneRowLoops(gw, ow)), [], "\(precision) \(level) \(rows)×\(n), ld \(ld): rows")
+                }
+            }
+        }
+    }
 }
