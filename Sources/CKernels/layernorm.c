@@ -1,4 +1,5 @@
-// LayerNorm over rows of C values, forward and backward, compiled once per level.
+// LayerNorm over rows of C values, forward (optionally on a residual sum formed row by row
+// as it is read) and backward, compiled once per level.
 //
 // Bits: the same at every level, and those of the Swift loops these replaced. A row's sums
 // run in 16 lanes (element i in lane i mod 16), the lanes are added in order starting from
@@ -53,12 +54,18 @@ typedef float lanes16 __attribute__((vector_size(64)));
 
 #define DEFINE_LAYERNORM(SUFFIX, ATTR)                                                             \
     ATTR static void ln_forward_##SUFFIX(float *out32, uint16_t *out16, int bf16, float *mean, float *rstd,  \
-                                         const float *inp, const float *w, const float *b, int64_t rows,      \
-                                         int64_t C, float eps) {                                   \
+                                         const float *inp, float *sum, const float *addend, const float *w,  \
+                                         const float *b, int64_t rows, int64_t C, float eps) {     \
         _Pragma("clang fp contract(off)")                                                          \
         int64_t whole = C / 16 * 16;                                                               \
         for (int64_t r = 0; r < rows; r++) {                                                       \
             const float *x = inp + r * C;                                                          \
+            if (sum) {                                                                             \
+                float *xs = sum + r * C;                                                           \
+                const float *a = addend + r * C;                                                   \
+                _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < C; i++) xs[i] = xs[i] + a[i]; \
+                x = xs;                                                                            \
+            }                                                                                      \
             float m, v;                                                                            \
             ROW_SUM(m, X)                                                                          \
             m /= (float)C;                                                                         \
@@ -117,7 +124,13 @@ DEFINE_LAYERNORM(avx512, LEVEL_AVX512)
 
 void tessera_layernorm_forward(float *out32, uint16_t *out16, int bf16, float *mean, float *rstd, const float *inp,
                                const float *weight, const float *bias, int64_t rows, int64_t C, float eps) {
-    DISPATCH(ln_forward, out32, out16, bf16, mean, rstd, inp, weight, bias, rows, C, eps);
+    DISPATCH(ln_forward, out32, out16, bf16, mean, rstd, inp, 0, 0, weight, bias, rows, C, eps);
+}
+
+void tessera_layernorm_forward_sum(float *out32, uint16_t *out16, int bf16, float *mean, float *rstd, float *sum,
+                                   const float *addend, const float *weight, const float *bias, int64_t rows, int64_t C,
+                                   float eps) {
+    DISPATCH(ln_forward, out32, out16, bf16, mean, rstd, sum, sum, addend, weight, bias, rows, C, eps);
 }
 
 void tessera_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,

@@ -13,13 +13,28 @@ public enum LayerNormRows {
                                rstd: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, rows: Int, C: Int,
                                eps: Float) {
-        if precision.isLow {
-            tessera_layernorm_forward(nil, out.assumingMemoryBound(to: UInt16.self), precision == .bf16 ? 1 : 0,
-                                      mean, rstd, inp, weight, bias, Int64(rows), Int64(C), eps)
-        } else {
-            tessera_layernorm_forward(out.assumingMemoryBound(to: Float.self), nil, 0, mean, rstd, inp, weight, bias,
+        let (out32, out16) = destinations(out, precision)
+        tessera_layernorm_forward(out32, out16, precision == .bf16 ? 1 : 0, mean, rstd, inp, weight, bias, Int64(rows),
+                                  Int64(C), eps)
+    }
+
+    /// `forward` of the residual sum `sum[i] + addend[i]`, stored into `sum` as each row is
+    /// read (one pass over the rows instead of an addition's pass and then LayerNorm's).
+    @inlinable
+    public static func forward(out: UnsafeMutableRawPointer, precision: Precision, mean: UnsafeMutablePointer<Float>,
+                               rstd: UnsafeMutablePointer<Float>, sum: UnsafeMutablePointer<Float>,
+                               adding addend: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                               bias: UnsafePointer<Float>?, rows: Int, C: Int, eps: Float) {
+        let (out32, out16) = destinations(out, precision)
+        tessera_layernorm_forward_sum(out32, out16, precision == .bf16 ? 1 : 0, mean, rstd, sum, addend, weight, bias,
                                       Int64(rows), Int64(C), eps)
-        }
+    }
+
+    /// `out` as fp32 values, or as 16-bit ones.
+    @inlinable
+    static func destinations(_ out: UnsafeMutableRawPointer,
+                             _ precision: Precision) -> (UnsafeMutablePointer<Float>?, UnsafeMutablePointer<UInt16>?) {
+        precision.isLow ? (nil, out.assumingMemoryBound(to: UInt16.self)) : (out.assumingMemoryBound(to: Float.self), nil)
     }
 
     /// For `rows` rows: accumulates the input gradient into `dinp`, and each row's terms of

@@ -75,6 +75,21 @@ public enum Layers {
         }
     }
 
+    /// `layerNormForward` of the residual sum `sum + addend`, which is stored into `sum` row
+    /// by row as it is formed: the bits of adding first and normalising after, in one pass.
+    public static func layerNormForward<F: ComputeFormat>(_: F.Type, out: UnsafeMutablePointer<F.Element>,
+                                                          mean: UnsafeMutablePointer<Float>,
+                                                          rstd: UnsafeMutablePointer<Float>, sum: UnsafeMutablePointer<Float>,
+                                                          adding addend: UnsafePointer<Float>,
+                                                          weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                                          N: Int, C: Int) {
+        ParallelFor.chunks(N, minimum: max(1, 32_768 / C)) { lo, hi in
+            LayerNormRows.forward(out: UnsafeMutableRawPointer(out + lo * C), precision: F.precision, mean: mean + lo,
+                                  rstd: rstd + lo, sum: sum + lo * C, adding: addend + lo * C, weight: weight, bias: bias,
+                                  rows: hi - lo, C: C, eps: layerNormEps)
+        }
+    }
+
     /// Accumulates into `dinp`, `dweight` and `dbias` (when present: a frozen LayerNorm has
     /// neither). With `rounded`, also stores each row of `dinp` once accumulated rounded to
     /// that 16-bit format in `rounded.into` (the next product's operand, while the row is in

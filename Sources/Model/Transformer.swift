@@ -164,9 +164,9 @@ final class Transformer<F: ComputeFormat> {
                              bias: w.vector(at.projb), N: BT, IC: C, OC: C)
         if let lw { lora!.forward(.attnProj, layer: l, out: r2, inp: a.atty[l].pointer, weights: lw, N: BT) }
         pass?.apply(r2, B: B, T: T, C: C, site: .attentionOutput, layer: l)
-        Vector.add(x, into: r2, BT * C)
-        normalize(r2, into: a.ln2[l], mean: a.ln2Mean[l], rstd: a.ln2Rstd[l], weight: w.vector(at.ln2w),
-                  bias: w.vector(at.ln2b), N: BT)
+        // The residual r2 += x, formed as LayerNorm reads it.
+        Layers.layerNormForward(F.self, out: a.ln2[l].pointer, mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer,
+                                sum: r2, adding: x, weight: w.vector(at.ln2w), bias: w.vector(at.ln2b), N: BT, C: C)
         // Likewise fc's pre-activation, GELU then reading it in 16 bits.
         if lw == nil && F.linearRounded(into: a.fch[l].pointer, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
                                         bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C, scratch: wide) {

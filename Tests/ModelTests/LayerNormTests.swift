@@ -79,7 +79,9 @@ final class LayerNormTests: XCTestCase {
         for (C, bias) in [(8, true), (77, true), (64, false), (384, true)] {
             let N = 600
             // Rows with a large mean against their spread, where the order of the sums shows.
-            let x = random(N * C, seed: UInt64(C), offset: 3, spread: 0.5), w = random(C, seed: 2, offset: 1)
+            // x = xa + xb: the residual-sum form is given both parts.
+            let xa = random(N * C, seed: UInt64(C), offset: 3, spread: 0.5), xb = random(N * C, seed: 6, spread: 0.25)
+            let x = zip(xa, xb).map { $0 + $1 }, w = random(C, seed: 2, offset: 1)
             let b = bias ? random(C, seed: 3) : nil, dy = random(N * C, seed: 4), start = random(N * C, seed: 5)
             let ref = Reference(x: x, w: w, b: b, dy: dy, dinp: start, N: N, C: C)
             XCTAssertGreaterThan(ref.dweight.map(abs).max()!, 0.1, "the weight gradient is not trivially zero")
@@ -92,8 +94,28 @@ final class LayerNormTests: XCTestCase {
                 XCTAssertEqual(bits(out), bits(ref.out), "\(at): output")
                 XCTAssertEqual(bits(mean), bits(ref.mean), "\(at): mean")
                 XCTAssertEqual(bits(rstd), bits(ref.rstd), "\(at): 1/std")
+                var sum = xa
+                out = [Float](repeating: 0, count: N * C)
+                mean = [Float](repeating: 0, count: N)
+                rstd = mean
+                Layers.layerNormForward(FP32.self, out: &out, mean: &mean, rstd: &rstd, sum: &sum, adding: xb, weight: w,
+                                        bias: b, N: N, C: C)
+                XCTAssertEqual(bits(sum), bits(x), "\(at): residual sum")
+                XCTAssertEqual(bits(out), bits(ref.out), "\(at): output of the residual sum")
+                XCTAssertEqual(bits(mean), bits(ref.mean), "\(at): mean of the residual sum")
+                XCTAssertEqual(bits(rstd), bits(ref.rstd), "\(at): 1/std of the residual sum")
                 for p in [Precision.bf16, .fp16] {
                     var low = [UInt16](repeating: 0, count: N * C)
+                    sum = xa
+                    if p == .bf16 {
+                        Layers.layerNormForward(BF16.self, out: &low, mean: &mean, rstd: &rstd, sum: &sum, adding: xb,
+                                                weight: w, bias: b, N: N, C: C)
+                    } else {
+                        Layers.layerNormForward(FP16.self, out: &low, mean: &mean, rstd: &rstd, sum: &sum, adding: xb,
+                                                weight: w, bias: b, N: N, C: C)
+                    }
+                    XCTAssertEqual(low, rounded(ref.out, p), "\(at): \(p) output of the residual sum")
+                    XCTAssertEqual(bits(sum), bits(x), "\(at): residual sum (\(p))")
                     if p == .bf16 {
                         Layers.layerNormForward(BF16.self, out: &low, mean: &mean, rstd: &rstd, inp: x, weight: w,
                                                 bias: b, N: N, C: C)

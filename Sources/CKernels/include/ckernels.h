@@ -119,6 +119,10 @@ void tessera_gelu_backward_low(int bf16, float *dx, uint16_t *dx16, const uint16
 /// fp16) when out32 is NULL. bias may be NULL.
 void tessera_layernorm_forward(float *out32, uint16_t *out16, int bf16, float *mean, float *rstd, const float *inp,
                                const float *weight, const float *bias, int64_t rows, int64_t C, float eps);
+/// tessera_layernorm_forward of sum[i] = sum[i] + addend[i], that sum stored as each row is read.
+void tessera_layernorm_forward_sum(float *out32, uint16_t *out16, int bf16, float *mean, float *rstd, float *sum,
+                                   const float *addend, const float *weight, const float *bias, int64_t rows, int64_t C,
+                                   float eps);
 /// LayerNorm backward over `rows` rows: accumulates into dinp and into dweight (and dbias when
 /// not NULL) the rows' sums in row order; with `rounded`, also stores each finished row of dinp
 /// rounded (bf16 when `bf16`, else fp16).
