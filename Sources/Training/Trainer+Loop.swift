@@ -161,6 +161,7 @@ extension Trainer {
                            loss_scale: scaler.map { _ in scale }, skipped: skipped,
                            skipped_steps: skippedSteps > 0 ? skippedSteps : nil,
                            peak_rss_mb: isCoordinator ? (Benchmark.peakRSSMB() * 10).rounded() / 10 : nil)
+        refreshPeak()   // after t1: outside this step's time and the next one's
         m.mfu = (flopsPerToken * m.tokens_per_s / Double(comm.size) / 1e9 / peakGFLOPS * 1e4).rounded() / 1e4
         if config.sampling == .sequential { m.epoch = (sampler.epoch(batch: step + 1, split: data.train) * 1000).rounded() / 1000 }
         return m

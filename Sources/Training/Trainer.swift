@@ -67,9 +67,16 @@ public final class Trainer {
     /// First step to run (> 0 after a resume).
     public private(set) var startStep = 0
     var checkpointer: Checkpointer!
-    /// GEMM rate of this rank's threads in the run's precision, measured at start (for MFU),
-    /// and the model FLOPs of one token.
-    let peakGFLOPS: Double, flopsPerToken: Double
+    /// GEMM rate of this rank's threads in the run's precision (for MFU): the best of a
+    /// measurement at start and one every `peakRemeasureSeconds` between steps, since a VM's
+    /// speed wanders and a single measurement can catch a slow moment (MFU over 100%); and
+    /// the model FLOPs of one token.
+    var peakGFLOPS: Double
+    let flopsPerToken: Double
+    /// When the GEMM rate was last measured.
+    var peakMeasuredAt: Double
+    /// Seconds between measurements of the GEMM rate (each about 20 ms on 2 threads).
+    static let peakRemeasureSeconds = 60.0
     /// How the GEMM library was chosen (printed at start).
     let gemmNote: String
 
@@ -139,7 +146,8 @@ public final class Trainer {
         x = .allocate(capacity: micro * config.blockSize)
         y = .allocate(capacity: micro * config.blockSize)
         keys = .allocate(capacity: micro)
-        peakGFLOPS = config.precision == .bf16 ? Benchmark.bf16PeakGFLOPS(n: 1024, reps: 3) : Benchmark.sgemmPeakGFLOPS(n: 1024, reps: 3)
+        peakGFLOPS = Self.measurePeak(config.precision)
+        peakMeasuredAt = MPIClock.now()
         // A frozen base costs 4 FLOPs per parameter and token (forward, and backward's input
         // gradients only); what trains costs 6.
         let computed = lora == nil ? Double(model.layout.count)
@@ -277,4 +285,21 @@ public final class Trainer {
 
     /// Total tokens of one global batch.
     var tokensPerStep: Int { config.batchSize * config.blockSize }
+}
+
+// MARK: - The GEMM rate for MFU
+
+extension Trainer {
+    /// Best-of-three GEMM rate at 1024³ in the run's precision (fp16 multiplies in fp32).
+    static func measurePeak(_ precision: Precision) -> Double {
+        precision == .bf16 ? Benchmark.bf16PeakGFLOPS(n: 1024, reps: 3) : Benchmark.sgemmPeakGFLOPS(n: 1024, reps: 3)
+    }
+
+    /// Measures the GEMM rate again if `peakRemeasureSeconds` have passed, keeping the best.
+    func refreshPeak() {
+        let now = MPIClock.now()
+        guard now - peakMeasuredAt >= Self.peakRemeasureSeconds else { return }
+        peakGFLOPS = max(peakGFLOPS, Self.measurePeak(config.precision))
+        peakMeasuredAt = MPIClock.now()
+    }
 }
