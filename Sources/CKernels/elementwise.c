@@ -306,6 +306,17 @@ DEFINE_ROW_DOTS(generic, )
 DEFINE_ROW_DOTS(avx2, LEVEL_AVX2)
 DEFINE_ROW_DOTS(avx512, LEVEL_AVX512)
 
+// x *= s, one rounding per element at any width: the bits of the scalar loop, in the
+// CPU's widest vectors (Swift's own loop was built for SSE).
+#define DEFINE_SCALE(SUFFIX, ATTR)                                                                \
+    ATTR static void scale_##SUFFIX(float *x, int64_t n, float s) {                               \
+        _Pragma("clang loop vectorize(assume_safety)") for (int64_t i = 0; i < n; i++) x[i] = x[i] * s; \
+    }
+
+DEFINE_SCALE(generic, )
+DEFINE_SCALE(avx2, LEVEL_AVX2)
+DEFINE_SCALE(avx512, LEVEL_AVX512)
+
 DEFINE_SOFTMAX_GRADIENT(generic, )
 DEFINE_SOFTMAX_GRADIENT(avx2, LEVEL_AVX2)
 DEFINE_SOFTMAX_GRADIENT(avx512, LEVEL_AVX512)
@@ -381,6 +392,8 @@ void tessera_softmax_gradient_bf16(const float *p, float *dp, int64_t ld, int64_
                                    const float *delta, float scale, uint16_t *p16, uint16_t *ds16) {
     DISPATCH(softmax_grad_bf16, p, dp, ld, rows, half, keys, delta, scale, p16, ds16);
 }
+
+void tessera_scale(float *x, int64_t n, float s) { DISPATCH(scale, x, n, s); }
 
 void tessera_row_dots(int format, float *out, const void *g, int64_t ldg, const void *o, int64_t ldo, int64_t rows,
                       int64_t n) {

@@ -13,10 +13,11 @@ public enum Vector {
         tessera_sum_of_squares(x, Int64(n))
     }
 
-    /// `x *= s` over `n` elements.
+    /// `x *= s` over `n` elements (in C at the CPU's level: one rounding each, the same bits at
+    /// any width).
     @inlinable
     public static func scale(_ x: UnsafeMutablePointer<Float>, _ n: Int, by s: Float) {
-        for i in 0..<n { x[i] *= s }
+        tessera_scale(x, Int64(n), s)
     }
 
     /// `sums[j] += Σ_r x[r·ld + j]` for `j < cols`, each column summed over the rows in order

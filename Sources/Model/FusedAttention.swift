@@ -208,7 +208,7 @@ public enum FusedAttention {
             for i in 0..<nq {
                 let inv = 1 / rowSum[i]
                 if rounded != nil {
-                    for d in 0..<hs { o[i * hs + d] *= inv }
+                    Vector.scale(o + i * hs, hs, by: inv)
                 } else {
                     for d in 0..<hs { out[first + i * C + d] = o[i * hs + d] * inv }
                 }

@@ -173,4 +173,23 @@ final class ISALevelTests: XCTestCase {
             }
         }
     }
+
+    /// `Vector.scale` in C: at every level each element is `x·s` rounded once, as the scalar
+    /// loop gives (lengths around the vector widths; a factor that is not a power of two, so
+    /// the products round, and one that overflows large elements).
+    func testScaleIsOneRoundingPerElementAtEveryLevel() {
+        defer { CPU.use(nil) }
+        var rng = SplitMix64(seed: 33)
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            for (n, s) in [(1, Float(0.3)), (15, 1 / 3), (16, 0.3), (77, 1e30), (1000, -0.7)] {
+                let x = (0..<n).map { i in i % 9 == 0 ? Float(3e10) : Float(rng.nextNormal()) }
+                var y = x
+                Vector.scale(&y, n, by: s)
+                let expected = x.map { ($0 * s).bitPattern }
+                XCTAssertEqual(y.map(\.bitPattern), expected, "\(level) n \(n), s \(s)")
+                XCTAssertNotEqual(y, x)
+            }
+        }
+    }
 }

@@ -164,6 +164,9 @@ void tessera_adamw(float *p, const float *g, float g_scale, float *m, float *v, 
 void tessera_softmax_gradient_bf16(const float *p, float *dp, int64_t ld, int64_t rows, int64_t half, int64_t keys,
                                    const float *delta, float scale, uint16_t *p16, uint16_t *ds16);
 
+/// x[i] = x[i]·s for i < n.
+void tessera_scale(float *x, int64_t n, float s);
+
 /// out[i] = Σ_c g[i·ldg + c]·o[i·ldo + c] for i < rows, c < n, each sum from +0 in column order
 /// (product, then add), on fp32 (`format` 0), bf16 (1) or fp16 (2) operands.
 void tessera_row_dots(int format, float *out, const void *g, int64_t ldg, const void *o, int64_t ldo, int64_t rows,
