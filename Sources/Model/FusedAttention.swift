@@ -255,11 +255,16 @@ public enum FusedAttention {
                 let keyRows = rows(head + C + s0 * 3 * C, ld: 3 * C, count: nk, hs: hs, widen: widen, into: wk)
                 let valueRows = rows(head + 2 * C + s0 * 3 * C, ld: 3 * C, count: nk, hs: hs, widen: widen, into: wv)
                 // dK and dV of the key block add up in place (each product adds into C once,
-                // so from zero the bits of summing elsewhere and copying).
+                // so from zero the bits of summing elsewhere and copying). With bf16 products
+                // the diagonal pair, always the key block's first (no document starts after
+                // its first query), writes them instead: its parts cover disjoint keys, and a
+                // tile's sums start at +0 and so are never −0, so writing is adding to zero.
                 let dk = dhead + s0 * 3 * C + C, dv = dk + C
-                for j in 0..<nk {
-                    (dk + j * 3 * C).update(repeating: 0, count: hs)
-                    (dv + j * 3 * C).update(repeating: 0, count: hs)
+                if !native {
+                    for j in 0..<nk {
+                        (dk + j * 3 * C).update(repeating: 0, count: hs)
+                        (dv + j * 3 * C).update(repeating: 0, count: hs)
+                    }
                 }
                 for qb in kb..<nb {
                     let t0 = qb * block, nq = min(block, T - t0)
@@ -335,11 +340,12 @@ public enum FusedAttention {
                             }
                             for part in 0..<pair.parts {
                                 let (c0, keys, q0, queries) = pair.keys(part)
+                                let first: Float = qb == kb ? 0 : 1
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: p16 + q0 * block + c0,
-                                                  lda: block, b: bits(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: 1,
+                                                  lda: block, b: bits(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: first,
                                                   c: dv + c0 * 3 * C, ldc: 3 * C)
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: ds16 + q0 * block + c0,
-                                                  lda: block, b: bits(queryBlock.row(q0)), ldb: queryBlock.ld, beta: 1,
+                                                  lda: block, b: bits(queryBlock.row(q0)), ldb: queryBlock.ld, beta: first,
                                                   c: dk + c0 * 3 * C, ldc: 3 * C)
                                 let (r0, rows, seen) = pair.rows(part)
                                 Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: seen, a: ds16 + r0 * block, lda: block,
