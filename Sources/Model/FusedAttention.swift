@@ -247,9 +247,10 @@ public enum FusedAttention {
             let gradientRows = rows(dy, ld: C, count: T, hs: hs, widen: widen, into: wdo)
             let rowLSE = lse + bh * T
             let stream = dropout.map { Dropout.streamKey($0.keys[b], .attention, layer: layer, head: h) }
-            // D = rowsum(dO ⊙ O) = rowsum(P ⊙ dP), and this head's dQ, which key blocks add to.
+            // D = rowsum(dO ⊙ O) = rowsum(P ⊙ dP), and this head's dQ, which key blocks add to
+            // (with bf16 products a query block's first key block writes it instead: below).
             Vector.rowDots(F.self, into: delta, dy, ldg: C, y, ldo: C, rows: T, n: hs)
-            for t in 0..<T { (dhead + t * 3 * C).update(repeating: 0, count: hs) }
+            if !native { for t in 0..<T { (dhead + t * 3 * C).update(repeating: 0, count: hs) } }
             for kb in 0..<nb {
                 let s0 = kb * block, nk = min(block, T - s0)
                 let keyRows = rows(head + C + s0 * 3 * C, ld: 3 * C, count: nk, hs: hs, widen: widen, into: wk)
@@ -270,6 +271,11 @@ public enum FusedAttention {
                     let t0 = qb * block, nq = min(block, T - t0)
                     let rowStarts = starts.map { $0 + b * T + t0 }
                     if let rowStarts, Int(rowStarts[0]) >= s0 + nk { continue }   // every query's document starts later
+                    // The key block holding this block's first document start: the first one it
+                    // meets (those before are skipped just above). With bf16 products that pair
+                    // writes dQ's rows instead of adding to zeroed ones, as the diagonal pair does
+                    // for dK and dV.
+                    let firstKeyBlock = rowStarts.map { Int($0[0]) / block } ?? 0
                     let queryBlock = queryRows.from(t0), gradientBlock = gradientRows.from(t0)
                     let pair = BlockPair(nq: nq, nk: nk, diagonal: kb == qb)
                     scores(into: p, pair: pair, queries: queryBlock.base, keys: keyRows.base, ld: queryBlock.ld, hs: hs, scale: scale,
@@ -340,7 +346,7 @@ public enum FusedAttention {
                             }
                             for part in 0..<pair.parts {
                                 let (c0, keys, q0, queries) = pair.keys(part)
-                                let first: Float = qb == kb ? 0 : 1
+                                let first: Float = qb == kb ? 0 : 1, firstForQueries: Float = kb == firstKeyBlock ? 0 : 1
                                 Gemm.taskBF16Gemm(.transpose, .none, m: keys, n: hs, k: queries, a: p16 + q0 * block + c0,
                                                   lda: block, b: bits(gradientBlock.row(q0)), ldb: gradientBlock.ld, beta: first,
                                                   c: dv + c0 * 3 * C, ldc: 3 * C)
@@ -349,7 +355,7 @@ public enum FusedAttention {
                                                   c: dk + c0 * 3 * C, ldc: 3 * C)
                                 let (r0, rows, seen) = pair.rows(part)
                                 Gemm.taskBF16Gemm(.none, .none, m: rows, n: hs, k: seen, a: ds16 + r0 * block, lda: block,
-                                                  b: bits(keyRows.base), ldb: keyRows.ld, beta: 1,
+                                                  b: bits(keyRows.base), ldb: keyRows.ld, beta: firstForQueries,
                                                   c: dhead + (t0 + r0) * 3 * C, ldc: 3 * C)
                             }
                         }

@@ -1,5 +1,6 @@
 import Kernels
 import Model
+import Settings
 import XCTest
 
 /// A model plus owned parameter/gradient buffers for tests.
@@ -9,8 +10,8 @@ final class Harness {
     let grads: FloatBuffer
     let flat: FlatParameters
 
-    init(_ config: GPTConfig) {
-        model = GPT(config: config)
+    init(_ config: GPTConfig, precision: Precision = .fp32) {
+        model = GPT(config: config, precision: precision)
         params = FloatBuffer(count: model.layout.count)
         grads = FloatBuffer(count: model.layout.count)
         flat = FlatParameters(layout: model.layout, parameters: params.pointer, gradients: grads.pointer)
