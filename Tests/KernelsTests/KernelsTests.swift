@@ -57,6 +57,15 @@ final class KernelsTests: XCTestCase {
 
 /// Every compiled copy of the element-wise kernels computes what the baseline copy does.
 final class ISALevelTests: XCTestCase {
+    /// Runs `body` with each level this CPU runs forced in turn, then lifts the force.
+    func atEveryLevel(_ body: (ISA) -> Void) {
+        defer { CPU.use(nil) }
+        for level in CPU.runnableLevels {
+            CPU.use(level)
+            body(level)
+        }
+    }
+
     func testEveryLevelAgreesWithTheBaseline() {
         defer { CPU.use(nil) }
         let n = 1003
@@ -96,10 +105,8 @@ final class ISALevelTests: XCTestCase {
     /// 16 lanes, with the largest value in the tail, NaNs skipped, and the starting value kept
     /// when nothing exceeds it.
     func testMaxValueAtEveryLevel() {
-        defer { CPU.use(nil) }
         var rng = SplitMix64(seed: 8)
-        for level in CPU.runnableLevels {
-            CPU.use(level)
+        atEveryLevel { level in
             for n in [0, 1, 15, 16, 17, 33, 128, 1003] {
                 var x = (0..<n).map { _ in Float(rng.nextNormal()) }
                 if n > 2 { x[n - 1] = 9; x[1] = .nan }
@@ -114,10 +121,8 @@ final class ISALevelTests: XCTestCase {
     /// value, at every level: widths around the vector lanes and the 256-column strips, a
     /// stride wider than the columns read, and a large first value that shows the order.
     func testColumnSumsAreTheRowOrderSumsAtEveryLevel() {
-        defer { CPU.use(nil) }
         var rng = SplitMix64(seed: 12)
-        for level in CPU.runnableLevels {
-            CPU.use(level)
+        atEveryLevel { level in
             for (rows, cols, ld) in [(1, 1, 1), (7, 15, 15), (33, 17, 40), (300, 256, 256), (129, 600, 613)] {
                 let x = (0..<(rows * ld)).map { _ in Float(rng.nextNormal()) }
                 let start = (0..<cols).map { j in j % 3 == 0 ? Float(1e7) : Float(rng.nextNormal()) }
@@ -135,10 +140,8 @@ final class ISALevelTests: XCTestCase {
     /// the bits of the one-row loop (from +0, product then add, column order), on row counts
     /// around its groups of eight and prefetch distance and with rows longer than they are read.
     func testRowDotsAreTheOneRowLoopsAtEveryLevel() {
-        defer { CPU.use(nil) }
         var rng = SplitMix64(seed: 21)
-        for level in CPU.runnableLevels {
-            CPU.use(level)
+        atEveryLevel { level in
             for (rows, n, ld) in [(1, 1, 1), (7, 16, 20), (8, 64, 64), (41, 64, 384), (256, 33, 97)] {
                 let g = (0..<(rows * ld)).map { i in i % 11 == 0 ? Float(3e4) : Float(rng.nextNormal()) }
                 let o = (0..<(rows * ld)).map { i in i % 13 == 0 ? -Float(3e4) : Float(rng.nextNormal()) }
@@ -178,10 +181,8 @@ final class ISALevelTests: XCTestCase {
     /// loop gives (lengths around the vector widths; a factor that is not a power of two, so
     /// the products round, and one that overflows large elements).
     func testScaleIsOneRoundingPerElementAtEveryLevel() {
-        defer { CPU.use(nil) }
         var rng = SplitMix64(seed: 33)
-        for level in CPU.runnableLevels {
-            CPU.use(level)
+        atEveryLevel { level in
             for (n, s) in [(1, Float(0.3)), (15, 1 / 3), (16, 0.3), (77, 1e30), (1000, -0.7)] {
                 let x = (0..<n).map { i in i % 9 == 0 ? Float(3e10) : Float(rng.nextNormal()) }
                 var y = x
