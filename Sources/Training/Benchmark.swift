@@ -41,6 +41,12 @@ public struct BenchResult: Codable, Sendable {
     /// Achieved model FLOP/s per rank, and as a fraction of the measured GEMM peak for the
     /// threads this rank uses.
     public var gflopsPerRank: Double, mfu: Double, peakGflops: Double
+
+    /// Takes MFU against `peak` (GFLOP/s per rank).
+    public mutating func setPeak(_ peak: Double) {
+        peakGflops = peak
+        mfu = gflopsPerRank / peak
+    }
     public var peakRSSMB: Double
     public var activationMB: Double
     /// Local SGD's period (nil: synchronous), and bytes one rank sent per step (mean over the
@@ -85,6 +91,12 @@ public struct BenchParallelism: Sendable {
 }
 
 public enum Benchmark {
+    /// The GEMM rate MFU is taken against for a run computing in `precision`: the bf16 one for
+    /// bf16, else fp32's (fp16 multiplies in fp32).
+    public static func peakGFLOPS(for precision: Precision, n: Int = 2048, reps: Int = 5) -> Double {
+        precision == .bf16 ? bf16PeakGFLOPS(n: n, reps: reps) : sgemmPeakGFLOPS(n: n, reps: reps)
+    }
+
     /// Best-of-`reps` single-precision GEMM rate at n³ on the current thread setting.
     public static func sgemmPeakGFLOPS(n: Int = 2048, reps: Int = 5) -> Double {
         let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
@@ -156,18 +168,20 @@ public enum Benchmark {
         let perRank = fpt * Double(tokens) / (ms / 1000) / Double(comm.size) / 1e9
         var rss = [peakRSSMB()]
         try comm.allReduce(&rss, op: .max, label: "bench rss")
-        return BenchResult(config: shape.name, precision: precision.rawValue, zero: zero.rawValue, recompute: recompute.rawValue,
+        var result = BenchResult(config: shape.name, precision: precision.rawValue, zero: zero.rawValue, recompute: recompute.rawValue,
                            attention: attention.rawValue, ranks: comm.size, threadsPerRank: threads,
                            params: params, tokensPerStep: tokens, tokensPerSecond: Double(tokens) / (ms / 1000), msPerStep: ms,
                            msPerStepMin: steps.min()!, msPerStepMax: steps.max()!,
                            msForward: median(\.ms_forward), msBackward: median(\.ms_backward), msOptimizer: median(\.ms_optimizer),
                            msCommWait: median(\.ms_comm_wait), flopsPerToken: fpt, gflopsPerRank: perRank,
-                           mfu: perRank / peakGflops, peakGflops: peakGflops, peakRSSMB: rss[0],
+                           mfu: 0, peakGflops: 0, peakRSSMB: rss[0],
                            activationMB: Double(trainer.model.activationBytes.saved) / 1_048_576,
                            syncEvery: local ? parallelism.syncEvery : nil,
                            sentBytesPerStep: Double(timed.map(\.sent_bytes).reduce(0, +)) / Double(timed.count),
                            shardGroup: trainer.groups.replicas == nil ? nil : parallelism.shardGroup.description,
                            crossGroupBytesPerStep: trainer.groups.replicas == nil ? nil : Double(crossGroupBytes) / Double(timed.count),
                            powerSGDRank: parallelism.powerSGDRank > 0 ? parallelism.powerSGDRank : nil)
+        result.setPeak(peakGflops)
+        return result
     }
 }

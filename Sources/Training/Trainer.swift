@@ -290,10 +290,8 @@ public final class Trainer {
 // MARK: - The GEMM rate for MFU
 
 extension Trainer {
-    /// Best-of-three GEMM rate at 1024³ in the run's precision (fp16 multiplies in fp32).
-    static func measurePeak(_ precision: Precision) -> Double {
-        precision == .bf16 ? Benchmark.bf16PeakGFLOPS(n: 1024, reps: 3) : Benchmark.sgemmPeakGFLOPS(n: 1024, reps: 3)
-    }
+    /// Best-of-three GEMM rate at 1024³ in the run's precision.
+    static func measurePeak(_ precision: Precision) -> Double { Benchmark.peakGFLOPS(for: precision, n: 1024, reps: 3) }
 
     /// Measures the GEMM rate again if `peakRemeasureSeconds` have passed, keeping the best.
     func refreshPeak() {

@@ -101,10 +101,9 @@ struct Bench: ParsableCommand {
                                               parallelism: parallelism,
                                               comm: comm, threads: t, perRankBatch: perRankBatch,
                                               warmup: warmup, steps: steps, peakGflops: p == .bf16 ? bf16Peak : peak)
-                    if p == .bf16 { bf16Peak = max(bf16Peak, Benchmark.bf16PeakGFLOPS()) }
-                    else { peak = max(peak, Benchmark.sgemmPeakGFLOPS()) }
-                    r.peakGflops = p == .bf16 ? bf16Peak : peak
-                    r.mfu = r.gflopsPerRank / r.peakGflops
+                    let again = Benchmark.peakGFLOPS(for: p)
+                    if p == .bf16 { bf16Peak = max(bf16Peak, again) } else { peak = max(peak, again) }
+                    r.setPeak(p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }
                     let ratio = refs["\(name)/\(p.rawValue)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
                     func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
