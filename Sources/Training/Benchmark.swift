@@ -23,6 +23,13 @@ public struct BenchShape: Codable, Sendable {
         // 59M parameters: the ZeRO memory comparison (issue #5) on 4 ranks.
         BenchShape(name: "m59", nLayer: 12, nHead: 10, nEmbd: 640, blockSize: 256, batch: 8, vocab: 65, bias: false),
     ]
+
+    /// The global batch a run on `ranks` ranks measures: the shape's (or the shape's on each
+    /// rank, `perRank`), and at least one sequence per rank, since a rank without one would
+    /// idle and its share of the machine would count as lost (gpt2-1k's batch of 1 on 2 ranks).
+    public func globalBatch(ranks: Int, perRank: Bool) -> Int {
+        perRank ? batch * ranks : max(batch, ranks)
+    }
 }
 
 /// What one configuration measured (rank 0's view; times are per optimizer step).
@@ -137,7 +144,7 @@ public enum Benchmark {
                            comm: Communicator, threads: Int, perRankBatch: Bool, warmup: Int, steps: Int, peakGflops: Double) throws -> BenchResult {
         var c = parallelism.config(zero: zero)
         c.nLayer = shape.nLayer; c.nHead = shape.nHead; c.nEmbd = shape.nEmbd; c.blockSize = shape.blockSize
-        c.bias = shape.bias; c.batchSize = perRankBatch ? shape.batch * comm.size : shape.batch
+        c.bias = shape.bias; c.batchSize = shape.globalBatch(ranks: comm.size, perRank: perRankBatch)
         c.maxSteps = warmup + steps; c.warmupSteps = 2; c.evalSteps = 1; c.data = "synthetic"
         c.precision = precision; c.recompute = recompute; c.attention = attention
         c.out = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench").path

@@ -77,6 +77,14 @@ final class RunReporter {
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
             + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
             + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")
+        if config.batchSize < world {
+            // Sample i goes to rank i mod N, so the last ranks get none; they only join the
+            // reductions. Allowed (any world resumes any run), but rarely what was meant.
+            let idle = config.batchSize == world - 1 ? "rank \(world - 1) gets no sequence and idles"
+                : "ranks \(config.batchSize)–\(world - 1) get no sequence and idle"
+            log("tessera: note: global batch \(config.batchSize) is smaller than the \(world) ranks: \(idle) each step, "
+                + "joining only the reductions (--batch-size \(world) or more keeps every rank busy)")
+        }
     }
 
     private var memoryFile: MemoryFile?

@@ -247,6 +247,11 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need((0...1024).contains(threads), "--threads", "is \(threads)", "use 0 (automatic) or a count up to 1024")
         try validateLoRA()
         try validateParallelism(worldSize: worldSize)
+        // A rank with no sample has no micro-step at all, whatever --micro-batch says.
+        try need(!zero.shardsGradients || batchSize >= worldSize, "--batch-size",
+                 "is \(batchSize), below the \(worldSize) ranks, which \(zero.name) cannot run: a rank without a sequence "
+                    + "has no micro-step, and the stage reduces gradients after every micro-step",
+                 "use --batch-size \(worldSize) or more, or --zero 1 (whose idle ranks join the one reduction)")
         let steps = microSteps(worldSize: worldSize)
         try need(!zero.shardsGradients || steps.min() == steps.max(), "--micro-batch",
                  "gives the \(worldSize) ranks different numbers of micro-steps (\(steps.min() ?? 0) to \(steps.max() ?? 0)) "

@@ -82,13 +82,16 @@ public final class Trainer {
 
     /// Loads the data, builds the model and the strategy, and initialises parameters.
     public convenience init(config: TrainConfig, comm: Communicator) throws {
-        try config.validate(worldSize: comm.size)
+        try config.validate(worldSize: comm.size)   // before opening the data
         try self.init(config: config, comm: comm,
                       dataset: try Dataset.open(config.data, vocabSize: config.vocabSize > 0 ? config.vocabSize : nil))
     }
 
     /// Builds a trainer over an in-memory dataset (benchmarks use synthetic tokens).
     public init(config: TrainConfig, comm: Communicator, dataset: Dataset) throws {
+        // Every rank checks the same config, so an invalid one stops all of them alike rather
+        // than leaving some in a collective the others never reach.
+        try config.validate(worldSize: comm.size)
         // The GEMM library first: a run records the one it chose, so a resume computes alike.
         var config = config
         let (backend, how) = try GemmChoice.resolve(config.gemm, C: config.nEmbd, V: dataset.vocabSize, comm: comm)

@@ -120,12 +120,43 @@ final class IdleRankTests: XCTestCase {
         func args(_ out: String) -> [String] {
             tinyArgs(data: data, out: out, steps: 6) + ["--batch-size", "1", "--warmup-steps", "0", "--bucket-mb", "0.1"]
         }
-        XCTAssertEqual(try tessera(args(single)).status, 0)
+        let alone = try tessera(args(single))
+        XCTAssertEqual(alone.status, 0)
+        XCTAssertFalse(alone.stdout.contains("idles"), "one process with batch 1 has no idle rank")
         for zero in ["0", "1"] {
             let out = try Repo.temporaryDirectory("idle2")
             let r = try mpirun(2, args(out) + ["--zero", zero])
             XCTAssertEqual(r.status, 0, "zero \(zero): \(r.stderr)")
+            XCTAssertTrue(r.stdout.contains("global batch 1 is smaller than the 2 ranks: rank 1 gets no sequence and idles"),
+                          "the run says a rank idles: \(r.stdout)")
             try assertSameTrajectory(out, single, tolerance: 2e-3, "2 ranks, batch 1, zero \(zero) vs one process")
         }
+    }
+
+    /// ZeRO-2/3 reduce after every micro-step, which a rank without samples does not have: the
+    /// run is refused up front, naming the batch (not --micro-batch, which cannot help), and
+    /// nothing is written.
+    func testShardedGradientsRefuseAnIdleRank() throws {
+        let data = try Repo.dataDirectory()
+        for zero in ["2", "3"] {
+            let out = try Repo.temporaryDirectory("idle3") + "/run"
+            let r = try mpirun(2, tinyArgs(data: data, out: out, steps: 2) + ["--batch-size", "1", "--zero", zero])
+            XCTAssertEqual(r.status, 2, "zero \(zero): a configuration error")
+            XCTAssertTrue(r.stderr.contains("error: --batch-size is 1, below the 2 ranks, which ZeRO-\(zero) cannot run"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("use --batch-size 2 or more"), r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), "zero \(zero): nothing written")
+        }
+    }
+
+    /// `bench` on more ranks than a shape's batch (gpt2-1k's 1) gives each rank a sequence
+    /// rather than timing an idle rank, and says so; ZeRO-3 can then run it too.
+    func testBenchGivesEveryRankASequence() throws {
+        let json = try Repo.temporaryDirectory("idle4") + "/bench.jsonl"
+        let r = try mpirun(2, ["bench", "--config", "gpt2-1k", "--zero", "3", "--warmup", "0", "--steps", "1",
+                               "--threads", "1", "--json", json])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("note: gpt2-1k's batch of 1 is below the 2 ranks: measured at global batch 2"), r.stdout)
+        let row = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
+        XCTAssertEqual(row?["tokensPerStep"] as? Int, 2 * 1024, "two sequences of 1024 tokens")
     }
 }
