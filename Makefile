@@ -39,7 +39,7 @@ $(DATA_DIR)/train_000000.bin: | build
 run: build $(DATA_DIR)/train_000000.bin
 	launch/local.sh -n 2 -- train --data $(DATA_DIR) --out $(RUN_DIR) \
 	  --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --max-steps 3000 \
-	  --lr 1e-3 --min-lr 1e-4 --warmup-steps 100 --beta2 0.99 --no-bias --eval-every 500 --log-every 250
+	  --lr 1e-3 --min-lr 1e-4 --warmup-steps 100 --beta2 0.99 --no-bias --eval-every 500 --log-every 250 --overwrite
 	@echo "--- a sample from the trained model:"
 	$(BIN) generate --checkpoint $(RUN_DIR) --prompt "The " --max-new-tokens 200 --seed 1
 	@echo "--- the whole validation split:"

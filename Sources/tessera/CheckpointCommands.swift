@@ -79,6 +79,13 @@ struct Export: ParsableCommand {
     func run() throws {
         do {
             let dtype = SafetensorsExport.DType(rawValue: self.dtype)!
+            // Never over another model's files (a downloaded GPT-2, a run's own config.json).
+            let files = format == "peft" ? ["adapter_model.safetensors", "adapter_config.json"] : ["model.safetensors", "config.json"]
+            let present = files.filter { FileManager.default.fileExists(atPath: (out as NSString).appendingPathComponent($0)) }
+            guard present.isEmpty else {
+                throw ConfigError(flag: "--out", problem: "\(out) already holds \(present.joined(separator: " and "))",
+                                  fix: "choose a new directory (or remove them first); nothing was overwritten")
+            }
             let adapters = path.hasSuffix(".bin") ? nil : try LoRACheckpoint.read(path)
             if format == "peft" || mergeLora || adapters != nil {
                 guard let adapters else {

@@ -16,6 +16,14 @@ struct Train: ParsableCommand {
     @Option(help: "Resume from 'latest' (in --out), a run directory or a checkpoint directory.") var resume: String?
     @OptionGroup(title: "Run configuration (each writes the config key of the same name)") var options: TrainOptions
     @Flag(help: "Print the memory, communication and compute plan of the run and exit without training.") var dryRun = false
+    @Flag(help: "Start a new run in an --out that holds one: first remove that run's checkpoints, model.bin, metrics and TensorBoard logs.")
+    var overwrite = false
+
+    func validate() throws {
+        if overwrite && resume != nil {
+            throw ValidationError("--overwrite starts a new run and --resume continues one: pass one of them")
+        }
+    }
 
     /// The effective configuration: defaults, or the checkpoint's config when resuming, or a
     /// JSON file; then flags.
@@ -86,6 +94,7 @@ struct Train: ParsableCommand {
                 let c = try effectiveConfig()
                 try c.validate(worldSize: comm.size)
                 try preflight(c, worldSize: comm.size)
+                if !dryRun { try claim(c.out, initFrom: c.initFrom, resuming: !c.resume.isEmpty) }
                 return c
             }, comm: comm)
         } catch { finish(comm, error) }
@@ -129,6 +138,24 @@ struct Train: ParsableCommand {
             _ = try check()
             say("fits: \(gibText(plan.peakPerNode)) of \(gibText(limit.bytes)) available on the node (\(limit.source))")
         } catch { say("does not fit: \(error.description)") }
+    }
+
+    /// A new run does not replace one that `out` holds: it is refused, unless `--overwrite`
+    /// says to remove the old run first (after every other check has passed, so bad input
+    /// loses nothing). Resuming writes on into the run, as meant.
+    func claim(_ out: String, initFrom: String, resuming: Bool) throws {
+        guard !resuming, let held = RunDirectory.previousRun(at: out) else { return }
+        guard overwrite else {
+            throw ConfigError(flag: "--out", problem: "\(out) already holds a run (\(held))",
+                              fix: "continue it with --resume latest, choose another --out, "
+                                + "or pass --overwrite to remove it and start over")
+        }
+        if !initFrom.isEmpty && RunDirectory.contains(out, initFrom) {
+            throw ConfigError(flag: "--overwrite", problem: "would remove the weights --init-from \(initFrom) reads",
+                              fix: "start from a copy of them outside \(out), or choose another --out")
+        }
+        try RunDirectory.clear(out)
+        say("tessera: --overwrite: removed the previous run in \(out) (\(held))")
     }
 
     /// Reports an error and ends every rank: a communication failure aborts the job (the

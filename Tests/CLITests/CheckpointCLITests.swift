@@ -213,6 +213,12 @@ final class CheckpointCLITests: XCTestCase {
             let r = try tessera(["export", run, "--format", "safetensors", "--out", out, "--dtype", dtype])
             XCTAssertEqual(r.status, 0, r.stderr)
             let bytes = try Data(contentsOf: URL(fileURLWithPath: out + "/model.safetensors"))
+            // Never over existing files (another model's, or a run's config.json).
+            let again = try tessera(["export", run, "--out", out, "--dtype", dtype == "f32" ? "bf16" : "f32"])
+            XCTAssertEqual(again.status, 2)
+            XCTAssertTrue(again.stderr.contains("--out \(out) already holds model.safetensors and config.json"), again.stderr)
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out + "/model.safetensors")), bytes, "nothing overwritten")
+            XCTAssertEqual(try tessera(["export", run, "--out", run]).status, 2, "not over the run's own config.json")
             let n = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
             let header = try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + n))) as! [String: Any]
             let body = bytes.subdata(in: (8 + n)..<bytes.count)
@@ -245,5 +251,68 @@ final class CheckpointCLITests: XCTestCase {
             XCTAssertEqual(cfg["model_type"] as? String, "gpt2")
             XCTAssertEqual(cfg["n_embd"] as? Int, C)
         }
+    }
+}
+
+/// A new run started in a directory that holds one does not replace it: refused with the
+/// ways out, unless `--overwrite` (which removes the old run first and leaves the user's own
+/// files alone); an attempt that died before its first save is simply begun again.
+final class RunDirectoryCLITests: XCTestCase {
+    func args(_ data: String, _ out: String, steps: Int) -> [String] {
+        ["train", "--data", data, "--out", out, "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+         "--batch-size", "2", "--max-steps", "\(steps)", "--eval-every", "0", "--eval-steps", "1", "--log-every", "1000"]
+    }
+
+    func testANewRunDoesNotReplaceAnOldOne() throws {
+        let data = try Repo.dataDirectory(), out = try Repo.temporaryDirectory("rundir") + "/run"
+        XCTAssertEqual(try tessera(args(data, out, steps: 4) + ["--save-every", "2"]).status, 0)
+        let model = out + "/model.bin"
+        let before = try Data(contentsOf: URL(fileURLWithPath: model))
+        let metrics = try Data(contentsOf: URL(fileURLWithPath: out + "/metrics.jsonl"))
+
+        let again = try tessera(args(data, out, steps: 3))
+        XCTAssertEqual(again.status, 2)
+        XCTAssertTrue(again.stderr.contains("error: --out \(out) already holds a run (checkpoints of steps 2–4 and model.bin)"),
+                      again.stderr)
+        XCTAssertTrue(again.stderr.contains("--resume latest") && again.stderr.contains("--overwrite"), again.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: model)), before, "model.bin untouched")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out + "/metrics.jsonl")), metrics, "metrics untouched")
+
+        // Its own weights cannot be the start of the run that removes them.
+        let selfInit = try tessera(args(data, out, steps: 3) + ["--init-from", out, "--overwrite"])
+        XCTAssertEqual(selfInit.status, 2)
+        XCTAssertTrue(selfInit.stderr.contains("--overwrite would remove the weights --init-from"), selfInit.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: model)), before)
+        XCTAssertEqual(try tessera(["train", "--out", out, "--resume", "latest", "--overwrite"]).status, 64)
+
+        // --overwrite: the old run's checkpoints go (no mixing of two runs' steps), a file of
+        // the user's stays, and the new run is whole.
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: out + "/notes.txt"))
+        let fresh = try tessera(args(data, out, steps: 3) + ["--overwrite"])
+        XCTAssertEqual(fresh.status, 0, fresh.stderr)
+        XCTAssertTrue(fresh.stdout.contains("--overwrite: removed the previous run in \(out) (checkpoints of steps 2–4 and model.bin)"),
+                      fresh.stdout)
+        let steps = try FileManager.default.contentsOfDirectory(atPath: out + "/checkpoints").filter { $0.hasPrefix("step-") }
+        XCTAssertEqual(steps, ["step-00000003"], "only the new run's checkpoint")
+        XCTAssertEqual(try metricsLines(out + "/metrics.jsonl"), 3)
+        XCTAssertEqual(try String(contentsOfFile: out + "/notes.txt", encoding: .utf8), "mine")
+        // Resuming writes on into the run, as meant.
+        XCTAssertEqual(try tessera(["train", "--out", out, "--resume", "latest", "--max-steps", "5"]).status, 0)
+    }
+
+    /// A run that failed before its first checkpoint left metrics but nothing to lose: a
+    /// restart (as launch/resilient.sh makes, without --resume) begins again.
+    func testAnAttemptWithoutACheckpointIsBegunAgain() throws {
+        let data = try Repo.dataDirectory(), out = try Repo.temporaryDirectory("rundir") + "/run"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try Data("{\"step\":1,\"loss\":4.0}\n".utf8).write(to: URL(fileURLWithPath: out + "/metrics.jsonl"))
+        try FileManager.default.createDirectory(atPath: out + "/checkpoints/.step-00000002.partial", withIntermediateDirectories: true)
+        let r = try tessera(args(data, out, steps: 2))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(r.stdout.contains("--overwrite"), r.stdout)
+    }
+
+    func metricsLines(_ path: String) throws -> Int {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").count
     }
 }
