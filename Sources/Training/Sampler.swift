@@ -20,6 +20,10 @@ public final class Sampler {
     let model: GPT
     let flat: FlatParameters
     let grads: FloatBuffer
+    /// The key/value-cached path for contexts up to `block_size`.
+    let decoder: IncrementalDecoder
+    /// Sampling's scratch: the kept tokens' unnormalised probabilities.
+    private var probs: [Double]
 
     /// Prepares a model for inference.
     public init(file: ModelFile) {
@@ -27,47 +31,69 @@ public final class Sampler {
         model = GPT(config: file.config)
         grads = FloatBuffer(count: 0)
         flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: grads.pointer)
+        decoder = IncrementalDecoder(config: file.config, parameters: file.parameters.pointer)
+        probs = [Double](repeating: 0, count: file.config.vocabSize)
     }
 
     /// Generates `maxNewTokens` tokens after `prompt` and returns them decoded.
+    ///
+    /// While the context fits in `block_size`, each token costs one row through the model
+    /// (`IncrementalDecoder`'s key/value cache); once it is full, every step runs the whole
+    /// cropped context again, since each position then moves and GPT-2's position embeddings
+    /// are absolute.
     public func generate(prompt: String, maxNewTokens: Int, options: Options) throws -> String {
         var ids = try encode(prompt)
         if ids.isEmpty { ids = [0] }
+        guard maxNewTokens > 0 else { return "" }
         var rng = SplitMix64(seed: options.seed)
         var out: [Int] = []
-        let V = file.config.vocabSize
-        var probs = [Double](repeating: 0, count: V)
-        for _ in 0..<maxNewTokens {
-            let ctx = Array(ids.suffix(file.config.blockSize))
-            _ = ctx.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: ctx.count, params: flat) }
-            let logits = model.logitsRow(b: 0, t: ctx.count - 1)
-            let next: Int
-            if options.temperature == 0 {
-                var best = 0
-                for j in 1..<V where logits[j] > logits[best] { best = j }
-                next = best
-            } else {
-                var order = Array(0..<V)
-                order.sort { logits[$0] > logits[$1] }
-                let keep = options.topK > 0 ? min(options.topK, V) : V
-                let mx = Double(logits[order[0]])
-                var total = 0.0
-                for r in 0..<keep { let p = _exp((Double(logits[order[r]]) - mx) / options.temperature); probs[r] = p; total += p }
-                var cum = 0.0, cut = keep
-                for r in 0..<keep {
-                    cum += probs[r] / total
-                    if cum >= options.topP { cut = r + 1; break }
-                }
-                let mass = probs[0..<cut].reduce(0, +)
-                var u = rng.nextUniform() * mass
-                var pick = cut - 1
-                for r in 0..<cut { u -= probs[r]; if u <= 0 { pick = r; break } }
-                next = order[pick]
-            }
+        decoder.reset()
+        var logits = decoder.append(Array(ids.suffix(file.config.blockSize)))
+        for produced in 1...maxNewTokens {
+            let next = pick(logits, options, &rng)
             ids.append(Int32(next))
             out.append(next)
+            if produced == maxNewTokens { break }
+            if decoder.length < file.config.blockSize {
+                logits = decoder.append([Int32(next)])
+            } else {
+                logits = fullForward(Array(ids.suffix(file.config.blockSize)))
+            }
         }
         return file.tokenizer?.decode(out) ?? out.map(String.init).joined(separator: " ")
+    }
+
+    /// Logits after the last token of `context`, from a forward pass over all of it.
+    func fullForward(_ context: [Int32]) -> UnsafePointer<Float> {
+        _ = context.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: context.count, params: flat) }
+        return model.logitsRow(b: 0, t: context.count - 1)
+    }
+
+    /// The next token from `logits`: greedy at temperature 0, else drawn from the top-k and
+    /// top-p nucleus of the tempered distribution (nanoGPT's order of the two cuts).
+    private func pick(_ logits: UnsafePointer<Float>, _ options: Options, _ rng: inout SplitMix64) -> Int {
+        let V = file.config.vocabSize
+        if options.temperature == 0 {
+            var best = 0
+            for j in 1..<V where logits[j] > logits[best] { best = j }
+            return best
+        }
+        var order = Array(0..<V)
+        order.sort { logits[$0] > logits[$1] }
+        let keep = options.topK > 0 ? min(options.topK, V) : V
+        let mx = Double(logits[order[0]])
+        var total = 0.0
+        for r in 0..<keep { let p = _exp((Double(logits[order[r]]) - mx) / options.temperature); probs[r] = p; total += p }
+        var cum = 0.0, cut = keep
+        for r in 0..<keep {
+            cum += probs[r] / total
+            if cum >= options.topP { cut = r + 1; break }
+        }
+        let mass = probs[0..<cut].reduce(0, +)
+        var u = rng.nextUniform() * mass
+        var pick = cut - 1
+        for r in 0..<cut { u -= probs[r]; if u <= 0 { pick = r; break } }
+        return order[pick]
     }
 
     /// The prompt's ids: encoded, or (a model trained on shards without a tokenizer) read as
