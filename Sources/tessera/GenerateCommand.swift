@@ -8,7 +8,9 @@ struct Generate: ParsableCommand {
 
     @Option(help: "A checkpoint directory (or run directory, or RUN/checkpoints).") var checkpoint: String?
     @Option(help: "Or a model.bin written by `tessera train`.") var model: String?
-    @Option(help: "Text to continue.") var prompt: String = "\n"
+    @Option(help: "Text to continue.") var prompt: String?
+    @Option(help: "Or a file holding the text to continue (nanoGPT's start=\"FILE:...\").") var promptFile: String?
+    @Option(help: "Samples to draw; sample k uses seed + k, so each can be drawn again alone.") var numSamples: Int = 1
     @Option(help: "Tokens to generate.") var maxNewTokens: Int = 200
     @Option(help: "Softmax temperature; 0 is greedy.") var temperature: Double = 0.8
     @Option(help: "Keep only the K most likely tokens (0: all).") var topK: Int = 0
@@ -21,15 +23,31 @@ struct Generate: ParsableCommand {
         guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be >= 0") }
         guard topK >= 0 else { throw ValidationError("--top-k must be >= 0") }
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+        guard prompt == nil || promptFile == nil else { throw ValidationError("pass at most one of --prompt and --prompt-file") }
+        guard numSamples >= 1 else { throw ValidationError("--num-samples must be >= 1") }
     }
 
     func run() throws {
         do {
             let file = try checkpoint.map { try ModelFile.fromCheckpoint($0) } ?? ModelFile.read(from: model!)
+            let start: String
+            if let promptFile {
+                guard let text = try? String(contentsOfFile: promptFile, encoding: .utf8) else {
+                    throw ConfigError(flag: "--prompt-file", problem: "\(promptFile) cannot be read as UTF-8 text",
+                                      fix: "pass an existing text file")
+                }
+                start = text
+            } else {
+                start = prompt ?? "\n"
+            }
             let sampler = Sampler(file: file)
-            let text = try sampler.generate(prompt: prompt, maxNewTokens: maxNewTokens,
-                                            options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed))
-            print(prompt + text)
+            for k in 0..<numSamples {
+                let text = try sampler.generate(prompt: start, maxNewTokens: maxNewTokens,
+                                                options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64(k)))
+                print(start + text)
+                // nanoGPT's sample.py separates its samples the same way.
+                if numSamples > 1 { print("---------------") }
+            }
         } catch { fail(error) }
     }
 }

@@ -148,6 +148,16 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(g1.stdout.count, "KING".count + 40 + 1, "prompt, 40 characters, newline")
         let g2 = try tessera(["generate", "--model", out + "/model.bin", "--prompt", "KING", "--max-new-tokens", "40", "--seed", "5"])
         XCTAssertEqual(g1.stdout, g2.stdout, "same seed, same sample")
+        // Several samples: sample k is the one --seed (seed + k) draws alone; a prompt from a file.
+        try Data("KING".utf8).write(to: URL(fileURLWithPath: out + "/prompt.txt"))
+        let three = try tessera(["generate", "--model", out + "/model.bin", "--prompt-file", out + "/prompt.txt",
+                                 "--max-new-tokens", "40", "--seed", "4", "--num-samples", "3"])
+        XCTAssertEqual(three.status, 0, three.stderr)
+        let samples = three.stdout.components(separatedBy: "---------------\n")
+        XCTAssertEqual(samples.count, 4, "three samples, each followed by the separator")
+        XCTAssertEqual(samples[1], g1.stdout, "the second sample is seed 5's")
+        XCTAssertNotEqual(samples[0], samples[1])
+        XCTAssertEqual(try tessera(["generate", "--model", out + "/model.bin", "--prompt", "A", "--prompt-file", out + "/prompt.txt"]).status, 64)
         let bad = try tessera(["generate", "--model", out + "/missing.bin"])
         XCTAssertEqual(bad.status, 2)
         // model.bin ends with a CRC-32 of everything before it: a changed weight is refused.
