@@ -195,7 +195,12 @@ public enum Prepare {
         }
         try train.finish(); try val.finish()
         guard train.count >= 2, val.count >= 2 else {
-            throw DataError.tooShort(path: o.inputs.joined(separator: " "), tokens: train.count + val.count, needed: 4)
+            let total = train.count + val.count, inputs = o.inputs.joined(separator: " ")
+            guard total >= 4 else { throw DataError.tooShort(path: inputs, tokens: total, needed: 4) }
+            // Enough tokens, split unevenly: say which split came out short, and why.
+            throw DataError.invalid(path: inputs, problem: "gives the train split \(train.count) and the validation split "
+                                        + "\(val.count) of its \(total) tokens (--val-fraction \(o.valFraction)), and each needs at least 2",
+                                    fix: "use more text, or a --val-fraction that leaves 2 tokens in each split")
         }
         return PrepareSummary(vocabSize: tokenizer.vocabSize, trainTokens: train.count, valTokens: val.count,
                               documents: documents, shards: train.files.count + val.files.count, bytes: bytes,

@@ -91,6 +91,12 @@ final class TrainCLITests: XCTestCase {
         try assertFails(["prepare", "--input", "/nonexistent.txt", "--out", out], status: 2, mentions: ["--input"])
         try assertFails(["prepare", "--input", (try Repo.corpus).path, "--out", out, "--tokenizer", "wordpiece"], status: 64,
                         mentions: ["tokenizer"])
+        // Six characters: enough tokens, but 10% leaves the validation split one; the error says so.
+        let six = try Repo.temporaryDirectory("six") + "/six.txt"
+        try Data("abcdef".utf8).write(to: URL(fileURLWithPath: six))
+        try assertFails(["prepare", "--input", six, "--out", out + "/six"], status: 2,
+                        mentions: ["the train split 5 and the validation split 1 of its 6 tokens", "--val-fraction"])
+        XCTAssertEqual(try tessera(["prepare", "--input", six, "--out", out + "/six", "--val-fraction", "0.4"]).status, 0)
     }
 
     /// Bad data, each refused with a one-line error naming the file and the fix, exit 2.
