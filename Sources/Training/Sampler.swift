@@ -41,7 +41,9 @@ public final class Sampler {
     /// (`IncrementalDecoder`'s key/value cache); once it is full, every step runs the whole
     /// cropped context again, since each position then moves and GPT-2's position embeddings
     /// are absolute.
-    public func generate(prompt: String, maxNewTokens: Int, options: Options) throws -> String {
+    /// `onToken`, if given, sees the generated ids so far after each one (for streaming).
+    public func generate(prompt: String, maxNewTokens: Int, options: Options,
+                         onToken: (([Int]) -> Void)? = nil) throws -> String {
         var ids = try encode(prompt)
         if ids.isEmpty { ids = [0] }
         guard maxNewTokens > 0 else { return "" }
@@ -53,6 +55,7 @@ public final class Sampler {
             let next = pick(logits, options, &rng)
             ids.append(Int32(next))
             out.append(next)
+            onToken?(out)
             if produced == maxNewTokens { break }
             if decoder.length < file.config.blockSize {
                 logits = decoder.append([Int32(next)])
@@ -60,7 +63,12 @@ public final class Sampler {
                 logits = fullForward(Array(ids.suffix(file.config.blockSize)))
             }
         }
-        return file.tokenizer?.decode(out) ?? out.map(String.init).joined(separator: " ")
+        return decode(out)
+    }
+
+    /// Text of generated ids: the tokenizer's, or the ids themselves for a model without one.
+    public func decode(_ ids: [Int]) -> String {
+        file.tokenizer?.decode(ids) ?? ids.map(String.init).joined(separator: " ")
     }
 
     /// Logits after the last token of `context`, from a forward pass over all of it.

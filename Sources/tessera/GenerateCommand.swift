@@ -27,6 +27,9 @@ struct Generate: ParsableCommand {
         guard numSamples >= 1 else { throw ValidationError("--num-samples must be >= 1") }
     }
 
+    /// Unbuffered, so text appears as it is generated even through a pipe.
+    func write(_ text: String) { FileHandle.standardOutput.write(Data(text.utf8)) }
+
     func run() throws {
         do {
             let file = try checkpoint.map { try ModelFile.fromCheckpoint($0) } ?? ModelFile.read(from: model!)
@@ -42,11 +45,22 @@ struct Generate: ParsableCommand {
             }
             let sampler = Sampler(file: file)
             for k in 0..<numSamples {
+                // Text is written as it is generated. A byte-level token can end inside a
+                // character, whose decoding then ends in U+FFFD until the rest arrives: such
+                // text waits for the next token.
+                write(start)
+                var shown = 0
                 let text = try sampler.generate(prompt: start, maxNewTokens: maxNewTokens,
-                                                options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64(k)))
-                print(start + text)
+                                                options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64(k))) { ids in
+                    let decoded = sampler.decode(ids)
+                    let bytes = Array(decoded.utf8)
+                    guard decoded.unicodeScalars.last != "\u{FFFD}", bytes.count >= shown else { return }
+                    write(String(decoding: bytes[shown...], as: UTF8.self))
+                    shown = bytes.count
+                }
+                write(String(decoding: Array(text.utf8)[shown...], as: UTF8.self) + "\n")
                 // nanoGPT's sample.py separates its samples the same way.
-                if numSamples > 1 { print("---------------") }
+                if numSamples > 1 { write("---------------\n") }
             }
         } catch { fail(error) }
     }

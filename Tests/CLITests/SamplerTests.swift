@@ -1,3 +1,5 @@
+import Corpus
+import Foundation
 import Kernels
 import Model
 import Training
@@ -32,5 +34,25 @@ final class SamplerTests: XCTestCase {
         }
         XCTAssertEqual(got, expected.map(String.init).joined(separator: " "))
         XCTAssertGreaterThanOrEqual(Set(expected).count, 3, "a sequence that tells decoders apart")
+    }
+
+    /// `generate` writes text as it is generated; with byte tokens that end inside characters
+    /// (a random byte-level model makes many, and invalid sequences too) what it has written
+    /// in the end is exactly the prompt and the sample's text.
+    func testStreamedTextIsTheSample() throws {
+        let config = GPTConfig(nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 32, vocabSize: 256)
+        let params = FloatBuffer(count: ParameterLayout(config).count)
+        GPT.initialize(params.pointer, layout: ParameterLayout(config), config: config, seed: 2)
+        var rng = SplitMix64(seed: 3)
+        for i in 0..<params.count { params[i] += Float(rng.nextNormal() * 0.5) }
+        let file = ModelFile(config: config, tokenizer: .byte, parameters: params)
+        let path = try Repo.temporaryDirectory("stream") + "/model.bin"
+        try file.write(to: path)
+        let options = Sampler.Options(temperature: 1, topK: 0, topP: 1, seed: 9)
+        let text = try Sampler(file: file).generate(prompt: "é", maxNewTokens: 120, options: options)
+        XCTAssertTrue(text.unicodeScalars.contains { $0.value > 0x7F }, "the sample holds multi-byte or replaced characters")
+        let r = try tessera(["generate", "--model", path, "--prompt", "é", "--max-new-tokens", "120", "--temperature", "1", "--seed", "9"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(Array(r.stdout.utf8), Array(("é" + text + "\n").utf8))
     }
 }
