@@ -42,7 +42,8 @@ public final class Sampler {
     /// cropped context again, since each position then moves and GPT-2's position embeddings
     /// are absolute.
     /// `onToken`, if given, sees the generated ids so far after each one (for streaming).
-    public func generate(prompt: String, maxNewTokens: Int, options: Options,
+    /// Drawing `stop` (a fine-tuned model's `<|endoftext|>`) ends the sample without it.
+    public func generate(prompt: String, maxNewTokens: Int, options: Options, stop: Int? = nil,
                          onToken: (([Int]) -> Void)? = nil) throws -> String {
         var ids = try encode(prompt)
         if ids.isEmpty { ids = [0] }
@@ -53,6 +54,7 @@ public final class Sampler {
         var logits = decoder.append(Array(ids.suffix(file.config.blockSize)))
         for produced in 1...maxNewTokens {
             let next = pick(logits, options, &rng)
+            if next == stop { break }
             ids.append(Int32(next))
             out.append(next)
             onToken?(out)

@@ -11,6 +11,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Text to continue.") var prompt: String?
     @Option(help: "Or a file holding the text to continue (nanoGPT's start=\"FILE:...\").") var promptFile: String?
     @Option(help: "Samples to draw; sample k uses seed + k, so each can be drawn again alone.") var numSamples: Int = 1
+    @Flag(name: .customLong("stop-at-eot"), help: "End a sample where the model draws <|endoftext|> (a fine-tuned completion's end; not printed).")
+    var stopAtEOT = false
     @Option(help: "Tokens to generate.") var maxNewTokens: Int = 200
     @Option(help: "Softmax temperature; 0 is greedy.") var temperature: Double = 0.8
     @Option(help: "Keep only the K most likely tokens (0: all).") var topK: Int = 0
@@ -43,6 +45,14 @@ struct Generate: ParsableCommand {
             } else {
                 start = prompt ?? "\n"
             }
+            var stop: Int?
+            if stopAtEOT {
+                guard let eot = file.tokenizer?.documentSeparator else {
+                    throw ConfigError(flag: "--stop-at-eot", problem: "needs a vocabulary with <|endoftext|>, and this model's has none",
+                                      fix: "drop --stop-at-eot (a char or byte tokenizer has no end-of-text token)")
+                }
+                stop = Int(eot)
+            }
             let sampler = Sampler(file: file)
             for k in 0..<numSamples {
                 // Text is written as it is generated. A byte-level token can end inside a
@@ -51,7 +61,8 @@ struct Generate: ParsableCommand {
                 write(start)
                 var shown = 0
                 let text = try sampler.generate(prompt: start, maxNewTokens: maxNewTokens,
-                                                options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64(k))) { ids in
+                                                options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64(k)),
+                                                stop: stop) { ids in
                     let decoded = sampler.decode(ids)
                     let bytes = Array(decoded.utf8)
                     guard decoded.unicodeScalars.last != "\u{FFFD}", bytes.count >= shown else { return }

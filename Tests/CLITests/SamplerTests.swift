@@ -36,6 +36,24 @@ final class SamplerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Set(expected).count, 3, "a sequence that tells decoders apart")
     }
 
+    /// Drawing the stop token (`--stop-at-eot`'s `<|endoftext|>`) ends the sample there,
+    /// without it: the tokens before its first draw.
+    func testStopTokenEndsTheSample() throws {
+        let config = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 64, vocabSize: 23)
+        let params = FloatBuffer(count: ParameterLayout(config).count)
+        GPT.initialize(params.pointer, layout: ParameterLayout(config), config: config, seed: 4)
+        var rng = SplitMix64(seed: 6)
+        for i in 0..<params.count { params[i] += Float(rng.nextNormal() * 1.5) }
+        let sampler = Sampler(file: ModelFile(config: config, tokenizer: nil, parameters: params))
+        let options = Sampler.Options(temperature: 1, topK: 0, topP: 1, seed: 7)
+        let all = try sampler.generate(prompt: "3 1 4", maxNewTokens: 30, options: options).split(separator: " ").map(String.init)
+        let stop = try XCTUnwrap(all.dropFirst(3).first { $0 != all[0] }, "a token to stop at")
+        let first = all.firstIndex(of: stop)!
+        let cut = try sampler.generate(prompt: "3 1 4", maxNewTokens: 30, options: options, stop: Int(stop)!)
+        XCTAssertEqual(cut, all[..<first].joined(separator: " "), "stopped at the first \(stop), without it")
+        XCTAssertGreaterThan(first, 0)
+    }
+
     /// `generate` writes text as it is generated; with byte tokens that end inside characters
     /// (a random byte-level model makes many, and invalid sequences too) what it has written
     /// in the end is exactly the prompt and the sample's text.

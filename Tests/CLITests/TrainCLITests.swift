@@ -164,6 +164,9 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(samples[1], g1.stdout, "the second sample is seed 5's")
         XCTAssertNotEqual(samples[0], samples[1])
         XCTAssertEqual(try tessera(["generate", "--model", out + "/model.bin", "--prompt", "A", "--prompt-file", out + "/prompt.txt"]).status, 64)
+        let noEOT = try tessera(["generate", "--model", out + "/model.bin", "--stop-at-eot"])
+        XCTAssertEqual(noEOT.status, 2)
+        XCTAssertTrue(noEOT.stderr.contains("--stop-at-eot needs a vocabulary with <|endoftext|>"), noEOT.stderr)
         let bad = try tessera(["generate", "--model", out + "/missing.bin"])
         XCTAssertEqual(bad.status, 2)
         // model.bin ends with a CRC-32 of everything before it: a changed weight is refused.
