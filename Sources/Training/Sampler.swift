@@ -88,9 +88,8 @@ public final class Sampler {
             for j in 1..<V where logits[j] > logits[best] { best = j }
             return best
         }
-        var order = Array(0..<V)
-        order.sort { logits[$0] > logits[$1] }
         let keep = options.topK > 0 ? min(options.topK, V) : V
+        let order = Self.descending(logits, count: V, keep: keep)
         let mx = Double(logits[order[0]])
         var total = 0.0
         for r in 0..<keep { let p = _exp((Double(logits[order[r]]) - mx) / options.temperature); probs[r] = p; total += p }
@@ -104,6 +103,39 @@ public final class Sampler {
         var pick = cut - 1
         for r in 0..<cut { u -= probs[r]; if u <= 0 { pick = r; break } }
         return order[pick]
+    }
+
+    /// The `keep` ids of the largest logits, largest first. Below the whole vocabulary
+    /// (top-k) they are selected with a heap before sorting: a full sort of GPT-2's 50,257
+    /// logits took about 5 ms a token, a third of a cached decoding step.
+    public static func descending(_ logits: UnsafePointer<Float>, count V: Int, keep: Int) -> [Int] {
+        guard keep * 4 < V else {
+            var order = Array(0..<V)
+            order.sort { logits[$0] > logits[$1] }
+            return order
+        }
+        // A min-heap of the best `keep` so far: its root is the smallest kept logit.
+        var heap = Array(0..<keep)
+        func less(_ a: Int, _ b: Int) -> Bool { logits[heap[a]] < logits[heap[b]] }
+        func siftDown(_ start: Int) {
+            var i = start
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < keep && less(l, m) { m = l }
+                if r < keep && less(r, m) { m = r }
+                if m == i { return }
+                heap.swapAt(i, m)
+                i = m
+            }
+        }
+        for i in stride(from: keep / 2 - 1, through: 0, by: -1) { siftDown(i) }
+        for j in keep..<V where logits[j] > logits[heap[0]] {
+            heap[0] = j
+            siftDown(0)
+        }
+        heap.sort { logits[$0] > logits[$1] }
+        return heap
     }
 
     /// The prompt's ids: encoded, or (a model trained on shards without a tokenizer) read as

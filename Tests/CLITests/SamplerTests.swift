@@ -36,6 +36,18 @@ final class SamplerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Set(expected).count, 3, "a sequence that tells decoders apart")
     }
 
+    /// Top-k's heap selection gives the k largest logits in the order a full sort gives.
+    func testTopKSelectionIsTheSortedPrefix() {
+        var rng = SplitMix64(seed: 11)
+        for (V, k) in [(50257, 40), (1000, 1), (1000, 249), (97, 24), (97, 50)] {
+            let logits = (0..<V).map { _ in Float(rng.nextNormal() * 3) }
+            logits.withUnsafeBufferPointer { p in
+                let full = Array(0..<V).sorted { p[$0] > p[$1] }
+                XCTAssertEqual(Sampler.descending(p.baseAddress!, count: V, keep: k).prefix(k), full.prefix(k), "V \(V), k \(k)")
+            }
+        }
+    }
+
     /// Drawing the stop token (`--stop-at-eot`'s `<|endoftext|>`) ends the sample there,
     /// without it: the tokens before its first draw.
     func testStopTokenEndsTheSample() throws {
