@@ -11,10 +11,7 @@ import XCTest
 final class SamplerTests: XCTestCase {
     func testCachedGreedyDecodingEqualsFullForwards() throws {
         let config = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 16, vocabSize: 23)
-        let params = FloatBuffer(count: ParameterLayout(config).count)
-        GPT.initialize(params.pointer, layout: ParameterLayout(config), config: config, seed: 4)
-        var rng = SplitMix64(seed: 6)
-        for i in 0..<params.count { params[i] += Float(rng.nextNormal() * 1.5) }
+        let params = randomWeights(config, seed: 4, noise: 1.5)
         let sampler = Sampler(file: ModelFile(config: config, tokenizer: nil, parameters: params))
         let prompt: [Int32] = [3, 1, 4, 1, 5]
         let new = 40   // 11 tokens fill the context; 29 more crop it
@@ -36,6 +33,15 @@ final class SamplerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Set(expected).count, 3, "a sequence that tells decoders apart")
     }
 
+    /// Weights far from initialisation (a random model whose samples vary).
+    func randomWeights(_ config: GPTConfig, seed: UInt64, noise: Double) -> FloatBuffer {
+        let params = FloatBuffer(count: ParameterLayout(config).count)
+        GPT.initialize(params.pointer, layout: ParameterLayout(config), config: config, seed: seed)
+        var rng = SplitMix64(seed: seed &+ 2)
+        for i in 0..<params.count { params[i] += Float(rng.nextNormal() * noise) }
+        return params
+    }
+
     /// Top-k's heap selection gives the k largest logits in the order a full sort gives.
     func testTopKSelectionIsTheSortedPrefix() {
         var rng = SplitMix64(seed: 11)
@@ -52,10 +58,7 @@ final class SamplerTests: XCTestCase {
     /// without it: the tokens before its first draw.
     func testStopTokenEndsTheSample() throws {
         let config = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 64, vocabSize: 23)
-        let params = FloatBuffer(count: ParameterLayout(config).count)
-        GPT.initialize(params.pointer, layout: ParameterLayout(config), config: config, seed: 4)
-        var rng = SplitMix64(seed: 6)
-        for i in 0..<params.count { params[i] += Float(rng.nextNormal() * 1.5) }
+        let params = randomWeights(config, seed: 4, noise: 1.5)
         let sampler = Sampler(file: ModelFile(config: config, tokenizer: nil, parameters: params))
         let options = Sampler.Options(temperature: 1, topK: 0, topP: 1, seed: 7)
         let all = try sampler.generate(prompt: "3 1 4", maxNewTokens: 30, options: options).split(separator: " ").map(String.init)
@@ -71,10 +74,7 @@ final class SamplerTests: XCTestCase {
     /// in the end is exactly the prompt and the sample's text.
     func testStreamedTextIsTheSample() throws {
         let config = GPTConfig(nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 32, vocabSize: 256)
-        let params = FloatBuffer(count: ParameterLayout(config).count)
-        GPT.initialize(params.pointer, layout: ParameterLayout(config), config: config, seed: 2)
-        var rng = SplitMix64(seed: 3)
-        for i in 0..<params.count { params[i] += Float(rng.nextNormal() * 0.5) }
+        let params = randomWeights(config, seed: 2, noise: 0.5)
         let file = ModelFile(config: config, tokenizer: .byte, parameters: params)
         let path = try Repo.temporaryDirectory("stream") + "/model.bin"
         try file.write(to: path)
