@@ -35,8 +35,11 @@ struct Ckpt: ParsableCommand {
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check every file's size and CRC-32 against the manifest.")
         @Argument(help: "A checkpoint directory, a run directory or RUN/checkpoints.") var path: String
+        @Flag(help: "Every committed checkpoint of the run, not only the one `latest` names (before archiving or copying a run).")
+        var all = false
 
         func run() throws {
+            if all { return try verifyAll() }
             do {
                 var dir = URL(fileURLWithPath: path)
                 if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("manifest.json").path) {
@@ -50,6 +53,33 @@ struct Ckpt: ParsableCommand {
                 print("ok: \(dir.path): \(m.files.count) file(s), \(m.files.reduce(0) { $0 + $1.bytes }) bytes, "
                       + "manifest and file checksums match")
             } catch { fail(error) }
+        }
+
+        /// Each committed checkpoint in turn: a line for each, the failures' on stderr, and a
+        /// non-zero exit if any failed (a damaged one is never passed over).
+        func verifyAll() throws {
+            let url = URL(fileURLWithPath: path).standardizedFileURL
+            let run = url.lastPathComponent == "checkpoints" ? url.deletingLastPathComponent().path : url.path
+            let dirs = CheckpointStore(runDirectory: run).committed().reversed()
+            guard !dirs.isEmpty else {
+                fail(CheckpointError(run, "directory holds no committed checkpoint", "pass a run directory (or RUN/checkpoints) that has one"))
+            }
+            var failed: [String] = []
+            for dir in dirs {
+                do {
+                    let m = try CheckpointReader.verify(directory: dir)
+                    say("ok: \(dir.lastPathComponent): \(m.files.count) file(s), \(m.files.reduce(0) { $0 + $1.bytes }) bytes"
+                        + (m.checksum == nil ? " (format \(m.formatVersion): its manifest's values are unchecked)" : ""))
+                } catch {
+                    writeStandardError((error as? CheckpointError)?.description ?? "error: \(dir.path): \(error)")
+                    failed.append(dir.lastPathComponent)
+                }
+            }
+            guard failed.isEmpty else {
+                fail(CheckpointError(run, "verification failed for \(failed.count) of \(dirs.count) checkpoints (\(failed.joined(separator: ", ")))",
+                                     "resume from one that verified (--resume DIR), or copy the run again from its source"))
+            }
+            say("ok: all \(dirs.count) checkpoints of \(run) verify")
         }
     }
 }

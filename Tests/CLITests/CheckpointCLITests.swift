@@ -202,6 +202,27 @@ final class CheckpointCLITests: XCTestCase {
         XCTAssertEqual(names, ["latest", "step-00000006", "step-00000008"])
     }
 
+    /// `ckpt verify --all` checks every committed checkpoint: an older one damaged (which
+    /// verifying `latest` does not see) fails it, named, with a non-zero exit.
+    func testVerifyAllChecksEveryCheckpoint() throws {
+        let data = try Repo.dataDirectory()
+        let run = try Repo.temporaryDirectory("verifyall")
+        XCTAssertEqual(try tessera(args(data, run, steps: 4) + ["--save-every", "2"]).status, 0)
+        let good = try tessera(["ckpt", "verify", run, "--all"])
+        XCTAssertEqual(good.status, 0, good.stderr)
+        XCTAssertTrue(good.stdout.contains("ok: step-00000002") && good.stdout.contains("ok: step-00000004")
+                      && good.stdout.contains("ok: all 2 checkpoints"), good.stdout)
+        let file = run + "/checkpoints/step-00000002/rank-00000-of-00001.bin"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        bytes[bytes.count / 2] ^= 0x10
+        try bytes.write(to: URL(fileURLWithPath: file))
+        XCTAssertEqual(try tessera(["ckpt", "verify", run]).status, 0, "latest (step 4) is intact")
+        let bad = try tessera(["ckpt", "verify", run + "/checkpoints", "--all"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stdout.contains("ok: step-00000004"), bad.stdout)
+        XCTAssertTrue(bad.stderr.contains("verification failed for 1 of 2 checkpoints (step-00000002)"), bad.stderr)
+    }
+
     /// The exported safetensors file, read by a parser written here from the format's spec.
     func testSafetensorsExport() throws {
         let data = try Repo.dataDirectory()
