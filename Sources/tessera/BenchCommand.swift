@@ -105,9 +105,10 @@ struct Bench: ParsableCommand {
                     if p == .bf16 { bf16Peak = max(bf16Peak, again) } else { peak = max(peak, again) }
                     r.setPeak(p == .bf16 ? bf16Peak : peak)
                     guard comm.rank == 0 else { continue }
-                    if !perRankBatch && shape.batch < comm.size {
+                    let measured = shape.globalBatch(ranks: comm.size, perRank: perRankBatch)
+                    if !perRankBatch && measured != shape.batch {
                         print("note: \(name)'s batch of \(shape.batch) is below the \(comm.size) ranks: measured at global batch "
-                              + "\(shape.globalBatch(ranks: comm.size, perRank: false)), one sequence per rank")
+                              + "\(measured), one sequence per rank")
                     }
                     let ratio = refs["\(name)/\(p.rawValue)"].map { String(format: "%.2f×", r.tokensPerSecond / $0) } ?? "-"
                     func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
