@@ -27,6 +27,10 @@ public struct CheckpointStore: Sendable {
     }
 
     public static func stepName(_ step: Int) -> String { "step-" + String(format: "%08d", step) }
+    /// The step a directory named by `stepName` holds (nil for any other name).
+    public static func step(named name: String) -> Int? {
+        name.hasPrefix("step-") ? Int(name.dropFirst("step-".count)) : nil
+    }
     public static func fileName(rank: Int, world: Int) -> String {
         "rank-" + String(format: "%05d", rank) + "-of-" + String(format: "%05d", world) + ".bin"
     }

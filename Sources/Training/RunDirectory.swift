@@ -17,7 +17,7 @@ public enum RunDirectory {
     /// directory, or one without a committed checkpoint or `model.bin` (an attempt that
     /// failed before its first save, which a restart should simply begin again).
     public static func previousRun(at out: String) -> String? {
-        let steps = CheckpointStore(runDirectory: out).committed().compactMap { Int($0.lastPathComponent.dropFirst(5)) }
+        let steps = CheckpointStore(runDirectory: out).committed().compactMap { CheckpointStore.step(named: $0.lastPathComponent) }
         let model = FileManager.default.fileExists(atPath: (out as NSString).appendingPathComponent("model.bin"))
         var held: [String] = []
         if let last = steps.max(), let first = steps.min() {
