@@ -82,7 +82,6 @@ public final class Trainer {
 
     /// Loads the data, builds the model and the strategy, and initialises parameters.
     public convenience init(config: TrainConfig, comm: Communicator) throws {
-        try config.validate(worldSize: comm.size)   // before opening the data
         try self.init(config: config, comm: comm,
                       dataset: try Dataset.open(config.data, vocabSize: config.vocabSize > 0 ? config.vocabSize : nil))
     }
