@@ -56,6 +56,6 @@ let package = Package(
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Comm", "Model", "Optim", "Kernels", "Settings"]),
         .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model", "Kernels", "Settings"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
-        .testTarget(name: "CLITests", dependencies: ["Checkpoint", "Corpus", "Settings", "Training", "Model", "Kernels"], exclude: ["Fixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["Checkpoint", "Comm", "Corpus", "Settings", "Training", "Model", "Kernels"], exclude: ["Fixtures"]),
     ]
 )

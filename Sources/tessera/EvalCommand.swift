@@ -6,10 +6,11 @@ import Foundation
 import Kernels
 import Training
 
-/// `tessera eval`: loss, perplexity and bits per byte of trained weights over a whole split.
+/// `tessera eval`: loss, perplexity and bits per byte of trained weights over a whole split,
+/// or accuracy on multiple-choice questions (`--choices`, e.g. HellaSwag).
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Evaluate a checkpoint or model.bin on a dataset split (single process, or every rank under mpirun).")
+        abstract: "Evaluate a checkpoint or model.bin on a dataset split or on multiple-choice questions (single process, or every rank under mpirun).")
 
     @Option(help: "A checkpoint directory (or run directory, or RUN/checkpoints).") var checkpoint: String?
     @Option(help: "Or a model.bin written by `tessera train`.") var model: String?
@@ -19,6 +20,9 @@ struct Eval: ParsableCommand {
     @Flag(help: "Instead of the whole split, the batches train's validation drew (the checkpoint's seed, batch size and eval steps).")
     var asTrainer = false
     @Option(help: "With --as-trainer: batches (default: the checkpoint's eval steps).") var evalSteps: Int?
+    @Option(help: ArgumentHelp("Instead of a split: multiple-choice questions to rank by the model's loss (JSON Lines: HellaSwag's {ctx, endings, label}, or {context, choices, label}).",
+                               valueName: "file.jsonl")) var choices: String?
+    @Option(help: "With --choices: only the first n questions.") var limit: Int?
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
     @Flag(help: "Print the result as one JSON object.") var json = false
 
@@ -30,6 +34,12 @@ struct Eval: ParsableCommand {
             throw ValidationError("--as-trainer needs --checkpoint (its config holds the seed and batch shape)")
         }
         if let evalSteps, evalSteps < 1 { throw ValidationError("--eval-steps must be >= 1") }
+        if choices != nil {
+            if data != nil || asTrainer || split != "val" {
+                throw ValidationError("--choices scores questions instead of a split: drop --data, --split and --as-trainer")
+            }
+        } else if limit != nil { throw ValidationError("--limit counts --choices questions: pass --choices") }
+        if let limit, limit < 1 { throw ValidationError("--limit must be >= 1") }
     }
 
     func run() throws {
@@ -42,44 +52,70 @@ struct Eval: ParsableCommand {
                 trainConfig = try JSONDecoder().decode(TrainConfig.self, from: JSONEncoder().encode(manifest.config))
             }
             let file = try checkpoint.map { try ModelFile.fromCheckpoint($0) } ?? ModelFile.read(from: model!)
-            guard let path = data ?? trainConfig?.data else {
-                throw ConfigError(flag: "--data", problem: "is missing", fix: "pass the prepared data directory to evaluate on")
-            }
-            let dataset = try Dataset.open(path, vocabSize: trainConfig.flatMap { $0.vocabSize > 0 ? $0.vocabSize : nil })
-            guard dataset.vocabSize <= file.config.vocabSize else {
-                throw ConfigError(flag: "--data", problem: "\(path) has a vocabulary of \(dataset.vocabSize), the model \(file.config.vocabSize)",
-                                  fix: "evaluate on data prepared with the model's tokenizer")
-            }
-            let tokens = split == "train" ? dataset.train : dataset.val
-            if let p = dataset.packing, p.blockSize != file.config.blockSize {
-                throw ConfigError(flag: "--data", problem: "\(path) is packed in rows of \(p.blockSize) tokens, the model's context is \(file.config.blockSize)",
-                                  fix: "evaluate on data prepared with --block-size \(file.config.blockSize)")
-            }
-            let separator = dataset.packing.map { Int32($0.separator) }
-            let result: EvalResult
-            if asTrainer, let c = trainConfig {
-                let sampler = BatchSampler(seed: c.seed, blockSize: c.blockSize, batchSize: c.batchSize, mode: c.sampling,
-                                           rowAligned: dataset.packing != nil)
-                result = try Evaluation.asTrainer(model: file, split: tokens, name: split, sampler: sampler,
-                                                  batches: evalSteps ?? c.evalSteps, micro: c.microBatchSize(worldSize: comm.size), comm: comm,
-                                                  separator: separator)
-            } else {
-                result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator)
-            }
-            if comm.rank == 0 {
-                if json {
-                    let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
-                    print(String(decoding: try e.encode(result), as: UTF8.self))
-                } else {
-                    let what = result.mode == "whole"
-                        ? "\(result.tokens) predicted tokens (the whole \(split) split) in \(result.windows) window(s) of up to \(result.blockSize)"
-                        : "\(result.windows) windows of \(result.blockSize) (train's validation batches)"
-                    var line = String(format: "eval: loss %.6f | perplexity %.3f", result.loss, result.perplexity)
-                    if let bpb = result.bitsPerByte { line += String(format: " | bits per byte %.4f", bpb) }
-                    print(line + " | \(what) on \(result.ranks) rank(s)")
-                }
+            if let choices { try evaluateChoices(choices, file: file, comm: comm) } else {
+                try evaluateSplit(file: file, trainConfig: trainConfig, comm: comm)
             }
         } catch { fail(error, rank: comm.rank) }
         (comm as? MPICommunicator)?.finalize()
+    }
+
+    /// The split's loss: every window once, or train's validation batches (`--as-trainer`).
+    func evaluateSplit(file: ModelFile, trainConfig: TrainConfig?, comm: Communicator) throws {
+        guard let path = data ?? trainConfig?.data else {
+            throw ConfigError(flag: "--data", problem: "is missing", fix: "pass the prepared data directory to evaluate on")
+        }
+        let dataset = try Dataset.open(path, vocabSize: trainConfig.flatMap { $0.vocabSize > 0 ? $0.vocabSize : nil })
+        guard dataset.vocabSize <= file.config.vocabSize else {
+            throw ConfigError(flag: "--data", problem: "\(path) has a vocabulary of \(dataset.vocabSize), the model \(file.config.vocabSize)",
+                              fix: "evaluate on data prepared with the model's tokenizer")
+        }
+        let tokens = split == "train" ? dataset.train : dataset.val
+        if let p = dataset.packing, p.blockSize != file.config.blockSize {
+            throw ConfigError(flag: "--data", problem: "\(path) is packed in rows of \(p.blockSize) tokens, the model's context is \(file.config.blockSize)",
+                              fix: "evaluate on data prepared with --block-size \(file.config.blockSize)")
+        }
+        let separator = dataset.packing.map { Int32($0.separator) }
+        let result: EvalResult
+        if asTrainer, let c = trainConfig {
+            let sampler = BatchSampler(seed: c.seed, blockSize: c.blockSize, batchSize: c.batchSize, mode: c.sampling,
+                                       rowAligned: dataset.packing != nil)
+            result = try Evaluation.asTrainer(model: file, split: tokens, name: split, sampler: sampler,
+                                              batches: evalSteps ?? c.evalSteps, micro: c.microBatchSize(worldSize: comm.size), comm: comm,
+                                              separator: separator)
+        } else {
+            result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator)
+        }
+        if comm.rank == 0 {
+            if json {
+                let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+                print(String(decoding: try e.encode(result), as: UTF8.self))
+            } else {
+                let what = result.mode == "whole"
+                    ? "\(result.tokens) predicted tokens (the whole \(split) split) in \(result.windows) window(s) of up to \(result.blockSize)"
+                    : "\(result.windows) windows of \(result.blockSize) (train's validation batches)"
+                var line = String(format: "eval: loss %.6f | perplexity %.3f", result.loss, result.perplexity)
+                if let bpb = result.bitsPerByte { line += String(format: " | bits per byte %.4f", bpb) }
+                print(line + " | \(what) on \(result.ranks) rank(s)")
+            }
+        }
+    }
+
+    /// `--choices`: accuracy over the questions, by total and by mean loss per choice token.
+    func evaluateChoices(_ path: String, file: ModelFile, comm: Communicator) throws {
+        guard let tokenizer = file.tokenizer else {
+            throw ConfigError(flag: "--choices", problem: "needs the model's tokenizer, and \(checkpoint ?? model!) has none (it was trained on shards without a tokenizer.json)",
+                              fix: "evaluate a model trained on data from `tessera prepare`, or imported with GPT-2's vocab.json and merges.txt")
+        }
+        let examples = try ChoiceTask.load(path, tokenizer: tokenizer, limit: limit)
+        let result = try MultipleChoice.evaluate(examples, model: file, comm: comm)
+        guard comm.rank == 0 else { return }
+        if json {
+            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+            print(String(decoding: try e.encode(result), as: UTF8.self))
+        } else {
+            print(String(format: "eval: acc %.4f (%d/%d) | acc_norm %.4f (%d/%d)", result.accuracy, result.correct, result.examples,
+                         result.normalizedAccuracy, result.correctNormalized, result.examples)
+                  + " | \(result.examples) questions from \(path) on \(result.ranks) rank(s)")
+        }
     }
 }

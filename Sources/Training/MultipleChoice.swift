@@ -1,0 +1,155 @@
+import Comm
+import Corpus
+import Foundation
+import Kernels
+import Model
+
+// MARK: - Multiple-choice evaluation
+
+/// What ranking the choices of multiple-choice questions by the model's likelihood gave.
+public struct ChoiceResult: Codable, Sendable {
+    /// Questions scored, and how many the model got right by each rule.
+    public var examples: Int, correct: Int, correctNormalized: Int
+    /// `correct / examples`: the choice with the lowest total loss (nats summed over its tokens).
+    public var accuracy: Double
+    /// `correctNormalized / examples`: the lowest mean loss per choice token (llm.c's and
+    /// build-nanogpt's HellaSwag `acc_norm`).
+    public var normalizedAccuracy: Double
+    public var ranks: Int
+}
+
+/// One choice's loss: nats summed over its tokens, and their number.
+public struct ChoiceLoss: Codable, Sendable, Equatable {
+    public var nats: Double, tokens: Int
+    public var mean: Double { nats / Double(tokens) }
+}
+
+/// Ranks each question's choices by the model's loss on them after the context, on any
+/// number of ranks (question i on rank i mod N).
+///
+/// A choice is scored on `context + choice` cut from the left to `blockSize + 1` tokens
+/// (lm-evaluation-harness's rule), so a long context loses its oldest tokens; a choice longer
+/// than `blockSize` is an error. Each of its tokens adds `log Σ exp(logits) − logit[token]`
+/// at the position before it. The rule ties go to the lower index (as `argmin`).
+public enum MultipleChoice {
+    /// Runs the model on `B` rows of `T` tokens; then `logits(b, t)` reads a row's logits.
+    public typealias Forward = (_ tokens: UnsafePointer<Int32>, _ B: Int, _ T: Int) -> Void
+    public typealias Logits = (_ b: Int, _ t: Int) -> UnsafePointer<Float>
+
+    /// Every question's choice losses, on every rank. `rows` choices go through one forward
+    /// pass. Every rank runs the same number of passes (a rank short of questions repeats a
+    /// one-token pass), since a sharded model gathers its weights collectively in each.
+    public static func losses(_ examples: [ChoiceExample], blockSize T: Int, vocabSize V: Int, rows: Int, comm: Communicator,
+                              forward: Forward, logits: Logits) throws -> [[ChoiceLoss]] {
+        try check(examples, blockSize: T, vocabSize: V)
+        // Offsets of each question's choices in one flat array every rank fills its part of.
+        var offsets = [0]
+        for e in examples { offsets.append(offsets.last! + e.choices.count) }
+        var nats = [Double](repeating: 0, count: offsets.last!)
+        let rows = max(1, rows)
+        let tokens = UnsafeMutablePointer<Int32>.allocate(capacity: rows * T)
+        defer { tokens.deallocate() }
+        let scratch = FloatBuffer(count: V)
+        var passes = 0
+        for i in stride(from: comm.rank, to: examples.count, by: comm.size) {
+            let e = examples[i]
+            for lo in stride(from: 0, to: e.choices.count, by: rows) {
+                let group = lo..<min(e.choices.count, lo + rows)
+                // Each row: the last T + 1 tokens of context + choice, less the last (no target).
+                let windows = group.map { k -> ArraySlice<Int32> in
+                    let all = e.context + e.choices[k]
+                    return all[max(0, all.count - T - 1)...]
+                }
+                let width = windows.map { $0.count - 1 }.max()!
+                for (r, w) in windows.enumerated() {
+                    let row = tokens + r * width
+                    for (t, id) in w.dropLast().enumerated() { row[t] = id }
+                    // Positions after a shorter row's end feed no scored position (attention is causal).
+                    for t in (w.count - 1)..<width { row[t] = 0 }
+                }
+                forward(tokens, windows.count, width)
+                passes += 1
+                for (r, w) in windows.enumerated() {
+                    let k = group.lowerBound + r, n = e.choices[k].count, L = w.count - 1
+                    var sum = 0.0
+                    for t in (L - n)..<L {
+                        let target = Int(w[w.startIndex + t + 1])
+                        sum += crossEntropy(logits(r, t), V, target: target, scratch: scratch.pointer)
+                    }
+                    nats[offsets[i] + k] = sum
+                }
+            }
+        }
+        // Every rank knows every rank's passes: no collective may come between the passes,
+        // which a sharded model's own gathers would then meet out of order.
+        let most = (0..<comm.size).map { r in
+            stride(from: r, to: examples.count, by: comm.size).reduce(0) { $0 + (examples[$1].choices.count + rows - 1) / rows }
+        }.max()!
+        var one: Int32 = 0
+        for _ in passes..<most { forward(&one, 1, 1) }
+        try comm.allReduce(&nats, label: "all-reduce of multiple-choice losses")
+        return examples.indices.map { i in
+            examples[i].choices.indices.map { k in ChoiceLoss(nats: nats[offsets[i] + k], tokens: examples[i].choices[k].count) }
+        }
+    }
+
+    /// Refuses questions the model cannot score: a choice longer than its context, or ids
+    /// outside its vocabulary.
+    public static func check(_ examples: [ChoiceExample], blockSize T: Int, vocabSize V: Int, flag: String = "--choices") throws {
+        for e in examples {
+            if let k = e.choices.firstIndex(where: { $0.count > T }) {
+                throw ConfigError(flag: flag, problem: "\(e.line) has a choice of \(e.choices[k].count) tokens, more than the model's context of \(T)",
+                                  fix: "shorten that choice, or evaluate a model with a longer context")
+            }
+            if let bad = (e.context + e.choices.joined()).first(where: { $0 < 0 || Int($0) >= V }) {
+                throw ConfigError(flag: flag, problem: "\(e.line) encodes to id \(bad), outside the model's vocabulary of \(V)",
+                                  fix: "evaluate with the model's own tokenizer")
+            }
+        }
+    }
+
+    /// `log Σ exp(x) − x[target]` over one row of `V` logits, in fp32 lanes summed to a double.
+    static func crossEntropy(_ x: UnsafePointer<Float>, _ V: Int, target: Int, scratch: UnsafeMutablePointer<Float>) -> Double {
+        scratch.update(from: x, count: V)
+        let top = Vector.maxValue(scratch, V, startingAt: -.infinity)
+        let sum = Vector.expShiftSum(scratch, V, shift: top)
+        return Double(top) + log(Double(sum)) - Double(x[target])
+    }
+
+    /// Accuracy by total and by mean loss.
+    public static func result(_ examples: [ChoiceExample], _ losses: [[ChoiceLoss]], ranks: Int) -> ChoiceResult {
+        var correct = 0, normalized = 0
+        for (e, l) in zip(examples, losses) {
+            if argmin(l.map(\.nats)) == e.label { correct += 1 }
+            if argmin(l.map(\.mean)) == e.label { normalized += 1 }
+        }
+        let n = Double(examples.count)
+        return ChoiceResult(examples: examples.count, correct: correct, correctNormalized: normalized,
+                            accuracy: Double(correct) / n, normalizedAccuracy: Double(normalized) / n, ranks: ranks)
+    }
+
+    /// The first index of the smallest value.
+    public static func argmin(_ values: [Double]) -> Int {
+        values.indices.min { values[$0] < values[$1] || (values[$0] == values[$1] && $0 < $1) }!
+    }
+}
+
+extension MultipleChoice {
+    /// Every choice's loss under the weights in `file` (fp32), all of a question's choices in
+    /// one pass.
+    public static func losses(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator) throws -> [[ChoiceLoss]] {
+        let model = GPT(config: file.config), noGradients = FloatBuffer(count: 0)
+        let flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
+        let rows = examples.map(\.choices.count).max() ?? 1
+        let scores = try losses(examples, blockSize: file.config.blockSize, vocabSize: file.config.vocabSize, rows: rows, comm: comm,
+                                forward: { tokens, B, T in model.forward(tokens: tokens, targets: nil, B: B, T: T, params: flat) },
+                                logits: { b, t in model.logitsRow(b: b, t: t) })
+        withExtendedLifetime(noGradients) {}
+        return scores
+    }
+
+    /// Accuracy of the weights in `file`.
+    public static func evaluate(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator) throws -> ChoiceResult {
+        result(examples, try losses(examples, model: file, comm: comm), ranks: comm.size)
+    }
+}

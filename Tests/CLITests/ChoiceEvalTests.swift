@@ -1,0 +1,110 @@
+import Comm
+import Corpus
+import Foundation
+import Kernels
+import Model
+import Training
+import XCTest
+
+/// Multiple-choice evaluation (`eval --choices`): every choice's loss equals what a random
+/// `GPT2LMHeadModel` gives in transformers (fixture: `Fixtures/choices/make_choices_fixture.py`,
+/// questions in HellaSwag's form and the general one, contexts cut to the model's 32
+/// positions), so do both accuracies; the same on 2 ranks; bad questions name their line.
+final class ChoiceEvalTests: XCTestCase {
+    static let fixtures = Repo.root.appendingPathComponent("Tests/CLITests/Fixtures/choices").path
+    static var questions: String { fixtures + "/questions.jsonl" }
+
+    struct Expected: Decodable {
+        struct Question: Decodable { let nats: [Double]; let tokens: [Int]; let label: Int; let pred: Int; let pred_norm: Int }
+        let questions: [Question]; let correct: Int; let correct_norm: Int
+    }
+    struct Result: Decodable { let examples: Int, correct: Int, correctNormalized: Int, accuracy: Double, normalizedAccuracy: Double, ranks: Int }
+
+    func expected() throws -> Expected {
+        try JSONDecoder().decode(Expected.self, from: Data(contentsOf: URL(fileURLWithPath: Self.fixtures + "/expected.json")))
+    }
+
+    /// The fixture's weights with the byte tokenizer its questions were scored in, as a model.bin.
+    func modelFile(tokenizer: Tokenizer? = .byte) throws -> String {
+        let file = try SafetensorsImport.read(Self.fixtures + "/model")
+        let path = try Repo.temporaryDirectory("choices") + "/model.bin"
+        try ModelFile(config: file.config, tokenizer: tokenizer, parameters: file.parameters).write(to: path)
+        return path
+    }
+
+    func testChoiceLossesMatchTransformers() throws {
+        let ref = try expected(), file = try SafetensorsImport.read(Self.fixtures + "/model")
+        XCTAssertEqual(file.config.blockSize, 32)
+        let examples = try ChoiceTask.load(Self.questions, tokenizer: .byte)
+        XCTAssertEqual(examples.count, ref.questions.count)
+        XCTAssertGreaterThan(examples.map { $0.context.count + $0.choices.map(\.count).max()! }.max()!, 33,
+                             "some question is cut to the context")
+        let losses = try MultipleChoice.losses(examples, model: file, comm: LocalCommunicator())
+        for (i, (mine, theirs)) in zip(losses, ref.questions).enumerated() {
+            XCTAssertEqual(mine.map(\.tokens), theirs.tokens, "question \(i): tokens per choice")
+            for (k, (a, b)) in zip(mine.map(\.nats), theirs.nats).enumerated() {
+                XCTAssertEqual(a, b, accuracy: 1e-5 * b + 1e-5, "question \(i) choice \(k)")
+            }
+            XCTAssertEqual(MultipleChoice.argmin(mine.map(\.nats)), theirs.pred, "question \(i)")
+            XCTAssertEqual(MultipleChoice.argmin(mine.map(\.mean)), theirs.pred_norm, "question \(i)")
+        }
+        let result = MultipleChoice.result(examples, losses, ranks: 1)
+        XCTAssertEqual(result.correct, ref.correct)
+        XCTAssertEqual(result.correctNormalized, ref.correct_norm)
+        XCTAssertNotEqual(ref.correct, ref.correct_norm, "the fixture tells the two rules apart")
+
+        // One choice per pass (as train's evaluation can run it) scores the same.
+        let model = GPT(config: file.config), none = FloatBuffer(count: 0)
+        let flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: none.pointer)
+        let single = try MultipleChoice.losses(examples, blockSize: 32, vocabSize: 256, rows: 1, comm: LocalCommunicator(),
+                                               forward: { model.forward(tokens: $0, targets: nil, B: $1, T: $2, params: flat) },
+                                               logits: { model.logitsRow(b: $0, t: $1) })
+        for (a, b) in zip(single.joined(), losses.joined()) { XCTAssertEqual(a.nats, b.nats, accuracy: 1e-6 * b.nats) }
+    }
+
+    func testEvalChoicesOnOneAndTwoRanks() throws {
+        let ref = try expected(), model = try modelFile()
+        func result(_ r: RunResult) throws -> Result {
+            XCTAssertEqual(r.status, 0, r.stderr)
+            return try JSONDecoder().decode(Result.self, from: Data(r.stdout.utf8))
+        }
+        let one = try result(try tessera(["eval", "--model", model, "--choices", Self.questions, "--json"]))
+        let two = try result(try mpirun(2, ["eval", "--model", model, "--choices", Self.questions, "--json"]))
+        for r in [one, two] {
+            XCTAssertEqual(r.examples, 10)
+            XCTAssertEqual(r.correct, ref.correct)
+            XCTAssertEqual(r.correctNormalized, ref.correct_norm)
+            XCTAssertEqual(r.normalizedAccuracy, Double(ref.correct_norm) / 10)
+        }
+        XCTAssertEqual(two.ranks, 2)
+        let text = try tessera(["eval", "--model", model, "--choices", Self.questions, "--limit", "4"])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        let first4 = ref.questions.prefix(4)
+        let c = first4.filter { $0.pred == $0.label }.count, n = first4.filter { $0.pred_norm == $0.label }.count
+        XCTAssertTrue(text.stdout.contains(String(format: "eval: acc %.4f (%d/4) | acc_norm %.4f (%d/4) | 4 questions from ", Double(c) / 4, c, Double(n) / 4, n)),
+                      text.stdout)
+    }
+
+    func testBadQuestionsAreClearErrors() throws {
+        let model = try modelFile(), dir = try Repo.temporaryDirectory("badchoices")
+        func run(_ lines: [String], _ expected: String, model m: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
+            let path = dir + "/q.jsonl"
+            try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+            let r = try tessera(["eval", "--model", m ?? model, "--choices", path])
+            XCTAssertEqual(r.status, 2, r.stderr, file: file, line: line)
+            XCTAssertTrue(r.stderr.contains(expected), r.stderr, file: file, line: line)
+        }
+        let good = #"{"context": "a b", "choices": [" c", " d"], "label": 1}"#
+        try run([good, "not json"], "q.jsonl:2: is not a JSON object")
+        try run([good, #"{"ctx": "a", "endings": [" c", " d"], "label": 2}"#], "q.jsonl:2: has label 2 but 2 choices")
+        try run([#"{"prompt": "a", "choices": [" c", " d"], "label": 0}"#], "q.jsonl:1: lacks a string context and a list of string choices (keys: choices, label, prompt)")
+        try run([#"{"context": "a", "choices": [" c"], "label": 0}"#], "has 1 choice(s); give at least two")
+        try run([#"{"context": "", "choices": [" c", " d"], "label": 0}"#], "has an empty context")
+        try run([#"{"context": "a", "choices": [" \#(String(repeating: "x", count: 40))", " d"], "label": 0}"#],
+                "q.jsonl:1 has a choice of 41 tokens, more than the model's context of 32")
+        try run([good], "needs the model's tokenizer", model: try modelFile(tokenizer: nil))
+        let mixed = try tessera(["eval", "--model", model, "--choices", Self.questions, "--data", dir])
+        XCTAssertEqual(mixed.status, 64)
+        XCTAssertTrue(mixed.stderr.contains("--choices scores questions instead of a split"), mixed.stderr)
+    }
+}
