@@ -8,6 +8,8 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     public var step: Int
     public var loss: Double
     public var val_loss: Double?
+    /// `--eval-choices` at an evaluation: accuracy by total loss, and by mean loss per choice token.
+    public var choice_acc: Double? = nil, choice_acc_norm: Double? = nil
     public var lr: Double
     public var grad_norm: Double
     public var tokens_per_s: Double

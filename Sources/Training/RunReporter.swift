@@ -109,6 +109,7 @@ final class RunReporter {
                                                  ("perf/tokens_per_s", m.tokens_per_s), ("perf/ms_per_step", m.ms_per_step),
                                                  ("perf/ms_comm_wait", m.ms_comm_wait)]
         if let v = m.val_loss { s.append(("val/loss", v)) }
+        if let a = m.choice_acc, let n = m.choice_acc_norm { s += [("val/choice_acc", a), ("val/choice_acc_norm", n)] }
         if let u = m.mfu { s.append(("perf/mfu", u)) }
         if let l = m.loss_scale { s.append(("train/loss_scale", l)) }
         s.append(("train/skipped_steps", Double(m.skipped_steps ?? 0)))
@@ -128,6 +129,7 @@ final class RunReporter {
                        step + 1, config.maxSteps, m.loss, m.lr, m.tokens_per_s, m.ms_per_step, formatDuration(eta))
         if let e = m.epoch { s += String(format: " | epoch %.3f", e) }
         if let v = m.val_loss { s += String(format: " | val %.4f", v) }
+        if let a = m.choice_acc, let n = m.choice_acc_norm { s += String(format: " | choices acc %.4f acc_norm %.4f", a, n) }
         if m.skipped == true { s += " | skipped: non-finite loss or gradient" + (m.loss_scale != nil ? " (loss scale lowered)" : "") }
         log(s)
     }

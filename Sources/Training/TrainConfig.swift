@@ -31,6 +31,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     // Evaluation and logging
     public var evalEvery = 250
     public var evalSteps = 20
+    /// Multiple-choice questions scored at every evaluation (`--eval-choices`, e.g.
+    /// HellaSwag's JSON Lines; "" for none), and how many of them (0: all).
+    public var evalChoices = "", evalChoicesLimit = 0
     /// Write TensorBoard event files to `RUN/tb/` (rank 0).
     public var tensorboard = true
     public var logEvery = 10
@@ -104,7 +107,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
              threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, powerSGDRank, powerSGDStart, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
@@ -132,7 +135,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.microBatch, &microBatch); try get(.maxSteps, &maxSteps); try get(.lr, &lr); try get(.minLR, &minLR)
         try get(.warmupSteps, &warmupSteps); try get(.beta1, &beta1); try get(.beta2, &beta2)
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
-        try get(.evalSteps, &evalSteps); try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
+        try get(.evalSteps, &evalSteps); try get(.evalChoices, &evalChoices); try get(.evalChoicesLimit, &evalChoicesLimit)
+        try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
         try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.shardGroup, &shardGroup); try get(.bucketMB, &bucketMB)
         try get(.syncEvery, &syncEvery); try get(.outerLR, &outerLR); try get(.outerMomentum, &outerMomentum); try get(.syncDtype, &syncDtype)
@@ -232,6 +236,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(gradClip >= 0, "--grad-clip", "is \(gradClip)", "use 0 (off) or a positive norm")
         try need(evalEvery >= 0, "--eval-every", "is \(evalEvery)", "use 0 (only at the end) or more")
         try need(evalSteps >= 1, "--eval-steps", "is \(evalSteps)", "use at least 1")
+        try need(evalChoicesLimit >= 0, "--eval-choices-limit", "is \(evalChoicesLimit)", "use 0 (every question) or more")
         try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
         try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
         try need(vocabSize >= 0, "--vocab-size", "is \(vocabSize)", "use the number of ids the data was tokenized with")

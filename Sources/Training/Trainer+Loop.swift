@@ -1,5 +1,6 @@
 import Checkpoint
 import Comm
+import Corpus
 import Foundation
 import Kernels
 import Model
@@ -28,6 +29,11 @@ extension Trainer {
                 let v = try evaluate(batchOffset: 0)
                 m.val_loss = v
                 result.valLosses.append((step + 1, v))
+                if let questions = choiceQuestions {
+                    let r = try evaluateChoices(questions)
+                    m.choice_acc = r.accuracy
+                    m.choice_acc_norm = r.normalizedAccuracy
+                }
             }
             reporter?.stepDone(m, step: step, elapsed: MPIClock.now() - start)
             // Under local SGD the ranks agree only right after a synchronisation.
@@ -202,6 +208,19 @@ extension Trainer {
         var r = [sum, Double(counted)]
         try comm.allReduce(&r, label: "all-reduce of validation loss")
         return r[0] / max(r[1], 1)
+    }
+
+    /// Accuracy on multiple-choice questions with the weights of this step, at most a
+    /// micro-batch of choices per pass (the activations' size).
+    public func evaluateChoices(_ questions: [ChoiceExample]) throws -> ChoiceResult {
+        let rows = min(micro, questions.map(\.choices.count).max() ?? 1)
+        let losses = try MultipleChoice.losses(questions, blockSize: config.blockSize, vocabSize: model.config.vocabSize, rows: rows, comm: comm,
+                                               forward: { tokens, B, T in
+                                                   self.model.forward(tokens: tokens, targets: nil, B: B, T: T,
+                                                                      params: self.modelParameters, adapters: self.modelAdapters)
+                                               },
+                                               logits: { b, t in self.model.logitsRow(b: b, t: t) })
+        return MultipleChoice.result(questions, losses, ranks: comm.size)
     }
 
     /// Saves the full training state after `completedSteps` optimizer steps.

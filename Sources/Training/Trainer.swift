@@ -44,6 +44,8 @@ public final class Trainer {
     /// sharding's replicas, or local SGD's workers).
     public let groups: ShardGroups
     let sampler: BatchSampler
+    /// `--eval-choices`' questions, tokenized with the data's tokenizer.
+    let choiceQuestions: [ChoiceExample]?
     let schedule: CosineSchedule
     /// Where progress lines go (rank 0 only); tests silence it.
     public var log: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
@@ -121,6 +123,7 @@ public final class Trainer {
                               fix: "prepare the data with the model's tokenizer")
         }
         let gpt = try Self.modelShape(config: config, data: dataset, sampler: sampler, vocabSize: initial?.config.vocabSize)
+        choiceQuestions = try Self.choiceQuestions(config: config, data: dataset, model: gpt)
         model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention,
                     dropout: Float(config.dropout), lora: lora)
         model.documentSeparator = dataset.packing.map { Int32($0.separator) }
@@ -201,6 +204,21 @@ public final class Trainer {
     }
 
     deinit { x.deallocate(); y.deallocate(); keys.deallocate() }
+
+    /// `--eval-choices`' questions in the data's tokenizer, checked against the model's
+    /// context and vocabulary (nil without the flag). `train` checks them before it writes
+    /// anything.
+    public static func choiceQuestions(config: TrainConfig, data: Dataset, model: GPTConfig) throws -> [ChoiceExample]? {
+        guard !config.evalChoices.isEmpty else { return nil }
+        guard let tokenizer = data.tokenizer else {
+            throw ConfigError(flag: "--eval-choices", problem: "needs the data's tokenizer to encode the questions, and \(config.data) has no tokenizer.json",
+                              fix: "train on data from `tessera prepare`, or drop --eval-choices and score a model.bin later with `tessera eval --choices`")
+        }
+        let questions = try ChoiceTask.load(config.evalChoices, tokenizer: tokenizer,
+                                            limit: config.evalChoicesLimit > 0 ? config.evalChoicesLimit : nil)
+        try MultipleChoice.check(questions, blockSize: model.blockSize, vocabSize: model.vocabSize, flag: "--eval-choices")
+        return questions
+    }
 
     /// The model shape for the data's vocabulary, after checking the data can feed it.
     private static func modelShape(config: TrainConfig, data: Dataset, sampler: BatchSampler, vocabSize: Int?) throws -> GPTConfig {

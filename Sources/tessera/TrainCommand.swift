@@ -122,7 +122,8 @@ struct Train: ParsableCommand {
     /// The coordinator's memory plan, before any rank allocates: printed with `--dry-run`,
     /// otherwise a run that cannot fit on its nodes is refused with the cheapest change that fits.
     func preflight(_ c: TrainConfig, worldSize: Int) throws {
-        let vocab = try Dataset.open(c.data, vocabSize: c.vocabSize > 0 ? c.vocabSize : nil).vocabSize
+        let data = try Dataset.open(c.data, vocabSize: c.vocabSize > 0 ? c.vocabSize : nil), vocab = data.vocabSize
+        _ = try Trainer.choiceQuestions(config: c, data: data, model: c.model(vocabSize: vocab))
         let threads = c.threads > 0 ? c.threads : Coordinator.defaultThreads()
         let limit = try MemoryLimit.resolve(c.memoryLimit)
         let perNode = Coordinator.ranksPerNode()

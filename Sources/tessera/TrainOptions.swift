@@ -58,6 +58,9 @@ struct TrainOptions: ParsableArguments {
     // MARK: Evaluation and logging
     @Option(help: "Evaluate every N steps (and at the end).") var evalEvery: Int?
     @Option(help: "Validation batches per evaluation.") var evalSteps: Int?
+    @Option(help: ArgumentHelp("Also score these multiple-choice questions at every evaluation (JSON Lines: HellaSwag's {ctx, endings, label}, or {context, choices, label}).",
+                               valueName: "file.jsonl")) var evalChoices: String?
+    @Option(help: "With --eval-choices: only the first N questions (0: all).") var evalChoicesLimit: Int?
     @Option(help: "Print a progress line every N steps.") var logEvery: Int?
     @Flag(inversion: .prefixedNo, help: "Write TensorBoard event files to RUN/tb (tensorboard --logdir RUN/tb).") var tensorboard: Bool?
 
@@ -109,7 +112,7 @@ struct TrainOptions: ParsableArguments {
         set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
-        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
+        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.evalChoices, evalChoices); set(\.evalChoicesLimit, evalChoicesLimit); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
         set(\.zero, zero); set(\.shardGroup, shardGroup); set(\.syncEvery, syncEvery); set(\.outerLR, outerLR); set(\.outerMomentum, outerMomentum)
         set(\.syncDtype, syncDtype); set(\.powerSGDRank, powerSGDRank); set(\.powerSGDStart, powerSGDStart); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)

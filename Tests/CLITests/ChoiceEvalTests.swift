@@ -107,4 +107,40 @@ final class ChoiceEvalTests: XCTestCase {
         XCTAssertEqual(mixed.status, 64)
         XCTAssertTrue(mixed.stderr.contains("--choices scores questions instead of a split"), mixed.stderr)
     }
+
+    func testTrainScoresChoicesAtEveryEvaluation() throws {
+        let data = try Repo.dataDirectory(), dir = try Repo.temporaryDirectory("trainchoices"), questions = dir + "/q.jsonl"
+        let lines = [("the man sat on the", [" mat", " dog", " old hat and"], 0), ("she went to the", [" sea", " house of a man", " end"], 1),
+                     ("a dog ran", [" far away", " to me", " home"], 2), ("it was a", [" good day", " night", " man"], 0),
+                     ("we are", [" here", " not", " all of us"], 1)]
+        try lines.map { #"{"context": "\#($0.0)", "choices": [\#($0.1.map { "\"\($0)\"" }.joined(separator: ", "))], "label": \#($0.2)}"# }
+            .joined(separator: "\n").write(toFile: questions, atomically: true, encoding: .utf8)
+        struct Line: Decodable { let step: Int; let val_loss: Double?; let choice_acc: Double?; let choice_acc_norm: Double? }
+        for (n, extra) in [(1, [String]()), (2, ["--zero", "3", "--micro-batch", "2"])] {
+            let run = dir + "/run\(n)"
+            let args = tinyArgs(data: data, out: run, steps: 4) + ["--eval-every", "2", "--eval-choices", questions] + extra
+            let r = n == 1 ? try tessera(args) : try mpirun(2, args)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.contains("step     2/4") && r.stdout.contains("| choices acc "), r.stdout)
+            let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+                .map { try JSONDecoder().decode(Line.self, from: Data($0.utf8)) }
+            XCTAssertEqual(metrics.map(\.step), [1, 2, 3, 4])
+            XCTAssertEqual(metrics.map { $0.choice_acc != nil }, [false, true, false, true], "at every evaluation, with val_loss")
+            XCTAssertEqual(metrics.map { $0.choice_acc_norm != nil }, metrics.map { $0.val_loss != nil })
+            // The trained weights, scored again by `eval`: the same accuracies.
+            let e = try tessera(["eval", "--model", run + "/model.bin", "--choices", questions, "--json"])
+            XCTAssertEqual(e.status, 0, e.stderr)
+            let result = try JSONDecoder().decode(Result.self, from: Data(e.stdout.utf8))
+            XCTAssertEqual(result.examples, 5)
+            XCTAssertEqual(metrics.last!.choice_acc, result.accuracy, "np \(n) \(extra)")
+            XCTAssertEqual(metrics.last!.choice_acc_norm, result.normalizedAccuracy, "np \(n) \(extra)")
+        }
+        // A bad question file is refused before --overwrite removes anything.
+        let run = dir + "/run1", before = try Data(contentsOf: URL(fileURLWithPath: run + "/model.bin"))
+        try "{\"context\": \"a\"}\n".write(toFile: dir + "/bad.jsonl", atomically: true, encoding: .utf8)
+        let bad = try tessera(tinyArgs(data: data, out: run, steps: 4) + ["--eval-choices", dir + "/bad.jsonl", "--overwrite"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("bad.jsonl:1: lacks a string context and a list of string choices"), bad.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/model.bin")), before)
+    }
 }
