@@ -3,7 +3,8 @@ import Foundation
 // MARK: - Loss plots
 
 /// An SVG of one or more runs' `metrics.jsonl`: train and validation loss against step and
-/// against tokens seen, learning rate and throughput below; runs overlaid in their colours.
+/// against tokens seen, learning rate and throughput below, and multiple-choice accuracy
+/// (`--eval-choices`) in a third row when a run has it; runs overlaid in their colours.
 public enum Plot {
     /// What one run contributes: its name and, per step, the metrics line's values.
     public struct Run {
@@ -11,6 +12,8 @@ public enum Plot {
         public var tokensPerStep: Int
         public var steps: [Int], loss: [Double], lr: [Double], tokensPerSecond: [Double]
         public var val: [(step: Int, loss: Double)]
+        /// `--eval-choices`' accuracies at each evaluation (acc, acc_norm).
+        public var choices: [(step: Int, acc: Double, accNorm: Double)]
 
         /// Reads `RUN/metrics.jsonl` and the tokens per step from `RUN/config.json`.
         public init(directory: String, name: String? = nil) throws {
@@ -25,7 +28,7 @@ public enum Plot {
                 tokens = c.batchSize * c.blockSize
             }
             tokensPerStep = tokens
-            steps = []; loss = []; lr = []; tokensPerSecond = []; val = []
+            steps = []; loss = []; lr = []; tokensPerSecond = []; val = []; choices = []
             for line in text.split(separator: "\n") {
                 guard let m = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                       let step = m["step"] as? Int else { continue }
@@ -34,6 +37,7 @@ public enum Plot {
                 lr.append(m["lr"] as? Double ?? .nan)
                 tokensPerSecond.append(m["tokens_per_s"] as? Double ?? .nan)
                 if let v = m["val_loss"] as? Double { val.append((step, v)) }
+                if let a = m["choice_acc"] as? Double, let n = m["choice_acc_norm"] as? Double { choices.append((step, a, n)) }
             }
             guard !steps.isEmpty else {
                 throw ConfigError(flag: "RUN", problem: "\(metricsPath) has no steps", fix: "plot a run that has trained at least one step")
@@ -47,8 +51,9 @@ public enum Plot {
     /// The SVG document for `runs`.
     public static func svg(_ runs: [Run]) -> String {
         let width = 1000.0, panelH = 300.0, top = 70.0
+        let rows = runs.contains { !$0.choices.isEmpty } ? 3.0 : 2.0
         var out = """
-        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(top + 2 * panelH + 40))" \
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(top + rows * panelH + 40))" \
         font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">
         <rect width="100%" height="100%" fill="white"/>
         <text x="20" y="26" font-size="17" font-weight="bold">Training: \(escape(runs.map(\.name).joined(separator: " vs ")))</text>
@@ -87,6 +92,19 @@ public enum Plot {
         out += panel(Frame(x: half, y: top + panelH, w: half, h: panelH), title: "tokens/s", xLabel: "step",
                      series: runs.enumerated().map { Series(x: $1.steps.map(Double.init), y: $1.tokensPerSecond,
                                                             color: palette[$0 % palette.count], width: 1.5, opacity: 0.8) })
+        if rows == 3 {
+            // acc_norm solid, acc dashed, both with markers: evaluations are few.
+            func accuracy(_ normalized: Bool) -> [Series] {
+                runs.enumerated().map { i, r in
+                    Series(x: r.choices.map { Double($0.step) }, y: r.choices.map { normalized ? $0.accNorm : $0.acc },
+                           color: palette[i % palette.count], width: 2, opacity: 1, dashed: !normalized, markers: true)
+                }
+            }
+            out += panel(Frame(x: 0, y: top + 2 * panelH, w: half, h: panelH), title: "multiple-choice acc_norm", xLabel: "step",
+                         series: accuracy(true))
+            out += panel(Frame(x: half, y: top + 2 * panelH, w: half, h: panelH), title: "multiple-choice acc", xLabel: "step",
+                         series: accuracy(false))
+        }
         return out + "</svg>\n"
     }
 

@@ -61,6 +61,39 @@ final class PlotCLITests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/alpha/loss.svg"))
     }
 
+    func testMultipleChoiceAccuracyRow() throws {
+        let data = try Repo.dataDirectory(), root = try Repo.temporaryDirectory("plotchoices"), questions = root + "/q.jsonl"
+        try [#"{"context": "the man sat on the", "choices": [" mat", " dog", " old hat"], "label": 0}"#,
+             #"{"context": "a dog ran", "choices": [" far away", " home"], "label": 1}"#]
+            .joined(separator: "\n").write(toFile: questions, atomically: true, encoding: .utf8)
+        let r = try tessera(tinyArgs(data: data, out: root + "/run", steps: 8) + ["--eval-every", "4", "--eval-choices", questions, "--no-tensorboard"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try tessera(["plot", root + "/run", "--out", root + "/p.svg"]).status, 0)
+        let parser = XMLParser(contentsOf: URL(fileURLWithPath: root + "/p.svg"))!
+        let e = Elements()
+        parser.delegate = e
+        XCTAssertTrue(parser.parse())
+        XCTAssertEqual(e.found.first { $0.name == "svg" }?.attributes["height"], "1010", "a third row")
+        XCTAssertTrue(e.text.contains("multiple-choice acc_norm") && e.text.contains("multiple-choice acc|"), e.text)
+        let lines = e.found.filter { $0.name == "polyline" }
+        XCTAssertEqual(lines.count, 3 * 2 + 2 + 2)
+        // acc_norm, then acc: one point per evaluation, in the third row (y beyond 670), dashed for acc.
+        let metrics = try String(contentsOfFile: root + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        for (line, key) in zip(lines.suffix(2), ["choice_acc_norm", "choice_acc"]) {
+            let values = metrics.compactMap { $0[key] as? Double }
+            XCTAssertEqual(values.count, 2, key)
+            let points = line.attributes["points"]!.split(separator: " ").map { $0.split(separator: ",").map { Double($0)! } }
+            XCTAssertEqual(points.count, 2, key)
+            XCTAssertTrue(points.allSatisfy { (670...1010).contains($0[1]) }, "\(key): \(points)")
+            XCTAssertEqual(points[1][1] < points[0][1], values[1] > values[0], key)
+            XCTAssertEqual(points[1][1] == points[0][1], values[1] == values[0], key)
+        }
+        XCTAssertNil(lines[lines.count - 2].attributes["stroke-dasharray"])
+        XCTAssertEqual(lines.last!.attributes["stroke-dasharray"], "6 3")
+        XCTAssertEqual(e.found.filter { $0.name == "circle" }.count, 2 * 2 + 2 * 2 + 1, "val and choice markers, and the legend's")
+    }
+
     func testPNGAndBadInput() throws {
         let data = try Repo.dataDirectory(), run = try Repo.temporaryDirectory("plotpng")
         XCTAssertEqual(try tessera(tinyArgs(data: data, out: run, steps: 3)).status, 0)
