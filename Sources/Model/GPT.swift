@@ -35,6 +35,8 @@ public final class GPT {
     private let body: any ModelBody
 
     private var lastB = 0, lastT = 0
+    /// How many logit rows the last forward computed, when it was given `logitRows`.
+    private var computedRows: Int?
     private var tokens: UnsafeMutablePointer<Int32>
     private var targets: UnsafeMutablePointer<Int32>
     private var tokenCapacity = 0
@@ -90,11 +92,21 @@ public final class GPT {
     /// `sequenceKeys` (one per sequence, `Dropout.sequenceKey`) make it a training pass with
     /// dropout; without them (evaluation, generation) there is none. A LoRA model reads its
     /// frozen base from `params` and its adapters from `adapters` (required then).
+    ///
+    /// `logitRows` (without targets): only these positions' logits are computed (positions
+    /// `b·T + t`, ascending), read back with `logitsRow(index:)`; scoring a few positions of
+    /// each sequence (multiple-choice questions, the next token) then skips most of the LM
+    /// head's work.
     @discardableResult
     public func forward(tokens inTokens: UnsafePointer<Int32>, targets inTargets: UnsafePointer<Int32>?,
                         B: Int, T: Int, params: ParameterProvider, adapters: ParameterProvider? = nil,
-                        sequenceKeys: UnsafePointer<UInt64>? = nil) -> (sum: Double, count: Int) {
+                        sequenceKeys: UnsafePointer<UInt64>? = nil, logitRows: [Int]? = nil) -> (sum: Double, count: Int) {
         precondition(T <= config.blockSize, "sequence length \(T) exceeds block_size \(config.blockSize)")
+        if let logitRows {
+            precondition(inTargets == nil, "logitRows is for passes without targets")
+            precondition(zip(logitRows, logitRows.dropFirst()).allSatisfy { $0 < $1 } && (logitRows.first ?? -1) >= 0 && (logitRows.last ?? 0) < B * T, "logitRows must be ascending positions below B·T, at least one")
+        }
+        computedRows = logitRows?.count
         reserve(B: B, T: T)
         let BT = B * T
         tokens.update(from: inTokens, count: BT)
@@ -106,13 +118,23 @@ public final class GPT {
             keys.update(from: sequenceKeys, count: B)
             pass = DropoutPass(dropout: dropout, keys: keys)
         }
-        return body.forward(tokens: tokens, targets: inTargets == nil ? nil : UnsafePointer(targets), B: B, T: T,
-                            params: params, adapters: adapters, dropout: pass, separator: documentSeparator)
+        return (logitRows ?? []).withUnsafeBufferPointer { rows in
+            body.forward(tokens: tokens, targets: inTargets == nil ? nil : UnsafePointer(targets), B: B, T: T,
+                         params: params, adapters: adapters, dropout: pass, separator: documentSeparator,
+                         logitRows: logitRows == nil ? nil : rows)
+        }
     }
 
-    /// Logits of sequence `b` at position `t` after a forward without targets.
+    /// Logits of sequence `b` at position `t` after a forward without targets (of every row).
     public func logitsRow(b: Int, t: Int) -> UnsafePointer<Float> {
-        UnsafePointer(body.logits + (b * lastT + t) * config.vocabSize)
+        precondition(computedRows == nil, "the last forward computed only its logitRows: read them by index")
+        return UnsafePointer(body.logits + (b * lastT + t) * config.vocabSize)
+    }
+
+    /// Logits of the `index`-th of the last forward's `logitRows`.
+    public func logitsRow(index: Int) -> UnsafePointer<Float> {
+        precondition(index < computedRows ?? 0, "row \(index) of \(computedRows ?? 0) computed")
+        return UnsafePointer(body.logits + index * config.vocabSize)
     }
 
     // MARK: Backward
@@ -136,7 +158,7 @@ protocol ModelBody: AnyObject {
     func reserve(B: Int, T: Int, recompute: Recompute)
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
                  params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?,
-                 separator: Int32?) -> (sum: Double, count: Int)
+                 separator: Int32?, logitRows: UnsafeBufferPointer<Int>?) -> (sum: Double, count: Int)
     func backward(lossScale: Float, tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>, B: Int, T: Int,
                   params: ParameterProvider)
 }

@@ -95,9 +95,11 @@ final class Transformer<F: ComputeFormat> {
     /// Runs `B`×`T` tokens through the model; with `targets`, returns the summed loss over
     /// counted positions and their number, leaving probabilities for `backward`. `adapters`
     /// provides the LoRA parameters (required with LoRA, `params` then being the frozen base).
+    /// With `logitRows` (ascending positions `b·T + t`, no targets), only those rows' logits
+    /// are computed, stored one after another.
     func forward(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, B: Int, T: Int,
                  params: ParameterProvider, adapters: ParameterProvider?, dropout: DropoutPass?,
-                 separator: Int32?) -> (sum: Double, count: Int) {
+                 separator: Int32?, logitRows: UnsafeBufferPointer<Int>? = nil) -> (sum: Double, count: Int) {
         precondition((lora == nil) == (adapters == nil), "a LoRA model needs its adapters' provider, and only it does")
         precondition(separator == nil || attentionKernel == .fused, "packed documents need the fused attention kernel")
         pass = dropout
@@ -128,9 +130,18 @@ final class Transformer<F: ComputeFormat> {
                   weight: f.vector(at.lnfw), bias: f.vector(at.lnfb), N: BT)
         params.releaseParameters(unit: lay.finalUnit)
 
+        // Only the rows asked for go through the head (the largest GEMM at GPT-2's vocabulary):
+        // moved to the front of lnf in order, each to a place at or before its own.
+        var rows = BT
+        if let logitRows {
+            for (i, r) in logitRows.enumerated() where i != r {
+                (a.lnf.pointer + i * C).update(from: a.lnf.pointer + r * C, count: C)
+            }
+            rows = logitRows.count
+        }
         let head = acquire(params, unit: 0, narrowed: true)
         Layers.linearForward(F.self, out: a.logits.pointer, inp: a.lnf.pointer, weight: head.matrix(0), bias: nil,
-                             N: BT, IC: C, OC: V)
+                             N: rows, IC: C, OC: V)
         params.releaseParameters(unit: 0)
         guard let targets else { return (0, 0) }
         return Layers.softmaxCrossEntropyForward(logits: a.logits.pointer, targets: targets, N: BT, V: V)

@@ -32,9 +32,10 @@ public struct ChoiceLoss: Codable, Sendable, Equatable {
 /// than `blockSize` is an error. Each of its tokens adds `log Σ exp(logits) − logit[token]`
 /// at the position before it. The rule ties go to the lower index (as `argmin`).
 public enum MultipleChoice {
-    /// Runs the model on `B` rows of `T` tokens; then `logits(b, t)` reads a row's logits.
-    public typealias Forward = (_ tokens: UnsafePointer<Int32>, _ B: Int, _ T: Int) -> Void
-    public typealias Logits = (_ b: Int, _ t: Int) -> UnsafePointer<Float>
+    /// Runs the model on `B` rows of `T` tokens, computing the logits of positions
+    /// `logitRows` (`b·T + t`, ascending) only; then `logits(i)` reads the i-th of them.
+    public typealias Forward = (_ tokens: UnsafePointer<Int32>, _ B: Int, _ T: Int, _ logitRows: [Int]) -> Void
+    public typealias Logits = (_ index: Int) -> UnsafePointer<Float>
 
     /// Every question's choice losses, on every rank. `rows` choices go through one forward
     /// pass. Every rank runs the same number of passes (a rank short of questions repeats a
@@ -67,16 +68,18 @@ public enum MultipleChoice {
                     // Positions after a shorter row's end feed no scored position (attention is causal).
                     for t in (w.count - 1)..<width { row[t] = 0 }
                 }
-                forward(tokens, windows.count, width)
+                // Only the positions that predict a choice token need logits.
+                let scored = windows.enumerated().map { r, w in (w.count - 1 - e.choices[group.lowerBound + r].count)..<(w.count - 1) }
+                forward(tokens, windows.count, width, scored.enumerated().flatMap { r, ts in ts.map { r * width + $0 } })
                 passes += 1
+                var index = 0
                 for (r, w) in windows.enumerated() {
-                    let k = group.lowerBound + r, n = e.choices[k].count, L = w.count - 1
                     var sum = 0.0
-                    for t in (L - n)..<L {
-                        let target = Int(w[w.startIndex + t + 1])
-                        sum += crossEntropy(logits(r, t), V, target: target, scratch: scratch.pointer)
+                    for t in scored[r] {
+                        sum += crossEntropy(logits(index), V, target: Int(w[w.startIndex + t + 1]), scratch: scratch.pointer)
+                        index += 1
                     }
-                    nats[offsets[i] + k] = sum
+                    nats[offsets[i] + group.lowerBound + r] = sum
                 }
             }
         }
@@ -86,7 +89,7 @@ public enum MultipleChoice {
             stride(from: r, to: examples.count, by: comm.size).reduce(0) { $0 + (examples[$1].choices.count + rows - 1) / rows }
         }.max()!
         var one: Int32 = 0
-        for _ in passes..<most { forward(&one, 1, 1) }
+        for _ in passes..<most { forward(&one, 1, 1, [0]) }
         try comm.allReduce(&nats, label: "all-reduce of multiple-choice losses")
         return examples.indices.map { i in
             examples[i].choices.indices.map { k in ChoiceLoss(nats: nats[offsets[i] + k], tokens: examples[i].choices[k].count) }
@@ -142,8 +145,8 @@ extension MultipleChoice {
         let flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
         let rows = examples.map(\.choices.count).max() ?? 1
         let scores = try losses(examples, blockSize: file.config.blockSize, vocabSize: file.config.vocabSize, rows: rows, comm: comm,
-                                forward: { tokens, B, T in model.forward(tokens: tokens, targets: nil, B: B, T: T, params: flat) },
-                                logits: { b, t in model.logitsRow(b: b, t: t) })
+                                forward: { tokens, B, T, rows in model.forward(tokens: tokens, targets: nil, B: B, T: T, params: flat, logitRows: rows) },
+                                logits: { model.logitsRow(index: $0) })
         withExtendedLifetime(noGradients) {}
         return scores
     }

@@ -75,8 +75,10 @@ public final class Sampler {
 
     /// Logits after the last token of `context`, from a forward pass over all of it.
     func fullForward(_ context: [Int32]) -> UnsafePointer<Float> {
-        _ = context.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: context.count, params: flat) }
-        return model.logitsRow(b: 0, t: context.count - 1)
+        _ = context.withUnsafeBufferPointer {
+            model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: context.count, params: flat, logitRows: [context.count - 1])
+        }
+        return model.logitsRow(index: 0)
     }
 
     /// The next token from `logits`: greedy at temperature 0, else drawn from the top-k and

@@ -215,11 +215,11 @@ extension Trainer {
     public func evaluateChoices(_ questions: [ChoiceExample]) throws -> ChoiceResult {
         let rows = min(micro, questions.map(\.choices.count).max() ?? 1)
         let losses = try MultipleChoice.losses(questions, blockSize: config.blockSize, vocabSize: model.config.vocabSize, rows: rows, comm: comm,
-                                               forward: { tokens, B, T in
-                                                   self.model.forward(tokens: tokens, targets: nil, B: B, T: T,
-                                                                      params: self.modelParameters, adapters: self.modelAdapters)
+                                               forward: { tokens, B, T, rows in
+                                                   self.model.forward(tokens: tokens, targets: nil, B: B, T: T, params: self.modelParameters,
+                                                                      adapters: self.modelAdapters, logitRows: rows)
                                                },
-                                               logits: { b, t in self.model.logitsRow(b: b, t: t) })
+                                               logits: { self.model.logitsRow(index: $0) })
         return MultipleChoice.result(questions, losses, ranks: comm.size)
     }
 

@@ -57,8 +57,8 @@ final class ChoiceEvalTests: XCTestCase {
         let model = GPT(config: file.config), none = FloatBuffer(count: 0)
         let flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: none.pointer)
         let single = try MultipleChoice.losses(examples, blockSize: 32, vocabSize: 256, rows: 1, comm: LocalCommunicator(),
-                                               forward: { model.forward(tokens: $0, targets: nil, B: $1, T: $2, params: flat) },
-                                               logits: { model.logitsRow(b: $0, t: $1) })
+                                               forward: { model.forward(tokens: $0, targets: nil, B: $1, T: $2, params: flat, logitRows: $3) },
+                                               logits: { model.logitsRow(index: $0) })
         for (a, b) in zip(single.joined(), losses.joined()) { XCTAssertEqual(a.nats, b.nats, accuracy: 1e-6 * b.nats) }
     }
 

@@ -40,3 +40,31 @@ final class IncrementalDecoderTests: XCTestCase {
         }
     }
 }
+
+/// A forward asked for a few positions' logits (`logitRows`) gives those rows of the full
+/// forward's logits, in every compute format.
+final class LogitRowsTests: XCTestCase {
+    func testSelectedRowsAreTheFullForwardsRows() {
+        let config = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 24, vocabSize: 37, bias: true)
+        for precision in Precision.allCases {
+            let h = Harness(config, precision: precision)
+            GPT.initialize(h.params.pointer, layout: h.model.layout, config: config, seed: 3)
+            var rng = SplitMix64(seed: 4)
+            for i in 0..<h.params.count { h.params[i] += Float(rng.nextNormal() * 0.3) }
+            let B = 3, T = 20, V = config.vocabSize
+            let tokens = (0..<B * T).map { _ in Int32(rng.next(below: V)) }
+            h.model.forward(tokens: tokens, targets: nil, B: B, T: T, params: h.flat)
+            let full = (0..<B * T).map { Array(UnsafeBufferPointer(start: h.model.logitsRow(b: $0 / T, t: $0 % T), count: V)) }
+            // The first and last positions, a run in the middle row, and a lone one.
+            let rows = [0, 5, 21, 22, 23, 24, 39, 47, B * T - 1]
+            h.model.forward(tokens: tokens, targets: nil, B: B, T: T, params: h.flat, logitRows: rows)
+            var worst = 0.0
+            for (i, r) in rows.enumerated() {
+                let got = Array(UnsafeBufferPointer(start: h.model.logitsRow(index: i), count: V))
+                worst = max(worst, relativeError(got, full[r].map(Double.init)))
+            }
+            XCTAssertLessThan(worst, 1e-6, "\(precision): selected rows vs the full forward's")
+            XCTAssertGreaterThan(full.joined().map(abs).max()!, 1, "logits are not all near zero")
+        }
+    }
+}
