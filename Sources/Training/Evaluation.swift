@@ -4,6 +4,7 @@ import Corpus
 import Foundation
 import Kernels
 import Model
+import Settings
 
 // MARK: - Evaluation
 
@@ -20,6 +21,8 @@ public struct EvalResult: Codable, Sendable {
     public var windows: Int, blockSize: Int, ranks: Int
     /// "whole" (every token once) or "trainer" (the batches `train`'s validation drew).
     public var mode: String
+    /// The forward passes' compute format.
+    public var precision = Precision.fp32
 }
 
 /// Loss of trained weights on a dataset split, on any number of ranks.
@@ -39,7 +42,7 @@ public enum Evaluation {
     /// Mean loss over the whole split, its windows spread over the ranks (window i on rank
     /// i mod N), `batch` windows per forward pass. Every rank must hold the same weights.
     public static func whole(model file: ModelFile, split: TokenSplit, name: String, batch: Int, comm: Communicator,
-                             separator: Int32? = nil) throws -> EvalResult {
+                             separator: Int32? = nil, precision: Precision = .fp32) throws -> EvalResult {
         let T = file.config.blockSize, V = file.config.vocabSize
         let all = windows(of: split, blockSize: T)
         guard !all.isEmpty else {
@@ -47,7 +50,7 @@ public enum Evaluation {
         }
         let mine = stride(from: comm.rank, to: all.count, by: comm.size).map { all[$0] }
         let lengths = file.tokenizer?.byteLengths(vocabSize: V)
-        let runner = Runner(file: file, rows: batch, T: T, separator: separator)
+        let runner = Runner(file: file, rows: batch, T: T, separator: separator, precision: precision)
         var nats = 0.0, counted = 0, bytes = 0
         // Full windows in batches; a shard's shorter last window alone.
         var i = 0
@@ -77,16 +80,16 @@ public enum Evaluation {
         return EvalResult(split: name, loss: loss, perplexity: exp(loss),
                           bitsPerByte: lengths == nil || totals[2] == 0 ? nil : totals[0] / log(2) / totals[2],
                           tokens: Int(totals[1]), bytes: lengths == nil ? nil : Int(totals[2]),
-                          windows: all.count, blockSize: T, ranks: comm.size, mode: "whole")
+                          windows: all.count, blockSize: T, ranks: comm.size, mode: "whole", precision: precision)
     }
 
     /// The number `train` reports as its validation loss: `batches` global batches drawn by
     /// `sampler` from `split` (sample i of each on rank i mod N), `micro` rows per pass.
     public static func asTrainer(model file: ModelFile, split: TokenSplit, name: String, sampler: BatchSampler, batches: Int,
-                                 micro: Int, comm: Communicator, separator: Int32? = nil) throws -> EvalResult {
+                                 micro: Int, comm: Communicator, separator: Int32? = nil, precision: Precision = .fp32) throws -> EvalResult {
         let T = sampler.blockSize
         let indices = Array(stride(from: comm.rank, to: sampler.batchSize, by: comm.size))
-        let runner = Runner(file: file, rows: micro, T: T, separator: separator)
+        let runner = Runner(file: file, rows: micro, T: T, separator: separator, precision: precision)
         var nats = 0.0, counted = 0
         for j in 0..<batches {
             for lo in stride(from: 0, to: indices.count, by: micro) {
@@ -103,16 +106,17 @@ public enum Evaluation {
         let tokens = Int(total[1])
         let loss = total[0] / max(total[1], 1)
         return EvalResult(split: name, loss: loss, perplexity: exp(loss), bitsPerByte: nil, tokens: tokens, bytes: nil,
-                          windows: batches * sampler.batchSize, blockSize: T, ranks: comm.size, mode: "trainer")
+                          windows: batches * sampler.batchSize, blockSize: T, ranks: comm.size, mode: "trainer", precision: precision)
     }
 
-    /// A model over read-only weights with token buffers for `rows`×`T`.
+    /// A model over read-only weights with token buffers for `rows`×`T`, computing in
+    /// `precision` (16-bit: each unit's weights narrowed as the pass reaches it).
     final class Runner {
         let model: GPT, flat: FlatParameters, noGradients = FloatBuffer(count: 0)
         let x: UnsafeMutablePointer<Int32>, y: UnsafeMutablePointer<Int32>
 
-        init(file: ModelFile, rows: Int, T: Int, separator: Int32?) {
-            model = GPT(config: file.config)
+        init(file: ModelFile, rows: Int, T: Int, separator: Int32?, precision: Precision = .fp32) {
+            model = GPT(config: file.config, precision: precision)
             model.documentSeparator = separator
             flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
             x = .allocate(capacity: rows * T); y = .allocate(capacity: rows * T)

@@ -3,6 +3,7 @@ import Corpus
 import Foundation
 import Kernels
 import Model
+import Settings
 
 // MARK: - Multiple-choice evaluation
 
@@ -16,6 +17,8 @@ public struct ChoiceResult: Codable, Sendable {
     /// build-nanogpt's HellaSwag `acc_norm`).
     public var normalizedAccuracy: Double
     public var ranks: Int
+    /// The forward passes' compute format.
+    public var precision = Precision.fp32
 }
 
 /// One choice's loss: nats summed over its tokens, and their number.
@@ -138,10 +141,11 @@ public enum MultipleChoice {
 }
 
 extension MultipleChoice {
-    /// Every choice's loss under the weights in `file` (fp32), all of a question's choices in
+    /// Every choice's loss under the weights in `file` (computing in `precision`), all of a question's choices in
     /// one pass.
-    public static func losses(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator) throws -> [[ChoiceLoss]] {
-        let model = GPT(config: file.config), noGradients = FloatBuffer(count: 0)
+    public static func losses(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator,
+                              precision: Precision = .fp32) throws -> [[ChoiceLoss]] {
+        let model = GPT(config: file.config, precision: precision), noGradients = FloatBuffer(count: 0)
         let flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
         let rows = examples.map(\.choices.count).max() ?? 1
         let scores = try losses(examples, blockSize: file.config.blockSize, vocabSize: file.config.vocabSize, rows: rows, comm: comm,
@@ -152,7 +156,10 @@ extension MultipleChoice {
     }
 
     /// Accuracy of the weights in `file`.
-    public static func evaluate(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator) throws -> ChoiceResult {
-        result(examples, try losses(examples, model: file, comm: comm), ranks: comm.size)
+    public static func evaluate(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator,
+                                precision: Precision = .fp32) throws -> ChoiceResult {
+        var r = result(examples, try losses(examples, model: file, comm: comm, precision: precision), ranks: comm.size)
+        r.precision = precision
+        return r
     }
 }

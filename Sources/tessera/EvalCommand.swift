@@ -4,6 +4,7 @@ import Comm
 import Corpus
 import Foundation
 import Kernels
+import Settings
 import Training
 
 /// `tessera eval`: loss, perplexity and bits per byte of trained weights over a whole split,
@@ -23,6 +24,8 @@ struct Eval: ParsableCommand {
     @Option(help: ArgumentHelp("Instead of a split: multiple-choice questions to rank by the model's loss (JSON Lines: HellaSwag's {ctx, endings, label}, or {context, choices, label}).",
                                valueName: "file.jsonl")) var choices: String?
     @Option(help: "With --choices: only the first n questions.") var limit: Int?
+    @Option(help: "Compute format of the forward passes (bf16/fp16: weights narrowed, fp32 accumulation, as train computes).")
+    var precision: Precision = .fp32
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
     @Flag(help: "Print the result as one JSON object.") var json = false
 
@@ -81,9 +84,10 @@ struct Eval: ParsableCommand {
                                        rowAligned: dataset.packing != nil)
             result = try Evaluation.asTrainer(model: file, split: tokens, name: split, sampler: sampler,
                                               batches: evalSteps ?? c.evalSteps, micro: c.microBatchSize(worldSize: comm.size), comm: comm,
-                                              separator: separator)
+                                              separator: separator, precision: precision)
         } else {
-            result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator)
+            result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator,
+                                          precision: precision)
         }
         if comm.rank == 0 {
             if json {
@@ -95,7 +99,7 @@ struct Eval: ParsableCommand {
                     : "\(result.windows) windows of \(result.blockSize) (train's validation batches)"
                 var line = String(format: "eval: loss %.6f | perplexity %.3f", result.loss, result.perplexity)
                 if let bpb = result.bitsPerByte { line += String(format: " | bits per byte %.4f", bpb) }
-                print(line + " | \(what) on \(result.ranks) rank(s)")
+                print(line + " | \(what) on \(result.ranks) rank(s)" + (precision == .fp32 ? "" : " in \(precision)"))
             }
         }
     }
@@ -107,7 +111,7 @@ struct Eval: ParsableCommand {
                               fix: "evaluate a model trained on data from `tessera prepare`, or imported with GPT-2's vocab.json and merges.txt")
         }
         let examples = try ChoiceTask.load(path, tokenizer: tokenizer, limit: limit)
-        let result = try MultipleChoice.evaluate(examples, model: file, comm: comm)
+        let result = try MultipleChoice.evaluate(examples, model: file, comm: comm, precision: precision)
         guard comm.rank == 0 else { return }
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
@@ -115,7 +119,7 @@ struct Eval: ParsableCommand {
         } else {
             print(String(format: "eval: acc %.4f (%d/%d) | acc_norm %.4f (%d/%d)", result.accuracy, result.correct, result.examples,
                          result.normalizedAccuracy, result.correctNormalized, result.examples)
-                  + " | \(result.examples) questions from \(path) on \(result.ranks) rank(s)")
+                  + " | \(result.examples) questions from \(path) on \(result.ranks) rank(s)" + (precision == .fp32 ? "" : " in \(precision)"))
         }
     }
 }

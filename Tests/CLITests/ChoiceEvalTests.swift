@@ -3,6 +3,7 @@ import Corpus
 import Foundation
 import Kernels
 import Model
+import Settings
 import Training
 import XCTest
 
@@ -60,6 +61,14 @@ final class ChoiceEvalTests: XCTestCase {
                                                forward: { model.forward(tokens: $0, targets: nil, B: $1, T: $2, params: flat, logitRows: $3) },
                                                logits: { model.logitsRow(index: $0) })
         for (a, b) in zip(single.joined(), losses.joined()) { XCTAssertEqual(a.nats, b.nats, accuracy: 1e-6 * b.nats) }
+
+        // 16-bit passes (`eval --precision`): within the formats' rounding of transformers' fp32.
+        for (precision, bound) in [(Precision.bf16, 1e-2), (.fp16, 2e-3)] {
+            let low = try MultipleChoice.losses(examples, model: file, comm: LocalCommunicator(), precision: precision)
+            let worst = zip(low.joined().map(\.nats), ref.questions.flatMap(\.nats)).map { abs($0 - $1) / $1 }.max()!
+            XCTAssertLessThan(worst, bound, "\(precision)")
+            XCTAssertGreaterThan(worst, 1e-7, "\(precision) computed in 16 bits")
+        }
     }
 
     func testEvalChoicesOnOneAndTwoRanks() throws {
@@ -77,6 +86,9 @@ final class ChoiceEvalTests: XCTestCase {
             XCTAssertEqual(r.normalizedAccuracy, Double(ref.correct_norm) / 10)
         }
         XCTAssertEqual(two.ranks, 2)
+        let bf16 = try tessera(["eval", "--model", model, "--choices", Self.questions, "--precision", "bf16"])
+        XCTAssertEqual(bf16.status, 0, bf16.stderr)
+        XCTAssertTrue(bf16.stdout.contains("| 10 questions from \(Self.questions) on 1 rank(s) in bf16"), bf16.stdout)
         let text = try tessera(["eval", "--model", model, "--choices", Self.questions, "--limit", "4"])
         XCTAssertEqual(text.status, 0, text.stderr)
         let first4 = ref.questions.prefix(4)

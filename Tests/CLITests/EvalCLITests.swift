@@ -53,6 +53,11 @@ final class EvalCLITests: XCTestCase {
         // model.bin gives the same number as the checkpoint it was saved with.
         let viaModel = try decode(try tessera(["eval", "--model", run + "/model.bin", "--data", data, "--json"]))
         XCTAssertEqual(viaModel.loss, one.loss)
+        // In bf16: bf16's rounding of the same number.
+        let bf16 = try decode(try tessera(["eval", "--model", run + "/model.bin", "--data", data, "--json", "--precision", "bf16"]))
+        XCTAssertEqual(bf16.loss, one.loss, accuracy: 1e-2 * one.loss)
+        XCTAssertNotEqual(bf16.loss, one.loss)
+        XCTAssertEqual(bf16.tokens, one.tokens)
     }
 
     func testBadInputIsAClearError() throws {
