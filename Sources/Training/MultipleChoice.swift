@@ -134,6 +134,23 @@ public enum MultipleChoice {
                             accuracy: Double(correct) / n, normalizedAccuracy: Double(normalized) / n, ranks: ranks)
     }
 
+    /// One JSON line per question: where it is, its label, each choice's nats and tokens,
+    /// and the choice each rule picks (`pred`: total loss, `pred_norm`: mean per token).
+    public static func predictions(_ examples: [ChoiceExample], _ losses: [[ChoiceLoss]]) throws -> Data {
+        struct Line: Encodable {
+            let line: String, label: Int, nats: [Double], tokens: [Int], pred: Int, pred_norm: Int
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var out = Data()
+        for (e, l) in zip(examples, losses) {
+            out += try encoder.encode(Line(line: e.line, label: e.label, nats: l.map(\.nats), tokens: l.map(\.tokens),
+                                           pred: argmin(l.map(\.nats)), pred_norm: argmin(l.map(\.mean))))
+            out += Data("\n".utf8)
+        }
+        return out
+    }
+
     /// The first index of the smallest value.
     public static func argmin(_ values: [Double]) -> Int {
         values.indices.min { values[$0] < values[$1] || (values[$0] == values[$1] && $0 < $1) }!
@@ -153,13 +170,5 @@ extension MultipleChoice {
                                 logits: { model.logitsRow(index: $0) })
         withExtendedLifetime(noGradients) {}
         return scores
-    }
-
-    /// Accuracy of the weights in `file`.
-    public static func evaluate(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator,
-                                precision: Precision = .fp32) throws -> ChoiceResult {
-        var r = result(examples, try losses(examples, model: file, comm: comm, precision: precision), ranks: comm.size)
-        r.precision = precision
-        return r
     }
 }

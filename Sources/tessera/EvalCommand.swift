@@ -24,6 +24,8 @@ struct Eval: ParsableCommand {
     @Option(help: ArgumentHelp("Instead of a split: multiple-choice questions to rank by the model's loss (JSON Lines: HellaSwag's {ctx, endings, label}, or {context, choices, label}).",
                                valueName: "file.jsonl")) var choices: String?
     @Option(help: "With --choices: only the first n questions.") var limit: Int?
+    @Option(help: ArgumentHelp("With --choices: also write each question's choice losses and picks here (JSON Lines; a new file).",
+                               valueName: "file.jsonl")) var predictions: String?
     @Option(help: "Compute format of the forward passes (bf16/fp16: weights narrowed, fp32 accumulation, as train computes).")
     var precision: Precision = .fp32
     @Option(help: "BLAS threads per rank (0: cores / ranks).") var threads: Int = 0
@@ -41,7 +43,7 @@ struct Eval: ParsableCommand {
             if data != nil || asTrainer || split != "val" {
                 throw ValidationError("--choices scores questions instead of a split: drop --data, --split and --as-trainer")
             }
-        } else if limit != nil { throw ValidationError("--limit counts --choices questions: pass --choices") }
+        } else if limit != nil || predictions != nil { throw ValidationError("--limit and --predictions are for --choices questions: pass --choices") }
         if let limit, limit < 1 { throw ValidationError("--limit must be >= 1") }
     }
 
@@ -110,9 +112,21 @@ struct Eval: ParsableCommand {
             throw ConfigError(flag: "--choices", problem: "needs the model's tokenizer, and \(checkpoint ?? model!) has none (it was trained on shards without a tokenizer.json)",
                               fix: "evaluate a model trained on data from `tessera prepare`, or imported with GPT-2's vocab.json and merges.txt")
         }
+        // Refused before the passes, which can take an hour, rather than after them.
+        if let predictions, FileManager.default.fileExists(atPath: predictions) {
+            throw ConfigError(flag: "--predictions", problem: "\(predictions) already exists", fix: "choose a new file, or remove that one first")
+        }
         let examples = try ChoiceTask.load(path, tokenizer: tokenizer, limit: limit)
-        let result = try MultipleChoice.evaluate(examples, model: file, comm: comm, precision: precision)
+        let losses = try MultipleChoice.losses(examples, model: file, comm: comm, precision: precision)
+        var result = MultipleChoice.result(examples, losses, ranks: comm.size)
+        result.precision = precision
         guard comm.rank == 0 else { return }
+        if let predictions {
+            do { try MultipleChoice.predictions(examples, losses).write(to: URL(fileURLWithPath: predictions), options: .withoutOverwriting) } catch {
+                throw ConfigError(flag: "--predictions", problem: "\(predictions) cannot be written (\(error.localizedDescription))",
+                                  fix: "pass a new file in a writable directory")
+            }
+        }
         if json {
             let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
             print(String(decoding: try e.encode(result), as: UTF8.self))

@@ -86,6 +86,24 @@ final class ChoiceEvalTests: XCTestCase {
             XCTAssertEqual(r.normalizedAccuracy, Double(ref.correct_norm) / 10)
         }
         XCTAssertEqual(two.ranks, 2)
+        // --predictions: each question's losses and picks, as the fixture has them; never over a file.
+        let out = try Repo.temporaryDirectory("predictions") + "/p.jsonl"
+        XCTAssertEqual(try tessera(["eval", "--model", model, "--choices", Self.questions, "--predictions", out]).status, 0)
+        struct Line: Decodable { let line: String; let label: Int; let nats: [Double]; let tokens: [Int]; let pred: Int; let pred_norm: Int }
+        let written = try Data(contentsOf: URL(fileURLWithPath: out))
+        let lines = try String(decoding: written, as: UTF8.self).split(separator: "\n").map { try JSONDecoder().decode(Line.self, from: Data($0.utf8)) }
+        XCTAssertEqual(lines.count, ref.questions.count)
+        for (i, (l, q)) in zip(lines, ref.questions).enumerated() {
+            XCTAssertEqual(l.line, "\(Self.questions):\(i + 1)")
+            XCTAssertEqual(l.label, q.label); XCTAssertEqual(l.tokens, q.tokens)
+            XCTAssertEqual(l.pred, q.pred); XCTAssertEqual(l.pred_norm, q.pred_norm)
+            for (a, b) in zip(l.nats, q.nats) { XCTAssertEqual(a, b, accuracy: 1e-5 * b + 1e-5) }
+        }
+        let again = try tessera(["eval", "--model", model, "--choices", Self.questions, "--predictions", out, "--limit", "2"])
+        XCTAssertEqual(again.status, 2)
+        XCTAssertTrue(again.stderr.contains("--predictions \(out) already exists"), again.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out)), written)
+
         let bf16 = try tessera(["eval", "--model", model, "--choices", Self.questions, "--precision", "bf16"])
         XCTAssertEqual(bf16.status, 0, bf16.stderr)
         XCTAssertTrue(bf16.stdout.contains("| 10 questions from \(Self.questions) on 1 rank(s) in bf16"), bf16.stdout)
