@@ -17,8 +17,9 @@ public struct EvalResult: Codable, Sendable {
     /// (nil without a tokenizer).
     public var bitsPerByte: Double?
     public var tokens: Int, bytes: Int?
-    /// Windows evaluated (sequences of at most `blockSize` predictions) and how.
-    public var windows: Int, blockSize: Int, ranks: Int
+    /// Windows evaluated (sequences of at most `blockSize` predictions), how far apart they
+    /// start, and how.
+    public var windows: Int, blockSize: Int, stride: Int, ranks: Int
     /// "whole" (every token once) or "trainer" (the batches `train`'s validation drew).
     public var mode: String
     /// The forward passes' compute format.
@@ -27,28 +28,42 @@ public struct EvalResult: Codable, Sendable {
 
 /// Loss of trained weights on a dataset split, on any number of ranks.
 public enum Evaluation {
-    /// One stretch of a shard: inputs `start..<start+length`, targets one token later.
-    struct Window { let shard: TokenShard, start: Int, length: Int }
+    /// One stretch of a shard: inputs `start..<start+length`, targets one token later, of
+    /// which those from `scoredFrom` on count (the earlier ones were scored by the window before).
+    struct Window { let shard: TokenShard, start: Int, length: Int, scoredFrom: Int }
 
-    /// Every token of a shard after its first, predicted once: consecutive windows of
-    /// `blockSize` predictions, the last shorter. Each prediction sees only the context
-    /// inside its window (as the trainer's validation does), not a sliding one.
-    static func windows(of split: TokenSplit, blockSize T: Int) -> [Window] {
-        split.shards.flatMap { shard in
-            stride(from: 0, to: max(0, shard.count - 1), by: T).map { Window(shard: shard, start: $0, length: min(T, shard.count - 1 - $0)) }
+    /// Every token of a shard after its first, predicted once, by windows of up to
+    /// `blockSize` predictions starting every `stride` tokens; each window scores the targets
+    /// past the previous window's end (Hugging Face's sliding-window perplexity). With
+    /// `stride == blockSize` the windows are consecutive and each prediction sees only the
+    /// context inside its own window, as the trainer's validation does; a smaller stride gives
+    /// every prediction after the first window at least `blockSize − stride` tokens of context,
+    /// for `blockSize / stride` times the passes.
+    static func windows(of split: TokenSplit, blockSize T: Int, stride S: Int) -> [Window] {
+        split.shards.flatMap { shard -> [Window] in
+            let targets = shard.count - 1
+            var out: [Window] = [], scoredEnd = 0, start = 0
+            while scoredEnd < targets {
+                let end = min(start + T, targets)
+                out.append(Window(shard: shard, start: start, length: end - start, scoredFrom: scoredEnd - start))
+                scoredEnd = end
+                start += S
+            }
+            return out
         }
     }
 
     /// Mean loss over the whole split, its windows spread over the ranks (window i on rank
     /// i mod N), `batch` windows per forward pass. Every rank must hold the same weights.
     public static func whole(model file: ModelFile, split: TokenSplit, name: String, batch: Int, comm: Communicator,
-                             separator: Int32? = nil, precision: Precision = .fp32) throws -> EvalResult {
-        let T = file.config.blockSize, V = file.config.vocabSize
-        let all = windows(of: split, blockSize: T)
+                             separator: Int32? = nil, precision: Precision = .fp32, stride: Int? = nil) throws -> EvalResult {
+        let T = file.config.blockSize, V = file.config.vocabSize, S = stride ?? T
+        precondition((1...T).contains(S), "stride \(S) outside 1...\(T)")
+        let all = windows(of: split, blockSize: T, stride: S)
         guard !all.isEmpty else {
             throw DataError.tooShort(path: split.shards.first?.path ?? name, tokens: split.tokenCount, needed: 2)
         }
-        let mine = stride(from: comm.rank, to: all.count, by: comm.size).map { all[$0] }
+        let mine = Swift.stride(from: comm.rank, to: all.count, by: comm.size).map { all[$0] }
         let lengths = file.tokenizer?.byteLengths(vocabSize: V)
         let runner = Runner(file: file, rows: batch, T: T, separator: separator, precision: precision)
         var nats = 0.0, counted = 0, bytes = 0
@@ -67,6 +82,7 @@ public enum Evaluation {
                     throw DataError.invalid(path: w.shard.path, problem: "a window at token \(w.start) holds id \(top), outside the model's vocabulary of \(V)",
                                             fix: "evaluate on data prepared with the model's tokenizer")
                 }
+                for t in 0..<w.scoredFrom { runner.y[r * len + t] = -1 }
                 w.shard.maskTargets(runner.y + r * len, first: w.start + 1, count: len)
                 if let lengths { for t in 0..<len where runner.y[r * len + t] >= 0 { bytes += lengths[Int(runner.y[r * len + t])] } }
             }
@@ -80,7 +96,7 @@ public enum Evaluation {
         return EvalResult(split: name, loss: loss, perplexity: exp(loss),
                           bitsPerByte: lengths == nil || totals[2] == 0 ? nil : totals[0] / log(2) / totals[2],
                           tokens: Int(totals[1]), bytes: lengths == nil ? nil : Int(totals[2]),
-                          windows: all.count, blockSize: T, ranks: comm.size, mode: "whole", precision: precision)
+                          windows: all.count, blockSize: T, stride: S, ranks: comm.size, mode: "whole", precision: precision)
     }
 
     /// The number `train` reports as its validation loss: `batches` global batches drawn by
@@ -106,7 +122,7 @@ public enum Evaluation {
         let tokens = Int(total[1])
         let loss = total[0] / max(total[1], 1)
         return EvalResult(split: name, loss: loss, perplexity: exp(loss), bitsPerByte: nil, tokens: tokens, bytes: nil,
-                          windows: batches * sampler.batchSize, blockSize: T, ranks: comm.size, mode: "trainer", precision: precision)
+                          windows: batches * sampler.batchSize, blockSize: T, stride: T, ranks: comm.size, mode: "trainer", precision: precision)
     }
 
     /// A model over read-only weights with token buffers for `rows`×`T`, computing in

@@ -18,6 +18,8 @@ struct Eval: ParsableCommand {
     @Option(help: "Prepared data (default: the checkpoint's --data).") var data: String?
     @Option(help: "Split: val or train.") var split: String = "val"
     @Option(help: "Windows (sequences of block-size tokens) per forward pass.") var batchSize: Int = 4
+    @Option(help: "Windows of the whole split start every n tokens, each scoring what the one before did not (default: block size, no overlap; smaller: more context per prediction, block size / n times the passes).")
+    var stride: Int?
     @Flag(help: "Instead of the whole split, the batches train's validation drew (the checkpoint's seed, batch size and eval steps).")
     var asTrainer = false
     @Option(help: "With --as-trainer: batches (default: the checkpoint's eval steps).") var evalSteps: Int?
@@ -45,6 +47,10 @@ struct Eval: ParsableCommand {
             }
         } else if limit != nil || predictions != nil { throw ValidationError("--limit and --predictions are for --choices questions: pass --choices") }
         if let limit, limit < 1 { throw ValidationError("--limit must be >= 1") }
+        if let stride {
+            guard stride >= 1 else { throw ValidationError("--stride must be >= 1") }
+            if asTrainer || choices != nil { throw ValidationError("--stride sets the whole split's windows: drop --as-trainer and --choices") }
+        }
     }
 
     func run() throws {
@@ -88,8 +94,18 @@ struct Eval: ParsableCommand {
                                               batches: evalSteps ?? c.evalSteps, micro: c.microBatchSize(worldSize: comm.size), comm: comm,
                                               separator: separator, precision: precision)
         } else {
+            if let stride {
+                guard stride <= file.config.blockSize else {
+                    throw ConfigError(flag: "--stride", problem: "is \(stride), longer than the model's context of \(file.config.blockSize)",
+                                      fix: "use at most \(file.config.blockSize) (windows then do not overlap)")
+                }
+                guard dataset.packing == nil || stride == file.config.blockSize else {
+                    throw ConfigError(flag: "--stride", problem: "overlaps windows, and \(path) is packed examples evaluated row by row",
+                                      fix: "drop --stride for packed prompt-completion data")
+                }
+            }
             result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator,
-                                          precision: precision)
+                                          precision: precision, stride: stride)
         }
         if comm.rank == 0 {
             if json {
@@ -98,6 +114,7 @@ struct Eval: ParsableCommand {
             } else {
                 let what = result.mode == "whole"
                     ? "\(result.tokens) predicted tokens (the whole \(split) split) in \(result.windows) window(s) of up to \(result.blockSize)"
+                        + (result.stride < result.blockSize ? " every \(result.stride)" : "")
                     : "\(result.windows) windows of \(result.blockSize) (train's validation batches)"
                 var line = String(format: "eval: loss %.6f | perplexity %.3f", result.loss, result.perplexity)
                 if let bpb = result.bitsPerByte { line += String(format: " | bits per byte %.4f", bpb) }

@@ -1,4 +1,8 @@
+import Corpus
 import Foundation
+import Kernels
+import Model
+import Training
 import XCTest
 
 /// `tessera eval`: the whole split, every token predicted once, the same number on any
@@ -58,6 +62,49 @@ final class EvalCLITests: XCTestCase {
         XCTAssertEqual(bf16.loss, one.loss, accuracy: 1e-2 * one.loss)
         XCTAssertNotEqual(bf16.loss, one.loss)
         XCTAssertEqual(bf16.tokens, one.tokens)
+    }
+
+    /// `--stride`: every target once whatever the stride; at the block size the old windows
+    /// exactly; at stride 1 each token predicted from the `block_size` tokens before it (or all
+    /// before it), computed here one forward pass per token; the same on 2 ranks.
+    func testSlidingWindows() throws {
+        let dir = try Repo.temporaryDirectory("stride"), text = dir + "/text.txt", data = dir + "/data", run = dir + "/run"
+        var rng = SystemRandomNumberGenerator()
+        let words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home"]
+        try (0..<600).map { _ in words.randomElement(using: &rng)! }.joined(separator: " ").write(toFile: text, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try tessera(["prepare", "--input", text, "--out", data, "--val-fraction", "0.1"]).status, 0)
+        XCTAssertEqual(try tessera(tinyArgs(data: data, out: run, steps: 6) + ["--block-size", "32"]).status, 0)
+        let model = run + "/model.bin"
+        func eval(_ extra: [String], ranks: Int = 1) throws -> Result {
+            let args = ["eval", "--model", model, "--data", data, "--json"] + extra
+            return try decode(ranks == 1 ? try tessera(args) : try mpirun(ranks, args))
+        }
+        let plain = try eval([]), full = try eval(["--stride", "32"])
+        XCTAssertEqual(full.loss, plain.loss); XCTAssertEqual(full.windows, plain.windows)
+        let one = try eval(["--stride", "1"]), eight = try eval(["--stride", "8"]), eightOnTwo = try eval(["--stride", "8"], ranks: 2)
+        for r in [one, eight, eightOnTwo] { XCTAssertEqual(r.tokens, plain.tokens, "every target once") }
+        XCTAssertEqual(eightOnTwo.loss, eight.loss, accuracy: 1e-6 * eight.loss)
+        XCTAssertGreaterThan(eight.windows, 3 * plain.windows)
+
+        // Stride 1 by hand: token j from tokens max(0, j − 32)..<j.
+        let file = try ModelFile.read(from: model)
+        let shard = try Dataset.open(data).val.shards[0]
+        let tokens = (0..<shard.count).map { Int32(shard[$0]) }
+        let gpt = GPT(config: file.config), none = FloatBuffer(count: 0)
+        let flat = FlatParameters(layout: gpt.layout, parameters: file.parameters.pointer, gradients: none.pointer)
+        var nats = 0.0
+        for j in 1..<tokens.count {
+            let context = Array(tokens[max(0, j - 32)..<j])
+            gpt.forward(tokens: context, targets: nil, B: 1, T: context.count, params: flat, logitRows: [context.count - 1])
+            let row = UnsafeBufferPointer(start: gpt.logitsRow(index: 0), count: file.config.vocabSize).map(Double.init)
+            let top = row.max()!
+            nats += top + log(row.map { exp($0 - top) }.reduce(0, +)) - row[Int(tokens[j])]
+        }
+        XCTAssertEqual(one.loss, nats / Double(tokens.count - 1), accuracy: 1e-5 * one.loss)
+        XCTAssertLessThan(one.loss, plain.loss, "more context, lower loss")
+        let big = try tessera(["eval", "--model", model, "--data", data, "--stride", "33"])
+        XCTAssertEqual(big.status, 2)
+        XCTAssertTrue(big.stderr.contains("--stride is 33, longer than the model's context of 32"), big.stderr)
     }
 
     func testBadInputIsAClearError() throws {
