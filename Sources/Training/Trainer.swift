@@ -214,6 +214,11 @@ public final class Trainer {
             throw ConfigError(flag: "--eval-choices", problem: "needs the data's tokenizer to encode the questions, and \(config.data) has no tokenizer.json",
                               fix: "train on data from `tessera prepare`, or drop --eval-choices and score a model.bin later with `tessera eval --choices`")
         }
+        guard FileManager.default.isReadableFile(atPath: config.evalChoices) else {
+            throw ConfigError(flag: "--eval-choices", problem: "\(config.evalChoices) cannot be read",
+                              fix: "pass an existing JSON Lines file of questions (a resumed run takes its path from the run: "
+                                + "put the file back, pass --eval-choices with its new path, or --eval-choices '' to stop scoring them)")
+        }
         let questions = try ChoiceTask.load(config.evalChoices, tokenizer: tokenizer,
                                             limit: config.evalChoicesLimit > 0 ? config.evalChoicesLimit : nil)
         try MultipleChoice.check(questions, blockSize: model.blockSize, vocabSize: model.vocabSize, flag: "--eval-choices")

@@ -165,6 +165,18 @@ final class ChoiceEvalTests: XCTestCase {
             XCTAssertEqual(metrics.last!.choice_acc, result.accuracy, "np \(n) \(extra)")
             XCTAssertEqual(metrics.last!.choice_acc_norm, result.normalizedAccuracy, "np \(n) \(extra)")
         }
+        // A resume scores the run's questions; moved away, they are named, and '' stops them.
+        let resumed = try tessera(["train", "--out", dir + "/run1", "--resume", "latest", "--max-steps", "6"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stdout.contains("| choices acc "), resumed.stdout)
+        try FileManager.default.moveItem(atPath: questions, toPath: questions + ".moved")
+        let lost = try tessera(["train", "--out", dir + "/run1", "--resume", "latest", "--max-steps", "8"])
+        XCTAssertEqual(lost.status, 2)
+        XCTAssertTrue(lost.stderr.contains("--eval-choices \(questions) cannot be read"), lost.stderr)
+        let off = try tessera(["train", "--out", dir + "/run1", "--resume", "latest", "--max-steps", "8", "--eval-choices", ""])
+        XCTAssertEqual(off.status, 0, off.stderr)
+        XCTAssertTrue(off.stdout.contains("step     8/8") && !off.stdout.contains("choices acc"), off.stdout)
+
         // A bad question file is refused before --overwrite removes anything.
         let run = dir + "/run1", before = try Data(contentsOf: URL(fileURLWithPath: run + "/model.bin"))
         try "{\"context\": \"a\"}\n".write(toFile: dir + "/bad.jsonl", atomically: true, encoding: .utf8)
