@@ -24,6 +24,8 @@ public struct EvalResult: Codable, Sendable {
     public var mode: String
     /// The forward passes' compute format.
     public var precision = Precision.fp32
+    /// The weights evaluated (the checkpoint or model file given), when known.
+    public var source: String?
 }
 
 /// Loss of trained weights on a dataset split, on any number of ranks.

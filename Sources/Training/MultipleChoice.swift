@@ -19,6 +19,8 @@ public struct ChoiceResult: Codable, Sendable {
     public var ranks: Int
     /// The forward passes' compute format.
     public var precision = Precision.fp32
+    /// The weights scored (the checkpoint or model file given), when known.
+    public var source: String?
 }
 
 /// One choice's loss: nats summed over its tokens, and their number.

@@ -86,7 +86,7 @@ struct Eval: ParsableCommand {
                               fix: "evaluate on data prepared with --block-size \(file.config.blockSize)")
         }
         let separator = dataset.packing.map { Int32($0.separator) }
-        let result: EvalResult
+        var result: EvalResult
         if asTrainer, let c = trainConfig {
             let sampler = BatchSampler(seed: c.seed, blockSize: c.blockSize, batchSize: c.batchSize, mode: c.sampling,
                                        rowAligned: dataset.packing != nil)
@@ -107,9 +107,10 @@ struct Eval: ParsableCommand {
             result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator,
                                           precision: precision, stride: stride)
         }
+        result.source = checkpoint ?? model
         if comm.rank == 0 {
             if json {
-                let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+                let e = JSONEncoder(); e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 print(String(decoding: try e.encode(result), as: UTF8.self))
             } else {
                 let what = result.mode == "whole"
@@ -137,6 +138,7 @@ struct Eval: ParsableCommand {
         let losses = try MultipleChoice.losses(examples, model: file, comm: comm, precision: precision)
         var result = MultipleChoice.result(examples, losses, ranks: comm.size)
         result.precision = precision
+        result.source = checkpoint ?? model
         guard comm.rank == 0 else { return }
         if let predictions {
             do { try MultipleChoice.predictions(examples, losses).write(to: URL(fileURLWithPath: predictions), options: .withoutOverwriting) } catch {
@@ -145,7 +147,7 @@ struct Eval: ParsableCommand {
             }
         }
         if json {
-            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try e.encode(result), as: UTF8.self))
         } else {
             print(String(format: "eval: acc %.4f (%d/%d) | acc_norm %.4f (%d/%d)", result.accuracy, result.correct, result.examples,

@@ -19,7 +19,9 @@ final class ChoiceEvalTests: XCTestCase {
         struct Question: Decodable { let nats: [Double]; let tokens: [Int]; let label: Int; let pred: Int; let pred_norm: Int }
         let questions: [Question]; let correct: Int; let correct_norm: Int
     }
-    struct Result: Decodable { let examples: Int, correct: Int, correctNormalized: Int, accuracy: Double, normalizedAccuracy: Double, ranks: Int }
+    struct Result: Decodable {
+        let examples: Int, correct: Int, correctNormalized: Int, accuracy: Double, normalizedAccuracy: Double, ranks: Int, source: String?
+    }
 
     func expected() throws -> Expected {
         try JSONDecoder().decode(Expected.self, from: Data(contentsOf: URL(fileURLWithPath: Self.fixtures + "/expected.json")))
@@ -86,6 +88,7 @@ final class ChoiceEvalTests: XCTestCase {
             XCTAssertEqual(r.normalizedAccuracy, Double(ref.correct_norm) / 10)
         }
         XCTAssertEqual(two.ranks, 2)
+        XCTAssertEqual(one.source, model)
         // --predictions: each question's losses and picks, as the fixture has them; never over a file.
         let out = try Repo.temporaryDirectory("predictions") + "/p.jsonl"
         XCTAssertEqual(try tessera(["eval", "--model", model, "--choices", Self.questions, "--predictions", out]).status, 0)
