@@ -104,7 +104,9 @@ public final class GPT {
         precondition(T <= config.blockSize, "sequence length \(T) exceeds block_size \(config.blockSize)")
         if let logitRows {
             precondition(inTargets == nil, "logitRows is for passes without targets")
-            precondition(zip(logitRows, logitRows.dropFirst()).allSatisfy { $0 < $1 } && (logitRows.first ?? -1) >= 0 && (logitRows.last ?? 0) < B * T, "logitRows must be ascending positions below B·T, at least one")
+            precondition(zip(logitRows, logitRows.dropFirst()).allSatisfy { $0 < $1 }
+                         && (logitRows.first ?? -1) >= 0 && (logitRows.last ?? 0) < B * T,
+                         "logitRows must be one or more ascending positions below B·T")
         }
         computedRows = logitRows?.count
         reserve(B: B, T: T)
@@ -133,7 +135,7 @@ public final class GPT {
 
     /// Logits of the `index`-th of the last forward's `logitRows`.
     public func logitsRow(index: Int) -> UnsafePointer<Float> {
-        precondition(index < computedRows ?? 0, "row \(index) of \(computedRows ?? 0) computed")
+        precondition(index >= 0 && index < computedRows ?? 0, "row \(index) of \(computedRows ?? 0) computed")
         return UnsafePointer(body.logits + index * config.vocabSize)
     }
 

@@ -35,7 +35,7 @@ public struct ChoiceLoss: Codable, Sendable, Equatable {
 /// A choice is scored on `context + choice` cut from the left to `blockSize + 1` tokens
 /// (lm-evaluation-harness's rule), so a long context loses its oldest tokens; a choice longer
 /// than `blockSize` is an error. Each of its tokens adds `log Σ exp(logits) − logit[token]`
-/// at the position before it. The rule ties go to the lower index (as `argmin`).
+/// at the position before it. Ties between choices go to the lower index, as `argmin` breaks them.
 public enum MultipleChoice {
     /// Runs the model on `B` rows of `T` tokens, computing the logits of positions
     /// `logitRows` (`b·T + t`, ascending) only; then `logits(i)` reads the i-th of them.
@@ -116,7 +116,8 @@ public enum MultipleChoice {
         }
     }
 
-    /// `log Σ exp(x) − x[target]` over one row of `V` logits, in fp32 lanes summed to a double.
+    /// `log Σ exp(x) − x[target]` over one row of `V` logits (the exponentials summed in fp32
+    /// lanes, the rest in double).
     static func crossEntropy(_ x: UnsafePointer<Float>, _ V: Int, target: Int, scratch: UnsafeMutablePointer<Float>) -> Double {
         scratch.update(from: x, count: V)
         let top = Vector.maxValue(scratch, V, startingAt: -.infinity)
