@@ -88,7 +88,8 @@ public enum Evaluation {
                 w.shard.maskTargets(runner.y + r * len, first: w.start + 1, count: len)
                 if let lengths { for t in 0..<len where runner.y[r * len + t] >= 0 { bytes += lengths[Int(runner.y[r * len + t])] } }
             }
-            let (sum, count) = runner.loss(B: rows, T: len)
+            // Overlapping windows score a part of each: only that part goes through the LM head.
+            let (sum, count) = S < T ? runner.scoredLoss(B: rows, T: len) : runner.loss(B: rows, T: len)
             nats += sum; counted += count
             i += rows
         }
@@ -144,5 +145,25 @@ public enum Evaluation {
         func loss(B: Int, T: Int) -> (sum: Double, count: Int) {
             model.forward(tokens: x, targets: y, B: B, T: T, params: flat)
         }
+
+        /// The same sum, computing logits only where a target counts.
+        func scoredLoss(B: Int, T: Int) -> (sum: Double, count: Int) {
+            let rows = (0..<B * T).filter { y[$0] >= 0 }
+            guard !rows.isEmpty else { return (0, 0) }
+            model.forward(tokens: x, targets: nil, B: B, T: T, params: flat, logitRows: rows)
+            let V = model.config.vocabSize, scratch = FloatBuffer(count: V)
+            var sum = 0.0
+            for (i, r) in rows.enumerated() { sum += Evaluation.crossEntropy(model.logitsRow(index: i), V, target: Int(y[r]), scratch: scratch.pointer) }
+            return (sum, rows.count)
+        }
+    }
+
+    /// `log Σ exp(x) − x[target]` over one row of `V` logits (the exponentials summed in fp32
+    /// lanes, the rest in double).
+    static func crossEntropy(_ x: UnsafePointer<Float>, _ V: Int, target: Int, scratch: UnsafeMutablePointer<Float>) -> Double {
+        scratch.update(from: x, count: V)
+        let top = Vector.maxValue(scratch, V, startingAt: -.infinity)
+        let sum = Vector.expShiftSum(scratch, V, shift: top)
+        return Double(top) + log(Double(sum)) - Double(x[target])
     }
 }

@@ -81,7 +81,7 @@ public enum MultipleChoice {
                 for (r, w) in windows.enumerated() {
                     var sum = 0.0
                     for t in scored[r] {
-                        sum += crossEntropy(logits(index), V, target: Int(w[w.startIndex + t + 1]), scratch: scratch.pointer)
+                        sum += Evaluation.crossEntropy(logits(index), V, target: Int(w[w.startIndex + t + 1]), scratch: scratch.pointer)
                         index += 1
                     }
                     nats[offsets[i] + group.lowerBound + r] = sum
@@ -114,15 +114,6 @@ public enum MultipleChoice {
                                   fix: "evaluate with the model's own tokenizer")
             }
         }
-    }
-
-    /// `log Σ exp(x) − x[target]` over one row of `V` logits (the exponentials summed in fp32
-    /// lanes, the rest in double).
-    static func crossEntropy(_ x: UnsafePointer<Float>, _ V: Int, target: Int, scratch: UnsafeMutablePointer<Float>) -> Double {
-        scratch.update(from: x, count: V)
-        let top = Vector.maxValue(scratch, V, startingAt: -.infinity)
-        let sum = Vector.expShiftSum(scratch, V, shift: top)
-        return Double(top) + log(Double(sum)) - Double(x[target])
     }
 
     /// Accuracy by total and by mean loss.
