@@ -13,14 +13,16 @@ public struct ChoiceResult: Codable, Sendable {
     public var examples: Int, correct: Int, correctNormalized: Int
     /// `correct / examples`: the choice with the lowest total loss (nats summed over its tokens).
     public var accuracy: Double
-    /// `correctNormalized / examples`: the lowest mean loss per choice token (llm.c's and
-    /// build-nanogpt's HellaSwag `acc_norm`).
+    /// `correctNormalized / examples`: the lowest loss per choice token (llm.c's and
+    /// build-nanogpt's HellaSwag `acc_norm`) or per character (lm-evaluation-harness's).
     public var normalizedAccuracy: Double
     public var ranks: Int
     /// The forward passes' compute format.
     public var precision = Precision.fp32
     /// The weights scored (the checkpoint or model file given), when known.
     public var source: String?
+    /// How the questions were read and `acc_norm` normalised.
+    public var rules = ChoiceRules.llmc
 }
 
 /// One choice's loss: nats summed over its tokens, and their number.
@@ -121,7 +123,7 @@ public enum MultipleChoice {
         var correct = 0, normalized = 0
         for (e, l) in zip(examples, losses) {
             if argmin(l.map(\.nats)) == e.label { correct += 1 }
-            if argmin(l.map(\.mean)) == e.label { normalized += 1 }
+            if normalizedPick(e, l) == e.label { normalized += 1 }
         }
         let n = Double(examples.count)
         return ChoiceResult(examples: examples.count, correct: correct, correctNormalized: normalized,
@@ -139,10 +141,15 @@ public enum MultipleChoice {
         var out = Data()
         for (e, l) in zip(examples, losses) {
             out += try encoder.encode(Line(line: e.line, label: e.label, nats: l.map(\.nats), tokens: l.map(\.tokens),
-                                           pred: argmin(l.map(\.nats)), pred_norm: argmin(l.map(\.mean))))
+                                           pred: argmin(l.map(\.nats)), pred_norm: normalizedPick(e, l)))
             out += Data("\n".utf8)
         }
         return out
+    }
+
+    /// The choice `acc_norm` picks: the lowest loss per token (llm.c) or per character (harness).
+    public static func normalizedPick(_ e: ChoiceExample, _ losses: [ChoiceLoss]) -> Int {
+        argmin(zip(losses, e.normalizers).map { $0.nats / $1 })
     }
 
     /// The first index of the smallest value.

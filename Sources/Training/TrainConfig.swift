@@ -34,6 +34,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Multiple-choice questions scored at every evaluation (`--eval-choices`, e.g.
     /// HellaSwag's JSON Lines; "" for none), and how many of them (0: all).
     public var evalChoices = "", evalChoicesLimit = 0
+    /// Their conventions (`ChoiceRules`).
+    public var evalChoicesRules = ChoiceRules.llmc
     /// Write TensorBoard event files to `RUN/tb/` (rank 0).
     public var tensorboard = true
     public var logEvery = 10
@@ -107,7 +109,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
+             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, evalChoicesRules, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
              threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, powerSGDRank, powerSGDStart, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
@@ -136,6 +138,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.warmupSteps, &warmupSteps); try get(.beta1, &beta1); try get(.beta2, &beta2)
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
         try get(.evalSteps, &evalSteps); try get(.evalChoices, &evalChoices); try get(.evalChoicesLimit, &evalChoicesLimit)
+        try get(.evalChoicesRules, &evalChoicesRules)
         try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
         try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.shardGroup, &shardGroup); try get(.bucketMB, &bucketMB)

@@ -220,7 +220,7 @@ public final class Trainer {
                                 + "put the file back, pass --eval-choices with its new path, or --eval-choices '' to stop scoring them)")
         }
         let questions = try ChoiceTask.load(config.evalChoices, tokenizer: tokenizer,
-                                            limit: config.evalChoicesLimit > 0 ? config.evalChoicesLimit : nil)
+                                            limit: config.evalChoicesLimit > 0 ? config.evalChoicesLimit : nil, rules: config.evalChoicesRules)
         try MultipleChoice.check(questions, blockSize: model.blockSize, vocabSize: model.vocabSize, flag: "--eval-choices")
         return questions
     }

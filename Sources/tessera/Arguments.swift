@@ -16,3 +16,4 @@ extension Tokenizer.Kind: ExpressibleByArgument {}
 extension InputFormat: ExpressibleByArgument {}
 extension SyncDType: ExpressibleByArgument {}
 extension ShardGroup: ExpressibleByArgument {}
+extension ChoiceRules: ExpressibleByArgument {}

@@ -26,6 +26,8 @@ struct Eval: ParsableCommand {
     @Option(help: ArgumentHelp("Instead of a split: multiple-choice questions to rank by the model's loss (JSON Lines: HellaSwag's {ctx, endings, label}, or {context, choices, label}).",
                                valueName: "file.jsonl")) var choices: String?
     @Option(help: "With --choices: only the first n questions.") var limit: Int?
+    @Option(help: "With --choices: llmc (llm.c's HellaSwag: acc_norm per token) or harness (lm-evaluation-harness's: cleaned text, acc_norm per character).")
+    var choicesRules: ChoiceRules = .llmc
     @Option(help: ArgumentHelp("With --choices: also write each question's choice losses and picks here (JSON Lines; a new file).",
                                valueName: "file.jsonl")) var predictions: String?
     @Option(help: "Compute format of the forward passes (bf16/fp16: weights narrowed, fp32 accumulation, as train computes).")
@@ -45,7 +47,9 @@ struct Eval: ParsableCommand {
             if data != nil || asTrainer || split != "val" {
                 throw ValidationError("--choices scores questions instead of a split: drop --data, --split and --as-trainer")
             }
-        } else if limit != nil || predictions != nil { throw ValidationError("--limit and --predictions are for --choices questions: pass --choices") }
+        } else if limit != nil || predictions != nil || choicesRules != .llmc {
+            throw ValidationError("--limit, --predictions and --choices-rules are for --choices questions: pass --choices")
+        }
         if let limit, limit < 1 { throw ValidationError("--limit must be >= 1") }
         if let stride {
             guard stride >= 1 else { throw ValidationError("--stride must be >= 1") }
@@ -134,11 +138,12 @@ struct Eval: ParsableCommand {
         if let predictions, FileManager.default.fileExists(atPath: predictions) {
             throw ConfigError(flag: "--predictions", problem: "\(predictions) already exists", fix: "choose a new file, or remove that one first")
         }
-        let examples = try ChoiceTask.load(path, tokenizer: tokenizer, limit: limit)
+        let examples = try ChoiceTask.load(path, tokenizer: tokenizer, limit: limit, rules: choicesRules)
         let losses = try MultipleChoice.losses(examples, model: file, comm: comm, precision: precision)
         var result = MultipleChoice.result(examples, losses, ranks: comm.size)
         result.precision = precision
         result.source = checkpoint ?? model
+        result.rules = choicesRules
         guard comm.rank == 0 else { return }
         if let predictions {
             do { try MultipleChoice.predictions(examples, losses).write(to: URL(fileURLWithPath: predictions), options: .withoutOverwriting) } catch {

@@ -61,6 +61,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Also score these multiple-choice questions at every evaluation (JSON Lines: HellaSwag's {ctx, endings, label}, or {context, choices, label}).",
                                valueName: "file.jsonl")) var evalChoices: String?
     @Option(help: "With --eval-choices: only the first N questions (0: all).") var evalChoicesLimit: Int?
+    @Option(help: "With --eval-choices: llmc (acc_norm per token) or harness (lm-evaluation-harness's text and acc_norm per character).")
+    var evalChoicesRules: ChoiceRules?
     @Option(help: "Print a progress line every N steps.") var logEvery: Int?
     @Flag(inversion: .prefixedNo, help: "Write TensorBoard event files to RUN/tb (tensorboard --logdir RUN/tb).") var tensorboard: Bool?
 
@@ -112,7 +114,7 @@ struct TrainOptions: ParsableArguments {
         set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
-        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.evalChoices, evalChoices); set(\.evalChoicesLimit, evalChoicesLimit); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
+        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.evalChoices, evalChoices); set(\.evalChoicesLimit, evalChoicesLimit); set(\.evalChoicesRules, evalChoicesRules); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
         set(\.zero, zero); set(\.shardGroup, shardGroup); set(\.syncEvery, syncEvery); set(\.outerLR, outerLR); set(\.outerMomentum, outerMomentum)
         set(\.syncDtype, syncDtype); set(\.powerSGDRank, powerSGDRank); set(\.powerSGDStart, powerSGDStart); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)

@@ -10,21 +10,26 @@ import XCTest
 /// Multiple-choice evaluation (`eval --choices`): every choice's loss equals what a random
 /// `GPT2LMHeadModel` gives in transformers (fixture: `Fixtures/choices/make_choices_fixture.py`,
 /// questions in HellaSwag's form and the general one, contexts cut to the model's 32
-/// positions), so do both accuracies; the same on 2 ranks; bad questions name their line.
+/// positions), under llm.c's rules and under lm-evaluation-harness's (its own HellaSwag
+/// preprocessing code), so do both accuracies; the same on 2 ranks; bad questions name their line.
 final class ChoiceEvalTests: XCTestCase {
     static let fixtures = Repo.root.appendingPathComponent("Tests/CLITests/Fixtures/choices").path
     static var questions: String { fixtures + "/questions.jsonl" }
 
     struct Expected: Decodable {
         struct Question: Decodable { let nats: [Double]; let tokens: [Int]; let label: Int; let pred: Int; let pred_norm: Int }
-        let questions: [Question]; let correct: Int; let correct_norm: Int
+        struct Rules: Decodable { let questions: [Question]; let correct: Int; let correct_norm: Int }
+        let llmc: Rules, harness: Rules
     }
     struct Result: Decodable {
         let examples: Int, correct: Int, correctNormalized: Int, accuracy: Double, normalizedAccuracy: Double, ranks: Int, source: String?
+        let rules: String
     }
 
-    func expected() throws -> Expected {
-        try JSONDecoder().decode(Expected.self, from: Data(contentsOf: URL(fileURLWithPath: Self.fixtures + "/expected.json")))
+    /// The fixture's expectations under `rules`.
+    func expected(_ rules: ChoiceRules = .llmc) throws -> Expected.Rules {
+        let all = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: URL(fileURLWithPath: Self.fixtures + "/expected.json")))
+        return rules == .llmc ? all.llmc : all.harness
     }
 
     /// The fixture's weights with the byte tokenizer its questions were scored in, as a model.bin.
@@ -36,25 +41,30 @@ final class ChoiceEvalTests: XCTestCase {
     }
 
     func testChoiceLossesMatchTransformers() throws {
-        let ref = try expected(), file = try SafetensorsImport.read(Self.fixtures + "/model")
+        let file = try SafetensorsImport.read(Self.fixtures + "/model")
         XCTAssertEqual(file.config.blockSize, 32)
-        let examples = try ChoiceTask.load(Self.questions, tokenizer: .byte)
-        XCTAssertEqual(examples.count, ref.questions.count)
-        XCTAssertGreaterThan(examples.map { $0.context.count + $0.choices.map(\.count).max()! }.max()!, 33,
-                             "some question is cut to the context")
-        let losses = try MultipleChoice.losses(examples, model: file, comm: LocalCommunicator())
-        for (i, (mine, theirs)) in zip(losses, ref.questions).enumerated() {
-            XCTAssertEqual(mine.map(\.tokens), theirs.tokens, "question \(i): tokens per choice")
-            for (k, (a, b)) in zip(mine.map(\.nats), theirs.nats).enumerated() {
-                XCTAssertEqual(a, b, accuracy: 1e-5 * b + 1e-5, "question \(i) choice \(k)")
+        for rules in ChoiceRules.allCases {
+            let ref = try expected(rules)
+            let examples = try ChoiceTask.load(Self.questions, tokenizer: .byte, rules: rules)
+            XCTAssertEqual(examples.count, ref.questions.count)
+            XCTAssertGreaterThan(examples.map { $0.context.count + $0.choices.map(\.count).max()! }.max()!, 33,
+                                 "some question is cut to the context")
+            let losses = try MultipleChoice.losses(examples, model: file, comm: LocalCommunicator())
+            for (i, (mine, theirs)) in zip(losses, ref.questions).enumerated() {
+                XCTAssertEqual(mine.map(\.tokens), theirs.tokens, "\(rules) question \(i): tokens per choice")
+                for (k, (a, b)) in zip(mine.map(\.nats), theirs.nats).enumerated() {
+                    XCTAssertEqual(a, b, accuracy: 1e-5 * b + 1e-5, "\(rules) question \(i) choice \(k)")
+                }
+                XCTAssertEqual(MultipleChoice.argmin(mine.map(\.nats)), theirs.pred, "\(rules) question \(i)")
+                XCTAssertEqual(MultipleChoice.normalizedPick(examples[i], mine), theirs.pred_norm, "\(rules) question \(i)")
             }
-            XCTAssertEqual(MultipleChoice.argmin(mine.map(\.nats)), theirs.pred, "question \(i)")
-            XCTAssertEqual(MultipleChoice.argmin(mine.map(\.mean)), theirs.pred_norm, "question \(i)")
+            let result = MultipleChoice.result(examples, losses, ranks: 1)
+            XCTAssertEqual(result.correct, ref.correct, "\(rules)")
+            XCTAssertEqual(result.correctNormalized, ref.correct_norm, "\(rules)")
         }
-        let result = MultipleChoice.result(examples, losses, ranks: 1)
-        XCTAssertEqual(result.correct, ref.correct)
-        XCTAssertEqual(result.correctNormalized, ref.correct_norm)
-        XCTAssertNotEqual(ref.correct, ref.correct_norm, "the fixture tells the two rules apart")
+        XCTAssertNotEqual(try expected(.harness).correct_norm, try expected(.llmc).correct_norm, "the fixture tells the conventions apart")
+        let ref = try expected(), examples = try ChoiceTask.load(Self.questions, tokenizer: .byte)
+        let losses = try MultipleChoice.losses(examples, model: file, comm: LocalCommunicator())
 
         // One choice per pass (as train's evaluation can run it) scores the same.
         let model = GPT(config: file.config), none = FloatBuffer(count: 0)
@@ -82,10 +92,10 @@ final class ChoiceEvalTests: XCTestCase {
         let one = try result(try tessera(["eval", "--model", model, "--choices", Self.questions, "--json"]))
         let two = try result(try mpirun(2, ["eval", "--model", model, "--choices", Self.questions, "--json"]))
         for r in [one, two] {
-            XCTAssertEqual(r.examples, 10)
+            XCTAssertEqual(r.examples, ref.questions.count)
             XCTAssertEqual(r.correct, ref.correct)
             XCTAssertEqual(r.correctNormalized, ref.correct_norm)
-            XCTAssertEqual(r.normalizedAccuracy, Double(ref.correct_norm) / 10)
+            XCTAssertEqual(r.normalizedAccuracy, Double(ref.correct_norm) / Double(ref.questions.count))
         }
         XCTAssertEqual(two.ranks, 2)
         XCTAssertEqual(one.source, model)
@@ -109,7 +119,13 @@ final class ChoiceEvalTests: XCTestCase {
 
         let bf16 = try tessera(["eval", "--model", model, "--choices", Self.questions, "--precision", "bf16"])
         XCTAssertEqual(bf16.status, 0, bf16.stderr)
-        XCTAssertTrue(bf16.stdout.contains("| 10 questions from \(Self.questions) on 1 rank(s) in bf16"), bf16.stdout)
+        XCTAssertTrue(bf16.stdout.contains("| \(ref.questions.count) questions from \(Self.questions) on 1 rank(s) in bf16"), bf16.stdout)
+        // lm-evaluation-harness's conventions: its accuracies, and the JSON says which.
+        let harness = try result(try tessera(["eval", "--model", model, "--choices", Self.questions, "--choices-rules", "harness", "--json"]))
+        XCTAssertEqual(harness.rules, "harness")
+        XCTAssertEqual(harness.correct, try expected(.harness).correct)
+        XCTAssertEqual(harness.correctNormalized, try expected(.harness).correct_norm)
+        XCTAssertEqual(one.rules, "llmc")
         let text = try tessera(["eval", "--model", model, "--choices", Self.questions, "--limit", "4"])
         XCTAssertEqual(text.status, 0, text.stderr)
         let first4 = ref.questions.prefix(4)

@@ -4,14 +4,16 @@
 forms `--choices` reads, and the loss transformers' model gives every choice.
 CI needs none of this: the outputs are committed.
 
-    make bench-reference-setup && .venv-ref/bin/pip install transformers safetensors
+    make bench-reference-setup && .venv-ref/bin/pip install transformers safetensors lm-eval
     .venv-ref/bin/python Tests/CLITests/Fixtures/choices/make_choices_fixture.py
 
-The scoring below is the usual one, written out: HellaSwag endings get a leading space and
-are encoded apart from the context (build-nanogpt's render_example); the joined tokens keep
-their last n_positions + 1 (lm-evaluation-harness's crop); a choice's loss is the negative
-log-softmax of its tokens at the positions before them; acc takes the lowest sum,
-acc_norm the lowest mean per token, ties to the first.
+Two conventions are scored. llmc, written out: HellaSwag endings get a leading space and are
+encoded apart from the context (build-nanogpt's render_example); acc_norm is the lowest mean
+loss per token. harness: lm-evaluation-harness's own HellaSwag preprocessing (its
+`process_docs`), the continuation encoded with the context, acc_norm per character of the
+choice. Both keep the joined tokens' last n_positions + 1 (the harness's crop); a choice's
+loss is the negative log-softmax of its tokens at the positions before them; acc takes the
+lowest sum; ties go to the first.
 """
 import json
 import os
@@ -48,42 +50,74 @@ lines = [
     {"context": "Question: What color is the sky?\nAnswer:", "choices": [" blue", " green", " very bright red indeed"], "label": 0},
     {"context": "2 + 2 =", "choices": [" 4", " 5", " four", " twenty-two"], "label": 0},
     {"context": "The capital of France is", "choices": [" Paris.", " Rome.", " a city on the Seine."], "label": 0},
-    hellaswag(7, "She", "picks up the violin and", ["plays.", "begins a slow piece by Bach.", "drops it", "tunes"], 1),
+    hellaswag(7, "She", "Picks UP the violin and", ["plays. [step]", "begins a slow piece by Bach.", "drops it", "tunes"], 1),
     {"context": "x", "choices": ["y", "yy", "yyyyyyyyyyyyyyyy", "z"], "label": 2},
     hellaswag(9, "Snow falls on the quiet mountain village as the children", "build a", ["snowman.", "fort with walls of ice.", "fire", "sled"], 0),
+    hellaswag(10, "[header] How to tie a knot [title] Hold", "the rope.  [step] then", ["loop it [substeps] once.", "pull it tight", "cut it  short.", "drop"], 1),
 ]
 with open(os.path.join(HERE, "questions.jsonl"), "w") as f:
     for line in lines:
         f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 T = config.n_positions
-out = {"transformers": __import__("transformers").__version__, "torch": torch.__version__, "questions": []}
-correct = correct_norm = 0
-for line in lines:
-    if "endings" in line:
-        ctx, choices = line["ctx"], [" " + e for e in line["endings"]]
-    else:
-        ctx, choices = line["context"], line["choices"]
-    label = int(line["label"])
+
+
+def score(pairs, normalizers, label):
+    """pairs: (context bytes, continuation bytes) per choice; acc_norm divides by normalizers."""
     nats, counts = [], []
-    for choice in choices:
-        c, e = list(ctx.encode("utf-8")), list(choice.encode("utf-8"))
+    for c, e in pairs:
         window = (c + e)[-(T + 1):]
         with torch.no_grad():
             logp = F.log_softmax(model(torch.tensor([window[:-1]])).logits[0].double(), dim=-1)
         n = len(e)
-        assert n <= T, f"choice {choice!r} is longer than the context"
+        assert n <= T, f"continuation {bytes(e)!r} is longer than the context"
         positions = range(len(window) - 1 - n, len(window) - 1)
         nats.append(-sum(logp[p, window[p + 1]].item() for p in positions))
         counts.append(n)
-    means = [s / n for s, n in zip(nats, counts)]
+    normalized = [s / n for s, n in zip(nats, normalizers)]
     pred = min(range(len(nats)), key=lambda k: (nats[k], k))
-    pred_norm = min(range(len(means)), key=lambda k: (means[k], k))
-    correct += pred == label
-    correct_norm += pred_norm == label
-    out["questions"].append({"nats": [round(x, 6) for x in nats], "tokens": counts, "label": label, "pred": pred, "pred_norm": pred_norm})
-out["correct"], out["correct_norm"] = correct, correct_norm
-assert any(q["pred"] != q["pred_norm"] for q in out["questions"]), "the two rules should disagree somewhere"
+    pred_norm = min(range(len(normalized)), key=lambda k: (normalized[k], k))
+    return {"nats": [round(x, 6) for x in nats], "tokens": counts, "label": label, "pred": pred, "pred_norm": pred_norm}
+
+
+def llmc(line):
+    if "endings" in line:
+        ctx, conts = line["ctx"], [" " + e for e in line["endings"]]
+    else:
+        ctx, conts = line["context"], line["choices"]
+    pairs = [(list(ctx.encode("utf-8")), list(k.encode("utf-8"))) for k in conts]
+    return score(pairs, [len(e) for _, e in pairs], int(line["label"]))
+
+
+def harness(line):
+    # lm-evaluation-harness's own HellaSwag code, then its _encode_pair and its acc_norm
+    # (loglikelihood over the choice's characters); general lines are scored as written.
+    import datasets
+    from lm_eval.tasks.hellaswag import utils
+    if "endings" in line:
+        doc = utils.process_docs(datasets.Dataset.from_list([line]))[0]
+        ctx, choices, conts = doc["query"], doc["choices"], [" " + c for c in doc["choices"]]
+    else:
+        ctx, choices, conts = line["context"], line["choices"], line["choices"]
+    pairs = []
+    for k in conts:
+        spaces = len(ctx) - len(ctx.rstrip())
+        c, k = (ctx[:-spaces], ctx[-spaces:] + k) if spaces else (ctx, k)
+        whole, head = list((c + k).encode("utf-8")), list(c.encode("utf-8"))
+        pairs.append((head, whole[len(head):]))
+    return score(pairs, [len(ch) for ch in choices], int(line["label"]))
+
+
+out = {"transformers": __import__("transformers").__version__, "torch": torch.__version__,
+       "lm_eval": __import__("lm_eval").__version__}
+for name, rule in [("llmc", llmc), ("harness", harness)]:
+    questions = [rule(line) for line in lines]
+    out[name] = {"questions": questions, "correct": sum(q["pred"] == q["label"] for q in questions),
+                 "correct_norm": sum(q["pred_norm"] == q["label"] for q in questions)}
+    assert any(q["pred"] != q["pred_norm"] for q in questions), f"{name}: the two accuracies should disagree somewhere"
+assert out["llmc"]["questions"] != out["harness"]["questions"], "the rules should score differently"
 with open(os.path.join(HERE, "expected.json"), "w") as f:
     json.dump(out, f, indent=1)
-print("acc", correct, "acc_norm", correct_norm, "of", len(lines), [(q["pred"], q["pred_norm"], q["label"]) for q in out["questions"]])
+for name in ["llmc", "harness"]:
+    r = out[name]
+    print(name, "acc", r["correct"], "acc_norm", r["correct_norm"], "of", len(lines), [(q["pred"], q["pred_norm"], q["label"]) for q in r["questions"]])
