@@ -231,3 +231,56 @@ final class DataTests: XCTestCase {
         }
     }
 }
+
+/// How the two conventions of `ChoiceRules` turn a question into tokens, where a word runs
+/// across the context's end and BPE merges it: llm.c encodes the continuation alone;
+/// lm-evaluation-harness encodes context + continuation and keeps what follows the context's
+/// own token count (its `_encode_pair`), moving trailing spaces to the continuation.
+final class ChoiceTaskTests: XCTestCase {
+    func testContinuationEncodingPerConvention() throws {
+        var trainer = BPETrainer(vocabSize: 300)
+        trainer.count([Array(String(repeating: "the cat sat on the mat ", count: 40).utf8)], threads: 1)
+        let tok = Tokenizer(kind: .bpe, bpe: trainer.train())
+        func ids(_ s: String) throws -> [Int32] { try tok.encodeWide(s).map { Int32($0) } }
+        XCTAssertEqual(try ids("the cat sat").count, 3, "whole words are single tokens")
+        XCTAssertGreaterThan(try ids("the cat sa").count + (try ids("t on")).count, (try ids("the cat sat on")).count,
+                             "the split word merges when encoded whole")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("choicetask-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("q.jsonl").path
+        try #"{"context": "the ca", "choices": ["t sat on", "t sat the mat"], "label": 0}"# .write(toFile: file, atomically: true, encoding: .utf8)
+        let llmc = try ChoiceTask.load(file, tokenizer: tok, rules: .llmc)[0]
+        XCTAssertEqual(llmc.context, try ids("the ca"))
+        XCTAssertEqual(llmc.choices, [try ids("t sat on"), try ids("t sat the mat")])
+        XCTAssertEqual(llmc.normalizers, [Double(try ids("t sat on").count), Double(try ids("t sat the mat").count)])
+        let harness = try ChoiceTask.load(file, tokenizer: tok, rules: .harness)[0]
+        let k = try ids("the ca").count
+        XCTAssertEqual(harness.context, try ids("the ca"))
+        XCTAssertEqual(harness.choices, [Array(try ids("the cat sat on").dropFirst(k)), Array(try ids("the cat sat the mat").dropFirst(k))])
+        XCTAssertNotEqual(harness.choices, llmc.choices, "the merged word changes the continuation's tokens")
+        XCTAssertEqual(harness.normalizers, [8, 13], "characters of the choices")
+        // A context's trailing spaces travel with the continuation.
+        try #"{"context": "the cat ", "choices": ["sat", "on"], "label": 0}"# .write(toFile: file, atomically: true, encoding: .utf8)
+        let spaced = try ChoiceTask.load(file, tokenizer: tok, rules: .harness)[0]
+        XCTAssertEqual(spaced.context, try ids("the cat"))
+        XCTAssertEqual(spaced.choices[0], Array(try ids("the cat sat").dropFirst(try ids("the cat").count)))
+    }
+
+    /// lm-evaluation-harness's HellaSwag `preprocess` and Python's `capitalize`.
+    func testHarnessTextCleaning() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("choicetask-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("q.jsonl").path
+        let line = #"{"activity_label": "Knots", "ctx_a": "[header] How to tie [title] Hold", "ctx_b": "tHE rope.  [step] then", "#
+            + #""ctx": "x", "endings": [" loop it [substeps] once. ", "cut [a\nb] it"], "label": 1}"#
+        try line.write(toFile: file, atomically: true, encoding: .utf8)
+        let q = try ChoiceTask.load(file, tokenizer: .byte, rules: .harness)[0]
+        func text(_ ids: [Int32]) -> String { String(decoding: ids.map { UInt8($0) }, as: UTF8.self) }
+        // What lm-evaluation-harness 0.4.13's preprocess gives (three spaces become two).
+        XCTAssertEqual(text(q.context), "Knots: How to tie. Hold The rope.  then")
+        XCTAssertEqual(q.choices.map(text), [" loop it once.", " cut [a\nb] it"], "no tag across a newline")
+        XCTAssertEqual(q.normalizers, [13, 12])
+    }
+}
