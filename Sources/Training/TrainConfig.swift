@@ -238,7 +238,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(weightDecay >= 0, "--weight-decay", "is \(weightDecay)", "use 0 or more")
         try need(gradClip >= 0, "--grad-clip", "is \(gradClip)", "use 0 (off) or a positive norm")
         try need(evalEvery >= 0, "--eval-every", "is \(evalEvery)", "use 0 (only at the end) or more")
-        try need(evalSteps >= 1, "--eval-steps", "is \(evalSteps)", "use at least 1")
+        // An evaluation of billions of batches would never end: a bound far above any real use.
+        try need(evalSteps >= 1 && evalSteps <= 1_000_000, "--eval-steps", "is \(evalSteps)", "use 1 to 1000000 batches per evaluation")
         try need(evalChoicesLimit >= 0, "--eval-choices-limit", "is \(evalChoicesLimit)", "use 0 (every question) or more")
         try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
         try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
