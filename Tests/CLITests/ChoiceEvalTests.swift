@@ -176,6 +176,12 @@ final class ChoiceEvalTests: XCTestCase {
             XCTAssertEqual(metrics.map(\.step), [1, 2, 3, 4])
             XCTAssertEqual(metrics.map { $0.choice_acc != nil }, [false, true, false, true], "at every evaluation, with val_loss")
             XCTAssertEqual(metrics.map { $0.choice_acc_norm != nil }, metrics.map { $0.val_loss != nil })
+            // TensorBoard's events carry both tags (a Summary.Value's tag: field 1, its length, its bytes).
+            let events = try FileManager.default.contentsOfDirectory(atPath: run + "/tb")
+                .map { try Data(contentsOf: URL(fileURLWithPath: run + "/tb/" + $0)) }.reduce(Data(), +)
+            for tag in ["val/choice_acc", "val/choice_acc_norm"] {
+                XCTAssertNotNil(events.range(of: Data([0x0A, UInt8(tag.utf8.count)] + Array(tag.utf8))), "\(tag) in the event files")
+            }
             // The trained weights, scored again by `eval`: the same accuracies.
             let e = try tessera(["eval", "--model", run + "/model.bin", "--choices", questions, "--json"])
             XCTAssertEqual(e.status, 0, e.stderr)
