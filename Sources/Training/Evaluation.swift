@@ -140,6 +140,8 @@ public enum Evaluation {
             flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
             x = .allocate(capacity: rows * T); y = .allocate(capacity: rows * T)
         }
+        /// One row of logits, for `scoredLoss`'s softmax (allocated on first use).
+        private lazy var scratch = FloatBuffer(count: model.config.vocabSize)
         deinit { x.deallocate(); y.deallocate() }
 
         func loss(B: Int, T: Int) -> (sum: Double, count: Int) {
@@ -151,7 +153,7 @@ public enum Evaluation {
             let rows = (0..<B * T).filter { y[$0] >= 0 }
             guard !rows.isEmpty else { return (0, 0) }
             model.forward(tokens: x, targets: nil, B: B, T: T, params: flat, logitRows: rows)
-            let V = model.config.vocabSize, scratch = FloatBuffer(count: V)
+            let V = model.config.vocabSize
             var sum = 0.0
             for (i, r) in rows.enumerated() { sum += Evaluation.crossEntropy(model.logitsRow(index: i), V, target: Int(y[r]), scratch: scratch.pointer) }
             return (sum, rows.count)

@@ -28,7 +28,6 @@ public struct ChoiceResult: Codable, Sendable {
 /// One choice's loss: nats summed over its tokens, and their number.
 public struct ChoiceLoss: Codable, Sendable, Equatable {
     public var nats: Double, tokens: Int
-    public var mean: Double { nats / Double(tokens) }
 }
 
 /// Ranks each question's choices by the model's loss on them after the context, on any
@@ -131,7 +130,7 @@ public enum MultipleChoice {
     }
 
     /// One JSON line per question: where it is, its label, each choice's nats and tokens,
-    /// and the choice each rule picks (`pred`: total loss, `pred_norm`: mean per token).
+    /// and the choice each rule picks (`pred`: total loss, `pred_norm`: `normalizedPick`).
     public static func predictions(_ examples: [ChoiceExample], _ losses: [[ChoiceLoss]]) throws -> Data {
         struct Line: Encodable {
             let line: String, label: Int, nats: [Double], tokens: [Int], pred: Int, pred_norm: Int
@@ -163,13 +162,13 @@ extension MultipleChoice {
     /// one pass.
     public static func losses(_ examples: [ChoiceExample], model file: ModelFile, comm: Communicator,
                               precision: Precision = .fp32) throws -> [[ChoiceLoss]] {
-        let model = GPT(config: file.config, precision: precision), noGradients = FloatBuffer(count: 0)
-        let flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: noGradients.pointer)
-        let rows = examples.map(\.choices.count).max() ?? 1
-        let scores = try losses(examples, blockSize: file.config.blockSize, vocabSize: file.config.vocabSize, rows: rows, comm: comm,
-                                forward: { tokens, B, T, rows in model.forward(tokens: tokens, targets: nil, B: B, T: T, params: flat, logitRows: rows) },
-                                logits: { model.logitsRow(index: $0) })
-        withExtendedLifetime(noGradients) {}
-        return scores
+        // The split evaluation's model over read-only weights; `losses` fills its own token rows.
+        let runner = Evaluation.Runner(file: file, rows: 0, T: 0, separator: nil, precision: precision)
+        return try losses(examples, blockSize: file.config.blockSize, vocabSize: file.config.vocabSize,
+                          rows: examples.map(\.choices.count).max() ?? 1, comm: comm,
+                          forward: { tokens, B, T, rows in
+                              runner.model.forward(tokens: tokens, targets: nil, B: B, T: T, params: runner.flat, logitRows: rows)
+                          },
+                          logits: { runner.model.logitsRow(index: $0) })
     }
 }
