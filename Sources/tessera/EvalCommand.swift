@@ -114,8 +114,7 @@ struct Eval: ParsableCommand {
         result.source = checkpoint ?? model
         if comm.rank == 0 {
             if json {
-                let e = JSONEncoder(); e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try e.encode(result), as: UTF8.self))
+                try printJSON(result)
             } else {
                 let what = result.mode == "whole"
                     ? "\(result.tokens) predicted tokens (the whole \(split) split) in \(result.windows) window(s) of up to \(result.blockSize)"
@@ -152,12 +151,18 @@ struct Eval: ParsableCommand {
             }
         }
         if json {
-            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try e.encode(result), as: UTF8.self))
+            try printJSON(result)
         } else {
             print(String(format: "eval: acc %.4f (%d/%d) | acc_norm %.4f (%d/%d)", result.accuracy, result.correct, result.examples,
                          result.normalizedAccuracy, result.correctNormalized, result.examples)
                   + " | \(result.examples) questions from \(path) on \(result.ranks) rank(s)" + (precision == .fp32 ? "" : " in \(precision)"))
         }
+    }
+
+    /// `--json`: the result as one line, keys sorted.
+    func printJSON<R: Encodable>(_ result: R) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try e.encode(result), as: UTF8.self))
     }
 }
