@@ -4,7 +4,8 @@
 #                       [--elastic] [--bad-hosts FILE] [--min-ranks M] [--launcher CMD] -- <tessera train args>
 #
 # Each attempt runs launch/local.sh (or launch/multinode.sh with --hostfile); when the run
-# directory already holds a checkpoint, the attempt adds `--resume latest`. A failed attempt
+# directory already holds a checkpoint, the attempt adds `--resume latest` (a restart
+# replaces any --resume given, which a branch from another run's checkpoint has). A failed attempt
 # is retried after BACKOFF·2^(attempt-1) seconds, up to K restarts. It never retries a
 # configuration error (status 2 or 64): restarting cannot fix those. A stop signal sent to
 # this script is passed on; the job checkpoints and exits 75, and so does this script.
@@ -64,8 +65,20 @@ stop=0
 trap 'stop=1; [ -n "${child:-}" ] && kill -TERM "$child" 2>/dev/null' TERM INT
 attempt=0
 while true; do
-  extra=()
-  if [ -f "$out/checkpoints/latest" ] && [[ " ${args[*]} " != *" --resume "* ]]; then extra=(--resume latest); fi
+  extra=() run_args=("${args[@]}")
+  if [ -f "$out/checkpoints/latest" ]; then
+    if [ "$attempt" -gt 0 ]; then
+      # A restart continues this run's own latest checkpoint, also when the first attempt
+      # branched from another run's (--resume OTHER): its progress is here now.
+      run_args=()
+      for ((i = 0; i < ${#args[@]}; i++)); do
+        case "${args[$i]}" in --resume) i=$((i + 1)) ;; --resume=*) ;; *) run_args+=("${args[$i]}") ;; esac
+      done
+      extra=(--resume latest)
+    elif [[ " ${args[*]} " != *" --resume "* && " ${args[*]} " != *" --resume="* ]]; then
+      extra=(--resume latest)
+    fi
+  fi
   if [ -n "$bad_hosts" ] && [ -n "$work_hosts" ] && [ -f "$bad_hosts" ]; then
     while read -r h; do [ -n "$h" ] && grep -q -E "^$h([[:space:]]|$)" "$work_hosts" && drop_host "$h"; done < "$bad_hosts"
   fi
@@ -74,8 +87,8 @@ while true; do
   if [ -n "$launcher" ]; then cmd=($launcher -n "$ranks" --)
   elif [ -n "$work_hosts" ]; then cmd=("$here/launch/multinode.sh" --hostfile "$work_hosts" -n "$ranks" --)
   else cmd=("$here/launch/local.sh" -n "$ranks" --); fi
-  log "attempt $attempt: ${cmd[*]} ${args[*]} ${extra[*]}"
-  "${cmd[@]}" "${args[@]}" "${extra[@]}" > >(tee "$attempt_log") 2> >(tee -a "$attempt_log" >&2) &
+  log "attempt $attempt: ${cmd[*]} ${run_args[*]} ${extra[*]}"
+  "${cmd[@]}" "${run_args[@]}" "${extra[@]}" > >(tee "$attempt_log") 2> >(tee -a "$attempt_log" >&2) &
   child=$!
   status=0
   while kill -0 "$child" 2>/dev/null; do wait "$child" || status=$?; done

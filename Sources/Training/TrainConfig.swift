@@ -1,6 +1,7 @@
 import Corpus
 import Foundation
 import Model
+import Optim
 import Settings
 
 // MARK: - TrainConfig
@@ -19,6 +20,12 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var maxSteps = 2000
     public var lr = 1e-3, minLR = 1e-4
     public var warmupSteps = 100
+    /// The decay after warm-up; `lrDecaySteps` is where it reaches `minLR` (nanoGPT's
+    /// `lr_decay_iters`; 0: `maxSteps`).
+    public var lrSchedule = LRScheduleKind.cosine, lrDecaySteps = 0
+    /// `wsd`: steps of cooldown ending at the decay's end (0: a fifth of it, llm.c's), and
+    /// their shape.
+    public var cooldownSteps = 0, cooldownShape = CooldownShape.sqrt
     public var beta1 = 0.9, beta2 = 0.99
     public var weightDecay = 0.1
     public var gradClip = 1.0
@@ -109,7 +116,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, evalChoicesRules, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
+             warmupSteps, lrSchedule, lrDecaySteps, cooldownSteps, cooldownShape, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, evalChoicesRules, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
              threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, powerSGDRank, powerSGDStart, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
@@ -136,6 +143,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.bias, &bias); try get(.dropout, &dropout); try get(.batchSize, &batchSize)
         try get(.microBatch, &microBatch); try get(.maxSteps, &maxSteps); try get(.lr, &lr); try get(.minLR, &minLR)
         try get(.warmupSteps, &warmupSteps); try get(.beta1, &beta1); try get(.beta2, &beta2)
+        try get(.lrSchedule, &lrSchedule); try get(.lrDecaySteps, &lrDecaySteps)
+        try get(.cooldownSteps, &cooldownSteps); try get(.cooldownShape, &cooldownShape)
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
         try get(.evalSteps, &evalSteps); try get(.evalChoices, &evalChoices); try get(.evalChoicesLimit, &evalChoicesLimit)
         try get(.evalChoicesRules, &evalChoicesRules)
@@ -159,6 +168,14 @@ public struct TrainConfig: Codable, Equatable, Sendable {
             }
             reduceDtype = p
         }
+    }
+
+    /// The learning rate of every step.
+    public var schedule: LRSchedule {
+        let end = lrDecaySteps > 0 ? lrDecaySteps : maxSteps
+        let cooldown = cooldownSteps > 0 ? cooldownSteps : Int((Double(end) * 0.2).rounded())
+        return LRSchedule(kind: lrSchedule, maxLR: lr, minLR: minLR, warmupSteps: warmupSteps, decaySteps: end,
+                          cooldownSteps: cooldown, cooldownShape: cooldownShape)
     }
 
     /// The model shape for a vocabulary.
@@ -233,6 +250,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(lr > 0 && lr.isFinite, "--lr", "is \(lr)", "use a positive learning rate")
         try need(minLR >= 0 && minLR <= lr, "--min-lr", "is \(minLR)", "use a value in [0, lr]")
         try need(warmupSteps >= 0, "--warmup-steps", "is \(warmupSteps)", "use 0 or more")
+        try validateSchedule()
         try need(beta1 >= 0 && beta1 < 1, "--beta1", "is \(beta1)", "use a value in [0, 1)")
         try need(beta2 >= 0 && beta2 < 1, "--beta2", "is \(beta2)", "use a value in [0, 1)")
         try need(weightDecay >= 0, "--weight-decay", "is \(weightDecay)", "use 0 or more")
@@ -270,6 +288,21 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 }
 
 extension TrainConfig {
+    /// The schedule's flags: a decay end and a cooldown that fit between warm-up and that end.
+    func validateSchedule() throws(ConfigError) {
+        func need(_ ok: Bool, _ flag: String, _ what: String, _ fix: String) throws(ConfigError) {
+            if !ok { throw ConfigError(flag: flag, problem: what, fix: fix) }
+        }
+        try need(lrDecaySteps >= 0, "--lr-decay-steps", "is \(lrDecaySteps)", "use 0 (decay until --max-steps) or a step count")
+        try need(cooldownSteps >= 0, "--cooldown-steps", "is \(cooldownSteps)", "use 0 (a fifth of the decay) or a step count")
+        try need(cooldownSteps == 0 || lrSchedule == .wsd, "--cooldown-steps", "is \(cooldownSteps) with --lr-schedule \(lrSchedule.rawValue)",
+                 "a cooldown belongs to --lr-schedule wsd: pass that, or --cooldown-steps 0")
+        let end = schedule.decaySteps
+        try need(cooldownSteps <= max(0, end - warmupSteps), "--cooldown-steps",
+                 "is \(cooldownSteps), more than the \(max(0, end - warmupSteps)) steps between warm-up (\(warmupSteps)) and the decay's end (\(end))",
+                 "use at most \(max(0, end - warmupSteps)), or raise --max-steps or --lr-decay-steps")
+    }
+
     /// LoRA's flags: adapters that fit the model (`validateLoRAShape`), and a base to adapt.
     func validateLoRA() throws(ConfigError) {
         try validateLoRAShape()

@@ -46,7 +46,7 @@ public final class Trainer {
     let sampler: BatchSampler
     /// `--eval-choices`' questions, tokenized with the data's tokenizer.
     let choiceQuestions: [ChoiceExample]?
-    let schedule: CosineSchedule
+    let schedule: LRSchedule
     /// Where progress lines go (rank 0 only); tests silence it.
     public var log: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
 
@@ -127,8 +127,7 @@ public final class Trainer {
         model = GPT(config: gpt, precision: config.precision, recompute: config.recompute, attention: config.attention,
                     dropout: Float(config.dropout), lora: lora)
         model.documentSeparator = dataset.packing.map { Int32($0.separator) }
-        schedule = CosineSchedule(maxLR: config.lr, minLR: config.minLR, warmupSteps: config.warmupSteps,
-                                  decaySteps: config.maxSteps)
+        schedule = config.schedule
         let adam = AdamW(beta1: Float(config.beta1), beta2: Float(config.beta2), eps: 1e-8,
                          weightDecay: Float(config.weightDecay))
         do { groups = try ShardGroups(world: comm, group: config.workerGroup) } catch let e as ShardGroupError {

@@ -16,4 +16,6 @@ extension Tokenizer.Kind: ExpressibleByArgument {}
 extension InputFormat: ExpressibleByArgument {}
 extension SyncDType: ExpressibleByArgument {}
 extension ShardGroup: ExpressibleByArgument {}
+extension LRScheduleKind: ExpressibleByArgument {}
+extension CooldownShape: ExpressibleByArgument {}
 extension ChoiceRules: ExpressibleByArgument {}

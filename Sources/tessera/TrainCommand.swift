@@ -44,6 +44,7 @@ struct Train: ParsableCommand {
                                   fix: "drop the model flags when resuming")
             }
             c.resume = dir.path
+            noteScheduleChange(from: base, to: c, step: manifest.step)
             return c
         }
         if let config {
@@ -94,7 +95,7 @@ struct Train: ParsableCommand {
                 let c = try effectiveConfig()
                 try c.validate(worldSize: comm.size)
                 try preflight(c, worldSize: comm.size)
-                if !dryRun { try claim(c.out, initFrom: c.initFrom, resuming: !c.resume.isEmpty) }
+                if !dryRun { try claim(c.out, initFrom: c.initFrom, resuming: c.resume) }
                 return c
             }, comm: comm)
         } catch { finish(comm, error) }
@@ -141,11 +142,28 @@ struct Train: ParsableCommand {
         } catch { say("does not fit: \(error.description)") }
     }
 
+    /// A resumed run whose flags move the learning rate of its next step (a longer
+    /// `--max-steps` stretches a cosine; a cooldown branched from a stable `wsd` checkpoint
+    /// lowers it) says so once, so a jump is never a surprise.
+    func noteScheduleChange(from old: TrainConfig, to new: TrainConfig, step: Int) {
+        let before = old.schedule.lr(at: step), after = new.schedule.lr(at: step)
+        guard before != after else { return }
+        say(String(format: "tessera: the schedule changed on resume: step %d's learning rate is %.3e (the checkpoint's config gave %.3e)",
+                   step + 1, after, before))
+    }
+
     /// A new run does not replace one that `out` holds: it is refused, unless `--overwrite`
     /// says to remove the old run first (after every other check has passed, so bad input
-    /// loses nothing). Resuming writes on into the run, as meant.
-    func claim(_ out: String, initFrom: String, resuming: Bool) throws {
-        guard !resuming, let held = RunDirectory.previousRun(at: out) else { return }
+    /// loses nothing). Resuming from a checkpoint of `out` writes on into the run, as meant;
+    /// resuming from another run's checkpoint branches a new run into `out`, which must not
+    /// hold one.
+    func claim(_ out: String, initFrom: String, resuming checkpoint: String) throws {
+        if !checkpoint.isEmpty && RunDirectory.contains(out, checkpoint) { return }
+        guard let held = RunDirectory.previousRun(at: out) else { return }
+        if !checkpoint.isEmpty {
+            throw ConfigError(flag: "--out", problem: "\(out) already holds a run (\(held)), and --resume \(checkpoint) belongs to another",
+                              fix: "branch into a new --out, or continue \(out) with --resume latest")
+        }
         guard overwrite else {
             throw ConfigError(flag: "--out", problem: "\(out) already holds a run (\(held))",
                               fix: "continue it with --resume latest, choose another --out, "

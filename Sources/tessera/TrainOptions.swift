@@ -42,8 +42,13 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Sequences per forward/backward on a rank (0: the rank's whole share).") var microBatch: Int?
     @Option(help: "Optimizer steps.") var maxSteps: Int?
     @Option(help: "Peak learning rate.") var lr: Double?
-    @Option(name: .customLong("min-lr"), help: "Final learning rate of the cosine decay.") var minLR: Double?
+    @Option(name: .customLong("min-lr"), help: "Learning rate at the decay's end (cosine, linear, wsd).") var minLR: Double?
     @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
+    @Option(help: "After warm-up: cosine (nanoGPT), linear, constant, or wsd (the peak, then a cooldown before the decay's end).")
+    var lrSchedule: LRScheduleKind?
+    @Option(help: "Step at which the decay reaches --min-lr (nanoGPT's lr_decay_iters; 0: --max-steps).") var lrDecaySteps: Int?
+    @Option(help: "wsd: cooldown steps ending at the decay's end (0: a fifth of the decay's end).") var cooldownSteps: Int?
+    @Option(help: "wsd: the cooldown's shape: sqrt (1 - sqrt(progress)), linear or cosine.") var cooldownShape: CooldownShape?
     @Option(help: "AdamW beta1.") var beta1: Double?
     @Option(help: "AdamW beta2.") var beta2: Double?
     @Option(help: "AdamW decoupled weight decay (2-D tensors only).") var weightDecay: Double?
@@ -111,7 +116,8 @@ struct TrainOptions: ParsableArguments {
         set(\.bias, bias); set(\.dropout, dropout)
         set(\.loraRank, loraRank); set(\.loraAlpha, loraAlpha); set(\.loraTargets, loraTargets)
         set(\.batchSize, batchSize); set(\.microBatch, microBatch); set(\.maxSteps, maxSteps); set(\.lr, lr)
-        set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.beta1, beta1); set(\.beta2, beta2)
+        set(\.minLR, minLR); set(\.warmupSteps, warmupSteps); set(\.lrSchedule, lrSchedule); set(\.lrDecaySteps, lrDecaySteps)
+        set(\.cooldownSteps, cooldownSteps); set(\.cooldownShape, cooldownShape); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
         set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.evalChoices, evalChoices); set(\.evalChoicesLimit, evalChoicesLimit); set(\.evalChoicesRules, evalChoicesRules); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)

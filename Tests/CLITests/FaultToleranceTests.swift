@@ -101,6 +101,32 @@ final class FaultToleranceTests: XCTestCase {
         XCTAssertFalse(r.stderr.contains("attempt 1:"))
     }
 
+    /// A run branched from another run's checkpoint (`--resume OTHER --out NEW`) that fails
+    /// after saving is restarted from NEW's own latest checkpoint, not branched again from
+    /// OTHER. The launcher here is a stand-in that records its arguments, and the first time
+    /// saves a `latest` pointer and fails.
+    func testRestartOfABranchResumesItsOwnLatest() throws {
+        let out = try Repo.temporaryDirectory("branch")
+        let calls = out + "/calls.txt"
+        let fake = URL(fileURLWithPath: try Repo.temporaryDirectory("fake")).appendingPathComponent("launch.sh")
+        try """
+            #!/usr/bin/env bash
+            echo "$*" >> \(calls)
+            if [ ! -f \(out)/checkpoints/latest ]; then
+              mkdir -p \(out)/checkpoints && echo step-00000025 > \(out)/checkpoints/latest; exit 1
+            fi
+            exit 0
+            """.write(to: fake, atomically: true, encoding: .utf8)
+        chmod(fake.path, 0o755)
+        let r = try runProcess(resilient, ["--launcher", fake.path, "--backoff", "0", "--", "train", "--resume",
+                                           "/elsewhere/checkpoints/step-00000020", "--out", out, "--max-steps", "30"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = try String(contentsOfFile: calls, encoding: .utf8).split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 2, r.stderr)
+        XCTAssertTrue(lines[0].hasSuffix("train --resume /elsewhere/checkpoints/step-00000020 --out \(out) --max-steps 30"), lines[0])
+        XCTAssertTrue(lines[1].hasSuffix("train --out \(out) --max-steps 30 --resume latest"), lines[1])
+    }
+
     /// A 3-rank run loses a rank for good: the elastic launcher continues on 2 ranks from
     /// the last checkpoint, and from there matches a 2-rank run resumed from that checkpoint.
     func testElasticContinuesOnFewerRanks() throws {

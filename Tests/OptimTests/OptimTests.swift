@@ -6,13 +6,45 @@ import XCTest
 final class OptimTests: XCTestCase {
     /// nanoGPT's get_lr at the recipe's settings.
     func testCosineScheduleMatchesNanoGPT() {
-        let s = CosineSchedule(maxLR: 1e-3, minLR: 1e-4, warmupSteps: 100, decaySteps: 2000)
+        let s = LRSchedule(kind: .cosine, maxLR: 1e-3, minLR: 1e-4, warmupSteps: 100, decaySteps: 2000)
         XCTAssertEqual(s.lr(at: 0), 1e-3 / 101, accuracy: 1e-12)
         XCTAssertEqual(s.lr(at: 99), 1e-3 * 100 / 101, accuracy: 1e-12)
         XCTAssertEqual(s.lr(at: 100), 1e-3, accuracy: 1e-12)
         XCTAssertEqual(s.lr(at: 1050), 1e-4 + 0.5 * 9e-4, accuracy: 1e-12)
         XCTAssertEqual(s.lr(at: 2000), 1e-4, accuracy: 1e-12)
         XCTAssertEqual(s.lr(at: 5000), 1e-4, accuracy: 1e-12)
+    }
+
+    /// Warmup-stable-decay as llm.c's `get_learning_rate_wsd` computes it (the cooldown's
+    /// progress is (step − start) / (end − start)), with each cooldown shape; linear and
+    /// constant after the same warm-up.
+    func testWSDLinearAndConstantSchedules() {
+        let wsd = LRSchedule(kind: .wsd, maxLR: 1e-3, minLR: 1e-5, warmupSteps: 10, decaySteps: 100, cooldownSteps: 20)
+        XCTAssertEqual(wsd.cooldownStart, 80)
+        XCTAssertEqual(wsd.lr(at: 0), 1e-3 / 11, accuracy: 1e-15)
+        XCTAssertEqual(wsd.lr(at: 10), 1e-3)
+        XCTAssertEqual(wsd.lr(at: 79), 1e-3, "stable until the cooldown")
+        XCTAssertEqual(wsd.lr(at: 80), 1e-3, accuracy: 1e-15)
+        XCTAssertEqual(wsd.lr(at: 85), 1e-5 + 0.5 * (1e-3 - 1e-5), accuracy: 1e-15, "1 - sqrt(1/4)")
+        XCTAssertEqual(wsd.lr(at: 100), 1e-5, accuracy: 1e-15)
+        XCTAssertEqual(wsd.lr(at: 150), 1e-5)
+        var shaped = wsd
+        shaped.cooldownShape = .linear
+        XCTAssertEqual(shaped.lr(at: 85), 1e-5 + 0.75 * (1e-3 - 1e-5), accuracy: 1e-15)
+        shaped.cooldownShape = .cosine
+        XCTAssertEqual(shaped.lr(at: 90), 1e-5 + 0.5 * (1e-3 - 1e-5), accuracy: 1e-15)
+        // A cooldown longer than the steps after warm-up starts where warm-up ends.
+        let long = LRSchedule(kind: .wsd, maxLR: 1e-3, minLR: 0, warmupSteps: 10, decaySteps: 30, cooldownSteps: 50)
+        XCTAssertEqual(long.cooldownStart, 10)
+        XCTAssertEqual(long.lr(at: 15), 1e-3 * (1 - 0.25.squareRoot()), accuracy: 1e-15)
+
+        let linear = LRSchedule(kind: .linear, maxLR: 1e-3, minLR: 1e-4, warmupSteps: 100, decaySteps: 2000)
+        XCTAssertEqual(linear.lr(at: 99), 1e-3 * 100 / 101, accuracy: 1e-15)
+        XCTAssertEqual(linear.lr(at: 1050), 1e-4 + 0.5 * 9e-4, accuracy: 1e-15)
+        XCTAssertEqual(linear.lr(at: 2000), 1e-4, accuracy: 1e-15)
+        let constant = LRSchedule(kind: .constant, maxLR: 1e-3, minLR: 1e-4, warmupSteps: 100, decaySteps: 2000)
+        XCTAssertEqual(constant.lr(at: 50), 1e-3 * 51 / 101, accuracy: 1e-15)
+        XCTAssertEqual(constant.lr(at: 5000), 1e-3)
     }
 
     func testClipCoefficient() {
