@@ -3,7 +3,8 @@ import PackageDescription
 
 // Layering (see README "Architecture"): C shims -> Kernels -> Model, Comm -> Parallel, Optim
 // -> Training, Checkpoint, Corpus -> tessera. Settings (Precision, ZeroStage) is the leaf
-// every layer shares; Scaling is pure math over it. Only Kernels imports CKernels; the
+// every layer shares, and Tracing (profile spans) the leaf Model, Comm and Training record
+// into; Scaling is pure math over Settings. Only Kernels imports CKernels; the
 // signal shim is Training's, MPI is Comm's, zstd is Checkpoint's. Dependencies list exactly
 // what each target imports.
 let release: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
@@ -31,15 +32,16 @@ let package = Package(
 
         // MARK: Layers
         .target(name: "Settings"),
+        .target(name: "Tracing", swiftSettings: release),
         .target(name: "Kernels", dependencies: ["CBLAS", "CKernels", "Settings"], swiftSettings: release),
-        .target(name: "Model", dependencies: ["Kernels", "Settings"], swiftSettings: release),
-        .target(name: "Comm", dependencies: ["CMPI", "Kernels", "Settings"], swiftSettings: release),
+        .target(name: "Model", dependencies: ["Kernels", "Settings", "Tracing"], swiftSettings: release),
+        .target(name: "Comm", dependencies: ["CMPI", "Kernels", "Settings", "Tracing"], swiftSettings: release),
         .target(name: "Optim", dependencies: ["Kernels", "Settings"], swiftSettings: release),
         .target(name: "Parallel", dependencies: ["Comm", "Model", "Optim", "Kernels", "Settings"], swiftSettings: release),
         .target(name: "Corpus", dependencies: ["Kernels"], swiftSettings: release),
         .target(name: "Checkpoint", dependencies: ["CZstd", "Settings"], swiftSettings: release),
         .target(name: "Training", dependencies: ["CSignals", "Checkpoint", "Comm", "Corpus", "Kernels", "Model",
-                                                 "Optim", "Parallel", "Scaling", "Settings"],
+                                                 "Optim", "Parallel", "Scaling", "Settings", "Tracing"],
                 swiftSettings: release),
         .target(name: "Scaling", dependencies: ["Settings"]),
         .executableTarget(name: "tessera", dependencies: [
@@ -56,6 +58,7 @@ let package = Package(
         .testTarget(name: "ParallelTests", dependencies: ["Parallel", "Comm", "Model", "Optim", "Kernels", "Settings"]),
         .testTarget(name: "ScalingTests", dependencies: ["Scaling", "Model", "Kernels", "Settings"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "TracingTests", dependencies: ["Tracing"]),
         .testTarget(name: "CLITests", dependencies: ["Checkpoint", "Comm", "Corpus", "Settings", "Training", "Model", "Kernels"], exclude: ["Fixtures"]),
     ]
 )

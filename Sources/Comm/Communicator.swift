@@ -44,6 +44,13 @@ public final class CommRequest: @unchecked Sendable {
     public internal(set) var done: Bool
     /// Arguments the transport reads until completion (count arrays of V collectives).
     var keepAlive: AnyObject?
+    /// When it started, for a profile's timeline (0 when none is recording).
+    var traceStart: UInt64 = 0
+
+    /// The collective's kind, its label up to " of " ("all-reduce"), which names its spans.
+    public var kind: String {
+        label.range(of: " of ").map { String(label[..<$0.lowerBound]) } ?? label
+    }
 
     init(label: String, sentElements: Int, handle: AnyObject?, done: Bool) {
         self.label = label

@@ -1,6 +1,7 @@
 import CMPI
 import Kernels
 import Settings
+import Tracing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -102,13 +103,16 @@ public final class MPICommunicator: StatefulCommunicator {
 
     private func request(_ label: String, sent: Int, dtype: CommDType, _ start: (UnsafeMutablePointer<MPI_Request?>) -> Int32) -> CommRequest {
         var r: MPI_Request? = tessera_mpi_request_null()
+        let t = Trace.begin()
         let rc = start(&r)
         if rc != MPI_SUCCESS {
             writeStandardError("[rank \(rank)] error: \(label) could not start (MPI error \(rc)) (\(context)): check that all ranks are alive")
             abort(code: 1)
         }
         state.count(sent, dtype)
-        return CommRequest(label: label, sentElements: sent, handle: Box(r), done: false)
+        let request = CommRequest(label: label, sentElements: sent, handle: Box(r), done: false)
+        request.traceStart = t
+        return request
     }
 
     // Elements sent per rank: `RingTraffic`.
@@ -185,12 +189,18 @@ public final class MPICommunicator: StatefulCommunicator {
         let box = request.handle as! Box
         var flag: Int32 = 0
         MPI_Test(&box.request, &flag, tessera_mpi_status_ignore())
-        if flag != 0 { request.done = true }
+        if flag != 0 {
+            request.done = true
+            Trace.inFlight(request.traceStart, .comm, request.kind,
+                           args: ["label": .text(request.label), "elements sent": .int(request.sentElements)])
+        }
         return request.done
     }
 
     public func wait(_ request: CommRequest) throws(CommError) {
         if request.done { return }
+        let t = Trace.begin()
+        defer { Trace.end(t, .comm, "wait " + request.kind, args: ["label": .text(request.label)]) }
         let deadline = Self.now() + timeoutSeconds
         var spins = 0
         while !test(request) {

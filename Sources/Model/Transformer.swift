@@ -1,5 +1,6 @@
 import Kernels
 import Settings
+import Tracing
 
 // MARK: - Transformer
 
@@ -111,20 +112,25 @@ final class Transformer<F: ComputeFormat> {
         let C = config.nEmbd, V = config.vocabSize, BT = B * T
         let lay = layout
 
+        var span = Trace.begin()
         let emb = acquire(params, unit: 0)
         Layers.embeddingForward(F.self, out: a.residual[0].pointer, tokens: tokens, wte: emb.matrix(0),
                                 wpe: emb.matrix(at.wpe), B: B, T: T, C: C, starts: starts)
         params.releaseParameters(unit: 0)
         pass?.apply(a.residual[0].pointer, B: B, T: T, C: C, site: .embedding, layer: 0)
+        Trace.end(span, .compute, "embedding")
 
         for l in 0..<config.nLayer {
+            let block = Trace.begin()
             let unit = lay.blockUnit(l)
             let w = acquire(params, unit: unit, vectors: blockVectors)
             blockForward(l, w, acquireAdapters(unit: unit), B: B, T: T, complete: true)
             adapters?.releaseParameters(unit: unit)
             params.releaseParameters(unit: unit)
+            Trace.end(block, .compute, "block forward", args: ["layer": .int(l)])
         }
 
+        span = Trace.begin()
         let f = acquire(params, unit: lay.finalUnit, vectors: finalVectors)
         normalize(a.residual[config.nLayer].pointer, into: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd,
                   weight: f.vector(at.lnfw), bias: f.vector(at.lnfb), N: BT)
@@ -143,8 +149,11 @@ final class Transformer<F: ComputeFormat> {
         Layers.linearForward(F.self, out: a.logits.pointer, inp: a.lnf.pointer, weight: head.matrix(0), bias: nil,
                              N: rows, IC: C, OC: V)
         params.releaseParameters(unit: 0)
+        Trace.end(span, .compute, "lm head")
         guard let targets else { return (0, 0) }
-        return Layers.softmaxCrossEntropyForward(logits: a.logits.pointer, targets: targets, N: BT, V: V)
+        return Trace.span(.compute, "cross-entropy") {
+            Layers.softmaxCrossEntropyForward(logits: a.logits.pointer, targets: targets, N: BT, V: V)
+        }
     }
 
     /// Block `l` from its input `residual[l]`: r2 = x + proj(attn(qkv(ln1(x)))), then
@@ -157,6 +166,7 @@ final class Transformer<F: ComputeFormat> {
         let C = config.nEmbd, BT = B * T
         let wide = a.wide.pointer
         let x = a.residual[l].pointer
+        var span = Trace.begin()
         normalize(x, into: a.ln1[l], mean: a.ln1Mean[l], rstd: a.ln1Rstd[l], weight: w.vector(at.ln1w),
                   bias: w.vector(at.ln1b), N: BT)
         // qkv straight from a GEMM that rounds as it stores, where the format has one and no
@@ -169,7 +179,9 @@ final class Transformer<F: ComputeFormat> {
             if let lw { lora!.forward(.attn, layer: l, out: y, inp: a.ln1[l].pointer, weights: lw, N: BT) }
             F.commit(y, into: a.qkv[l].pointer, BT * 3 * C)
         }
-        attention(l, B: B, T: T)
+        Trace.end(span, .compute, "qkv")
+        Trace.span(.compute, "attention") { attention(l, B: B, T: T) }
+        span = Trace.begin()
         let r2 = a.res2[l].pointer
         Layers.linearForward(F.self, out: r2, inp: a.atty[l].pointer, weight: w.matrix(at.projw),
                              bias: w.vector(at.projb), N: BT, IC: C, OC: C)
@@ -178,6 +190,8 @@ final class Transformer<F: ComputeFormat> {
         // The residual r2 += x, formed as LayerNorm reads it.
         Layers.layerNormForward(F.self, out: a.ln2[l].pointer, mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer,
                                 sum: r2, adding: x, weight: w.vector(at.ln2w), bias: w.vector(at.ln2b), N: BT, C: C)
+        Trace.end(span, .compute, "attention proj")
+        span = Trace.begin()
         // Likewise fc's pre-activation, GELU then reading it in 16 bits.
         if lw == nil && F.linearRounded(into: a.fch[l].pointer, inp: a.ln2[l].pointer, weight: w.matrix(at.fcw),
                                         bias: w.vector(at.fcb), N: BT, IC: C, OC: 4 * C, scratch: wide) {
@@ -189,13 +203,16 @@ final class Transformer<F: ComputeFormat> {
             if let lw { lora!.forward(.mlp, layer: l, out: y, inp: a.ln2[l].pointer, weights: lw, N: BT) }
             F.geluForward(pre: a.fch[l].pointer, out: a.fcg[l].pointer, inp: y, n: BT * 4 * C)
         }
+        Trace.end(span, .compute, "mlp fc")
         guard complete else { return }
+        span = Trace.begin()
         let out = a.residual[l + 1].pointer
         Layers.linearForward(F.self, out: out, inp: a.fcg[l].pointer, weight: w.matrix(at.fcprojw),
                              bias: w.vector(at.fcprojb), N: BT, IC: 4 * C, OC: C)
         if let lw { lora!.forward(.mlpProj, layer: l, out: out, inp: a.fcg[l].pointer, weights: lw, N: BT) }
         pass?.apply(out, B: B, T: T, C: C, site: .mlpOutput, layer: l)
         Vector.add(r2, into: out, BT * C)
+        Trace.end(span, .compute, "mlp proj")
     }
 
     /// Attention output `atty[l]` from `qkv[l]`, and what backward needs besides: the
@@ -226,6 +243,8 @@ final class Transformer<F: ComputeFormat> {
     /// none) and GELU output (`selective`).
     private func recompute(_ l: Int, _ w: Weights, _ lw: UnsafePointer<F.Element>?, B: Int, T: Int) {
         let a = activations!, BT = B * T
+        let span = a.recompute == .none ? 0 : Trace.begin()
+        defer { Trace.end(span, .compute, "recompute") }
         switch a.recompute {
         case .none: return
         case .full: blockForward(l, w, lw, B: B, T: T, complete: false)
@@ -305,6 +324,7 @@ final class Transformer<F: ComputeFormat> {
 
         params.beginBackward()
         adapters?.beginBackward()
+        var span = Trace.begin()
         // The LM head has no bias, so its products read only the gradient's operand: a 16-bit
         // model gets it rounded straight from the cross-entropy backward (the logits then keep
         // the probabilities, which nothing reads again).
@@ -329,8 +349,10 @@ final class Transformer<F: ComputeFormat> {
                                  mean: a.lnfMean.pointer, rstd: a.lnfRstd.pointer, N: BT, C: C, rounded: residualOperand)
         params.releaseParameters(unit: lay.finalUnit)
         produced(lay.finalUnit)
+        Trace.end(span, .compute, "lm head backward")
 
         for l in stride(from: config.nLayer - 1, through: 0, by: -1) {
+            let block = Trace.begin()
             let unit = lay.blockUnit(l)
             let w = acquire(params, unit: unit, vectors: blockVectors)
             let lw = acquireAdapters(unit: unit)
@@ -344,6 +366,7 @@ final class Transformer<F: ComputeFormat> {
             }
             // MLP: out = r2 + fcproj(gelu(fc(ln2(r2)))); with dropout on fcproj's output its
             // gradient is dres times the mask (in dln, free until fc's backward writes it).
+            span = Trace.begin()
             var branch = dres
             if let pass {
                 dln.update(from: dres, count: BT * C)
@@ -355,6 +378,8 @@ final class Transformer<F: ComputeFormat> {
                                   dout: branch, doutOperand: d, inp: a.fcg[l].pointer, weight: w.matrix(at.fcprojw),
                                   N: BT, IC: 4 * C, OC: C)
             adapt(.mlpProj, dinp: dfc, dout: d, inp: a.fcg[l].pointer)
+            Trace.end(span, .compute, "mlp proj backward")
+            span = Trace.begin()
             // fc's backward reads the fp32 gradient only to sum its bias gradient.
             let fcBias = g.at(at.fcb)
             d = F.geluBackward(dinp: dfc, scratch: narrow, pre: a.fch[l].pointer, dout: dfc, n: BT * 4 * C,
@@ -366,6 +391,8 @@ final class Transformer<F: ComputeFormat> {
                                      inp: a.res2[l].pointer, weight: w.vector(at.ln2w),
                                      mean: a.ln2Mean[l].pointer, rstd: a.ln2Rstd[l].pointer, N: BT, C: C,
                                      rounded: residualOperand)
+            Trace.end(span, .compute, "mlp fc backward")
+            span = Trace.begin()
             // Attention: r2 = x + proj(attn(qkv(ln1(x)))); the masked gradient of proj's output
             // goes in dqkv, free until attention's backward writes it.
             branch = dres
@@ -389,6 +416,8 @@ final class Transformer<F: ComputeFormat> {
                                   dout: branch, doutOperand: d, inp: a.atty[l].pointer, weight: w.matrix(at.projw),
                                   N: BT, IC: C, OC: C)
             adapt(.attnProj, dinp: dln, dout: d, inp: a.atty[l].pointer)
+            Trace.end(span, .compute, "attention proj backward")
+            span = Trace.begin()
             switch attentionKernel {
             case .fused:
                 d = rounded ? UnsafePointer(attentionGradient) : F.operand(dln, scratch: attentionGradient, BT * C)
@@ -402,6 +431,8 @@ final class Transformer<F: ComputeFormat> {
                 Layers.attentionBackward(F.self, dqkv: dqkv, dout: d, qkv: a.qkv[l].pointer, att: a.att[l].pointer,
                                          scratch: attention, B: B, T: T, C: C, NH: NH, workers: a.attentionWorkers)
             }
+            Trace.end(span, .compute, "attention backward")
+            span = Trace.begin()
             d = attentionRounds ? UnsafePointer(narrow) : F.operand(dqkv, scratch: narrow, BT * 3 * C)
             Layers.linearBackward(F.self, dinp: dln, dweight: g.at(at.qkvw), dbias: g.at(at.qkvb), dout: dqkv,
                                   doutOperand: d, inp: a.ln1[l].pointer, weight: w.matrix(at.qkvw), N: BT, IC: C, OC: 3 * C)
@@ -410,11 +441,15 @@ final class Transformer<F: ComputeFormat> {
                                      inp: a.residual[l].pointer, weight: w.vector(at.ln1w),
                                      mean: a.ln1Mean[l].pointer, rstd: a.ln1Rstd[l].pointer, N: BT, C: C,
                                      rounded: l > 0 ? residualOperand : nil)
+            Trace.end(span, .compute, "qkv backward")
             adapters?.releaseParameters(unit: unit)
             params.releaseParameters(unit: unit)
             produced(unit)
+            Trace.end(block, .compute, "block backward", args: ["layer": .int(l)])
         }
 
+        span = Trace.begin()
+        defer { Trace.end(span, .compute, "embedding backward") }
         if let gE = gEmb.base {
             pass?.apply(dres, B: B, T: T, C: C, site: .embedding, layer: 0)
             Layers.embeddingBackward(dwte: gE, dwpe: gE + at.wpe, dout: dres, tokens: tokens, B: B, T: T, C: C, starts: starts)

@@ -7,6 +7,7 @@ import Model
 import Optim
 import Parallel
 import Settings
+import Tracing
 
 // MARK: - Checkpointer
 
@@ -115,6 +116,7 @@ final class Checkpointer {
             pending = job
             let (rank, size, level, wait) = (comm.rank, comm.size, level, slowWriteSeconds)
             Thread {
+                Trace.nameThread("checkpoint writer")
                 if wait > 0 { Thread.sleep(forTimeInterval: wait) }
                 Checkpointer.write(job, into: partial, rank: rank, world: size, level: level)
             }.start()
@@ -126,8 +128,11 @@ final class Checkpointer {
     }
 
     private static func write(_ job: Job, into dir: URL, rank: Int, world: Int, level: Int32) {
-        let t0 = MPIClock.now()
-        defer { job.writeSeconds = MPIClock.now() - t0 }
+        let t0 = MPIClock.now(), span = Trace.begin()
+        defer {
+            job.writeSeconds = MPIClock.now() - t0
+            Trace.end(span, .checkpoint, "checkpoint write", args: ["step": .int(job.manifest.step)])
+        }
         do {
             job.entry = try CheckpointWriter.writeRankFile(
                 directory: dir, rank: rank, world: world,

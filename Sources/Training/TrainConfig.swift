@@ -46,6 +46,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Write TensorBoard event files to `RUN/tb/` (rank 0).
     public var tensorboard = true
     public var logEvery = 10
+    /// Steps to profile, "FROM-TO" (1-based, inclusive) or "STEP"; "" for none. Their spans
+    /// go to `RUN/profile/steps-FROM-TO.trace.json` (Chrome's trace-event format).
+    public var profile = ""
     // Run
     public var seed: UInt64 = 1337
     public var data = ""
@@ -116,7 +119,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
-             warmupSteps, lrSchedule, lrDecaySteps, cooldownSteps, cooldownShape, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, evalChoicesRules, logEvery, tensorboard, seed, data, vocabSize, sampling, out,
+             warmupSteps, lrSchedule, lrDecaySteps, cooldownSteps, cooldownShape, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, evalChoicesRules, logEvery, tensorboard, profile, seed, data, vocabSize, sampling, out,
              threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, powerSGDRank, powerSGDStart, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
@@ -148,7 +151,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.weightDecay, &weightDecay); try get(.gradClip, &gradClip); try get(.evalEvery, &evalEvery)
         try get(.evalSteps, &evalSteps); try get(.evalChoices, &evalChoices); try get(.evalChoicesLimit, &evalChoicesLimit)
         try get(.evalChoicesRules, &evalChoicesRules)
-        try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.seed, &seed); try get(.data, &data)
+        try get(.logEvery, &logEvery); try get(.tensorboard, &tensorboard); try get(.profile, &profile); try get(.seed, &seed); try get(.data, &data)
         try get(.vocabSize, &vocabSize); try get(.sampling, &sampling)
         try get(.out, &out); try get(.threads, &threads); try get(.gemm, &gemm); try get(.zero, &zero); try get(.shardGroup, &shardGroup); try get(.bucketMB, &bucketMB)
         try get(.syncEvery, &syncEvery); try get(.outerLR, &outerLR); try get(.outerMomentum, &outerMomentum); try get(.syncDtype, &syncDtype)
@@ -217,6 +220,13 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         return (0..<n).map { r in (max(0, batchSize - r + n - 1) / n + micro - 1) / micro }
     }
 
+    /// Parsed `profile`: the 1-based steps of the window.
+    public var profileSteps: ClosedRange<Int>? {
+        let bounds = profile.split(separator: "-", omittingEmptySubsequences: false).map { Int($0) }
+        guard (1...2).contains(bounds.count), let first = bounds[0], let last = bounds.last!, first >= 1, first <= last else { return nil }
+        return first...last
+    }
+
     /// Parsed `debugInjectNaN`: the steps and the rank.
     public var injectNaN: (steps: ClosedRange<Int>, rank: Int)? {
         let parts = debugInjectNaN.split(separator: ":")
@@ -260,6 +270,11 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try need(evalSteps >= 1 && evalSteps <= 1_000_000, "--eval-steps", "is \(evalSteps)", "use 1 to 1000000 batches per evaluation")
         try need(evalChoicesLimit >= 0, "--eval-choices-limit", "is \(evalChoicesLimit)", "use 0 (every question) or more")
         try need(logEvery >= 1, "--log-every", "is \(logEvery)", "use at least 1")
+        try need(profile.isEmpty || profileSteps != nil, "--profile", "is '\(profile)'",
+                 "use FROM-TO (1-based steps, e.g. 5-8) or one STEP")
+        // A window's spans are kept in memory until it closes (a few hundred per step).
+        try need(profileSteps.map { $0.count <= 1000 } ?? true, "--profile", "spans \(profileSteps?.count ?? 0) steps",
+                 "profile at most 1000 steps at a time (a few steps show a steady state)")
         try need(!data.isEmpty, "--data", "is missing", "pass a directory written by `tessera prepare`")
         try need(vocabSize >= 0, "--vocab-size", "is \(vocabSize)", "use the number of ids the data was tokenized with")
         try need(commTimeout > 0, "--comm-timeout", "is \(commTimeout)", "use a positive number of seconds")

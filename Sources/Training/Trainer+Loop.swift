@@ -7,6 +7,7 @@ import Model
 import Optim
 import Parallel
 import Settings
+import Tracing
 
 // MARK: - The training loop
 
@@ -20,17 +21,22 @@ extension Trainer {
         checkpointer.slowWriteSeconds = Double(config.debugSlowSaveMs) / 1000
         if isCoordinator && startStep > 0 { log("tessera: resumed from \(config.resume) at step \(startStep)") }
         let start = MPIClock.now()
+        var profiledFrom = 0
         for step in startStep..<max(config.maxSteps, startStep) {
             comm.context = "step \(step)"
-            var m = try trainStep(step)
+            if profileOpens(before: step) {
+                try openProfile()
+                profiledFrom = step + 1
+            }
+            var m = try Trace.span(.step, "step", args: ["step": .int(step + 1)]) { try trainStep(step) }
             result.losses.append(m.loss)
             let lastStep = step == config.maxSteps - 1
             if (config.evalEvery > 0 && (step + 1) % config.evalEvery == 0) || lastStep {
-                let v = try evaluate(batchOffset: 0)
+                let v = try Trace.span(.eval, "evaluation") { try evaluate(batchOffset: 0) }
                 m.val_loss = v
                 result.valLosses.append((step + 1, v))
                 if let questions = choiceQuestions {
-                    let r = try evaluateChoices(questions)
+                    let r = try Trace.span(.eval, "multiple-choice evaluation") { try evaluateChoices(questions) }
                     m.choice_acc = r.accuracy
                     m.choice_acc_norm = r.normalizedAccuracy
                 }
@@ -60,9 +66,12 @@ extension Trainer {
             if lastStep { continue }
             try checkpointer.finishPending(wait: false)
             if config.saveEvery > 0 && (step + 1) % config.saveEvery == 0 { try saveCheckpoint(completedSteps: step + 1) }
+            if profileCloses(after: step) { try closeProfile(firstStep: profiledFrom, lastStep: step + 1) }
         }
         try saveCheckpoint(completedSteps: max(config.maxSteps, startStep))
         try checkpointer.finishPending(wait: true)
+        // A window that runs to the last step includes the final save.
+        if Trace.isEnabled { try closeProfile(firstStep: profiledFrom, lastStep: config.maxSteps) }
         result.seconds = MPIClock.now() - start
         var peak = [Benchmark.peakRSSMB() * 1_048_576]
         try comm.allReduce(&peak, op: .max, label: "all-reduce of peak resident memory")
@@ -89,18 +98,22 @@ extension Trainer {
         while i < myIndices.count {
             let chunk = myIndices[i..<min(i + micro, myIndices.count)]
             i += chunk.count
+            let filling = Trace.begin()
             try sampler.fill(x: x, y: y, split: data.train, which: .train, batch: step, indices: chunk, vocabSize: data.vocabSize)
+            Trace.end(filling, .data, "data")
             strategy.beginMicroStep(isLast: i >= myIndices.count)
             if config.dropout > 0 {
                 for (r, sample) in chunk.enumerated() { keys[r] = Dropout.sequenceKey(seed: config.seed, step: step, sample: sample) }
             }
             let a = MPIClock.now()
-            let f = model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters,
-                                  adapters: modelAdapters, sequenceKeys: config.dropout > 0 ? keys : nil)
+            let f = Trace.span(.compute, "forward", args: ["sequences": .int(chunk.count)]) {
+                model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters,
+                              adapters: modelAdapters, sequenceKeys: config.dropout > 0 ? keys : nil)
+            }
             lossSum += f.sum
             counted += f.count
             let b = MPIClock.now()
-            model.backward(lossScale: lossScale, params: modelParameters)
+            Trace.span(.compute, "backward") { model.backward(lossScale: lossScale, params: modelParameters) }
             bwd += MPIClock.now() - b
             fwd += b - a
         }
@@ -113,7 +126,7 @@ extension Trainer {
                 strategy.provider.gradientsProduced(unit: unit)
             }
         }
-        try strategy.finishGradients()
+        try Trace.span(.step, "finish gradients") { try strategy.finishGradients() }
         if let inject = config.injectAt, inject.step == step + 1, inject.rank == comm.rank { strategy.poisonGradientForTesting() }
         if let inject = config.injectNaN, inject.steps.contains(step + 1), inject.rank == comm.rank {
             lossSum = .nan
@@ -146,14 +159,16 @@ extension Trainer {
             // count was known: a loss mask's mean over fewer targets is `r` times that. A
             // local SGD worker averages over its own targets (a group's: summed over it).
             let r = Double(tokensPerStep) / max(localSGD == nil ? reduced[3] : try workerTargets(counted), 1)
-            norm = try strategy.gradientSquaredNorm().squareRoot() / scale * r
+            norm = try Trace.span(.optimizer, "gradient norm") { try strategy.gradientSquaredNorm() }.squareRoot() / scale * r
             let clip = GradientClipping.coefficient(norm: norm, maxNorm: config.gradClip) / Float(scale / r)
             // The AdamW step count is the number of updates applied (skipped steps excluded).
-            try strategy.optimizerStep(step: step + 1 - skippedSteps, lr: Float(lr), clip: clip)
+            try Trace.span(.optimizer, "optimizer step") {
+                try strategy.optimizerStep(step: step + 1 - skippedSteps, lr: Float(lr), clip: clip)
+            }
         }
         if let localSGD, synchronizes(step) {
             localSGD.waitSeconds = 0
-            try localSGD.synchronize(localWorker)
+            try Trace.span(.comm, "local SGD synchronisation") { try localSGD.synchronize(localWorker) }
             strategy.commWaitSeconds += localSGD.waitSeconds
         }
         if let f = config.flipAt, f.step == step + 1, f.rank == comm.rank { strategy.corruptReplicaForTesting() }
@@ -225,6 +240,8 @@ extension Trainer {
 
     /// Saves the full training state after `completedSteps` optimizer steps.
     func saveCheckpoint(completedSteps: Int) throws {
+        let span = Trace.begin()
+        defer { Trace.end(span, .checkpoint, "checkpoint save", args: ["step": .int(completedSteps)]) }
         let local = try localSGD.map { try localSGDState($0) }
         try checkpointer.save(step: completedSteps, config: config, model: model.config, layout: strategy.layout,
                               tokenizer: data.tokenizer, scaler: scaler, skippedSteps: skippedSteps, strategy: strategy,

@@ -69,6 +69,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "With --eval-choices: llmc (acc_norm per token) or harness (lm-evaluation-harness's text and acc_norm per character).")
     var evalChoicesRules: ChoiceRules?
     @Option(help: "Print a progress line every N steps.") var logEvery: Int?
+    @Option(help: ArgumentHelp("Record a timeline of these steps (FROM-TO, 1-based, or STEP) on every rank: RUN/profile/steps-FROM-TO.trace.json for Perfetto or chrome://tracing, and a table of where the time went.",
+                               valueName: "from-to")) var profile: String?
     @Flag(inversion: .prefixedNo, help: "Write TensorBoard event files to RUN/tb (tensorboard --logdir RUN/tb).") var tensorboard: Bool?
 
     // MARK: Parallelism and precision
@@ -120,7 +122,7 @@ struct TrainOptions: ParsableArguments {
         set(\.cooldownSteps, cooldownSteps); set(\.cooldownShape, cooldownShape); set(\.beta1, beta1); set(\.beta2, beta2)
         set(\.weightDecay, weightDecay); set(\.gradClip, gradClip); set(\.maxBadSteps, maxBadSteps)
         set(\.checkReplicas, checkReplicas); set(\.memoryLimit, memoryLimit)
-        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.evalChoices, evalChoices); set(\.evalChoicesLimit, evalChoicesLimit); set(\.evalChoicesRules, evalChoicesRules); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard)
+        set(\.evalEvery, evalEvery); set(\.evalSteps, evalSteps); set(\.evalChoices, evalChoices); set(\.evalChoicesLimit, evalChoicesLimit); set(\.evalChoicesRules, evalChoicesRules); set(\.logEvery, logEvery); set(\.tensorboard, tensorboard); set(\.profile, profile)
         set(\.zero, zero); set(\.shardGroup, shardGroup); set(\.syncEvery, syncEvery); set(\.outerLR, outerLR); set(\.outerMomentum, outerMomentum)
         set(\.syncDtype, syncDtype); set(\.powerSGDRank, powerSGDRank); set(\.powerSGDStart, powerSGDStart); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)
