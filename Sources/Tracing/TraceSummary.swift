@@ -60,6 +60,19 @@ public struct TraceSummary: Sendable {
         between = outside.values.sorted(by: order)
     }
 
+    /// One line per rank of what its steps took: compute, waiting for collectives, and the
+    /// rest. The rank that waits least is the one the others wait for.
+    public static func ranks(_ summaries: [(rank: Int, summary: TraceSummary)]) -> String {
+        var lines = ["  ms/step per rank" + ["step", "compute", "comm wait", "other"].map { String(repeating: " ", count: 11 - $0.count) + $0 }.joined()]
+        for (rank, s) in summaries.sorted(by: { $0.rank < $1.rank }) {
+            let per = Double(max(s.steps, 1)) * 1e6
+            let step = Double(s.stepNanoseconds) / per
+            let compute = Double(s.selfTime[.compute] ?? 0) / per, comm = Double(s.selfTime[.comm] ?? 0) / per
+            lines.append(String(format: "  rank %-11d %10.2f %10.2f %10.2f %10.2f", rank, step, compute, comm, step - compute - comm))
+        }
+        return lines.joined(separator: "\n")
+    }
+
     /// The table `train` prints when a window closes (at most `limit` span names).
     public func table(limit: Int = 24) -> String {
         let perStep = Double(max(steps, 1))

@@ -63,5 +63,6 @@ extension Trainer {
         log("profile of steps \(firstStep)–\(lastStep) on \(comm.size) rank(s) -> \(file.path) "
             + "(open in https://ui.perfetto.dev or chrome://tracing); rank 0, mean of \(summary.steps) step(s):")
         log(summary.table())
+        if ranks.count > 1 { log(TraceSummary.ranks(ranks.map { ($0.rank, TraceSummary($0.events)) })) }
     }
 }

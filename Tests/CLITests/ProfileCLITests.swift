@@ -38,6 +38,7 @@ final class ProfileCLITests: XCTestCase {
         let file = profiled + "/profile/steps-3-5.trace.json"
         XCTAssertTrue(b.stdout.contains("profile of steps 3–5 on 2 rank(s) -> \(file)"), b.stdout)
         XCTAssertTrue(b.stdout.contains("    compute") && b.stdout.contains("    block backward") && b.stdout.contains("    evaluation"), b.stdout)
+        XCTAssertTrue(b.stdout.contains("  rank 0 ") && b.stdout.contains("  rank 1 "), b.stdout)
         let events = try traceEvents(file)
         for pid in 0..<2 {
             let steps = spans(events, pid: pid, name: "step")

@@ -39,6 +39,8 @@ final class TracingTests: XCTestCase {
         let table = s.table()
         XCTAssertTrue(table.contains("    block forward                     1.0       0.00      20.0%"), table)
         XCTAssertTrue(table.contains("    compute"), table)
+        let perRank = TraceSummary.ranks([(1, TraceSummary([event("step", .step, 0, 4_000_000), event("x", .compute, 0, 3_000_000)])), (0, s)])
+        XCTAssertEqual(perRank.split(separator: "\n").last, "  rank 1                 4.00       3.00       0.00       1.00")
     }
 
     /// The file parses as JSON; complete events carry microseconds; a collective in flight is
