@@ -7,6 +7,10 @@ import Kernels
 /// one row, reading each weight once) instead of the whole context again, which is what
 /// `GPT.forward` over the cropped context costs (nanoGPT's and llm.c's sampling).
 ///
+/// It holds `sequences` contexts that grow in step (samples of one prompt): a step appends
+/// one token to each, so each weight is read once for all of them, the products having one
+/// row per sequence.
+///
 /// The layers are `Layers`' and `Vector`'s kernels, in `Transformer.forward`'s order; only
 /// attention differs, one query row against the cached keys. The logits equal a full forward
 /// over the same context up to rounding (the order of attention's sums differs). Positions
@@ -14,12 +18,14 @@ import Kernels
 /// context has every position shifted: the caller starts again with `reset` (`Sampler` does).
 public final class IncrementalDecoder {
     public let config: GPTConfig
-    /// Tokens in the context (the cache's rows).
+    /// Contexts held, growing in step.
+    public let sequences: Int
+    /// Tokens in each context (the cache's rows per sequence).
     public private(set) var length = 0
     private let parameters: UnsafePointer<Float>
     private let layout: ParameterLayout
     private let at: GPTOffsets
-    /// Per layer, `blockSize` rows of keys and of values (C wide, heads side by side).
+    /// Per sequence and layer, `blockSize` rows of keys and of values (C wide, heads side by side).
     private let keys: FloatBuffer, values: FloatBuffer
     /// Rows being appended: residual, LayerNorm output, qkv, attention output, MLP hidden.
     private let x: FloatBuffer, normed: FloatBuffer, qkv: FloatBuffer, att: FloatBuffer, hidden: FloatBuffer
@@ -28,100 +34,134 @@ public final class IncrementalDecoder {
     /// Threads attention's (row, head) tasks spread over, each with its own scores row.
     private let workers: Int
 
-    /// A decoder over fp32 parameters laid out as `ParameterLayout(config)`; `parameters`
-    /// must outlive it.
-    public init(config: GPTConfig, parameters: UnsafePointer<Float>) {
+    /// A decoder of `sequences` contexts over fp32 parameters laid out as
+    /// `ParameterLayout(config)`; `parameters` must outlive it.
+    public init(config: GPTConfig, parameters: UnsafePointer<Float>, sequences: Int = 1) {
+        precondition(sequences >= 1)
         self.config = config
+        self.sequences = sequences
         self.parameters = parameters
         layout = ParameterLayout(config)
         at = GPTOffsets(layout)
-        let T = config.blockSize, C = config.nEmbd
-        keys = FloatBuffer(count: config.nLayer * T * C)
-        values = FloatBuffer(count: config.nLayer * T * C)
-        x = FloatBuffer(count: T * C); normed = FloatBuffer(count: T * C); qkv = FloatBuffer(count: T * 3 * C)
-        att = FloatBuffer(count: T * C); hidden = FloatBuffer(count: T * 4 * C); branch = FloatBuffer(count: T * C)
-        mean = FloatBuffer(count: T); rstd = FloatBuffer(count: T)
+        let T = config.blockSize, C = config.nEmbd, rows = max(T, sequences)
+        keys = FloatBuffer(count: sequences * config.nLayer * T * C)
+        values = FloatBuffer(count: sequences * config.nLayer * T * C)
+        x = FloatBuffer(count: rows * C); normed = FloatBuffer(count: rows * C); qkv = FloatBuffer(count: rows * 3 * C)
+        att = FloatBuffer(count: rows * C); hidden = FloatBuffer(count: rows * 4 * C); branch = FloatBuffer(count: rows * C)
+        mean = FloatBuffer(count: rows); rstd = FloatBuffer(count: rows)
         workers = max(1, ParallelFor.threads)
         scores = FloatBuffer(count: workers * T)
-        logits = FloatBuffer(count: config.vocabSize)
+        logits = FloatBuffer(count: sequences * config.vocabSize)
     }
 
-    /// Empties the context.
+    /// Empties the contexts.
     public func reset() { length = 0 }
 
-    /// Appends `tokens` at positions `length`, `length + 1`, … and returns the logits that
-    /// follow the last of them (valid until the next call).
+    /// Appends `tokens` to every context (one prompt for all sequences: computed once, its
+    /// keys and values copied) and returns the logits that follow its last token, the same
+    /// for every sequence: `sequences` rows of `vocabSize` (valid until the next call).
     public func append(_ tokens: [Int32]) -> UnsafePointer<Float> {
-        let n = tokens.count, C = config.nEmbd, V = config.vocabSize
-        precondition(n >= 1 && length + n <= config.blockSize,
+        let C = config.nEmbd, V = config.vocabSize, T = config.blockSize, n = tokens.count
+        let start = length
+        run(tokens, active: 1)
+        for s in 1..<max(sequences, 1) {
+            for l in 0..<config.nLayer {
+                let from = (l * T + start) * C, to = ((s * config.nLayer + l) * T + start) * C
+                (keys.pointer + to).update(from: keys.pointer + from, count: n * C)
+                (values.pointer + to).update(from: values.pointer + from, count: n * C)
+            }
+            (logits.pointer + s * V).update(from: logits.pointer, count: V)
+        }
+        return UnsafePointer(logits.pointer)
+    }
+
+    /// Appends token `next[s]` to context `s` for every sequence and returns the logits that
+    /// follow each: row `s` of `sequences` rows of `vocabSize`.
+    public func step(_ next: [Int32]) -> UnsafePointer<Float> {
+        precondition(next.count == sequences, "one token per sequence")
+        run(next, active: sequences)
+        return UnsafePointer(logits.pointer)
+    }
+
+    /// Runs `tokens` (the first `active` sequences' rows, `tokens.count / active` each, at
+    /// positions `length`…) through the model, leaving each sequence's logits after its last row.
+    private func run(_ tokens: [Int32], active m: Int) {
+        let C = config.nEmbd, V = config.vocabSize, n = tokens.count / m
+        precondition(n >= 1 && n * m == tokens.count && length + n <= config.blockSize,
                      "context of \(length + n) tokens exceeds block_size \(config.blockSize): reset and append the cropped context")
         precondition(tokens.allSatisfy { $0 >= 0 && Int($0) < V }, "token id outside the vocabulary")
         let embedding = parameters + layout.units[0].lowerBound
         tokens.withUnsafeBufferPointer { ids in
             let wpe = embedding + at.wpe + length * C
             Layers.embeddingForward(FP32.self, out: x.pointer, tokens: ids.baseAddress!, wte: embedding, wpe: wpe,
-                                    B: 1, T: n, C: C)
+                                    B: m, T: n, C: C)
         }
         for l in 0..<config.nLayer {
-            block(l, parameters + layout.units[layout.blockUnit(l)].lowerBound, rows: n)
+            block(l, parameters + layout.units[layout.blockUnit(l)].lowerBound, sequences: m, rows: n)
         }
         length += n
-        // Only the last row's logits: the final LayerNorm and the tied head for one row.
-        let last = x.pointer + (n - 1) * C
+        // Only each sequence's last row's logits: the final LayerNorm and the tied head for
+        // those rows, moved together first.
+        for s in 0..<m where n > 1 { (x.pointer + s * C).update(from: x.pointer + (s * n + n - 1) * C, count: C) }
         let final = parameters + layout.units[layout.finalUnit].lowerBound
-        Layers.layerNormForward(FP32.self, out: normed.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: last,
-                                weight: final + at.lnfw, bias: at.lnfb.map { final + $0 }, N: 1, C: C)
+        Layers.layerNormForward(FP32.self, out: normed.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
+                                weight: final + at.lnfw, bias: at.lnfb.map { final + $0 }, N: m, C: C)
         Layers.linearForward(FP32.self, out: logits.pointer, inp: normed.pointer, weight: embedding, bias: nil,
-                             N: 1, IC: C, OC: V)
-        return UnsafePointer(logits.pointer)
+                             N: m, IC: C, OC: V)
     }
 
-    /// Block `l` on `rows` new rows of `x`, in place, caching their keys and values.
-    private func block(_ l: Int, _ w: UnsafePointer<Float>, rows n: Int) {
-        let C = config.nEmbd
+    /// Block `l` on `rows` new rows of each of the first `m` sequences (in `x`, sequence
+    /// after sequence), in place, caching their keys and values.
+    private func block(_ l: Int, _ w: UnsafePointer<Float>, sequences m: Int, rows n: Int) {
+        let C = config.nEmbd, T = config.blockSize, N = m * n
         func bias(_ offset: Int?) -> UnsafePointer<Float>? { offset.map { w + $0 } }
         Layers.layerNormForward(FP32.self, out: normed.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
-                                weight: w + at.ln1w, bias: bias(at.ln1b), N: n, C: C)
+                                weight: w + at.ln1w, bias: bias(at.ln1b), N: N, C: C)
         Layers.linearForward(FP32.self, out: qkv.pointer, inp: normed.pointer, weight: w + at.qkvw, bias: bias(at.qkvb),
-                             N: n, IC: C, OC: 3 * C)
-        let k = keys.pointer + (l * config.blockSize + length) * C, v = values.pointer + (l * config.blockSize + length) * C
-        for r in 0..<n {
-            (k + r * C).update(from: qkv.pointer + r * 3 * C + C, count: C)
-            (v + r * C).update(from: qkv.pointer + r * 3 * C + 2 * C, count: C)
+                             N: N, IC: C, OC: 3 * C)
+        for s in 0..<m {
+            let offset = ((s * config.nLayer + l) * T + length) * C
+            let k = keys.pointer + offset, v = values.pointer + offset
+            for r in 0..<n {
+                let row = qkv.pointer + (s * n + r) * 3 * C
+                (k + r * C).update(from: row + C, count: C)
+                (v + r * C).update(from: row + 2 * C, count: C)
+            }
         }
-        attend(layer: l, rows: n)
+        attend(layer: l, sequences: m, rows: n)
         Layers.linearForward(FP32.self, out: branch.pointer, inp: att.pointer, weight: w + at.projw, bias: bias(at.projb),
-                             N: n, IC: C, OC: C)
-        Vector.add(branch.pointer, into: x.pointer, n * C)
+                             N: N, IC: C, OC: C)
+        Vector.add(branch.pointer, into: x.pointer, N * C)
         Layers.layerNormForward(FP32.self, out: normed.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
-                                weight: w + at.ln2w, bias: bias(at.ln2b), N: n, C: C)
+                                weight: w + at.ln2w, bias: bias(at.ln2b), N: N, C: C)
         Layers.linearForward(FP32.self, out: hidden.pointer, inp: normed.pointer, weight: w + at.fcw, bias: bias(at.fcb),
-                             N: n, IC: C, OC: 4 * C)
-        GELU.forward(out: hidden.pointer, inp: hidden.pointer, n: n * 4 * C)
+                             N: N, IC: C, OC: 4 * C)
+        GELU.forward(out: hidden.pointer, inp: hidden.pointer, n: N * 4 * C)
         Layers.linearForward(FP32.self, out: branch.pointer, inp: hidden.pointer, weight: w + at.fcprojw,
-                             bias: bias(at.fcprojb), N: n, IC: 4 * C, OC: C)
-        Vector.add(branch.pointer, into: x.pointer, n * C)
+                             bias: bias(at.fcprojb), N: N, IC: 4 * C, OC: C)
+        Vector.add(branch.pointer, into: x.pointer, N * C)
     }
 
-    /// Causal attention of the `rows` new queries (in `qkv`) against the layer's cached keys
-    /// and values, into `att`: query r, at position `length + r`, sees positions 0 … itself.
-    private func attend(layer l: Int, rows n: Int) {
+    /// Causal attention of each sequence's `rows` new queries (in `qkv`) against its cached
+    /// keys and values, into `att`: query r, at position `length + r`, sees positions 0 … itself.
+    private func attend(layer l: Int, sequences m: Int, rows n: Int) {
         let C = config.nEmbd, NH = config.nHead, hs = C / NH, T = config.blockSize
         let scale = 1 / Float(hs).squareRoot()
-        let k0 = keys.pointer + l * T * C, v0 = values.pointer + l * T * C
-        ParallelFor.tasks(n * NH, workers: workers) { task, worker in
-            let r = task / NH, h = task % NH, seen = length + r + 1
-            let q = qkv.pointer + r * 3 * C + h * hs
-            let s = scores.pointer + worker * T
+        ParallelFor.tasks(m * n * NH, workers: workers) { task, worker in
+            let row = task / NH, h = task % NH, s = row / n, r = row % n, seen = length + r + 1
+            let cache = ((s * config.nLayer + l) * T) * C
+            let k0 = keys.pointer + cache, v0 = values.pointer + cache
+            let q = qkv.pointer + row * 3 * C + h * hs
+            let scores = scores.pointer + worker * T
             // q · k_j for every cached key (q repeated: a row stride of 0).
-            Vector.rowDots(FP32.self, into: s, q, ldg: 0, k0 + h * hs, ldo: C, rows: seen, n: hs)
-            Vector.scale(s, seen, by: scale)
-            let top = Vector.maxValue(s, seen, startingAt: -.infinity)
-            let inverse = 1 / Vector.expShiftSum(s, seen, shift: top)
-            let o = att.pointer + r * C + h * hs
+            Vector.rowDots(FP32.self, into: scores, q, ldg: 0, k0 + h * hs, ldo: C, rows: seen, n: hs)
+            Vector.scale(scores, seen, by: scale)
+            let top = Vector.maxValue(scores, seen, startingAt: -.infinity)
+            let inverse = 1 / Vector.expShiftSum(scores, seen, shift: top)
+            let o = att.pointer + row * C + h * hs
             o.update(repeating: 0, count: hs)
             for j in 0..<seen {
-                let p = s[j] * inverse, vj = v0 + j * C + h * hs
+                let p = scores[j] * inverse, vj = v0 + j * C + h * hs
                 for i in 0..<hs { o[i] += p * vj[i] }
             }
         }

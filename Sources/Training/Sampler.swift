@@ -20,10 +20,13 @@ public final class Sampler {
     let model: GPT
     let flat: FlatParameters
     let grads: FloatBuffer
-    /// The key/value-cached path for contexts up to `block_size`.
-    let decoder: IncrementalDecoder
+    /// The key/value-cached path for contexts up to `block_size`, by the number of samples
+    /// drawn together.
+    private var decoders: [Int: IncrementalDecoder] = [:]
     /// Sampling's scratch: the kept tokens' unnormalised probabilities.
     private var probs: [Double]
+    /// Several samples' logits past `block_size`, gathered from the forward passes.
+    private var pastLogits = FloatBuffer(count: 0)
 
     /// Prepares a model for inference.
     public init(file: ModelFile) {
@@ -31,7 +34,6 @@ public final class Sampler {
         model = GPT(config: file.config)
         grads = FloatBuffer(count: 0)
         flat = FlatParameters(layout: model.layout, parameters: file.parameters.pointer, gradients: grads.pointer)
-        decoder = IncrementalDecoder(config: file.config, parameters: file.parameters.pointer)
         probs = [Double](repeating: 0, count: file.config.vocabSize)
     }
 
@@ -45,27 +47,52 @@ public final class Sampler {
     /// Drawing `stop` (a fine-tuned model's `<|endoftext|>`) ends the sample without it.
     public func generate(prompt: String, maxNewTokens: Int, options: Options, stop: Int? = nil,
                          onToken: (([Int]) -> Void)? = nil) throws -> String {
-        var ids = try encode(prompt)
-        if ids.isEmpty { ids = [0] }
-        guard maxNewTokens > 0 else { return "" }
-        var rng = SplitMix64(seed: options.seed)
-        var out: [Int] = []
+        try generate(prompt: prompt, samples: 1, maxNewTokens: maxNewTokens, options: options, stop: stop, onToken: onToken)[0]
+    }
+
+    /// Draws `samples` continuations of `prompt` together, sample k with seed `options.seed + k`
+    /// (so each is the one `generate` draws alone with that seed, unless two candidates'
+    /// probabilities lie within the rounding that differs between one row and several).
+    /// Every step appends one token to each unfinished sample, reading each weight once for
+    /// all of them. `onToken` sees sample 0's ids as they grow.
+    public func generate(prompt: String, samples: Int, maxNewTokens: Int, options: Options, stop: Int? = nil,
+                         onToken: (([Int]) -> Void)? = nil) throws -> [String] {
+        precondition(samples >= 1)
+        var context = try encode(prompt)
+        if context.isEmpty { context = [0] }
+        guard maxNewTokens > 0 else { return Array(repeating: "", count: samples) }
+        let T = file.config.blockSize, V = file.config.vocabSize
+        var rngs = (0..<samples).map { SplitMix64(seed: options.seed &+ UInt64($0)) }
+        var ids = Array(repeating: context, count: samples)
+        var out = Array(repeating: [Int](), count: samples)
+        var done = Array(repeating: false, count: samples)
+        let decoder = decoders[samples] ?? IncrementalDecoder(config: file.config, parameters: file.parameters.pointer, sequences: samples)
+        decoders[samples] = decoder
         decoder.reset()
-        var logits = decoder.append(Array(ids.suffix(file.config.blockSize)))
+        var logits = decoder.append(Array(context.suffix(T)))
         for produced in 1...maxNewTokens {
-            let next = pick(logits, options, &rng)
-            if next == stop { break }
-            ids.append(Int32(next))
-            out.append(next)
-            onToken?(out)
-            if produced == maxNewTokens { break }
-            if decoder.length < file.config.blockSize {
-                logits = decoder.append([Int32(next)])
+            var next = [Int32](repeating: 0, count: samples)
+            for k in 0..<samples where !done[k] {
+                let token = pick(logits + k * V, options, &rngs[k])
+                if token == stop { done[k] = true; continue }
+                next[k] = Int32(token)
+                out[k].append(token)
+                if k == 0 { onToken?(out[0]) }
+            }
+            if produced == maxNewTokens || !done.contains(false) { break }
+            // A finished sample rides along, repeating its last token, so every context keeps
+            // the same length (its logits are not read).
+            for k in 0..<samples {
+                if done[k] { next[k] = ids[k].last! }
+                ids[k].append(next[k])
+            }
+            if decoder.length < T {
+                logits = decoder.step(next)
             } else {
-                logits = fullForward(Array(ids.suffix(file.config.blockSize)))
+                logits = fullForward(ids.map { Array($0.suffix(T)) })
             }
         }
-        return decode(out)
+        return out.map(decode)
     }
 
     /// Text of generated ids: the tokenizer's, or the ids themselves for a model without one.
@@ -73,13 +100,34 @@ public final class Sampler {
         file.tokenizer?.decode(ids) ?? ids.map(String.init).joined(separator: " ")
     }
 
-    /// Logits after the last token of `context`, from a forward pass over all of it.
-    func fullForward(_ context: [Int32]) -> UnsafePointer<Float> {
-        _ = context.withUnsafeBufferPointer {
-            model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: context.count, params: flat, logitRows: [context.count - 1])
+    /// Logits after the last token of each of `contexts` (of equal length), from forward
+    /// passes over all of them, one row of `vocabSize` per context. A pass takes as many
+    /// contexts as fit in `tokensPerPass` (at least one): the forward keeps every
+    /// layer's activations, so all of GPT-2's 1024-token contexts of 8 samples at once would
+    /// hold gigabytes, while at that length one context already makes large products.
+    func fullForward(_ contexts: [[Int32]]) -> UnsafePointer<Float> {
+        let S = contexts.count, T = contexts[0].count, V = file.config.vocabSize
+        if S == 1 {
+            _ = contexts[0].withUnsafeBufferPointer {
+                model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: T, params: flat, logitRows: [T - 1])
+            }
+            return model.logitsRow(index: 0)
         }
-        return model.logitsRow(index: 0)
+        if pastLogits.count < S * V { pastLogits = FloatBuffer(count: S * V) }
+        let perPass = max(1, tokensPerPass / T)
+        for first in stride(from: 0, to: S, by: perPass) {
+            let B = min(perPass, S - first)
+            let tokens = contexts[first..<(first + B)].flatMap { $0 }
+            _ = tokens.withUnsafeBufferPointer {
+                model.forward(tokens: $0.baseAddress!, targets: nil, B: B, T: T, params: flat, logitRows: (0..<B).map { $0 * T + T - 1 })
+            }
+            (pastLogits.pointer + first * V).update(from: model.logitsRow(index: 0), count: B * V)
+        }
+        return UnsafePointer(pastLogits.pointer)
     }
+
+    /// Positions one full forward of several samples' contexts takes at most.
+    public var tokensPerPass = 2048
 
     /// The next token from `logits`: greedy at temperature 0, else drawn from the top-k and
     /// top-p nucleus of the tempered distribution (nanoGPT's order of the two cuts).

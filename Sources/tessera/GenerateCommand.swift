@@ -11,6 +11,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Text to continue.") var prompt: String?
     @Option(help: "Or a file holding the text to continue (nanoGPT's start=\"FILE:...\").") var promptFile: String?
     @Option(help: "Samples to draw; sample k uses seed + k, so each can be drawn again alone.") var numSamples: Int = 1
+    @Option(help: "Samples drawn together, each step reading the weights once for all of them (default: --num-samples, at most 8).")
+    var batchSize: Int?
     @Flag(name: .customLong("stop-at-eot"), help: "End a sample where the model draws <|endoftext|> (a fine-tuned completion's end; not printed).")
     var stopAtEOT = false
     @Option(help: "Tokens to generate.") var maxNewTokens: Int = 200
@@ -27,6 +29,7 @@ struct Generate: ParsableCommand {
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard prompt == nil || promptFile == nil else { throw ValidationError("pass at most one of --prompt and --prompt-file") }
         guard numSamples >= 1 else { throw ValidationError("--num-samples must be >= 1") }
+        guard (batchSize ?? 1) >= 1 else { throw ValidationError("--batch-size must be >= 1") }
     }
 
     /// Unbuffered, so text appears as it is generated even through a pipe.
@@ -54,24 +57,33 @@ struct Generate: ParsableCommand {
                 stop = Int(eot)
             }
             let sampler = Sampler(file: file)
-            for k in 0..<numSamples {
-                // Text is written as it is generated. A byte-level token can end inside a
-                // character, whose decoding then ends in U+FFFD until the rest arrives: such
-                // text waits for the next token.
+            let together = min(batchSize ?? min(numSamples, 8), numSamples)
+            for first in stride(from: 0, to: numSamples, by: together) {
+                let count = min(together, numSamples - first)
+                // The first sample of each group is written as it is generated, the others
+                // when the group ends. A byte-level token can end inside a character, whose
+                // decoding then ends in U+FFFD until the rest arrives: such text waits for
+                // the next token.
                 write(start)
                 var shown = 0
-                let text = try sampler.generate(prompt: start, maxNewTokens: maxNewTokens,
-                                                options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64(k)),
-                                                stop: stop) { ids in
+                let texts = try sampler.generate(prompt: start, samples: count, maxNewTokens: maxNewTokens,
+                                                 options: .init(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64(first)),
+                                                 stop: stop) { ids in
                     let decoded = sampler.decode(ids)
                     let bytes = Array(decoded.utf8)
                     guard decoded.unicodeScalars.last != "\u{FFFD}", bytes.count >= shown else { return }
                     write(String(decoding: bytes[shown...], as: UTF8.self))
                     shown = bytes.count
                 }
-                write(String(decoding: Array(text.utf8)[shown...], as: UTF8.self) + "\n")
-                // nanoGPT's sample.py separates its samples the same way.
-                if numSamples > 1 { write("---------------\n") }
+                for (k, text) in texts.enumerated() {
+                    if k == 0 {
+                        write(String(decoding: Array(text.utf8)[shown...], as: UTF8.self) + "\n")
+                    } else {
+                        write(start + text + "\n")
+                    }
+                    // nanoGPT's sample.py separates its samples the same way.
+                    if numSamples > 1 { write("---------------\n") }
+                }
             }
         } catch { fail(error) }
     }

@@ -69,6 +69,40 @@ final class SamplerTests: XCTestCase {
         XCTAssertGreaterThan(first, 0)
     }
 
+    /// Samples drawn together are the samples drawn one at a time with seeds seed + k: while
+    /// the context fits, past it (full forwards of several cropped contexts), and when some
+    /// samples stop at the stop token early and ride along.
+    func testSamplesDrawnTogetherAreTheSamplesDrawnAlone() throws {
+        let config = GPTConfig(nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 16, vocabSize: 23)
+        let params = randomWeights(config, seed: 4, noise: 1.5)
+        let sampler = Sampler(file: ModelFile(config: config, tokenizer: nil, parameters: params))
+        for stop in [nil, 5] as [Int?] {
+            let options = Sampler.Options(temperature: 1, topK: 0, topP: 1, seed: 21)
+            let together = try sampler.generate(prompt: "3 1 4", samples: 6, maxNewTokens: 40, options: options, stop: stop)
+            var alone: [String] = []
+            for k in 0..<6 {
+                var o = options
+                o.seed = options.seed + UInt64(k)
+                alone.append(try sampler.generate(prompt: "3 1 4", maxNewTokens: 40, options: o, stop: stop))
+            }
+            XCTAssertEqual(together, alone, "stop \(String(describing: stop))")
+            // Past the context in passes of two contexts, and three, and one.
+            for tokens in [32, 48, 16] {
+                sampler.tokensPerPass = tokens
+                XCTAssertEqual(try sampler.generate(prompt: "3 1 4", samples: 6, maxNewTokens: 40, options: options, stop: stop), alone,
+                               "\(tokens / config.blockSize) context(s) per pass")
+            }
+            sampler.tokensPerPass = 2048
+            XCTAssertEqual(Set(together).count, 6, "different samples")
+            if stop != nil {
+                let lengths = together.map { $0.split(separator: " ").count }
+                // 13 new tokens fill the context: one stops before, riding along into the
+                // full forwards the others need past it.
+                XCTAssertTrue(lengths.contains { $0 < 13 } && lengths.contains { $0 > 13 }, "some stop early, others run on: \(lengths)")
+            }
+        }
+    }
+
     /// `generate` writes text as it is generated; with byte tokens that end inside characters
     /// (a random byte-level model makes many, and invalid sequences too) what it has written
     /// in the end is exactly the prompt and the sample's text.
@@ -84,5 +118,12 @@ final class SamplerTests: XCTestCase {
         let r = try tessera(["generate", "--model", path, "--prompt", "é", "--max-new-tokens", "120", "--temperature", "1", "--seed", "9"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(Array(r.stdout.utf8), Array(("é" + text + "\n").utf8))
+        // Several samples: drawn together by default, the same bytes as one at a time.
+        let many = ["generate", "--model", path, "--prompt", "é", "--max-new-tokens", "60", "--temperature", "1", "--num-samples", "5"]
+        let together = try tessera(many), apart = try tessera(many + ["--batch-size", "1"]), pairs = try tessera(many + ["--batch-size", "2"])
+        XCTAssertEqual(together.status, 0, together.stderr)
+        XCTAssertEqual(together.stdout, apart.stdout)
+        XCTAssertEqual(pairs.stdout, apart.stdout)
+        XCTAssertEqual(together.stdout.components(separatedBy: "---------------\n").count, 6)
     }
 }

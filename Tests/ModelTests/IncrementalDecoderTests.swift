@@ -41,6 +41,42 @@ final class IncrementalDecoderTests: XCTestCase {
     }
 }
 
+/// Several contexts grown together: after a shared prompt and different tokens per
+/// sequence, each sequence's logits are those of a decoder holding that context alone (the
+/// same kernels; rows differ only in how many the products have) and of a full forward.
+final class BatchedDecoderTests: XCTestCase {
+    func testEachSequenceIsItsOwnContext() {
+        let config = GPTConfig(nLayer: 2, nHead: 4, nEmbd: 32, blockSize: 40, vocabSize: 29, bias: true)
+        let h = Harness(config)
+        GPT.initialize(h.params.pointer, layout: h.model.layout, config: config, seed: 6)
+        var rng = SplitMix64(seed: 10)
+        for i in 0..<h.params.count { h.params[i] += Float(rng.nextNormal() * 0.3) }
+        let S = 3, V = config.vocabSize
+        let prompt = (0..<7).map { _ in Int32(rng.next(below: V)) }
+        let tails = (0..<S).map { _ in (0..<25).map { _ in Int32(rng.next(below: V)) } }
+        let batched = IncrementalDecoder(config: config, parameters: h.params.pointer, sequences: S)
+        var rows = Array(UnsafeBufferPointer(start: batched.append(prompt), count: S * V))
+        let alone = IncrementalDecoder(config: config, parameters: h.params.pointer)
+        let first = Array(UnsafeBufferPointer(start: alone.append(prompt), count: V))
+        for s in 0..<S { XCTAssertEqual(Array(rows[(s * V)..<((s + 1) * V)]), first, "the prompt's logits in every row") }
+        for t in 0..<25 { rows = Array(UnsafeBufferPointer(start: batched.step(tails.map { $0[t] }), count: S * V)) }
+        XCTAssertEqual(batched.length, 32)
+        for s in 0..<S {
+            alone.reset()
+            _ = alone.append(prompt)
+            var last: [Float] = []
+            for t in 0..<25 { last = Array(UnsafeBufferPointer(start: alone.append([tails[s][t]]), count: V)) }
+            let mine = Array(rows[(s * V)..<((s + 1) * V)])
+            XCTAssertLessThan(relativeError(mine, last.map(Double.init)), 1e-6, "sequence \(s) against a decoder of its own")
+            let context = prompt + tails[s]
+            h.model.forward(tokens: context, targets: nil, B: 1, T: context.count, params: h.flat)
+            let full = Array(UnsafeBufferPointer(start: h.model.logitsRow(b: 0, t: context.count - 1), count: V))
+            XCTAssertLessThan(relativeError(mine, full.map(Double.init)), 1e-5, "sequence \(s) against a full forward")
+        }
+        XCTAssertGreaterThan(relativeError(Array(rows[0..<V]), rows[V..<(2 * V)].map(Double.init)), 1e-2, "the sequences differ")
+    }
+}
+
 /// A forward asked for a few positions' logits (`logitRows`) gives those rows of the full
 /// forward's logits, in every compute format.
 final class LogitRowsTests: XCTestCase {
