@@ -10,7 +10,7 @@ import Foundation
 public enum RunDirectory {
     /// The files a run writes into its directory, beside `checkpoints/`: what starting over
     /// removes (with `tessera plot`'s default output, drawn from the old metrics).
-    static let runFiles = ["model.bin", "config.json", "memory.json", "metrics.jsonl", "tb", "loss.svg"]
+    static let runFiles = ["model.bin", "config.json", "memory.json", "metrics.jsonl", "tb", "loss.svg", "profile", Trainer.bestDirectory]
 
     /// What a previous run left in `out` that a new run would replace, as words
     /// ("checkpoints of steps 2–10 and model.bin"), or nil when there is nothing to lose: no

@@ -81,6 +81,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var saveEvery = 0             // 0: only at the end
     public var keepLast = 0              // 0: keep all
     public var asyncSave = false
+    /// Keep the weights of the evaluation with the lowest validation loss in
+    /// `RUN/best/model.bin` (nanoGPT's `always_save_checkpoint = False`).
+    public var keepBest = false
     public var ckptLevel = 3
     public var resume = ""               // resolved checkpoint directory, "" for a fresh run
     /// Weights a fresh run starts from (step 0, new optimizer and schedule); "" for random.
@@ -120,7 +123,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case nLayer, nHead, nEmbd, blockSize, bias, dropout, batchSize, microBatch, maxSteps, lr, minLR,
              warmupSteps, lrSchedule, lrDecaySteps, cooldownSteps, cooldownShape, beta1, beta2, weightDecay, gradClip, maxBadSteps, checkReplicas, memoryLimit, evalEvery, evalSteps, evalChoices, evalChoicesLimit, evalChoicesRules, logEvery, tensorboard, profile, seed, data, vocabSize, sampling, out,
-             threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, powerSGDRank, powerSGDStart, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, ckptLevel, resume, initFrom,
+             threads, gemm, zero, shardGroup, syncEvery, outerLR, outerMomentum, syncDtype, powerSGDRank, powerSGDStart, bucketMB, commTimeout, saveEvery, keepLast, asyncSave, keepBest, ckptLevel, resume, initFrom,
              loraRank, loraAlpha, loraTargets, loraBase,
              precision, recompute, attention, reduceDtype, debugInjectInf, debugInjectNaN, debugFlipBit, debugSlowSaveMs
     }
@@ -157,7 +160,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try get(.syncEvery, &syncEvery); try get(.outerLR, &outerLR); try get(.outerMomentum, &outerMomentum); try get(.syncDtype, &syncDtype)
         try get(.powerSGDRank, &powerSGDRank); try get(.powerSGDStart, &powerSGDStart)
         try get(.commTimeout, &commTimeout)
-        try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave)
+        try get(.saveEvery, &saveEvery); try get(.keepLast, &keepLast); try get(.asyncSave, &asyncSave); try get(.keepBest, &keepBest)
         try get(.ckptLevel, &ckptLevel); try get(.resume, &resume); try get(.initFrom, &initFrom)
         try get(.loraRank, &loraRank); try get(.loraAlpha, &loraAlpha); try get(.loraTargets, &loraTargets)
         try get(.loraBase, &loraBase)

@@ -20,6 +20,7 @@ extension Trainer {
                                     async: config.asyncSave, log: log)
         checkpointer.slowWriteSeconds = Double(config.debugSlowSaveMs) / 1000
         if isCoordinator && startStep > 0 { log("tessera: resumed from \(config.resume) at step \(startStep)") }
+        bestValLoss = try resumedBestValLoss()
         let start = MPIClock.now()
         var profiledFrom = 0
         for step in startStep..<max(config.maxSteps, startStep) {
@@ -35,6 +36,7 @@ extension Trainer {
                 let v = try Trace.span(.eval, "evaluation") { try evaluate(batchOffset: 0) }
                 m.val_loss = v
                 result.valLosses.append((step + 1, v))
+                if config.keepBest && v < bestValLoss { try saveBest(step: step + 1, valLoss: v) }
                 if let questions = choiceQuestions {
                     let r = try Trace.span(.eval, "multiple-choice evaluation") { try evaluateChoices(questions) }
                     m.choice_acc = r.accuracy

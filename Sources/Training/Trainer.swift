@@ -66,6 +66,8 @@ public final class Trainer {
     var skippedSteps: Int { scaler?.skippedSteps ?? guardSkipped }
     /// Set when some rank received a stop signal during the last step.
     var stopRequested: Int32 = 0
+    /// `--keep-best`: the lowest validation loss whose weights `RUN/best/` holds.
+    var bestValLoss = Double.infinity
     /// First step to run (> 0 after a resume).
     public private(set) var startStep = 0
     var checkpointer: Checkpointer!

@@ -99,6 +99,8 @@ struct TrainOptions: ParsableArguments {
     @Option(help: "Save a checkpoint every N steps (0: only at the end).") var saveEvery: Int?
     @Option(help: "Keep only the newest K checkpoints (0: all).") var keepLast: Int?
     @Flag(inversion: .prefixedNo, help: "Write checkpoints on a background thread while training goes on.") var asyncSave: Bool?
+    @Flag(inversion: .prefixedNo, help: "Keep the weights of the evaluation with the lowest validation loss in RUN/best/model.bin.")
+    var keepBest: Bool?
     @Option(help: "zstd level for checkpoints (1-19).") var ckptLevel: Int?
     @Option(help: ArgumentHelp("Testing aid: STEP:RANK writes +inf into that rank's gradient.", visibility: .hidden))
     var debugInjectInf: String?
@@ -127,7 +129,7 @@ struct TrainOptions: ParsableArguments {
         set(\.syncDtype, syncDtype); set(\.powerSGDRank, powerSGDRank); set(\.powerSGDStart, powerSGDStart); set(\.bucketMB, bucketMB); set(\.commTimeout, commTimeout); set(\.precision, precision); set(\.recompute, recompute)
         set(\.attention, attention)
         set(\.reduceDtype, reduceDtype.map(Optional.some))
-        set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.ckptLevel, ckptLevel)
+        set(\.saveEvery, saveEvery); set(\.keepLast, keepLast); set(\.asyncSave, asyncSave); set(\.keepBest, keepBest); set(\.ckptLevel, ckptLevel)
         set(\.debugInjectInf, debugInjectInf); set(\.debugInjectNaN, debugInjectNaN); set(\.debugFlipBit, debugFlipBit)
         set(\.debugSlowSaveMs, debugSlowSaveMs)
     }
