@@ -53,8 +53,43 @@ public struct Dataset: Sendable {
     // MARK: Opening
 
     /// Opens and checks a dataset. `vocabSize` is required for data with no `tokenizer.json`
-    /// whose headers do not declare one (llm.c's and nanoGPT's files).
+    /// whose headers do not declare one (llm.c's and nanoGPT's files). `path` may name a
+    /// mixture, `0.7:DATA,0.3:DATA` (`MixtureSpec`): datasets of one tokenizer whose samples
+    /// `Blend` shares out by weight.
     public static func open(_ path: String, vocabSize given: Int? = nil) throws(DataError) -> Dataset {
+        guard let mixture = try MixtureSpec.parse(path) else { return try openOne(path, vocabSize: given) }
+        guard let blend = Blend(weights: mixture.weights) else {
+            throw DataError.invalid(path: path, problem: "gives a source less than 1/\(Blend.cycle) of the samples",
+                                    fix: "use weights whose smallest is at least 1/\(Blend.cycle) of their sum")
+        }
+        var parts: [Dataset] = []
+        for p in mixture.paths {
+            if (try? MixtureSpec.parse(p)) ?? nil != nil {
+                throw DataError.invalid(path: path, problem: "nests the mixture '\(p)'", fix: "list every dataset once, each with its weight")
+            }
+            let d = try openOne(p, vocabSize: given)
+            if d.packing != nil {
+                throw DataError.invalid(path: p, problem: "is packed instruction data, which a mixture cannot take",
+                                        fix: "mix plain token datasets (prepare the examples of several files into one directory instead)")
+            }
+            if let first = parts.first, d.vocabSize != first.vocabSize || d.tokenizer != first.tokenizer {
+                throw DataError.invalid(path: p, problem: "was tokenized differently from \(mixture.paths[0]) (vocabulary \(d.vocabSize) vs \(first.vocabSize)"
+                                            + (d.tokenizer != first.tokenizer ? ", another tokenizer.json" : "") + ")",
+                                        fix: "prepare every dataset of a mixture with the same tokenizer")
+            }
+            if let first = parts.first?.train.shards.first, let mine = d.train.shards.first, mine.width != first.width {
+                throw DataError.invalid(path: p, problem: "holds \(8 * mine.width)-bit tokens but \(mixture.paths[0]) holds \(8 * first.width)-bit ones",
+                                        fix: "prepare every dataset of a mixture with the same tokenizer")
+            }
+            parts.append(d)
+        }
+        return Dataset(train: TokenSplit(sources: parts.map(\.train), blend: blend),
+                       val: TokenSplit(sources: parts.map(\.val), blend: blend),
+                       tokenizer: parts[0].tokenizer, vocabSize: parts[0].vocabSize)
+    }
+
+    /// One dataset (not a mixture).
+    private static func openOne(_ path: String, vocabSize given: Int?) throws(DataError) -> Dataset {
         let files = try locate(path, headerlessAllowed: given != nil)
         let tokenizer = try tokenizer(directory: files.directory, required: false)
         let headerless = files.headerless
@@ -209,11 +244,21 @@ public struct Dataset: Sendable {
 public struct TokenSplit: Sendable {
     /// The shards in order.
     public let shards: [TokenShard]
+    /// A mixture's sources, each the split of one dataset, and how samples are shared among
+    /// them (nil for one dataset). `shards` holds all of theirs, in order.
+    public let sources: [TokenSplit]?
+    public let blend: Blend?
     /// Tokens in all shards.
     public var tokenCount: Int { shards.reduce(0) { $0 + $1.count } }
 
     /// Wraps shards.
-    public init(_ shards: [TokenShard]) { self.shards = shards }
+    public init(_ shards: [TokenShard]) { self.shards = shards; sources = nil; blend = nil }
+
+    /// The split of a mixture of `sources`, drawn from as `blend` shares out samples.
+    public init(sources: [TokenSplit], blend: Blend) {
+        precondition(sources.count == blend.counts.count && sources.allSatisfy { $0.sources == nil })
+        shards = sources.flatMap(\.shards); self.sources = sources; self.blend = blend
+    }
 
     /// Shard and offset of window `w` among windows counted by `perShard`.
     func locate(_ w: Int, perShard: (TokenShard) -> Int) -> (TokenShard, Int) {

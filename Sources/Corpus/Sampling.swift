@@ -47,24 +47,37 @@ public struct BatchSampler: Sendable {
         split.shards.reduce(0) { $0 + (mode == .random ? randomStarts($1) : sequentialWindows($1)) }
     }
 
-    /// Shard and first token of one window.
+    /// Shard and first token of one window. In a mixture, the blend names the sample's source
+    /// and the window is drawn from that source alone: at random, or its next one in order.
     public func window(in split: TokenSplit, which: Dataset.Split, batch: Int, index: Int) -> (TokenShard, Int) {
-        let total = windows(in: split)
+        var part = split, n = batch * batchSize + index
+        if let sources = split.sources, let blend = split.blend {
+            let (i, k) = blend.source(of: n)
+            part = sources[i]
+            n = k
+        }
+        let total = windows(in: part)
         precondition(total > 0)
         switch mode {
         case .random:
             let h = SplitMix64.hash(seed, which.rawValue, UInt64(batch), UInt64(index))
-            let (shard, start) = split.locate(Int(h % UInt64(total)), perShard: randomStarts)
+            let (shard, start) = part.locate(Int(h % UInt64(total)), perShard: randomStarts)
             return (shard, rowAligned ? start * blockSize : start)
         case .sequential:
-            let (shard, w) = split.locate((batch * batchSize + index) % total, perShard: sequentialWindows)
+            let (shard, w) = part.locate(n % total, perShard: sequentialWindows)
             return (shard, w * blockSize)
         }
     }
 
-    /// Completed passes over the training split before `batch` (sequential sampling).
+    /// Completed passes over the training split before `batch` (sequential sampling); in a
+    /// mixture, over the source that has been repeated most.
     public func epoch(batch: Int, split: TokenSplit) -> Double {
-        Double(batch * batchSize) / Double(max(1, windows(in: split)))
+        guard let sources = split.sources, let blend = split.blend else {
+            return Double(batch * batchSize) / Double(max(1, windows(in: split)))
+        }
+        return sources.indices.map {
+            Double(blend.samples(of: $0, before: batch * batchSize)) / Double(max(1, windows(in: sources[$0])))
+        }.max() ?? 0
     }
 
     /// Fills `x` and `y` (each `indices.count × blockSize`) with inputs and next-token targets

@@ -77,6 +77,10 @@ final class RunReporter {
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
             + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
             + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")
+        if let blend = t.data.train.blend, let spec = try? MixtureSpec.parse(config.data) {
+            let parts = zip(blend.counts, spec.paths).map { "\(String(format: "%.1f", Double($0) / Double(Blend.cycle) * 100))% \($1)" }
+            log("tessera: data: a mixture of \(parts.count) datasets, samples shared \(parts.joined(separator: ", "))")
+        }
         if config.batchSize < world {
             // Sample i goes to rank i mod N, so the last ranks get none; they only join the
             // reductions. Allowed (any world resumes any run), but rarely what was meant.

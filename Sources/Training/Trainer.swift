@@ -228,10 +228,13 @@ public final class Trainer {
 
     /// The model shape for the data's vocabulary, after checking the data can feed it.
     private static func modelShape(config: TrainConfig, data: Dataset, sampler: BatchSampler, vocabSize: Int?) throws -> GPTConfig {
-        for (name, split) in [("train", data.train), ("val", data.val)] where sampler.windows(in: split) == 0 {
-            let longest = split.shards.max { $0.count < $1.count }!
-            throw DataError.tooShort(path: "\(config.data) (\(name) split, e.g. \(longest.path))", tokens: longest.count,
-                                     needed: config.blockSize + 1)
+        // A mixture draws from each dataset alone: each must hold a window.
+        for (name, split) in [("train", data.train), ("val", data.val)] {
+            for part in split.sources ?? [split] where sampler.windows(in: part) == 0 {
+                let longest = part.shards.max { $0.count < $1.count }!
+                throw DataError.tooShort(path: "\(config.data) (\(name) split, e.g. \(longest.path))", tokens: longest.count,
+                                         needed: config.blockSize + 1)
+            }
         }
         let gpt = config.model(vocabSize: vocabSize ?? data.vocabSize)
         do { try gpt.validate() } catch { throw ConfigError(flag: "model", problem: "\(error)", fix: "adjust the model flags") }
