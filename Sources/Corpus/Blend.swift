@@ -86,8 +86,12 @@ public struct MixtureSpec: Sendable, Equatable {
                 throw DataError.invalid(path: spec, problem: "has the part '\(p)', not WEIGHT:DATA",
                                         fix: "name each dataset with a positive weight, e.g. --data 0.7:data/web,0.3:data/code")
             }
+            let path = String(p[p.index(after: colon)...])
+            guard !out.paths.contains(path) else {
+                throw DataError.invalid(path: spec, problem: "names \(path) twice", fix: "give each dataset one WEIGHT:DATA part")
+            }
             out.weights.append(w)
-            out.paths.append(String(p[p.index(after: colon)...]))
+            out.paths.append(path)
         }
         return out
     }

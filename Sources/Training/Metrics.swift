@@ -8,6 +8,9 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     public var step: Int
     public var loss: Double
     public var val_loss: Double?
+    /// A mixture's evaluation: each dataset's loss over its samples of the same batches, by
+    /// the dataset as `--data` names it.
+    public var val_loss_by_data: [String: Double]? = nil
     /// `--eval-choices` at an evaluation: accuracy by total loss, and by mean loss per choice token.
     public var choice_acc: Double? = nil, choice_acc_norm: Double? = nil
     public var lr: Double

@@ -113,6 +113,7 @@ final class RunReporter {
                                                  ("perf/tokens_per_s", m.tokens_per_s), ("perf/ms_per_step", m.ms_per_step),
                                                  ("perf/ms_comm_wait", m.ms_comm_wait)]
         if let v = m.val_loss { s.append(("val/loss", v)) }
+        for (name, v) in (m.val_loss_by_data ?? [:]).sorted(by: { $0.key < $1.key }) { s.append(("val/loss_by_data/\(name)", v)) }
         if let a = m.choice_acc, let n = m.choice_acc_norm { s += [("val/choice_acc", a), ("val/choice_acc_norm", n)] }
         if let u = m.mfu { s.append(("perf/mfu", u)) }
         if let l = m.loss_scale { s.append(("train/loss_scale", l)) }
@@ -133,6 +134,10 @@ final class RunReporter {
                        step + 1, config.maxSteps, m.loss, m.lr, m.tokens_per_s, m.ms_per_step, formatDuration(eta))
         if let e = m.epoch { s += String(format: " | epoch %.3f", e) }
         if let v = m.val_loss { s += String(format: " | val %.4f", v) }
+        if let parts = m.val_loss_by_data, let spec = try? MixtureSpec.parse(config.data) {
+            s += " (" + spec.paths.compactMap { p in parts[p].map { "\((p as NSString).lastPathComponent) " + String(format: "%.4f", $0) } }
+                .joined(separator: ", ") + ")"
+        }
         if let a = m.choice_acc, let n = m.choice_acc_norm { s += String(format: " | choices acc %.4f acc_norm %.4f", a, n) }
         if m.skipped == true { s += " | skipped: non-finite loss or gradient" + (m.loss_scale != nil ? " (loss scale lowered)" : "") }
         log(s)

@@ -33,8 +33,9 @@ extension Trainer {
             result.losses.append(m.loss)
             let lastStep = step == config.maxSteps - 1
             if (config.evalEvery > 0 && (step + 1) % config.evalEvery == 0) || lastStep {
-                let v = try Trace.span(.eval, "evaluation") { try evaluate(batchOffset: 0) }
+                let (v, byData) = try Trace.span(.eval, "evaluation") { try evaluateByData(batchOffset: 0) }
                 m.val_loss = v
+                m.val_loss_by_data = byData
                 result.valLosses.append((step + 1, v))
                 if config.keepBest && v < bestValLoss { try saveBest(step: step + 1, valLoss: v) }
                 if let questions = choiceQuestions {
@@ -206,25 +207,38 @@ extension Trainer {
     }
 
     /// Mean validation loss over `evalSteps` fixed global batches, spread over the ranks.
-    public func evaluate(batchOffset: Int) throws -> Double {
+    public func evaluate(batchOffset: Int) throws -> Double { try evaluateByData(batchOffset: batchOffset).loss }
+
+    /// The mean validation loss and, for a mixture, each dataset's over its own samples of
+    /// the same batches (a batch's rows are taken dataset by dataset, so each forward holds
+    /// one dataset's rows; the blend decides which rows those are, as in training).
+    func evaluateByData(batchOffset: Int) throws -> (loss: Double, byData: [String: Double]?) {
         let T = config.blockSize
-        var sum = 0.0, counted = 0
+        let blend = data.val.blend, sources = blend?.counts.count ?? 1
+        var sums = [Double](repeating: 0, count: 2 * sources)
         for j in 0..<config.evalSteps {
-            var i = 0
-            while i < myIndices.count {
-                let chunk = myIndices[i..<min(i + micro, myIndices.count)]
-                i += chunk.count
-                try sampler.fill(x: x, y: y, split: data.val, which: .val, batch: batchOffset + j, indices: chunk,
-                                 vocabSize: data.vocabSize)
-                let f = model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters, adapters: modelAdapters)
-                sum += f.sum
-                counted += f.count
+            for s in 0..<sources {
+                let rows = blend.map { b in myIndices.filter { b.source(of: (batchOffset + j) * config.batchSize + $0).source == s } } ?? myIndices
+                var i = 0
+                while i < rows.count {
+                    let chunk = rows[i..<min(i + micro, rows.count)]
+                    i += chunk.count
+                    try sampler.fill(x: x, y: y, split: data.val, which: .val, batch: batchOffset + j, indices: chunk,
+                                     vocabSize: data.vocabSize)
+                    let f = model.forward(tokens: x, targets: y, B: chunk.count, T: T, params: modelParameters, adapters: modelAdapters)
+                    sums[2 * s] += f.sum
+                    sums[2 * s + 1] += Double(f.count)
+                }
             }
         }
         // Over the targets that count: all of them, unless a loss mask leaves prompts out.
-        var r = [sum, Double(counted)]
-        try comm.allReduce(&r, label: "all-reduce of validation loss")
-        return r[0] / max(r[1], 1)
+        try comm.allReduce(&sums, label: "all-reduce of validation loss")
+        let total = stride(from: 0, to: sums.count, by: 2).reduce(0.0) { $0 + sums[$1] }
+        let counted = stride(from: 1, to: sums.count, by: 2).reduce(0.0) { $0 + sums[$1] }
+        guard blend != nil, let spec = try? MixtureSpec.parse(config.data) else { return (total / max(counted, 1), nil) }
+        var byData: [String: Double] = [:]
+        for (s, path) in spec.paths.enumerated() where sums[2 * s + 1] > 0 { byData[path] = sums[2 * s] / sums[2 * s + 1] }
+        return (total / max(counted, 1), byData)
     }
 
     /// Accuracy on multiple-choice questions with the weights of this step, at most a

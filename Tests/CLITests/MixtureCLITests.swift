@@ -1,3 +1,4 @@
+import Corpus
 import Foundation
 import XCTest
 
@@ -28,7 +29,21 @@ final class MixtureCLITests: XCTestCase {
         let r = try tessera(tinyArgs(data: mix, out: straight, steps: 12) + ["--eval-every", "6"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("tessera: data: a mixture of 2 datasets, samples shared 75.0% \(a), 25.0% \(b)"), r.stdout)
-        XCTAssertEqual(try metrics(straight).count, 12)
+        let lines = try metrics(straight)
+        XCTAssertEqual(lines.count, 12)
+        // Each evaluation's datasets: the blended loss is their mean weighted by the rows each
+        // gave the validation batches (every row counts blockSize targets).
+        let blend = try XCTUnwrap(Blend(weights: [0.75, 0.25]))
+        var rows = [0, 0]
+        for n in 0..<(2 * 12) { rows[blend.source(of: n).source] += 1 }   // --eval-steps 2 of batch 12
+        for m in lines where m["val_loss"] != nil {
+            let parts = try XCTUnwrap(m["val_loss_by_data"] as? [String: Double], "\(m)")
+            XCTAssertEqual(Set(parts.keys), [a, b])
+            let mean = (parts[a]! * Double(rows[0]) + parts[b]! * Double(rows[1])) / Double(rows[0] + rows[1])
+            XCTAssertEqual(m["val_loss"] as! Double, mean, accuracy: 1e-9)
+            XCTAssertNotEqual(parts[a], parts[b])
+        }
+        XCTAssertTrue(r.stdout.contains(" | val ") && r.stdout.contains("(a ") && r.stdout.contains(", b "), r.stdout)
         let first = try tessera(tinyArgs(data: mix, out: split, steps: 6) + ["--eval-every", "6"])
         XCTAssertEqual(first.status, 0, first.stderr)
         let second = try tessera(["train", "--resume", "latest", "--out", split, "--max-steps", "12"])
