@@ -55,6 +55,12 @@ final class MixtureCLITests: XCTestCase {
         XCTAssertEqual(try tessera(tinyArgs(data: a, out: alone, steps: 12) + ["--eval-every", "6"]).status, 0)
         XCTAssertNotEqual(try metrics(alone).map { $0["loss"] as? Double }, try metrics(straight).map { $0["loss"] as? Double })
 
+        // Any world size draws the same global batches: 2 ranks' first loss is one process's.
+        let ranks = try Repo.temporaryDirectory("mixranks")
+        let two = try mpirun(2, tinyArgs(data: mix, out: ranks, steps: 2))
+        XCTAssertEqual(two.status, 0, two.stderr)
+        XCTAssertEqual(try metrics(ranks)[0]["loss"] as! Double, lines[0]["loss"] as! Double, accuracy: 1e-6)
+
         let sequential = try Repo.temporaryDirectory("mixseq")
         let s = try tessera(tinyArgs(data: mix, out: sequential, steps: 4) + ["--sampling", "sequential"])
         XCTAssertEqual(s.status, 0, s.stderr)

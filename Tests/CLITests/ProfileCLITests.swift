@@ -94,6 +94,20 @@ final class ProfileCLITests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out + "/profile").sorted(),
                        ["step-5.trace.json", "steps-3-4.trace.json"])
 
+        // An async save inside a window: the writer's thread has its own named track.
+        let async = try Repo.temporaryDirectory("async")
+        let c = try tessera(tinyArgs(data: data, out: async, steps: 6) + ["--profile", "2-5", "--save-every", "2", "--async-save",
+                                                                        "--debug-slow-save-ms", "0"])
+        XCTAssertEqual(c.status, 0, c.stderr)
+        let timeline = try traceEvents(async + "/profile/steps-2-5.trace.json")
+        let names = timeline.filter { $0["name"] as? String == "thread_name" }
+            .reduce(into: [Int: String]()) { $0[$1["tid"] as! Int] = ($1["args"] as? [String: Any])?["name"] as? String }
+        let writer = try XCTUnwrap(names.first { $0.value == "checkpoint writer" }?.key, "\(names)")
+        XCTAssertEqual(names[0], "training")
+        let writes = timeline.filter { $0["name"] as? String == "checkpoint write" }
+        XCTAssertFalse(writes.isEmpty)
+        XCTAssertTrue(writes.allSatisfy { $0["tid"] as? Int == writer })
+
         for (window, expected) in [("5-3", "use FROM-TO"), ("x", "use FROM-TO"), ("0-2", "use FROM-TO"), ("1-1001", "at most 1000 steps")] {
             let r = try tessera(tinyArgs(data: data, out: try Repo.temporaryDirectory("bad"), steps: 4) + ["--profile", window])
             XCTAssertEqual(r.status, 2, window)
