@@ -106,7 +106,7 @@ public enum Trace {
         events.append(e)
     }
 
-    /// Small ids for threads, in order of their first span (under the lock).
+    /// Small ids for threads, in the order they first recorded (under the lock).
     private static func threadID() -> Int {
         #if canImport(Glibc)
         let key = UInt(pthread_self())
@@ -140,7 +140,7 @@ public struct TraceEvent: Equatable, Sendable {
     public var name: String
     public var category: Trace.Category
     public var start: UInt64, end: UInt64
-    /// The recording thread's id (0: the first thread that recorded, the training loop).
+    /// The recording thread's id (0: the thread that opened the window, the training loop).
     public var thread: Int
     /// Set for work in flight (a collective), drawn as an async span with this id.
     public var async: Int?
