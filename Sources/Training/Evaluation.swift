@@ -26,6 +26,9 @@ public struct EvalResult: Codable, Sendable {
     public var precision = Precision.fp32
     /// The weights evaluated (the checkpoint or model file given), when known.
     public var source: String?
+    /// A mixture's datasets: each one's loss over its own split, by the dataset as `--data`
+    /// names it.
+    public var lossByData: [String: Double]?
 }
 
 /// Loss of trained weights on a dataset split, on any number of ranks.
@@ -100,6 +103,26 @@ public enum Evaluation {
                           bitsPerByte: lengths == nil || totals[2] == 0 ? nil : totals[0] / log(2) / totals[2],
                           tokens: Int(totals[1]), bytes: lengths == nil ? nil : Int(totals[2]),
                           windows: all.count, blockSize: T, stride: S, ranks: comm.size, mode: "whole", precision: precision)
+    }
+
+    /// A mixture's whole split: each dataset's split alone, then their sums together (the
+    /// loss per predicted token over all of them, and per dataset).
+    public static func whole(model file: ModelFile, mixture split: TokenSplit, names: [String], name: String, batch: Int,
+                             comm: Communicator, precision: Precision = .fp32, stride: Int? = nil) throws -> EvalResult {
+        let sources = split.sources ?? [split]
+        precondition(sources.count == names.count)
+        let parts = try sources.map { try whole(model: file, split: $0, name: name, batch: batch, comm: comm, precision: precision, stride: stride) }
+        var out = parts[0]
+        let nats = parts.reduce(0.0) { $0 + $1.loss * Double($1.tokens) }
+        out.tokens = parts.reduce(0) { $0 + $1.tokens }
+        out.windows = parts.reduce(0) { $0 + $1.windows }
+        out.loss = nats / Double(max(out.tokens, 1))
+        out.perplexity = exp(out.loss)
+        let bytes = parts.compactMap(\.bytes)
+        out.bytes = bytes.count == parts.count ? bytes.reduce(0, +) : nil
+        out.bitsPerByte = out.bytes.map { nats / log(2) / Double(max($0, 1)) }
+        out.lossByData = Dictionary(uniqueKeysWithValues: zip(names, parts.map(\.loss)))
+        return out
     }
 
     /// The number `train` reports as its validation loss: `batches` global batches drawn by

@@ -108,8 +108,13 @@ struct Eval: ParsableCommand {
                                       fix: "drop --stride for packed prompt-completion data")
                 }
             }
-            result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator,
-                                          precision: precision, stride: stride)
+            if tokens.sources != nil, let mixture = try MixtureSpec.parse(path) {
+                result = try Evaluation.whole(model: file, mixture: tokens, names: mixture.paths, name: split, batch: batchSize, comm: comm,
+                                              precision: precision, stride: stride)
+            } else {
+                result = try Evaluation.whole(model: file, split: tokens, name: split, batch: batchSize, comm: comm, separator: separator,
+                                              precision: precision, stride: stride)
+            }
         }
         result.source = checkpoint ?? model
         if comm.rank == 0 {
@@ -123,6 +128,10 @@ struct Eval: ParsableCommand {
                 var line = String(format: "eval: loss %.6f | perplexity %.3f", result.loss, result.perplexity)
                 if let bpb = result.bitsPerByte { line += String(format: " | bits per byte %.4f", bpb) }
                 print(line + " | \(what) on \(result.ranks) rank(s)" + (precision == .fp32 ? "" : " in \(precision)"))
+                if let parts = result.lossByData, let mixture = try MixtureSpec.parse(path) {
+                    print("eval: by dataset: " + mixture.paths.compactMap { p in parts[p].map { "\(p) " + String(format: "%.6f", $0) } }
+                        .joined(separator: ", "))
+                }
             }
         }
     }

@@ -55,6 +55,22 @@ final class MixtureCLITests: XCTestCase {
         XCTAssertEqual(try tessera(tinyArgs(data: a, out: alone, steps: 12) + ["--eval-every", "6"]).status, 0)
         XCTAssertNotEqual(try metrics(alone).map { $0["loss"] as? Double }, try metrics(straight).map { $0["loss"] as? Double })
 
+        // `eval` of the whole split: each dataset's loss is `eval --data` of that dataset alone,
+        // and the total their mean weighted by predicted tokens.
+        func evaluation(_ extra: [String]) throws -> [String: Any] {
+            let e = try tessera(["eval", "--checkpoint", straight, "--json"] + extra)
+            XCTAssertEqual(e.status, 0, e.stderr)
+            return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any])
+        }
+        let whole = try evaluation([]), single = [try evaluation(["--data", a]), try evaluation(["--data", b])]
+        let byData = try XCTUnwrap(whole["lossByData"] as? [String: Double])
+        XCTAssertEqual(byData[a], single[0]["loss"] as? Double)
+        XCTAssertEqual(byData[b], single[1]["loss"] as? Double)
+        let tokens = single.map { $0["tokens"] as! Int }
+        XCTAssertEqual(whole["tokens"] as? Int, tokens[0] + tokens[1])
+        XCTAssertEqual(whole["loss"] as! Double, (byData[a]! * Double(tokens[0]) + byData[b]! * Double(tokens[1])) / Double(tokens[0] + tokens[1]),
+                       accuracy: 1e-12)
+
         // Any world size draws the same global batches: 2 ranks' first loss is one process's.
         let ranks = try Repo.temporaryDirectory("mixranks")
         let two = try mpirun(2, tinyArgs(data: mix, out: ranks, steps: 2))
