@@ -75,6 +75,13 @@ public struct MixtureSpec: Sendable, Equatable {
 
     public init(weights: [Double], paths: [String]) { self.weights = weights; self.paths = paths }
 
+    /// Short names for displays (progress lines, TensorBoard tags): each path's last
+    /// component, or the whole paths when two would share one.
+    public var names: [String] {
+        let last = paths.map { ($0 as NSString).lastPathComponent }
+        return Set(last).count == last.count ? last : paths
+    }
+
     /// The parts of `spec`, or nil when it names one dataset (no comma and no leading weight).
     public static func parse(_ spec: String) throws(DataError) -> MixtureSpec? {
         let parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)

@@ -108,12 +108,14 @@ final class RunReporter {
     }
 
     /// What TensorBoard shows of a step, under TensorBoard-style group/name tags.
-    static func scalars(_ m: StepMetrics) -> [(tag: String, value: Double)] {
+    static func scalars(_ m: StepMetrics, mixture: MixtureSpec? = nil) -> [(tag: String, value: Double)] {
         var s: [(tag: String, value: Double)] = [("train/loss", m.loss), ("train/lr", m.lr), ("train/grad_norm", m.grad_norm),
                                                  ("perf/tokens_per_s", m.tokens_per_s), ("perf/ms_per_step", m.ms_per_step),
                                                  ("perf/ms_comm_wait", m.ms_comm_wait)]
         if let v = m.val_loss { s.append(("val/loss", v)) }
-        for (name, v) in (m.val_loss_by_data ?? [:]).sorted(by: { $0.key < $1.key }) { s.append(("val/loss_by_data/\(name)", v)) }
+        if let parts = m.val_loss_by_data, let mixture {
+            for (path, name) in zip(mixture.paths, mixture.names) { if let v = parts[path] { s.append(("val/loss_by_data/\(name)", v)) } }
+        }
         if let a = m.choice_acc, let n = m.choice_acc_norm { s += [("val/choice_acc", a), ("val/choice_acc_norm", n)] }
         if let u = m.mfu { s.append(("perf/mfu", u)) }
         if let l = m.loss_scale { s.append(("train/loss_scale", l)) }
@@ -126,7 +128,7 @@ final class RunReporter {
     /// Records step `step` (0-based) and prints a progress line when one is due.
     func stepDone(_ m: StepMetrics, step: Int, elapsed: Double) {
         metrics.write(m)
-        events?.write(step: m.step, Self.scalars(m))
+        events?.write(step: m.step, Self.scalars(m, mixture: try? MixtureSpec.parse(config.data)))
         let lastStep = step == config.maxSteps - 1
         guard step % config.logEvery == 0 || lastStep || m.val_loss != nil || m.skipped == true else { return }
         let eta = elapsed / Double(step + 1) * Double(config.maxSteps - step - 1)
@@ -135,7 +137,7 @@ final class RunReporter {
         if let e = m.epoch { s += String(format: " | epoch %.3f", e) }
         if let v = m.val_loss { s += String(format: " | val %.4f", v) }
         if let parts = m.val_loss_by_data, let spec = try? MixtureSpec.parse(config.data) {
-            s += " (" + spec.paths.compactMap { p in parts[p].map { "\((p as NSString).lastPathComponent) " + String(format: "%.4f", $0) } }
+            s += " (" + zip(spec.paths, spec.names).compactMap { p, name in parts[p].map { "\(name) " + String(format: "%.4f", $0) } }
                 .joined(separator: ", ") + ")"
         }
         if let a = m.choice_acc, let n = m.choice_acc_norm { s += String(format: " | choices acc %.4f acc_norm %.4f", a, n) }

@@ -44,6 +44,11 @@ final class MixtureCLITests: XCTestCase {
             XCTAssertNotEqual(parts[a], parts[b])
         }
         XCTAssertTrue(r.stdout.contains(" | val ") && r.stdout.contains("(a ") && r.stdout.contains(", b "), r.stdout)
+        let events = try FileManager.default.contentsOfDirectory(atPath: straight + "/tb")
+            .map { try Data(contentsOf: URL(fileURLWithPath: straight + "/tb/" + $0)) }.reduce(Data(), +)
+        for tag in ["val/loss_by_data/a", "val/loss_by_data/b"] {
+            XCTAssertNotNil(events.range(of: Data([0x0A, UInt8(tag.utf8.count)] + Array(tag.utf8))), "\(tag) in the event files")
+        }
         let first = try tessera(tinyArgs(data: mix, out: split, steps: 6) + ["--eval-every", "6"])
         XCTAssertEqual(first.status, 0, first.stderr)
         let second = try tessera(["train", "--resume", "latest", "--out", split, "--max-steps", "12"])

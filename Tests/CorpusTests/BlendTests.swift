@@ -36,6 +36,8 @@ final class BlendTests: XCTestCase {
         XCTAssertNil(try MixtureSpec.parse("shards/*_train_*.bin"))
         XCTAssertEqual(try MixtureSpec.parse("0.7:data/web,0.3:/abs/code"), MixtureSpec(weights: [0.7, 0.3], paths: ["data/web", "/abs/code"]))
         XCTAssertEqual(try MixtureSpec.parse("2:data/only"), MixtureSpec(weights: [2], paths: ["data/only"]))
+        XCTAssertEqual(try MixtureSpec.parse("1:data/web,1:/x/code")?.names, ["web", "code"])
+        XCTAssertEqual(try MixtureSpec.parse("1:a/web,1:b/web")?.names, ["a/web", "b/web"], "the same last component: whole paths")
         for bad in ["data/a,data/b", "0:data/a,1:data/b", "1:data/a,", "x:data/a,1:data/b", "1:,1:data/b", "-1:data/a,2:data/b",
                     "1:data/a,2:data/a"] {
             XCTAssertThrowsError(try MixtureSpec.parse(bad), bad) { e in XCTAssertTrue("\(e)".contains("WEIGHT:DATA"), "\(bad): \(e)") }
