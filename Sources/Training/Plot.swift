@@ -1,10 +1,13 @@
+import Corpus
 import Foundation
 
 // MARK: - Loss plots
 
 /// An SVG of one or more runs' `metrics.jsonl`: train and validation loss against step and
 /// against tokens seen, learning rate and throughput below, and multiple-choice accuracy
-/// (`--eval-choices`) in a third row when a run has it; runs overlaid in their colours.
+/// (`--eval-choices`) in a third row when a run has it; runs overlaid in their colours. A
+/// mixture's validation loss per dataset (`val_loss_by_data`) adds a line per dataset to the
+/// loss panels, in the run's colour with a dash of its own.
 public enum Plot {
     /// What one run contributes: its name and, per step, the metrics line's values.
     public struct Run {
@@ -14,6 +17,8 @@ public enum Plot {
         public var val: [(step: Int, loss: Double)]
         /// `--eval-choices`' accuracies at each evaluation (acc, acc_norm).
         public var choices: [(step: Int, acc: Double, accNorm: Double)]
+        /// A mixture's datasets (by display name) and each one's validation loss.
+        public var valByData: [(name: String, points: [(step: Int, loss: Double)])]
 
         /// Reads `RUN/metrics.jsonl` and the tokens per step from `RUN/config.json`.
         public init(directory: String, name: String? = nil) throws {
@@ -22,13 +27,15 @@ public enum Plot {
             guard let text = try? String(contentsOfFile: metricsPath, encoding: .utf8) else {
                 throw ConfigError(flag: "RUN", problem: "\(metricsPath) cannot be read", fix: "pass run directories written by tessera train")
             }
-            var tokens = 0
+            var tokens = 0, mixture: MixtureSpec?
             if let d = FileManager.default.contents(atPath: directory + "/config.json"),
                let c = try? JSONDecoder().decode(TrainConfig.self, from: d) {
                 tokens = c.batchSize * c.blockSize
+                mixture = try? MixtureSpec.parse(c.data)
             }
             tokensPerStep = tokens
             steps = []; loss = []; lr = []; tokensPerSecond = []; val = []; choices = []
+            var byData: [String: [(step: Int, loss: Double)]] = [:]
             for line in text.split(separator: "\n") {
                 guard let m = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                       let step = m["step"] as? Int else { continue }
@@ -38,7 +45,12 @@ public enum Plot {
                 tokensPerSecond.append(m["tokens_per_s"] as? Double ?? .nan)
                 if let v = m["val_loss"] as? Double { val.append((step, v)) }
                 if let a = m["choice_acc"] as? Double, let n = m["choice_acc_norm"] as? Double { choices.append((step, a, n)) }
+                for (path, v) in m["val_loss_by_data"] as? [String: Double] ?? [:] { byData[path, default: []].append((step, v)) }
             }
+            // In the mixture's order, by its display names (paths the config does not list last).
+            let paths = (mixture?.paths ?? []).filter { byData[$0] != nil } + byData.keys.filter { !(mixture?.paths ?? []).contains($0) }.sorted()
+            let names = mixture.map { m in Dictionary(uniqueKeysWithValues: zip(m.paths, m.names)) } ?? [:]
+            valByData = paths.map { (names[$0] ?? ($0 as NSString).lastPathComponent, byData[$0]!) }
             guard !steps.isEmpty else {
                 throw ConfigError(flag: "RUN", problem: "\(metricsPath) has no steps", fix: "plot a run that has trained at least one step")
             }
@@ -70,6 +82,11 @@ public enum Plot {
             out += "<circle cx=\"\(x + 12)\" cy=\"46\" r=\"3.5\" fill=\"white\" stroke=\"\(c)\" stroke-width=\"2\"/>"
             out += "<text x=\"\(x + 30)\" y=\"50\">\(escape(r.name)) val</text>\n"
             x += 50 + Double(r.name.count + 4) * 7.2
+            for (k, d) in r.valByData.enumerated() {
+                out += "<line x1=\"\(x)\" y1=\"46\" x2=\"\(x + 24)\" y2=\"46\" stroke=\"\(c)\" stroke-width=\"1.5\" stroke-dasharray=\"\(dataDash(k))\"/>"
+                out += "<text x=\"\(x + 30)\" y=\"50\">\(escape(r.name)) val \(escape(d.name))</text>\n"
+                x += 50 + Double(r.name.count + d.name.count + 5) * 7.2
+            }
         }
         let half = width / 2
         func lossSeries(_ byTokens: Bool) -> [Series] {
@@ -80,7 +97,11 @@ public enum Plot {
                 return [Series(x: xs, y: r.loss, color: c, width: 1, opacity: 0.3),
                         Series(x: xs, y: smoothed(r.loss), color: c, width: 2, opacity: 1),
                         Series(x: r.val.map { Double($0.step) * scale }, y: r.val.map(\.loss), color: c, width: 2, opacity: 1,
-                               dashed: true, markers: true)]
+                               dash: "6 3", markers: true)]
+                    + r.valByData.enumerated().map { k, d in
+                        Series(x: d.points.map { Double($0.step) * scale }, y: d.points.map(\.loss), color: c, width: 1.5, opacity: 0.9,
+                               dash: dataDash(k))
+                    }
             }
         }
         let hasTokens = runs.allSatisfy { $0.tokensPerStep > 0 }
@@ -97,7 +118,7 @@ public enum Plot {
             func accuracy(_ normalized: Bool) -> [Series] {
                 runs.enumerated().map { i, r in
                     Series(x: r.choices.map { Double($0.step) }, y: r.choices.map { normalized ? $0.accNorm : $0.acc },
-                           color: palette[i % palette.count], width: 2, opacity: 1, dashed: !normalized, markers: true)
+                           color: palette[i % palette.count], width: 2, opacity: 1, dash: normalized ? nil : "6 3", markers: true)
                 }
             }
             out += panel(Frame(x: 0, y: top + 2 * panelH, w: half, h: panelH), title: "multiple-choice acc_norm", xLabel: "step",
@@ -114,8 +135,13 @@ public enum Plot {
 
     struct Series {
         var x: [Double], y: [Double], color: String, width: Double, opacity: Double
-        var dashed = false, markers = false
+        /// An SVG dash pattern (nil: solid).
+        var dash: String? = nil
+        var markers = false
     }
+
+    /// Dash patterns of a mixture's datasets, apart from the blended validation's "6 3".
+    static func dataDash(_ k: Int) -> String { ["2 3", "10 3 2 3", "1 2", "12 4"][k % 4] }
 
     /// TensorBoard's smoothing: an exponential moving average with weight 0.9, debiased at the start.
     static func smoothed(_ v: [Double], weight: Double = 0.9) -> [Double] {
@@ -173,7 +199,7 @@ public enum Plot {
                 .map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }
             guard !points.isEmpty else { continue }
             s += "<polyline fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"\(line.width)\" stroke-opacity=\"\(line.opacity)\""
-                + (line.dashed ? " stroke-dasharray=\"6 3\"" : "") + " points=\"\(points.joined(separator: " "))\"/>\n"
+                + (line.dash.map { " stroke-dasharray=\"\($0)\"" } ?? "") + " points=\"\(points.joined(separator: " "))\"/>\n"
             if line.markers {
                 for p in points {
                     let c = p.split(separator: ",")

@@ -94,6 +94,41 @@ final class PlotCLITests: XCTestCase {
         XCTAssertEqual(e.found.filter { $0.name == "circle" }.count, 2 * 2 + 2 * 2 + 1, "val and choice markers, and the legend's")
     }
 
+    /// A mixture's run: a line per dataset in both loss panels, in the mixture's order with
+    /// dashes of their own, placed by value, and named in the legend.
+    func testMixtureDatasetLines() throws {
+        let run = try Repo.temporaryDirectory("plotmix")
+        try #"{"data": "0.5:/d/web,0.5:/e/code", "batchSize": 2, "blockSize": 4}"#.write(toFile: run + "/config.json", atomically: true, encoding: .utf8)
+        var lines: [String] = []
+        for step in 1...4 {
+            var line = #"{"step": \#(step), "loss": \#(5.0 - Double(step) * 0.5), "lr": 0.001, "tokens_per_s": 100"#
+            if step % 2 == 0 {
+                let web = 4.0 - Double(step) * 0.25, code = 3.0 - Double(step) * 0.25
+                line += #", "val_loss": \#((web + code) / 2), "val_loss_by_data": {"/e/code": \#(code), "/d/web": \#(web)}"#
+            }
+            lines.append(line + "}")
+        }
+        try lines.joined(separator: "\n").write(toFile: run + "/metrics.jsonl", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try tessera(["plot", run, "--out", run + "/p.svg"]).status, 0)
+        let parser = XMLParser(contentsOf: URL(fileURLWithPath: run + "/p.svg"))!
+        let e = Elements()
+        parser.delegate = e
+        XCTAssertTrue(parser.parse())
+        XCTAssertTrue(e.text.contains(" val web|") && e.text.contains(" val code|"), e.text)
+        let polylines = e.found.filter { $0.name == "polyline" }
+        XCTAssertEqual(polylines.count, 2 * (3 + 2) + 2)
+        // The step panel's lines: train, smoothed, val, then web and code.
+        let step = Array(polylines.prefix(5))
+        XCTAssertEqual(step.map { $0.attributes["stroke-dasharray"] }, [nil, nil, "6 3", "2 3", "10 3 2 3"])
+        let y = { (line: (name: String, attributes: [String: String])) in
+            line.attributes["points"]!.split(separator: " ").map { Double($0.split(separator: ",")[1])! }
+        }
+        XCTAssertEqual(y(step[3]).count, 2)
+        XCTAssertTrue(zip(y(step[3]), y(step[4])).allSatisfy { $0 < $1 }, "web's loss above code's: higher on the page")
+        XCTAssertTrue(zip(y(step[3]), y(step[2])).allSatisfy { $0 < $1 } && zip(y(step[2]), y(step[4])).allSatisfy { $0 < $1 },
+                      "the blended validation between them")
+    }
+
     func testPNGAndBadInput() throws {
         let data = try Repo.dataDirectory(), run = try Repo.temporaryDirectory("plotpng")
         XCTAssertEqual(try tessera(tinyArgs(data: data, out: run, steps: 3)).status, 0)
