@@ -1,4 +1,5 @@
 import ArgumentParser
+import Comm
 import Foundation
 import Training
 
@@ -11,8 +12,10 @@ struct Generate: ParsableCommand {
     @Option(help: "Text to continue.") var prompt: String?
     @Option(help: "Or a file holding the text to continue (nanoGPT's start=\"FILE:...\").") var promptFile: String?
     @Option(help: "Samples to draw; sample k uses seed + k, so each can be drawn again alone.") var numSamples: Int = 1
-    @Option(help: "Samples drawn together, each step reading the weights once for all of them (default: --num-samples, at most 8).")
+    @Option(help: "Samples drawn together, each step reading the weights once for all of them (default: --num-samples, at most 8, as memory allows).")
     var batchSize: Int?
+    @Option(help: "Memory this process may use, e.g. 8G (default: what the kernel reports available); bounds how many samples' key/value caches are held at once.")
+    var memoryLimit: String?
     @Flag(name: .customLong("stop-at-eot"), help: "End a sample where the model draws <|endoftext|> (a fine-tuned completion's end; not printed).")
     var stopAtEOT = false
     @Option(help: "Tokens to generate.") var maxNewTokens: Int = 200
@@ -30,6 +33,29 @@ struct Generate: ParsableCommand {
         guard prompt == nil || promptFile == nil else { throw ValidationError("pass at most one of --prompt and --prompt-file") }
         guard numSamples >= 1 else { throw ValidationError("--num-samples must be >= 1") }
         guard (batchSize ?? 1) >= 1 else { throw ValidationError("--batch-size must be >= 1") }
+    }
+
+    /// How many samples are drawn together: `--batch-size`, or up to 8 of `--num-samples`,
+    /// as many as half the memory holds key/value caches for (the rest is left to the
+    /// weights, the full forwards past the context and everything else). Checked before
+    /// any cache is allocated: an explicit `--batch-size` that does not fit is refused.
+    func samplesTogether(cacheBytesPerSample perSample: Int) throws -> Int {
+        let limit = try MemoryLimit.resolve(memoryLimit ?? "")
+        let fit = limit.bytes / 2 / perSample
+        if let batchSize {
+            guard batchSize <= max(fit, 1) else {
+                throw ConfigError(flag: "--batch-size", problem: "is \(batchSize): its key/value caches need \(gibText(batchSize * perSample)), "
+                                  + "more than half of the \(gibText(limit.bytes)) available (\(limit.source))",
+                                  fix: "use --batch-size \(max(fit, 1)) or less")
+            }
+            return min(batchSize, numSamples)
+        }
+        let wanted = min(numSamples, 8), together = max(1, min(wanted, fit))
+        if together < wanted {
+            writeStandardError("tessera: drawing \(together) sample(s) at a time: the key/value caches of \(wanted) "
+                               + "(\(gibText(wanted * perSample))) would take more than half of the \(gibText(limit.bytes)) available (\(limit.source))")
+        }
+        return together
     }
 
     /// Unbuffered, so text appears as it is generated even through a pipe.
@@ -57,7 +83,8 @@ struct Generate: ParsableCommand {
                 stop = Int(eot)
             }
             let sampler = Sampler(file: file)
-            let together = min(batchSize ?? min(numSamples, 8), numSamples)
+            let c = file.config
+            let together = try samplesTogether(cacheBytesPerSample: 2 * c.nLayer * c.blockSize * c.nEmbd * MemoryLayout<Float>.size)
             for first in stride(from: 0, to: numSamples, by: together) {
                 let count = min(together, numSamples - first)
                 // The first sample of each group is written as it is generated, the others

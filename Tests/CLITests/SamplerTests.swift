@@ -125,5 +125,19 @@ final class SamplerTests: XCTestCase {
         XCTAssertEqual(together.stdout, apart.stdout)
         XCTAssertEqual(pairs.stdout, apart.stdout)
         XCTAssertEqual(together.stdout.components(separatedBy: "---------------\n").count, 6)
+        // Memory bounds the group: a sample's caches here are 2 × 1 layer × 32 × 16 floats
+        // (4 KiB) and half of the limit holds them; too many asked for is refused.
+        let bounded = try tessera(many + ["--memory-limit", "10K"])
+        XCTAssertEqual(bounded.status, 0, bounded.stderr)
+        XCTAssertTrue(bounded.stderr.contains("drawing 1 sample(s) at a time"), bounded.stderr)
+        XCTAssertEqual(bounded.stdout, apart.stdout)
+        let two = try tessera(many + ["--memory-limit", "16K"])
+        XCTAssertTrue(two.stderr.contains("drawing 2 sample(s) at a time"), two.stderr)
+        XCTAssertEqual(two.stdout, apart.stdout)
+        let refused = try tessera(many + ["--memory-limit", "10K", "--batch-size", "3"])
+        XCTAssertEqual(refused.status, 2)
+        XCTAssertTrue(refused.stderr.contains("--batch-size is 3: its key/value caches need") && refused.stderr.contains("use --batch-size 1 or less"),
+                      refused.stderr)
+        XCTAssertTrue(refused.stdout.isEmpty, "refused before sampling")
     }
 }
