@@ -13,7 +13,7 @@ import Foundation
 /// per step), never per element.
 public enum Trace {
     /// What a span is spent on; the summary adds self time up by category.
-    public enum Category: String, Sendable, CaseIterable {
+    public enum Category: String, Codable, Sendable, CaseIterable {
         /// The whole step, micro-steps, and what no other category covers.
         case step
         /// Filling a batch.
@@ -130,13 +130,13 @@ public enum Trace {
 // MARK: - Events
 
 /// A value attached to a span (shown when the span is selected in the viewer).
-public enum TraceValue: Equatable, Sendable {
+public enum TraceValue: Codable, Equatable, Sendable {
     case int(Int)
     case text(String)
 }
 
 /// One recorded span; times are nanoseconds since the window opened.
-public struct TraceEvent: Equatable, Sendable {
+public struct TraceEvent: Codable, Equatable, Sendable {
     public var name: String
     public var category: Trace.Category
     public var start: UInt64, end: UInt64

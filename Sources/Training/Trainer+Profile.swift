@@ -33,7 +33,7 @@ extension Trainer {
         if comm.size > 1 {
             // Every rank's event lines, one broadcast per rank (a window holds kilobytes to a
             // few megabytes per rank).
-            let bytes = Array(TraceFile.encode(mine))
+            let bytes = Array(try TraceFile.encode(mine))
             var lengths = [Double](repeating: 0, count: comm.size)
             lengths[comm.rank] = Double(bytes.count)
             try comm.allReduce(&lengths, label: "all-reduce of profile sizes")

@@ -70,6 +70,12 @@ final class TracingTests: XCTestCase {
         XCTAssertEqual((write["args"] as? [String: Any])?["path"] as? String, "a\\b")
         let names = events.filter { $0["name"] as? String == "thread_name" }
         XCTAssertEqual(names.count, 3)
+        // What a rank sends to rank 0 comes back whole, and other bytes are refused.
+        let back = try XCTUnwrap(TraceFile.decode(Array(try TraceFile.encode(r1))))
+        XCTAssertEqual(back.rank, 1)
+        XCTAssertEqual(back.events, r1.events)
+        XCTAssertEqual(back.threads, r1.threads)
+        XCTAssertNil(TraceFile.decode(Array("1\n0\n".utf8)))
     }
 
     /// Nothing is recorded outside a window, a span begun before it opened is dropped, and
