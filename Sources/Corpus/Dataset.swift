@@ -24,10 +24,15 @@ public struct Dataset: Sendable {
     /// How packed instruction data was laid out (nil for plain token streams): windows start
     /// at row boundaries, targets follow the loss mask, examples are separate documents.
     public let packing: Packing?
+    /// A mixture's datasets and weights as `--data` named them (nil for one dataset); the
+    /// splits' `sources` are theirs, in this order.
+    public let mixture: MixtureSpec?
 
     /// Wraps shards already open.
-    public init(train: TokenSplit, val: TokenSplit, tokenizer: Tokenizer?, vocabSize: Int, packing: Packing? = nil) {
+    public init(train: TokenSplit, val: TokenSplit, tokenizer: Tokenizer?, vocabSize: Int, packing: Packing? = nil,
+                mixture: MixtureSpec? = nil) {
         self.train = train; self.val = val; self.tokenizer = tokenizer; self.vocabSize = vocabSize; self.packing = packing
+        self.mixture = mixture
     }
 
     /// Convenience for one shard per split.
@@ -85,7 +90,7 @@ public struct Dataset: Sendable {
         }
         return Dataset(train: TokenSplit(sources: parts.map(\.train), blend: blend),
                        val: TokenSplit(sources: parts.map(\.val), blend: blend),
-                       tokenizer: parts[0].tokenizer, vocabSize: parts[0].vocabSize)
+                       tokenizer: parts[0].tokenizer, vocabSize: parts[0].vocabSize, mixture: mixture)
     }
 
     /// One dataset (not a mixture).

@@ -11,6 +11,8 @@ import Scaling
 /// `RUN/metrics.jsonl`.
 final class RunReporter {
     private let config: TrainConfig
+    /// The run's mixture of datasets, if it trains on one (for per-dataset losses' names).
+    private let mixture: MixtureSpec?
     private let metrics: MetricsWriter
     private let events: TensorBoard.Writer?
     private let log: (String) -> Void
@@ -18,6 +20,7 @@ final class RunReporter {
     /// Writes the run files and prints the start-up lines.
     init(trainer t: Trainer) throws {
         config = t.config
+        mixture = t.data.mixture
         log = t.log
         let outDir = URL(fileURLWithPath: config.out)
         let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -77,7 +80,7 @@ final class RunReporter {
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
             + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
             + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")
-        if let blend = t.data.train.blend, let spec = try? MixtureSpec.parse(config.data) {
+        if let blend = t.data.train.blend, let spec = mixture {
             let parts = zip(blend.counts, spec.paths).map { "\(String(format: "%.1f", Double($0) / Double(Blend.cycle) * 100))% \($1)" }
             log("tessera: data: a mixture of \(parts.count) datasets, samples shared \(parts.joined(separator: ", "))")
         }
@@ -128,7 +131,7 @@ final class RunReporter {
     /// Records step `step` (0-based) and prints a progress line when one is due.
     func stepDone(_ m: StepMetrics, step: Int, elapsed: Double) {
         metrics.write(m)
-        events?.write(step: m.step, Self.scalars(m, mixture: try? MixtureSpec.parse(config.data)))
+        events?.write(step: m.step, Self.scalars(m, mixture: mixture))
         let lastStep = step == config.maxSteps - 1
         guard step % config.logEvery == 0 || lastStep || m.val_loss != nil || m.skipped == true else { return }
         let eta = elapsed / Double(step + 1) * Double(config.maxSteps - step - 1)
@@ -136,7 +139,7 @@ final class RunReporter {
                        step + 1, config.maxSteps, m.loss, m.lr, m.tokens_per_s, m.ms_per_step, formatDuration(eta))
         if let e = m.epoch { s += String(format: " | epoch %.3f", e) }
         if let v = m.val_loss { s += String(format: " | val %.4f", v) }
-        if let parts = m.val_loss_by_data, let spec = try? MixtureSpec.parse(config.data) {
+        if let parts = m.val_loss_by_data, let spec = mixture {
             s += " (" + zip(spec.paths, spec.names).compactMap { p, name in parts[p].map { "\(name) " + String(format: "%.4f", $0) } }
                 .joined(separator: ", ") + ")"
         }

@@ -235,7 +235,7 @@ extension Trainer {
         try comm.allReduce(&sums, label: "all-reduce of validation loss")
         let total = stride(from: 0, to: sums.count, by: 2).reduce(0.0) { $0 + sums[$1] }
         let counted = stride(from: 1, to: sums.count, by: 2).reduce(0.0) { $0 + sums[$1] }
-        guard blend != nil, let spec = try? MixtureSpec.parse(config.data) else { return (total / max(counted, 1), nil) }
+        guard let spec = data.mixture else { return (total / max(counted, 1), nil) }
         var byData: [String: Double] = [:]
         for (s, path) in spec.paths.enumerated() where sums[2 * s + 1] > 0 { byData[path] = sums[2 * s] / sums[2 * s + 1] }
         return (total / max(counted, 1), byData)

@@ -108,7 +108,7 @@ struct Eval: ParsableCommand {
                                       fix: "drop --stride for packed prompt-completion data")
                 }
             }
-            if tokens.sources != nil, let mixture = try MixtureSpec.parse(path) {
+            if let mixture = dataset.mixture {
                 result = try Evaluation.whole(model: file, mixture: tokens, names: mixture.paths, name: split, batch: batchSize, comm: comm,
                                               precision: precision, stride: stride)
             } else {
@@ -128,7 +128,7 @@ struct Eval: ParsableCommand {
                 var line = String(format: "eval: loss %.6f | perplexity %.3f", result.loss, result.perplexity)
                 if let bpb = result.bitsPerByte { line += String(format: " | bits per byte %.4f", bpb) }
                 print(line + " | \(what) on \(result.ranks) rank(s)" + (precision == .fp32 ? "" : " in \(precision)"))
-                if let parts = result.lossByData, let mixture = try MixtureSpec.parse(path) {
+                if let parts = result.lossByData, let mixture = dataset.mixture {
                     print("eval: by dataset: " + mixture.paths.compactMap { p in parts[p].map { "\(p) " + String(format: "%.6f", $0) } }
                         .joined(separator: ", "))
                 }
