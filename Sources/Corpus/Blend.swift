@@ -51,11 +51,9 @@ public struct Blend: Sendable, Equatable {
     }
 
     /// The source of sample `n` and how many samples that source gave before it.
-    @inlinable public func source(of n: Int) -> (source: Int, k: Int) { locate(n) }
-
-    @usableFromInline func locate(_ n: Int) -> (source: Int, k: Int) {
-        let D = Self.cycle, S = counts.count, r = n % D, i = Int(order[r])
-        return (i, (n / D) * counts[i] + Int(prefix[r * S + i]))
+    public func source(of n: Int) -> (source: Int, k: Int) {
+        let i = Int(order[n % Self.cycle])
+        return (i, samples(of: i, before: n))
     }
 
     /// Samples source `i` gets among the first `n`.

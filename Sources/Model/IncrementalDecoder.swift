@@ -54,6 +54,9 @@ public final class IncrementalDecoder {
         logits = FloatBuffer(count: sequences * config.vocabSize)
     }
 
+    /// Where sequence `s`'s keys (and values) of layer `l` start: `blockSize` rows of C each.
+    private func cache(sequence s: Int, layer l: Int) -> Int { (s * config.nLayer + l) * config.blockSize * config.nEmbd }
+
     /// Empties the contexts.
     public func reset() { length = 0 }
 
@@ -61,12 +64,12 @@ public final class IncrementalDecoder {
     /// keys and values copied) and returns the logits that follow its last token, the same
     /// for every sequence: `sequences` rows of `vocabSize` (valid until the next call).
     public func append(_ tokens: [Int32]) -> UnsafePointer<Float> {
-        let C = config.nEmbd, V = config.vocabSize, T = config.blockSize, n = tokens.count
+        let C = config.nEmbd, V = config.vocabSize, n = tokens.count
         let start = length
         run(tokens, active: 1)
-        for s in 1..<max(sequences, 1) {
+        for s in 1..<sequences {
             for l in 0..<config.nLayer {
-                let from = (l * T + start) * C, to = ((s * config.nLayer + l) * T + start) * C
+                let from = cache(sequence: 0, layer: l) + start * C, to = cache(sequence: s, layer: l) + start * C
                 (keys.pointer + to).update(from: keys.pointer + from, count: n * C)
                 (values.pointer + to).update(from: values.pointer + from, count: n * C)
             }
@@ -113,14 +116,14 @@ public final class IncrementalDecoder {
     /// Block `l` on `rows` new rows of each of the first `m` sequences (in `x`, sequence
     /// after sequence), in place, caching their keys and values.
     private func block(_ l: Int, _ w: UnsafePointer<Float>, sequences m: Int, rows n: Int) {
-        let C = config.nEmbd, T = config.blockSize, N = m * n
+        let C = config.nEmbd, N = m * n
         func bias(_ offset: Int?) -> UnsafePointer<Float>? { offset.map { w + $0 } }
         Layers.layerNormForward(FP32.self, out: normed.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
                                 weight: w + at.ln1w, bias: bias(at.ln1b), N: N, C: C)
         Layers.linearForward(FP32.self, out: qkv.pointer, inp: normed.pointer, weight: w + at.qkvw, bias: bias(at.qkvb),
                              N: N, IC: C, OC: 3 * C)
         for s in 0..<m {
-            let offset = ((s * config.nLayer + l) * T + length) * C
+            let offset = cache(sequence: s, layer: l) + length * C
             let k = keys.pointer + offset, v = values.pointer + offset
             for r in 0..<n {
                 let row = qkv.pointer + (s * n + r) * 3 * C
@@ -149,8 +152,7 @@ public final class IncrementalDecoder {
         let scale = 1 / Float(hs).squareRoot()
         ParallelFor.tasks(m * n * NH, workers: workers) { task, worker in
             let row = task / NH, h = task % NH, s = row / n, r = row % n, seen = length + r + 1
-            let cache = ((s * config.nLayer + l) * T) * C
-            let k0 = keys.pointer + cache, v0 = values.pointer + cache
+            let k0 = keys.pointer + cache(sequence: s, layer: l), v0 = values.pointer + cache(sequence: s, layer: l)
             let q = qkv.pointer + row * 3 * C + h * hs
             let scores = scores.pointer + worker * T
             // q · k_j for every cached key (q repeated: a row stride of 0).
