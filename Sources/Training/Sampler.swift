@@ -107,20 +107,16 @@ public final class Sampler {
     /// hold gigabytes, while at that length one context already makes large products.
     func fullForward(_ contexts: [[Int32]]) -> UnsafePointer<Float> {
         let S = contexts.count, T = contexts[0].count, V = file.config.vocabSize
-        if S == 1 {
-            _ = contexts[0].withUnsafeBufferPointer {
-                model.forward(tokens: $0.baseAddress!, targets: nil, B: 1, T: T, params: flat, logitRows: [T - 1])
-            }
-            return model.logitsRow(index: 0)
-        }
-        if pastLogits.count < S * V { pastLogits = FloatBuffer(count: S * V) }
         let perPass = max(1, tokensPerPass / T)
+        // In one pass the model's own logit rows are the answer; several are gathered here.
+        if S > perPass && pastLogits.count < S * V { pastLogits = FloatBuffer(count: S * V) }
         for first in stride(from: 0, to: S, by: perPass) {
             let B = min(perPass, S - first)
             let tokens = contexts[first..<(first + B)].flatMap { $0 }
             _ = tokens.withUnsafeBufferPointer {
                 model.forward(tokens: $0.baseAddress!, targets: nil, B: B, T: T, params: flat, logitRows: (0..<B).map { $0 * T + T - 1 })
             }
+            if S <= perPass { return model.logitsRow(index: 0) }
             (pastLogits.pointer + first * V).update(from: model.logitsRow(index: 0), count: B * V)
         }
         return UnsafePointer(pastLogits.pointer)
