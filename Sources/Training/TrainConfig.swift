@@ -246,9 +246,6 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     /// Checks everything that does not need the data; errors name the flag and the fix.
     public func validate(worldSize: Int = 1) throws(ConfigError) {
-        func need(_ ok: Bool, _ flag: String, _ what: String, _ fix: String) throws(ConfigError) {
-            if !ok { throw ConfigError(flag: flag, problem: what, fix: fix) }
-        }
         try need(nLayer >= 1, "--n-layer", "is \(nLayer)", "use at least 1")
         try need(nHead >= 1, "--n-head", "is \(nHead)", "use at least 1")
         try need(nEmbd >= 1 && nEmbd % nHead == 0, "--n-embd",
@@ -306,11 +303,14 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 }
 
 extension TrainConfig {
+    /// Throws a `ConfigError` naming `flag`, the problem and the fix unless `ok`: the form of
+    /// every check of the `validate` family.
+    func need(_ ok: Bool, _ flag: String, _ what: String, _ fix: String) throws(ConfigError) {
+        if !ok { throw ConfigError(flag: flag, problem: what, fix: fix) }
+    }
+
     /// The schedule's flags: a decay end and a cooldown that fit between warm-up and that end.
     func validateSchedule() throws(ConfigError) {
-        func need(_ ok: Bool, _ flag: String, _ what: String, _ fix: String) throws(ConfigError) {
-            if !ok { throw ConfigError(flag: flag, problem: what, fix: fix) }
-        }
         try need(lrDecaySteps >= 0, "--lr-decay-steps", "is \(lrDecaySteps)", "use 0 (decay until --max-steps) or a step count")
         try need(cooldownSteps >= 0, "--cooldown-steps", "is \(cooldownSteps)", "use 0 (a fifth of the decay) or a step count")
         try need(cooldownSteps == 0 || lrSchedule == .wsd, "--cooldown-steps", "is \(cooldownSteps) with --lr-schedule \(lrSchedule.rawValue)",
@@ -356,9 +356,6 @@ extension TrainConfig {
     /// at synchronisations (when every rank holds the same weights).
     func validateLocalSGD() throws(ConfigError) {
         guard syncEvery != 0 else { return }
-        func need(_ ok: Bool, _ flag: String, _ what: String, _ fix: String) throws(ConfigError) {
-            if !ok { throw ConfigError(flag: flag, problem: what, fix: fix) }
-        }
         try need(syncEvery > 0, "--sync-every", "is \(syncEvery)", "use a positive number of inner steps, e.g. 50 (leave it out for synchronous training)")
         try need(zero == .ddp, "--sync-every", "is \(syncEvery) with --zero \(zero.rawValue)",
                  "local SGD runs every rank (or --shard-group) as its own worker holding the whole model: use --zero 0")
