@@ -40,7 +40,7 @@ public struct TraceSummary: Sendable {
             if !open.isEmpty { open[open.count - 1].children += e.duration }
         }
         for e in spans {
-            while let top = open.last, top.event.end <= e.start { _ = top; close() }
+            while let top = open.last?.event, top.end <= e.start { close() }
             if open.isEmpty { inStep = e.name == "step" }
             open.append((e, 0))
             if inStep {
