@@ -4,6 +4,7 @@
 #include "ckernels.h"
 #include "rounding.h"
 #include "dispatch.h"
+#include <dnnl.h>
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
@@ -337,8 +338,9 @@ DEFINE_KERNELS(generic, )
 DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
-// Levels: 0 baseline, 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ), 3 AVX-512 with BF16.
-static int hardware = -1, level = -1;
+// Levels: 0 baseline, 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ), 3 AVX-512 with BF16,
+// 4 that and AMX-BF16 tiles, which oneDNN's bf16 matmul uses (Intel Sapphire Rapids on).
+static int hardware = -1, level = -1, ceiling = -1;
 
 int tessera_cpu_hardware_level(void) {
     if (hardware < 0) {
@@ -346,32 +348,59 @@ int tessera_cpu_hardware_level(void) {
         int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
         int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-        hardware = avx512 ? (__builtin_cpu_supports("avx512bf16") ? 3 : 2) : (avx2 ? 1 : 0);
+        int bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+        int amx = bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
+        hardware = amx ? 4 : bf16 ? 3 : avx512 ? 2 : avx2 ? 1 : 0;
     }
     return hardware;
 }
 
-// TESSERA_ISA=generic|avx2|avx512 lowers the level, so one machine can run every copy.
+// The highest level usable here: AMX counts only where oneDNN runs its matmul on it (the
+// kernel grants the tiles' state to processes that ask, and ONEDNN_MAX_CPU_ISA may cap it).
+// Asking oneDNN fixes its ISA, so this runs after TESSERA_ISA has set its cap.
+static int usable_level(void) {
+    if (ceiling < 0) {
+        int hw = tessera_cpu_hardware_level();
+        dnnl_cpu_isa_t isa = hw == 4 ? dnnl_get_effective_cpu_isa() : dnnl_cpu_isa_all;
+        ceiling = hw == 4 && !(isa >= dnnl_cpu_isa_avx512_core_amx && isa != dnnl_cpu_isa_all) ? 3 : hw;
+    }
+    return ceiling;
+}
+
+int tessera_isa_level_named(const char *name) {
+    static const char *names[] = {"generic", "avx2", "avx512", "avx512bf16", "amx"};
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(name, names[i])) return i;
+    return -1;
+}
+
+// TESSERA_ISA=generic|avx2|avx512|avx512bf16 lowers the level, so one machine can run every
+// copy (a name it does not know is refused where the CLI starts: see CPU.requestedLevelError).
 int tessera_cpu_level(void) {
     if (level < 0) {
-        int l = tessera_cpu_hardware_level();
         const char *isa = getenv("TESSERA_ISA");
-        if (isa) {
-            int cap = !strcmp(isa, "generic") ? 0 : !strcmp(isa, "avx2") ? 1 : !strcmp(isa, "avx512") ? 2 : 3;
-            if (cap < l) l = cap;
+        int cap = isa ? tessera_isa_level_named(isa) : -1;
+        if (cap >= 0) {
             // oneDNN dispatches on its own: cap it the same way (before its first use) unless
             // the user already did, so a forced level behaves like such a CPU throughout.
-            static const char *onednn[] = {"SSE41", "AVX2", "AVX512_CORE", "ALL"};
-            setenv("ONEDNN_MAX_CPU_ISA", onednn[cap < 3 ? cap : 3], 0);
+            static const char *onednn[] = {"SSE41", "AVX2", "AVX512_CORE", "AVX512_CORE_BF16", "ALL"};
+            setenv("ONEDNN_MAX_CPU_ISA", onednn[cap], 0);
         }
-        level = l;
+        int l = usable_level();
+        level = cap >= 0 && cap < l ? cap : l;
     }
     return level;
 }
 
+int tessera_cpu_usable_level(void) {
+    tessera_cpu_level();   // TESSERA_ISA's cap on oneDNN first
+    return usable_level();
+}
+
 void tessera_set_cpu_level(int requested) {
-    int hw = tessera_cpu_hardware_level();
-    level = requested < 0 ? -1 : (requested < hw ? requested : hw);
+    tessera_cpu_level();   // TESSERA_ISA's cap on oneDNN first
+    int top = usable_level();
+    level = requested < 0 ? -1 : (requested < top ? requested : top);
 }
 
 void tessera_gelu_forward(float *out, const float *x, int64_t n) { DISPATCH(gelu_fwd, out, x, n); }

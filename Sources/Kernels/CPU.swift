@@ -12,19 +12,33 @@ public enum ISA: Int, CaseIterable, Comparable, Sendable, CustomStringConvertibl
     case avx2
     /// AVX-512 F/BW/VL/DQ.
     case avx512
-    /// AVX-512 with BF16 dot products (AMD Zen 4/5, Intel Cooper Lake, Sapphire Rapids).
+    /// AVX-512 with BF16 dot products (AMD Zen 4/5, Intel Cooper Lake).
     case avx512bf16
+    /// That and AMX-BF16 tiles, where oneDNN's bf16 matmul runs on them (Intel Sapphire Rapids
+    /// and later): bf16 products then all go to oneDNN, whose tiles outrun tessera's
+    /// AVX512-BF16 kernels several times over (see `Gemm.bf16OnAMX`).
+    case amx
 
-    public var description: String { ["generic", "avx2", "avx512", "avx512bf16"][rawValue] }
+    public var description: String { ["generic", "avx2", "avx512", "avx512bf16", "amx"][rawValue] }
     public static func < (a: ISA, b: ISA) -> Bool { a.rawValue < b.rawValue }
 }
 
 /// What this machine's CPU is and which kernels run on it.
 public enum CPU {
-    /// The level the kernels use: the hardware's, lowered by `TESSERA_ISA=generic|avx2|avx512`.
+    /// The level the kernels use: the hardware's, lowered by
+    /// `TESSERA_ISA=generic|avx2|avx512|avx512bf16`.
     public static var isa: ISA { ISA(rawValue: Int(tessera_cpu_level())) ?? .generic }
-    /// The widest level the CPU supports.
-    public static var hardwareISA: ISA { ISA(rawValue: Int(tessera_cpu_hardware_level())) ?? .generic }
+    /// Why `TESSERA_ISA` cannot be honoured (a name that is not a level), or nil.
+    public static var requestedLevelError: String? {
+        guard let raw = getenv("TESSERA_ISA") else { return nil }
+        let name = String(cString: raw)
+        if tessera_isa_level_named(name) >= 0 { return nil }
+        return "error: TESSERA_ISA=\(name) is not a kernel level: use one of "
+            + ISA.allCases.map(\.description).joined(separator: ", ") + " (or unset it for this CPU's widest, \(hardwareISA))"
+    }
+
+    /// The widest level the CPU supports (AMX only where oneDNN can use it too).
+    public static var hardwareISA: ISA { ISA(rawValue: Int(tessera_cpu_usable_level())) ?? .generic }
 
     /// Runs kernels at `level` (at most the hardware's) until the next call; nil restores the
     /// start-up choice. For tests that check every level on one machine.

@@ -32,6 +32,13 @@ public enum Gemm {
     /// The backend `TESSERA_GEMM` names, if it is set.
     public static var forced: GemmBackend? { getenv("TESSERA_GEMM").flatMap { GemmBackend(rawValue: String(cString: $0)) } }
 
+    /// Why `TESSERA_GEMM` cannot be honoured (a name that is not a backend), or nil.
+    public static var forcedBackendError: String? {
+        guard let raw = getenv("TESSERA_GEMM"), forced == nil else { return nil }
+        return "error: TESSERA_GEMM=\(String(cString: raw)) is not a GEMM backend: use onednn or openblas "
+            + "(or unset it to choose by measurement)"
+    }
+
     /// Single-precision GEMM, row-major, with explicit leading dimensions so callers can
     /// address strided sub-matrices (one attention head inside a packed QKV tensor).
     @inlinable

@@ -62,6 +62,11 @@ extension Gemm {
         return bf16Native == true
     }
 
+    /// Whether bf16 products all run on oneDNN's matmul on AMX tiles (`ISA.amx`): tessera's
+    /// AVX512-BF16 kernels (attention's block tile, the weight-gradient kernel) then decline,
+    /// as oneDNN outran them 3–8× on a Xeon family 6 model 207 (Sapphire/Emerald Rapids).
+    public static var bf16OnAMX: Bool { CPU.isa >= .amx && bf16IsNative }
+
     /// `C = op(A)·op(B) + beta·C` with 16-bit operands and fp32 accumulation and output.
     ///
     /// bf16 runs on oneDNN's matmul on CPUs with AVX512-BF16 dot products (elsewhere oneDNN
@@ -126,7 +131,8 @@ extension Gemm {
     /// m, ldb = ldc = n, as linear layers store them; `lowGemm` routes only those here: oneDNN
     /// runs strided ones another way, with other bits).
     /// On `ParallelFor.threads` threads (one inside a task). False, with C untouched, where it
-    /// declines: below `ISA.avx512bf16`, or for a shape `takesWeightGradient` leaves to oneDNN.
+    /// declines: at levels other than `ISA.avx512bf16`, or for a shape `takesWeightGradient`
+    /// leaves to oneDNN.
     public static func weightGradientBF16(m: Int, n: Int, k: Int, a: UnsafePointer<UInt16>, lda: Int,
                                           b: UnsafePointer<UInt16>, ldb: Int, c: UnsafeMutablePointer<Float>,
                                           ldc: Int) -> Bool {
@@ -142,7 +148,7 @@ extension Gemm {
     /// for the process's life) once it has run products of these shapes (m, n, k) on
     /// `threads` threads: 0 where bf16 products do not run on it.
     public static func weightGradientScratchBytes(_ shapes: [(m: Int, n: Int, k: Int)], threads: Int) -> Int {
-        guard bf16IsNative else { return 0 }
+        guard bf16IsNative && !bf16OnAMX else { return 0 }
         let taken = shapes.filter { takesWeightGradient(m: $0.m, n: $0.n, k: $0.k) }.flatMap { [$0.m, $0.n, $0.k].map(Int64.init) }
         return Int(tessera_bf16_weight_gemm_scratch(taken, Int64(taken.count / 3), Int64(threads)))
     }
@@ -196,6 +202,8 @@ extension Gemm {
     public static func precisionNote(_ precision: Precision) -> String? {
         switch precision {
         case .fp32: return nil
+        case .bf16 where bf16OnAMX:
+            return "bf16 products run on this CPU's bf16 dot products (AMX tiles, through oneDNN), accumulated in fp32"
         case .bf16 where bf16IsNative:
             return "bf16 products run on this CPU's bf16 dot products (AVX512-BF16), accumulated in fp32"
         default:
@@ -230,8 +238,8 @@ extension Gemm {
     /// `C = op(A)·op(B) + beta·C` for bf16 operands on AVX512-BF16 dot products in a register
     /// tile, with the bits of oneDNN's matmul (`matmulBF16Gemm`) but without its cost per call:
     /// attention's block products (64–128 on a side) ran 1.2–1.7× as fast in a harness on
-    /// Zen 5. False, with C untouched, where it declines: below `ISA.avx512bf16`, or for a beta
-    /// other than 0 and 1.
+    /// Zen 5. False, with C untouched, where it declines: at levels other than `ISA.avx512bf16`
+    /// (with AMX oneDNN is faster), or for a beta other than 0 and 1.
     @inlinable
     public static func blockBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                      a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,

@@ -1,4 +1,7 @@
 import ArgumentParser
+import Foundation
+import Comm
+import Kernels
 import Training
 
 /// The `tessera` command line: a thin layer that parses, validates and calls the modules.
@@ -13,6 +16,11 @@ struct Tessera: ParsableCommand {
     /// arrives); every other command keeps the usual behaviour.
     static func main() {
         if CommandLine.arguments.dropFirst().first == "train" { Preemption.install() }
+        // A misspelt override would otherwise be ignored and the run measured on other code.
+        for problem in [CPU.requestedLevelError, Gemm.forcedBackendError].compactMap({ $0 }) {
+            writeStandardError(problem)
+            Foundation.exit(2)
+        }
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -145,6 +145,37 @@ final class ISACLITests: XCTestCase {
         }
     }
 
+    /// A CPU with AMX runs bf16 on oneDNN's AMX matmul; `TESSERA_ISA=avx512bf16` plays one
+    /// without it (AVX512-BF16 kernels, oneDNN capped alike): the same training, to rounding.
+    func testAVX512BF16OnACPUWithAMX() throws {
+        try XCTSkipIf(CPU.hardwareISA < .amx, "no AMX tiles that oneDNN runs on here (\(CPU.model))")
+        let data = try Repo.dataDirectory()
+        var runs: [String: [Double]] = [:], starts: [String: String] = [:]
+        for isa in ["", "avx512bf16"] {
+            let out = try Repo.temporaryDirectory("amx")
+            let r = try runProcess(Repo.binary, tinyArgs(data: data, out: out, steps: 5) + ["--precision", "bf16"],
+                                   environment: isa.isEmpty ? [:] : ["TESSERA_ISA": isa])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            runs[isa] = try losses(out)
+            starts[isa] = r.stdout + r.stderr
+        }
+        XCTAssertTrue(starts[""]!.contains("(AMX tiles, through oneDNN)"), starts[""]!)
+        XCTAssertTrue(starts["avx512bf16"]!.contains("(AVX512-BF16)"), starts["avx512bf16"]!)
+        XCTAssertNotEqual(runs[""], runs["avx512bf16"], "other products, other bits")
+        for (a, b) in zip(runs["avx512bf16"]!, runs[""]!) { XCTAssertEqual(a, b, accuracy: 2e-2) }
+    }
+
+    /// A misspelt override is refused before anything runs, not ignored.
+    func testUnknownLevelsAndBackendsAreRefused() throws {
+        for (name, value, hint) in [("TESSERA_ISA", "avx3", "use one of generic, avx2, avx512, avx512bf16, amx"),
+                                    ("TESSERA_GEMM", "mkl", "use onednn or openblas")] {
+            let r = try runProcess(Repo.binary, ["bench", "--config", "tiny", "--steps", "1"], environment: [name: value])
+            XCTAssertEqual(r.status, 2)
+            XCTAssertTrue(r.stderr.contains("\(name)=\(value)") && r.stderr.contains(hint), r.stderr)
+            XCTAssertFalse(r.stdout.contains("tokens/s"), r.stdout)
+        }
+    }
+
     /// A 16-bit run says at start how its products run: on bf16 dot products where the CPU
     /// has them and the level allows, else in fp32 on widened operands: at about fp32's speed
     /// with AVX2 or AVX-512 (the packing GEMM), slower than fp32 at the baseline level; fp32

@@ -107,6 +107,14 @@ final class FusedAttentionTests: XCTestCase {
         XCTAssertTrue(native.fused != widened.fused, "the native path was not taken")
         XCTAssertLessThan(maxRelative(native.fused, widened.fused), 6e-3)
         XCTAssertLessThan(maxRelative(native.dFused, widened.dFused), 6e-3)
+        // With AMX the blocks run on oneDNN's matmul (its tiles sum in another order).
+        guard CPU.runnableLevels.contains(.amx) else { return }
+        CPU.use(.amx)
+        XCTAssertTrue(Gemm.bf16OnAMX && BF16.gemmIsReentrant)
+        let amx = run(BF16.self, c, seed: 5)
+        XCTAssertTrue(amx.fused != native.fused || amx.dFused != native.dFused, "the AMX path was not taken")
+        XCTAssertLessThan(maxRelative(amx.fused, widened.fused), 6e-3)
+        XCTAssertLessThan(maxRelative(amx.dFused, widened.dFused), 6e-3)
     }
 
     /// With `rounded` the kernel stores its output, and dQKV besides the fp32 one, rounded to the

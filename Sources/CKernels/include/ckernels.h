@@ -92,13 +92,17 @@ void tessera_parallel_team(int64_t workers, tessera_team_fn fn, void *context);
 /// Waits until every member of the current team has reached it.
 void tessera_team_barrier(void);
 
-/// 1 when the CPU has AVX-512 F/BW/VL (the fast element-wise paths), 2 when it also has
-/// AVX512-BF16 (native bf16 dot products in oneDNN), 0 otherwise.
-/// Kernel level in use: 0 baseline, 1 AVX2+FMA+F16C, 2 AVX-512, 3 AVX-512 with BF16
-/// (the hardware's, lowered by TESSERA_ISA=generic|avx2|avx512).
+/// Kernel level in use: 0 baseline, 1 AVX2+FMA+F16C, 2 AVX-512, 3 AVX-512 with BF16, 4 that
+/// and AMX-BF16 tiles oneDNN runs on (the hardware's, lowered by
+/// TESSERA_ISA=generic|avx2|avx512|avx512bf16).
 int tessera_cpu_level(void);
-/// The level the CPU supports.
+/// The level the CPU supports (from CPUID: 4 even where oneDNN may not use AMX).
 int tessera_cpu_hardware_level(void);
+/// The highest level this process can use: the CPU's, but 3 where oneDNN does not run on
+/// AMX (ONEDNN_MAX_CPU_ISA, or the kernel refused the tiles' state).
+int tessera_cpu_usable_level(void);
+/// The level a TESSERA_ISA value names, or -1.
+int tessera_isa_level_named(const char *name);
 /// Sets the level (capped by the hardware; negative: back to the default). Tests only.
 void tessera_set_cpu_level(int level);
 
