@@ -360,17 +360,23 @@ int tessera_cpu_hardware_level(void) {
 // Asking oneDNN fixes its ISA, so this runs after TESSERA_ISA has set its cap.
 static int usable_level(void) {
     if (ceiling < 0) {
-        int hw = tessera_cpu_hardware_level();
-        dnnl_cpu_isa_t isa = hw == 4 ? dnnl_get_effective_cpu_isa() : dnnl_cpu_isa_all;
-        ceiling = hw == 4 && !(isa >= dnnl_cpu_isa_avx512_core_amx && isa != dnnl_cpu_isa_all) ? 3 : hw;
+        ceiling = tessera_cpu_hardware_level();
+        if (ceiling == 4) {
+            dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+            if (isa < dnnl_cpu_isa_avx512_core_amx || isa == dnnl_cpu_isa_all) ceiling = 3;
+        }
     }
     return ceiling;
 }
 
+static const char *level_names[] = {"generic", "avx2", "avx512", "avx512bf16", "amx"};
+#define LEVELS ((int)(sizeof level_names / sizeof level_names[0]))
+
+const char *tessera_isa_level_name(int level) { return level >= 0 && level < LEVELS ? level_names[level] : "?"; }
+
 int tessera_isa_level_named(const char *name) {
-    static const char *names[] = {"generic", "avx2", "avx512", "avx512bf16", "amx"};
-    for (int i = 0; i < 5; i++)
-        if (!strcmp(name, names[i])) return i;
+    for (int i = 0; i < LEVELS; i++)
+        if (!strcmp(name, level_names[i])) return i;
     return -1;
 }
 
@@ -398,8 +404,7 @@ int tessera_cpu_usable_level(void) {
 }
 
 void tessera_set_cpu_level(int requested) {
-    tessera_cpu_level();   // TESSERA_ISA's cap on oneDNN first
-    int top = usable_level();
+    int top = tessera_cpu_usable_level();
     level = requested < 0 ? -1 : (requested < top ? requested : top);
 }
 

@@ -19,7 +19,8 @@ public enum ISA: Int, CaseIterable, Comparable, Sendable, CustomStringConvertibl
     /// AVX512-BF16 kernels several times over (see `Gemm.bf16OnAMX`).
     case amx
 
-    public var description: String { ["generic", "avx2", "avx512", "avx512bf16", "amx"][rawValue] }
+    /// The name `TESSERA_ISA` takes for it (the C side's list, which parses the variable).
+    public var description: String { String(cString: tessera_isa_level_name(Int32(rawValue))) }
     public static func < (a: ISA, b: ISA) -> Bool { a.rawValue < b.rawValue }
 }
 

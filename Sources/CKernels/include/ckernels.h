@@ -103,6 +103,8 @@ int tessera_cpu_hardware_level(void);
 int tessera_cpu_usable_level(void);
 /// The level a TESSERA_ISA value names, or -1.
 int tessera_isa_level_named(const char *name);
+/// The TESSERA_ISA name of a level ("?" outside 0–4).
+const char *tessera_isa_level_name(int level);
 /// Sets the level (capped by the hardware; negative: back to the default). Tests only.
 void tessera_set_cpu_level(int level);
 
