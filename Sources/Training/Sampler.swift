@@ -20,9 +20,10 @@ public final class Sampler {
     let model: GPT
     let flat: FlatParameters
     let grads: FloatBuffer
-    /// The key/value-cached path for contexts up to `block_size`, by the number of samples
-    /// drawn together.
-    private var decoders: [Int: IncrementalDecoder] = [:]
+    /// The key/value-cached path for contexts up to `block_size`, for the number of samples
+    /// drawn together last: one at a time, so only one set of caches is held (the memory
+    /// `tessera generate` sizes its groups by).
+    private var decoder: IncrementalDecoder?
     /// Sampling's scratch: the kept tokens' unnormalised probabilities.
     private var probs: [Double]
     /// Several samples' logits past `block_size`, gathered from the forward passes.
@@ -66,8 +67,11 @@ public final class Sampler {
         var ids = Array(repeating: context, count: samples)
         var out = Array(repeating: [Int](), count: samples)
         var done = Array(repeating: false, count: samples)
-        let decoder = decoders[samples] ?? IncrementalDecoder(config: file.config, parameters: file.parameters.pointer, sequences: samples)
-        decoders[samples] = decoder
+        if decoder?.sequences != samples {
+            decoder = nil   // its caches go before the new ones are allocated
+            decoder = IncrementalDecoder(config: file.config, parameters: file.parameters.pointer, sequences: samples)
+        }
+        let decoder = decoder!
         decoder.reset()
         var logits = decoder.append(Array(context.suffix(T)))
         for produced in 1...maxNewTokens {
