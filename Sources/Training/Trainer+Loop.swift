@@ -217,8 +217,11 @@ extension Trainer {
         let blend = data.val.blend, sources = blend?.counts.count ?? 1
         var sums = [Double](repeating: 0, count: 2 * sources)
         for j in 0..<config.evalSteps {
-            for s in 0..<sources {
-                let rows = blend.map { b in myIndices.filter { b.source(of: (batchOffset + j) * config.batchSize + $0).source == s } } ?? myIndices
+            var rowsBySource = blend == nil ? [myIndices] : Array(repeating: [Int](), count: sources)
+            if let blend {
+                for r in myIndices { rowsBySource[blend.source(of: (batchOffset + j) * config.batchSize + r).source].append(r) }
+            }
+            for (s, rows) in rowsBySource.enumerated() {
                 var i = 0
                 while i < rows.count {
                     let chunk = rows[i..<min(i + micro, rows.count)]
