@@ -97,7 +97,7 @@ public enum Plot {
                 return [Series(x: xs, y: r.loss, color: c, width: 1, opacity: 0.3),
                         Series(x: xs, y: smoothed(r.loss), color: c, width: 2, opacity: 1),
                         Series(x: r.val.map { Double($0.step) * scale }, y: r.val.map(\.loss), color: c, width: 2, opacity: 1,
-                               dash: "6 3", markers: true)]
+                               dash: valDash, markers: true)]
                     + r.valByData.enumerated().map { k, d in
                         Series(x: d.points.map { Double($0.step) * scale }, y: d.points.map(\.loss), color: c, width: 1.5, opacity: 0.9,
                                dash: dataDash(k))
@@ -118,7 +118,7 @@ public enum Plot {
             func accuracy(_ normalized: Bool) -> [Series] {
                 runs.enumerated().map { i, r in
                     Series(x: r.choices.map { Double($0.step) }, y: r.choices.map { normalized ? $0.accNorm : $0.acc },
-                           color: palette[i % palette.count], width: 2, opacity: 1, dash: normalized ? nil : "6 3", markers: true)
+                           color: palette[i % palette.count], width: 2, opacity: 1, dash: normalized ? nil : valDash, markers: true)
                 }
             }
             out += panel(Frame(x: 0, y: top + 2 * panelH, w: half, h: panelH), title: "multiple-choice acc_norm", xLabel: "step",
@@ -140,7 +140,10 @@ public enum Plot {
         var markers = false
     }
 
-    /// Dash patterns of a mixture's datasets, apart from the blended validation's "6 3".
+    /// The dash of validation loss and of multiple-choice acc (acc_norm is solid).
+    static let valDash = "6 3"
+
+    /// Dash patterns of a mixture's datasets, apart from `valDash`.
     static func dataDash(_ k: Int) -> String { ["2 3", "10 3 2 3", "1 2", "12 4"][k % 4] }
 
     /// TensorBoard's smoothing: an exponential moving average with weight 0.9, debiased at the start.

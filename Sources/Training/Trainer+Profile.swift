@@ -31,8 +31,8 @@ extension Trainer {
         let mine = TraceFile.Rank(rank: comm.rank, events: recorded.events, threads: recorded.threads)
         var ranks = [mine]
         if comm.size > 1 {
-            // Every rank's event lines, one broadcast per rank (a window holds kilobytes to a
-            // few megabytes per rank).
+            // Every rank's recording as JSON, one broadcast per rank (a window holds kilobytes
+            // to a few megabytes per rank).
             let bytes = Array(try TraceFile.encode(mine))
             var lengths = [Double](repeating: 0, count: comm.size)
             lengths[comm.rank] = Double(bytes.count)
