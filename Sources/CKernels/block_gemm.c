@@ -11,6 +11,7 @@
 // identical (checked against oneDNN's matmul in the tests, on every shape and layout the
 // attention kernel uses, and by the golden trajectories).
 #include "ckernels.h"
+#include "pairs.h"
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -20,101 +21,12 @@
 #define BF16_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define TILE_ROWS 6
 #define TILE_VECTORS 4   // 64 columns of C: 24 accumulators, 4 B vectors, one broadcast
+#define AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 // Packed operands of the calling thread, grown as needed (attention's threads live as long as
 // the process, so they are never freed).
 static _Thread_local uint32_t *packed_a, *packed_b;
 static _Thread_local int64_t capacity_a, capacity_b;
-
-static uint32_t *reserve(uint32_t **buffer, int64_t *capacity, int64_t words) {
-    if (words <= *capacity) return *buffer;
-    free(*buffer);
-    *buffer = aligned_alloc(64, (size_t)((words * 4 + 63) / 64 * 64));
-    *capacity = *buffer ? words : 0;
-    return *buffer;
-}
-
-// MARK: Packing into pairs along the depth
-
-// dst[p·ldd + j] = (x[2p][j], x[2p+1][j]) as one 32-bit word (low half first) for p < ⌈k/2⌉,
-// j < padded: pairs of consecutive rows interleaved, zero past n columns and past k rows.
-BF16_ATTR static void pack_row_pairs(uint32_t *dst, int64_t ldd, const uint16_t *x, int64_t ld, int64_t k, int64_t n,
-                                     int64_t padded) {
-    for (int64_t p = 0; p < (k + 1) / 2; p++) {
-        const uint16_t *r0 = x + 2 * p * ld, *r1 = r0 + ld;
-        int last_odd = 2 * p + 1 >= k;
-        for (int64_t j = 0; j < padded; j += 16) {
-            int64_t w = n - j;
-            __mmask16 m = w >= 16 ? 0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
-            __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + j));
-            __m512i hi = last_odd ? _mm512_setzero_si512() : _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + j));
-            _mm512_store_si512(dst + p * ldd + j, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        }
-    }
-}
-
-// A 16×16 transpose of 32-bit elements.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void transpose16(__m512i r[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    // u[4i + c] holds, in its 128-bit lane L, element 4L + c of rows 4i … 4i + 3.
-    for (int c = 0; c < 4; c++) {
-        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-        __m512i d = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), e = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-        r[c] = _mm512_shuffle_i32x4(a, d, 0x88);
-        r[8 + c] = _mm512_shuffle_i32x4(a, d, 0xdd);
-        r[4 + c] = _mm512_shuffle_i32x4(b, e, 0x88);
-        r[12 + c] = _mm512_shuffle_i32x4(b, e, 0xdd);
-    }
-}
-
-#define AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-// dst[p·ldd + j] = 32-bit word p of row j (rows `stride` bytes apart from x) for p < words,
-// j < padded: rows transposed 16 × 16 words at a time (gathered at the edges), zero past n
-// rows; with `half_last` the last word keeps its low half only (an odd depth's last pair).
-// bf16 pairs and fp32 values alike are 32-bit words here.
-AVX512_ATTR static void transpose_words(uint32_t *dst, int64_t ldd, const char *x, int64_t stride, int64_t words,
-                                        int64_t n, int64_t padded, int half_last) {
-    __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                      _mm512_set1_epi32((int)stride));
-    int64_t whole = half_last ? words - 1 : words;
-    for (int64_t j = 0; j < padded; j += 16) {
-        int64_t w = n - j;
-        __mmask16 m = w >= 16 ? 0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
-        const char *base = x + j * stride;
-        int64_t p = 0;
-        if (w >= 16)
-            for (; p + 16 <= whole; p += 16) {
-                __m512i r[16];
-                for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(base + i * stride + 4 * p);
-                transpose16(r);
-                for (int i = 0; i < 16; i++) _mm512_store_si512(dst + (p + i) * ldd + j, r[i]);
-            }
-        for (; p < words; p++) {
-            __m512i v = m ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rows, base + 4 * p, 1)
-                          : _mm512_setzero_si512();
-            if (half_last && p == words - 1) v = _mm512_and_si512(v, _mm512_set1_epi32(0xFFFF));
-            _mm512_store_si512(dst + p * ldd + j, v);
-        }
-    }
-}
-
-// dst[p·ldd + j] = (x[j][2p], x[j][2p+1]) for p < ⌈k/2⌉, j < padded: row j's pairs, transposed,
-// zero past n rows and past k columns.
-BF16_ATTR static void pack_column_pairs(uint32_t *dst, int64_t ldd, const uint16_t *x, int64_t ld, int64_t k, int64_t n,
-                                        int64_t padded) {
-    transpose_words(dst, ldd, (const char *)x, 2 * ld, (k + 1) / 2, n, padded, (int)(k & 1));
-}
 
 // MARK: The register tile
 
@@ -199,19 +111,19 @@ tile(int rows, int vectors, int64_t pairs, const uint16_t *a, int64_t row_step, 
 BF16_ATTR static int block_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                                 const uint16_t *b, int64_t ldb, int accumulate, float *c, int64_t ldc) {
     int64_t pairs = (k + 1) / 2, padded_n = (n + 15) / 16 * 16, padded_m = (m + 15) / 16 * 16;
-    uint32_t *bp = reserve(&packed_b, &capacity_b, pairs * padded_n);
+    uint32_t *bp = tessera_reserve_words(&packed_b, &capacity_b, pairs * padded_n);
     if (!bp) return 1;
-    if (tb) pack_column_pairs(bp, padded_n, b, ldb, k, n, padded_n);
-    else pack_row_pairs(bp, padded_n, b, ldb, k, n, padded_n);
+    if (tb) tessera_pack_column_pairs(bp, padded_n, b, ldb, k, n, padded_n);
+    else tessera_pack_row_pairs(bp, padded_n, b, ldb, k, n, padded_n);
     // A's rows as they are stored when their pairs are adjacent (an odd depth would read past
     // a row's end for its last pair), otherwise pairs packed pair-major.
     const uint16_t *ap = a;
     int64_t row_step = lda, pair_step = 2;
     if (ta || (k & 1)) {
-        uint32_t *q = reserve(&packed_a, &capacity_a, pairs * padded_m);
+        uint32_t *q = tessera_reserve_words(&packed_a, &capacity_a, pairs * padded_m);
         if (!q) return 1;
-        if (ta) pack_row_pairs(q, padded_m, a, lda, k, m, padded_m);
-        else pack_column_pairs(q, padded_m, a, lda, k, m, padded_m);
+        if (ta) tessera_pack_row_pairs(q, padded_m, a, lda, k, m, padded_m);
+        else tessera_pack_column_pairs(q, padded_m, a, lda, k, m, padded_m);
         ap = (const uint16_t *)q;
         row_step = 2;
         pair_step = 2 * padded_m;
@@ -222,8 +134,10 @@ BF16_ATTR static int block_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k,
 
 int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                             const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc) {
-    // Level 3 only: with AMX (4) oneDNN's matmul ran attention's blocks 3–6× as fast even with
-    // its cost per call (64×64×64: 1.8 µs against the tile's 6.7 on a Xeon family 6 model 207).
+    // With AMX (level 4) the tiles' kernel: even oneDNN's matmul, with its cost per call, ran
+    // attention's blocks 3–6× as fast as this register tile there (64×64×64: 1.8 µs against
+    // 6.7 on a Xeon family 6 model 207).
+    if (tessera_cpu_level() == 4) return tessera_amx_block_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
     if (tessera_cpu_level() != 3 || (beta != 0.0f && beta != 1.0f)) return 2;
     if (m <= 0 || n <= 0) return 0;
     return block_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta != 0.0f, c, ldc);
@@ -321,7 +235,7 @@ BF16_ATTR static void pack_b_share(const weight_job *g, int64_t block, uint32_t 
     int64_t pairs = (depth + 1) / 2, p0 = pairs * member / members, p1 = pairs * (member + 1) / members;
     if (p1 <= p0) return;
     int64_t share = depth - 2 * p0 < 2 * (p1 - p0) ? depth - 2 * p0 : 2 * (p1 - p0);
-    pack_row_pairs(buffer + p0 * g->padded_n, g->padded_n, g->b + (k0 + 2 * p0) * g->ldb, g->ldb, share, g->n,
+    tessera_pack_row_pairs(buffer + p0 * g->padded_n, g->padded_n, g->b + (k0 + 2 * p0) * g->ldb, g->ldb, share, g->n,
                    g->padded_n);
 }
 
@@ -337,8 +251,8 @@ BF16_ATTR static void pack_b_share(const weight_job *g, int64_t block, uint32_t 
 BF16_ATTR static void weight_member(void *context, int64_t member, int64_t members) {
     weight_job *g = context;
     int64_t m0, rows = member_span(g, member, members, &m0), n = g->n, K = g->k, ldc = g->ldc;
-    uint32_t *ap = reserve(&packed_a, &capacity_a, WEIGHT_PAIRS * WEIGHT_CHUNK);
-    float *sums = (float *)reserve((uint32_t **)&partial_sums, &capacity_sums, rows * g->padded_n);
+    uint32_t *ap = tessera_reserve_words(&packed_a, &capacity_a, WEIGHT_PAIRS * WEIGHT_CHUNK);
+    float *sums = (float *)tessera_reserve_words((uint32_t **)&partial_sums, &capacity_sums, rows * g->padded_n);
     if (!ap || (rows && !sums)) g->failed = 1;
     tessera_team_barrier();
     if (g->failed) return;   // every member sees it after the barrier, before any of C changes
@@ -364,7 +278,7 @@ BF16_ATTR static void weight_member(void *context, int64_t member, int64_t membe
                                              2 * n, tiles_per_block);
         for (int64_t i0 = 0; i0 < rows; i0 += WEIGHT_CHUNK) {
             int64_t chunk = rows - i0 < WEIGHT_CHUNK ? rows - i0 : WEIGHT_CHUNK, padded_c = (chunk + 15) / 16 * 16;
-            pack_row_pairs(ap, padded_c, g->a + k0 * g->lda + m0 + i0, g->lda, depth, chunk, padded_c);
+            tessera_pack_row_pairs(ap, padded_c, g->a + k0 * g->lda + m0 + i0, g->lda, depth, chunk, padded_c);
             // The rows of doutᵀ the next chunk (or the next block's first) will pack.
             row_prefetch next_a = i0 + WEIGHT_CHUNK < rows
                 ? row_prefetcher(g->a + k0 * g->lda + m0 + i0 + WEIGHT_CHUNK, 2 * g->lda, depth, 2 * WEIGHT_CHUNK,
@@ -403,7 +317,7 @@ BF16_ATTR static void weight_member_short(void *context, int64_t member, int64_t
     weight_job *g = context;
     int64_t m0, rows = member_span(g, member, members, &m0), n = g->n, K = g->k, ldc = g->ldc;
     int64_t blocks = (K + WEIGHT_BLOCK - 1) / WEIGHT_BLOCK;
-    uint32_t *ap = reserve(&packed_a, &capacity_a, 2 * WEIGHT_PAIRS * WEIGHT_CHUNK);
+    uint32_t *ap = tessera_reserve_words(&packed_a, &capacity_a, 2 * WEIGHT_PAIRS * WEIGHT_CHUNK);
     if (!ap) g->failed = 1;
     const uint32_t *bp = g->packed_b;
     for (int64_t block = 0; block < blocks; block++)
@@ -416,7 +330,7 @@ BF16_ATTR static void weight_member_short(void *context, int64_t member, int64_t
     for (int64_t i0 = 0; i0 < rows; i0 += WEIGHT_CHUNK) {
         int64_t chunk = rows - i0 < WEIGHT_CHUNK ? rows - i0 : WEIGHT_CHUNK, padded_c = (chunk + 15) / 16 * 16;
         for (int64_t block = 0; block < blocks; block++)
-            pack_row_pairs(ap + block * WEIGHT_PAIRS * padded_c, padded_c, g->a + block * WEIGHT_BLOCK * g->lda + m0 + i0,
+            tessera_pack_row_pairs(ap + block * WEIGHT_PAIRS * padded_c, padded_c, g->a + block * WEIGHT_BLOCK * g->lda + m0 + i0,
                            g->lda, block_depth(K, block), chunk, padded_c);
         // The rows of doutᵀ the next chunk will pack (both blocks).
         int64_t next = rows - i0 - WEIGHT_CHUNK < WEIGHT_CHUNK ? rows - i0 - WEIGHT_CHUNK : WEIGHT_CHUNK;
@@ -486,7 +400,7 @@ AVX512_ATTR static void add_transposed_member(void *context, int64_t member, int
             __m512i r[16];
             for (int q = 0; q < 16; q++)
                 r[q] = q < rows ? _mm512_maskz_loadu_epi32(cm, x->t + (j0 + q) * x->ldt + i0) : _mm512_setzero_si512();
-            transpose16(r);
+            tessera_transpose16(r);
             for (int q = 0; q < cols; q++) {
                 float *cp = x->c + (i0 + q) * x->ldc + j0;
                 _mm512_mask_storeu_ps(cp, rm, _mm512_add_ps(_mm512_maskz_loadu_ps(rm, cp), _mm512_castsi512_ps(r[q])));
@@ -524,7 +438,7 @@ static int weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a, int64
                             .lda = lda, .ldb = ldb, .ldc = ldc, .a = a + i, .b = b + j, .c = c + i * ldc + j,
                             .overwrite = overwrite};
             g.padded_n = (g.n + 15) / 16 * 16;
-            g.packed_b = reserve(&shared_b, &capacity_shared_b, 2 * WEIGHT_PAIRS * g.padded_n);
+            g.packed_b = tessera_reserve_words(&shared_b, &capacity_shared_b, 2 * WEIGHT_PAIRS * g.padded_n);
             if (!g.packed_b) return 1;
             tessera_parallel_team(members, short_depth(k) ? weight_member_short : weight_member, &g);
             if (g.failed) return 1;
@@ -540,7 +454,7 @@ int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a,
     if (m <= 0 || n <= 0 || k <= 0) return 0;
     int64_t members = tessera_in_parallel() || threads < 1 ? 1 : threads;
     if (!runs_transposed(m, n, k)) return weight_gemm(m, n, k, a, lda, b, ldb, c, ldc, members, 0);
-    float *t = (float *)reserve((uint32_t **)&transposed_c, &capacity_tc, n * m);
+    float *t = (float *)tessera_reserve_words((uint32_t **)&transposed_c, &capacity_tc, n * m);
     if (!t) return 1;
     int rc = weight_gemm(n, m, k, b, ldb, a, lda, t, m, members, 1);
     if (rc) return rc;
@@ -573,7 +487,7 @@ int tessera_bf16_weight_gemm(int64_t m, int64_t n, int64_t k, const uint16_t *a,
 // for p < k, j < padded (zero past n).
 F32_ATTR_512 static void transpose_block_f32(float *dst, int64_t ldd, const float *x, int64_t ld, int64_t k, int64_t n,
                                             int64_t padded) {
-    transpose_words((uint32_t *)dst, ldd, (const char *)x, 4 * ld, k, n, padded, 0);
+    tessera_transpose_words((uint32_t *)dst, ldd, (const char *)x, 4 * ld, k, n, padded, 0);
 }
 
 // C[rows × 16·vectors] = alpha·A·B (+ C): A's element (r, p) at a + r·ars + p·aps, B's row p
@@ -617,7 +531,7 @@ F32_ATTR_512 static int block_sgemm_512(int ta, int tb, int64_t m, int64_t n, in
     int64_t ldbp = ldb;
     if (tb) {
         int64_t padded = (n + 15) / 16 * 16;
-        float *t = (float *)reserve((uint32_t **)&transposed_b, &capacity_t, k * padded);
+        float *t = (float *)tessera_reserve_words((uint32_t **)&transposed_b, &capacity_t, k * padded);
         if (!t) return 1;
         transpose_block_f32(t, padded, b, ldb, k, n, padded);
         bp = t;

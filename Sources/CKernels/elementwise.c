@@ -339,7 +339,8 @@ DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))))
 
 // Levels: 0 baseline, 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ), 3 AVX-512 with BF16,
-// 4 that and AMX-BF16 tiles, which oneDNN's bf16 matmul uses (Intel Sapphire Rapids on).
+// 4 that and AMX-BF16 tiles, which oneDNN's bf16 matmul uses (Intel Sapphire Rapids on), and
+// amx_gemm.c for attention's blocks.
 static int hardware = -1, level = -1, ceiling = -1;
 
 int tessera_cpu_hardware_level(void) {

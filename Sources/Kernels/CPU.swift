@@ -15,8 +15,9 @@ public enum ISA: Int, CaseIterable, Comparable, Sendable, CustomStringConvertibl
     /// AVX-512 with BF16 dot products (AMD Zen 4/5, Intel Cooper Lake).
     case avx512bf16
     /// That and AMX-BF16 tiles, where oneDNN's bf16 matmul runs on them (Intel Sapphire Rapids
-    /// and later): bf16 products then all go to oneDNN, whose tiles outrun tessera's
-    /// AVX512-BF16 kernels several times over (see `Gemm.bf16OnAMX`).
+    /// and later): bf16 products then all run on the tiles, which outrun tessera's AVX512-BF16
+    /// kernels several times over: GEMMs on oneDNN's, attention's blocks on tessera's AMX
+    /// kernel (see `Gemm.bf16OnAMX`).
     case amx
 
     /// The name `TESSERA_ISA` takes for it (the C side's list, which parses the variable).

@@ -62,9 +62,10 @@ extension Gemm {
         return bf16Native == true
     }
 
-    /// Whether bf16 products all run on oneDNN's matmul on AMX tiles (`ISA.amx`): tessera's
-    /// AVX512-BF16 kernels (attention's block tile, the weight-gradient kernel) then decline,
-    /// as oneDNN outran them 3–8× on a Xeon family 6 model 207 (Sapphire/Emerald Rapids).
+    /// Whether bf16 products all run on AMX tiles (`ISA.amx`): GEMMs on oneDNN's matmul, which
+    /// outran tessera's AVX512-BF16 kernels 3–8× on a Xeon family 6 model 207 (Sapphire/Emerald
+    /// Rapids), so the weight-gradient kernel declines; attention's blocks on tessera's AMX
+    /// kernel (`blockBF16Gemm`).
     public static var bf16OnAMX: Bool { CPU.isa >= .amx && bf16IsNative }
 
     /// `C = op(A)·op(B) + beta·C` with 16-bit operands and fp32 accumulation and output.
@@ -203,7 +204,8 @@ extension Gemm {
         switch precision {
         case .fp32: return nil
         case .bf16 where bf16OnAMX:
-            return "bf16 products run on this CPU's bf16 dot products (AMX tiles, through oneDNN), accumulated in fp32"
+            return "bf16 products run on this CPU's bf16 dot products (AMX tiles: oneDNN's matmul, and tessera's for "
+                + "attention's blocks), accumulated in fp32"
         case .bf16 where bf16IsNative:
             return "bf16 products run on this CPU's bf16 dot products (AVX512-BF16), accumulated in fp32"
         default:
@@ -223,8 +225,8 @@ extension Gemm {
     }
 
     /// A small bf16 product inside a `ParallelFor.tasks` task (an attention block), single-
-    /// threaded in its task: on tessera's register tile (`blockBF16Gemm`), or on oneDNN's matmul
-    /// should the tile decline. Only where `bf16IsNative`.
+    /// threaded in its task: on tessera's tiles (`blockBF16Gemm`), or on oneDNN's matmul should
+    /// they decline. Only where `bf16IsNative`.
     @inlinable
     public static func taskBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                     a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
@@ -235,11 +237,13 @@ extension Gemm {
         matmulBF16Gemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
-    /// `C = op(A)·op(B) + beta·C` for bf16 operands on AVX512-BF16 dot products in a register
-    /// tile, with the bits of oneDNN's matmul (`matmulBF16Gemm`) but without its cost per call:
-    /// attention's block products (64–128 on a side) ran 1.2–1.7× as fast in a harness on
-    /// Zen 5. False, with C untouched, where it declines: at levels other than `ISA.avx512bf16`
-    /// (with AMX oneDNN is faster), or for a beta other than 0 and 1.
+    /// `C = op(A)·op(B) + beta·C` for bf16 operands without oneDNN's cost per call, for
+    /// attention's block products (64–128 on a side). At `ISA.avx512bf16` on AVX512-BF16 dot
+    /// products in a register tile, with the bits of oneDNN's matmul (`matmulBF16Gemm`): 1.2–1.7×
+    /// as fast in a harness on Zen 5. At `ISA.amx` on AMX tiles, the depth 32 at a time into an
+    /// accumulator that starts at C or zero, which are oneDNN's bits on attention's blocks at
+    /// head size 64: 1.3–3× as fast on a Xeon family 6 model 207. False, with C untouched, where
+    /// it declines: below `ISA.avx512bf16`, or for a beta other than 0 and 1.
     @inlinable
     public static func blockBF16Gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                      a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,

@@ -145,7 +145,7 @@ final class ISACLITests: XCTestCase {
         }
     }
 
-    /// A CPU with AMX runs bf16 on oneDNN's AMX matmul; `TESSERA_ISA=avx512bf16` plays one
+    /// A CPU with AMX runs bf16 on AMX tiles; `TESSERA_ISA=avx512bf16` plays one
     /// without it (AVX512-BF16 kernels, oneDNN capped alike): the same training, to rounding.
     func testAVX512BF16OnACPUWithAMX() throws {
         try XCTSkipIf(CPU.hardwareISA < .amx, "no AMX tiles that oneDNN runs on here (\(CPU.model))")
@@ -159,7 +159,7 @@ final class ISACLITests: XCTestCase {
             runs[isa] = try losses(out)
             starts[isa] = r.stdout + r.stderr
         }
-        XCTAssertTrue(starts[""]!.contains("(AMX tiles, through oneDNN)"), starts[""]!)
+        XCTAssertTrue(starts[""]!.contains("(AMX tiles: oneDNN's matmul, and tessera's for attention's blocks)"), starts[""]!)
         XCTAssertTrue(starts["avx512bf16"]!.contains("(AVX512-BF16)"), starts["avx512bf16"]!)
         XCTAssertNotEqual(runs[""], runs["avx512bf16"], "other products, other bits")
         for (a, b) in zip(runs["avx512bf16"]!, runs[""]!) { XCTAssertEqual(a, b, accuracy: 2e-2) }

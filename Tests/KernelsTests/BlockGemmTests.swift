@@ -77,9 +77,131 @@ final class BlockGemmTests: XCTestCase {
         XCTAssertEqual(c, [8])
         if CPU.hardwareISA >= .amx {
             CPU.use(.amx)
-            XCTAssertFalse(Gemm.blockBF16Gemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 1,
-                                              c: &c, ldc: 1), "with AMX oneDNN's matmul takes attention's blocks")
-            XCTAssertEqual(c, [8], "C untouched when it declines")
+            XCTAssertTrue(Gemm.blockBF16Gemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 1,
+                                             c: &c, ldc: 1), "with AMX the blocks run on the AMX kernel")
+            XCTAssertEqual(c, [9])
+            XCTAssertFalse(Gemm.blockBF16Gemm(.none, .none, m: 1, n: 1, k: 1, a: one, lda: 1, b: one, ldb: 1, beta: 0.5,
+                                              c: &c, ldc: 1), "a beta of 0.5, on AMX too")
+            XCTAssertEqual(c, [9], "C untouched when it declines")
+        }
+    }
+}
+
+/// The AMX kernel that runs attention's block products on CPUs with AMX tiles
+/// (`tessera_amx_block_gemm`, behind `Gemm.blockBF16Gemm` at `ISA.amx`): its stated order on
+/// every layout and edge, oneDNN's bits on the blocks attention runs at head size 64, and a
+/// real product.
+final class AMXBlockGemmTests: XCTestCase {
+    override func setUpWithError() throws {
+        try XCTSkipIf(!CPU.runnableLevels.contains(.amx), "no AMX tiles that oneDNN runs on here (\(CPU.model)): "
+                      + "attention's blocks run on the AVX512-BF16 tile or in fp32, checked above")
+        CPU.use(.amx)
+        XCTAssertTrue(Gemm.bf16OnAMX)
+    }
+
+    override func tearDown() { CPU.use(nil) }
+
+    struct Product {
+        let ta: Transpose, tb: Transpose, m: Int, n: Int, k: Int, beta: Float
+        let a: [UInt16], lda: Int, b: [UInt16], ldb: Int, c0: [Float], ldc: Int
+        var what: String { "\(ta) \(tb) \(m)×\(n)×\(k) beta \(beta)" }
+
+        /// Random operands with rows `pad` (B: 2·`pad`) longer than they need, or with the row
+        /// strides `strides` (lda, ldb, ldc).
+        init(_ ta: Transpose, _ tb: Transpose, _ m: Int, _ n: Int, _ k: Int, beta: Float, pad: Int = 0,
+             strides: (Int, Int, Int)? = nil, rng: inout SplitMix64) {
+            (self.ta, self.tb, self.m, self.n, self.k, self.beta) = (ta, tb, m, n, k, beta)
+            (lda, ldb, ldc) = strides ?? ((ta == .none ? k : m) + pad, (tb == .none ? n : k) + 2 * pad, n + pad)
+            func value(_ scale: Float) -> UInt16 { Convert.bf16(Float(rng.nextNormal()) * scale) }
+            a = (0..<((ta == .none ? m : k) * lda)).map { _ in value(1) }
+            b = (0..<((tb == .none ? k : n) * ldb)).map { _ in value(0.5) }
+            // beta 0 overwrites whatever C holds (NaN included); C's padding columns stay.
+            c0 = (0..<(m * ldc)).map { i in beta == 0 && i % 11 == 0 ? .nan : Float(rng.nextNormal()) }
+        }
+
+        /// C after `op(A)·op(B)` over depth `from..<to` (β: `beta`) into `c`.
+        func run(from: Int = 0, to: Int? = nil, beta: Float? = nil, into c: inout [Float]) -> Bool {
+            let end = to ?? k
+            return a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { b in
+                    Gemm.blockBF16Gemm(ta, tb, m: m, n: n, k: end - from, a: a.baseAddress! + (ta == .none ? from : from * lda),
+                                       lda: lda, b: b.baseAddress! + (tb == .none ? from * ldb : from), ldb: ldb,
+                                       beta: beta ?? self.beta, c: &c, ldc: ldc)
+                }
+            }
+        }
+    }
+
+    func testExactlyItsOrder() {
+        // Each element summed along the depth 32 at a time by tdpbf16ps into one accumulator
+        // that starts at C (beta 1) or zero: so the product equals its first 32 depth elements
+        // followed by the rest added with beta 1. Edges: C not in whole 32×32 blocks (a padded
+        // copy), odd depths, depths short of a chunk, transposed operands (packed otherwise).
+        var rng = SplitMix64(seed: 77)
+        let cases: [(Transpose, Transpose, Int, Int, Int, Float)] = [
+            (.none, .transpose, 64, 64, 64, 0), (.none, .none, 128, 64, 128, 1), (.transpose, .none, 64, 64, 128, 1),
+            (.none, .transpose, 37, 75, 71, 0), (.none, .none, 37, 75, 33, 1), (.transpose, .none, 37, 75, 99, 1),
+            (.transpose, .transpose, 13, 29, 66, 1), (.none, .transpose, 200, 300, 96, 0), (.none, .none, 5, 17, 130, 0),
+            (.none, .transpose, 1, 1, 40, 1), (.transpose, .transpose, 7, 3, 33, 0),
+        ]
+        for (ta, tb, m, n, k, beta) in cases {
+            for pad in [0, 3] {
+                let p = Product(ta, tb, m, n, k, beta: beta, pad: pad, rng: &rng)
+                var whole = p.c0, split = p.c0
+                XCTAssertTrue(p.run(into: &whole), p.what)
+                XCTAssertTrue(p.run(to: 32, into: &split) && p.run(from: 32, beta: 1, into: &split), p.what)
+                XCTAssertEqual(zip(whole, split).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                               "\(p.what), pad \(pad): not the first chunk and then the rest")
+                for i in 0..<m {
+                    for j in n..<p.ldc where whole[i * p.ldc + j].bitPattern != p.c0[i * p.ldc + j].bitPattern {
+                        XCTFail("\(p.what): padding at (\(i), \(j)) was written")
+                    }
+                }
+                // A real product: elements against a double-precision sum of their products.
+                func at(_ x: [UInt16], _ ld: Int, _ t: Transpose, _ r: Int, _ c: Int) -> Double {
+                    Double(Convert.float(bf16: t == .none ? x[r * ld + c] : x[c * ld + r]))
+                }
+                for (i, j) in [(0, 0), (m - 1, n / 2), (m / 2, n - 1)] {
+                    let terms = (0..<k).map { at(p.a, p.lda, ta, i, $0) * at(p.b, p.ldb, tb, $0, j) }
+                    let expected = terms.reduce(beta == 0 ? 0 : Double(p.c0[i * p.ldc + j]), +)
+                    let size = terms.reduce(1.0) { $0 + abs($1) }
+                    XCTAssertEqual(Double(whole[i * p.ldc + j]), expected, accuracy: 1e-5 * size, "\(p.what) at (\(i), \(j))")
+                }
+            }
+        }
+    }
+
+    func testSameBitsAsOneDNNOnAttentionsBlocks() {
+        // Attention's products at head size 64 in `small` (C = 384, blocks of 128 and, on the
+        // diagonal, 64), with the strides they have there: scores Q·Kᵀ into S and dO·Vᵀ into dP
+        // (rows of 128); P·V into O (rows of 64); dS·K into dQ, Pᵀ·dO into dV and dSᵀ·Q into dK
+        // (in dqkv, rows of 3C). oneDNN 2.6 picks other code for other strides and shapes (none
+        // on AMX below a depth of 32; C added otherwise on some), where the kernel keeps its own
+        // order (above); this is what keeps the golden trajectories' and README's bits.
+        var rng = SplitMix64(seed: 78)
+        let (c3, c, block, hs) = (3 * 384, 384, 128, 64)
+        var cases: [(Transpose, Transpose, Int, Int, Int, Float, (Int, Int, Int))] = []
+        for (rows, keys) in [(64, 64), (64, 128), (128, 128)] {
+            cases += [(.none, .transpose, rows, keys, hs, 0, (c3, c3, block)),     // S = Q·Kᵀ
+                      (.none, .transpose, rows, keys, hs, 0, (c, c3, block)),      // dP = dO·Vᵀ
+                      (.none, .none, rows, hs, keys, 1, (block, c3, hs)),          // O += P·V
+                      (.none, .none, rows, hs, keys, 0, (block, c3, c3)),          // dQ = dS·K
+                      (.none, .none, rows, hs, keys, 1, (block, c3, c3))]          // dQ += dS·K
+        }
+        for (keys, queries) in [(64, 64), (64, 128), (128, 128)] {
+            for beta: Float in [0, 1] {
+                cases += [(.transpose, .none, keys, hs, queries, beta, (block, c, c3)),    // dV (+)= Pᵀ·dO
+                          (.transpose, .none, keys, hs, queries, beta, (block, c3, c3))]   // dK (+)= dSᵀ·Q
+            }
+        }
+        for (ta, tb, m, n, k, beta, strides) in cases {
+            let p = Product(ta, tb, m, n, k, beta: beta, strides: strides, rng: &rng)
+            var tiles = p.c0, matmul = p.c0
+            XCTAssertTrue(p.run(into: &tiles), p.what)
+            Gemm.matmulBF16Gemm(ta, tb, m: m, n: n, k: k, a: p.a, lda: p.lda, b: p.b, ldb: p.ldb, beta: beta,
+                                c: &matmul, ldc: p.ldc)
+            XCTAssertEqual(zip(tiles, matmul).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                           "\(p.what), strides \(strides): values that differ from oneDNN's")
         }
     }
 }

@@ -23,11 +23,17 @@ int tessera_bf16_gemm_rounded(int trans_a, int trans_b, int64_t m, int64_t n, in
                               const uint16_t *b, int64_t ldb, const float *bias, uint16_t *c, int64_t ldc);
 
 /// What tessera_bf16_gemm computes, with the same bits, for small products inside a task (the
-/// attention kernel's blocks): AVX512-BF16 dot products in a register tile, without oneDNN's
-/// per-call overhead. Returns 0 on success, 1 when out of memory, 2 below level 3 (no bf16
-/// dot products) or for a beta other than 0 or 1.
+/// attention kernel's blocks): AVX512-BF16 dot products in a register tile at level 3, AMX
+/// tiles at level 4 (tessera_amx_block_gemm), without oneDNN's per-call overhead. Returns 0 on
+/// success, 1 when out of memory, 2 below level 3 (no bf16 dot products) or for a beta other
+/// than 0 or 1.
 int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                             const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/// tessera_bf16_block_gemm at level 4: the same product with the same bits on AMX tiles.
+/// Returns 0 on success, 1 when out of memory, 2 at other levels, where Linux refuses the
+/// tiles' state, or for a beta other than 0 or 1.
+int tessera_amx_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
+                           const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
 /// C += Aᵀ·B with bf16 A (k×m, row stride lda) and B (k×n, row stride ldb): a linear map's
 /// weight gradient (output gradient ᵀ · input): the depth in blocks of 512, each summed from
