@@ -35,20 +35,25 @@ struct Generate: ParsableCommand {
         guard (batchSize ?? 1) >= 1 else { throw ValidationError("--batch-size must be >= 1") }
     }
 
-    /// How many samples are drawn together: `--batch-size`, or up to 8 of `--num-samples`,
-    /// as many as half the memory holds key/value caches for (the rest is left to the
-    /// weights, the full forwards past the context and everything else). Checked before
-    /// any cache is allocated: an explicit `--batch-size` that does not fit is refused.
+    /// How many samples are drawn together: `--batch-size` (no more than `--num-samples`), or
+    /// up to 8 of `--num-samples`, as many as half the memory holds key/value caches for (the
+    /// rest is left to the weights, the full forwards past the context and everything else).
+    /// Checked before any cache is allocated: an explicit `--batch-size` whose samples drawn
+    /// together do not fit is refused.
     func samplesTogether(cacheBytesPerSample perSample: Int) throws -> Int {
         let limit = try MemoryLimit.resolve(memoryLimit ?? "")
         let fit = limit.bytes / 2 / perSample
         if let batchSize {
-            guard batchSize <= max(fit, 1) else {
-                throw ConfigError(flag: "--batch-size", problem: "is \(batchSize): its key/value caches need \(gibText(batchSize * perSample)), "
-                                  + "more than half of the \(gibText(limit.bytes)) available (\(limit.source))",
+            // Only the samples there are are drawn together, so only their caches are held.
+            let together = min(batchSize, numSamples)
+            guard together <= max(fit, 1) else {
+                let drawn = together < batchSize ? " (\(together) drawn together with --num-samples \(numSamples))" : ""
+                throw ConfigError(flag: "--batch-size", problem: "is \(batchSize)\(drawn): their key/value caches need "
+                                  + "\(gibText(together * perSample)), more than half of the \(gibText(limit.bytes)) available "
+                                  + "(\(limit.source))",
                                   fix: "use --batch-size \(max(fit, 1)) or less")
             }
-            return min(batchSize, numSamples)
+            return together
         }
         let wanted = min(numSamples, 8), together = max(1, min(wanted, fit))
         if together < wanted {

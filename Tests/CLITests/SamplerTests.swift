@@ -136,8 +136,17 @@ final class SamplerTests: XCTestCase {
         XCTAssertEqual(two.stdout, apart.stdout)
         let refused = try tessera(many + ["--memory-limit", "10K", "--batch-size", "3"])
         XCTAssertEqual(refused.status, 2)
-        XCTAssertTrue(refused.stderr.contains("--batch-size is 3: its key/value caches need") && refused.stderr.contains("use --batch-size 1 or less"),
+        XCTAssertTrue(refused.stderr.contains("--batch-size is 3: their key/value caches need") && refused.stderr.contains("use --batch-size 1 or less"),
                       refused.stderr)
         XCTAssertTrue(refused.stdout.isEmpty, "refused before sampling")
+        // A batch larger than the samples holds only theirs: 2 samples fit in 16K whatever the
+        // batch asked for, 5 do not.
+        let fewer = try tessera(Array(many.dropLast(2)) + ["--num-samples", "2", "--memory-limit", "16K", "--batch-size", "64"])
+        XCTAssertEqual(fewer.status, 0, fewer.stderr)
+        XCTAssertEqual(fewer.stdout.components(separatedBy: "---------------\n").count, 3)
+        let more = try tessera(many + ["--memory-limit", "16K", "--batch-size", "64"])
+        XCTAssertEqual(more.status, 2)
+        XCTAssertTrue(more.stderr.contains("--batch-size is 64 (5 drawn together with --num-samples 5): their key/value caches need"),
+                      more.stderr)
     }
 }
