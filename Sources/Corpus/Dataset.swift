@@ -247,22 +247,29 @@ public struct Dataset: Sendable {
 
 /// The shards of one split, read as one stream of windows that never cross a shard boundary.
 public struct TokenSplit: Sendable {
+    /// A mixture's sources, each the split of one dataset, and how samples are shared among them.
+    public struct Mixture: Sendable {
+        public let sources: [TokenSplit]
+        public let blend: Blend
+    }
+
     /// The shards in order.
     public let shards: [TokenShard]
-    /// A mixture's sources, each the split of one dataset, and how samples are shared among
-    /// them (nil for one dataset). `shards` holds all of theirs, in order.
-    public let sources: [TokenSplit]?
-    public let blend: Blend?
+    /// The mixture this split is (nil for one dataset); `shards` holds all of its sources', in order.
+    public let mixture: Mixture?
     /// Tokens in all shards.
     public var tokenCount: Int { shards.reduce(0) { $0 + $1.count } }
+    /// The splits samples are drawn from: a mixture's sources, or this split alone.
+    public var parts: [TokenSplit] { mixture?.sources ?? [self] }
 
     /// Wraps shards.
-    public init(_ shards: [TokenShard]) { self.shards = shards; sources = nil; blend = nil }
+    public init(_ shards: [TokenShard]) { self.shards = shards; mixture = nil }
 
     /// The split of a mixture of `sources`, drawn from as `blend` shares out samples.
     public init(sources: [TokenSplit], blend: Blend) {
-        precondition(sources.count == blend.counts.count && sources.allSatisfy { $0.sources == nil })
-        shards = sources.flatMap(\.shards); self.sources = sources; self.blend = blend
+        precondition(sources.count == blend.counts.count && sources.allSatisfy { $0.mixture == nil })
+        shards = sources.flatMap(\.shards)
+        mixture = Mixture(sources: sources, blend: blend)
     }
 
     /// Shard and offset of window `w` among windows counted by `perShard`.

@@ -51,9 +51,9 @@ public struct BatchSampler: Sendable {
     /// and the window is drawn from that source alone: at random, or its next one in order.
     public func window(in split: TokenSplit, which: Dataset.Split, batch: Int, index: Int) -> (TokenShard, Int) {
         var part = split, n = batch * batchSize + index
-        if let sources = split.sources, let blend = split.blend {
-            let (i, k) = blend.source(of: n)
-            part = sources[i]
+        if let mixture = split.mixture {
+            let (i, k) = mixture.blend.source(of: n)
+            part = mixture.sources[i]
             n = k
         }
         let total = windows(in: part)
@@ -72,11 +72,11 @@ public struct BatchSampler: Sendable {
     /// Completed passes over the training split before `batch` (sequential sampling); in a
     /// mixture, over the source that has been repeated most.
     public func epoch(batch: Int, split: TokenSplit) -> Double {
-        guard let sources = split.sources, let blend = split.blend else {
+        guard let mixture = split.mixture else {
             return Double(batch * batchSize) / Double(max(1, windows(in: split)))
         }
-        return sources.indices.map {
-            Double(blend.samples(of: $0, before: batch * batchSize)) / Double(max(1, windows(in: sources[$0])))
+        return mixture.sources.indices.map {
+            Double(mixture.blend.samples(of: $0, before: batch * batchSize)) / Double(max(1, windows(in: mixture.sources[$0])))
         }.max() ?? 0
     }
 

@@ -109,7 +109,7 @@ public enum Evaluation {
     /// loss per predicted token over all of them, and per dataset).
     public static func whole(model file: ModelFile, mixture split: TokenSplit, names: [String], name: String, batch: Int,
                              comm: Communicator, precision: Precision = .fp32, stride: Int? = nil) throws -> EvalResult {
-        let sources = split.sources ?? [split]
+        let sources = split.parts
         precondition(sources.count == names.count)
         let parts = try sources.map { try whole(model: file, split: $0, name: name, batch: batch, comm: comm, precision: precision, stride: stride) }
         var out = parts[0]

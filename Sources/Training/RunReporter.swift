@@ -80,7 +80,7 @@ final class RunReporter {
         log("tessera: \(world) rank(s), \(psi) parameters (\(String(format: "%.2f", Double(psi) / 1e6))M), "
             + "global batch \(config.batchSize) × \(config.blockSize) tokens, micro-batch \(t.micro) × "
             + "\((t.myIndices.count + t.micro - 1) / max(t.micro, 1)) accumulation step(s) on rank 0")
-        if let blend = t.data.train.blend, let spec = mixture {
+        if let blend = t.data.train.mixture?.blend, let spec = mixture {
             let parts = zip(blend.counts, spec.paths).map { "\(String(format: "%.1f", Double($0) / Double(Blend.cycle) * 100))% \($1)" }
             log("tessera: data: a mixture of \(parts.count) datasets, samples shared \(parts.joined(separator: ", "))")
         }

@@ -214,7 +214,7 @@ extension Trainer {
     /// one dataset's rows; the blend decides which rows those are, as in training).
     func evaluateByData(batchOffset: Int) throws -> (loss: Double, byData: [String: Double]?) {
         let T = config.blockSize
-        let blend = data.val.blend, sources = blend?.counts.count ?? 1
+        let blend = data.val.mixture?.blend, sources = blend?.counts.count ?? 1
         var sums = [Double](repeating: 0, count: 2 * sources)
         for j in 0..<config.evalSteps {
             var rowsBySource = blend == nil ? [myIndices] : Array(repeating: [Int](), count: sources)

@@ -230,7 +230,7 @@ public final class Trainer {
     private static func modelShape(config: TrainConfig, data: Dataset, sampler: BatchSampler, vocabSize: Int?) throws -> GPTConfig {
         // A mixture draws from each dataset alone: each must hold a window.
         for (name, split) in [("train", data.train), ("val", data.val)] {
-            for part in split.sources ?? [split] where sampler.windows(in: part) == 0 {
+            for part in split.parts where sampler.windows(in: part) == 0 {
                 let longest = part.shards.max { $0.count < $1.count }!
                 throw DataError.tooShort(path: "\(config.data) (\(name) split, e.g. \(longest.path))", tokens: longest.count,
                                          needed: config.blockSize + 1)
