@@ -136,7 +136,7 @@ final class AMXBlockGemmTests: XCTestCase {
         // Each element summed along the depth 32 at a time by tdpbf16ps into one accumulator
         // that starts at C (beta 1) or zero: so the product equals its first 32 depth elements
         // followed by the rest added with beta 1. Edges: C not in whole 32×32 blocks (a padded
-        // copy), odd depths, depths short of a chunk, transposed operands (packed otherwise).
+        // copy), odd depths, depths ending inside a chunk, transposed operands (packed otherwise).
         var rng = SplitMix64(seed: 77)
         let cases: [(Transpose, Transpose, Int, Int, Int, Float)] = [
             (.none, .transpose, 64, 64, 64, 0), (.none, .none, 128, 64, 128, 1), (.transpose, .none, 64, 64, 128, 1),
