@@ -62,8 +62,9 @@ AMX_ATTR static const char *tile_rows_of_a(int ta, int64_t m, int64_t k, const u
         *stride = 2 * lda;
         return (const char *)a;
     }
-    // Transposed: first A's columns as pairs of rows of the stored k×m (pairs × padded_m
-    // words), then those words transposed into rows.
+    // Otherwise packed: transposed, A's columns first as pairs of rows of the stored k×m
+    // (pairs × padded_m words), then those words transposed into rows; as it is, copied row
+    // by row with zeros after them.
     int64_t staging = ta ? pairs * padded_m : 0;
     uint32_t *q = tessera_reserve_words(&packed_a, &capacity_a, padded_m * words + staging);
     if (!q) return NULL;
@@ -90,8 +91,7 @@ AMX_ATTR static int amx_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, co
     int64_t padded_m = (m + BLOCK - 1) / BLOCK * BLOCK, padded_n = (n + BLOCK - 1) / BLOCK * BLOCK;
     // B as pairs of its depth rows, the chunks' padding zero.
     uint32_t *bp = tessera_reserve_words(&packed_b, &capacity_b, chunks * CHUNK_PAIRS * padded_n);
-    float *s = (float *)tessera_reserve_words(&sums, &capacity_sums, padded_m * padded_n);
-    if (!bp || !s) return 1;
+    if (!bp) return 1;
     if (tb) tessera_pack_column_pairs(bp, padded_n, b, ldb, k, n, padded_n);
     else tessera_pack_row_pairs(bp, padded_n, b, ldb, k, n, padded_n);
     memset(bp + pairs * padded_n, 0, (size_t)((chunks * CHUNK_PAIRS - pairs) * padded_n * 4));
@@ -107,6 +107,8 @@ AMX_ATTR static int amx_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, co
     // C's 32×32 blocks go straight between C and the tiles when C has whole blocks; otherwise
     // through a padded copy.
     int whole = m % BLOCK == 0 && n % BLOCK == 0;
+    float *s = whole ? NULL : (float *)tessera_reserve_words(&sums, &capacity_sums, padded_m * padded_n);
+    if (!whole && !s) return 1;
     float *t = whole ? c : s;
     int64_t ldt = whole ? ldc : padded_n;
     if (accumulate && !whole)
