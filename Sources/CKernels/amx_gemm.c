@@ -3,11 +3,12 @@
 // pays for a primitive execution and a stream, and for a transposed operand its own copy; on
 // a Xeon family 6 model 207 that cost was most of a block's time (64×64×64: 1.8 µs a call).
 //
-// The bits are oneDNN's: its AMX brgemm zeroes the accumulator tiles, runs tdpbf16ps over the
-// depth 32 elements (16 pairs) at a time in order, the odd depth and the last chunk padded
-// with zeros, and adds C once for beta = 1; this kernel does the same with the same
-// instruction (checked against oneDNN's matmul in the tests, on every shape and layout the
-// attention kernel uses, and by the golden trajectories).
+// Its order: each element of C summed by tdpbf16ps over the depth 32 elements (16 pairs) at a
+// time, in order, into one accumulator that starts at C (beta = 1) or at zero, the odd depth
+// and the last chunk padded with zeros. That is the order of oneDNN's AMX brgemm on the blocks
+// attention runs at head size 64, with the strides they have there, so those bits are
+// oneDNN's (checked against its matmul in the tests, and by the golden trajectories); on other
+// shapes and strides oneDNN 2.6 picks other code, and the kernel keeps its own order.
 //
 // Linux grants a process the tiles' 8 KiB of register state only when it asks
 // (arch_prctl ARCH_REQ_XCOMP_PERM); oneDNN asks before it runs AMX code, and so does this file.
@@ -113,11 +114,8 @@ AMX_ATTR static int amx_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, co
     int64_t ldt = whole ? ldc : padded_n;
     if (accumulate && !whole)
         for (int64_t r = 0; r < padded_m; r++)
-            for (int64_t j = 0; j < padded_n; j += 16) {
-                int64_t w = r < m ? n - j : 0;
-                __mmask16 mask = w >= 16 ? 0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
-                _mm512_store_ps(s + r * padded_n + j, _mm512_maskz_loadu_ps(mask, c + r * ldc + j));
-            }
+            for (int64_t j = 0; j < padded_n; j += 16)
+                _mm512_store_ps(s + r * padded_n + j, _mm512_maskz_loadu_ps(tessera_lanes(r < m ? n - j : 0), c + r * ldc + j));
     for (int64_t i = 0; i < padded_m; i += BLOCK)
         for (int64_t j = 0; j < padded_n; j += BLOCK) {
             float *block = t + i * ldt + j;
@@ -151,11 +149,8 @@ AMX_ATTR static int amx_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, co
         }
     if (!whole)
         for (int64_t r = 0; r < m; r++)
-            for (int64_t j = 0; j < n; j += 16) {
-                int64_t w = n - j;
-                __mmask16 mask = w >= 16 ? 0xFFFF : (__mmask16)((1u << w) - 1);
-                _mm512_mask_storeu_ps(c + r * ldc + j, mask, _mm512_load_ps(s + r * padded_n + j));
-            }
+            for (int64_t j = 0; j < n; j += 16)
+                _mm512_mask_storeu_ps(c + r * ldc + j, tessera_lanes(n - j), _mm512_load_ps(s + r * padded_n + j));
     return 0;
 }
 

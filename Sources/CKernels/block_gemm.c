@@ -236,7 +236,7 @@ BF16_ATTR static void pack_b_share(const weight_job *g, int64_t block, uint32_t 
     if (p1 <= p0) return;
     int64_t share = depth - 2 * p0 < 2 * (p1 - p0) ? depth - 2 * p0 : 2 * (p1 - p0);
     tessera_pack_row_pairs(buffer + p0 * g->padded_n, g->padded_n, g->b + (k0 + 2 * p0) * g->ldb, g->ldb, share, g->n,
-                   g->padded_n);
+                           g->padded_n);
 }
 
 #define WEIGHT_TILE(R, V)                                                                          \
@@ -331,7 +331,7 @@ BF16_ATTR static void weight_member_short(void *context, int64_t member, int64_t
         int64_t chunk = rows - i0 < WEIGHT_CHUNK ? rows - i0 : WEIGHT_CHUNK, padded_c = (chunk + 15) / 16 * 16;
         for (int64_t block = 0; block < blocks; block++)
             tessera_pack_row_pairs(ap + block * WEIGHT_PAIRS * padded_c, padded_c, g->a + block * WEIGHT_BLOCK * g->lda + m0 + i0,
-                           g->lda, block_depth(K, block), chunk, padded_c);
+                                   g->lda, block_depth(K, block), chunk, padded_c);
         // The rows of doutᵀ the next chunk will pack (both blocks).
         int64_t next = rows - i0 - WEIGHT_CHUNK < WEIGHT_CHUNK ? rows - i0 - WEIGHT_CHUNK : WEIGHT_CHUNK;
         row_prefetch next_a = row_prefetcher(g->a + m0 + i0 + WEIGHT_CHUNK, 2 * g->lda, next > 0 ? K : 0, 2 * next,
@@ -393,10 +393,10 @@ AVX512_ATTR static void add_transposed_member(void *context, int64_t member, int
     int64_t strips = (x->m + 15) / 16, first = strips * member / members, last = strips * (member + 1) / members;
     for (int64_t i0 = 16 * first; i0 < 16 * last && i0 < x->m; i0 += 16) {
         int64_t cols = x->m - i0 < 16 ? x->m - i0 : 16;
-        __mmask16 cm = (__mmask16)(cols == 16 ? 0xFFFF : (1u << cols) - 1);
+        __mmask16 cm = tessera_lanes(cols);
         for (int64_t j0 = 0; j0 < x->n; j0 += 16) {
             int64_t rows = x->n - j0 < 16 ? x->n - j0 : 16;
-            __mmask16 rm = (__mmask16)(rows == 16 ? 0xFFFF : (1u << rows) - 1);
+            __mmask16 rm = tessera_lanes(rows);
             __m512i r[16];
             for (int q = 0; q < 16; q++)
                 r[q] = q < rows ? _mm512_maskz_loadu_epi32(cm, x->t + (j0 + q) * x->ldt + i0) : _mm512_setzero_si512();

@@ -27,6 +27,10 @@ void tessera_pack_column_pairs(uint32_t *dst, int64_t ldd, const uint16_t *x, in
 void tessera_transpose_words(uint32_t *dst, int64_t ldd, const char *x, int64_t stride, int64_t words, int64_t n,
                              int64_t padded, int half_last);
 
+/// The lanes of a 16-lane vector that `w` remaining elements fill: all from 16 on, none at 0
+/// or below.
+static inline __mmask16 tessera_lanes(int64_t w) { return w >= 16 ? 0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
+
 // A 16×16 transpose of 32-bit elements.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void tessera_transpose16(__m512i r[16]) {
     __m512i t[16], u[16];

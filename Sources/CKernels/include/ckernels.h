@@ -22,16 +22,18 @@ int tessera_bf16_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 int tessera_bf16_gemm_rounded(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                               const uint16_t *b, int64_t ldb, const float *bias, uint16_t *c, int64_t ldc);
 
-/// What tessera_bf16_gemm computes, with the same bits, for small products inside a task (the
-/// attention kernel's blocks): AVX512-BF16 dot products in a register tile at level 3, AMX
-/// tiles at level 4 (tessera_amx_block_gemm), without oneDNN's per-call overhead. Returns 0 on
-/// success, 1 when out of memory, 2 below level 3 (no bf16 dot products) or for a beta other
-/// than 0 or 1.
+/// What tessera_bf16_gemm computes, for small products inside a task (the attention kernel's
+/// blocks), without oneDNN's per-call overhead: at level 3 AVX512-BF16 dot products in a
+/// register tile, with oneDNN's bits; at level 4 AMX tiles (tessera_amx_block_gemm). Returns 0
+/// on success, 1 when out of memory, 2 below level 3 (no bf16 dot products) or for a beta
+/// other than 0 or 1.
 int tessera_bf16_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                             const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
-/// tessera_bf16_block_gemm at level 4: the same product with the same bits on AMX tiles.
-/// Returns 0 on success, 1 when out of memory, 2 at other levels, where Linux refuses the
-/// tiles' state, or for a beta other than 0 or 1.
+/// tessera_bf16_block_gemm at level 4, on AMX tiles: each element summed over the depth 32 at
+/// a time, in order, into one accumulator that starts at C (beta 1) or zero, which is oneDNN's
+/// order (and bits) on attention's blocks at head size 64. Returns 0 on success, 1 when out of
+/// memory, 2 at other levels, where Linux refuses the tiles' state, or for a beta other than 0
+/// or 1.
 int tessera_amx_block_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const uint16_t *a, int64_t lda,
                            const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
